@@ -1,0 +1,185 @@
+"""LAM's protocol constants, named exactly as LAM names them.
+
+Each group says which LAM header it comes from (``share/include/`` in the
+LAM 7.1.4 sources). Values are for Debian's amd64 build.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+
+# --- kreq.h: request codes -------------------------------------------------
+
+
+class KQ(enum.IntEnum):
+    """Kernel request codes (``kreq.h``: KQSEND ... KQDUMP)."""
+
+    SEND = 0
+    RECV = 1
+    STATE = 2
+    DOOM = 3
+    SR = 4
+    ATTACH = 5
+    SURRENDER = 6
+    DETACH = 7
+    DUMP = 8
+
+
+KQSEND, KQRECV, KQSTATE, KQDOOM, KQSR = 0, 1, 2, 3, 4
+KQATTACH, KQSURRENDER, KQDETACH, KQDUMP = 5, 6, 7, 8
+KQMAX = 7  # number of client requests dispatched through the kq[] table
+
+
+class KS(enum.IntEnum):
+    """Process states (``kreq.h``: KSREADY ... KSFREE)."""
+
+    READY = 0
+    SEND = 1
+    RECV = 2
+    FREE = 3
+
+
+KSREADY, KSSEND, KSRECV, KSFREE = 0, 1, 2, 3
+
+# kreq.h: process flags (kp_flags)
+KSURRENDER = 0x02  # process should surrender
+KIPROC = 0x10  # internal process
+KMSG2 = 0x20  # send-blocked process is a KQSR
+
+# kreq.h: message flags (k_flags), shared with nh_flags
+KSYNCSQL = 0x01  # use SQL rules for sync
+KTRY = 0x02  # error if the request would block
+KNMSG = 0x04  # k_msg is a struct nmsg
+KPROBE = 0x08  # KQRECV is a probe only
+KTRACE = 0x20  # time kernel operations
+
+# kreq.h: sync masks
+KTYPEHI = 0xFFFF0000
+KTYPELO = 0x0000FFFF
+KEVENTHI = 0x7FFF0000
+
+KPMAX = 256 + 32  # the C kernel's fixed process table size (we have no such cap)
+KNFYI = 9  # debugging info words
+MAXNMSGLEN = 8192  # net.h: maximum network frame size
+NHDSIZE = 8  # net.h: data words in a network message header
+
+# --- priority.h --------------------------------------------------------------
+PRMAX = 1500
+PRROUTER = 1400
+PRBUFFERD = 1100
+PRCMD = 1095
+PRDOOM = 1095
+PRLAMHALT = 1094  # never written to the kill file (kkill.c)
+PRDLO = 1090
+PRDLI = 1087
+PRDAEMON = 1085
+PRDIED = 1084
+PRECHOD = PRDAEMON
+PRLOADD = PRDAEMON
+PRFILED = PRDAEMON
+PRBFORWARD = PRDAEMON
+PRHALTD = PRDAEMON
+PRVERSIOND = PRDAEMON
+
+# --- events.h ----------------------------------------------------------------
+LAM_BASE_EVENT = 0x40000000
+NOTEVENT = LAM_BASE_EVENT + 2
+EVROUTER = LAM_BASE_EVENT + 3
+EVBOOTD = LAM_BASE_EVENT + 4
+EVDLOINIT = LAM_BASE_EVENT + 5
+EVDLI = LAM_BASE_EVENT + 6
+EVFILED = LAM_BASE_EVENT + 7
+EVLOADD = LAM_BASE_EVENT + 8
+EVBFORWARD = LAM_BASE_EVENT + 9
+EVKENYAD = LAM_BASE_EVENT + 10
+EVIOD = LAM_BASE_EVENT + 11
+EVECHOD = LAM_BASE_EVENT + 12
+EVBUFFERD = LAM_BASE_EVENT + 13
+EVFLATD = LAM_BASE_EVENT + 14
+EVTRACED = LAM_BASE_EVENT + 15
+EVHALTD = LAM_BASE_EVENT + 16
+EVPAUSE = LAM_BASE_EVENT + 17
+EVSTOP = LAM_BASE_EVENT + 18
+EVDL0 = LAM_BASE_EVENT + 19
+EVVERSIOND = LAM_BASE_EVENT + 24
+
+# --- ksignal.h -------------------------------------------------------------
+TNSIG = 10
+SIGTRACE, SIGC, SIGARECV, SIGUDIE, SIGARREST = 1, 2, 3, 4, 5
+SIGRELEASE, SIGA, SIGB, SIGFUSE, SIGSHRINK = 6, 7, 8, 9, 10
+
+
+def sigmask(signo: int) -> int:
+    """LAM's ``sigmask(s)``: the bit for LAM signal *signo* (1-based)."""
+    return 1 << (signo - 1)
+
+
+#: The Unix signal the kernel uses to preempt a ready client
+#: (``LAM_SIGUSR`` in Debian's ``/usr/include/lam/lam_config.h``).
+LAM_SIGUSR = signal.SIGUSR2
+
+# --- terror.h (Unix build: LAM_ERR_BASE 0x400) --------------------------------
+LAM_ERR_BASE = 0x400
+
+
+class LamErrno(enum.IntEnum):
+    """LAM's own error numbers (``terror.h``), above the Unix errno range."""
+
+    EUNKNOWN = 201 + LAM_ERR_BASE
+    EDEADNODE = 202 + LAM_ERR_BASE
+    ENOEXDESCRIPTORS = 203 + LAM_ERR_BASE
+    EFULL = 204 + LAM_ERR_BASE
+    ENOTPROCESS = 205 + LAM_ERR_BASE
+    EBADREQUEST = 206 + LAM_ERR_BASE
+    ENOTMALLOCED = 207 + LAM_ERR_BASE
+    EGERFLOW = 208 + LAM_ERR_BASE
+    ESERVICE = 209 + LAM_ERR_BASE
+    EMAGIC = 210 + LAM_ERR_BASE
+    EBLOWN = 211 + LAM_ERR_BASE
+    EIMPOSSIBLE = 212 + LAM_ERR_BASE
+    LAM_ERR_TO = 213 + LAM_ERR_BASE
+    EBADHOST = 214 + LAM_ERR_BASE
+    ENOKERNEL = 215 + LAM_ERR_BASE
+    ENOTATTACHED = 216 + LAM_ERR_BASE
+    LAM_ERR_BLOCK = 217 + LAM_ERR_BASE
+    EMSGLEN = 218 + LAM_ERR_BASE
+    EEOF = 219 + LAM_ERR_BASE
+    ECOLLIDE = 220 + LAM_ERR_BASE
+    LAM_ERR_INVAL = 221 + LAM_ERR_BASE
+    EBADNODE = 229 + LAM_ERR_BASE
+    EBADIDSPEC = 230 + LAM_ERR_BASE
+    ENONODES = 231 + LAM_ERR_BASE
+    ENORDESCRIPTORS = 232 + LAM_ERR_BASE
+    ENOBFDESCRIPTORS = 233 + LAM_ERR_BASE
+    ENOKDESCRIPTORS = 237 + LAM_ERR_BASE
+    EBADTAG = 240 + LAM_ERR_BASE
+    EHIGHWATER = 245 + LAM_ERR_BASE
+    ENOT_IMPLEMENTED = 261 + LAM_ERR_BASE
+
+
+EUNKNOWN = LamErrno.EUNKNOWN
+EFULL = LamErrno.EFULL
+ENOTPROCESS = LamErrno.ENOTPROCESS
+EBADREQUEST = LamErrno.EBADREQUEST
+ESERVICE = LamErrno.ESERVICE
+ENOKERNEL = LamErrno.ENOKERNEL
+ENOTATTACHED = LamErrno.ENOTATTACHED
+EMSGLEN = LamErrno.EMSGLEN
+EEOF = LamErrno.EEOF
+EBADNODE = LamErrno.EBADNODE
+ENOKDESCRIPTORS = LamErrno.ENOKDESCRIPTORS
+ENOBFDESCRIPTORS = LamErrno.ENOBFDESCRIPTORS
+ENOT_IMPLEMENTED = LamErrno.ENOT_IMPLEMENTED
+
+
+def strerror(code: int) -> str:
+    """A readable name for a reply code: a LAM error or a Unix errno."""
+    import os
+
+    if code == 0:
+        return "success"
+    try:
+        return LamErrno(code).name
+    except ValueError:
+        return os.strerror(code)
