@@ -1,0 +1,193 @@
+"""The ``lamd`` command: set up a session and run the kernel (LAM's ``k_main.c``).
+
+By hand (no LISTEN_FDS) the daemon serves the invoking user's LAM session
+socket in the foreground and logs to stderr; under systemd it adopts the
+socket it is given (:mod:`lamd.service`). Either way SIGTERM or SIGINT ends
+it cleanly: every attached client gets SIGCONT then SIGHUP (kkillall), the
+kill file goes, and a socket we bound ourselves is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import resource
+import socket
+import sys
+from typing import Sequence
+
+from . import LAM_VERSION, __version__, service
+from .kernel import Kernel, MAX_MSG_LEN
+from .kernelio import IOLimits, KernelIO
+from .session import Session, SessionError
+
+log = logging.getLogger("lamd")
+
+EXIT_USAGE = 2
+EXIT_SETUP = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lamd",
+        description=f"The LAM/MPI {LAM_VERSION} runtime daemon (kernel and internal "
+                    "processes), serving this user's LAM session socket.")
+    p.add_argument("--version", action="version",
+                   version=f"lamd {__version__} (LAM/MPI {LAM_VERSION} protocol)")
+    p.add_argument("--debug", action="store_true", help="log every request (same as --log-level debug)")
+    p.add_argument("--log-level", default=os.environ.get("LAMD_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"], help="log threshold (default: info, or $LAMD_LOG_LEVEL)")
+    p.add_argument("-sessionprefix", "--session-prefix", dest="prefix", metavar="DIR",
+                   help="directory holding the session directory (default: $LAM_MPI_SESSION_PREFIX, $TMPDIR, /tmp)")
+    p.add_argument("-sessionsuffix", "--session-suffix", dest="suffix", metavar="SUFFIX",
+                   help="session directory suffix (default: $LAM_MPI_SESSION_SUFFIX or a batch job id)")
+    p.add_argument("--max-procs", type=int, default=int(os.environ.get("LAMD_MAX_PROCS", 65536)),
+                   metavar="N", help="most processes attached at once (default 65536; the C lamd had 288)")
+    p.add_argument("--max-msg-len", type=int, default=int(os.environ.get("LAMD_MAX_MSG_LEN", MAX_MSG_LEN)),
+                   metavar="BYTES", help="longest message body a client may announce")
+    p.add_argument("--move-buffer", type=int, default=int(os.environ.get("LAMD_MOVE_BUFFER", 256 * 1024)),
+                   metavar="BYTES", help="bytes held per message body in flight (default 256 KiB)")
+    p.add_argument("--no-iprocs", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def raise_nofile() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one; returns the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def bind_session_socket(session: Session) -> socket.socket:
+    """Bind the session socket, replacing a stale one, never a live one."""
+    path = session.socket_path
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(path)
+    except FileNotFoundError:
+        pass
+    except (ConnectionRefusedError, OSError) as e:
+        if isinstance(e, ConnectionRefusedError) or e.errno in (errno.ECONNREFUSED, errno.ENOTSOCK):
+            log.info("removing stale socket %s left by a dead daemon", path)
+            os.unlink(path)
+        elif e.errno != errno.ENOENT:
+            raise SessionError(f"cannot probe {path}: {e.strerror}") from e
+    else:
+        raise SessionError(f"a live daemon already serves {path}; not taking it over")
+    finally:
+        probe.close()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        s.bind(path)
+    except OSError as e:
+        s.close()
+        raise SessionError(f"cannot bind {path}: {e.strerror}") from e
+    finally:
+        os.umask(old)
+    s.listen(4096)
+    return s
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    service.setup_logging("debug" if args.debug else args.log_level)
+    if os.getuid() == 0:
+        log.error("lamd refuses to run as root (as LAM's lamd does): run it as the user "
+                  "whose LAM session it serves")
+        return EXIT_SETUP
+    try:
+        listener = service.adopt_listen_socket()
+    except service.ServiceError as e:
+        log.error("%s", e)
+        return EXIT_SETUP
+    owned_socket: str | None = None
+    try:
+        if listener is not None:
+            path = listener.getsockname()
+            if not isinstance(path, str) or not path:
+                raise SessionError("the socket from systemd has no filesystem path")
+            session = Session(os.path.dirname(path))
+            session.ensure_directory()
+        else:
+            session = Session.for_user(prefix=args.prefix, suffix=args.suffix)
+            session.ensure_directory()
+            listener = bind_session_socket(session)
+            owned_socket = session.socket_path
+    except SessionError as e:
+        log.error("%s", e)
+        return EXIT_SETUP
+    nofile = raise_nofile()
+    kernel = Kernel(max_procs=args.max_procs, max_msg_len=args.max_msg_len,
+                    kernel_pid=os.getpid())
+    notifier = service.Notifier()
+    limits = IOLimits(move_buffer=max(4096, args.move_buffer))
+    wd = notifier.watchdog_period()
+    tick = min(1.0, wd) if wd else 1.0
+    user = os.environ.get("USER") or str(os.getuid())
+    try:
+        import pwd
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        pass
+    last_status = [""]
+
+    def on_tick(io: KernelIO) -> None:
+        st = kernel.stats
+        n = len(kernel.clients())
+        text = f"{n} clients attached, {st.messages} messages, {st.bytes} bytes moved"
+        if text != last_status[0]:
+            last_status[0] = text
+            notifier.status(text)
+            service.set_proctitle(f"lamd: {user} [{n} clients]")
+        notifier.watchdog()
+
+    io = KernelIO(kernel, listener, killfile=session.killfile_path,
+                  clients_file=session.clients_path, limits=limits,
+                  on_tick=on_tick, tick_interval=tick)
+    try:
+        io.write_killfile()
+        if not os.path.exists(session.killfile_path):
+            raise OSError(errno.EACCES, "kill file not written")
+    except OSError as e:
+        log.error("cannot write kill file %s: %s", session.killfile_path, e.strerror)
+        return EXIT_SETUP
+    io.install_signal_handlers()
+    if not args.no_iprocs:
+        try:
+            from .iprocs import boot_table
+        except ImportError:
+            boot_table = None
+        if boot_table is not None:
+            io.boot(boot_table({"session": session.directory}), {"session": session.directory})
+    service.set_proctitle(f"lamd: {user} [0 clients]")
+    log.info("lamd %s serving %s (pid %d, up to %d clients by RLIMIT_NOFILE %d, max %d processes)",
+             __version__, session.socket_path, os.getpid(), max(0, nofile - 16), nofile,
+             args.max_procs)
+    notifier.ready()
+    notifier.status("0 clients attached")
+    status = io.run()
+    notifier.stopping()
+    log.info("shutting down (%s): signalling %d clients", io.stop_reason or "stop",
+             len(kernel.clients()))
+    io.shutdown(unlink_socket=owned_socket)
+    if owned_socket:
+        try:
+            os.rmdir(session.directory)
+        except OSError:
+            pass
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

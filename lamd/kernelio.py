@@ -1,0 +1,702 @@
+"""The kernel's I/O on an epoll loop (LAM's ``otb/sys/kernel/kernelio.c``).
+
+:class:`KernelIO` accepts clients on the session's Unix stream socket, reads
+fixed-size ``struct kreq`` requests, feeds them to the sans-IO
+:class:`~lamd.kernel.Kernel` and carries out the actions it returns. Every
+socket is non-blocking; nothing here ever waits on one peer:
+
+* a message body moves between two clients through a :class:`BodyMove`, a
+  bounded buffer (``move_buffer`` bytes): when it is full the sender is no
+  longer read, when it is empty the receiver is no longer written, and every
+  other client keeps being served (the C kernel blocks in ``kio_transfer``);
+* replies are queued per connection and written as the socket accepts them;
+  a client that stops reading its replies stops being read (``max_queued``);
+* a peer that disappears mid-transfer is cleaned up on both sides: a
+  receiver that vanishes has the rest of its body read and dropped so the
+  sender carries on; a sender that vanishes leaves its receiver holding a
+  reply whose body can never come, so that receiver is closed too.
+
+Identity comes from the socket: SO_PEERCRED at accept gives the pid and uid
+(a connection from another uid is refused), and a pidfd opened then is what
+every signal goes through, so a pid reused after its client died is never
+signalled.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import kernel as K
+from .kernel import Kernel
+from .kkill import kkillrewrite, proc_starttime
+from .wire import KREQ_SIZE, KReq
+
+log = logging.getLogger("lamd.kernelio")
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+EPOLLERR = select.EPOLLERR | select.EPOLLHUP
+_UCRED = struct.Struct("3i")
+
+
+@dataclass(slots=True)
+class IOLimits:
+    """Bounds that keep one client from costing the others."""
+
+    move_buffer: int = 256 * 1024  # bytes held per body in flight
+    max_queued: int = 1 << 20  # reply bytes queued to one client before we stop reading it
+    requests_per_turn: int = 32  # requests served from one client before the next one's turn
+    accepts_per_turn: int = 64
+    sock_buffer: int = 256 * 1024  # SO_SNDBUF/SO_RCVBUF on the daemon's side
+
+
+class BodyMove:
+    """One message body in flight from a sender's socket (LAM's ``kio_transfer``).
+
+    ``dst`` is the receiving :class:`Connection`, or None while collecting a
+    body for an internal process (``token`` set) or dropping the rest of a body
+    whose receiver has gone.
+    """
+
+    __slots__ = ("src", "dst", "skip", "remaining", "buf", "rpos", "wpos",
+                 "token", "collected", "src_paused")
+
+    def __init__(self, src: "Connection", dst: "Connection | None", length: int,
+                 skip: int, bufsize: int, token: Any = None) -> None:
+        self.src = src
+        self.dst = dst
+        self.skip = skip
+        self.remaining = length
+        self.token = token
+        self.collected: bytearray | None = bytearray() if token is not None else None
+        self.buf = bytearray(max(1, min(bufsize, length))) if dst is not None else bytearray()
+        self.rpos = 0
+        self.wpos = 0
+        self.src_paused = False
+
+    @property
+    def src_done(self) -> bool:
+        return self.remaining == 0 and self.skip == 0
+
+    def space(self) -> int:
+        """How many more body bytes may be read from the sender now."""
+        if self.skip:
+            return self.skip
+        if self.dst is None:
+            return self.remaining
+        return min(len(self.buf) - self.wpos, self.remaining)
+
+    def feed(self, data: memoryview) -> int:
+        """Take body bytes already read from the sender; returns how many."""
+        used = 0
+        if self.skip:
+            k = min(self.skip, len(data))
+            self.skip -= k
+            used += k
+            data = data[k:]
+        if not data or self.remaining == 0:
+            return used
+        if self.dst is None:
+            k = min(self.remaining, len(data))
+            if self.collected is not None:
+                self.collected += data[:k]
+            self.remaining -= k
+            return used + k
+        k = min(len(self.buf) - self.wpos, self.remaining, len(data))
+        self.buf[self.wpos:self.wpos + k] = data[:k]
+        self.wpos += k
+        self.remaining -= k
+        return used + k
+
+
+class Connection:
+    """One client socket and what is queued on it."""
+
+    __slots__ = ("sock", "fd", "pid", "uid", "pidfd", "starttime", "inbuf",
+                 "move", "out", "queued", "mask", "closing", "closed", "read_paused")
+
+    def __init__(self, sock: socket.socket, pid: int, uid: int) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.pid = pid
+        self.uid = uid
+        self.pidfd: int | None = None
+        self.starttime: int | None = None
+        self.inbuf = bytearray()
+        self.move: BodyMove | None = None  # body being read from this client
+        self.out: deque[Any] = deque()  # bytearray | memoryview | BodyMove
+        self.queued = 0
+        self.mask = 0
+        self.closing = False
+        self.closed = False
+        self.read_paused = False
+
+    def __repr__(self) -> str:
+        return f"<conn fd={self.fd} pid={self.pid}>"
+
+
+class KernelIO:
+    """The epoll loop around one :class:`Kernel` and one listening socket."""
+
+    def __init__(self, kernel: Kernel, listener: socket.socket, *,
+                 killfile: str | None = None, clients_file: str | None = None,
+                 limits: IOLimits | None = None,
+                 on_tick: Callable[["KernelIO"], None] | None = None,
+                 tick_interval: float = 1.0) -> None:
+        self.kernel = kernel
+        self.listener = listener
+        self.killfile = killfile
+        self.clients_file = clients_file
+        self.limits = limits or IOLimits()
+        self.on_tick = on_tick
+        self.tick_interval = tick_interval
+        self.uid = os.getuid()
+        self.ep = select.epoll()
+        self.conns: dict[int, Connection] = {}
+        self.handlers: dict[int, Callable[[int], None]] = {}
+        self.timers: list[tuple[float, int, Any]] = []
+        self._timer_seq = itertools.count()
+        self._fd_watches: dict[int, Any] = {}
+        self._pending: deque[Connection] = deque()  # clients with unparsed requests
+        self._dirty: set[Connection] = set()  # clients with output to flush
+        self.stopping = False
+        self.exit_status = 0
+        self.stop_reason = ""
+        self.refused_uid = 0
+        listener.setblocking(False)
+        self.ep.register(listener.fileno(), EPOLLIN)
+        self.handlers[listener.fileno()] = self._on_accept
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.ep.register(self._wake_r.fileno(), EPOLLIN)
+        self.handlers[self._wake_r.fileno()] = self._on_wakeup
+        self._signals: deque[int] = deque()
+
+    # ------------------------------------------------------------------
+    # the loop
+    # ------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT end the loop (kio_shutdown); SIGPIPE is ignored."""
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self._on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def _on_signal(self, signo: int, _frame: Any) -> None:
+        self._signals.append(signo)
+
+    def _on_wakeup(self, _ev: int) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self._signals:
+            signo = self._signals.popleft()
+            self.stop(0, f"signal {signal.Signals(signo).name}")
+
+    def stop(self, status: int = 0, reason: str = "") -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.exit_status = status
+            self.stop_reason = reason
+
+    def boot(self, table: Any, config: dict[str, Any] | None = None) -> None:
+        self._apply(self.kernel.boot(table, config))
+        self._flush_dirty()
+
+    def run(self) -> int:
+        """Serve until stopped (signal, haltd, or :meth:`stop`)."""
+        self.write_killfile()
+        next_tick = time.monotonic() + self.tick_interval
+        poll = self.ep.poll
+        handlers = self.handlers
+        while not self.stopping:
+            now = time.monotonic()
+            if self._pending:
+                timeout = 0.0
+            else:
+                deadline = next_tick
+                if self.timers and self.timers[0][0] < deadline:
+                    deadline = self.timers[0][0]
+                timeout = max(0.0, deadline - now)
+            try:
+                events = poll(timeout)
+            except InterruptedError:
+                continue
+            for fd, ev in events:
+                h = handlers.get(fd)
+                if h is not None:
+                    h(ev)
+            if self._pending:
+                self._serve_pending()
+            now = time.monotonic()
+            while self.timers and self.timers[0][0] <= now:
+                _, _, token = heapq.heappop(self.timers)
+                self._apply(self.kernel.wake(token))
+            if self._dirty:
+                self._flush_dirty()
+            if self.kernel.killfile_dirty:
+                self.write_killfile()
+            if now >= next_tick:
+                next_tick = now + self.tick_interval
+                if self.on_tick is not None:
+                    self.on_tick(self)
+        return self.exit_status
+
+    def shutdown(self, *, unlink_socket: str | None = None) -> None:
+        """``kio_shutdown``: kkillall, close everything, remove session files."""
+        for a in self.kernel.kkillall():
+            self._signal(a, drop_on_failure=False)
+        for c in list(self.conns.values()):
+            self._close(c, notify_kernel=False)
+        try:
+            self.ep.unregister(self.listener.fileno())
+        except (OSError, ValueError):
+            pass
+        self.listener.close()
+        for path in (unlink_socket, self.killfile, self.clients_file):
+            if path:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    log.warning("cannot remove %s: %s", path, e.strerror)
+        self.ep.close()
+
+    # ------------------------------------------------------------------
+    # kill file
+    # ------------------------------------------------------------------
+    def write_killfile(self) -> None:
+        self.kernel.killfile_dirty = False
+        if not self.killfile:
+            return
+        try:
+            kkillrewrite(self.killfile, self.clients_file or self.killfile + ".clients",
+                         self.kernel.kernel_pid or os.getpid(),
+                         self.kernel.killfile_entries())
+        except OSError as e:
+            log.error("cannot write kill file %s: %s", self.killfile, e.strerror,
+                      extra={"LAM_ERROR": e.errno})
+
+    # ------------------------------------------------------------------
+    # accepting clients (kio_req's accept branch)
+    # ------------------------------------------------------------------
+    def _on_accept(self, _ev: int) -> None:
+        for _ in range(self.limits.accepts_per_turn):
+            try:
+                sock, _addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("cannot accept a client: %s (raise LimitNOFILE/--max-procs)",
+                              e.strerror, extra={"LAM_ERROR": e.errno})
+                    return
+                if e.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                raise
+            self._admit(sock)
+
+    def _admit(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        try:
+            pid, uid, _gid = _UCRED.unpack(
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        except OSError:
+            sock.close()
+            return
+        if uid != self.uid:
+            self.refused_uid += 1
+            log.warning("refused a connection from pid %d uid %d (this daemon serves uid %d)",
+                        pid, uid, self.uid, extra={"LAM_PID": pid, "LAM_UID": uid})
+            sock.close()
+            return
+        lim = self.limits
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, lim.sock_buffer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, lim.sock_buffer)
+        except OSError:
+            pass
+        c = Connection(sock, pid, uid)
+        if pid > 0:
+            try:
+                c.pidfd = os.pidfd_open(pid)
+            except OSError:
+                c.pidfd = None
+            c.starttime = proc_starttime(pid)
+        self.conns[c.fd] = c
+        c.mask = EPOLLIN
+        self.ep.register(c.fd, EPOLLIN)
+        self.handlers[c.fd] = lambda ev, c=c: self._on_client(c, ev)
+        self.kernel.connect(c, pid, uid, c.starttime)
+
+    # ------------------------------------------------------------------
+    # reading: requests and bodies
+    # ------------------------------------------------------------------
+    def _on_client(self, c: Connection, ev: int) -> None:
+        if c.closed:
+            return
+        if ev & EPOLLOUT:
+            self._flush(c)
+            if c.closed:
+                return
+        if ev & (EPOLLIN | EPOLLERR):
+            self._read(c)
+
+    def _read(self, c: Connection) -> None:
+        m = c.move
+        if m is not None:
+            self._read_body(c, m)
+            return
+        try:
+            data = c.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(c, "connection error")
+            return
+        if not data:
+            if c.inbuf:
+                log.warning("pid %d closed mid-request (%d of %d bytes)", c.pid,
+                            len(c.inbuf), KREQ_SIZE, extra={"LAM_PID": c.pid})
+            self._drop(c, "closed by client")
+            return
+        if c.inbuf:
+            c.inbuf += data
+        elif len(data) == KREQ_SIZE and not c.closing:
+            # the common case: exactly one request
+            self._handle(c, KReq.unpack(data))
+            return
+        else:
+            c.inbuf = bytearray(data)
+        self._parse(c)
+
+    def _parse(self, c: Connection) -> None:
+        """Serve complete requests buffered for *c*, a bounded number per turn."""
+        budget = self.limits.requests_per_turn
+        buf = c.inbuf
+        while (len(buf) >= KREQ_SIZE and budget > 0 and not c.closed
+               and not c.closing and c.move is None and not c.read_paused):
+            req = KReq.unpack(buf)
+            del buf[:KREQ_SIZE]
+            budget -= 1
+            self._handle(c, req)
+        if c.closed:
+            return
+        if c.move is None and len(c.inbuf) >= KREQ_SIZE and not c.closing and not c.read_paused:
+            self._pending.append(c)
+
+    def _serve_pending(self) -> None:
+        for _ in range(len(self._pending)):
+            c = self._pending.popleft()
+            if not c.closed and c.move is None:
+                self._parse(c)
+
+    def _handle(self, c: Connection, req: KReq) -> None:
+        actions = self.kernel.request(c, req)
+        if self.kernel.killfile_dirty and req.req == 5:
+            self.write_killfile()  # a new client is listed before it hears back
+        self._apply(actions)
+        if self._dirty:
+            self._flush_dirty()
+
+    def _read_body(self, c: Connection, m: BodyMove) -> None:
+        """Read body bytes from sender *c* into its :class:`BodyMove`."""
+        space = m.space()
+        if space <= 0:
+            self._pause_read(c, True)
+            return
+        try:
+            if m.dst is not None and not m.skip:
+                view = memoryview(m.buf)[m.wpos:m.wpos + space]
+                n = c.sock.recv_into(view)
+                if n:
+                    m.wpos += n
+                    m.remaining -= n
+            else:
+                data = c.sock.recv(min(space, 1 << 20))
+                n = len(data)
+                if n:
+                    m.feed(memoryview(data))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(c, "connection error mid-body")
+            return
+        if n == 0:
+            log.warning("pid %d closed in the middle of a message body (%d bytes missing)",
+                        c.pid, m.remaining + m.skip, extra={"LAM_PID": c.pid})
+            self._drop(c, "closed mid-body")
+            return
+        self._after_src_progress(m)
+
+    def _after_src_progress(self, m: BodyMove) -> None:
+        c = m.src
+        if m.dst is not None and m.rpos < m.wpos:
+            self._dirty.add(m.dst)
+        if m.src_done:
+            self._src_finished(m)
+        elif m.dst is not None and m.space() <= 0:
+            self._pause_read(c, True)
+            m.src_paused = True
+        if m.dst is not None:
+            self._flush(m.dst)
+
+    def _src_finished(self, m: BodyMove) -> None:
+        c = m.src
+        c.move = None
+        if m.src_paused or c.read_paused:
+            m.src_paused = False
+            self._pause_read(c, False)
+        if m.token is not None:
+            data = bytes(m.collected or b"")
+            m.collected = None
+            self._apply(self.kernel.body_arrived(m.token, data))
+        if c.inbuf and not c.closed:
+            self._pending.append(c)
+
+    def _start_move(self, src: Connection, dst: Connection | None, length: int,
+                    skip: int, token: Any = None) -> BodyMove:
+        m = BodyMove(src, dst, length, skip, self.limits.move_buffer, token)
+        src.move = m
+        if src.inbuf:
+            used = m.feed(memoryview(src.inbuf))
+            del src.inbuf[:used]
+        if dst is not None:
+            dst.out.append(m)
+            self._dirty.add(dst)
+        if m.src_done:
+            self._src_finished(m)
+        elif m.space() <= 0:
+            self._pause_read(src, True)
+            m.src_paused = True
+        return m
+
+    # ------------------------------------------------------------------
+    # writing
+    # ------------------------------------------------------------------
+    def _queue(self, c: Connection, data: bytes) -> None:
+        if c.closed:
+            return
+        out = c.out
+        if out and type(out[-1]) is bytearray:
+            out[-1] += data
+        else:
+            out.append(bytearray(data))
+        c.queued += len(data)
+        self._dirty.add(c)
+        if c.queued > self.limits.max_queued and not c.read_paused:
+            self._pause_read(c, True)
+
+    def _flush_dirty(self) -> None:
+        while self._dirty:
+            c = self._dirty.pop()
+            if not c.closed:
+                self._flush(c)
+
+    def _flush(self, c: Connection) -> None:
+        """Write what is queued for *c* until the socket would block."""
+        out = c.out
+        send = c.sock.send
+        try:
+            while out:
+                item = out[0]
+                if type(item) is BodyMove:
+                    m = item
+                    if m.rpos < m.wpos:
+                        n = send(memoryview(m.buf)[m.rpos:m.wpos])
+                        m.rpos += n
+                        if m.rpos < m.wpos:
+                            break
+                    m.rpos = m.wpos = 0
+                    if m.src_done:
+                        out.popleft()
+                        continue
+                    if m.src_paused and m.src.move is m:
+                        m.src_paused = False
+                        self._pause_read(m.src, False)
+                    break
+                n = send(item)
+                c.queued -= n
+                if n < len(item):
+                    out[0] = memoryview(item)[n:] if type(item) is bytearray else item[n:]
+                    break
+                out.popleft()
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._drop(c, "connection error while writing")
+            return
+        if c.closed:
+            return
+        want_out = bool(out) and not (type(out[0]) is BodyMove and out[0].rpos >= out[0].wpos)
+        if c.read_paused and c.queued <= self.limits.max_queued // 2 and c.move is None:
+            self._pause_read(c, False)
+            if c.inbuf:
+                self._pending.append(c)
+        self._set_mask(c, want_out=want_out)
+        if c.closing and not out:
+            self._close(c, notify_kernel=True)
+
+    def _set_mask(self, c: Connection, *, want_out: bool) -> None:
+        """Listen for what *c* needs; nothing at all while it is paused, so a
+        hung-up peer (EPOLLHUP is always reported) cannot make the loop spin."""
+        mask = (0 if c.read_paused or c.closing else EPOLLIN) | (EPOLLOUT if want_out else 0)
+        if mask == c.mask:
+            return
+        try:
+            if mask == 0:
+                self.ep.unregister(c.fd)
+            elif c.mask == 0:
+                self.ep.register(c.fd, mask)
+            else:
+                self.ep.modify(c.fd, mask)
+        except OSError:
+            pass
+        c.mask = mask
+
+    def _pause_read(self, c: Connection, paused: bool) -> None:
+        if c.read_paused != paused:
+            c.read_paused = paused
+            want_out = bool(c.mask & EPOLLOUT)
+            self._set_mask(c, want_out=want_out)
+
+    # ------------------------------------------------------------------
+    # carrying out the kernel's actions
+    # ------------------------------------------------------------------
+    def _apply(self, actions: list[Any]) -> None:
+        for a in actions:
+            t = type(a)
+            if t is K.Reply:
+                self._queue(a.conn, a.reply.pack())
+            elif t is K.Transfer:
+                src, dst = a.src, a.dst
+                if dst.closed:
+                    dst = None
+                if a.pad and dst is not None:
+                    self._queue(dst, bytes(a.pad))
+                if src.closed:
+                    if dst is not None:
+                        self._drop(dst, "its sender vanished before the body")
+                    continue
+                self._start_move(src, dst, a.length, a.skip)
+            elif t is K.SendBody:
+                self._queue(a.conn, a.data)
+            elif t is K.CollectBody:
+                if a.src.closed:
+                    self._apply(self.kernel.body_failed(a.token))
+                else:
+                    self._start_move(a.src, None, a.length, 0, a.token)
+            elif t is K.Signal:
+                self._signal(a)
+            elif t is K.Close:
+                c = a.conn
+                if not c.closed:
+                    c.closing = True
+                    self._dirty.add(c)
+            elif t is K.WatchTimeout:
+                heapq.heappush(self.timers, (time.monotonic() + a.delay,
+                                             next(self._timer_seq), a.token))
+            elif t is K.WatchReadable:
+                self._watch_fd(a.fd, a.token)
+            elif t is K.Halt:
+                self.stop(a.status, a.reason)
+
+    def _signal(self, a: K.Signal, drop_on_failure: bool = True) -> None:
+        c: Connection = a.conn
+        if c.closed or c.pidfd is None:
+            return
+        try:
+            signal.pidfd_send_signal(c.pidfd, a.signo)
+        except ProcessLookupError:
+            if drop_on_failure:
+                self._drop(c, "process gone")
+        except OSError as e:
+            log.warning("cannot signal pid %d: %s", c.pid, e.strerror,
+                        extra={"LAM_PID": c.pid, "LAM_ERROR": e.errno})
+
+    def _watch_fd(self, fd: int, token: Any) -> None:
+        def fire(_ev: int) -> None:
+            try:
+                self.ep.unregister(fd)
+            except OSError:
+                pass
+            self.handlers.pop(fd, None)
+            self._apply(self.kernel.wake(token))
+        self.handlers[fd] = fire
+        try:
+            self.ep.register(fd, EPOLLIN)
+        except OSError:
+            self.handlers.pop(fd, None)
+            self._apply(self.kernel.wake(token))
+
+    # ------------------------------------------------------------------
+    # losing clients
+    # ------------------------------------------------------------------
+    def _drop(self, c: Connection, why: str) -> None:
+        """*c* is gone or unusable: clean up both sides of what it was part of."""
+        if c.closed:
+            return
+        log.debug("dropping pid %d: %s", c.pid, why, extra={"LAM_PID": c.pid})
+        self._close(c, notify_kernel=True)
+
+    def _close(self, c: Connection, *, notify_kernel: bool) -> None:
+        if c.closed:
+            return
+        c.closed = True
+        self.conns.pop(c.fd, None)
+        self.handlers.pop(c.fd, None)
+        try:
+            self.ep.unregister(c.fd)
+        except (OSError, ValueError):
+            pass
+        m = c.move
+        c.move = None
+        victims: list[Connection] = []
+        if m is not None:
+            if m.dst is not None and not m.dst.closed:
+                victims.append(m.dst)  # its body can never be completed
+            elif m.token is not None and notify_kernel:
+                self._apply(self.kernel.body_failed(m.token))
+        for item in c.out:
+            if type(item) is BodyMove and item.src.move is item:
+                # we were the receiver: let the sender finish, dropping the rest
+                item.dst = None
+                item.buf = bytearray()
+                item.rpos = item.wpos = 0
+                if item.src_paused:
+                    item.src_paused = False
+                    self._pause_read(item.src, False)
+        c.out.clear()
+        try:
+            c.sock.close()
+        except OSError:
+            pass
+        if c.pidfd is not None:
+            try:
+                os.close(c.pidfd)
+            except OSError:
+                pass
+            c.pidfd = None
+        if notify_kernel:
+            self._apply(self.kernel.disconnect(c))
+        for v in victims:
+            log.warning("closing pid %d: its sender pid %d vanished mid-body", v.pid, c.pid,
+                        extra={"LAM_PID": v.pid})
+            self._close(v, notify_kernel=notify_kernel)
