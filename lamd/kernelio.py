@@ -209,6 +209,14 @@ class KernelIO:
             signo = self._signals.popleft()
             self.stop(0, f"signal {signal.Signals(signo).name}")
 
+    def request_stop(self, status: int = 0, reason: str = "requested") -> None:
+        """Stop the loop from another thread (tests, embedding)."""
+        self.stop(status, reason)
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
     def stop(self, status: int = 0, reason: str = "") -> None:
         if not self.stopping:
             self.stopping = True
@@ -620,8 +628,8 @@ class KernelIO:
 
     def _signal(self, a: K.Signal, drop_on_failure: bool = True) -> None:
         c: Connection = a.conn
-        if c.closed or c.pidfd is None:
-            return
+        if c.closed or c.pidfd is None or c.pid == os.getpid():
+            return  # never signal ourselves (an embedded client, in tests)
         try:
             signal.pidfd_send_signal(c.pidfd, a.signo)
         except ProcessLookupError:

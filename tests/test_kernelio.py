@@ -1,0 +1,288 @@
+"""The epoll I/O layer over real Unix sockets, with the daemon in a thread.
+
+These prove the properties the C kernel lacks: bodies move in bounded chunks,
+and a slow, stuck or vanished peer stalls only its own transfer.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from typing import Iterator
+
+import pytest
+
+from lamd.client import KernelClient, KernelGone, LamError
+from lamd.constants import KNMSG, KTRY, PRCMD
+from lamd.kernel import Kernel
+from lamd.kernelio import IOLimits, KernelIO
+from lamd.kkill import read_clients, read_killfile
+from lamd.wire import KREQ_SIZE, KMsg, KReq, NMsg
+
+TIMEOUT = 10.0
+
+
+class Daemon:
+    def __init__(self, tmp: str, **limits: int) -> None:
+        self.dir = tmp
+        self.path = os.path.join(tmp, "lam-kernel-socket")
+        self.killfile = os.path.join(tmp, "lam-killfile")
+        self.clients_file = os.path.join(tmp, "lamd-clients")
+        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lsock.bind(self.path)
+        lsock.listen(1024)
+        self.kernel = Kernel(kernel_pid=os.getpid())
+        self.io = KernelIO(self.kernel, lsock, killfile=self.killfile,
+                           clients_file=self.clients_file, limits=IOLimits(**limits),
+                           tick_interval=0.2)
+        self.thread = threading.Thread(target=self.io.run, daemon=True)
+        self.thread.start()
+        self.opened: list[KernelClient] = []
+
+    def client(self, attach: bool = True) -> KernelClient:
+        c = KernelClient.connect(self.path, timeout=TIMEOUT)
+        self.opened.append(c)
+        if attach:
+            c.attach(PRCMD)
+        return c
+
+    def raw(self) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(TIMEOUT)
+        s.connect(self.path)
+        return s
+
+    def stop(self) -> None:
+        for c in self.opened:
+            c.close()
+        self.io.request_stop()
+        self.thread.join(TIMEOUT)
+        assert not self.thread.is_alive(), "daemon loop did not stop"
+        self.io.shutdown(unlink_socket=self.path)
+
+
+@pytest.fixture
+def daemon(tmp_path: "os.PathLike[str]") -> Iterator[Daemon]:
+    d = Daemon(str(tmp_path))
+    yield d
+    d.stop()
+
+
+def pattern(n: int, seed: int = 0) -> bytes:
+    block = bytes((i * 7 + seed) & 0xFF for i in range(256))
+    return (block * (n // 256 + 1))[:n]
+
+
+def run_thread(fn, *args) -> threading.Thread:  # type: ignore[no-untyped-def]
+    errors: list[BaseException] = []
+
+    def wrap() -> None:
+        try:
+            fn(*args)
+        except BaseException as e:  # noqa: BLE001 - reported by join_ok
+            errors.append(e)
+
+    t = threading.Thread(target=wrap, daemon=True)
+    t.errors = errors  # type: ignore[attr-defined]
+    t.start()
+    return t
+
+
+def join_ok(t: threading.Thread) -> None:
+    t.join(TIMEOUT * 3)
+    assert not t.is_alive(), "client thread hung"
+    if t.errors:  # type: ignore[attr-defined]
+        raise t.errors[0]  # type: ignore[attr-defined]
+
+
+def wait_until(pred, timeout: float = TIMEOUT) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+# -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 64, 8192, 65536, 1 << 20, 16 << 20])
+def test_ping_pong_every_byte(daemon: Daemon, size: int) -> None:
+    a, b = daemon.client(), daemon.client()
+    out, back = pattern(size, 1), pattern(size, 2)
+
+    def server() -> None:
+        for _ in range(3):
+            m = b.recv(10, 0, size)
+            assert m.body == out
+            b.send(11, 0, back)
+
+    t = run_thread(server)
+    for _ in range(3):
+        assert a.send(10, 0, out) == size
+        m = a.recv(11, 0, size)
+        assert m.length == size and m.body == back
+    join_ok(t)
+
+
+def test_knmsg_body_with_header(daemon: Daemon) -> None:
+    a, b = daemon.client(), daemon.client()
+    t = run_thread(lambda: a.send(3, 0, b"payload", KNMSG, nmsg=NMsg(node=5, event=3, length=7)))
+    m = b.recv(3, 0, 100, KNMSG)
+    join_ok(t)
+    assert m.body == b"payload" and m.nmsg is not None and m.nmsg.node == 5
+
+
+def test_kill_file_lists_attached_pids(daemon: Daemon) -> None:
+    a = daemon.client()
+    wait_until(lambda: os.path.exists(daemon.killfile))
+    pids = read_killfile(daemon.killfile)
+    assert pids[0] == os.getpid() and pids[1:] == [os.getpid()]
+    assert os.getpid() in read_clients(daemon.clients_file)
+    a.detach()
+    wait_until(lambda: read_killfile(daemon.killfile) == [os.getpid()])
+
+
+def test_stalled_receiver_stalls_only_its_own_transfer(daemon: Daemon) -> None:
+    """A receiver that never reads its 8 MiB body: the sender stops (bounded
+    buffer), and every other pair keeps its full speed."""
+    slow_r = daemon.raw()
+    slow_r.sendall(KReq(req=5, index=-1, pid=os.getpid(), priority=PRCMD).pack())
+    idx = int.from_bytes(slow_r.recv(80)[28:32], "little", signed=True)
+    slow_r.sendall(KReq(req=1, index=idx, msg=KMsg(50, 0, 8 << 20, 0)).pack())
+    time.sleep(0.05)
+    sender = daemon.client()
+    big = pattern(8 << 20)
+    t = run_thread(lambda: sender.send(50, 0, big))  # never reads: the body piles up
+    time.sleep(0.2)
+    a, b = daemon.client(), daemon.client()
+    tb = run_thread(lambda: [b.send(61, 0, b.recv(60, 0, 64).body) for _ in range(200)])
+    t0 = time.monotonic()
+    for i in range(200):
+        a.send(60, 0, pattern(64, i))
+        assert a.recv(61, 0, 64).body == pattern(64, i)
+    assert time.monotonic() - t0 < TIMEOUT
+    join_ok(tb)
+    assert t.is_alive()  # the big sender is still waiting on the stuck receiver
+    # the kernel holds at most one move buffer for it, not 8 MiB
+    slow_r.close()  # receiver vanishes: the sender's body is drained and dropped
+    join_ok(t)
+
+
+def test_sender_that_never_writes_its_body(daemon: Daemon) -> None:
+    recv = daemon.client()
+    liar = daemon.raw()
+    liar.sendall(KReq(req=5, index=-1, pid=os.getpid(), priority=PRCMD).pack())
+    idx = int.from_bytes(liar.recv(80)[28:32], "little", signed=True)
+    tr = run_thread(lambda: recv.recv(70, 0, 1000))
+    time.sleep(0.05)
+    liar.sendall(KReq(req=0, index=idx, msg=KMsg(70, 0, 1000, 0)).pack())
+    liar.recv(80)  # reply: "write your body now" -- and it never does
+    a, b = daemon.client(), daemon.client()
+    tb = run_thread(lambda: b.send(72, 0, b.recv(71, 0, 10).body))
+    a.send(71, 0, b"unaffected")
+    assert a.recv(72, 0, 10).body == b"unaffected"
+    join_ok(tb)
+    liar.sendall(b"x" * 10)
+    liar.close()  # vanishes mid-body: the receiver cannot be completed
+    join_ok_raises(tr, (KernelGone, ConnectionError))
+
+
+def join_ok_raises(t: threading.Thread, exc: tuple) -> None:
+    t.join(TIMEOUT)
+    assert not t.is_alive()
+    assert t.errors and isinstance(t.errors[0], exc), t.errors  # type: ignore[attr-defined]
+
+
+def test_receiver_vanishing_mid_body_lets_sender_finish(daemon: Daemon) -> None:
+    r = daemon.raw()
+    r.sendall(KReq(req=5, index=-1, pid=os.getpid(), priority=PRCMD).pack())
+    idx = int.from_bytes(r.recv(80)[28:32], "little", signed=True)
+    r.sendall(KReq(req=1, index=idx, msg=KMsg(80, 0, 4 << 20, 0)).pack())
+    time.sleep(0.05)
+    s = daemon.client()
+    t = run_thread(lambda: s.send(80, 0, pattern(4 << 20)))
+    r.recv(80)
+    r.recv(1000)
+    r.close()
+    join_ok(t)
+    # the sender is still in good standing
+    assert s.state(os.getpid()).reply == 0
+    wait_until(lambda: len(daemon.kernel.clients()) == 1)
+
+
+def test_truncated_request_leaves_no_stale_entry(daemon: Daemon) -> None:
+    s = daemon.raw()
+    s.sendall(KReq(req=5, index=-1, pid=os.getpid(), priority=PRCMD).pack())
+    s.recv(80)
+    s.sendall(KReq(req=1, index=0, msg=KMsg(1, 0, 1, 0)).pack()[:50])
+    s.close()
+    wait_until(lambda: daemon.kernel.clients() == [])
+    wait_until(lambda: read_killfile(daemon.killfile) == [os.getpid()])
+
+
+def test_garbage_gets_error_replies_and_others_are_served(daemon: Daemon) -> None:
+    g = daemon.raw()
+    g.sendall(bytes(range(256)) * 2 + b"\xff" * (KREQ_SIZE * 4 - 512))
+    got = b""
+    while len(got) < 80 * 4:
+        chunk = g.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    assert len(got) == 80 * 4
+    a = daemon.client()
+    with pytest.raises(LamError):
+        a.recv(1, 0, 1, KTRY)
+    g.close()
+
+
+def test_attach_with_a_false_pid_is_refused(daemon: Daemon) -> None:
+    c = daemon.client(attach=False)
+    with pytest.raises(LamError) as e:
+        c.attach(PRCMD, pid=1)
+    assert e.value.code == 1  # EPERM
+    assert daemon.kernel.clients() == []
+
+
+def test_request_flood_does_not_starve_others(daemon: Daemon) -> None:
+    flood = daemon.client()
+    req = KReq(req=2, index=flood.index, pid=os.getpid()).pack() * 2000
+    stop = threading.Event()
+
+    def flooder() -> None:
+        flood.sock.settimeout(TIMEOUT)
+        while not stop.is_set():
+            flood.sock.sendall(req)
+            need = 80 * 2000
+            while need:
+                need -= len(flood.sock.recv(min(need, 1 << 20)))
+
+    t = run_thread(flooder)
+    a, b = daemon.client(), daemon.client()
+    tb = run_thread(lambda: [b.send(91, 0, b.recv(90, 0, 8).body) for _ in range(100)])
+    worst = 0.0
+    for i in range(100):
+        t0 = time.monotonic()
+        a.send(90, 0, b"12345678")
+        a.recv(91, 0, 8)
+        worst = max(worst, time.monotonic() - t0)
+    stop.set()
+    join_ok(tb)
+    join_ok(t)
+    assert worst < 2.0
+
+
+def test_many_clients_at_once(daemon: Daemon) -> None:
+    n = 300  # beyond the C kernel's 288-process table
+    clients = [daemon.client() for _ in range(n)]
+    assert len(daemon.kernel.clients()) == n
+    threads = [run_thread(lambda c=c, i=i: c.send(1000 + i, 0, pattern(100, i)))
+               for i, c in enumerate(clients[: n // 2])]
+    for i, c in enumerate(clients[n // 2:]):
+        assert c.recv(1000 + i, 0, 100).body == pattern(100, i)
+    for t in threads:
+        join_ok(t)
