@@ -442,6 +442,30 @@ class Kernel:
             lines.append(f"{p.pid:<8d}  {p.priority:<5d}  {st[:23]:<23.23s}{flags}".rstrip())
         return lines
 
+    def check_invariants(self) -> None:
+        """Assert the table, the lists and the indexes agree (for tests and fuzzing)."""
+        blocked = [p for lst in self._blocked.values() for p in lst]
+        blocked += [p for lst in self._blocked_sql.values() for p in lst]
+        assert len(blocked) == len(set(map(id, blocked))) == self._nblocked, "blocked index"
+        for p in blocked:
+            assert self.procs.get(p.index) is p, f"blocked {p} not in table"
+            assert p.state in (KSSEND, KSRECV), f"blocked {p} in state {p.state}"
+        for (state, event), lst in self._blocked.items():
+            assert lst, "empty list kept"
+            for p in lst:
+                assert p.state == state and p.msg.event == event and not p.msg.flags & KSYNCSQL
+            assert [p.bkey for p in lst] == sorted(p.bkey for p in lst), "order"
+        nblocked = sum(1 for p in self.procs.values() if p.state in (KSSEND, KSRECV))
+        assert nblocked == self._nblocked, "a blocked process is missing from the index"
+        for conn, p in self._by_conn.items():
+            assert p.conn == conn and self.procs.get(p.index) is p
+        for p in self.procs.values():
+            assert p.state != KSFREE
+            assert p in self._by_pid.get(p.pid, []), "pid index"
+            if not p.internal:
+                assert self._by_conn.get(p.conn) is p, "connection index"
+        assert not set(self.procs) & set(self._free_indexes), "index both used and free"
+
     # ------------------------------------------------------------------
     # kouter.c: attach, detach, surrender, dump, nuke, preempt
     # ------------------------------------------------------------------
