@@ -205,7 +205,7 @@ class LamJournalHandler(logging.Handler):
                        SYSLOG_IDENTIFIER=self.identifier,
                        LOGGER=record.name,
                        CODE_FILE=record.pathname,
-                       CODE_LINE=str(record.lineno),
+                       CODE_LINE=record.lineno,   # journal.send wants an int
                        CODE_FUNC=record.funcName,
                        **fields)
         except Exception:

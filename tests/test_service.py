@@ -158,7 +158,20 @@ def test_journal_handler_carries_structured_fields():
     assert "lower_case" not in kw and "_TRUSTED" not in kw and "msg" not in kw
     assert kw["PRIORITY"] == "6"
     assert kw["SYSLOG_IDENTIFIER"] == "lamd"
-    assert kw["CODE_LINE"] == "42"
+    assert kw["CODE_LINE"] == 42
+
+
+def test_journal_handler_through_real_journal_send(monkeypatch):
+    """The real systemd.journal.send formats the fields (CODE_LINE must be an int)."""
+    journal = pytest.importorskip("systemd.journal")
+    lines = []
+    monkeypatch.setattr(journal, "sendv", lambda *args: lines.extend(args))
+    h = service.LamJournalHandler(sender=journal.send)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    h.handle(make_record("attach", LAM_PID=99, LAM_UID=1001, LAM_REQUEST="KATTACH"))
+    assert "MESSAGE=attach" in lines and "CODE_LINE=42" in lines
+    assert "LAM_PID=99" in lines and "LAM_UID=1001" in lines and "LAM_REQUEST=KATTACH" in lines
+    assert "SYSLOG_IDENTIFIER=lamd" in lines and "PRIORITY=6" in lines
 
 
 @pytest.mark.parametrize("level,prio", [(logging.DEBUG, 7), (logging.INFO, 6),
