@@ -1,0 +1,301 @@
+"""System tests: the installed lamd package under a real systemd.
+
+A systemd boots in a ``systemd-nspawn --volatile=yes`` container sharing the
+host's /usr and /etc (read-only), so the freshly built .deb must be installed
+on the host first (``dpkg -i dist/lamd_*.deb``, or set ``LAMD_DEB`` to the
+file and the tests install it). Stock LAM clients (lam-runtime, liblam) run
+as the unprivileged user ``lamtest``, created here if absent.
+
+    sudo /usr/bin/python3 -m pytest -m system tests/system
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+pytestmark = pytest.mark.system
+
+USER = "lamtest"
+MACHINE = f"lamdsys{os.getpid()}"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+if os.geteuid() != 0:
+    pytest.skip("system tests need root", allow_module_level=True)
+if not shutil.which("systemd-nspawn"):
+    pytest.skip("systemd-nspawn (systemd-container) is missing", allow_module_level=True)
+
+
+def host(cmd, timeout=60, check=True, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check, **kw)
+
+
+def package_installed() -> bool:
+    r = host(["dpkg-query", "-W", "-f=${Status}", "lamd"], check=False)
+    return "install ok installed" in r.stdout
+
+
+class Container:
+    def __init__(self) -> None:
+        self.nspawn: subprocess.Popen | None = None
+        self.init_pid: int | None = None
+
+    def boot(self) -> None:
+        self.nspawn = subprocess.Popen(
+            ["systemd-nspawn", "-D", "/", "--volatile=yes", "--bind-ro=/etc",
+             "--register=no", "--keep-unit", "-M", MACHINE, "--console=passive",
+             "-b", "systemd.firstboot=off"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            kids = host(["pgrep", "-P", str(self.nspawn.pid)], check=False).stdout.split()
+            if kids:
+                self.init_pid = int(kids[0])
+                r = self.run(["systemctl", "is-system-running", "--wait"], timeout=60, check=False)
+                if r.stdout.strip() in ("running", "degraded"):
+                    return
+            if self.nspawn.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError("the nspawn container did not boot")
+
+    def run(self, cmd, timeout=30, check=False, input=None):
+        assert self.init_pid
+        return subprocess.run(["nsenter", "-t", str(self.init_pid), "-m", "-u", "-i", "-n", "-p",
+                               *cmd], capture_output=True, text=True, timeout=timeout,
+                              check=check, input=input)
+
+    def sh(self, script, timeout=30):
+        return self.run(["/bin/sh", "-c", script], timeout=timeout)
+
+    def as_user(self, cmd, timeout=20):
+        return self.run(["timeout", "-k", "2", str(timeout), "runuser", "-u", USER, "--", *cmd],
+                        timeout=timeout + 10)
+
+    def show(self, unit, *props) -> dict[str, str]:
+        r = self.run(["systemctl", "show", unit, *[f"-p{p}" for p in props]])
+        return dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+    def wait_for(self, pred, timeout=30, what="condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            v = pred()
+            if v:
+                return v
+            time.sleep(0.25)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def stop(self) -> None:
+        if self.nspawn and self.nspawn.poll() is None:
+            self.nspawn.terminate()
+            try:
+                self.nspawn.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.nspawn.kill()
+                self.nspawn.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def ct():
+    if not package_installed():
+        deb = os.environ.get("LAMD_DEB")
+        if not deb:
+            pytest.skip("package lamd is not installed (dpkg -i dist/lamd_*.deb, or set LAMD_DEB)")
+        host(["dpkg", "-i", deb], timeout=300)
+    if host(["id", USER], check=False).returncode != 0:
+        host(["useradd", "--system", "--create-home", "--shell", "/bin/sh", USER])
+    c = Container()
+    try:
+        c.boot()
+        c.hostname = c.run(["hostname"]).stdout.strip()
+        c.sdir = f"/tmp/lam-{USER}@{c.hostname}"
+        c.socket = f"lamd@{USER}.socket"
+        c.service = f"lamd@{USER}.service"
+        # The blocked client: liblam kinit() then krecv() nobody answers.
+        src = open(os.path.join(HERE, "blocked_client.c")).read()
+        c.run(["sh", "-c", "cat > /var/tmp/blocked_client.c"], input=src)
+        r = c.run(["hcc", "-o", "/var/tmp/blocked_client", "/var/tmp/blocked_client.c"], timeout=120)
+        c.have_blocked_client = r.returncode == 0
+        c.run(["chmod", "755", "/var/tmp/blocked_client"])
+        r = c.run(["systemctl", "start", c.socket])
+        assert r.returncode == 0, r.stderr + c.run(["systemctl", "status", c.socket]).stdout
+        yield c
+    finally:
+        c.stop()
+
+
+def lamnodes(ct):
+    return ct.as_user(["lamnodes"], timeout=20)
+
+
+def test_socket_listens_and_service_not_running(ct):
+    assert ct.run(["systemctl", "is-active", ct.socket]).stdout.strip() == "active"
+    assert ct.run(["systemctl", "is-active", ct.service]).stdout.strip() == "inactive"
+    st = ct.run(["stat", "-c", "%U %a %F", ct.sdir, f"{ct.sdir}/lam-kernel-socket"]).stdout.split("\n")
+    assert st[0] == f"{USER} 700 directory"
+    assert st[1] == f"{USER} 600 socket"
+
+
+def test_first_client_activates_and_is_served(ct):
+    r = lamnodes(ct)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "n0" in r.stdout
+    assert ct.run(["systemctl", "is-active", ct.service]).stdout.strip() == "active"
+
+
+def test_show_notify_watchdog_status(ct):
+    lamnodes(ct)
+    p = ct.show(ct.service, "Type", "WatchdogUSec", "StatusText", "NotifyAccess", "User")
+    assert p["Type"] == "notify"
+    assert p["WatchdogUSec"] not in ("", "0", "infinity")
+    assert "clients attached" in p["StatusText"]
+    assert p["User"] == USER
+
+
+def test_proctitle_shows_user_and_clients(ct):
+    lamnodes(ct)
+    pid = ct.show(ct.service, "MainPID")["MainPID"]
+    args = ct.run(["ps", "-o", "args=", "-p", pid]).stdout
+    assert f"lamd: {USER}" in args and "client" in args
+
+
+def test_journal_has_native_records(ct):
+    lamnodes(ct)
+    r = ct.run(["journalctl", "-u", ct.service, "-o", "json", "--no-pager"])
+    recs = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    native = [x for x in recs if x.get("_TRANSPORT") == "journal"
+              and x.get("SYSLOG_IDENTIFIER") == "lamd"]
+    assert native, "no native journal records from lamd"
+    assert any("serving" in x.get("MESSAGE", "") for x in native)
+    assert all("CODE_FILE" in x for x in native)
+
+
+def wait_mainpid_change(ct, old, timeout=40):
+    def changed():
+        p = ct.show(ct.service, "MainPID", "ActiveState")
+        return p["ActiveState"] == "active" and p["MainPID"] not in ("0", old) and p["MainPID"]
+    return ct.wait_for(changed, timeout, "a fresh daemon")
+
+
+def test_watchdog_kills_stopped_daemon(ct):
+    ct.sh("mkdir -p /run/systemd/system/lamd@.service.d && printf '[Service]\\nWatchdogSec=3s\\n'"
+          " > /run/systemd/system/lamd@.service.d/50-test-watchdog.conf && systemctl daemon-reload")
+    try:
+        ct.run(["systemctl", "restart", ct.service])
+        lamnodes(ct)
+        old = ct.show(ct.service, "MainPID")["MainPID"]
+        restarts = int(ct.show(ct.service, "NRestarts")["NRestarts"])
+        ct.run(["kill", "-STOP", old])
+        ct.wait_for(lambda: int(ct.show(ct.service, "NRestarts")["NRestarts"]) > restarts,
+                    40, "a watchdog restart")
+        r = lamnodes(ct)
+        assert r.returncode == 0, r.stderr
+        assert ct.show(ct.service, "MainPID")["MainPID"] != old
+        log = ct.run(["journalctl", "-u", ct.service, "--no-pager"]).stdout
+        assert "atchdog timeout" in log
+    finally:
+        ct.sh("rm -f /run/systemd/system/lamd@.service.d/50-test-watchdog.conf; systemctl daemon-reload")
+        ct.run(["systemctl", "restart", ct.service])
+
+
+def test_stop_kills_blocked_client(ct):
+    if not ct.have_blocked_client:
+        pytest.skip("could not compile the liblam client (lam4-dev)")
+    ct.run(["rm", "-f", "/var/tmp/blocked.out"])
+    ct.sh(f"runuser -u {USER} -- /var/tmp/blocked_client > /var/tmp/blocked.out 2>&1 &"
+          " echo $! > /var/tmp/blocked.pid")
+    ct.wait_for(lambda: "attached" in ct.run(["cat", "/var/tmp/blocked.out"]).stdout, 20,
+                "the client to attach")
+    cpid = ct.run(["cat", "/var/tmp/blocked.out"]).stdout.split()[1]
+    kf = ct.run(["cat", f"{ct.sdir}/lam-killfile"]).stdout.split()
+    assert cpid in kf[1:]
+    r = ct.run(["systemctl", "stop", ct.service], timeout=60)
+    assert r.returncode == 0, r.stderr
+    ct.wait_for(lambda: ct.run(["kill", "-0", cpid]).returncode != 0, 10, "the client to die")
+    assert ct.run(["test", "-e", f"{ct.sdir}/lam-killfile"]).returncode != 0
+    assert ct.run(["systemctl", "is-active", ct.socket]).stdout.strip() == "active"
+    assert ct.run(["test", "-S", f"{ct.sdir}/lam-kernel-socket"]).returncode == 0
+
+
+def test_sigkilled_daemon_never_blocks_next_client(ct):
+    lamnodes(ct)
+    old = ct.show(ct.service, "MainPID")["MainPID"]
+    ct.run(["kill", "-KILL", old])
+    r = lamnodes(ct)
+    assert r.returncode == 0, r.stderr
+    wait_mainpid_change(ct, old)
+
+
+def test_restart(ct):
+    lamnodes(ct)
+    old = ct.show(ct.service, "MainPID")["MainPID"]
+    r = ct.run(["systemctl", "restart", ct.service], timeout=60)
+    assert r.returncode == 0, r.stderr
+    wait_mainpid_change(ct, old)
+    assert lamnodes(ct).returncode == 0
+
+
+def test_exposure_score(ct):
+    r = ct.run(["systemd-analyze", "security", ct.service, "--no-pager"], timeout=60)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
+    assert m, r.stdout[-500:] + r.stderr
+    assert float(m.group(1)) <= 2.0
+    r = host(["systemd-analyze", "security", "--offline=yes", "--threshold=20",
+              f"/lib/systemd/system/lamd@.service"], check=False)
+    assert r.returncode == 0, r.stdout[-300:]
+
+
+# ---- bad input: one clear line, non-zero exit, no crash loop ----
+
+def test_user_that_does_not_exist(ct):
+    unit = "lamd@nosuchuser-lamd.socket"
+    r = ct.run(["systemctl", "start", unit], timeout=30)
+    assert r.returncode != 0
+    log = ct.run(["journalctl", "-u", unit, "--no-pager"]).stdout
+    assert "user 'nosuchuser-lamd' does not exist" in log
+    ct.run(["systemctl", "reset-failed", unit])
+
+
+def test_session_dir_with_wrong_mode(ct):
+    ct.run(["systemctl", "stop", ct.socket, ct.service], timeout=60)
+    try:
+        ct.run(["chmod", "0755", ct.sdir])
+        r = ct.run(["systemctl", "start", ct.socket], timeout=30)
+        assert r.returncode != 0
+        status = ct.run(["systemctl", "status", ct.socket, "--no-pager", "-n", "20"]).stdout
+        assert "mode 0755, not 0700" in status
+    finally:
+        ct.run(["chmod", "0700", ct.sdir])
+        ct.run(["systemctl", "reset-failed", ct.socket])
+        assert ct.run(["systemctl", "start", ct.socket]).returncode == 0
+
+
+def test_several_descriptors_refused_without_crash_loop(ct):
+    d = f"/run/systemd/system/{ct.socket}.d"
+    ct.sh(f"mkdir -p {d} && printf '[Socket]\\nListenStream={ct.sdir}/extra-socket\\n'"
+          f" > {d}/50-test-extra.conf && systemctl daemon-reload")
+    try:
+        ct.run(["systemctl", "restart", ct.socket], timeout=30)
+        lamnodes(ct)   # activates; the daemon must refuse and exit non-zero
+        ct.wait_for(lambda: ct.show(ct.service, "Result")["Result"] != "success"
+                    or ct.show(ct.service, "ActiveState")["ActiveState"] == "failed",
+                    60, "the service to fail")
+        log = ct.run(["journalctl", "-u", ct.service, "--no-pager"]).stdout
+        assert "expected exactly 1 socket from systemd, got 2" in log
+        time.sleep(15)
+        starts = int(ct.show(ct.service, "NRestarts")["NRestarts"])
+        assert starts <= 5, f"{starts} restarts: a crash loop"
+        status = ct.run(["systemctl", "status", ct.service, "--no-pager"]).stdout
+        assert "status=" in status
+    finally:
+        ct.sh(f"rm -rf {d}; systemctl daemon-reload")
+        ct.run(["systemctl", "stop", ct.socket, ct.service], timeout=60)
+        ct.run(["systemctl", "reset-failed", ct.socket, ct.service])
+        ct.run(["systemctl", "start", ct.socket])
