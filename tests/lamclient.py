@@ -17,8 +17,8 @@ from lamd.constants import (
     EVBUFFERD, KNMSG, KQATTACH, KQRECV, KQSEND, KQSR, KTRACE, KTRY, MAXNMSGLEN,
 )
 from lamd.iprocs.nreq import (
-    BFQPROBE, BFQRECV, DDLI, DLCTL, DLSYS, DLUSR, LOCAL, N2ND, NMORE, NOBUF,
-    NREEL, data_words,
+    BFQPROBE, BFQRECV, DDLI, DLCTL, DLI, DLSYS, DLUSR, LOCAL, N2ND, NMORE, NOBUF,
+    data_words,
 )
 from lamd.kernel import (
     CollectBody, Halt, Kernel, Reply, SendBody, Transfer, WatchReadable, WatchTimeout,
@@ -213,4 +213,3 @@ class Client:
         return self.packet()
 
 
-INT4S = struct.Struct
