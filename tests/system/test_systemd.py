@@ -1,9 +1,10 @@
 """System tests: the installed lamd package under a real systemd.
 
 A systemd boots in a ``systemd-nspawn --volatile=yes`` container sharing the
-host's /usr and /etc (read-only), so the freshly built .deb must be installed
-on the host first (``dpkg -i dist/lamd_*.deb``, or set ``LAMD_DEB`` to the
-file and the tests install it). Stock LAM clients (lam-runtime, liblam) run
+host's /usr and /etc (read-only), so the package is installed on the host
+first: the tests build it from a clean clone of HEAD with
+``packaging/build-deb.sh`` and ``dpkg -i`` it; ``LAMD_DEB=FILE`` installs that
+file instead, ``LAMD_DEB=installed`` uses what is installed. Stock LAM clients (lam-runtime, liblam) run
 as the unprivileged user ``lamtest``, created here if absent.
 
     sudo /usr/bin/python3 -m pytest -m system tests/system
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.system
 USER = "lamtest"
 MACHINE = f"lamdsys{os.getpid()}"
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
 
 if os.geteuid() != 0:
     pytest.skip("system tests need root", allow_module_level=True)
@@ -103,12 +105,22 @@ class Container:
 
 
 @pytest.fixture(scope="module")
-def ct():
-    if not package_installed():
-        deb = os.environ.get("LAMD_DEB")
+def ct(tmp_path_factory):
+    deb = os.environ.get("LAMD_DEB")
+    if deb == "installed":
+        if not package_installed():
+            pytest.skip("LAMD_DEB=installed but package lamd is not installed")
+    else:
         if not deb:
-            pytest.skip("package lamd is not installed (dpkg -i dist/lamd_*.deb, or set LAMD_DEB)")
-        host(["dpkg", "-i", deb], timeout=300)
+            if not shutil.which("dpkg-buildpackage"):
+                pytest.skip("dpkg-dev missing: cannot build the package (packaging/setup.sh)")
+            out = tmp_path_factory.mktemp("deb")
+            r = host([os.path.join(REPO, "packaging", "build-deb.sh"), str(out)],
+                     timeout=900, check=False)
+            assert r.returncode == 0, "package build failed:\n" + (r.stdout + r.stderr)[-3000:]
+            deb = str(next(out.glob("lamd_*_all.deb")))
+        r = host(["dpkg", "-i", deb], timeout=300, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
     if host(["id", USER], check=False).returncode != 0:
         host(["useradd", "--system", "--create-home", "--shell", "/bin/sh", USER])
     c = Container()
