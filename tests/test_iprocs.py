@@ -329,9 +329,9 @@ def test_kenyad_stub_replies_preply_in_trollius_order():
 
 
 def pump(w: World, timeout: float = 2.0) -> None:
-    """Carry out WatchReadable actions: select, then wake the process."""
-    while w.watches:
-        watch = w.watches.pop(0)
+    """Carry out the pending WatchReadable actions: select, then wake."""
+    pending, w.watches = w.watches, []
+    for watch in pending:
         assert isinstance(watch, WatchReadable)
         r, _, _ = select.select([watch.fd], [], [], timeout)
         assert r, "fd never became readable"
@@ -350,9 +350,10 @@ def test_filed_stub_takes_passed_stdio_then_fails(tmp_path):
     c.nsend(LOCAL, EVFILED, 0, server.encode() + b"\0", data=(20, 0, -1202))  # FQOPENFD
     srv.settimeout(2)
     conn, _ = srv.accept()  # filed connected
-    for fd in (0, 1, 2):
-        socket.send_fds(conn, [b"x"], [fd])
-    pump(w)
+    for fd in (0, 1, 2):  # sfh_send_fd: one byte and the fd, then wait for the ack
+        socket.send_fds(conn, [b"\0"], [fd])
+        pump(w)
+        assert conn.recv(1) == b"\0"
     assert conn.recv(12) == b""  # no LAM fds come back: filed closed
     head, _ = c.nrecv(-1202, 0, 0)
     assert head.data[0] == ESERVICE

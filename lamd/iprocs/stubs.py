@@ -30,7 +30,8 @@ Passed file descriptors: ``lam_lfopenfd`` (filed ``FQOPENFD``, what
 ``mpirun``/``lamexec`` do first) and ``rpcreatev`` with ``RTF_PFDIO``
 (kenyad) open a Unix socket server in the session directory and *block in
 accept()* until the service connects and takes stdin/stdout/stderr. The
-stubs therefore connect, take the three descriptors, close them and then
+stubs therefore connect, take the three descriptors (each acknowledged
+with one byte, as ``sfh_recv_fd`` does), close them and then
 send the error reply, so the client reads ``ESERVICE`` instead of hanging.
 Only sockets inside the daemon's session directory are ever connected to.
 
@@ -143,12 +144,10 @@ async def take_passed_fds(k: IProc, path: str, want: int = 3) -> int:
         except OSError as exc:
             log.warning("stub: cannot connect to fd server %s: %s", path, exc)
             return 0
-        fds = array.array("i")
-        while got < want:
+        while got < want:  # sfh_recv_fd: 1 byte + 1 fd, then a 1-byte handshake
             await k.readable(s.fileno())
             try:
-                data, anc, _flags, _addr = s.recvmsg(
-                    16, socket.CMSG_SPACE(want * fds.itemsize))
+                data, anc, _flags, _addr = s.recvmsg(1, socket.CMSG_SPACE(4 * want))
             except BlockingIOError:
                 continue
             except OSError as exc:
@@ -161,8 +160,12 @@ async def take_passed_fds(k: IProc, path: str, want: int = 3) -> int:
                     for fd in part:
                         os.close(fd)
                         got += 1
-            if not data and not anc:
+            if not data:
                 break  # the client closed
+            try:
+                s.send(b"\0")
+            except OSError:
+                break
     return got
 
 
