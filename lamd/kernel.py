@@ -412,7 +412,8 @@ class Kernel:
         import signal as _signal
         out: list[Action] = []
         for p in self.ready_list() + self.blocked_list():
-            if not p.internal and p.conn is not None:
+            # lamhalt (PRLAMHALT) is never in the kill file, so never killed
+            if not p.internal and p.conn is not None and p.priority != PRLAMHALT:
                 out.append(Signal(p.conn, p.pid, _signal.SIGCONT))
                 out.append(Signal(p.conn, p.pid, _signal.SIGHUP))
         return out
