@@ -1,0 +1,100 @@
+"""Shared pytest fixtures for the interop tests (see tests/lamenv.py).
+
+Fixtures:
+  lam_user      session: the unprivileged user ``lamtest`` (skips if not root
+                or if LAM's tools are missing)
+  lamd_pkg      session: a world-readable copy of ``lamd/`` (PYTHONPATH dir)
+  kclient       session: tests/c/kclient.c built with mpicc.lam against liblam
+  lam_session   per test: an isolated LAM session (``run``/``popen`` as lamtest)
+  daemon        per test, params "c" (stock lamd via lamboot/lamhalt) and
+                "py" (``/usr/bin/python3 -m lamd``); yields the daemon, whose
+                ``.s`` is the session.  On failure the daemon's log is added to
+                the test report.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from . import lamenv
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "_lam_rep_" + rep.when, rep)
+    if rep.when == "call" and rep.failed:
+        for d in getattr(item, "_lam_daemons", ()):
+            text = d.log()
+            if len(text) > 20000:
+                text = "[... head cut ...]\n" + text[-20000:]
+            rep.sections.append((f"lamd ({d.kind}) log", text or "(empty)"))
+
+
+@pytest.fixture(scope="session")
+def lam_user():
+    reason = lamenv.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    return lamenv.ensure_user()
+
+
+@pytest.fixture(scope="session")
+def lamd_pkg(lam_user):
+    d = lamenv.copy_package()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kclient(lam_user):
+    """Path of the compiled C client (readable and executable by lamtest)."""
+    if shutil.which("mpicc.lam") is None:
+        pytest.skip("mpicc.lam not installed")
+    out = Path(tempfile.mkdtemp(prefix="lamd-kclient-", dir="/tmp"))
+    out.chmod(0o755)
+    exe = out / "kclient"
+    cp = subprocess.run(["mpicc.lam", "-O1", "-Wall", "-o", str(exe),
+                         str(HERE / "c" / "kclient.c")],
+                        capture_output=True, text=True, timeout=120, cwd=str(out))
+    if cp.returncode != 0:
+        pytest.fail(f"mpicc.lam failed (rc={cp.returncode}):\n{cp.stdout}{cp.stderr}")
+    exe.chmod(0o755)
+    yield exe
+    shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.fixture
+def lam_session(lam_user):
+    s = lamenv.Session(lam_user)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(params=["c", "py"])
+def daemon(request, lam_session):
+    if request.param == "c":
+        d = lamenv.CDaemon(lam_session)
+    else:
+        d = lamenv.PyDaemon(lam_session, request.getfixturevalue("lamd_pkg"))
+    request.node._lam_daemons = getattr(request.node, "_lam_daemons", []) + [d]
+    try:
+        d.start()
+        yield d
+    finally:
+        d.stop()
+    call = getattr(request.node, "_lam_rep_call", None)
+    problems = getattr(d, "stop_problems", [])
+    if problems and call is not None and call.passed:
+        pytest.fail(f"lamd ({d.kind}) shutdown: " + "; ".join(problems)
+                    + "\n--- log ---\n" + d.log()[-5000:], pytrace=False)
