@@ -257,7 +257,12 @@ class CDaemon:
                 self._note(" ".join(map(str, argv)), cp)
             except subprocess.TimeoutExpired as e:
                 self._note(f"{argv} timed out: {e.output} {e.stderr}", None)
-            if not any(pid_alive(p) for p in lamd_pids) and not self.s.socket.exists():
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                if not any(pid_alive(p) for p in lamd_pids):
+                    break
+                time.sleep(0.05)
+            if not any(pid_alive(p) for p in lamd_pids):
                 break
         for pid in set(lamd_pids) | set(read_killfile(self.s.killfile)):
             if pid_alive(pid):

@@ -13,7 +13,8 @@
  *   kclient probe server|client EVENT
  *   kclient block EVENT TYPE LENGTH          (krecv, then report)
  *   kclient send EVENT TYPE LENGTH           (ksend LENGTH pattern bytes)
- *   kclient state PID [WAITSECS]             (poll until PID is KSRECV)
+ *   kclient state PID [WAITSECS [STATE]]     (poll until PID is in STATE,
+ *                                             default KSRECV)
  *   kclient doom PID SIGNAL
  *   kclient doomwait EVENT retry|noretry     (blocked krecv, LAM_SIGA handler)
  *   kclient doomready SECS                   (idle, LAM_SIGA handler)
@@ -348,19 +349,20 @@ static double now(void)
 static int do_state(int argc, char **argv)
 {
 	struct kstatus ks;
-	int pid, r;
+	int pid, r, want;
 	double wait, t0;
 
 	if (argc < 3) return 64;
 	pid = atoi(argv[2]);
 	wait = argc > 3 ? atof(argv[3]) : 0;
+	want = argc > 4 ? atoi(argv[4]) : KSRECV;
 	attach();
 	t0 = now();
 	for (;;) {
 		memset(&ks, 0, sizeof(ks));
 		errno = 0;
 		r = kstate(pid, &ks);
-		if ((r == 0 && ks.ks_state == KSRECV) || now() - t0 >= wait) break;
+		if ((r == 0 && ks.ks_state == want) || now() - t0 >= wait) break;
 		usleep(5000);
 	}
 	if (r) {
