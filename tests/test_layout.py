@@ -50,3 +50,36 @@ def test_constants(kclient):
     assert c["PRCMD"] == constants.PRCMD
     assert c["LAM_SIGUSR"] == int(constants.LAM_SIGUSR)
     assert c["ENOTPROCESS"] == int(constants.ENOTPROCESS)
+
+
+def test_codecs_byte_for_byte(kclient):
+    """C fills kreq/kreply/nmsg with distinct values; lamd.wire decodes them
+    to the same values and re-encodes the identical bytes."""
+    cp = subprocess.run([str(kclient), "dump"], capture_output=True, text=True,
+                        timeout=30)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    raw = {f[1]: bytes.fromhex(f[2]) for f in
+           (line.split() for line in cp.stdout.splitlines()) if f[0] == "HEX"}
+
+    q = wire.KReq.unpack(raw["kreq"])
+    assert (q.req, q.index, q.pid, q.priority, q.signal) == (1, 2, 3, 4, 5)
+    assert tuple(q.fyi) == tuple(range(10, 19))
+    assert (q.msg.event, q.msg.type, q.msg.length, q.msg.flags, q.msg.msg) == \
+        (20, 21, 22, 23, 0x1122334455667788)
+    assert (q.msg2.event, q.msg2.type, q.msg2.length, q.msg2.flags, q.msg2.msg) == \
+        (-30, 31, 32, 33, 0x99AABBCCDDEEFF00)
+    assert q.pack() == raw["kreq"]
+
+    r = wire.KReply.unpack(raw["kreply"])
+    assert (r.reply, r.signal, r.length, r.event, r.type, r.state, r.priority,
+            r.index, r.sigs) == (1, 2, 3, -4, 5, 6, 7, 8, 9)
+    assert tuple(r.fyi) == tuple(range(10, 19))
+    assert r.blktime == 1.5
+    assert r.pack() == raw["kreply"]
+
+    n = wire.NMsg.unpack(raw["nmsg"])
+    assert (n.dl_event, n.dl_link, n.node, n.event, n.type, n.length, n.flags) == \
+        (1, 2, -3, 4, 5, 6, 7)
+    assert tuple(n.data) == tuple(range(10, 18))
+    assert n.msg == 0x0102030405060708
+    assert n.pack() == raw["nmsg"]

@@ -7,6 +7,7 @@
  * on stdout is "KEY value ..." for tests/test_cclient.py to parse.
  *
  *   kclient layout
+ *   kclient dump                             (hex of filled kreq/kreply/nmsg)
  *   kclient pingpong ping|pong EVENT ITERS SIZE...
  *   kclient ksr server|client EVENT ITERS
  *   kclient ktry EVENT
@@ -143,6 +144,47 @@ static int do_layout(void)
 	printf("CONST LAM_SIGUSR %d\n", (int) LAM_SIGUSR);
 	printf("CONST ENOTPROCESS %d\n", (int) ENOTPROCESS);
 	printf("CONST EWOULDBLOCK %d\n", (int) EWOULDBLOCK);
+	return 0;
+}
+
+static void hex(const char *name, const void *p, size_t n)
+{
+	size_t i;
+	printf("HEX %s ", name);
+	for (i = 0; i < n; ++i) printf("%02x", ((const unsigned char *) p)[i]);
+	printf("\n");
+}
+
+/* Structs filled with distinct values (padding zeroed) for the codec test. */
+static int do_dump(void)
+{
+	struct kreq q;
+	struct kreply r;
+	struct nmsg n;
+	int i;
+
+	memset(&q, 0, sizeof(q));
+	q.kq_req = 1; q.kq_index = 2; q.kq_pid = 3; q.kq_priority = 4;
+	q.kq_signal = 5;
+	for (i = 0; i < KNFYI; ++i) q.kq_fyi[i] = 10 + i;
+	kset(&q.kq_msg, 20, 21, 22, 23, (char *) 0x1122334455667788UL);
+	kset(&q.kq_msg2, -30, 31, 32, 33, (char *) 0x99aabbccddeeff00UL);
+	hex("kreq", &q, sizeof(q));
+
+	memset(&r, 0, sizeof(r));
+	r.kr_reply = 1; r.kr_signal = 2; r.kr_length = 3; r.kr_event = -4;
+	r.kr_type = 5; r.kr_state = 6; r.kr_priority = 7; r.kr_index = 8;
+	r.kr_sigs = 9;
+	for (i = 0; i < KNFYI; ++i) r.kr_fyi[i] = 10 + i;
+	r.kr_blktime = 1.5;
+	hex("kreply", &r, sizeof(r));
+
+	memset(&n, 0, sizeof(n));
+	n.nh_dl_event = 1; n.nh_dl_link = 2; n.nh_node = -3; n.nh_event = 4;
+	n.nh_type = 5; n.nh_length = 6; n.nh_flags = 7;
+	for (i = 0; i < NHDSIZE; ++i) n.nh_data[i] = 10 + i;
+	n.nh_msg = (char *) 0x0102030405060708UL;
+	hex("nmsg", &n, sizeof(n));
 	return 0;
 }
 
@@ -445,6 +487,7 @@ int main(int argc, char **argv)
 		return 64;
 	}
 	if (!strcmp(argv[1], "layout")) return do_layout();
+	if (!strcmp(argv[1], "dump")) return do_dump();
 	if (!strcmp(argv[1], "pingpong")) return do_pingpong(argc, argv);
 	if (!strcmp(argv[1], "ksr")) return do_ksr(argc, argv);
 	if (!strcmp(argv[1], "ktry")) return do_ktry(argc, argv);
