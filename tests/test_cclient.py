@@ -33,6 +33,8 @@ import pytest
 
 from lamd import constants
 
+from .lamenv import read_killfile
+
 KSREADY, KSRECV = 0, 2
 EINTR, EWOULDBLOCK = 4, 11
 ENOTPROCESS = 0x400 + 205
@@ -266,3 +268,35 @@ def test_kdoom_ready(k):
     assert r["SIG"] == [{0: str(LAM_SIGA)}], show(cp)
     assert r["IDLE"][0] == {"got": LAM_SIGA}, show(cp)
     assert time.monotonic() - t0 < 10, "the idle client only noticed at its timeout"
+
+
+def _killfile(daemon) -> list[int]:
+    return read_killfile(daemon.s.killfile)
+
+
+def _wait_killfile(daemon, pred, wait: float = 3.0) -> list[int]:
+    deadline = time.monotonic() + wait
+    while True:
+        pids = _killfile(daemon)
+        if pred(pids) or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.02)
+
+
+def test_killfile_tracks_clients(k, daemon):
+    """The kill file holds the daemon's pid first, then one line per attached
+    client; a client that detaches is dropped (LAM rewrites the file)."""
+    pids = _killfile(daemon)
+    assert pids, f"empty kill file {daemon.s.killfile}"
+    if getattr(daemon, "proc", None) is not None:
+        assert pids[0] == daemon.proc.pid, pids
+    st = os.stat(f"/proc/{pids[0]}")
+    assert st.st_uid == daemon.s.pw.pw_uid, "kill file's first pid is not lamtest's"
+    blocked = k.start("block", 8000, 0, 10)
+    k.wait_state(blocked, KSRECV)
+    pids = _wait_killfile(daemon, lambda p: blocked.pid in p)
+    assert blocked.pid in pids[1:], pids
+    ok(*k.run("send", 8000, 0, 3))
+    ok(*k.finish(blocked))
+    pids = _wait_killfile(daemon, lambda p: blocked.pid not in p)
+    assert blocked.pid not in pids, pids
