@@ -26,7 +26,9 @@ from .session import Session, SessionError
 log = logging.getLogger("lamd")
 
 EXIT_USAGE = 2
-EXIT_SETUP = 1
+#: Setup errors (bad socket, user, session directory, kill file) exit with
+#: EX_CONFIG, which the unit's RestartPreventExitStatus= keeps from looping.
+EXIT_SETUP = service.EX_CONFIG
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         listener = service.adopt_listen_socket()
     except service.ServiceError as e:
         log.error("%s", e)
-        return EXIT_SETUP
+        return getattr(e, "exit_code", EXIT_SETUP)
     owned_socket: str | None = None
     try:
         if listener is not None:
@@ -169,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError:
             boot_table = None
         if boot_table is not None:
-            io.boot(boot_table({"session": session.directory}), {"session": session.directory})
+            config = {"session": session.directory}
+            io.boot(boot_table(config), config)  # one dict: the address found at boot is shared
     service.set_proctitle(f"lamd: {user} [0 clients]")
     log.info("lamd %s serving %s (pid %d, up to %d clients by RLIMIT_NOFILE %d, max %d processes)",
              __version__, session.socket_path, os.getpid(), max(0, nofile - 16), nofile,
@@ -179,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = io.run()
     notifier.stopping()
     log.info("shutting down (%s): signalling %d clients", io.stop_reason or "stop",
-             len(kernel.clients()))
+             len(kernel.killfile_entries()))
     io.shutdown(unlink_socket=owned_socket)
     if owned_socket:
         try:

@@ -138,9 +138,8 @@ async def take_passed_fds(k: IProc, path: str, want: int = 3) -> int:
         return 0
     with s:
         try:
-            s.settimeout(1.0)
+            s.setblocking(False)  # a full backlog fails at once (EAGAIN), never blocks the daemon
             s.connect(path)
-            s.setblocking(False)
         except OSError as exc:
             log.warning("stub: cannot connect to fd server %s: %s", path, exc)
             return 0
