@@ -171,7 +171,7 @@ class Session:
             p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                  **self._user_kw(env), **kw)
             try:
-                rc = p.wait(timeout=timeout)
+                rc = self._wait_reaping(p, timeout)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
@@ -181,6 +181,27 @@ class Session:
             out.seek(0)
             err.seek(0)
             return subprocess.CompletedProcess(argv, rc, out.read(), err.read())
+
+    def reap(self) -> None:
+        """Reap background clients that have exited.
+
+        A zombie still answers kill(pid, 0), so LAM's tkill (run by lamhalt's
+        haltd) would wait for it forever: lamhalt hangs while a dead client
+        of ours is unreaped.
+        """
+        for q in self._procs:
+            q.poll()
+
+    def _wait_reaping(self, p: subprocess.Popen, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.reap()
+            rc = p.poll()
+            if rc is not None:
+                return rc
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(p.args, timeout)
+            time.sleep(0.01)
 
     def popen(self, argv, env: dict | None = None, **kw) -> subprocess.Popen:
         """Start ``argv`` as lamtest in the background (stdout/stderr piped, text)."""
@@ -249,6 +270,9 @@ class CDaemon:
         return "\n".join(self.transcript)
 
     def stop(self) -> None:
+        if getattr(self, "_stopped", False):
+            return
+        self._stopped = True
         lamd_pids = self.pids[:1] or read_killfile(self.s.killfile)[:1]
         steps = (["lamhalt"], ["lamwipe", self.hostfile], ["tkill"])
         for argv in steps:
@@ -306,12 +330,12 @@ class PyDaemon:
 
     def stop(self) -> None:
         p = self.proc
-        if p is None:
+        if p is None or self.returncode is not None:
             return
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
             try:
-                p.wait(timeout=10)
+                self.s._wait_reaping(p, 10)
             except subprocess.TimeoutExpired:
                 self.stop_problems.append("did not exit within 10 s of SIGTERM; SIGKILLed")
                 p.kill()

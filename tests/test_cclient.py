@@ -26,6 +26,7 @@ against the C lamd):
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 
@@ -300,3 +301,30 @@ def test_killfile_tracks_clients(k, daemon):
     ok(*k.finish(blocked))
     pids = _wait_killfile(daemon, lambda p: blocked.pid not in p)
     assert blocked.pid not in pids, pids
+
+
+ENOKERNEL_EXIT = (0x400 + 215) & 0xFF  # liblam exit(ENOKERNEL) on kernel EOF
+
+
+def test_stop_hangs_up_clients(k, daemon):
+    """Stopping the daemon (lamhalt for C, SIGTERM for ours) ends attached
+    clients: an idle (ready) client is killed by SIGHUP; a receive-blocked
+    client either gets SIGHUP or sees the kernel socket close and exits with
+    liblam's exit(ENOKERNEL) (status 215), which is what the C lamd does to it.
+
+    Harness note: the test reaps its exited clients while lamhalt runs; an
+    unreaped zombie client makes LAM's tkill (and so lamhalt) wait forever."""
+    idle = k.start("doomready", 30)
+    blocked = k.start("block", 8100, 0, 10)
+    k.wait_state(idle, KSREADY)
+    k.wait_state(blocked, KSRECV)
+    t0 = time.monotonic()
+    daemon.stop()
+    took = time.monotonic() - t0
+    cp_i, r_i = k.finish(idle, timeout=10)
+    cp_b, r_b = k.finish(blocked, timeout=10)
+    assert cp_i.returncode == -signal.SIGHUP, show(cp_i)
+    assert "IDLE" not in r_i, show(cp_i)
+    assert cp_b.returncode in (-signal.SIGHUP, ENOKERNEL_EXIT), show(cp_b)
+    assert took < 15, f"stopping took {took:.1f} s"
+    assert not daemon.s.socket.exists(), "kernel socket left behind"
