@@ -1,0 +1,7 @@
+#!/bin/sh
+# Benchmarks of lamd vs Debian's C lamd; see docs/performance.md. Run as root.
+#   bench/run.sh            full run (about 10-15 minutes)
+#   bench/run.sh --quick    smoke run (about 2-3 minutes)
+set -eu
+cd "$(dirname "$0")/.."
+exec /usr/bin/python3 bench/lamdbench.py "$@"
