@@ -295,6 +295,10 @@ class Kernel:
             self._refuse(conn, pclient, EBADREQUEST,
                          f"request {code} names process index {req.index}, "
                          f"not its own {pclient.index}")
+        elif pclient.state != KSREADY:
+            # a client is synchronous: one that is blocked cannot ask anything else
+            self._refuse(conn, pclient, EBADREQUEST,
+                         f"request {code} while still blocked in an earlier one")
         elif code == KQATTACH:
             self._kqattach_again(pclient, req)
         elif code == KQSURRENDER:

@@ -503,6 +503,18 @@ class KernelIO:
         if c.closed:
             return
         out = c.out
+        if not out and not c.closing:
+            # nothing ahead of it: write straight through (the common case)
+            try:
+                n = c.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError:
+                self._dirty.add(c)  # the flush will find the error and drop it
+                n = 0
+            if n == len(data):
+                return
+            data = data[n:]
         if out and type(out[-1]) is bytearray:
             out[-1] += data
         else:

@@ -552,3 +552,17 @@ def test_kkillall_signals_every_client_cont_then_hup() -> None:
     sigs = [(a.pid, a.signo) for a in w.k.kkillall()]
     assert sigs == [(500, signal.SIGCONT), (500, signal.SIGHUP),
                     (501, signal.SIGCONT), (501, signal.SIGHUP)]
+
+
+def test_request_while_blocked_is_refused_and_the_old_one_stands() -> None:
+    """Found by the property test: a hostile client sending a second request
+    while still blocked must not corrupt the blocked index."""
+    w = World()
+    w.attach("a", pid=500)
+    w.attach("b", pid=501)
+    assert w.send("a", 1, 0, 0) == []
+    assert replies(w.send("a", 1, 0, 0))["a"].reply == EBADREQUEST
+    w.k.check_invariants()
+    acts = w.recv("b", 1)
+    assert replies(acts)["a"].reply == 0 and replies(acts)["b"].reply == 0
+    w.k.check_invariants()
