@@ -1,0 +1,124 @@
+"""Crashes and restarts of the daemon run by hand, with stock liblam clients.
+
+* The kill file is always whole: it is written to a temporary file and
+  renamed, so a daemon SIGKILLed at any moment leaves either the old or the
+  new list, every line a pid, the dead daemon's first.
+* A crashed daemon never blocks the next start (the C lamd refuses to start
+  while a dead instance's kill file exists, ``kkillopen``'s O_EXCL), and a
+  live daemon's socket is never taken over.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests import lamenv
+
+
+def read_lines(path) -> list[str]:
+    with open(path) as f:
+        data = f.read()
+    assert data == "" or data.endswith("\n"), f"kill file ends mid-line: {data!r}"
+    return data.splitlines()
+
+
+def wait_listed(killfile, pids: set[int], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pids <= {int(x) for x in read_lines(killfile)[1:]}:
+                return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.02)
+    pytest.fail(f"pids {pids} never listed in {killfile}")
+
+
+@pytest.fixture
+def py_daemon(lam_session, lamd_pkg):
+    daemons: list[lamenv.PyDaemon] = []
+
+    def start(args: list[str] | None = None) -> lamenv.PyDaemon:
+        d = lamenv.PyDaemon(lam_session, lamd_pkg, args)
+        d.start()
+        daemons.append(d)
+        return d
+
+    yield start
+    for d in daemons:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait(timeout=10)
+
+
+def test_sigkill_at_random_points_never_tears_the_kill_file(lam_session, py_daemon, kclient):
+    rng = random.Random(1234)
+    for rnd in range(6):
+        d = py_daemon()
+        dpid = d.proc.pid
+        blocked = [lam_session.popen([kclient, "block", 9000 + rnd * 10 + i, 0, 16])
+                   for i in range(3)]
+        wait_listed(lam_session.killfile, {p.pid for p in blocked})
+        churn = lam_session.popen(["/bin/sh", "-c",
+                                   f"while :; do {kclient} ktry {8000 + rnd}; done"],
+                                  start_new_session=True)
+        time.sleep(0.1 + rng.random() * 0.4)
+        # freeze the attach/detach churn first: a liblam client that finds no
+        # kernel removes the whole session directory (lam_tmpdir_remove)
+        os.killpg(churn.pid, signal.SIGSTOP)
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(timeout=10)
+        lines = read_lines(lam_session.killfile)
+        os.killpg(churn.pid, signal.SIGKILL)
+        assert lines and all(line.isdigit() for line in lines), lines
+        assert int(lines[0]) == dpid
+        listed = [int(x) for x in lines[1:]]
+        assert len(listed) == len(set(listed)), f"a pid listed twice: {listed}"
+        assert {p.pid for p in blocked} <= set(listed), listed
+        for p in blocked:  # their kernel is gone: liblam clients see EOF and exit
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                pytest.fail("a client of the killed daemon hung")
+        churn.wait(timeout=10)
+        lam_session.reap()
+        os.makedirs(lam_session.session_dir, mode=0o700, exist_ok=True)
+        os.chown(lam_session.session_dir, lam_session.pw.pw_uid, lam_session.pw.pw_gid)
+    # and the next start is served despite the stale socket and kill file
+    d = py_daemon()
+    cp = lam_session.run([kclient, "ktry", 1], timeout=20)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    d.stop()
+    assert d.returncode == 0 and not d.stop_problems, d.stop_problems
+
+
+def test_a_live_daemon_is_never_taken_over(lam_session, py_daemon, lamd_pkg, kclient):
+    first = py_daemon()
+    env = dict(lam_session.env, PYTHONPATH=str(lamd_pkg))
+    cp = lam_session.run([lamenv.SYSTEM_PYTHON, "-m", "lamd"], env=env, timeout=20)
+    assert cp.returncode != 0
+    assert "already serves" in cp.stderr
+    assert first.proc.poll() is None
+    cp = lam_session.run([kclient, "ktry", 1], timeout=20)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    first.stop()
+    assert first.returncode == 0
+
+
+def test_sigterm_hangs_up_attached_clients_and_cleans_up(lam_session, py_daemon, kclient):
+    d = py_daemon()
+    blocked = lam_session.popen([kclient, "block", 4242, 0, 16])
+    wait_listed(lam_session.killfile, {blocked.pid})
+    d.stop()
+    assert d.returncode == 0, d.log()
+    blocked.wait(timeout=10)
+    assert blocked.returncode == -signal.SIGHUP or blocked.returncode != 0
+    assert not os.path.exists(lam_session.killfile)
+    assert not os.path.exists(lam_session.socket)
