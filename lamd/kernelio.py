@@ -49,6 +49,7 @@ EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
 EPOLLERR = select.EPOLLERR | select.EPOLLHUP
 _UCRED = struct.Struct("3i")
+SPECULATIVE_BODY_READ = os.environ.get("LAMD_SPECULATIVE", "1") == "1"
 
 
 @dataclass(slots=True)
@@ -494,6 +495,9 @@ class KernelIO:
         elif m.space() <= 0:
             self._pause_read(src, True)
             m.src_paused = True
+        elif SPECULATIVE_BODY_READ:
+            # the sender has had its reply for a moment: its body may be here
+            self._read_body(src, m)
         return m
 
     # ------------------------------------------------------------------
