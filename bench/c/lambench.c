@@ -13,6 +13,8 @@
  *   lambench pairs NPAIRS SECONDS SIZE      NPAIRS pairs at once, all attached
  *                                           before a common start; aggregate
  *                                           msgs/s and round-trip percentiles
+ *   lambench idle NIDLE ITERS SIZE          NIDLE processes stay attached while
+ *                                           one pair ping-pongs; its p50/p99
  *   lambench capacity MAX                   attach up to MAX processes; prints
  *                                           how many the kernel accepted
  *
@@ -357,6 +359,68 @@ static int cmd_pairs(int npairs, double seconds, int size)
     return 0;
 }
 
+/* NIDLE processes attach and stay attached (blocked outside the kernel)
+ * while one pair ping-pongs ITERS round trips of SIZE bytes: the cost that
+ * merely attached clients put on an active one. */
+static int cmd_idle(int nidle, long iters, int size)
+{
+    int ready[2], done[2];
+    if (pipe(ready) || pipe(done)) die("pipe");
+    pid_t *pids = calloc(nidle + 1, sizeof(pid_t));
+    for (int i = 0; i < nidle; i++) {
+        pid_t pid = fork();
+        if (pid < 0) die("fork");
+        if (pid == 0) {
+            alarm(900);
+            close(ready[0]); close(done[1]);
+            attach();
+            char c = 'r';
+            if (write(ready[1], &c, 1) != 1) die("write ready");
+            close(ready[1]);
+            if (read(done[0], &c, 1) < 0) die("read done");   /* EOF = done */
+            detach();
+            _exit(0);
+        }
+        pids[i] = pid;
+    }
+    close(ready[1]); close(done[0]);
+    for (int got = 0; got < nidle;) {
+        char buf[256];
+        ssize_t r = read(ready[0], buf, sizeof buf);
+        if (r <= 0) { fprintf(stderr, "only %d of %d attached\n", got, nidle); fail("attach idle"); }
+        got += (int) r;
+    }
+    fprintf(stderr, "ALL_ATTACHED %d\n", nidle);
+    usleep(300000);
+    pid_t pp = fork();
+    if (pp < 0) die("fork");
+    if (pp == 0) {
+        alarm(600);
+        attach();
+        ponger(0, size);
+        detach();
+        _exit(0);
+    }
+    alarm(900);
+    attach();
+    long warm = iters / 10 + 5, ns;
+    double *s = malloc(sizeof(double) * (iters + warm + 1));
+    pinger(0, size, iters + warm, 0, s, iters + warm, &ns);
+    detach();
+    int st, bad = 0;
+    if (waitpid(pp, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st)) bad++;
+    close(done[1]);
+    for (int i = 0; i < nidle; i++)
+        if (waitpid(pids[i], &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st)) bad++;
+    if (bad) { fprintf(stderr, "%d processes failed\n", bad); fail("idle processes"); }
+    double *m = s + warm;
+    long n = ns - warm;
+    qsort(m, n, sizeof(double), cmp_dbl);
+    printf("{\"idle\": %d, \"size\": %d, \"n\": %ld, \"p50_us\": %.3f, \"p99_us\": %.3f}\n",
+           nidle, size, n, pct(m, n, .5) * 1e6, pct(m, n, .99) * 1e6);
+    return 0;
+}
+
 static int cmd_capacity(int max)
 {
     int ready[2], go[2];
@@ -403,9 +467,11 @@ int main(int argc, char **argv)
         return cmd_attach(atol(argv[2]));
     if (argc >= 5 && !strcmp(argv[1], "pairs"))
         return cmd_pairs(atoi(argv[2]), atof(argv[3]), atoi(argv[4]));
+    if (argc >= 5 && !strcmp(argv[1], "idle"))
+        return cmd_idle(atoi(argv[2]), atol(argv[3]), atoi(argv[4]));
     if (argc >= 3 && !strcmp(argv[1], "capacity"))
         return cmd_capacity(atoi(argv[2]));
     fprintf(stderr, "usage: lambench pingpong SIZE ITERS WARMUP | stream SIZE COUNT | "
-            "attach ITERS | pairs NPAIRS SECONDS SIZE | capacity MAX\n");
+            "attach ITERS | pairs NPAIRS SECONDS SIZE | idle NIDLE ITERS SIZE | capacity MAX\n");
     return 2;
 }
