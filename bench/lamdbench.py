@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 DOCS = ROOT / "docs"
 PY = "/usr/bin/python3"
+LAMD_COMMIT = "?"
 KIB, MIB = 1024, 1024 * 1024
 
 
@@ -68,7 +69,16 @@ def build(work: Path) -> Path:
     subprocess.run(["mpicc.lam", "-O2", "-Wall", "-o", str(exe), str(BENCH / "c" / "lambench.c")],
                    check=True)
     pkg = work / "pkg"
-    shutil.copytree(ROOT / "lamd", pkg / "lamd", ignore=shutil.ignore_patterns("__pycache__"))
+    pkg.mkdir()
+    # the committed daemon (HEAD), never half-edited files in the work tree
+    rev = os.environ.get("LAMDBENCH_REV", "HEAD")
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "lamd"],
+                         check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(pkg)], input=tar, check=True)
+    global LAMD_COMMIT
+    LAMD_COMMIT = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev],
+                                 capture_output=True, text=True).stdout.strip()
+    log(f"daemon under test: lamd/ at {rev} = {LAMD_COMMIT}")
     for p in [work, *work.rglob("*")]:
         p.chmod(p.stat().st_mode | 0o055)
     return exe
@@ -383,7 +393,7 @@ def main() -> int:
     res["meta"] = machine_info()
     res["meta"].update({"quick": a.quick, "rounds": rounds, "elapsed_s": round(elapsed, 1),
                         "command": "bench/run.sh" + (" --quick" if a.quick else ""),
-                        "pair_seconds": W.pair_secs})
+                        "pair_seconds": W.pair_secs, "lamd_commit": LAMD_COMMIT})
     out.write_text(json.dumps({"summary": res, "raw": raw}, indent=1) + "\n")
     log(f"wrote {out}")
     if not a.no_docs:
@@ -651,7 +661,7 @@ rerun the command to refresh it. Raw numbers: `bench/results/latest.json`.
 
 {m.get('os', '?')}, kernel {m['kernel']}, {m['cpus']} CPUs ({m.get('cpu', '?')}),
 {m.get('mem_gib', '?')} GiB RAM; LAM {m.get('lam', '?')} (lam-runtime); our daemon on
-{m.get('system_python', '?')}. Mode: {'quick' if m['quick'] else 'full'},
+{m.get('system_python', '?')}, lamd/ as committed at {m.get('lamd_commit', '?')}. Mode: {'quick' if m['quick'] else 'full'},
 {m['rounds']} A/B rounds per workload, {m['elapsed_s']:.0f} s in all.
 This is a shared 2-core VM: other work on it adds noise, hence the min–max spread.
 
