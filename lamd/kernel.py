@@ -267,7 +267,10 @@ class Kernel:
         self._runq: deque[tuple[KProc, Any]] = deque()
         self._collect_seq = itertools.count(1)
         self._collects: dict[int, tuple[KProc, KProc, KMsg]] = {}
+        #: the kill file must be rewritten (a client left, a priority changed)
         self.killfile_dirty = True
+        #: clients attached since the kill file was last written: (pid, ident)
+        self.killfile_new: list[tuple[int, Any]] = []
 
     # ------------------------------------------------------------------
     # entry points
@@ -499,7 +502,7 @@ class Kernel:
         p.ident = ident
         self.stats.attaches += 1
         if p.priority != PRLAMHALT:
-            self.killfile_dirty = True
+            self.killfile_new.append((pid, ident))  # kkillwrite
         log.debug("kouter: attached process pid=%d pri=%d index=%d", pid, req.priority,
                   p.index, extra={"LAM_PID": pid, "LAM_REQUEST": "ATTACH"})
         self._out.append(Reply(conn, KReply(index=p.index)))

@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 from . import kernel as K
 from .kernel import Kernel
-from .kkill import kkillrewrite, proc_starttime
+from .kkill import KillFile, proc_starttime
 from .wire import KREQ_SIZE, KReq
 
 log = logging.getLogger("lamd.kernelio")
@@ -60,7 +60,7 @@ class IOLimits:
     max_queued: int = 1 << 20  # reply bytes queued to one client before we stop reading it
     requests_per_turn: int = 32  # requests served from one client before the next one's turn
     accepts_per_turn: int = 64
-    sock_buffer: int = 256 * 1024  # SO_SNDBUF/SO_RCVBUF on the daemon's side
+    sock_buffer: int = 0  # SO_SNDBUF on the daemon's side (0: the system default, 208 KiB)
 
 
 class BodyMove:
@@ -172,6 +172,9 @@ class KernelIO:
         self._fd_watches: dict[int, Any] = {}
         self._pending: deque[Connection] = deque()  # clients with unparsed requests
         self._dirty: set[Connection] = set()  # clients with output to flush
+        self._killfile = (KillFile(killfile, clients_file or killfile + ".clients",
+                                   kernel.kernel_pid or os.getpid())
+                          if killfile else None)
         self.stopping = False
         self.exit_status = 0
         self.stop_reason = ""
@@ -278,6 +281,8 @@ class KernelIO:
         except (OSError, ValueError):
             pass
         self.listener.close()
+        if self._killfile is not None:
+            self._killfile.close()
         for path in (unlink_socket, self.killfile, self.clients_file):
             if path:
                 try:
@@ -292,16 +297,30 @@ class KernelIO:
     # kill file
     # ------------------------------------------------------------------
     def write_killfile(self) -> None:
-        self.kernel.killfile_dirty = False
-        if not self.killfile:
+        """``kkillrewrite``: the whole kill file from the process table."""
+        k = self.kernel
+        k.killfile_dirty = False
+        k.killfile_new.clear()
+        if self._killfile is None:
             return
         try:
-            kkillrewrite(self.killfile, self.clients_file or self.killfile + ".clients",
-                         self.kernel.kernel_pid or os.getpid(),
-                         self.kernel.killfile_entries())
+            self._killfile.rewrite(k.killfile_entries())
         except OSError as e:
             log.error("cannot write kill file %s: %s", self.killfile, e.strerror,
                       extra={"LAM_ERROR": e.errno})
+
+    def append_killfile(self) -> None:
+        """``kkillwrite``: list newly attached clients before they hear back."""
+        k = self.kernel
+        new, k.killfile_new = k.killfile_new, []
+        if self._killfile is None or k.killfile_dirty:
+            return  # the rewrite at the end of this turn lists them
+        try:
+            self._killfile.append(new)
+        except OSError as e:
+            log.error("cannot append to kill file %s: %s", self.killfile,
+                      e.strerror or e, extra={"LAM_ERROR": e.errno})
+            k.killfile_dirty = True
 
     # ------------------------------------------------------------------
     # accepting clients (kio_req's accept branch)
@@ -336,12 +355,11 @@ class KernelIO:
                         pid, uid, self.uid, extra={"LAM_PID": pid, "LAM_UID": uid})
             sock.close()
             return
-        lim = self.limits
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, lim.sock_buffer)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, lim.sock_buffer)
-        except OSError:
-            pass
+        if self.limits.sock_buffer:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.sock_buffer)
+            except OSError:
+                pass
         c = Connection(sock, pid, uid)
         if pid > 0:
             try:
@@ -419,8 +437,11 @@ class KernelIO:
 
     def _handle(self, c: Connection, req: KReq) -> None:
         actions = self.kernel.request(c, req)
-        if self.kernel.killfile_dirty and req.req == 5:
-            self.write_killfile()  # a new client is listed before it hears back
+        if self.kernel.killfile_new:
+            if self.kernel.killfile_dirty:
+                self.write_killfile()  # a new client is listed before it hears back
+            else:
+                self.append_killfile()
         self._apply(actions)
         if self._dirty:
             self._flush_dirty()

@@ -2,9 +2,11 @@
 
 ``lam-killfile`` lists the kernel's pid on the first line, then the pid of
 every attached client (internal processes and PRLAMHALT clients excluded),
-one decimal per line: stock ``tkill`` reads it with ``fscanf("%d")``. Where
-the C kernel rewrites it in place, we write a temporary file and rename it
-over the old one, so a reader (or a crash) never sees half a file.
+one decimal per line: stock ``tkill`` reads it with ``fscanf("%d")``. As in
+LAM, a new client is appended (one ``write``, before its attach is answered);
+where the C kernel then rewrites the file in place on every removal, we
+write a temporary file and swap it in, so a reader (or a crash) never sees
+half a file.
 
 Beside it, ``lamd-clients`` carries ``PID STARTTIME`` for each client, the
 start time being field 22 of ``/proc/PID/stat``: our tkill signals a pid only
@@ -20,10 +22,15 @@ from typing import Iterable
 def proc_starttime(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat (start time in clock ticks), or None."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     # the command name (field 2) may hold spaces and parentheses: split after it
     rest = data[data.rindex(b")") + 2:].split()
     try:
@@ -32,8 +39,35 @@ def proc_starttime(pid: int) -> int | None:
         return None
 
 
+_libc = None
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(src: str, dst: str) -> bool:
+    """renameat2(RENAME_EXCHANGE): swap two paths atomically; False if unsupported.
+
+    Replacing an existing file with rename(2) makes ext4 flush the new file's
+    data first (auto_da_alloc), about 170 us here; swapping costs 28 us, and
+    the path always names a complete file either way.
+    """
+    global _libc
+    try:
+        if _libc is None:
+            import ctypes
+            _libc = ctypes.CDLL(None, use_errno=True)
+        if _libc.renameat2(_AT_FDCWD, src.encode(), _AT_FDCWD, dst.encode(),
+                           _RENAME_EXCHANGE) == 0:
+            return True
+    except (OSError, AttributeError):
+        pass
+    return False
+
+
 def write_atomic(path: str, text: str) -> None:
-    """Replace *path* with *text* atomically (temp file in the same dir + rename)."""
+    """Replace *path* with *text* atomically: a reader, or a crash, sees the
+    old file or the new one, never a mix (temp file in the same directory,
+    then swapped in)."""
     tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
@@ -44,16 +78,117 @@ def write_atomic(path: str, text: str) -> None:
             view = view[n:]
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    if os.path.exists(path) and _exchange(tmp, path):
+        os.unlink(tmp)
+    else:
+        os.replace(tmp, path)
+
+
+class _SwapFile:
+    """A file rewritten atomically by swapping in a spare copy.
+
+    Two files are kept open: the live one at *path* and a spare beside it
+    (``path + ".spare"``). A rewrite fills the spare and exchanges the two
+    names with ``renameat2(RENAME_EXCHANGE)``: no file is created or removed,
+    and *path* always names a complete file. Appends go to the live file with
+    one ``write(2)`` each, which a crash cannot split.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.spare_path = path + ".spare"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        self.live = os.open(path, flags, 0o600)
+        self.spare = os.open(self.spare_path, flags | os.O_TRUNC, 0o600)
+
+    def rewrite(self, data: bytes) -> None:
+        os.ftruncate(self.spare, 0)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.spare, view):]
+        if _exchange(self.spare_path, self.path):
+            self.live, self.spare = self.spare, self.live
+        else:  # no RENAME_EXCHANGE here: a plain atomic rename, then a new spare
+            os.rename(self.spare_path, self.path)
+            os.close(self.live)
+            self.live = self.spare
+            self.spare = os.open(self.spare_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                                 | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+
+    def append(self, data: bytes) -> None:
+        os.write(self.live, data)
+
+    def close(self, *, remove_spare: bool = True) -> None:
+        for fd in (self.live, self.spare):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if remove_spare:
+            try:
+                os.unlink(self.spare_path)
+            except OSError:
+                pass
+
+
+class KillFile:
+    """``kkillopen``/``kkillwrite``/``kkillrewrite``: the kill file and its sidecar.
+
+    A newly attached client is appended with one ``write(2)`` before it hears
+    back from its attach, as LAM's ``kkillwrite`` does. A removal rewrites the
+    whole file atomically (:class:`_SwapFile`). The sidecar ``lamd-clients``
+    is only rewritten when stale lines outnumber live ones: stale lines there
+    are harmless, since tkill only consults it for pids the kill file lists.
+    """
+
+    def __init__(self, killfile: str, clients_file: str, kernel_pid: int) -> None:
+        self.killfile = killfile
+        self.clients_file = clients_file
+        self.kernel_pid = kernel_pid
+        self._kill: _SwapFile | None = None
+        self._clients: _SwapFile | None = None
+        self._clients_lines = 0
+
+    def rewrite(self, entries: Iterable[tuple[int, int | None]]) -> None:
+        """``kkillrewrite``: the kill file from the current process table."""
+        entries = list(entries)
+        if self._kill is None:
+            self._kill = _SwapFile(self.killfile)
+            self._clients = _SwapFile(self.clients_file)
+            self._clients_lines = -1
+        self._kill.rewrite("".join([f"{self.kernel_pid}\n"] +
+                                   [f"{pid}\n" for pid, _ in entries]).encode())
+        if self._clients_lines < 0 or self._clients_lines > 2 * len(entries) + 64:
+            assert self._clients is not None
+            self._clients.rewrite("".join(f"{pid} {st if st is not None else 0}\n"
+                                          for pid, st in entries).encode())
+            self._clients_lines = len(entries)
+
+    def append(self, entries: Iterable[tuple[int, int | None]]) -> None:
+        """``kkillwrite``: list newly attached clients (one write per file)."""
+        entries = list(entries)
+        if not entries:
+            return
+        if self._kill is None or self._clients is None:
+            raise OSError("kill file not open: rewrite() first")
+        self._kill.append("".join(f"{pid}\n" for pid, _ in entries).encode())
+        self._clients.append("".join(f"{pid} {st if st is not None else 0}\n"
+                                     for pid, st in entries).encode())
+        self._clients_lines += len(entries)
+
+    def close(self) -> None:
+        for f in (self._kill, self._clients):
+            if f is not None:
+                f.close()
+        self._kill = self._clients = None
 
 
 def kkillrewrite(killfile: str, clients_file: str, kernel_pid: int,
                  entries: Iterable[tuple[int, int | None]]) -> None:
-    """``kkillrewrite``: both files from the current process table."""
-    entries = list(entries)
-    write_atomic(killfile, "".join([f"{kernel_pid}\n"] + [f"{pid}\n" for pid, _ in entries]))
-    write_atomic(clients_file, "".join(f"{pid} {st if st is not None else 0}\n"
-                                       for pid, st in entries))
+    """Both files from the current process table, atomically (no open state)."""
+    kf = KillFile(killfile, clients_file, kernel_pid)
+    kf.rewrite(entries)
+    kf.close()
 
 
 def read_killfile(path: str) -> list[int]:

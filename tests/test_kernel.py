@@ -106,7 +106,7 @@ def test_attach_gives_index_and_lists_pid_in_killfile() -> None:
     w.attach("b", pid=501)
     assert w.index["b"] == 1
     assert [pid for pid, _ in w.k.killfile_entries()] == [500, 501]
-    assert w.k.killfile_dirty
+    assert w.k.killfile_new == [(500, None), (501, None)]
 
 
 def test_lamhalt_priority_is_not_in_killfile() -> None:
