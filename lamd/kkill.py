@@ -192,9 +192,9 @@ def kkillrewrite(killfile: str, clients_file: str, kernel_pid: int,
 
 
 def read_killfile(path: str) -> list[int]:
-    """The pids in a kill file, the kernel's first (as ``fscanf("%d")`` reads it)."""
-    pids = []
-    with open(path) as f:
+    """Pids as LAM's tkill reads them: repeated ``fscanf("%d")``, the kernel's first."""
+    pids: list[int] = []
+    with open(path, "rb") as f:
         for tok in f.read().split():
             try:
                 pids.append(int(tok))
@@ -204,13 +204,13 @@ def read_killfile(path: str) -> list[int]:
 
 
 def read_clients(path: str) -> dict[int, int]:
-    """``lamd-clients``: pid -> start time."""
+    """``lamd-clients``: pid -> start time (0 = unknown); the last line for a pid wins."""
     out: dict[int, int] = {}
     try:
-        with open(path) as f:
+        with open(path, "rb") as f:
             for line in f:
                 parts = line.split()
-                if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+                if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
                     out[int(parts[0])] = int(parts[1])
     except FileNotFoundError:
         pass

@@ -36,6 +36,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from .kkill import read_clients, read_killfile
 from .session import LAM_KILLFILE, LAM_SOCKET, LAMD_CLIENTS, Session
 
 PROG = "lamd-tkill"
@@ -73,32 +74,6 @@ def start_wallclock(ticks: int) -> float:
 
 
 # ------------------------------------------------------------------ files
-
-def read_killfile(path: str) -> list[int]:
-    """Pids as LAM's tkill reads them: repeated ``fscanf("%d")``."""
-    pids: list[int] = []
-    with open(path, "rb") as f:
-        for tok in f.read().split():
-            try:
-                pids.append(int(tok))
-            except ValueError:
-                break
-    return pids
-
-
-def read_clients(path: str) -> dict[int, int]:
-    """``lamd-clients``: pid -> start time (0 = unknown)."""
-    out: dict[int, int] = {}
-    try:
-        with open(path, "rb") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
-                    out[int(parts[0])] = int(parts[1])
-    except FileNotFoundError:
-        pass
-    return out
-
 
 # ------------------------------------------------------------------ targets
 
@@ -249,8 +224,8 @@ def remove_session_files(killfile: str, *, keep_socket: bool, verbose: bool) -> 
     _unlink(killfile, verbose)
     _unlink(os.path.join(directory, LAMD_CLIENTS), verbose)
     try:
-        for name in os.listdir(directory):   # leftovers of atomic rewrites
-            if name.startswith((LAM_KILLFILE + ".tmp", LAMD_CLIENTS + ".tmp")):
+        for name in os.listdir(directory):   # spares and leftovers of atomic rewrites
+            if name.startswith((LAM_KILLFILE + ".", LAMD_CLIENTS + ".")):
                 _unlink(os.path.join(directory, name), verbose)
     except OSError:
         pass
