@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lamd",
         description=f"The LAM/MPI {LAM_VERSION} runtime daemon (kernel and internal "
-                    "processes), serving this user's LAM session socket.")
+                    "processes), serving this user's LAM session socket.",
+        epilog="Limits also come from the environment (the service's /etc/default/lamd): "
+               "LAMD_LOG_LEVEL, LAMD_MAX_PROCS, LAMD_MAX_MSG_LEN, LAMD_MOVE_BUFFER, LAMD_MAX_QUEUED.")
     p.add_argument("--version", action="version",
                    version=f"lamd {__version__} (LAM/MPI {LAM_VERSION} protocol)")
     p.add_argument("--debug", action="store_true", help="log every request (same as --log-level debug)")
@@ -51,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="BYTES", help="longest message body a client may announce")
     p.add_argument("--move-buffer", type=int, default=int(os.environ.get("LAMD_MOVE_BUFFER", 256 * 1024)),
                    metavar="BYTES", help="bytes held per message body in flight (default 256 KiB)")
+    p.add_argument("--max-queued", type=int, default=int(os.environ.get("LAMD_MAX_QUEUED", 1 << 20)),
+                   metavar="BYTES", help="replies queued to a client that does not read them before "
+                                         "its requests stop being read (default 1 MiB)")
     p.add_argument("--no-iprocs", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -133,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     kernel = Kernel(max_procs=args.max_procs, max_msg_len=args.max_msg_len,
                     kernel_pid=os.getpid())
     notifier = service.Notifier()
-    limits = IOLimits(move_buffer=max(4096, args.move_buffer))
+    limits = IOLimits(move_buffer=max(4096, args.move_buffer),
+                      max_queued=max(64 * 1024, args.max_queued))
     wd = notifier.watchdog_period()
     tick = min(1.0, wd) if wd else 1.0
     user = os.environ.get("USER") or str(os.getuid())

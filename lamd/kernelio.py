@@ -547,6 +547,9 @@ class KernelIO:
         c.queued += len(data)
         self._dirty.add(c)
         if c.queued > self.limits.max_queued and not c.read_paused:
+            log.warning("pid %d does not read its replies (%d bytes queued, limit %d): "
+                        "not reading its requests until it does", c.pid, c.queued,
+                        self.limits.max_queued, extra={"LAM_PID": c.pid})
             self._pause_read(c, True)
 
     def _flush_dirty(self) -> None:

@@ -286,3 +286,66 @@ def test_many_clients_at_once(daemon: Daemon) -> None:
         assert c.recv(1000 + i, 0, 100).body == pattern(100, i)
     for t in threads:
         join_ok(t)
+
+
+def test_more_than_a_thousand_clients_without_threads(daemon: Daemon) -> None:
+    """1,100 attached clients (the C lamd holds 288), each pair moving one
+    verified message; raw sockets, so no client threads are needed."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    n = 1100
+    if soft < 2 * n + 64:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * n), hard))
+    socks = [daemon.raw() for _ in range(n)]
+    try:
+        for s in socks:
+            s.sendall(KReq(req=5, index=-1, pid=os.getpid(), priority=PRCMD).pack())
+        index = []
+        for s in socks:
+            rep = s.recv(80, socket.MSG_WAITALL)
+            index.append(int.from_bytes(rep[28:32], "little", signed=True))
+        assert len(set(index)) == n
+        assert len(daemon.kernel.clients()) == n
+        half = n // 2
+        for i in range(half):  # receivers block first
+            socks[half + i].sendall(KReq(req=1, index=index[half + i],
+                                         msg=KMsg(5000 + i, 0, 32, 0)).pack())
+        for i in range(half):
+            socks[i].sendall(KReq(req=0, index=index[i], msg=KMsg(5000 + i, 0, 32, 0)).pack())
+        for i in range(half):
+            assert socks[i].recv(80, socket.MSG_WAITALL)[:4] == b"\0\0\0\0"
+            socks[i].sendall(pattern(32, i))
+        for i in range(half):
+            r = socks[half + i]
+            assert r.recv(80, socket.MSG_WAITALL)[:4] == b"\0\0\0\0"
+            assert r.recv(32, socket.MSG_WAITALL) == pattern(32, i)
+    finally:
+        for s in socks:
+            s.close()
+    wait_until(lambda: daemon.kernel.clients() == [])
+
+
+def test_client_that_never_reads_replies_is_bounded(tmp_path) -> None:
+    d = Daemon(str(tmp_path), max_queued=64 * 1024)
+    try:
+        hog = d.client()
+        n = 20000  # 1.6 MB of replies asked for, never read (yet)
+        payload = KReq(req=2, index=hog.index, pid=os.getpid()).pack() * n
+        t = run_thread(lambda: hog.sock.sendall(payload))
+        time.sleep(0.5)
+        conn = next(c for c in d.io.conns.values() if c.pid == os.getpid() and c.queued)
+        assert conn.read_paused
+        # bounded: the limit plus at most one turn's worth of replies
+        assert conn.queued <= 64 * 1024 + d.io.limits.requests_per_turn * 80 + 4096
+        a, b = d.client(), d.client()
+        tb = run_thread(lambda: b.send(2, 0, b.recv(1, 0, 4).body))
+        a.send(1, 0, b"ping")
+        assert a.recv(2, 0, 4).body == b"ping"
+        join_ok(tb)
+        got = 0
+        while got < n * 80:  # now it reads: every reply arrives, none lost
+            got += len(hog.sock.recv(1 << 20))
+        assert got == n * 80
+        join_ok(t)
+    finally:
+        d.stop()
