@@ -55,6 +55,8 @@ Conn = Hashable  # whatever the I/O layer uses to name a connection
 MAX_MSG_LEN = 0x7FFFFFFF
 #: Pids given to internal processes (LAM: 100000 + boot table row).
 IPROC_PID_BASE = 100000
+#: Internal-process steps run before the kernel returns to the I/O layer.
+IPROC_TURN_BUDGET = 10000
 
 
 # --- matching rules (kreq.h macros) ------------------------------------------
@@ -361,6 +363,7 @@ class Kernel:
         p = self.procs.get(token) if isinstance(token, int) else None
         if p is not None and p.internal:
             self._resume(p, None)
+        # token None: only carry on with internal processes left runnable
         self._run_iprocs()
         return self._take()
 
@@ -836,7 +839,14 @@ class Kernel:
     def _run_iprocs(self) -> None:
         """Run internal processes until none has a completed request pending."""
         runq = self._runq
+        budget = IPROC_TURN_BUDGET
         while runq:
+            budget -= 1
+            if budget < 0:
+                # an internal process that never blocks (a KTRY loop): let the
+                # I/O layer serve clients, then carry on
+                self._out.append(WatchTimeout(0.0, None))
+                return
             p, value = runq.popleft()
             if p.coro is None or p.index not in self.procs:
                 continue

@@ -566,3 +566,17 @@ def test_request_while_blocked_is_refused_and_the_old_one_stands() -> None:
     acts = w.recv("b", 1)
     assert replies(acts)["a"].reply == 0 and replies(acts)["b"].reply == 0
     w.k.check_invariants()
+
+
+def test_internal_process_that_never_blocks_cannot_starve_clients() -> None:
+    async def spinner(k: IProc) -> None:
+        while True:
+            await k.send(12345, 0, b"", KTRY)
+
+    w = World()
+    acts = w.k.boot([KBoot("spin", 1085, spinner)])
+    assert [type(a) for a in acts] == [K.WatchTimeout]  # yields back to the I/O layer
+    w.attach("a", pid=500)  # clients are still served
+    assert len(w.k.clients()) == 1
+    acts = w.k.wake(None)
+    assert any(isinstance(a, K.WatchTimeout) for a in acts)
