@@ -216,7 +216,7 @@ class OurDaemon(Daemon):
     def start(self) -> None:
         self._mkprefix()
         env = {**self.env(), "PYTHONPATH": str(self.work / "pkg")}
-        self.proc = subprocess.Popen([PY, "-m", "lamd", "--log-level", "warning"],
+        self.proc = subprocess.Popen([PY, "-m", "lamd", "--log-level", "info"],
                                      user=self.user.pw_uid, group=self.user.pw_gid,
                                      extra_groups=[], env=env, cwd="/tmp",
                                      stdin=subprocess.DEVNULL,
@@ -349,6 +349,7 @@ def main() -> int:
     W = Workloads(exe, a.quick)
     daemons = [CDaemon(user, work), OurDaemon(user, work)]
     raw: dict[str, dict[str, list]] = {}
+    failures: list[dict] = []
     t_start = time.time()
 
     def big(n: int) -> int:
@@ -359,7 +360,23 @@ def main() -> int:
         nrounds = nrounds or rounds
         for r in range(nrounds):
             for d in which:     # A B A B: C then ours, every round
-                rec = run_round(d, fn, *args)
+                for attempt in range(3):
+                    try:
+                        rec = run_round(d, fn, *args)
+                        break
+                    except RuntimeError as e:
+                        log(f"{key} round {r + 1} on {d.name} FAILED (attempt {attempt + 1}): "
+                            f"{str(e).splitlines()[0][:200]}")
+                        tail = ""
+                        if d.name == "ours":
+                            try:
+                                tail = "".join(open(work / "ours.log").readlines()[-8:])
+                            except OSError:
+                                pass
+                        failures.append({"workload": key, "round": r + 1, "daemon": d.name,
+                                         "error": str(e)[:2000], "daemon_log_tail": tail})
+                else:
+                    continue
                 raw[key][d.name].append(rec)
             log(f"{key} round {r + 1}/{nrounds} done")
 
@@ -388,6 +405,7 @@ def main() -> int:
     elapsed = time.time() - t_start
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    raw["failures"] = failures  # type: ignore[assignment]
     out.write_text(json.dumps({"raw": raw}, indent=1) + "\n")  # kept even if analysis fails
     res = analyse(raw, W, rounds, pairs_both, pairs_ours, idle_both + idle_ours)
     res["meta"] = machine_info()
@@ -410,6 +428,7 @@ def report_only(path: Path) -> int:
                                "command": "bench/run.sh", "pair_seconds": 0}
     W = Workloads(Path("lambench"), meta["quick"])
     pairs = sorted(int(k.split("-")[1]) for k in raw if k.startswith("pairs-"))
+    raw.setdefault("failures", [])
     idles = sorted(int(k.split("-")[1]) for k in raw if k.startswith("idle-"))
     both = [n for n in pairs if "C" in raw[f"pairs-{n}"]]
     res = analyse(raw, W, meta["rounds"], both, [n for n in pairs if n not in both], idles)
@@ -450,7 +469,8 @@ def analyse(raw: dict, W: Workloads, rounds: int, pairs_both: list[int], pairs_o
             return
         row = {"group": group, "metric": label, "unit": unit, "better": better}
         for dn, recs in raw[key].items():
-            row[dn] = summarize([getter(r) for r in recs])
+            if recs:
+                row[dn] = summarize([getter(r) for r in recs])
         if "C" in row and "ours" in row and row["C"]["median"]:
             row["ratio"] = row["ours"]["median"] / row["C"]["median"]
         rows.append(row)
@@ -496,7 +516,7 @@ def analyse(raw: dict, W: Workloads, rounds: int, pairs_both: list[int], pairs_o
     add("daemon resources", "ping-pong workload: CPU s per 10^6 messages", "s", "lower",
         lambda r: r["daemon_cpu_s"] / sum(2 * (W.pp_iters[s] + max(5, W.pp_iters[s] // 10))
                                           for s in W.pp_sizes) * 1e6, "pingpong")
-    out = {"rows": rows}
+    out = {"rows": rows, "failures": raw.get("failures", [])}
     if "capacity" in raw:
         out["capacity"] = {k: v[0]["result"] for k, v in raw["capacity"].items()}
     out["targets"] = targets(rows, pairs_both, pairs_ours, idles)
@@ -647,6 +667,13 @@ def write_docs(res: dict) -> None:
     cap = res.get("capacity", {})
     tg = "\n".join(f"| {t['target']} | {t['value']} | {'holds' if t['holds'] else '**misses**'} |"
                    for t in res["targets"])
+    fails = res.get("failures", [])
+    fail_txt = ("No client failed: every round of every workload passed verification."
+                if not fails else
+                f"{len(fails)} round(s) failed and were retried (up to 3 attempts; a round whose "
+                "attempts all failed is left out of the medians):\n\n" +
+                "\n".join(f"* {f['workload']} round {f['round']} on {f['daemon']}: "
+                          f"`{f['error'].splitlines()[0][:160]}`" for f in fails))
     imgs = "\n\n".join(f"![{p}]({p})" for p in made)
     cap_txt = ""
     if cap:
@@ -702,6 +729,10 @@ answer exits non-zero and aborts the run.
   the workload) and `/proc/<pid>/status` (VmHWM = peak RSS; VmRSS sampled
   when all clients of a many-pairs run are attached, minus VmRSS at start,
   divided by the number of clients = state bytes per client).
+
+## Failures
+
+{fail_txt}
 
 ## Targets
 
