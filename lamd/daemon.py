@@ -2,7 +2,7 @@
 
 By hand (no LISTEN_FDS) the daemon serves the invoking user's LAM session
 socket in the foreground and logs to stderr; under systemd it adopts the
-socket it is given (:mod:`lamd.service`). Either way SIGTERM or SIGINT ends
+socket it is given (:mod:`lamd.service`). Either way SIGTERM, SIGINT or SIGHUP ends
 it cleanly: every attached client gets SIGCONT then SIGHUP (kkillall), the
 kill file goes, and a socket we bound ourselves is removed.
 """

@@ -193,12 +193,13 @@ class KernelIO:
     # the loop
     # ------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT end the loop (kio_shutdown); SIGPIPE is ignored."""
+        """SIGTERM, SIGINT and SIGHUP end the loop (kio_shutdown, kbbail); SIGPIPE is ignored."""
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        for s in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP too: LAM's tkill (lamwipe) hangs up the kill file's first pid,
+        # the daemon, and the C lamd goes at once (kbbail)
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(s, self._on_signal)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     def _on_signal(self, signo: int, _frame: Any) -> None:
         self._signals.append(signo)

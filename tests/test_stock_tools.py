@@ -371,20 +371,11 @@ def test_lamclean(daemon):
     assert cp.returncode == 0, show(cp)
 
 
-def _tkill_xfail(request):
-    if request.node.callspec.params.get("daemon") == "py":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "our lamd ignores SIGHUP (KernelIO.install_signal_handlers sets "
-            "SIG_IGN); LAM's tkill (run by lamwipe) SIGHUPs the kill file's "
-            "first pid, polls ~16 s, then SIGKILLs it")))
-
-
 def test_tkill(daemon, request):
     """LAM's tkill (what lamwipe runs on each node) SIGHUPs every pid in the
     kill file, the daemon first, and waits for each to go (SIGKILL after
     about 16 s).  The C lamd dies on SIGHUP at once; so must ours, cleanly
     (no SIGKILL), leaving no session directory."""
-    _tkill_xfail(request)
     s = daemon.s
     daemon.expect_exit = True
     lamd_pid = lamenv.read_killfile(s.killfile)[0]
