@@ -188,6 +188,8 @@ class KernelIO:
         self.ep.register(self._wake_r.fileno(), EPOLLIN)
         self.handlers[self._wake_r.fileno()] = self._on_wakeup
         self._signals: deque[int] = deque()
+        self._rbuf = bytearray(65536)  # requests are read into this, then decoded
+        self._rview = memoryview(self._rbuf)
 
     # ------------------------------------------------------------------
     # the loop
@@ -393,26 +395,26 @@ class KernelIO:
             self._read_body(c, m)
             return
         try:
-            data = c.sock.recv(65536)
+            n = c.sock.recv_into(self._rbuf)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self._drop(c, "connection error")
             return
-        if not data:
+        if not n:
             if c.inbuf:
                 log.warning("pid %d closed mid-request (%d of %d bytes)", c.pid,
                             len(c.inbuf), KREQ_SIZE, extra={"LAM_PID": c.pid})
             self._drop(c, "closed by client")
             return
         if c.inbuf:
-            c.inbuf += data
-        elif len(data) == KREQ_SIZE and not c.closing:
+            c.inbuf += self._rview[:n]
+        elif n == KREQ_SIZE and not c.closing:
             # the common case: exactly one request
-            self._handle(c, KReq.unpack(data))
+            self._handle(c, KReq.unpack(self._rbuf))
             return
         else:
-            c.inbuf = bytearray(data)
+            c.inbuf = bytearray(self._rview[:n])
         self._parse(c)
 
     def _parse(self, c: Connection) -> None:
