@@ -337,6 +337,18 @@ def main() -> int:
     if not a.no_install:
         install()
     user = ensure_user(a.user)
+    # Ours spends two descriptors per client (socket + pidfd) and raises its
+    # soft limit to the hard one: 10,000 clients need more than this VM's
+    # default hard limit of 20,000, so raise it (root may) for everything we
+    # start. The C lamd is capped by its process table and FD_SETSIZE anyway.
+    import resource
+    want = 65536
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, want))
+        except (ValueError, OSError) as e:
+            log(f"cannot raise RLIMIT_NOFILE's hard limit to {want}: {e}")
     rounds = a.rounds or (2 if a.quick else 3)
     pairs_both = [int(x) for x in a.pairs_both.split(",") if x]
     pairs_ours = [int(x) for x in (a.pairs_ours or ("250,1000" if a.quick else "250,1000,5000")).split(",") if x]
@@ -350,6 +362,8 @@ def main() -> int:
     daemons = [CDaemon(user, work), OurDaemon(user, work)]
     raw: dict[str, dict[str, list]] = {}
     failures: list[dict] = []
+    partial = Path(a.out).with_suffix(".partial.json")
+    partial.parent.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
 
     def big(n: int) -> int:
@@ -378,6 +392,7 @@ def main() -> int:
                 else:
                     continue
                 raw[key][d.name].append(rec)
+                partial.write_text(json.dumps({"raw": raw}, indent=1) + "\n")
             log(f"{key} round {r + 1}/{nrounds} done")
 
     if "capacity" in only:
@@ -412,6 +427,7 @@ def main() -> int:
     res["meta"].update({"quick": a.quick, "rounds": rounds, "elapsed_s": round(elapsed, 1),
                         "command": "bench/run.sh" + (" --quick" if a.quick else ""),
                         "pair_seconds": W.pair_secs, "lamd_commit": LAMD_COMMIT})
+    partial.unlink(missing_ok=True)
     out.write_text(json.dumps({"summary": res, "raw": raw}, indent=1) + "\n")
     log(f"wrote {out}")
     if not a.no_docs:
