@@ -33,23 +33,27 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any, Callable, Iterable
 
 from .constants import (
     EBADREQUEST, EMSGLEN, ENOKDESCRIPTORS, ENOTATTACHED, ENOTPROCESS, ESERVICE,
-    KEVENTHI, KIPROC, KMSG2, KNFYI, KNMSG, KPROBE, KQATTACH, KQDETACH, KQDOOM,
+    KIPROC, KMSG2, KNFYI, KNMSG, KPROBE, KQATTACH, KQDETACH, KQDOOM,
     KQDUMP, KQRECV, KQSEND, KQSR, KQSTATE, KQSURRENDER, KSFREE, KSREADY,
-    KSRECV, KSSEND, KSURRENDER, KSYNCSQL, KTRACE, KTRY, KTYPEHI, KTYPELO,
-    LAM_SIGUSR, PRLAMHALT,
+    KSRECV, KSSEND, KSURRENDER, KSYNCSQL, KTRACE, KTRY, LAM_SIGUSR, PRLAMHALT,
 )
 from .iproc import (
     WAIT_HALT, WAIT_READABLE, WAIT_TIMEOUT, IProc, KBoot, KCall, Received,
 )
+from .kactions import (  # noqa: F401 - re-exported: the kernel's vocabulary
+    Action, CollectBody, Close, Conn, Halt, Reply, SendBody, Signal, Transfer,
+    WatchReadable, WatchTimeout,
+)
+from .kinner import (  # noqa: F401 - re-exported
+    BlockedList, ksync_cmp, ksync_event, ksync_event_sql, ksync_type, ksync_type_sql,
+)
 from .wire import NMSG_SIZE, KMsg, KReply, KReq, NMsg
 
 log = logging.getLogger("lamd.kernel")
-
-Conn = Hashable  # whatever the I/O layer uses to name a connection
 
 #: Largest message body a client may announce (k_length is a C int4).
 MAX_MSG_LEN = 0x7FFFFFFF
@@ -57,138 +61,6 @@ MAX_MSG_LEN = 0x7FFFFFFF
 IPROC_PID_BASE = 100000
 #: Internal-process steps run before the kernel returns to the I/O layer.
 IPROC_TURN_BUDGET = 10000
-
-
-# --- matching rules (kreq.h macros) ------------------------------------------
-
-
-def ksync_type(a: int, b: int) -> bool:
-    """``ksync_type``: 0 matches anything, else the types must share a bit."""
-    return a == 0 or b == 0 or (a & b) != 0
-
-
-def ksync_type_sql(a: int, b: int) -> bool:
-    """``ksync_type_sql``: each 16-bit half equal, or all-ones as a wildcard."""
-    a &= 0xFFFFFFFF
-    b &= 0xFFFFFFFF
-    hi = ((a & KTYPEHI) == KTYPEHI or (b & KTYPEHI) == KTYPEHI
-          or (a & KTYPEHI) == (b & KTYPEHI))
-    lo = ((a & KTYPELO) == KTYPELO or (b & KTYPELO) == KTYPELO
-          or (a & KTYPELO) == (b & KTYPELO))
-    return hi and lo
-
-
-def ksync_event(a: int, b: int) -> bool:
-    """``ksync_event``: events must be equal."""
-    return a == b
-
-
-def ksync_event_sql(a: int, b: int) -> bool:
-    """``ksync_event_sql``: low bits equal; the KEVENTHI bits equal or wild."""
-    if (a & ~KEVENTHI) != (b & ~KEVENTHI):
-        return False
-    return ((a & KEVENTHI) == KEVENTHI or (b & KEVENTHI) == KEVENTHI
-            or (a & KEVENTHI) == (b & KEVENTHI))
-
-
-def ksync_cmp(blocked: "KProc", msg: KMsg) -> bool:
-    """``ksync_cmp``: does *msg* meet the blocked process's message?
-
-    The blocked process's own KSYNCSQL flag chooses the rules, as in LAM.
-    """
-    bm = blocked.msg
-    if bm.flags & KSYNCSQL:
-        return ksync_event_sql(bm.event, msg.event) and ksync_type_sql(bm.type, msg.type)
-    return bm.event == msg.event and ksync_type(bm.type, msg.type)
-
-
-# --- actions the I/O layer carries out ---------------------------------------
-
-
-@dataclass(slots=True, frozen=True)
-class Reply:
-    """Write ``struct kreply`` *reply* to *conn*."""
-
-    conn: Conn
-    reply: KReply
-
-
-@dataclass(slots=True, frozen=True)
-class SendBody:
-    """Write *data* (a body from an internal process) to *conn*, after its reply."""
-
-    conn: Conn
-    data: bytes
-
-
-@dataclass(slots=True, frozen=True)
-class Transfer:
-    """Move a message body from *src* to *dst* (LAM's ``kio_transfer``).
-
-    Read ``skip`` bytes from *src* and drop them, queue ``pad`` zero bytes to
-    *dst*, then stream ``length`` bytes from *src* to *dst*. ``skip`` and
-    ``pad`` are only non-zero when one side set KNMSG and the other did not.
-    """
-
-    src: Conn
-    dst: Conn
-    length: int
-    skip: int = 0
-    pad: int = 0
-
-
-@dataclass(slots=True, frozen=True)
-class CollectBody:
-    """Read *length* body bytes from *src* and hand them to
-    :meth:`Kernel.body_arrived` (a body for an internal process, ``kio_recv``)."""
-
-    src: Conn
-    length: int
-    token: Any
-
-
-@dataclass(slots=True, frozen=True)
-class Signal:
-    """Send Unix signal *signo* to the process attached on *conn*."""
-
-    conn: Conn
-    pid: int
-    signo: int
-
-
-@dataclass(slots=True, frozen=True)
-class Close:
-    """Close *conn* once everything queued for it has been written."""
-
-    conn: Conn
-    reason: str = ""
-
-
-@dataclass(slots=True, frozen=True)
-class WatchTimeout:
-    """Call :meth:`Kernel.wake` with *token* after *delay* seconds."""
-
-    delay: float
-    token: Any
-
-
-@dataclass(slots=True, frozen=True)
-class WatchReadable:
-    """Call :meth:`Kernel.wake` with *token* once *fd* is readable (once)."""
-
-    fd: int
-    token: Any
-
-
-@dataclass(slots=True, frozen=True)
-class Halt:
-    """Shut the daemon down (haltd): kkillall, remove session files, exit."""
-
-    status: int = 0
-    reason: str = ""
-
-
-Action = Reply | SendBody | Transfer | CollectBody | Signal | Close | WatchTimeout | WatchReadable | Halt
 
 
 # --- the process table --------------------------------------------------------
@@ -261,10 +133,7 @@ class Kernel:
         self._by_conn: dict[Conn, KProc] = {}
         self._peers: dict[Conn, tuple[int, int, Any]] = {}  # conn -> (pid, uid, ident)
         self._seq = itertools.count()
-        # blocked list, indexed: (state, event) -> procs in LAM list order
-        self._blocked: dict[tuple[int, int], list[KProc]] = {}
-        self._blocked_sql: dict[int, list[KProc]] = {KSSEND: [], KSRECV: []}
-        self._nblocked = 0
+        self.pblock = BlockedList()  # LAM's blocked list, indexed by event
         self._out: list[Action] = []
         self._runq: deque[tuple[KProc, Any]] = deque()
         self._collect_seq = itertools.count(1)
@@ -414,7 +283,7 @@ class Kernel:
 
     def ksync(self, msg: KMsg, req: int) -> bool:
         """``ksync``: would *msg* (a KQSEND or KQRECV) meet a blocked process?"""
-        p = self._find_partner(KSSEND if req == KQRECV else KSRECV, msg)
+        p = self.pblock.find(KSSEND if req == KQRECV else KSRECV, msg)
         return p is not None and not (p.msg.flags & KPROBE)
 
     def kkillall(self) -> list[Action]:
@@ -455,19 +324,12 @@ class Kernel:
 
     def check_invariants(self) -> None:
         """Assert the table, the lists and the indexes agree (for tests and fuzzing)."""
-        blocked = [p for lst in self._blocked.values() for p in lst]
-        blocked += [p for lst in self._blocked_sql.values() for p in lst]
-        assert len(blocked) == len(set(map(id, blocked))) == self._nblocked, "blocked index"
-        for p in blocked:
+        self.pblock.check()
+        for p in self.pblock.members():
             assert self.procs.get(p.index) is p, f"blocked {p} not in table"
             assert p.state in (KSSEND, KSRECV), f"blocked {p} in state {p.state}"
-        for (state, event), lst in self._blocked.items():
-            assert lst, "empty list kept"
-            for p in lst:
-                assert p.state == state and p.msg.event == event and not p.msg.flags & KSYNCSQL
-            assert [p.bkey for p in lst] == sorted(p.bkey for p in lst), "order"
         nblocked = sum(1 for p in self.procs.values() if p.state in (KSSEND, KSRECV))
-        assert nblocked == self._nblocked, "a blocked process is missing from the index"
+        assert nblocked == self.pblock.count, "a blocked process is missing from the index"
         for conn, p in self._by_conn.items():
             assert p.conn == conn and self.procs.get(p.index) is p
         for p in self.procs.values():
@@ -604,7 +466,7 @@ class Kernel:
             return
         msg = req.msg
         syncstate = KSSEND if code == KQRECV else KSRECV
-        p = self._find_partner(syncstate, msg)
+        p = self.pblock.find(syncstate, msg)
         pclient.msg = KMsg(msg.event, msg.type, msg.length, msg.flags, msg.msg)
 
         if p is not None and p.msg.flags & KPROBE:
@@ -760,62 +622,17 @@ class Kernel:
             self._block(pto, KSRECV)
 
     # ------------------------------------------------------------------
-    # the blocked list, indexed by (state, event)
+    # moving processes on and off the blocked list
     # ------------------------------------------------------------------
-    def _find_partner(self, syncstate: int, msg: KMsg) -> KProc | None:
-        """The first blocked process in LAM order that *msg* synchronizes with."""
-        best: KProc | None = None
-        lst = self._blocked.get((syncstate, msg.event))
-        if lst:
-            t = msg.type
-            for p in lst:
-                pt = p.msg.type
-                if pt == 0 or t == 0 or (pt & t):
-                    best = p
-                    break
-        sql = self._blocked_sql[syncstate]
-        if sql:
-            for p in sql:
-                if best is not None and p.bkey > best.bkey:
-                    break
-                if ksync_cmp(p, msg):
-                    best = p
-                    break
-        return best
-
     def _block(self, p: KProc, state: int, keep_place: bool = False) -> None:
+        """*p* blocks in *state*; a KQSR turning into its receive keeps its place."""
         if not keep_place:
             p.bkey = (-p.priority, next(self._seq))
         p.state = state
-        if p.msg.flags & KSYNCSQL:
-            lst = self._blocked_sql[state]
-        else:
-            lst = self._blocked.setdefault((state, p.msg.event), [])
-        if not lst or lst[-1].bkey < p.bkey:
-            lst.append(p)
-        else:
-            bisect.insort(lst, p, key=lambda q: q.bkey)
-        self._nblocked += 1
+        self.pblock.insert(p)
 
     def _unblock(self, p: KProc) -> None:
-        if p.msg.flags & KSYNCSQL:
-            lst = self._blocked_sql[p.state]
-            key = None
-        else:
-            key = (p.state, p.msg.event)
-            lst = self._blocked.get(key, [])
-        i = bisect.bisect_left(lst, p.bkey, key=lambda q: q.bkey)
-        if i < len(lst) and lst[i] is p:
-            del lst[i]
-            self._nblocked -= 1
-        else:  # pragma: no cover - defensive
-            try:
-                lst.remove(p)
-                self._nblocked -= 1
-            except ValueError:
-                pass
-        if key is not None and not lst:
-            self._blocked.pop(key, None)
+        self.pblock.delete(p)
 
     # ------------------------------------------------------------------
     # replies, refusals, internal processes

@@ -9,7 +9,6 @@ move bytes between the two connections' streams.
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from dataclasses import dataclass, field
 

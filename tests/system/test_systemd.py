@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 
@@ -260,7 +259,7 @@ def test_exposure_score(ct):
     assert m, r.stdout[-500:] + r.stderr
     assert float(m.group(1)) <= 2.0
     r = host(["systemd-analyze", "security", "--offline=yes", "--threshold=20",
-              f"/lib/systemd/system/lamd@.service"], check=False)
+              "/lib/systemd/system/lamd@.service"], check=False)
     assert r.returncode == 0, r.stdout[-300:]
 
 
