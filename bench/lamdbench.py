@@ -3,7 +3,7 @@
 
 Run as root from the repository root::
 
-    bench/run.sh            # full run (about 10-15 minutes)
+    bench/run.sh            # full run (about 4-6 minutes here)
     bench/run.sh --quick    # smoke run (about 2-3 minutes)
 
 It installs what it needs (packaging/setup.sh plus python3-matplotlib),
@@ -710,7 +710,7 @@ This is a shared 2-core VM: other work on it adds noise, hence the min–max spr
 
 ## How to rerun
 
-    bench/run.sh             # as root: full run (about 10-15 min)
+    bench/run.sh             # as root: full run (about 4-6 min here)
     bench/run.sh --quick     # about 2-3 min smoke run
     bench/run.sh --help      # rounds, pair counts, workloads, user
 
@@ -789,7 +789,7 @@ latency lower is better, for rates higher is better).
   daemon issue worth fixing (pause the listener, or keep a reserve fd and
   refuse). The harness tries to raise the hard limit to 65,536 and says so
   when it cannot. 1,000+ client runs get fewer rounds
-  (5,000: one) because attaching that many takes a while (see below).
+  (2,500 pairs and 5,000 idle clients: one).
 * **State per client** is (VmRSS with all clients attached − VmRSS at
   start) ÷ clients. The C lamd's is 0: its table is static (KPMAX 288).
 * **C lamd ping-pong p99**: the C lamd shows multi-millisecond outliers at
