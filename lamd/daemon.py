@@ -180,9 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = {"session": session.directory}
             io.boot(boot_table(config), config)  # one dict: the address found at boot is shared
     service.set_proctitle(f"lamd: {user} [0 clients]")
-    log.info("lamd %s serving %s (pid %d, up to %d clients by RLIMIT_NOFILE %d, max %d processes)",
-             __version__, session.socket_path, os.getpid(), max(0, nofile - 16), nofile,
-             args.max_procs)
+    log.info("lamd %s serving %s (pid %d; RLIMIT_NOFILE %d allows %d clients, "
+             "two descriptors each; --max-procs %d)", __version__, session.socket_path,
+             os.getpid(), nofile, max(0, (nofile - 32) // 2), args.max_procs)
     notifier.ready()
     notifier.status("0 clients attached")
     status = io.run()

@@ -50,6 +50,7 @@ EPOLLOUT = select.EPOLLOUT
 EPOLLERR = select.EPOLLERR | select.EPOLLHUP
 _UCRED = struct.Struct("3i")
 SPECULATIVE_BODY_READ = os.environ.get("LAMD_SPECULATIVE", "1") == "1"
+_RELISTEN = object()  # timer token: watch the listener again
 
 
 @dataclass(slots=True)
@@ -188,6 +189,8 @@ class KernelIO:
         self.ep.register(self._wake_r.fileno(), EPOLLIN)
         self.handlers[self._wake_r.fileno()] = self._on_wakeup
         self._signals: deque[int] = deque()
+        self._refusing = False  # out of descriptors, refusing clients
+        self._spare_fd: int | None = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         self._rbuf = bytearray(65536)  # requests are read into this, then decoded
         self._rview = memoryview(self._rbuf)
 
@@ -262,7 +265,10 @@ class KernelIO:
             now = time.monotonic()
             while self.timers and self.timers[0][0] <= now:
                 _, _, token = heapq.heappop(self.timers)
-                self._apply(self.kernel.wake(token))
+                if token is _RELISTEN:
+                    self._relisten()
+                else:
+                    self._apply(self.kernel.wake(token))
             if self._dirty:
                 self._flush_dirty()
             if self.kernel.killfile_dirty:
@@ -294,6 +300,9 @@ class KernelIO:
                     pass
                 except OSError as e:
                     log.warning("cannot remove %s: %s", path, e.strerror)
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
         self.ep.close()
 
     # ------------------------------------------------------------------
@@ -336,13 +345,55 @@ class KernelIO:
                 return
             except OSError as e:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("cannot accept a client: %s (raise LimitNOFILE/--max-procs)",
-                              e.strerror, extra={"LAM_ERROR": e.errno})
+                    self._out_of_descriptors(e)
                     return
                 if e.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
                 raise
             self._admit(sock)
+
+    def _out_of_descriptors(self, e: OSError) -> None:
+        """No descriptor for a new client: refuse it at once, never spin.
+
+        The spare descriptor kept for this is given up to accept the client
+        and close it (liblam then reports ENOKERNEL instead of hanging in the
+        backlog); if even that fails the listener is left alone for a moment.
+        """
+        if not self._refusing:
+            log.error("out of file descriptors (%s) with %d clients attached: refusing new "
+                      "clients (raise LimitNOFILE)", e.strerror, len(self.conns),
+                      extra={"LAM_ERROR": e.errno})
+        self._refusing = True
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
+            try:
+                sock, _ = self.listener.accept()
+                sock.close()
+            except OSError:
+                pass
+            try:
+                self._spare_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass
+            return
+        # not even that: stop watching the listener for a moment
+        try:
+            self.ep.unregister(self.listener.fileno())
+        except OSError:
+            pass
+        self.handlers.pop(self.listener.fileno(), None)
+        heapq.heappush(self.timers, (time.monotonic() + 0.1, next(self._timer_seq),
+                                     _RELISTEN))
+
+    def _relisten(self) -> None:
+        fd = self.listener.fileno()
+        if fd not in self.handlers:
+            self.handlers[fd] = self._on_accept
+            try:
+                self.ep.register(fd, EPOLLIN)
+            except OSError:
+                pass
 
     def _admit(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -712,6 +763,15 @@ class KernelIO:
             return
         c.closed = True
         self.conns.pop(c.fd, None)
+        if self._refusing:
+            self._refusing = False
+            log.info("a client left: accepting clients again (%d attached)", len(self.conns))
+            if self._spare_fd is None:
+                try:
+                    self._spare_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    pass
+            self._relisten()
         self.handlers.pop(c.fd, None)
         try:
             self.ep.unregister(c.fd)

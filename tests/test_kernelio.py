@@ -349,3 +349,45 @@ def test_client_that_never_reads_replies_is_bounded(tmp_path) -> None:
         join_ok(t)
     finally:
         d.stop()
+
+
+def test_out_of_descriptors_refuses_new_clients_and_recovers(tmp_path) -> None:
+    """At RLIMIT_NOFILE the daemon refuses a new client at once (it sees EOF)
+    instead of spinning on accept(); when a client leaves it accepts again."""
+    import resource
+    import subprocess
+    import sys
+    script = f"""
+import os, resource, socket, sys, threading, time
+sys.path.insert(0, {str(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))!r})
+from tests.test_kernelio import Daemon
+from lamd.client import KernelGone
+d = Daemon({str(tmp_path)!r})
+base = len(os.listdir('/proc/self/fd'))
+resource.setrlimit(resource.RLIMIT_NOFILE, (base + 24, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+held = []
+try:
+    for i in range(40):
+        held.append(d.client())
+except (KernelGone, OSError) as e:
+    print("refused after", len(held), type(e).__name__, e)
+print("daemon refusing", d.io._refusing)
+t0 = time.process_time()
+time.sleep(0.5)
+print("cpu", round(time.process_time() - t0, 3))
+held.pop().close()
+time.sleep(0.3)
+c = d.client()
+print("accepted again", c.index >= 0)
+held.append(c)
+for h in held:
+    h.close()
+d.stop()
+"""
+    cp = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert "refused after" in cp.stdout, cp.stdout + cp.stderr
+    assert "daemon refusing True" in cp.stdout, cp.stdout + cp.stderr
+    cpu = float(cp.stdout.split("cpu ")[1].split()[0])
+    assert cpu < 0.25, f"the loop spun: {cpu} s of CPU in 0.5 s"
+    assert "accepted again True" in cp.stdout
