@@ -142,6 +142,8 @@ class Kernel:
         self.killfile_dirty = True
         #: clients attached since the kill file was last written: (pid, ident)
         self.killfile_new: list[tuple[int, Any]] = []
+        #: pids of listed clients that left since the kill file was last written
+        self.killfile_removed: list[int] = []
 
     # ------------------------------------------------------------------
     # entry points
@@ -424,7 +426,7 @@ class Kernel:
         if p.conn is not None and self._by_conn.get(p.conn) is p:
             del self._by_conn[p.conn]
         if not p.internal and p.priority != PRLAMHALT:
-            self.killfile_dirty = True
+            self.killfile_removed.append(p.pid)
         if p.internal and p.coro is not None:
             p.coro.close()
             p.coro = None

@@ -60,7 +60,7 @@ class IOLimits:
     move_buffer: int = 256 * 1024  # bytes held per body in flight
     max_queued: int = 1 << 20  # reply bytes queued to one client before we stop reading it
     requests_per_turn: int = 32  # requests served from one client before the next one's turn
-    accepts_per_turn: int = 64
+    accepts_per_turn: int = 1  # epoll is level-triggered: more are reported next turn
     sock_buffer: int = 0  # SO_SNDBUF on the daemon's side (0: the system default, 208 KiB)
 
 
@@ -271,7 +271,7 @@ class KernelIO:
                     self._apply(self.kernel.wake(token))
             if self._dirty:
                 self._flush_dirty()
-            if self.kernel.killfile_dirty:
+            if self.kernel.killfile_dirty or self.kernel.killfile_removed:
                 self.write_killfile()
             if now >= next_tick:
                 next_tick = now + self.tick_interval
@@ -311,12 +311,18 @@ class KernelIO:
     def write_killfile(self) -> None:
         """``kkillrewrite``: the whole kill file from the process table."""
         k = self.kernel
+        removed = k.killfile_removed
+        dirty = k.killfile_dirty
         k.killfile_dirty = False
         k.killfile_new.clear()
+        k.killfile_removed = []
         if self._killfile is None:
             return
         try:
-            self._killfile.rewrite(k.killfile_entries())
+            if dirty or not removed:
+                self._killfile.rewrite(k.killfile_entries())
+            else:
+                self._killfile.remove(removed, k.killfile_entries)
         except OSError as e:
             log.error("cannot write kill file %s: %s", self.killfile, e.strerror,
                       extra={"LAM_ERROR": e.errno})
@@ -647,14 +653,15 @@ class KernelIO:
             return
         if c.closed:
             return
+        if c.closing and not out:
+            self._close(c, notify_kernel=True)
+            return
         want_out = bool(out) and not (type(out[0]) is BodyMove and out[0].rpos >= out[0].wpos)
         if c.read_paused and c.queued <= self.limits.max_queued // 2 and c.move is None:
             self._pause_read(c, False)
             if c.inbuf:
                 self._pending.append(c)
         self._set_mask(c, want_out=want_out)
-        if c.closing and not out:
-            self._close(c, notify_kernel=True)
 
     def _set_mask(self, c: Connection, *, want_out: bool) -> None:
         """Listen for what *c* needs; nothing at all while it is paused, so a
@@ -772,11 +779,7 @@ class KernelIO:
                 except OSError:
                     pass
             self._relisten()
-        self.handlers.pop(c.fd, None)
-        try:
-            self.ep.unregister(c.fd)
-        except (OSError, ValueError):
-            pass
+        self.handlers.pop(c.fd, None)  # closing the socket takes it out of epoll
         m = c.move
         c.move = None
         victims: list[Connection] = []

@@ -16,7 +16,7 @@ while that pid still has the start time it had when it attached.
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Callable, Iterable
 
 
 def proc_starttime(pid: int) -> int | None:
@@ -135,10 +135,13 @@ class KillFile:
     """``kkillopen``/``kkillwrite``/``kkillrewrite``: the kill file and its sidecar.
 
     A newly attached client is appended with one ``write(2)`` before it hears
-    back from its attach, as LAM's ``kkillwrite`` does. A removal rewrites the
-    whole file atomically (:class:`_SwapFile`). The sidecar ``lamd-clients``
-    is only rewritten when stale lines outnumber live ones: stale lines there
-    are harmless, since tkill only consults it for pids the kill file lists.
+    back from its attach, as LAM's ``kkillwrite`` does. When the clients that
+    leave are the last ones listed (a short-lived tool: attach, work, detach)
+    the file is cut back with one ``ftruncate(2)``; any other removal rewrites
+    it whole, atomically (:class:`_SwapFile`). Neither a crash nor a reader
+    ever sees a torn file. The sidecar ``lamd-clients`` is only rewritten
+    when stale lines outnumber live ones: stale lines there are harmless,
+    since tkill only consults it for pids the kill file lists.
     """
 
     def __init__(self, killfile: str, clients_file: str, kernel_pid: int) -> None:
@@ -148,6 +151,8 @@ class KillFile:
         self._kill: _SwapFile | None = None
         self._clients: _SwapFile | None = None
         self._clients_lines = 0
+        self._lines: list[tuple[int, int]] = []  # (pid, line length) after the kernel's
+        self._size = 0  # bytes in the live kill file
 
     def rewrite(self, entries: Iterable[tuple[int, int | None]]) -> None:
         """``kkillrewrite``: the kill file from the current process table."""
@@ -156,8 +161,11 @@ class KillFile:
             self._kill = _SwapFile(self.killfile)
             self._clients = _SwapFile(self.clients_file)
             self._clients_lines = -1
-        self._kill.rewrite("".join([f"{self.kernel_pid}\n"] +
-                                   [f"{pid}\n" for pid, _ in entries]).encode())
+        head = f"{self.kernel_pid}\n"
+        lines = [f"{pid}\n" for pid, _ in entries]
+        self._kill.rewrite((head + "".join(lines)).encode())
+        self._lines = [(pid, len(line)) for (pid, _), line in zip(entries, lines)]
+        self._size = len(head) + sum(n for _, n in self._lines)
         if self._clients_lines < 0 or self._clients_lines > 2 * len(entries) + 64:
             assert self._clients is not None
             self._clients.rewrite("".join(f"{pid} {st if st is not None else 0}\n"
@@ -171,10 +179,27 @@ class KillFile:
             return
         if self._kill is None or self._clients is None:
             raise OSError("kill file not open: rewrite() first")
-        self._kill.append("".join(f"{pid}\n" for pid, _ in entries).encode())
+        lines = [f"{pid}\n" for pid, _ in entries]
+        data = "".join(lines).encode()
+        self._kill.append(data)
+        self._lines += [(pid, len(line)) for (pid, _), line in zip(entries, lines)]
+        self._size += len(data)
         self._clients.append("".join(f"{pid} {st if st is not None else 0}\n"
                                      for pid, st in entries).encode())
         self._clients_lines += len(entries)
+
+    def remove(self, pids: list[int],
+               entries: Callable[[], Iterable[tuple[int, int | None]]]) -> None:
+        """Clients *pids* left: cut them off the end, or rewrite from *entries*()."""
+        k = len(pids)
+        if (self._kill is not None and 0 < k <= len(self._lines)
+                and sorted(pid for pid, _ in self._lines[-k:]) == sorted(pids)):
+            cut = sum(n for _, n in self._lines[-k:])
+            os.ftruncate(self._kill.live, self._size - cut)  # atomic, and a crash-safe cut
+            del self._lines[-k:]
+            self._size -= cut
+        else:
+            self.rewrite(entries())
 
     def close(self) -> None:
         for f in (self._kill, self._clients):
