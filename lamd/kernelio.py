@@ -423,15 +423,15 @@ class KernelIO:
         c = Connection(sock, pid, uid)
         if pid > 0:
             try:
-                c.pidfd = os.pidfd_open(pid)
+                c.pidfd = os.pidfd_open(pid)  # every signal to it goes through this
             except OSError:
                 c.pidfd = None
-            c.starttime = proc_starttime(pid)
         self.conns[c.fd] = c
         c.mask = EPOLLIN
         self.ep.register(c.fd, EPOLLIN)
         self.handlers[c.fd] = lambda ev, c=c: self._on_client(c, ev)
-        self.kernel.connect(c, pid, uid, c.starttime)
+        self.kernel.connect(c, pid, uid)
+        self._read(c)  # a client writes its attach right after connecting: it may be here
 
     # ------------------------------------------------------------------
     # reading: requests and bodies
@@ -496,15 +496,33 @@ class KernelIO:
                 self._parse(c)
 
     def _handle(self, c: Connection, req: KReq) -> None:
-        actions = self.kernel.request(c, req)
-        if self.kernel.killfile_new:
-            if self.kernel.killfile_dirty:
-                self.write_killfile()  # a new client is listed before it hears back
+        k = self.kernel
+        actions = k.request(c, req)
+        new = k.killfile_new
+        if new:
+            # a new client is listed before it hears back (kkillwrite)
+            if k.killfile_dirty:
+                self.write_killfile()
             else:
                 self.append_killfile()
         self._apply(actions)
+        if new:
+            self._record_starttimes(c)
         if self._dirty:
             self._flush_dirty()
+
+    def _record_starttimes(self, c: Connection) -> None:
+        """After the attach reply: the client's start time, for lamd-clients."""
+        p = self.kernel.proc_of(c)
+        if p is None or c.closed:
+            return
+        c.starttime = p.ident = proc_starttime(c.pid)
+        if self._killfile is not None:
+            try:
+                self._killfile.append_clients([(c.pid, c.starttime)])
+            except OSError as e:
+                log.error("cannot append to %s: %s", self.clients_file, e.strerror,
+                          extra={"LAM_ERROR": e.errno})
 
     def _read_body(self, c: Connection, m: BodyMove) -> None:
         """Read body bytes from sender *c* into its :class:`BodyMove`."""

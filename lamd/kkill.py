@@ -173,7 +173,7 @@ class KillFile:
             self._clients_lines = len(entries)
 
     def append(self, entries: Iterable[tuple[int, int | None]]) -> None:
-        """``kkillwrite``: list newly attached clients (one write per file)."""
+        """``kkillwrite``: list newly attached clients (one write)."""
         entries = list(entries)
         if not entries:
             return
@@ -184,6 +184,12 @@ class KillFile:
         self._kill.append(data)
         self._lines += [(pid, len(line)) for (pid, _), line in zip(entries, lines)]
         self._size += len(data)
+
+    def append_clients(self, entries: Iterable[tuple[int, int | None]]) -> None:
+        """Record (pid, start time) of newly attached clients in the sidecar."""
+        entries = list(entries)
+        if not entries or self._clients is None:
+            return
         self._clients.append("".join(f"{pid} {st if st is not None else 0}\n"
                                      for pid, st in entries).encode())
         self._clients_lines += len(entries)
