@@ -193,20 +193,26 @@ class CDaemon(Daemon):
                 continue
         raise RuntimeError("cannot find the C lamd's pid")
 
-    def stop(self) -> None:
+    def stop(self, halt_timeout: float = 30) -> None:
+        self.killed = False
         with open(self.work / "lamboot.log", "a") as logf:
             try:
                 subprocess.run(["lamhalt"], user=self.user.pw_uid, group=self.user.pw_gid,
                                extra_groups=[], env=self.env(), cwd="/tmp",
-                               stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, timeout=30)
+                               stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                               timeout=halt_timeout)
             except subprocess.TimeoutExpired:
-                pass
+                log(f"C lamd: lamhalt hung for {halt_timeout:.0f} s, SIGKILL")
         for _ in range(100):
             if not os.path.exists(f"/proc/{self.pid}"):
                 break
             time.sleep(0.05)
         else:
-            os.kill(self.pid, signal.SIGKILL)
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                self.killed = True
+            except ProcessLookupError:
+                pass
         shutil.rmtree(self.prefix, ignore_errors=True)
 
 
@@ -225,12 +231,14 @@ class OurDaemon(Daemon):
         self.pid = self.proc.pid
         self.wait_socket()
 
-    def stop(self) -> None:
+    def stop(self, halt_timeout: float = 30) -> None:
+        self.killed = False
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.killed = True
             self.proc.wait()
         shutil.rmtree(self.prefix, ignore_errors=True)
 
@@ -249,6 +257,8 @@ class Workloads:
         self.attach_iters = 300 if q else 2000
         self.pair_secs = 1.0 if q else 3.0
         self.idle_iters = 1000 if q else 5000
+        self.hostile_secs = 1.0 if q else 3.0
+        self.hostile_deadline = 5.0
 
     def pingpong(self, d: Daemon) -> dict:
         out = {}
@@ -287,9 +297,23 @@ class Workloads:
     def capacity(self, d: Daemon) -> dict:
         return d.run([self.exe, "capacity", "300"], 300)
 
+    # hostile clients (issue 6): one 64 B pair measures for hostile_secs while
+    # others misbehave; the client gives up waiting at the deadline, kills
+    # every process it started and reports what the pair completed by then.
+    HOSTILE = {"baseline": ("baseline", 0), "flood-1": ("flood", 1),
+               "flood-4": ("flood", 4), "stall": ("stall", 0)}
+    HOSTILE_BIG = 8 * MIB
 
-def run_round(d: Daemon, fn, *args) -> dict:
+    def hostile(self, d: Daemon, situation: str) -> dict:
+        mode, nflood = self.HOSTILE[situation]
+        return d.run([self.exe, "hostile", mode, str(self.hostile_secs),
+                      str(self.hostile_deadline - self.hostile_secs), "64", str(nflood),
+                      str(self.HOSTILE_BIG)], self.hostile_deadline + 60)
+
+
+def run_round(d: Daemon, fn, *args, halt_timeout: float = 30) -> dict:
     d.start()
+    alive = True
     try:
         time.sleep(0.2)
         m0 = proc_mem(d.pid)
@@ -297,12 +321,17 @@ def run_round(d: Daemon, fn, *args) -> dict:
         t0 = time.time()
         res = fn(d, *args)
         wall = time.time() - t0
-        c1 = proc_cpu(d.pid)
-        m1 = proc_mem(d.pid)
+        try:
+            c1 = proc_cpu(d.pid)
+            m1 = proc_mem(d.pid)
+        except (OSError, KeyError):     # the daemon died during the workload
+            alive, c1, m1 = False, c0, {"VmHWM": m0["VmRSS"]}
     finally:
-        d.stop()
+        t_stop = time.time()
+        d.stop(halt_timeout)
     return {"result": res, "daemon_cpu_s": c1 - c0, "wall_s": wall,
-            "rss_start": m0["VmRSS"], "rss_peak": m1["VmHWM"]}
+            "rss_start": m0["VmRSS"], "rss_peak": m1["VmHWM"], "daemon_alive_after": alive,
+            "stop_s": round(time.time() - t_stop, 2), "stop_killed": getattr(d, "killed", False)}
 
 
 def summarize(values: list[float]) -> dict:
@@ -324,7 +353,7 @@ def main() -> int:
     ap.add_argument("--pairs-ours", help="pair counts run on ours alone (default 250,1000,2500; quick 250,1000)")
     ap.add_argument("--idle-both", default="0,250", help="idle attached clients beside one pair, both daemons")
     ap.add_argument("--idle-ours", help="idle attached clients, ours alone (default 1000,5000; quick 1000)")
-    ap.add_argument("--only", help="comma list of workloads: pingpong,stream,attach,pairs,idle,capacity")
+    ap.add_argument("--only", help="comma list of workloads: pingpong,stream,attach,pairs,idle,capacity,hostile")
     ap.add_argument("--out", default=str(BENCH / "results" / "latest.json"))
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/performance.md")
     ap.add_argument("--report-only", action="store_true",
@@ -352,7 +381,7 @@ def main() -> int:
     rounds = a.rounds or (2 if a.quick else 3)
     pairs_both = [int(x) for x in a.pairs_both.split(",") if x]
     pairs_ours = [int(x) for x in (a.pairs_ours or ("250,1000" if a.quick else "250,1000,2500")).split(",") if x]
-    only = set(a.only.split(",")) if a.only else {"pingpong", "stream", "attach", "pairs", "idle", "capacity"}
+    only = set(a.only.split(",")) if a.only else {"pingpong", "stream", "attach", "pairs", "idle", "capacity", "hostile"}
     idle_both = [int(x) for x in a.idle_both.split(",") if x]
     idle_ours = [int(x) for x in (a.idle_ours or ("1000" if a.quick else "1000,5000")).split(",") if x]
     work = Path(tempfile.mkdtemp(prefix="lamdbench-"))
@@ -369,14 +398,14 @@ def main() -> int:
     def big(n: int) -> int:
         return 1 if n >= 2500 else min(rounds, a.rounds_big) if n >= 1000 else rounds
 
-    def ab(key: str, fn, *args, which=daemons, nrounds=None) -> None:
+    def ab(key: str, fn, *args, which=daemons, nrounds=None, halt_timeout: float = 30) -> None:
         raw[key] = {d.name: [] for d in which}
         nrounds = nrounds or rounds
         for r in range(nrounds):
             for d in which:     # A B A B: C then ours, every round
                 for attempt in range(3):
                     try:
-                        rec = run_round(d, fn, *args)
+                        rec = run_round(d, fn, *args, halt_timeout=halt_timeout)
                         break
                     except RuntimeError as e:
                         log(f"{key} round {r + 1} on {d.name} FAILED (attempt {attempt + 1}): "
@@ -411,6 +440,9 @@ def main() -> int:
             # the C lamd's table holds 288 processes (273 attachable): ours alone
             ab(f"pairs-{n}", W.pairs, n, which=[daemons[1]],
                nrounds=big(n))
+    if "hostile" in only:
+        for sit in W.HOSTILE:
+            ab(f"hostile-{sit}", W.hostile, sit, halt_timeout=10)
     if "idle" in only:
         for n in idle_both:
             ab(f"idle-{n}", W.idle, n)

@@ -17,6 +17,17 @@
  *                                           one pair ping-pongs; its p50/p99
  *   lambench capacity MAX                   attach up to MAX processes; prints
  *                                           how many the kernel accepted
+ *   lambench hostile MODE SECS GRACE SIZE N BIG
+ *                                           one pair ping-pongs SIZE bytes for
+ *                                           SECS while hostile clients run:
+ *                                           MODE baseline (none), flood (N
+ *                                           clients loop kstate(getpid())),
+ *                                           stall (a receiver posts a BIG-byte
+ *                                           krecv and never reads it; a sender
+ *                                           ksends BIG bytes to it). The parent
+ *                                           stops waiting at SECS+GRACE, kills
+ *                                           every child and reports what the
+ *                                           pair completed by then.
  *
  * Output: one JSON object on stdout. Exit 0 on success, 1 on any error or
  * verification failure.
@@ -28,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -456,6 +468,193 @@ static int cmd_capacity(int max)
     return 0;
 }
 
+/* ---- hostile clients beside one measured pair ---------------------------- */
+#define HMAXS (1L << 20)
+#define EV_STALL 77
+#define MAXFLOOD 64
+struct hshared {
+    volatile long trips;
+    volatile int pinger_done, ponger_done, sender_done;
+    volatile double start, t_end;
+    volatile long flood[MAXFLOOD];
+};
+
+static pid_t hfork(int rd, int wr)
+{
+    pid_t pid = fork();
+    if (pid < 0) die("fork");
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);   /* never outlive the harness' client */
+        if (getppid() == 1) _exit(1);
+        close(rd);
+        (void) wr;
+    }
+    return pid;
+}
+
+static void hready(int wr)
+{
+    char c = 'r';
+    if (write(wr, &c, 1) != 1) die("write ready");
+}
+
+static void hwait(int fd, int n, const char *what)
+{
+    for (int got = 0; got < n;) {
+        char buf[64];
+        ssize_t r = read(fd, buf, sizeof buf < (size_t) (n - got) ? sizeof buf : (size_t) (n - got));
+        if (r <= 0) { fprintf(stderr, "only %d of %d %s ready\n", got, n, what); fail(what); }
+        got += (int) r;
+    }
+}
+
+static int cmd_hostile(const char *mode, double seconds, double grace, int size, int nflood,
+                       long big)
+{
+    int flood = !strcmp(mode, "flood"), stall = !strcmp(mode, "stall");
+    if (!flood && !stall && strcmp(mode, "baseline")) { fprintf(stderr, "bad mode\n"); return 2; }
+    if (nflood > MAXFLOOD) nflood = MAXFLOOD;
+    struct hshared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    double *samp = mmap(NULL, sizeof(double) * HMAXS, PROT_READ | PROT_WRITE,
+                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (sh == MAP_FAILED || samp == MAP_FAILED) die("mmap");
+    int ready[2], go[2];
+    if (pipe(ready) || pipe(go)) die("pipe");
+    pid_t kids[MAXFLOOD + 4];
+    int nkids = 0;
+    /* 1. the measured pair attaches first (a stuck C kernel takes no attach) */
+    for (int i = 0; i < 2; i++) {
+        pid_t pid = hfork(ready[0], ready[1]);
+        if (pid == 0) {
+            close(go[1]);
+            attach();
+            hready(ready[1]);
+            char c;
+            if (read(go[0], &c, 1) < 0) die("read go");
+            if (i == 1) {
+                ponger(0, size);
+                sh->ponger_done = 1;
+                detach();
+                _exit(0);
+            }
+            int ev_out = EV_BASE, ev_in = EV_BASE + 1;
+            unsigned char *rx = malloc(size + 1), *want = malloc(size + 1), *tx = malloc(size + 1);
+            if (!rx || !want || !tx) die("malloc");
+            fill(tx, size, 0);
+            fill(want, size, 100000);
+            double deadline = sh->start + seconds;
+            for (uint64_t seq = 0; now() < deadline; seq++) {
+                stamp(tx, size, seq);
+                double t0 = now();
+                do_send(ev_out, T_DATA, tx, size);
+                do_recv(ev_in, rx, size, size);
+                double dt = now() - t0;
+                stamp(want, size, seq | PONG_MARK);
+                if (size && memcmp(rx, want, size)) fail("pong payload");
+                if (sh->trips < HMAXS) samp[sh->trips] = dt;
+                sh->trips++;
+            }
+            sh->t_end = now();
+            sh->pinger_done = 1;
+            do_send(ev_out, T_STOP, NULL, 0);
+            detach();
+            _exit(0);
+        }
+        kids[nkids++] = pid;
+    }
+    hwait(ready[0], 2, "pair");
+    /* 2. the hostile clients */
+    int nhostile = 0;
+    if (flood) {
+        for (int f = 0; f < nflood; f++) {
+            pid_t pid = hfork(ready[0], ready[1]);
+            if (pid == 0) {
+                close(go[1]);
+                attach();
+                hready(ready[1]);
+                struct kstatus ks;
+                int me = (int) getpid();
+                for (;;) {
+                    if (kstate(me, &ks)) die("kstate");
+                    sh->flood[f]++;
+                }
+            }
+            kids[nkids++] = pid;
+        }
+        nhostile = nflood;
+    } else if (stall) {
+        pid_t pid = hfork(ready[0], ready[1]);
+        if (pid == 0) {                       /* receiver: posts, never reads */
+            close(go[1]);
+            attach();
+            static char dummy[64];
+            struct kmsg m;
+            memset(&m, 0, sizeof m);
+            m.k_event = EV_STALL;
+            m.k_length = (int) big;
+            m.k_msg = dummy;
+            if (krecvfront(&m) < 0) die("krecvfront");
+            hready(ready[1]);
+            for (;;) pause();
+        }
+        kids[nkids++] = pid;
+        hwait(ready[0], 1, "stuck receiver");
+        pid = hfork(ready[0], ready[1]);
+        if (pid == 0) {                       /* sender: BIG bytes into the jam */
+            close(go[1]);
+            attach();
+            char *buf = malloc(big);
+            if (!buf) die("malloc");
+            memset(buf, 0x5a, big);
+            hready(ready[1]);
+            do_send(EV_STALL, T_DATA, buf, (int) big);
+            sh->sender_done = 1;
+            for (;;) pause();
+        }
+        kids[nkids++] = pid;
+        nhostile = 1;
+    }
+    hwait(ready[0], nhostile, "hostile");
+    double t_hostile = now();
+    usleep(stall ? 500000 : 200000);        /* let the flood run / the transfer jam */
+    long f0 = 0;
+    for (int f = 0; f < nflood; f++) f0 += sh->flood[f];
+    /* 3. go: the pair measures for SECS; we wait at most SECS + GRACE */
+    sh->start = now();
+    close(go[1]);
+    double deadline = sh->start + seconds + grace;
+    while (now() < deadline && !(sh->pinger_done && sh->ponger_done)) usleep(5000);
+    double t_stop = now();
+    long f1 = 0;
+    for (int f = 0; f < nflood; f++) f1 += sh->flood[f];
+    long trips = sh->trips;
+    int finished = sh->pinger_done;
+    double meas_end = finished ? sh->t_end : t_stop;
+    int sender_done = sh->sender_done;
+    /* 4. everyone goes: a clean pair exits on its own, the rest are killed */
+    if (sh->pinger_done && sh->ponger_done) usleep(20000);
+    for (int i = 0; i < nkids; i++) kill(kids[i], SIGKILL);
+    for (int i = 0; i < nkids; i++) waitpid(kids[i], NULL, 0);
+    close(ready[0]);
+    long n = trips < HMAXS ? trips : HMAXS;
+    qsort(samp, n, sizeof(double), cmp_dbl);
+    double dt = meas_end - sh->start;
+    printf("{\"mode\": \"%s\", \"size\": %d, \"seconds\": %.3f, \"deadline_s\": %.3f, "
+           "\"round_trips\": %ld, \"stalled\": %s, \"msgs_per_s\": %.1f, ",
+           mode, size, dt, seconds + grace, trips, finished ? "false" : "true",
+           dt > 0 ? 2 * trips / dt : 0.0);
+    if (n > 0)
+        printf("\"p50_us\": %.3f, \"p99_us\": %.3f, \"max_us\": %.3f, ",
+               pct(samp, n, .5) * 1e6, pct(samp, n, .99) * 1e6, samp[n - 1] * 1e6);
+    else
+        printf("\"p50_us\": null, \"p99_us\": null, \"max_us\": null, ");
+    printf("\"flooders\": %d, \"flood_req_per_s\": %.1f, \"big\": %ld, \"sender_done\": %s, "
+           "\"hostile_start_s\": %.3f}\n", flood ? nflood : 0,
+           t_stop > sh->start ? (f1 - f0) / (t_stop - sh->start) : 0.0, stall ? big : 0,
+           sender_done ? "true" : "false", sh->start - t_hostile);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -471,7 +670,11 @@ int main(int argc, char **argv)
         return cmd_idle(atoi(argv[2]), atol(argv[3]), atoi(argv[4]));
     if (argc >= 3 && !strcmp(argv[1], "capacity"))
         return cmd_capacity(atoi(argv[2]));
+    if (argc >= 8 && !strcmp(argv[1], "hostile"))
+        return cmd_hostile(argv[2], atof(argv[3]), atof(argv[4]), atoi(argv[5]), atoi(argv[6]),
+                           atol(argv[7]));
     fprintf(stderr, "usage: lambench pingpong SIZE ITERS WARMUP | stream SIZE COUNT | "
-            "attach ITERS | pairs NPAIRS SECONDS SIZE | idle NIDLE ITERS SIZE | capacity MAX\n");
+            "attach ITERS | pairs NPAIRS SECONDS SIZE | idle NIDLE ITERS SIZE | capacity MAX | "
+            "hostile baseline|flood|stall SECS GRACE SIZE NFLOOD BIG\n");
     return 2;
 }
