@@ -23,12 +23,28 @@ def _attr(msg: object, name: str) -> object:
     return get(name) if get is not None else None
 
 
+def netlink_available() -> bool:
+    """Can this process open a routing netlink socket at all?"""
+    try:
+        socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close()  # NETLINK_ROUTE
+    except OSError:
+        return False
+    return True
+
+
 def node_address() -> str:
     """The primary IPv4 address of the default-route interface, else loopback.
 
     Never raises: any netlink failure (no pyroute2, no permission, no route)
     falls back to ``127.0.0.1``.
     """
+    if not netlink_available():
+        # e.g. the service's RestrictAddressFamilies=AF_UNIX: no need to load
+        # pyroute2 (a sixth of a second at every socket activation) to learn it
+        log.info("no netlink here; node address is %s", LOOPBACK)
+        return LOOPBACK
+    for name in ("pyroute2", "pyroute2.netlink.rtnl.tcmsg.common"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # its chatter is not ours to log
     try:
         from pyroute2 import IPRoute
     except ImportError:  # pragma: no cover - pyroute2 is a dependency
