@@ -568,7 +568,131 @@ def analyse(raw: dict, W: Workloads, rounds: int, pairs_both: list[int], pairs_o
     if "capacity" in raw:
         out["capacity"] = {k: v[0]["result"] for k, v in raw["capacity"].items()}
     out["targets"] = targets(rows, pairs_both, pairs_ours, idles)
+    out["hostile"] = hostile_summary(raw)
+    out["targets"] += hostile_targets(out["hostile"])
     return out
+
+
+HOSTILE_TEXT = {
+    "baseline": "baseline: nothing else running",
+    "flood-1": "flood: 1 client loops kstate(getpid())",
+    "flood-4": "flood: 4 clients loop kstate(getpid())",
+    "stall": "stalled transfer: 8 MiB ksend to a receiver that never reads",
+}
+
+
+def hostile_summary(raw: dict) -> list[dict]:
+    """Per situation and daemon: round trips by the deadline, p50/p99 (issue 6)."""
+    out = []
+    for key in sorted((k for k in raw if k.startswith("hostile-")),
+                      key=lambda k: list(HOSTILE_TEXT).index(k[8:]) if k[8:] in HOSTILE_TEXT else 99):
+        sit = key[len("hostile-"):]
+        row: dict = {"situation": sit, "text": HOSTILE_TEXT.get(sit, sit)}
+        for dn, recs in raw[key].items():
+            if not recs:
+                continue
+            res = [r["result"] for r in recs]
+            d = {"rounds": len(res), "stalled_rounds": sum(1 for r in res if r["stalled"]),
+                 "deadline_s": res[0]["deadline_s"], "window_s": max(r["seconds"] for r in res),
+                 "round_trips": summarize([r["round_trips"] for r in res]),
+                 "daemon_cpu_s": summarize([r["daemon_cpu_s"] for r in recs]),
+                 "stop_s": summarize([r.get("stop_s", 0) for r in recs]),
+                 "stop_killed": sum(1 for r in recs if r.get("stop_killed"))}
+            for k in ("p50_us", "p99_us"):
+                v = [r[k] for r in res if r[k] is not None]
+                if v:
+                    d[k] = summarize(v)
+            if any(r["flooders"] for r in res):
+                d["flood_req_per_s"] = summarize([r["flood_req_per_s"] for r in res])
+            row[dn] = d
+        out.append(row)
+    return out
+
+
+def hostile_targets(h: list[dict]) -> list[dict]:
+    t = []
+    by = {r["situation"]: r for r in h}
+    st, base = by.get("stall", {}).get("ours"), by.get("baseline", {}).get("ours")
+    if st:
+        ok = st["stalled_rounds"] == 0 and st["round_trips"]["min"] > 0
+        x = (f", {st['round_trips']['median'] / base['round_trips']['median']:.2f}× its baseline"
+             if base and base["round_trips"]["median"] else "")
+        t.append({"target": "a stalled 8 MiB transfer does not stop other clients (ours)",
+                  "value": f"{st['round_trips']['median']:,.0f} round trips in "
+                           f"{st['window_s']:.0f} s{x}", "holds": ok})
+    return t
+
+
+def hostile_table(h: list[dict]) -> str:
+    lines = ["| situation | daemon | round trips (min–max) | p50 µs (min–max) | p99 µs (min–max) | notes |",
+             "|---|---|---|---|---|---|"]
+    names = {"C": "C lamd", "ours": "ours"}
+
+    def cell(s: dict | None) -> str:
+        return f"{fmt(s['median'])} ({fmt(s['min'])}–{fmt(s['max'])})" if s else "–"
+    for r in h:
+        for dn in ("C", "ours"):
+            d = r.get(dn)
+            if not d:
+                continue
+            notes = []
+            if d["stalled_rounds"]:
+                notes.append(f"**stalled** in {d['stalled_rounds']} of {d['rounds']} rounds: "
+                             f"{d['round_trips']['median']:,.0f} round trips completed in "
+                             f"{d['deadline_s']:.0f} s (median)")
+            else:
+                notes.append(f"finished its {d['window_s']:.0f} s window every round")
+            if "flood_req_per_s" in d:
+                notes.append(f"flooders got {fmt(d['flood_req_per_s']['median'])} requests/s")
+            notes.append(f"daemon CPU {d['daemon_cpu_s']['median']:.2f} s")
+            if d["stop_killed"]:
+                notes.append(f"daemon SIGKILLed at stop in {d['stop_killed']} rounds")
+            lines.append(f"| {r['text']} | {names[dn]} | {cell(d['round_trips'])} | "
+                         f"{cell(d.get('p50_us'))} | {cell(d.get('p99_us'))} | {'; '.join(notes)} |")
+    return "\n".join(lines)
+
+
+def hostile_section(res: dict) -> str:
+    h = res.get("hostile") or []
+    if not h:
+        return ""
+    cap = res.get("capacity", {})
+    cap_txt = ""
+    if cap:
+        cap_txt = (f"\n\n**Many clients**: the `capacity` workload above attached "
+                   f"{cap.get('C', {}).get('attached')} (C lamd) and "
+                   f"{cap.get('ours', {}).get('attached')} (ours) of "
+                   f"{cap.get('ours', cap.get('C', {})).get('tried')} processes at once (the C "
+                   "lamd's table stops at KPMAX 288)")
+        big = [r["metric"].split()[0] for r in res.get("rows", [])
+               if r["metric"].endswith(("idle: p99", "pairs: p99")) and "ours" in r
+               and int(r["metric"].split()[0]) >= 500]
+        cap_txt += (f"; the `idle`/`pairs` rows above show ours serving {', '.join(big)} "
+                    "idle clients / busy pairs." if big else ".")
+    w = max((d["window_s"] for r in h for d in (r.get("C"), r.get("ours")) if d and not d["stalled_rounds"]),
+            default=3)
+    dl = max((d["deadline_s"] for r in h for d in (r.get("C"), r.get("ours")) if d), default=5)
+    return f"""
+## Hostile clients
+
+One ordinary pair (pinger + ponger, liblam `ksend`/`krecv`, 64 B, every byte
+checked) ping-pongs for {w:.0f} s while other clients misbehave; p50/p99 are
+over the round trips it completed. The pair attaches *before* the hostile
+clients start (a stuck C kernel accepts no attach). The client stops waiting
+at a hard deadline of {dl:.0f} s, SIGKILLs every process it started (the stuck
+receiver and sender included) and reports what the pair completed by then;
+the harness then stops the daemon (`lamhalt` bounded to 10 s, then SIGKILL).
+
+* **flood**: 1 or 4 extra attached clients loop `kstate(getpid())` (one
+  KQSTATE request and reply each) as fast as they can.
+* **stalled transfer**: a receiver posts `krecvfront()` (a KQRECV request)
+  for an 8 MiB body and never reads its socket again; a liblam sender
+  `ksend`s 8 MiB to it; 0.5 s later the pair starts. The C lamd copies the
+  body in `kio_transfer` with blocking writes, so it blocks once the stuck
+  receiver's socket buffer is full, and serves nobody.
+
+{hostile_table(h)}{cap_txt}
+"""
 
 
 def find(rows, metric):
@@ -774,6 +898,8 @@ answer exits non-zero and aborts the run.
   process table (KPMAX 288, internal processes included) cannot hold them.
   5,000 *pairs* (10,000 clients) cannot run here at all, see the notes.
   {cap_txt}
+* **hostile clients**: one 64 B pair beside a request flood or a stalled
+  8 MiB transfer, with a deadline; see "Hostile clients" below.
 * **daemon resources**: from `/proc/<daemon pid>/stat` (utime+stime over
   the workload) and `/proc/<pid>/status` (VmHWM = peak RSS; VmRSS sampled
   when all clients of a many-pairs run are attached, minus VmRSS at start,
@@ -796,6 +922,7 @@ latency lower is better, for rates higher is better).
 
 {table(res)}
 
+{hostile_section(res)}
 ## Plots
 
 {imgs}
