@@ -122,3 +122,27 @@ def test_sigterm_hangs_up_attached_clients_and_cleans_up(lam_session, py_daemon,
     assert blocked.returncode == -signal.SIGHUP or blocked.returncode != 0
     assert not os.path.exists(lam_session.killfile)
     assert not os.path.exists(lam_session.socket)
+
+
+def test_a_connection_from_another_uid_is_refused(lam_session, py_daemon, kclient):
+    """SO_PEERCRED, not the client's word: root (another uid than the
+    daemon's lamtest) is closed on at once, and one log line names it."""
+    import socket as _socket
+
+    from lamd.wire import KReq
+    d = py_daemon()
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    s.settimeout(10)
+    try:
+        s.connect(str(lam_session.socket))
+        try:
+            s.sendall(KReq(req=5, index=-1, pid=os.getpid(), priority=1095).pack())
+            assert s.recv(80) == b""  # closed, never answered
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+    finally:
+        s.close()
+    cp = lam_session.run([kclient, "ktry", 1], timeout=20)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    d.stop()
+    assert "uid 0" in d.log() and "refused a connection" in d.log()
