@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 
 from lamd.client import KernelClient, KernelGone, LamError
-from lamd.constants import KNMSG, KTRY, PRCMD
+from lamd.constants import EBADREQUEST, KNMSG, KQDETACH, KQSTATE, KTRY, PRCMD
 from lamd.kernel import Kernel
 from lamd.kernelio import IOLimits, KernelIO
 from lamd.kkill import read_clients, read_killfile
@@ -427,3 +427,19 @@ def test_kill_file_cut_back_and_rewritten(daemon: Daemon) -> None:
         assert f.read() == f"{me}\n{me}\n"
     b.detach()
     wait_until(lambda: read_killfile(daemon.killfile) == [me])
+
+
+def test_hostile_identity_requests_over_sockets(daemon: Daemon) -> None:
+    """Attaching twice, detaching someone else, naming another's index: each
+    refused (or ignored, for a detach, which has no reply); nothing stale."""
+    a, b = daemon.client(), daemon.client()
+    with pytest.raises(LamError) as e:
+        a.attach()  # a second attach on the same connection
+    assert e.value.code == EBADREQUEST
+    b_pid_req = KReq(req=KQDETACH, index=a.index, pid=os.getpid() + 1)
+    a.sock.sendall(b_pid_req.pack())  # detach "another" pid: refused, logged
+    forged = KReq(req=KQSTATE, index=b.index, pid=os.getpid())
+    rep = a.request(forged)  # a request naming b's process index
+    assert rep.reply == EBADREQUEST
+    assert len(daemon.kernel.clients()) == 2
+    daemon.kernel.check_invariants()
