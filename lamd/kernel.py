@@ -59,6 +59,9 @@ log = logging.getLogger("lamd.kernel")
 MAX_MSG_LEN = 0x7FFFFFFF
 #: Pids given to internal processes (LAM: 100000 + boot table row).
 IPROC_PID_BASE = 100000
+_REQUEST_NAMES = {KQSEND: "SEND", KQRECV: "RECV", KQSTATE: "STATE", KQDOOM: "DOOM",
+                  KQSR: "SR", KQATTACH: "ATTACH", KQSURRENDER: "SURRENDER",
+                  KQDETACH: "DETACH", KQDUMP: "DUMP"}
 #: Internal-process steps run before the kernel returns to the I/O layer.
 IPROC_TURN_BUDGET = 10000
 
@@ -126,6 +129,8 @@ class Kernel:
         self.clock = clock
         self.kernel_pid = kernel_pid
         self.stats = KernelStats()
+        #: log every request (``--debug``); checked once per request, not per field
+        self.debug = log.isEnabledFor(logging.DEBUG)
         self.procs: dict[int, KProc] = {}  # index -> process (the table)
         self._free_indexes: list[int] = []  # heap of reusable indexes
         self._next_index = 0
@@ -157,6 +162,8 @@ class Kernel:
         self.stats.requests += 1
         code = req.req
         pclient = self._by_conn.get(conn)
+        if self.debug:
+            self._log_request(conn, req)
         if code == KQDETACH:
             self._kqdetach(conn, pclient, req)
         elif code == KQATTACH and req.index == -1:
@@ -191,6 +198,16 @@ class Kernel:
                 self._kqsync(pclient, req)
         self._run_iprocs()
         return self._take()
+
+    def _log_request(self, conn: Conn, req: KReq) -> None:
+        """One structured debug record per request (journal fields LAM_*)."""
+        pid, uid, _ = self._peers.get(conn, (0, 0, None))
+        m = req.msg
+        name = _REQUEST_NAMES.get(req.req, str(req.req))
+        log.debug("pid %d: %s index=%d event=%#x type=%#x length=%d flags=%#x", pid, name,
+                  req.index, m.event & 0xFFFFFFFF, m.type & 0xFFFFFFFF, m.length, m.flags,
+                  extra={"LAM_PID": pid, "LAM_UID": uid, "LAM_REQUEST": name,
+                         "LAM_EVENT": m.event, "LAM_TYPE": m.type, "LAM_LENGTH": m.length})
 
     def disconnect(self, conn: Conn) -> list[Action]:
         """*conn* is gone (EOF, error or closed by us): forget its process."""

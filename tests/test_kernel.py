@@ -580,3 +580,16 @@ def test_internal_process_that_never_blocks_cannot_starve_clients() -> None:
     assert len(w.k.clients()) == 1
     acts = w.k.wake(None)
     assert any(isinstance(a, K.WatchTimeout) for a in acts)
+
+
+def test_debug_logs_every_request_with_structured_fields(caplog) -> None:
+    import logging
+    with caplog.at_level(logging.DEBUG, logger="lamd.kernel"):
+        w = World()
+        assert w.k.debug
+        w.attach("a", pid=500)
+        w.recv("a", 7, 3, 99)
+    recs = [r for r in caplog.records if getattr(r, "LAM_REQUEST", None) == "RECV"]
+    assert len(recs) == 1
+    r = recs[0]
+    assert (r.LAM_PID, r.LAM_EVENT, r.LAM_TYPE, r.LAM_LENGTH) == (500, 7, 3, 99)
