@@ -141,7 +141,8 @@ def test_kill_file_lists_attached_pids(daemon: Daemon) -> None:
     wait_until(lambda: os.path.exists(daemon.killfile))
     pids = read_killfile(daemon.killfile)
     assert pids[0] == os.getpid() and pids[1:] == [os.getpid()]
-    assert os.getpid() in read_clients(daemon.clients_file)
+    # the start time follows the attach reply (it is off the client's path)
+    wait_until(lambda: os.getpid() in read_clients(daemon.clients_file))
     a.detach()
     wait_until(lambda: read_killfile(daemon.killfile) == [os.getpid()])
 

@@ -1,0 +1,100 @@
+"""A client connection and a message body in flight (LAM's ``kio_transfer``).
+
+The C kernel moves a body with a blocking loop of reads from the sender and
+writes to the receiver through one 8 KiB buffer. Here a :class:`BodyMove`
+holds a bounded buffer between two non-blocking sockets: the epoll loop in
+:mod:`lamd.kernelio` fills it from the sender while there is room and drains
+it to the receiver while it accepts, so neither side can hold the kernel up.
+A :class:`Connection` is one client socket with what it owes and is owed.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from typing import Any
+
+
+class BodyMove:
+    """One message body in flight from a sender's socket (LAM's ``kio_transfer``).
+
+    ``dst`` is the receiving :class:`Connection`, or None while collecting a
+    body for an internal process (``token`` set) or dropping the rest of a body
+    whose receiver has gone.
+    """
+
+    __slots__ = ("src", "dst", "skip", "remaining", "buf", "rpos", "wpos",
+                 "token", "collected", "src_paused")
+
+    def __init__(self, src: "Connection", dst: "Connection | None", length: int,
+                 skip: int, bufsize: int, token: Any = None) -> None:
+        self.src = src
+        self.dst = dst
+        self.skip = skip
+        self.remaining = length
+        self.token = token
+        self.collected: bytearray | None = bytearray() if token is not None else None
+        self.buf = bytearray(max(1, min(bufsize, length))) if dst is not None else bytearray()
+        self.rpos = 0
+        self.wpos = 0
+        self.src_paused = False
+
+    @property
+    def src_done(self) -> bool:
+        return self.remaining == 0 and self.skip == 0
+
+    def space(self) -> int:
+        """How many more body bytes may be read from the sender now."""
+        if self.skip:
+            return self.skip
+        if self.dst is None:
+            return self.remaining
+        return min(len(self.buf) - self.wpos, self.remaining)
+
+    def feed(self, data: memoryview) -> int:
+        """Take body bytes already read from the sender; returns how many."""
+        used = 0
+        if self.skip:
+            k = min(self.skip, len(data))
+            self.skip -= k
+            used += k
+            data = data[k:]
+        if not data or self.remaining == 0:
+            return used
+        if self.dst is None:
+            k = min(self.remaining, len(data))
+            if self.collected is not None:
+                self.collected += data[:k]
+            self.remaining -= k
+            return used + k
+        k = min(len(self.buf) - self.wpos, self.remaining, len(data))
+        self.buf[self.wpos:self.wpos + k] = data[:k]
+        self.wpos += k
+        self.remaining -= k
+        return used + k
+
+
+class Connection:
+    """One client socket and what is queued on it."""
+
+    __slots__ = ("sock", "fd", "pid", "uid", "pidfd", "starttime", "inbuf",
+                 "move", "out", "queued", "mask", "closing", "closed", "read_paused")
+
+    def __init__(self, sock: socket.socket, pid: int, uid: int) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.pid = pid
+        self.uid = uid
+        self.pidfd: int | None = None
+        self.starttime: int | None = None
+        self.inbuf = bytearray()
+        self.move: BodyMove | None = None  # body being read from this client
+        self.out: deque[Any] = deque()  # bytearray | memoryview | BodyMove
+        self.queued = 0
+        self.mask = 0
+        self.closing = False
+        self.closed = False
+        self.read_paused = False
+
+    def __repr__(self) -> str:
+        return f"<conn fd={self.fd} pid={self.pid}>"
