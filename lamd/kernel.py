@@ -92,7 +92,7 @@ class KProc:
     coro: Any = None
     body: bytes = b""  # outgoing body of a blocked internal sender
     nmsg: NMsg | None = None
-    call: int = -1  # the request an internal process is waiting on
+    call: int | str = -1  # the request (or I/O wait) an internal process is waiting on
 
     @property
     def internal(self) -> bool:
@@ -249,7 +249,8 @@ class Kernel:
     def wake(self, token: Any) -> list[Action]:
         """A :class:`WatchTimeout` or :class:`WatchReadable` fired."""
         p = self.procs.get(token) if isinstance(token, int) else None
-        if p is not None and p.internal:
+        if p is not None and p.internal and p.call in (WAIT_TIMEOUT, WAIT_READABLE):
+            p.call = -1  # only the wait it made can wake it, and only once
             self._resume(p, None)
         # token None: only carry on with internal processes left runnable
         self._run_iprocs()
@@ -703,9 +704,11 @@ class Kernel:
     def _iproc_call(self, p: KProc, call: KCall) -> None:
         kind = call.kind
         if kind == WAIT_TIMEOUT:
+            p.call = WAIT_TIMEOUT
             self._out.append(WatchTimeout(call.arg, p.index))
             return
         if kind == WAIT_READABLE:
+            p.call = WAIT_READABLE
             self._out.append(WatchReadable(call.arg, p.index))
             return
         if kind == WAIT_HALT:
