@@ -164,11 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   clients_file=session.clients_path, limits=limits,
                   on_tick=on_tick, tick_interval=tick)
     try:
-        io.write_killfile()
-        if not os.path.exists(session.killfile_path):
-            raise OSError(errno.EACCES, "kill file not written")
+        io.write_killfile(strict=True)  # kkillopen: no kill file, no daemon
     except OSError as e:
-        log.error("cannot write kill file %s: %s", session.killfile_path, e.strerror)
+        log.error("cannot write kill file %s: %s", e.filename or session.killfile_path,
+                  e.strerror, extra={"LAM_ERROR": e.errno})
+        io.shutdown(unlink_socket=owned_socket)
         return EXIT_SETUP
     io.install_signal_handlers()
     if not args.no_iprocs:

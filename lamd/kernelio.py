@@ -224,8 +224,12 @@ class KernelIO:
     # ------------------------------------------------------------------
     # kill file
     # ------------------------------------------------------------------
-    def write_killfile(self) -> None:
-        """``kkillrewrite``: the whole kill file from the process table."""
+    def write_killfile(self, *, strict: bool = False) -> None:
+        """``kkillrewrite``: the whole kill file from the process table.
+
+        A failure is logged and the daemon carries on, unless *strict*
+        (``kkillopen`` at start), where it is raised.
+        """
         k = self.kernel
         removed = k.killfile_removed
         dirty = k.killfile_dirty
@@ -240,6 +244,8 @@ class KernelIO:
             else:
                 self._killfile.remove(removed, k.killfile_entries)
         except OSError as e:
+            if strict:
+                raise
             log.error("cannot write kill file %s: %s", self.killfile, e.strerror,
                       extra={"LAM_ERROR": e.errno})
 

@@ -146,3 +146,19 @@ def test_a_connection_from_another_uid_is_refused(lam_session, py_daemon, kclien
     assert cp.returncode == 0, cp.stdout + cp.stderr
     d.stop()
     assert "uid 0" in d.log() and "refused a connection" in d.log()
+
+
+def test_unwritable_kill_file_is_a_clear_setup_error(lam_session, lamd_pkg):
+    """A kill file the user cannot write: one clear line, exit 78 (EX_CONFIG,
+    which the unit does not restart on), nothing left listening."""
+    sd = lam_session.session_dir
+    os.makedirs(sd, mode=0o700, exist_ok=True)
+    os.chown(sd, lam_session.pw.pw_uid, lam_session.pw.pw_gid)
+    with open(lam_session.killfile, "w") as f:
+        f.write("1\n")
+    os.chmod(lam_session.killfile, 0o644)  # owned by root
+    env = dict(lam_session.env, PYTHONPATH=str(lamd_pkg))
+    cp = lam_session.run([lamenv.SYSTEM_PYTHON, "-m", "lamd"], env=env, timeout=20)
+    assert cp.returncode == 78, cp.stdout + cp.stderr
+    assert "cannot write kill file" in cp.stderr
+    assert not os.path.exists(lam_session.socket)
