@@ -162,3 +162,15 @@ def test_unwritable_kill_file_is_a_clear_setup_error(lam_session, lamd_pkg):
     assert cp.returncode == 78, cp.stdout + cp.stderr
     assert "cannot write kill file" in cp.stderr
     assert not os.path.exists(lam_session.socket)
+
+
+def test_session_directory_with_wrong_mode_is_refused(lam_session, lamd_pkg):
+    sd = lam_session.session_dir
+    os.makedirs(sd, exist_ok=True)
+    os.chown(sd, lam_session.pw.pw_uid, lam_session.pw.pw_gid)
+    os.chmod(sd, 0o755)  # LAM requires 0700
+    env = dict(lam_session.env, PYTHONPATH=str(lamd_pkg))
+    cp = lam_session.run([lamenv.SYSTEM_PYTHON, "-m", "lamd"], env=env, timeout=20)
+    assert cp.returncode == 78, cp.stdout + cp.stderr
+    assert "0755" in cp.stderr and "0700" in cp.stderr
+    assert not os.path.exists(lam_session.socket)
