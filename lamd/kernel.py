@@ -487,7 +487,7 @@ class Kernel:
         msg = req.msg
         syncstate = KSSEND if code == KQRECV else KSRECV
         p = self.pblock.find(syncstate, msg)
-        pclient.msg = KMsg(msg.event, msg.type, msg.length, msg.flags, msg.msg)
+        pclient.msg = msg  # each request is decoded afresh: the kernel may keep its parts
 
         if p is not None and p.msg.flags & KPROBE:
             # the blocked process only probes: tell it what is there, wake it
@@ -529,7 +529,7 @@ class Kernel:
             if code == KQSR:
                 pclient.fyi = tuple(req.fyi)
                 m2 = req.msg2
-                pclient.msg = KMsg(m2.event, m2.type, m2.length, m2.flags, m2.msg)
+                pclient.msg = m2
                 if m2.flags & KTRACE:
                     pclient.blktime = self.clock()
                 self._block(pclient, KSRECV)
@@ -540,7 +540,7 @@ class Kernel:
             if code == KQSR:
                 pclient.flags |= KMSG2
                 m2 = req.msg2
-                pclient.msg2 = KMsg(m2.event, m2.type, m2.length, m2.flags, m2.msg)
+                pclient.msg2 = m2
             if msg.flags & KTRACE:
                 pclient.blktime = self.clock()
             self._block(pclient, KSRECV if code == KQRECV else KSSEND)
