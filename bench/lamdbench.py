@@ -664,11 +664,14 @@ def hostile_section(res: dict) -> str:
                    f"{cap.get('ours', {}).get('attached')} (ours) of "
                    f"{cap.get('ours', cap.get('C', {})).get('tried')} processes at once (the C "
                    "lamd's table stops at KPMAX 288)")
-        big = [r["metric"].split()[0] for r in res.get("rows", [])
-               if r["metric"].endswith(("idle: p99", "pairs: p99")) and "ours" in r
-               and int(r["metric"].split()[0]) >= 500]
-        cap_txt += (f"; the `idle`/`pairs` rows above show ours serving {', '.join(big)} "
-                    "idle clients / busy pairs." if big else ".")
+        def ns(suffix: str, per: int) -> list[str]:
+            return [f"{per * int(r['metric'].split()[0]):,}" for r in res.get("rows", [])
+                    if r["metric"].endswith(suffix) and "ours" in r
+                    and per * int(r["metric"].split()[0]) >= 1000]
+        idle, busy = ns(" idle: p99", 1), ns(" pairs: p99", 2)
+        parts = ([f"{', '.join(idle)} idle clients beside one pair (`idle` rows)"] if idle else []) + \
+                ([f"{', '.join(busy)} busy clients (`many pairs` rows)"] if busy else [])
+        cap_txt += (f"; ours also held {' and '.join(parts)}." if parts else ".")
     w = max((d["window_s"] for r in h for d in (r.get("C"), r.get("ours")) if d and not d["stalled_rounds"]),
             default=3)
     dl = max((d["deadline_s"] for r in h for d in (r.get("C"), r.get("ours")) if d), default=5)
