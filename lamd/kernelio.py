@@ -453,17 +453,21 @@ class KernelIO:
             self._pause_read(c, True)
             return
         try:
-            if m.dst is not None and not m.skip:
+            if m.dst is not None and not m.skip and len(m.buf) - m.wpos < m.remaining:
+                # a large body: straight into its buffer, no further than it holds
                 view = memoryview(m.buf)[m.wpos:m.wpos + space]
                 n = c.sock.recv_into(view)
                 if n:
                     m.wpos += n
                     m.remaining -= n
             else:
-                data = c.sock.recv(min(space, 1 << 20))
-                n = len(data)
+                # the rest of the body fits: read it and whatever the client wrote
+                # after it (its next request, usually) in one go
+                n = c.sock.recv_into(self._rbuf)
                 if n:
-                    m.feed(memoryview(data))
+                    used = m.feed(self._rview[:n])
+                    if used < n:
+                        c.inbuf += self._rview[used:n]
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
