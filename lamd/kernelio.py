@@ -482,8 +482,6 @@ class KernelIO:
 
     def _after_src_progress(self, m: BodyMove) -> None:
         c = m.src
-        if m.dst is not None and m.rpos < m.wpos:
-            self._dirty.add(m.dst)
         if m.src_done:
             self._src_finished(m)
         elif m.dst is not None and m.space() <= 0:
