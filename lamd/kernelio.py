@@ -105,6 +105,7 @@ class KernelIO:
         self.ep.register(self._wake_r.fileno(), EPOLLIN)
         self.handlers[self._wake_r.fileno()] = self._on_wakeup
         self._signals: deque[int] = deque()
+        self._starttime_due: list[Connection] = []  # attached, start time not yet read
         self._refusing = False  # out of descriptors, refusing clients
         self._spare_fd: int | None = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         self._rbuf = bytearray(65536)  # requests are read into this, then decoded
@@ -191,6 +192,8 @@ class KernelIO:
                 self.write_killfile()
             if now >= next_tick:
                 next_tick = now + self.tick_interval
+                if self._starttime_due:
+                    self.record_starttimes()
                 if self.on_tick is not None:
                     self.on_tick(self)
         return self.exit_status
@@ -429,19 +432,29 @@ class KernelIO:
                 self.append_killfile()
         self._apply(actions)
         if new:
-            self._record_starttimes(c)
+            self._starttime_due.append(c)
         if self._dirty:
             self._flush_dirty()
 
-    def _record_starttimes(self, c: Connection) -> None:
-        """After the attach reply: the client's start time, for lamd-clients."""
-        p = self.kernel.proc_of(c)
-        if p is None or c.closed:
-            return
-        c.starttime = p.ident = proc_starttime(c.pid)
-        if self._killfile is not None:
+    def record_starttimes(self) -> None:
+        """The start times of clients attached since the last tick, for lamd-clients.
+
+        Off the attach path on purpose: a tool that attaches, works and
+        detaches within a tick costs no /proc read at all. Until its line is
+        written, tkill still refuses a pid that started after the kill file
+        was last written (see :mod:`lamd.tkill`).
+        """
+        due, self._starttime_due = self._starttime_due, []
+        rows = []
+        for c in due:
+            p = self.kernel.proc_of(c)
+            if p is None or c.closed:
+                continue
+            c.starttime = p.ident = proc_starttime(c.pid)
+            rows.append((c.pid, c.starttime))
+        if rows and self._killfile is not None:
             try:
-                self._killfile.append_clients([(c.pid, c.starttime)])
+                self._killfile.append_clients(rows)
             except OSError as e:
                 log.error("cannot append to %s: %s", self.clients_file, e.strerror,
                           extra={"LAM_ERROR": e.errno})
