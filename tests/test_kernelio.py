@@ -54,6 +54,13 @@ class Daemon:
         s.connect(self.path)
         return s
 
+    def raw_attached(self) -> tuple[socket.socket, int]:
+        """A bare socket that has attached (for clients that misbehave later)."""
+        s = self.raw()
+        s.sendall(KReq(req=5, index=-1, pid=os.getpid(), priority=PRCMD).pack())
+        rep = s.recv(80, socket.MSG_WAITALL)
+        return s, int.from_bytes(rep[28:32], "little", signed=True)
+
     def stop(self) -> None:
         for c in self.opened:
             c.close()
@@ -150,9 +157,7 @@ def test_kill_file_lists_attached_pids(daemon: Daemon) -> None:
 def test_stalled_receiver_stalls_only_its_own_transfer(daemon: Daemon) -> None:
     """A receiver that never reads its 8 MiB body: the sender stops (bounded
     buffer), and every other pair keeps its full speed."""
-    slow_r = daemon.raw()
-    slow_r.sendall(KReq(req=5, index=-1, pid=os.getpid(), priority=PRCMD).pack())
-    idx = int.from_bytes(slow_r.recv(80)[28:32], "little", signed=True)
+    slow_r, idx = daemon.raw_attached()
     slow_r.sendall(KReq(req=1, index=idx, msg=KMsg(50, 0, 8 << 20, 0)).pack())
     time.sleep(0.05)
     sender = daemon.client()
@@ -175,9 +180,7 @@ def test_stalled_receiver_stalls_only_its_own_transfer(daemon: Daemon) -> None:
 
 def test_sender_that_never_writes_its_body(daemon: Daemon) -> None:
     recv = daemon.client()
-    liar = daemon.raw()
-    liar.sendall(KReq(req=5, index=-1, pid=os.getpid(), priority=PRCMD).pack())
-    idx = int.from_bytes(liar.recv(80)[28:32], "little", signed=True)
+    liar, idx = daemon.raw_attached()
     tr = run_thread(lambda: recv.recv(70, 0, 1000))
     time.sleep(0.05)
     liar.sendall(KReq(req=0, index=idx, msg=KMsg(70, 0, 1000, 0)).pack())
@@ -199,9 +202,7 @@ def join_ok_raises(t: threading.Thread, exc: tuple) -> None:
 
 
 def test_receiver_vanishing_mid_body_lets_sender_finish(daemon: Daemon) -> None:
-    r = daemon.raw()
-    r.sendall(KReq(req=5, index=-1, pid=os.getpid(), priority=PRCMD).pack())
-    idx = int.from_bytes(r.recv(80)[28:32], "little", signed=True)
+    r, idx = daemon.raw_attached()
     r.sendall(KReq(req=1, index=idx, msg=KMsg(80, 0, 4 << 20, 0)).pack())
     time.sleep(0.05)
     s = daemon.client()
@@ -216,9 +217,7 @@ def test_receiver_vanishing_mid_body_lets_sender_finish(daemon: Daemon) -> None:
 
 
 def test_truncated_request_leaves_no_stale_entry(daemon: Daemon) -> None:
-    s = daemon.raw()
-    s.sendall(KReq(req=5, index=-1, pid=os.getpid(), priority=PRCMD).pack())
-    s.recv(80)
+    s, _ = daemon.raw_attached()
     s.sendall(KReq(req=1, index=0, msg=KMsg(1, 0, 1, 0)).pack()[:50])
     s.close()
     wait_until(lambda: daemon.kernel.clients() == [])
