@@ -19,6 +19,7 @@ import sys
 from typing import Sequence
 
 from . import LAM_VERSION, __version__, service
+from .iprocs import boot_table
 from .kernel import Kernel, MAX_MSG_LEN
 from .kernelio import IOLimits, KernelIO
 from .session import Session, SessionError
@@ -142,22 +143,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                       max_queued=max(64 * 1024, args.max_queued))
     wd = notifier.watchdog_period()
     tick = min(1.0, wd) if wd else 1.0
-    user = os.environ.get("USER") or str(os.getuid())
-    try:
-        import pwd
-        user = pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        pass
+    user = service.current_user()
     last_status = [""]
 
     def on_tick(io: KernelIO) -> None:
         st = kernel.stats
-        n = len(kernel.clients())
+        n = kernel.nclients
         text = f"{n} clients attached, {st.messages} messages, {st.bytes} bytes moved"
         if text != last_status[0]:
             last_status[0] = text
             notifier.status(text)
-            service.set_proctitle(f"lamd: {user} [{n} clients]")
+            service.set_proctitle(service.proctitle(user, n))
         notifier.watchdog()
 
     io = KernelIO(kernel, listener, killfile=session.killfile_path,
@@ -172,14 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_SETUP
     io.install_signal_handlers()
     if not args.no_iprocs:
-        try:
-            from .iprocs import boot_table
-        except ImportError:
-            boot_table = None
-        if boot_table is not None:
-            config = {"session": session.directory}
-            io.boot(boot_table(config), config)  # one dict: the address found at boot is shared
-    service.set_proctitle(f"lamd: {user} [0 clients]")
+        config = {"session": session.directory}
+        io.boot(boot_table(config), config)  # one dict: the address found at boot is shared
+    service.set_proctitle(service.proctitle(user, 0))
     log.info("lamd %s serving %s (pid %d; RLIMIT_NOFILE %d allows %d clients, "
              "two descriptors each; --max-procs %d)", __version__, session.socket_path,
              os.getpid(), nofile, max(0, (nofile - 32) // 2), args.max_procs)

@@ -86,7 +86,7 @@ class KProc:
     blktime: float = 0.0
     seq: int = 0  # arrival order within its priority (the lists' tie-break)
     bkey: tuple[int, int] = (0, 0)  # position in the blocked list
-    ident: Any = None  # what the I/O layer knows of the peer (start time ...)
+    ident: Any = None  # what the I/O layer records of the peer (its start time)
     # internal processes only
     iproc: IProc | None = None
     coro: Any = None
@@ -136,7 +136,7 @@ class Kernel:
         self._next_index = 0
         self._by_pid: dict[int, list[KProc]] = {}
         self._by_conn: dict[Conn, KProc] = {}
-        self._peers: dict[Conn, tuple[int, int, Any]] = {}  # conn -> (pid, uid, ident)
+        self._peers: dict[Conn, tuple[int, int]] = {}  # conn -> (pid, uid) from SO_PEERCRED
         self._seq = itertools.count()
         self.pblock = BlockedList()  # LAM's blocked list, indexed by event
         self._out: list[Action] = []
@@ -153,9 +153,9 @@ class Kernel:
     # ------------------------------------------------------------------
     # entry points
     # ------------------------------------------------------------------
-    def connect(self, conn: Conn, pid: int, uid: int, ident: Any = None) -> None:
+    def connect(self, conn: Conn, pid: int, uid: int) -> None:
         """A client connected; *pid*/*uid* come from SO_PEERCRED."""
-        self._peers[conn] = (pid, uid, ident)
+        self._peers[conn] = (pid, uid)
 
     def request(self, conn: Conn, req: KReq) -> list[Action]:
         """One decoded ``struct kreq`` arrived on *conn* (LAM's main loop)."""
@@ -201,7 +201,7 @@ class Kernel:
 
     def _log_request(self, conn: Conn, req: KReq) -> None:
         """One structured debug record per request (journal fields LAM_*)."""
-        pid, uid, _ = self._peers.get(conn, (0, 0, None))
+        pid, uid = self._peers.get(conn, (0, 0))
         m = req.msg
         name = _REQUEST_NAMES.get(req.req, str(req.req))
         log.debug("pid %d: %s index=%d event=%#x type=%#x length=%d flags=%#x", pid, name,
@@ -287,6 +287,11 @@ class Kernel:
         return [(p.pid, p.ident) for p in self.procs.values()
                 if not p.internal and p.priority != PRLAMHALT]
 
+    @property
+    def nclients(self) -> int:
+        """How many external processes are attached (one per connection)."""
+        return len(self._by_conn)
+
     def clients(self) -> list[KProc]:
         """Every attached external process."""
         return [p for p in self.procs.values() if not p.internal]
@@ -367,7 +372,7 @@ class Kernel:
         if peer is None:
             self._refuse(conn, pclient, EBADREQUEST, "attach from an unknown connection")
             return
-        pid, _uid, ident = peer
+        pid, _uid = peer
         if pclient is not None:
             self._refuse(conn, pclient, EBADREQUEST,
                          f"second attach on one connection (already index {pclient.index})")
@@ -384,10 +389,9 @@ class Kernel:
             self._out.append(Close(conn, "out of process descriptors"))
             return
         p = self._alloc(pid, req.priority, conn)
-        p.ident = ident
         self.stats.attaches += 1
         if p.priority != PRLAMHALT:
-            self.killfile_new.append((pid, ident))  # kkillwrite
+            self.killfile_new.append((pid, None))  # kkillwrite; the start time follows
         log.debug("kouter: attached process pid=%d pri=%d index=%d", pid, req.priority,
                   p.index, extra={"LAM_PID": pid, "LAM_REQUEST": "ATTACH"})
         self._out.append(Reply(conn, KReply(index=p.index)))

@@ -50,7 +50,6 @@ EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
 EPOLLERR = select.EPOLLERR | select.EPOLLHUP
 _UCRED = struct.Struct("3i")
-SPECULATIVE_BODY_READ = os.environ.get("LAMD_SPECULATIVE", "1") == "1"
 _RELISTEN = object()  # timer token: watch the listener again
 
 
@@ -61,8 +60,6 @@ class IOLimits:
     move_buffer: int = 256 * 1024  # bytes held per body in flight
     max_queued: int = 1 << 20  # reply bytes queued to one client before we stop reading it
     requests_per_turn: int = 32  # requests served from one client before the next one's turn
-    accepts_per_turn: int = 1  # epoll is level-triggered: more are reported next turn
-    sock_buffer: int = 0  # SO_SNDBUF on the daemon's side (0: the system default, 208 KiB)
 
 
 class KernelIO:
@@ -269,19 +266,18 @@ class KernelIO:
     # accepting clients (kio_req's accept branch)
     # ------------------------------------------------------------------
     def _on_accept(self, _ev: int) -> None:
-        for _ in range(self.limits.accepts_per_turn):
-            try:
-                sock, _addr = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._out_of_descriptors(e)
-                    return
-                if e.errno in (errno.ECONNABORTED, errno.EPROTO):
-                    continue
+        """One client per event: epoll is level-triggered, the next comes next turn."""
+        try:
+            sock, _addr = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self._out_of_descriptors(e)
+            elif e.errno not in (errno.ECONNABORTED, errno.EPROTO):
                 raise
-            self._admit(sock)
+            return
+        self._admit(sock)
 
     def _out_of_descriptors(self, e: OSError) -> None:
         """No descriptor for a new client: refuse it at once, never spin.
@@ -340,11 +336,6 @@ class KernelIO:
                         pid, uid, self.uid, extra={"LAM_PID": pid, "LAM_UID": uid})
             sock.close()
             return
-        if self.limits.sock_buffer:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.sock_buffer)
-            except OSError:
-                pass
         c = Connection(sock, pid, uid)
         if pid > 0:
             try:
@@ -450,8 +441,8 @@ class KernelIO:
             p = self.kernel.proc_of(c)
             if p is None or c.closed:
                 continue
-            c.starttime = p.ident = proc_starttime(c.pid)
-            rows.append((c.pid, c.starttime))
+            p.ident = proc_starttime(c.pid)
+            rows.append((c.pid, p.ident))
         if rows and self._killfile is not None:
             try:
                 self._killfile.append_clients(rows)
@@ -531,7 +522,7 @@ class KernelIO:
         elif m.space() <= 0:
             self._pause_read(src, True)
             m.src_paused = True
-        elif SPECULATIVE_BODY_READ:
+        else:
             # the sender has had its reply for a moment: its body may be here
             self._read_body(src, m)
         return m

@@ -64,26 +64,6 @@ def _exchange(src: str, dst: str) -> bool:
     return False
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Replace *path* with *text* atomically: a reader, or a crash, sees the
-    old file or the new one, never a mix (temp file in the same directory,
-    then swapped in)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        data = text.encode()
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-    finally:
-        os.close(fd)
-    if os.path.exists(path) and _exchange(tmp, path):
-        os.unlink(tmp)
-    else:
-        os.replace(tmp, path)
-
-
 class _SwapFile:
     """A file rewritten atomically by swapping in a spare copy.
 
@@ -212,14 +192,6 @@ class KillFile:
             if f is not None:
                 f.close()
         self._kill = self._clients = None
-
-
-def kkillrewrite(killfile: str, clients_file: str, kernel_pid: int,
-                 entries: Iterable[tuple[int, int | None]]) -> None:
-    """Both files from the current process table, atomically (no open state)."""
-    kf = KillFile(killfile, clients_file, kernel_pid)
-    kf.rewrite(entries)
-    kf.close()
 
 
 def read_killfile(path: str) -> list[int]:

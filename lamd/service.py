@@ -20,6 +20,8 @@ import socket
 import stat
 import sys
 
+from .session import Session
+
 #: sysexits.h EX_CONFIG: a configuration problem that restarting cannot fix.
 #: The unit lists it in ``RestartPreventExitStatus=`` so it never crash-loops.
 EX_CONFIG = 78
@@ -405,14 +407,7 @@ def current_user() -> str:
 def session_dir(user: str, host: str | None = None, prefix: str | None = None,
                 suffix: str | None = None) -> str:
     """LAM's ``<prefix>/lam-<user>@<host>[-<suffix>]`` (share/etc/kill.c)."""
-    if prefix is None:
-        prefix = os.environ.get("LAM_MPI_SESSION_PREFIX") or os.environ.get("TMPDIR") or "/tmp"
-    if host is None:
-        host = socket.gethostname()
-    if suffix is None:
-        suffix = os.environ.get("LAM_MPI_SESSION_SUFFIX") or None
-    name = f"lam-{user}@{host}" + (f"-{suffix}" if suffix else "")
-    return os.path.join(prefix, name)
+    return Session.for_user(prefix=prefix, suffix=suffix, user=user, host=host).directory
 
 
 def prepare_session_dir(user: str, path: str | None = None) -> str:

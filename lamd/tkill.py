@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .kkill import read_clients, read_killfile
+from .kkill import proc_starttime, read_clients, read_killfile
 from .session import LAM_KILLFILE, LAM_SOCKET, LAMD_CLIENTS, Session
 
 PROG = "lamd-tkill"
@@ -51,17 +51,12 @@ def say(msg: str) -> None:
 
 def proc_stat(pid: int) -> tuple[int, int] | None:
     """(start time in clock ticks, real uid) of *pid*, or None if gone."""
+    start = proc_starttime(pid)
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        st = os.stat(f"/proc/{pid}")
+        uid = os.stat(f"/proc/{pid}").st_uid
     except OSError:
         return None
-    rest = data[data.rindex(b")") + 2:].split()
-    try:
-        return int(rest[19]), st.st_uid
-    except (IndexError, ValueError):
-        return None
+    return None if start is None else (start, uid)
 
 
 def boot_time() -> float:

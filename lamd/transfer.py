@@ -77,7 +77,7 @@ class BodyMove:
 class Connection:
     """One client socket and what is queued on it."""
 
-    __slots__ = ("sock", "fd", "pid", "uid", "pidfd", "starttime", "inbuf",
+    __slots__ = ("sock", "fd", "pid", "uid", "pidfd", "inbuf",
                  "move", "out", "queued", "mask", "closing", "closed", "read_paused")
 
     def __init__(self, sock: socket.socket, pid: int, uid: int) -> None:
@@ -86,7 +86,6 @@ class Connection:
         self.pid = pid
         self.uid = uid
         self.pidfd: int | None = None
-        self.starttime: int | None = None
         self.inbuf = bytearray()
         self.move: BodyMove | None = None  # body being read from this client
         self.out: deque[Any] = deque()  # bytearray | memoryview | BodyMove

@@ -122,17 +122,12 @@ def pid_alive(pid: int) -> bool:
 
 
 def read_killfile(path: Path) -> list[int]:
+    """The kill file's pids as LAM's tkill reads them; [] when there is none."""
+    from lamd.kkill import read_killfile as read
     try:
-        text = path.read_text()
+        return read(str(path))
     except OSError:
         return []
-    pids = []
-    for tok in text.split():
-        try:
-            pids.append(int(tok))
-        except ValueError:
-            pass
-    return pids
 
 
 # --------------------------------------------------------------------------
