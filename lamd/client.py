@@ -17,11 +17,11 @@ import os
 import socket
 from dataclasses import dataclass
 
-from .constants import (
+from .kernel.constants import (
     KNMSG, KPROBE, KQATTACH, KQDETACH, KQDOOM, KQDUMP, KQRECV, KQSEND, KQSR,
     KQSTATE, KQSURRENDER, PRCMD, strerror,
 )
-from .wire import KREPLY_SIZE, NMSG_SIZE, KMsg, KReply, KReq, NMsg
+from .kernel.wire import KREPLY_SIZE, NMSG_SIZE, KMsg, KReply, KReq, NMsg
 
 
 class LamError(OSError):

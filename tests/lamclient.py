@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from lamd.constants import (
+from lamd.kernel.constants import (
     EVBUFFERD, KNMSG, KQATTACH, KQRECV, KQSEND, KQSR, KTRACE, KTRY, MAXNMSGLEN,
 )
 from lamd.iprocs.nreq import (
@@ -20,9 +20,9 @@ from lamd.iprocs.nreq import (
     data_words,
 )
 from lamd.kernel import (
-    CollectBody, Halt, Kernel, Reply, SendBody, Transfer, WatchReadable, WatchTimeout,
+    CollectBody, Halt, Kernel, Rearm, Reply, Resume, SendBody, Transfer, Unwatch, Watch,
 )
-from lamd.wire import NMSG_SIZE, KMsg, KReply, KReq, NMsg
+from lamd.kernel.wire import NMSG_SIZE, KMsg, KReply, KReq, NMsg
 
 
 @dataclass
@@ -40,7 +40,8 @@ class World:
         self.kernel = Kernel(max_procs=max_procs, clock=lambda: 0.0)
         self.conns: dict[str, Conn] = {}
         self.halts: list[Halt] = []
-        self.watches: list[object] = []
+        self.watches: dict[int, Watch] = {}  # active event sources by id
+        self.resumes = 0  # Resume actions seen
         self.log: list[object] = []
         self.run(self.kernel.boot(table, config))
 
@@ -66,8 +67,23 @@ class World:
                 del src.outbox[:a.length]
             elif isinstance(a, Halt):
                 self.halts.append(a)
-            elif isinstance(a, (WatchTimeout, WatchReadable)):
-                self.watches.append(a)
+            elif isinstance(a, Watch):
+                self.watches[a.id] = a
+            elif isinstance(a, Unwatch):
+                self.watches.pop(a.id, None)
+            elif isinstance(a, Resume):
+                self.resumes += 1
+            elif isinstance(a, Rearm):
+                assert a.id in self.watches, a
+
+    def fire(self, watch_id: int, value=None) -> None:
+        """An event source fired (what the I/O layer reports)."""
+        if self.watches.get(watch_id) is not None and self.watches[watch_id].kind in ("timer", "child"):
+            del self.watches[watch_id]
+        self.run(self.kernel.event(watch_id, value))
+
+    def watching(self, kind: str) -> list[Watch]:
+        return [w for w in self.watches.values() if w.kind == kind]
 
     def client(self, name: str, pid: int, priority: int = 1095) -> "Client":
         self.conns[name] = Conn(name)

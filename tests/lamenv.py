@@ -123,7 +123,7 @@ def pid_alive(pid: int) -> bool:
 
 def read_killfile(path: Path) -> list[int]:
     """The kill file's pids as LAM's tkill reads them; [] when there is none."""
-    from lamd.kkill import read_killfile as read
+    from lamd.session.kkill import read_killfile as read
     try:
         return read(str(path))
     except OSError:

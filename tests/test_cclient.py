@@ -32,7 +32,7 @@ import time
 
 import pytest
 
-from lamd import constants
+from lamd.kernel import constants
 
 from .lamenv import read_killfile
 

@@ -129,7 +129,7 @@ def test_a_connection_from_another_uid_is_refused(lam_session, py_daemon, kclien
     daemon's lamtest) is closed on at once, and one log line names it."""
     import socket as _socket
 
-    from lamd.wire import KReq
+    from lamd.kernel.wire import KReq
     d = py_daemon()
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     s.settimeout(10)

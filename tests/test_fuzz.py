@@ -19,13 +19,13 @@ import socket
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from lamd import kernel as K
-from lamd.constants import (
+from lamd.kernel.constants import (
     KNMSG, KPROBE, KQATTACH, KQDETACH, KQDOOM, KQDUMP, KQRECV, KQSEND, KQSR,
     KQSTATE, KQSURRENDER, KSYNCSQL, KTRACE, KTRY, PRCMD, PRLAMHALT,
 )
-from lamd.iproc import IProc, KBoot
+from lamd.kernel.kiproc import IProc, KBoot
 from lamd.kernel import Kernel
-from lamd.wire import KREQ_SIZE, KMsg, KReq, NMsg
+from lamd.kernel.wire import KREQ_SIZE, KMsg, KReq, NMsg
 
 EXAMPLES = int(os.environ.get("LAMD_FUZZ_EXAMPLES", "2000"))
 CONNS = ["c0", "c1", "c2", "c3", "c4"]

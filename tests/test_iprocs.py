@@ -14,13 +14,13 @@ import struct
 
 import pytest
 
-from lamd.constants import (
+from lamd.kernel.constants import (
     EBADNODE, EBADREQUEST, ESERVICE, EVDL0, EVECHOD, EVFILED, EVFLATD, EVHALTD,
     EVBUFFERD, EVKENYAD, EVLOADD, EVROUTER, EVTRACED, EVVERSIOND, KIPROC, KNMSG, KQSTATE,
     KSRECV, KTRY, MAXNMSGLEN, NOTEVENT, PRBUFFERD, PRDAEMON, PRDLO, PRECHOD,
     PRHALTD, PRLAMHALT, PRROUTER, PRVERSIOND,
 )
-from lamd.iproc import KBoot
+from lamd.kernel.kiproc import KBoot
 from lamd.iprocs import BOOT_TABLE, boot_table
 from lamd.iprocs import netaddr
 from lamd.iprocs.nreq import (
@@ -29,8 +29,8 @@ from lamd.iprocs.nreq import (
 )
 from lamd.iprocs import testecho as testecho_mod
 from lamd.iprocs.testecho import EVTESTECHO
-from lamd.kernel import Halt, WatchReadable
-from lamd.wire import NMSG_SIZE, KReq, NMsg
+from lamd.kernel import Halt
+from lamd.kernel.wire import NMSG_SIZE, KReq, NMsg
 
 from .lamclient import World
 
@@ -329,13 +329,11 @@ def test_kenyad_stub_replies_preply_in_trollius_order():
 
 
 def pump(w: World, timeout: float = 2.0) -> None:
-    """Carry out the pending WatchReadable actions: select, then wake."""
-    pending, w.watches = w.watches, []
-    for watch in pending:
-        assert isinstance(watch, WatchReadable)
-        r, _, _ = select.select([watch.fd], [], [], timeout)
+    """Carry out the pending readable watches: select, then report them."""
+    for watch in w.watching("readable"):
+        r, _, _ = select.select([watch.arg], [], [], timeout)
         assert r, "fd never became readable"
-        w.run(w.kernel.wake(watch.token))
+        w.fire(watch.id)
 
 
 def test_filed_stub_takes_passed_stdio_then_fails(tmp_path):

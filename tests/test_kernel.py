@@ -12,15 +12,15 @@ import signal
 import pytest
 
 from lamd import kernel as K
-from lamd.constants import (
+from lamd.kernel.constants import (
     EBADREQUEST, EMSGLEN, ENOKDESCRIPTORS, ENOTATTACHED, ENOTPROCESS, ESERVICE,
     KIPROC, KNMSG, KPROBE, KQATTACH, KQDETACH, KQDOOM, KQDUMP, KQRECV, KQSEND,
     KQSR, KQSTATE, KQSURRENDER, KSRECV, KSREADY, KSSEND, KSYNCSQL, KTRACE, KTRY,
     LAM_SIGUSR, PRCMD, PRLAMHALT,
 )
-from lamd.iproc import IProc, KBoot
+from lamd.kernel.kiproc import IProc, KBoot
 from lamd.kernel import Kernel, ksync_event_sql, ksync_type, ksync_type_sql
-from lamd.wire import NMSG_SIZE, KMsg, KReq, NMsg
+from lamd.kernel.wire import NMSG_SIZE, KMsg, KReq, NMsg
 
 # --- the matching macros of kreq.h -------------------------------------------
 
@@ -72,8 +72,9 @@ class World:
         self.pids[name] = pid
         self.k.connect(name, pid, 4242)
         acts = self.k.request(name, KReq(req=KQATTACH, index=-1, pid=pid, priority=priority))
-        if acts and isinstance(acts[0], K.Reply) and acts[0].reply.reply == 0:
-            self.index[name] = acts[0].reply.index
+        rep = replies(acts).get(name)
+        if rep is not None and rep.reply == 0:
+            self.index[name] = rep.index
         return acts
 
     def req(self, name: str, code: int, **kw: object) -> list:
@@ -103,10 +104,12 @@ def test_attach_gives_index_and_lists_pid_in_killfile() -> None:
     acts = w.attach("a", pid=500)
     assert replies(acts)["a"].reply == 0
     assert replies(acts)["a"].index == 0
+    # kkillwrite: listed before the reply is written
+    assert [type(a) for a in acts] == [K.KillAppend, K.Reply]
+    assert (acts[0].conn, acts[0].pid) == ("a", 500)
     w.attach("b", pid=501)
     assert w.index["b"] == 1
-    assert [pid for pid, _ in w.k.killfile_entries()] == [500, 501]
-    assert w.k.killfile_new == [(500, None), (501, None)]
+    assert w.k.killfile_entries() == [(500, "a"), (501, "b")]
 
 
 def test_lamhalt_priority_is_not_in_killfile() -> None:
@@ -429,7 +432,7 @@ def test_detach_frees_the_process_and_closes() -> None:
     w = World()
     w.attach("a", pid=500)
     acts = w.req("a", KQDETACH, pid=500)
-    assert acts == [K.Close("a", "detached")]
+    assert acts == [K.KillRemove(500), K.Close("a", "detached")]
     assert w.k.killfile_entries() == []
 
 
@@ -447,7 +450,7 @@ def test_disconnect_removes_a_blocked_process() -> None:
     w.attach("s", pid=501)
     w.recv("a", 9)
     w.k.disconnect("a")
-    assert w.k.killfile_entries() == [(501, None)]
+    assert w.k.killfile_entries() == [(501, "s")]
     assert replies(w.send("s", 9, 0, 1, KTRY))["s"].reply == errno.EWOULDBLOCK
 
 
@@ -510,7 +513,7 @@ def test_client_to_internal_process_and_back() -> None:
     assert NMsg.unpack(body[0].data).event == 555
     assert body[0].data[NMSG_SIZE:] == b"HELLO"
     assert w.k.kpfind(100000).state == KSRECV  # back to waiting
-    assert w.k.killfile_entries() == [(500, None)]  # internal processes never listed
+    assert w.k.killfile_entries() == [(500, "c")]  # internal processes never listed
 
 
 def test_internal_process_survives_a_sender_that_vanishes() -> None:
@@ -538,9 +541,10 @@ def test_internal_process_that_crashes_is_detached_not_fatal() -> None:
 
     w = World()
     acts = w.k.boot([KBoot("bad", 1085, bad)])
-    assert isinstance(acts[0], K.WatchTimeout)
-    w.k.wake(acts[0].token)
+    assert isinstance(acts[0], K.Watch) and acts[0].kind == "timer"
+    acts = w.k.event(acts[0].id)
     assert w.k.kpfind(100000) is None
+    w.k.check_invariants()
 
 
 def test_kkillall_signals_every_client_cont_then_hup() -> None:
@@ -575,11 +579,11 @@ def test_internal_process_that_never_blocks_cannot_starve_clients() -> None:
 
     w = World()
     acts = w.k.boot([KBoot("spin", 1085, spinner)])
-    assert [type(a) for a in acts] == [K.WatchTimeout]  # yields back to the I/O layer
+    assert [type(a) for a in acts] == [K.Resume]  # yields back to the I/O layer
     w.attach("a", pid=500)  # clients are still served
     assert len(w.k.clients()) == 1
-    acts = w.k.wake(None)
-    assert any(isinstance(a, K.WatchTimeout) for a in acts)
+    acts = w.k.wake()
+    assert [type(a) for a in acts] == [K.Resume]
 
 
 def test_debug_logs_every_request_with_structured_fields(caplog) -> None:

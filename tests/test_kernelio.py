@@ -15,11 +15,11 @@ from typing import Iterator
 import pytest
 
 from lamd.client import KernelClient, KernelGone, LamError
-from lamd.constants import EBADREQUEST, KNMSG, KQDETACH, KQSTATE, KTRY, PRCMD
+from lamd.kernel.constants import EBADREQUEST, KNMSG, KQDETACH, KQSTATE, KTRY, PRCMD
 from lamd.kernel import Kernel
 from lamd.kernelio import IOLimits, KernelIO
-from lamd.kkill import read_clients, read_killfile
-from lamd.wire import KREQ_SIZE, KMsg, KReq, NMsg
+from lamd.session.kkill import read_clients, read_killfile
+from lamd.kernel.wire import KREQ_SIZE, KMsg, KReq, NMsg
 
 TIMEOUT = 10.0
 

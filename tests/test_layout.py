@@ -1,11 +1,11 @@
-"""The struct layouts in lamd.wire match what the C compiler makes of LAM's
+"""The struct layouts in lamd.kernel.wire match what the C compiler makes of LAM's
 headers (tests/c/kclient.c ``layout`` prints sizeof/offsetof).  No daemon."""
 
 from __future__ import annotations
 
 import subprocess
 
-from lamd import constants, wire
+from lamd.kernel import constants, wire
 
 
 def _layout(kclient):
@@ -53,7 +53,7 @@ def test_constants(kclient):
 
 
 def test_codecs_byte_for_byte(kclient):
-    """C fills kreq/kreply/nmsg with distinct values; lamd.wire decodes them
+    """C fills kreq/kreply/nmsg with distinct values; lamd.kernel.wire decodes them
     to the same values and re-encodes the identical bytes."""
     cp = subprocess.run([str(kclient), "dump"], capture_output=True, text=True,
                         timeout=30)

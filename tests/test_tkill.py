@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from lamd import tkill
+from lamd.tools import tkill
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -163,6 +163,6 @@ def test_session_path_from_prefix(tmp_path, monkeypatch):
 
 
 def test_console_entry_runs():
-    out = subprocess.run([sys.executable, "-m", "lamd.tkill", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "lamd.tools.tkill", "--help"], capture_output=True,
                          text=True, timeout=30, env=dict(os.environ, PYTHONPATH=REPO))
     assert out.returncode == 0 and "kill file" in out.stdout

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..constants import (
+from ..kernel.constants import (
     PRBFORWARD, PRBUFFERD, PRDAEMON, PRDIED, PRDLI, PRDLO, PRECHOD, PRFILED,
     PRHALTD, PRLOADD, PRROUTER, PRVERSIOND,
 )
-from ..iproc import KBoot
+from ..kernel.kiproc import KBoot
 from .bufferd import bufferd
 from .dlo import dlo
 from .echod import echod

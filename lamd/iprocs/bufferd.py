@@ -28,12 +28,12 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..constants import (
+from ..kernel.constants import (
     EVBUFFERD, KNMSG, KSYNCSQL, KTRACE, KTRY, MAXNMSGLEN,
 )
-from ..iproc import IProc
-from ..kernel import ksync_type, ksync_type_sql
-from ..wire import NMSG_SIZE, NMsg
+from ..kernel.kiproc import IProc
+from ..kernel.kinner import ksync_type, ksync_type_sql
+from ..kernel.wire import NMSG_SIZE, NMsg
 from .nreq import (
     BFDEFSPACE, BFQLOOK, BFQPROBE, BFQRECV, BFQSPACE, BFQSTATE, BFQSWEEP,
     BFQSWEEP1, BFQWIPE, BFSTATUS, BFSYNC, DDLI, DINT4MSG, DLCTL,

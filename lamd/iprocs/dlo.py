@@ -24,9 +24,9 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from ..constants import EVDL0, MAXNMSGLEN
-from ..iproc import IProc
-from ..wire import NMsg
+from ..kernel.constants import EVDL0, MAXNMSGLEN
+from ..kernel.kiproc import IProc
+from ..kernel.wire import NMsg
 from .netaddr import node_address
 from .nreq import DLCTL, LOCAL, NOBUF, data_words, nrecv, nsend
 

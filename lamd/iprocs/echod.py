@@ -12,9 +12,9 @@ Wire format (``ereq.h``, native int4)::
 
 from __future__ import annotations
 
-from ..constants import EVECHOD, MAXNMSGLEN
-from ..iproc import IProc
-from ..wire import NMsg
+from ..kernel.constants import EVECHOD, MAXNMSGLEN
+from ..kernel.kiproc import IProc
+from ..kernel.wire import NMsg
 from .nreq import NREEL, nrecv, nsend
 
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import logging
 
-from ..constants import EVHALTD, MAXNMSGLEN
-from ..iproc import IProc
-from ..wire import NMsg
+from ..kernel.constants import EVHALTD, MAXNMSGLEN
+from ..kernel.kiproc import IProc
+from ..kernel.wire import NMsg
 from .nreq import data_words, nrecv, nsend
 
 log = logging.getLogger("lamd.iprocs.haltd")

@@ -22,11 +22,11 @@ import struct
 from dataclasses import dataclass, replace
 from typing import Awaitable
 
-from ..constants import (
+from ..kernel.constants import (
     EVBUFFERD, KNMSG, KTRACE, KTRY, MAXNMSGLEN, NHDSIZE, NOTEVENT,
 )
-from ..iproc import IProc, Received
-from ..wire import KReply, NMsg
+from ..kernel.kiproc import IProc, Received
+from ..kernel.wire import KReply, NMsg
 
 # --- net.h ----------------------------------------------------------------
 NOTNODEID = -1

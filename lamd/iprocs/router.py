@@ -29,9 +29,9 @@ import logging
 import struct
 from dataclasses import dataclass
 
-from ..constants import EBADNODE, EBADREQUEST, EVROUTER, KTRY, NOTEVENT
-from ..iproc import IProc
-from ..wire import NMsg
+from ..kernel.constants import EBADNODE, EBADREQUEST, EVROUTER, KTRY, NOTEVENT
+from ..kernel.kiproc import IProc
+from ..kernel.wire import NMsg
 from .nreq import (
     DINT4MSG, LOCAL, NOBUF, NT_CAST, NT_ME, NT_ORIGIN, NOTNODEID, NetMsg,
     data_words, dsend, nrecv,

@@ -49,12 +49,12 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
-from ..constants import (
+from ..kernel.constants import (
     ESERVICE, EVBFORWARD, EVDLI, EVFILED, EVFLATD, EVIOD, EVKENYAD, EVLOADD,
     EVTRACED, MAXNMSGLEN,
 )
-from ..iproc import IProc, IProcMain
-from ..wire import NMsg
+from ..kernel.kiproc import IProc, IProcMain
+from ..kernel.wire import NMsg
 from .nreq import NMORE, NOBUF, NREEL, NetMsg, data_words, int4, nrecv, nsend
 
 log = logging.getLogger("lamd.iprocs.stubs")
@@ -125,10 +125,16 @@ def fd_server_allowed(path: str, session: str | None) -> bool:
             and os.path.basename(real).startswith("lam-"))
 
 
-async def take_passed_fds(k: IProc, path: str, want: int = 3) -> int:
+#: How long a stub waits for a client's descriptor server to hand over stdio.
+FD_SERVER_TIMEOUT = 10.0
+
+
+async def take_passed_fds(k: IProc, path: str, want: int = 3,
+                          timeout: float = FD_SERVER_TIMEOUT) -> int:
     """Connect to a client's fd-passing server and take *want* descriptors.
 
-    Returns how many arrived; each is closed at once. Never raises.
+    Returns how many arrived; each is closed at once. Never raises, and
+    never waits on the client longer than *timeout* seconds in all.
     """
     got = 0
     try:
@@ -143,28 +149,38 @@ async def take_passed_fds(k: IProc, path: str, want: int = 3) -> int:
         except OSError as exc:
             log.warning("stub: cannot connect to fd server %s: %s", path, exc)
             return 0
-        while got < want:  # sfh_recv_fd: 1 byte + 1 fd, then a 1-byte handshake
-            await k.readable(s.fileno())
-            try:
-                data, anc, _flags, _addr = s.recvmsg(1, socket.CMSG_SPACE(4 * want))
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                log.warning("stub: reading passed fds from %s: %s", path, exc)
-                break
-            for level, kind, cdata in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    part = array.array("i")
-                    part.frombytes(cdata[:len(cdata) - len(cdata) % part.itemsize])
-                    for fd in part:
-                        os.close(fd)
-                        got += 1
-            if not data:
-                break  # the client closed
-            try:
-                s.send(b"\0")
-            except OSError:
-                break
+        readable = k.watch_readable(s.fileno())
+        deadline = k.timer(timeout)
+        try:
+            while got < want:  # sfh_recv_fd: 1 byte + 1 fd, then a 1-byte handshake
+                ev = await k.next_event(readable, deadline)
+                if ev.watch is deadline:
+                    log.warning("stub: fd server %s passed %d of %d descriptors in %.0f s; "
+                                "giving up", path, got, want, timeout)
+                    break
+                try:
+                    data, anc, _flags, _addr = s.recvmsg(1, socket.CMSG_SPACE(4 * want))
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    log.warning("stub: reading passed fds from %s: %s", path, exc)
+                    break
+                for level, kind, cdata in anc:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        part = array.array("i")
+                        part.frombytes(cdata[:len(cdata) - len(cdata) % part.itemsize])
+                        for fd in part:
+                            os.close(fd)
+                            got += 1
+                if not data:
+                    break  # the client closed
+                try:
+                    s.send(b"\0")
+                except OSError:
+                    break
+        finally:
+            readable.cancel()
+            deadline.cancel()
     return got
 
 

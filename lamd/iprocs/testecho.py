@@ -17,9 +17,9 @@ It is not in the boot table; tests boot it with
 
 from __future__ import annotations
 
-from ..constants import KNMSG, KTRY, LAM_BASE_EVENT
-from ..iproc import IProc
-from ..wire import NMsg
+from ..kernel.constants import KNMSG, KTRY, LAM_BASE_EVENT
+from ..kernel.kiproc import IProc
+from ..kernel.wire import NMsg
 
 #: The test event (unused by LAM: its events stop at LAM_BASE_EVENT + 24).
 EVTESTECHO = LAM_BASE_EVENT + 100

@@ -16,9 +16,9 @@ Wire formats (``vreq.h``, native int4)::
 
 from __future__ import annotations
 
-from ..constants import EVVERSIOND
-from ..iproc import IProc
-from ..wire import NMsg
+from ..kernel.constants import EVVERSIOND
+from ..kernel.kiproc import IProc
+from ..kernel.wire import NMsg
 from .nreq import nrecv, nsend
 
 LAM_VERSION = "7.1.4"

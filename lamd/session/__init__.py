@@ -95,24 +95,53 @@ class Session:
         return cls(os.path.join(prefix, leaf))
 
     def ensure_directory(self) -> None:
-        """Create the directory 0700, or check an existing one (``check_dir_perms``).
+        """Create the directory for ourselves, or check an existing one."""
+        self.prepare()
 
-        Unlike LAM's clients we never delete a wrong one: a directory we do not
-        own, or with other bits set, is refused with a clear error.
+    def prepare(self, owner: str | None = None, uid: int | None = None,
+                gid: int = -1) -> None:
+        """Create the directory 0700 owned by *uid* (default: ours), or check
+        an existing one (LAM's ``check_dir_perms``); the one rule for the
+        daemon by hand and for the socket unit's ``ExecStartPre=`` (as root,
+        for another user).
+
+        Never follows a symlink and, unlike LAM's clients, never deletes a
+        wrong entry: one that is not a directory, not owned by *uid* or not
+        mode 0700 is refused with :class:`SessionError` (someone else may
+        have planted it in /tmp).
         """
+        if uid is None:
+            uid = os.getuid()
+        path = self.directory
+        created = False
         try:
-            os.mkdir(self.directory, 0o700)
-            return
+            os.mkdir(path, 0o700)
+            created = True
         except FileExistsError:
             pass
         except OSError as e:
-            raise SessionError(f"cannot create session directory {self.directory}: {e.strerror}") from e
-        st = os.lstat(self.directory)
-        if not stat.S_ISDIR(st.st_mode):
-            raise SessionError(f"{self.directory} exists and is not a directory")
-        if st.st_uid != os.getuid():
-            raise SessionError(f"session directory {self.directory} is owned by uid "
-                               f"{st.st_uid}, not by uid {os.getuid()}")
-        if stat.S_IMODE(st.st_mode) != 0o700:
-            raise SessionError(f"session directory {self.directory} has mode "
-                               f"{stat.S_IMODE(st.st_mode):04o}, LAM requires 0700")
+            raise SessionError(f"cannot create session directory {path}: {e.strerror}") from e
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise SessionError(f"{path} exists and is not a directory (or is a symlink): "
+                               f"{e.strerror}; remove it") from None
+        try:
+            if created and uid != os.getuid():
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, 0o700)
+            st = os.fstat(fd)
+            if st.st_uid != uid:
+                try:
+                    has = pwd.getpwuid(st.st_uid).pw_name
+                except KeyError:
+                    has = f"uid {st.st_uid}"
+                want = owner or f"uid {uid}"
+                raise SessionError(f"session directory {path} is owned by {has}, not {want}; "
+                                   "LAM clients would reject it: remove it")
+            if stat.S_IMODE(st.st_mode) != 0o700:
+                raise SessionError(f"session directory {path} has mode "
+                                   f"{stat.S_IMODE(st.st_mode):04o}, not 0700 as LAM requires; "
+                                   "fix or remove it")
+        finally:
+            os.close(fd)

@@ -36,8 +36,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .kkill import proc_starttime, read_clients, read_killfile
-from .session import LAM_KILLFILE, LAM_SOCKET, LAMD_CLIENTS, Session
+from ..session.kkill import proc_starttime, read_clients, read_killfile
+from ..session import LAM_KILLFILE, LAM_SOCKET, LAMD_CLIENTS, Session
 
 PROG = "lamd-tkill"
 CLK_TCK = os.sysconf("SC_CLK_TCK")

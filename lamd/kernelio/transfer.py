@@ -2,8 +2,8 @@
 
 The C kernel moves a body with a blocking loop of reads from the sender and
 writes to the receiver through one 8 KiB buffer. Here a :class:`BodyMove`
-holds a bounded buffer between two non-blocking sockets: the epoll loop in
-:mod:`lamd.kernelio` fills it from the sender while there is room and drains
+holds a bounded buffer between two non-blocking sockets: the connection I/O
+(:mod:`lamd.kernelio.kio`) fills it from the sender while there is room and drains
 it to the receiver while it accepts, so neither side can hold the kernel up.
 A :class:`Connection` is one client socket with what it owes and is owed.
 """
@@ -77,8 +77,8 @@ class BodyMove:
 class Connection:
     """One client socket and what is queued on it."""
 
-    __slots__ = ("sock", "fd", "pid", "uid", "pidfd", "inbuf",
-                 "move", "out", "queued", "mask", "closing", "closed", "read_paused")
+    __slots__ = ("sock", "fd", "pid", "uid", "pidfd", "inbuf", "move", "out", "queued",
+                 "mask", "closing", "closed", "read_paused", "pending", "starttime")
 
     def __init__(self, sock: socket.socket, pid: int, uid: int) -> None:
         self.sock = sock
@@ -94,6 +94,8 @@ class Connection:
         self.closing = False
         self.closed = False
         self.read_paused = False
+        self.pending = False  # in the I/O layer's queue of clients with requests to serve
+        self.starttime: int | None = None  # from /proc, once read (for lamd-clients)
 
     def __repr__(self) -> str:
         return f"<conn fd={self.fd} pid={self.pid}>"

@@ -1,0 +1,154 @@
+"""What the kernel asks the I/O layer to do (LAM's ``kio_*`` calls, as values).
+
+:class:`lamd.kernel.Kernel` returns lists of these; :mod:`lamd.kernelio`
+carries them out in order:
+
+* ``Reply`` is ``kio_reply``, ``Transfer`` is ``kio_transfer``,
+  ``CollectBody``/``SendBody`` are ``kio_recv``/``kio_send`` for internal
+  processes, ``Signal`` is the ``kill()`` in ``kpreempt`` and ``kkillall``,
+  ``Close`` ends a connection once its output is written;
+* ``KillAppend``/``KillRemove``/``KillRewrite`` are ``kkillwrite`` and
+  ``kkillrewrite``: the kill file follows the process table through these
+  alone (the I/O layer owns the file, the kernel owns what it lists);
+* ``Watch``/``Unwatch``/``Rearm`` carry out internal processes' event
+  sources (``kio_to``, ``kio_intr``, child exits, signals) and ``Resume``
+  asks to be called again next turn; ``Halt`` ends the daemon.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Hashable
+
+from .wire import KReply
+
+Conn = Hashable  # whatever the I/O layer uses to name a connection
+
+
+@dataclass(slots=True, frozen=True)
+class Reply:
+    """Write ``struct kreply`` *reply* to *conn*."""
+
+    conn: Conn
+    reply: KReply
+
+
+@dataclass(slots=True, frozen=True)
+class SendBody:
+    """Write *data* (a body from an internal process) to *conn*, after its reply."""
+
+    conn: Conn
+    data: bytes
+
+
+@dataclass(slots=True, frozen=True)
+class Transfer:
+    """Move a message body from *src* to *dst* (LAM's ``kio_transfer``).
+
+    Read ``skip`` bytes from *src* and drop them, queue ``pad`` zero bytes to
+    *dst*, then stream ``length`` bytes from *src* to *dst*. ``skip`` and
+    ``pad`` are only non-zero when one side set KNMSG and the other did not.
+    """
+
+    src: Conn
+    dst: Conn
+    length: int
+    skip: int = 0
+    pad: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class CollectBody:
+    """Read *length* body bytes from *src* and hand them to
+    :meth:`Kernel.body_arrived` (a body for an internal process, ``kio_recv``)."""
+
+    src: Conn
+    length: int
+    token: Any
+
+
+@dataclass(slots=True, frozen=True)
+class Signal:
+    """Send Unix signal *signo* to the process attached on *conn*."""
+
+    conn: Conn
+    pid: int
+    signo: int
+
+
+@dataclass(slots=True, frozen=True)
+class Close:
+    """Close *conn* once everything queued for it has been written."""
+
+    conn: Conn
+    reason: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class KillAppend:
+    """``kkillwrite``: list client *pid* (on *conn*) in the kill file now,
+    before the attach reply that follows this action is written."""
+
+    conn: Conn
+    pid: int
+
+
+@dataclass(slots=True, frozen=True)
+class KillRemove:
+    """Client *pid*, listed in the kill file, has left: unlist it (this turn)."""
+
+    pid: int
+
+
+@dataclass(slots=True, frozen=True)
+class KillRewrite:
+    """``kkillrewrite``: write the kill file afresh from
+    :meth:`Kernel.killfile_entries` (a priority moved a client in or out)."""
+
+
+@dataclass(slots=True, frozen=True)
+class Watch:
+    """Start event source *id* of an internal process: *kind* is ``timer``
+    (*arg* seconds, once), ``readable`` (*arg* a descriptor, reported once
+    until :class:`Rearm`), ``child`` (*arg* a pid, once) or ``signal`` (*arg*
+    a signal number). Each firing is reported with :meth:`Kernel.event`."""
+
+    id: int
+    kind: str
+    arg: Any
+
+
+@dataclass(slots=True, frozen=True)
+class Unwatch:
+    """Stop event source *id* (cancelled, or its process ended)."""
+
+    id: int
+
+
+@dataclass(slots=True, frozen=True)
+class Rearm:
+    """The readiness of ``readable`` source *id* was taken: report the next one."""
+
+    id: int
+
+
+@dataclass(slots=True, frozen=True)
+class Resume:
+    """Call :meth:`Kernel.wake` again after serving clients (internal
+    processes still have work: a turn's budget ran out)."""
+
+
+@dataclass(slots=True, frozen=True)
+class Halt:
+    """Shut the daemon down (haltd): kkillall, remove session files, exit."""
+
+    status: int = 0
+    reason: str = ""
+
+
+Action = (Reply | SendBody | Transfer | CollectBody | Signal | Close | KillAppend | KillRemove
+          | KillRewrite | Watch | Unwatch | Rearm | Resume | Halt)
+
+__all__ = ["Conn", "Reply", "SendBody", "Transfer", "CollectBody", "Signal", "Close",
+           "KillAppend", "KillRemove", "KillRewrite", "Watch", "Unwatch", "Rearm", "Resume",
+           "Halt", "Action"]

@@ -1,0 +1,537 @@
+"""Internal processes and their wait API (LAM's ``otb/sys/lamd/kiproc.c``).
+
+In the C lamd, internal processes (router, bufferd, echod, ...) are state
+machines booted by ``kboot()`` that queue the same kernel requests an
+external client writes, and wait on descriptors and timeouts through
+``kio_intr()``/``kio_to()``. Here each one is an ``async def`` function
+taking an :class:`IProc` handle; every ``await`` on it issues one kernel
+request or waits for events, and the kernel resumes the coroutine when that
+completes. No asyncio is involved: the kernel drives the coroutines itself
+(:class:`KIProcDriver`), so internal processes are as deterministic as the
+kernel and are tested without sockets.
+
+An internal process looks like this::
+
+    async def echod(k: IProc) -> None:
+        while True:
+            got = await k.recv(EVECHOD, 0, MAXNMSGLEN, KNMSG)
+            ...
+            await k.send(reply_event, 0, got.body, KNMSG, nmsg=reply_header)
+
+The wait API: a process asks for event sources, each a :class:`Watch` it
+can cancel, and waits on any set of them, alone or together with a kernel
+request:
+
+* ``k.timer(seconds)``: fires once (LAM's ``kio_to``);
+* ``k.watch_readable(fd)``: fires each time *fd* is readable, until
+  cancelled (LAM's ``kio_intr``); a readiness not yet taken is not repeated;
+* ``k.watch_child(pid)``: fires once when *pid* exits (a pidfd), with its
+  :class:`ChildExit` status when it is the daemon's child;
+* ``k.watch_signal(signo)``: fires for each delivery of a signal other than
+  the daemon's stop signals;
+* ``await k.next_event(*watches)``: the next :class:`Event` of those watches
+  (of any, without arguments); events that fire while the process is busy
+  are kept for it in order, never lost;
+* ``await k.wait(k.recv(...), *watches)``: a kernel request that an event
+  may interrupt: it returns the request's result, or the :class:`Event`, in
+  which case the request was cancelled as ``kqdoom`` interrupts a blocked
+  process (taken off the blocked list; nothing was transferred).
+
+Every watch of a process is cancelled when the process ends. Message bodies
+are Python bytes; for KNMSG messages the network header is an
+:class:`~lamd.kernel.wire.NMsg` passed (and received) beside the body, as the
+C kernel moves ``struct nmsg`` plus ``nh_msg`` for an internal process.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal as _signal
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Iterable
+
+from .constants import KIPROC, KMSG2, KNMSG, KQDOOM, KQRECV, KQSEND, KQSR, KQSTATE, KSRECV, KSREADY, KSSEND
+from .kactions import Halt, Rearm, Resume, Unwatch, Watch as WatchAction
+from .wire import NMSG_SIZE, KMsg, KReply, KReq, NMsg
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .kouter import Kernel, KProc
+
+log = logging.getLogger("lamd.kernel")
+
+#: Pids given to internal processes (LAM: 100000 + boot table row).
+IPROC_PID_BASE = 100000
+#: Internal-process steps run before the kernel returns to the I/O layer.
+IPROC_TURN_BUDGET = 10000
+
+# what an internal process can wait for besides kernel requests
+TIMER = "timer"
+READABLE = "readable"
+CHILD = "child"
+SIGNAL = "signal"
+_ONE_SHOT = (TIMER, CHILD)
+#: The daemon's own stop signals (kio_shutdown): never an internal process's.
+STOP_SIGNALS = frozenset({_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP})
+
+# KCall kinds that are not kernel request codes
+WAIT_EVENT = "event"
+WAIT_HALT = "halt"
+
+
+@dataclass(slots=True)
+class KCall:
+    """One request an internal process yields to the kernel (awaitable).
+
+    ``kind`` is a kernel request code (``KQSEND``...) or :data:`WAIT_EVENT` /
+    :data:`WAIT_HALT`; ``body``/``nmsg`` carry an outgoing message;
+    ``watches`` (with ``interruptible``) are the events that may end the wait.
+    """
+
+    kind: int | str
+    req: KReq | None = None
+    body: bytes = b""
+    nmsg: NMsg | None = None
+    arg: Any = None
+    watches: tuple["Watch", ...] = ()
+    interruptible: bool = False
+
+    def __await__(self) -> Generator["KCall", Any, Any]:
+        result = yield self
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
+@dataclass(slots=True, eq=False)
+class Watch:
+    """An event source of one internal process; :meth:`cancel` ends it."""
+
+    id: int
+    kind: str
+    arg: Any
+    proc: "KProc"
+    active: bool = True
+
+    def cancel(self) -> None:
+        """Stop watching; events of it not yet taken are dropped. Idempotent."""
+        if self.active and self.proc.iproc is not None and self.proc.iproc.kernel is not None:
+            self.proc.iproc.kernel.unwatch(self)
+
+    def __repr__(self) -> str:
+        return f"<Watch {self.id} {self.kind} {self.arg!r}{'' if self.active else ' done'}>"
+
+
+@dataclass(slots=True, frozen=True)
+class ChildExit:
+    """How a watched child ended (``waitid``): ``code`` is ``CLD_EXITED``,
+    ``CLD_KILLED`` or ``CLD_DUMPED``; ``status`` the exit status or signal.
+    Both are None when the process was not the daemon's child."""
+
+    pid: int
+    code: int | None = None
+    status: int | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Event:
+    """One firing of a :class:`Watch`: ``value`` is a :class:`ChildExit`
+    (child), the signal number (signal), or None."""
+
+    watch: Watch
+    value: Any = None
+
+    @property
+    def kind(self) -> str:
+        return self.watch.kind
+
+
+@dataclass(slots=True)
+class Received:
+    """What a receive (or the second half of a send-receive) returns."""
+
+    reply: KReply
+    body: bytes = b""
+    nmsg: NMsg | None = None
+
+    @property
+    def type(self) -> int:
+        return self.reply.type
+
+    @property
+    def length(self) -> int:
+        return self.reply.length
+
+
+@dataclass(slots=True, eq=False)
+class IProc:
+    """The handle an internal process uses to talk to the kernel.
+
+    ``kernel`` and ``proc`` are set when the kernel boots the process; the
+    ``config`` mapping carries daemon settings (node address, ...).
+    """
+
+    name: str
+    kernel: "Kernel | None" = None
+    proc: "KProc | None" = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    # -- kernel requests ---------------------------------------------------
+    def send(self, event: int, type: int, body: bytes = b"", flags: int = 0,
+             nmsg: NMsg | None = None, length: int | None = None) -> Awaitable[KReply]:
+        """ksend(): blocks until a receiver takes the message; returns the reply.
+
+        With KTRY the reply's ``reply`` field is EWOULDBLOCK if nobody waits.
+        """
+        n = len(body) if length is None else length
+        return KCall(KQSEND, KReq(req=KQSEND, msg=KMsg(event, type, n, flags)), body, nmsg)
+
+    def recv(self, event: int, type: int, length: int, flags: int = 0) -> Awaitable[Received]:
+        """krecv(): blocks until a sender matches; returns body and header."""
+        return KCall(KQRECV, KReq(req=KQRECV, msg=KMsg(event, type, length, flags)))
+
+    def sr(self, event: int, type: int, body: bytes, flags: int,
+           event2: int, type2: int, length2: int, flags2: int = 0,
+           nmsg: NMsg | None = None) -> Awaitable[Received]:
+        """ksr(): send, then receive in the same kernel call."""
+        req = KReq(req=KQSR, msg=KMsg(event, type, len(body), flags),
+                   msg2=KMsg(event2, type2, length2, flags2))
+        return KCall(KQSR, req, body, nmsg)
+
+    def state(self, pid: int) -> Awaitable[KReply]:
+        """kstate(): the reply carries state, priority, event, type, length."""
+        return KCall(KQSTATE, KReq(req=KQSTATE, pid=pid))
+
+    def doom(self, pid: int, sigbits: int) -> Awaitable[KReply]:
+        """kdoom(): deliver LAM signal bits to an attached process."""
+        return KCall(KQDOOM, KReq(req=KQDOOM, pid=pid, signal=sigbits))
+
+    def ksync(self, msg: KMsg, req: int) -> bool:
+        """LAM's ksync(): would *msg* synchronize right now without blocking?"""
+        assert self.kernel is not None
+        return self.kernel.ksync(msg, req)
+
+    # -- event sources -----------------------------------------------------
+    def timer(self, seconds: float) -> Watch:
+        """A timer that fires once after *seconds* (LAM's kio_to)."""
+        return self._watch(TIMER, max(0.0, float(seconds)))
+
+    def watch_readable(self, fd: int) -> Watch:
+        """Fire whenever *fd* is readable, until cancelled (LAM's kio_intr)."""
+        return self._watch(READABLE, int(fd))
+
+    def watch_child(self, pid: int) -> Watch:
+        """Fire once when process *pid* exits (through a pidfd)."""
+        return self._watch(CHILD, int(pid))
+
+    def watch_signal(self, signo: int) -> Watch:
+        """Fire on each delivery of *signo* (not one of the stop signals)."""
+        if signo in STOP_SIGNALS:
+            raise ValueError(f"signal {signo} stops the daemon; it cannot be watched")
+        return self._watch(SIGNAL, int(signo))
+
+    def _watch(self, kind: str, arg: Any) -> Watch:
+        assert self.kernel is not None and self.proc is not None
+        return self.kernel.watch(self.proc, kind, arg)
+
+    # -- waiting -------------------------------------------------------------
+    def next_event(self, *watches: Watch) -> Awaitable[Event]:
+        """The next event of *watches* (of any watch when none is given)."""
+        return KCall(WAIT_EVENT, watches=watches)
+
+    def wait(self, call: Awaitable[Any], *watches: Watch) -> Awaitable[Any]:
+        """Make kernel request *call*, interruptible by an event of *watches*
+        (any, when none is given): its result, or the :class:`Event`."""
+        assert isinstance(call, KCall) and isinstance(call.kind, int)
+        call.watches = watches
+        call.interruptible = True
+        return call
+
+    async def sleep(self, seconds: float) -> None:
+        """Resume after *seconds*; other events stay queued."""
+        await self.next_event(self.timer(seconds))
+
+    async def readable(self, fd: int, timeout: float | None = None) -> bool:
+        """Wait until *fd* is readable (True) or *timeout* seconds pass (False)."""
+        w = self.watch_readable(fd)
+        t = self.timer(timeout) if timeout is not None else None
+        try:
+            ev = await (self.next_event(w, t) if t is not None else self.next_event(w))
+            return ev.watch is w
+        finally:
+            w.cancel()
+            if t is not None:
+                t.cancel()
+
+    def halt(self, status: int = 0) -> Awaitable[None]:
+        """Ask the daemon to shut down (what haltd does); never resumes."""
+        return KCall(WAIT_HALT, arg=status)
+
+
+#: The type of an internal process body: ``async def name(k: IProc) -> None``.
+IProcMain = Callable[[IProc], Awaitable[None]]
+
+
+@dataclass(slots=True, frozen=True)
+class KBoot:
+    """One row of the boot table (LAM's ``kboottbl[]`` in ``kiproc.c``).
+
+    ``row`` fixes the pid (100000 + row) when rows are left out of a boot;
+    None means the position in the table given to :meth:`KIProcDriver.boot`.
+    """
+
+    name: str
+    priority: int
+    main: IProcMain
+    row: int | None = None
+
+
+class KIProcDriver:
+    """The part of :class:`~lamd.kernel.Kernel` that runs internal processes
+    (``kboot``, ``kiproc``): coroutines resumed with request results, bodies
+    collected from clients, and events of their watches."""
+
+    # provided by Kernel
+    procs: dict[int, "KProc"]
+    _out: list[Any]
+
+    def _init_iprocs(self) -> None:
+        self._runq: deque[tuple[KProc, Any]] = deque()
+        self._watch_seq = 0
+        self._watches: dict[int, Watch] = {}
+        self._collect_seq = 0
+        self._collects: dict[int, tuple[KProc, KProc, KMsg]] = {}
+
+    # ------------------------------------------------------------------
+    # entry points (the I/O layer calls these)
+    # ------------------------------------------------------------------
+    def boot(self, table: Iterable[KBoot], config: dict[str, Any] | None = None) -> list[Any]:
+        """Boot internal processes (LAM's ``kboot``): pid 100000 + row."""
+        for pos, kb in enumerate(table):
+            row = pos if kb.row is None else kb.row
+            p = self._alloc(IPROC_PID_BASE + row, kb.priority, None)
+            p.flags = KIPROC
+            h = IProc(kb.name, self, p, dict(config or {}))  # type: ignore[arg-type]
+            p.iproc = h
+            p.coro = kb.main(h)
+            self._runq.append((p, None))
+        self._run_iprocs()
+        return self._take()
+
+    def event(self, watch_id: int, value: Any = None) -> list[Any]:
+        """A watch the I/O layer carries out fired (a timer, a readable fd, a
+        child's exit, a signal)."""
+        w = self._watches.get(watch_id)
+        if w is not None and w.active:
+            if w.kind in _ONE_SHOT:
+                self._forget(w)
+            self._deliver(w.proc, Event(w, value))
+        self._run_iprocs()
+        return self._take()
+
+    def wake(self) -> list[Any]:
+        """Carry on with internal processes left runnable (after :class:`Resume`)."""
+        self._run_iprocs()
+        return self._take()
+
+    def body_arrived(self, token: int, data: bytes) -> list[Any]:
+        """The body a :class:`CollectBody` asked for has been read."""
+        entry = self._collects.pop(token, None)
+        if entry is not None:
+            pto, pfrom, smsg = entry
+            hdr = None
+            if smsg.flags & KNMSG:
+                hdr = NMsg.unpack(data)
+                data = data[NMSG_SIZE:]
+            elif pto.msg.flags & KNMSG:
+                hdr = NMsg()
+            rep = KReply(type=smsg.type, length=len(data), blktime=pto.blktime)
+            self.stats.messages += 1  # type: ignore[attr-defined]
+            self.stats.bytes += len(data)  # type: ignore[attr-defined]
+            self._resume(pto, Received(rep, bytes(data), hdr))
+        self._run_iprocs()
+        return self._take()
+
+    def body_failed(self, token: int) -> list[Any]:
+        """The sender of a :class:`CollectBody` vanished before finishing."""
+        self._collect_lost(token)
+        self._run_iprocs()
+        return self._take()
+
+    # ------------------------------------------------------------------
+    # watches
+    # ------------------------------------------------------------------
+    def watch(self, p: "KProc", kind: str, arg: Any) -> Watch:
+        """A new event source for internal process *p* (see :class:`IProc`)."""
+        self._watch_seq += 1
+        w = Watch(self._watch_seq, kind, arg, p)
+        self._watches[w.id] = w
+        p.watches[w.id] = w
+        self._out.append(WatchAction(w.id, kind, arg))
+        return w
+
+    def unwatch(self, w: Watch) -> None:
+        """Cancel *w*: the I/O layer stops it, its queued events go."""
+        if not w.active:
+            return
+        self._forget(w)
+        self._out.append(Unwatch(w.id))
+        mb = w.proc.mailbox
+        if mb:
+            w.proc.mailbox = deque(ev for ev in mb if ev.watch is not w)
+
+    def _forget(self, w: Watch) -> None:
+        w.active = False
+        self._watches.pop(w.id, None)
+        w.proc.watches.pop(w.id, None)
+
+    def _end_watches(self, p: "KProc") -> None:
+        """A process ends: every watch it had ends with it."""
+        for w in list(p.watches.values()):
+            self.unwatch(w)
+        p.mailbox.clear()
+
+    def _deliver(self, p: "KProc", ev: Event) -> None:
+        """Hand *ev* to *p* if it waits for it, else keep it in its mailbox."""
+        if p.coro is None:
+            return
+        wanted = p.wanted
+        if wanted is not None and (not wanted or ev.watch in wanted):
+            if p.call == WAIT_EVENT:
+                self._take_event(p, ev)
+                return
+            if p.state in (KSSEND, KSRECV):
+                # interrupt the blocked request, as kqdoom's EINTR path does
+                self._unblock(p)  # type: ignore[attr-defined]
+                p.state = KSREADY
+                p.flags &= ~KMSG2
+                p.body, p.nmsg = b"", None
+                self._take_event(p, ev)
+                return
+        p.mailbox.append(ev)
+
+    def _take_event(self, p: "KProc", ev: Event) -> None:
+        p.wanted = None
+        p.call = -1
+        if ev.watch.kind == READABLE and ev.watch.active:
+            self._out.append(Rearm(ev.watch.id))  # taken: report the next readiness
+        self._resume(p, ev)
+
+    def _queued_event(self, p: "KProc", watches: tuple[Watch, ...]) -> Event | None:
+        mb = p.mailbox
+        if not mb:
+            return None
+        if not watches:
+            return mb.popleft()
+        for i, ev in enumerate(mb):
+            if ev.watch in watches:
+                del mb[i]
+                return ev
+        return None
+
+    # ------------------------------------------------------------------
+    # running the coroutines
+    # ------------------------------------------------------------------
+    def _resume(self, p: "KProc", value: Any) -> None:
+        self._runq.append((p, value))
+
+    def _run_iprocs(self) -> None:
+        """Run internal processes until none has a completed request pending."""
+        runq = self._runq
+        budget = IPROC_TURN_BUDGET
+        while runq:
+            budget -= 1
+            if budget < 0:
+                # an internal process that never blocks (a KTRY loop): let the
+                # I/O layer serve clients, then carry on
+                self._out.append(Resume())
+                return
+            p, value = runq.popleft()
+            if p.coro is None or p.index not in self.procs:
+                continue
+            try:
+                call = p.coro.send(value)
+            except StopIteration:
+                log.info("internal process %s (pid %d) ended", p.iproc.name if p.iproc else "?", p.pid)
+                self._knuke(p)  # type: ignore[attr-defined]
+                continue
+            except Exception:  # an internal process must never take the kernel down
+                log.exception("internal process %s (pid %d) failed; detached",
+                              p.iproc.name if p.iproc else "?", p.pid)
+                p.coro = None
+                self._knuke(p)  # type: ignore[attr-defined]
+                continue
+            self._iproc_call(p, call)
+
+    def _iproc_call(self, p: "KProc", call: KCall) -> None:
+        kind = call.kind
+        if kind == WAIT_EVENT or call.interruptible:
+            ev = self._queued_event(p, call.watches)
+            if ev is not None:
+                self._take_event(p, ev)
+                return
+            p.wanted = call.watches
+            if kind == WAIT_EVENT:
+                p.call = WAIT_EVENT
+                return
+        else:
+            p.wanted = None
+        if kind == WAIT_HALT:
+            self._out.append(Halt(call.arg, f"halt requested by {p.iproc.name if p.iproc else p.pid}"))
+            return
+        req = call.req
+        if req is None:
+            self._resume(p, ValueError(f"unknown internal call {kind!r}"))
+            return
+        req.index = p.index
+        p.call = kind
+        if kind in (KQSEND, KQSR):
+            p.body, p.nmsg = call.body, call.nmsg
+        if kind == KQSTATE:
+            p.wanted = None
+            self._resume(p, self.ksnap(req.pid))  # type: ignore[attr-defined]
+        elif kind == KQDOOM:
+            p.wanted = None
+            self._kqdoom(p, req)  # type: ignore[attr-defined]
+        elif kind in (KQSEND, KQRECV, KQSR):
+            bad = self._bad_lengths(req)  # type: ignore[attr-defined]
+            if bad:
+                p.wanted = None
+                self._resume(p, ValueError(bad))
+            else:
+                self._kqsync(p, req)  # type: ignore[attr-defined]
+                if p.state == KSREADY:
+                    p.wanted = None  # it did not block: nothing left to interrupt
+        else:
+            p.wanted = None
+            self._resume(p, ValueError(f"internal processes cannot make request {kind}"))
+
+    # ------------------------------------------------------------------
+    # bodies between clients and internal processes
+    # ------------------------------------------------------------------
+    def _next_collect(self) -> int:
+        self._collect_seq += 1
+        return self._collect_seq
+
+    def _collect_lost(self, token: int) -> None:
+        """A body for an internal receiver never came: it waits again, unharmed."""
+        entry = self._collects.pop(token, None)
+        if entry is None:
+            return
+        pto = entry[0]
+        if pto.index in self.procs and pto.state == KSREADY:
+            self._block(pto, KSRECV)  # type: ignore[attr-defined]
+
+    def _take(self) -> list[Any]:
+        out, self._out = self._out, []
+        return out
+
+
+__all__ = ["IPROC_PID_BASE", "IProc", "IProcMain", "KBoot", "KCall", "Received", "Watch",
+           "Event", "ChildExit", "KIProcDriver", "TIMER", "READABLE", "CHILD", "SIGNAL",
+           "STOP_SIGNALS", "WAIT_EVENT", "WAIT_HALT"]

@@ -1,0 +1,176 @@
+"""Admitting clients: accept, identity, pidfds, running out of descriptors
+(the accept branch of LAM's ``kio_req``).
+
+Identity comes from the socket, never from what a client writes:
+SO_PEERCRED gives the pid and uid (a connection from another uid is refused)
+and a pidfd pins the process, so every signal later goes to the process
+that connected and never to a process that reused its pid. The pidfd is
+the socket's own (``SO_PEERPIDFD``, Linux 6.5) where the kernel has it;
+elsewhere ``pidfd_open`` of the peer's pid, checked afterwards: the peer's
+end of the socket must still be open, since a pid can only have been reused
+if the peer died in the listen backlog, and then its end is closed. A
+client that cannot be pinned (no descriptor left for its pidfd) is refused
+with a log line; none is ever admitted without one.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import struct
+from typing import TYPE_CHECKING
+
+from .transfer import Connection
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .kernelio import KernelIO
+
+log = logging.getLogger("lamd.kernelio")
+
+_UCRED = struct.Struct("3i")
+#: ``SO_PEERPIDFD`` (asm-generic/socket.h; Linux 6.5)
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
+_NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_HUNG_UP = select.POLLHUP | select.POLLRDHUP | select.POLLERR
+
+
+class Admission:
+    """The part of :class:`~lamd.kernelio.KernelIO` that takes new clients."""
+
+    def _on_accept(self: "KernelIO", _ev: int) -> None:
+        """One client per event: epoll is level-triggered, the next comes next turn."""
+        try:
+            fd, _addr = self.listener._accept()  # a bare fd: no getsockname, no ioctl
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            if e.errno in _NO_DESCRIPTORS:
+                self._out_of_descriptors(e)
+            elif e.errno not in (errno.ECONNABORTED, errno.EPROTO):
+                raise
+            return
+        self._admit(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd))
+
+    def _out_of_descriptors(self: "KernelIO", e: OSError, spare_used: bool = True) -> None:
+        """No descriptor for a new client: refuse it at once, never spin.
+
+        The spare descriptor kept for this is given up to accept the client
+        and close it (liblam then reports ENOKERNEL instead of hanging in the
+        backlog); if even that fails the listener is left alone for a moment.
+        """
+        if not self._refusing:
+            log.error("out of file descriptors (%s) with %d clients attached: refusing new "
+                      "clients (raise LimitNOFILE)", e.strerror, len(self.conns),
+                      extra={"LAM_ERROR": e.errno})
+        self._refusing = True
+        if not spare_used:
+            return  # the client was accepted (and closed): the listener is fine
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
+            try:
+                sock, _ = self.listener.accept()
+                sock.close()
+            except OSError:
+                pass
+            self._spare_fd = _spare()
+            return
+        # not even that: stop watching the listener for a moment
+        self.loop.remove(self.listener.fileno())
+        self.loop.call_later(0.1, self._relisten)
+
+    def _relisten(self: "KernelIO") -> None:
+        fd = self.listener.fileno()
+        if fd not in self.loop.handlers:
+            try:
+                self.loop.add_reader(fd, self._on_accept)
+            except OSError:
+                pass
+
+    def _accepting_again(self: "KernelIO") -> None:
+        """A client left while we were refusing: take new ones again."""
+        self._refusing = False
+        log.info("a client left: accepting clients again (%d attached)", len(self.conns))
+        if self._spare_fd is None:
+            self._spare_fd = _spare()
+        self._relisten()
+
+    def _admit(self: "KernelIO", sock: socket.socket) -> None:
+        sock.setblocking(False)  # accept4 gave a blocking socket: one fcntl
+        try:
+            pid, uid, _gid = _UCRED.unpack(
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        except OSError:
+            sock.close()
+            return
+        if uid != self.uid:
+            self.refused_uid += 1
+            log.warning("refused a connection from pid %d uid %d (this daemon serves uid %d)",
+                        pid, uid, self.uid, extra={"LAM_PID": pid, "LAM_UID": uid})
+            sock.close()
+            return
+        try:
+            pidfd, why = self._pin(sock, pid)
+        except OSError as e:  # EMFILE, ENFILE, ENOMEM: no descriptor for its pidfd
+            sock.close()
+            self.refused_unpinned += 1
+            self._out_of_descriptors(e, spare_used=False)
+            return
+        if pidfd is None:
+            self.refused_unpinned += 1
+            log.warning("refused a connection from pid %d: %s", pid, why,
+                        extra={"LAM_PID": pid, "LAM_UID": uid})
+            sock.close()
+            return
+        c = Connection(sock, pid, uid)
+        c.pidfd = pidfd
+        self.conns[c.fd] = c
+        c.mask = select.EPOLLIN
+        self.loop.add_reader(c.fd, lambda ev, c=c: self._on_client(c, ev))
+        self.kernel.connect(c, pid, uid)
+        self._read(c)  # a client writes its attach right after connecting: it may be here
+
+    def _pin(self: "KernelIO", sock: socket.socket, pid: int) -> tuple[int | None, str]:
+        """A pidfd for the process that connected on *sock*, or (None, why).
+
+        Raises OSError when no descriptor is left for the pidfd."""
+        if self._peerpidfd:
+            try:
+                return sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD), ""
+            except OSError as e:
+                if e.errno in (errno.ENOPROTOOPT, errno.EINVAL):
+                    self._peerpidfd = False  # an older kernel: pidfd_open below
+                elif e.errno == errno.ESRCH:
+                    return None, "it exited before it was accepted"
+                elif e.errno in _NO_DESCRIPTORS:
+                    raise
+                else:
+                    return None, f"cannot pin it with a pidfd ({e.strerror})"
+        if pid <= 0:
+            return None, "no peer pid"
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None, "it exited before it was accepted"
+        except OSError as e:
+            if e.errno in _NO_DESCRIPTORS:
+                raise
+            return None, f"cannot pin it with a pidfd ({e.strerror})"
+        # the pid is the peer's only while the peer lives: its end still open
+        p = select.poll()
+        p.register(sock.fileno(), select.POLLIN | select.POLLRDHUP)
+        for _fd, ev in p.poll(0):
+            if ev & _HUNG_UP:
+                os.close(pidfd)
+                return None, "it exited before it was accepted (its pid may be reused)"
+        return pidfd, ""
+
+
+def _spare() -> int | None:
+    try:
+        return os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None

@@ -1,0 +1,431 @@
+"""The kernel's I/O: the loop that drives the sans-IO kernel (LAM's
+``otb/sys/kernel/kernelio.c``).
+
+:class:`KernelIO` owns one :class:`~lamd.kernel.Kernel`, the session's
+listening socket and an :class:`~lamd.kernelio.loop.EventLoop`. It accepts
+clients (:class:`~lamd.kernelio.admission.Admission`), reads their requests
+and moves their bodies (:class:`~lamd.kernelio.kio.ConnIO`), feeds the
+kernel, and carries out the actions it returns: replies, transfers,
+signals through pidfds, the kill file (``kkillwrite``/``kkillrewrite``, the
+only writer of that file), and the event sources of internal processes
+(timers, readable descriptors, child exits, signals).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..kernel import kactions as K
+from ..kernel.kiproc import CHILD, READABLE, SIGNAL, TIMER, ChildExit
+from ..kernel.kouter import Kernel
+from ..session.kkill import KillFile, proc_starttime
+from .admission import Admission
+from .kio import ConnIO
+from .loop import EPOLLIN, EPOLLONESHOT, EventLoop, Timer
+from .transfer import Connection
+
+log = logging.getLogger("lamd.kernelio")
+
+
+@dataclass(slots=True)
+class IOLimits:
+    """Bounds that keep one client from costing the others."""
+
+    move_buffer: int = 256 * 1024  # bytes held per body in flight
+    max_queued: int = 1 << 20  # reply bytes queued to one client before we stop reading it
+    requests_per_turn: int = 32  # requests served from one client before the next one's turn
+
+
+class _FdWatch:
+    """A ``readable`` event source: a private duplicate of the descriptor,
+    registered one-shot and re-armed once its readiness is taken."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+
+class _ChildWatch:
+    __slots__ = ("pid", "pidfd")
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+
+
+class KernelIO(Admission, ConnIO):
+    """The epoll loop around one :class:`Kernel` and one listening socket."""
+
+    def __init__(self, kernel: Kernel, listener: socket.socket, *,
+                 killfile: str | None = None, clients_file: str | None = None,
+                 limits: IOLimits | None = None,
+                 on_tick: Callable[["KernelIO"], None] | None = None,
+                 tick_interval: float = 1.0) -> None:
+        self.kernel = kernel
+        self.listener = listener
+        self.killfile = killfile
+        self.clients_file = clients_file
+        self.limits = limits or IOLimits()
+        self.on_tick = on_tick
+        self.tick_interval = tick_interval
+        self.uid = os.getuid()
+        self.loop = EventLoop()
+        self.conns: dict[int, Connection] = {}
+        self._pending: deque[Connection] = deque()  # clients with unparsed requests
+        self._dirty: set[Connection] = set()  # clients with output to flush
+        self._killfile = (KillFile(killfile, clients_file or killfile + ".clients",
+                                   kernel.kernel_pid or os.getpid())
+                          if killfile else None)
+        self._kill_dirty = True  # rewrite the kill file at the end of this turn
+        self._kill_removed: list[int] = []  # listed pids that left this turn
+        self._starttime_due: list[Connection] = []  # attached, start time not yet read
+        self._watches: dict[int, Any] = {}  # internal processes' event sources by id
+        self._sig_watches: dict[int, list[int]] = {}  # signo -> watch ids
+        self._resume_due = False
+        self.stopping = False
+        self.exit_status = 0
+        self.stop_reason = ""
+        self.refused_uid = 0
+        self.refused_unpinned = 0
+        self._peerpidfd = True  # try SO_PEERPIDFD first (see admission)
+        self._refusing = False  # out of descriptors, refusing clients
+        self._spare_fd: int | None = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        self._rbuf = bytearray(65536)  # requests are read into this, then decoded
+        self._rview = memoryview(self._rbuf)
+        listener.setblocking(False)
+        self.loop.add_reader(listener.fileno(), self._on_accept)
+
+    # ------------------------------------------------------------------
+    # the loop
+    # ------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        """SIGTERM, SIGINT and SIGHUP end the loop (kio_shutdown, kbbail); SIGPIPE is ignored."""
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        # SIGHUP too: LAM's tkill (lamwipe) hangs up the kill file's first pid,
+        # the daemon, and the C lamd goes at once (kbbail)
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            self.loop.add_signal(s, self._on_stop_signal)
+
+    def _on_stop_signal(self, signo: int) -> None:
+        self.stop(0, f"signal {signal.Signals(signo).name}")
+
+    def request_stop(self, status: int = 0, reason: str = "requested") -> None:
+        """Stop the loop from another thread (tests, embedding)."""
+        self.stop(status, reason)
+        self.loop.wakeup()
+
+    def stop(self, status: int = 0, reason: str = "") -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.exit_status = status
+            self.stop_reason = reason
+
+    def boot(self, table: Any, config: dict[str, Any] | None = None) -> None:
+        self._apply(self.kernel.boot(table, config))
+        self._end_turn()
+
+    def run(self) -> int:
+        """Serve until stopped (signal, haltd, or :meth:`stop`)."""
+        self.write_killfile()
+        loop = self.loop
+        next_tick = time.monotonic() + self.tick_interval
+        while not self.stopping:
+            if self._pending or self._resume_due:
+                timeout = 0.0
+            else:
+                deadline = next_tick
+                t = loop.next_deadline()
+                if t is not None and t < deadline:
+                    deadline = t
+                timeout = max(0.0, deadline - time.monotonic())
+            loop.poll(timeout)
+            if self._pending:
+                self._serve_pending()
+            if self._resume_due:
+                self._resume_due = False
+                self._apply(self.kernel.wake())
+            now = time.monotonic()
+            loop.run_timers(now)
+            self._end_turn()
+            if now >= next_tick:
+                next_tick = now + self.tick_interval
+                if self._starttime_due:
+                    self.record_starttimes()
+                if self.on_tick is not None:
+                    self.on_tick(self)
+        return self.exit_status
+
+    def _end_turn(self) -> None:
+        if self._dirty:
+            self._flush_dirty()
+        if self._kill_dirty or self._kill_removed:
+            self.write_killfile()
+
+    def shutdown(self, *, unlink_socket: str | None = None) -> None:
+        """``kio_shutdown``: kkillall, close everything, remove session files."""
+        for a in self.kernel.kkillall():
+            self._signal(a, drop_on_failure=False)
+        for c in list(self.conns.values()):
+            self._close(c, notify_kernel=False)
+        for wid in list(self._watches):
+            self._unwatch(wid)
+        self.loop.remove(self.listener.fileno())
+        self.listener.close()
+        if self._killfile is not None:
+            self._killfile.close()
+        for path in (unlink_socket, self.killfile, self.clients_file):
+            if path:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    log.warning("cannot remove %s: %s", path, e.strerror)
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
+        self.loop.close()
+
+    # ------------------------------------------------------------------
+    # kill file (kkill.c): the kernel says what changes, we write it
+    # ------------------------------------------------------------------
+    def killfile_entries(self) -> list[tuple[int, int | None]]:
+        """(pid, start time) of every client the kernel lists."""
+        return [(pid, conn.starttime) for pid, conn in self.kernel.killfile_entries()]
+
+    def write_killfile(self, *, strict: bool = False) -> None:
+        """``kkillrewrite``: bring the kill file up to date with the table.
+
+        A failure is logged and the daemon carries on, unless *strict*
+        (``kkillopen`` at start), where it is raised.
+        """
+        removed, self._kill_removed = self._kill_removed, []
+        dirty, self._kill_dirty = self._kill_dirty, False
+        if self._killfile is None:
+            return
+        try:
+            if dirty or not removed:
+                self._killfile.rewrite(self.killfile_entries())
+            else:
+                self._killfile.remove(removed, self.killfile_entries)
+        except OSError as e:
+            if strict:
+                raise
+            log.error("cannot write kill file %s: %s", self.killfile, e.strerror,
+                      extra={"LAM_ERROR": e.errno})
+
+    def _kill_append(self, c: Connection, pid: int) -> None:
+        """``kkillwrite``: list a new client before it hears back."""
+        self._starttime_due.append(c)
+        if self._killfile is None:
+            return
+        if self._kill_dirty or self._kill_removed:
+            self.write_killfile()  # the table already lists it
+            return
+        try:
+            self._killfile.append([(pid, None)])
+        except OSError as e:
+            log.error("cannot append to kill file %s: %s", self.killfile,
+                      e.strerror or e, extra={"LAM_ERROR": e.errno})
+            self._kill_dirty = True
+
+    def record_starttimes(self) -> None:
+        """The start times of clients attached since the last tick, for lamd-clients.
+
+        Off the attach path on purpose: a tool that attaches, works and
+        detaches within a tick costs no /proc read at all. Until its line is
+        written, tkill still refuses a pid that started after the kill file
+        was last written (see :mod:`lamd.tools.tkill`). A start time is kept
+        only if the pidfd shows the process still alive after it was read,
+        so it is the start time of the client and not of a reused pid.
+        """
+        due, self._starttime_due = self._starttime_due, []
+        rows = []
+        for c in due:
+            if c.closed or self.kernel.proc_of(c) is None:
+                continue
+            st = proc_starttime(c.pid)
+            if st is None or c.pidfd is None:
+                continue
+            try:
+                signal.pidfd_send_signal(c.pidfd, 0)
+            except OSError:
+                continue  # it is gone: its pid may name another process now
+            c.starttime = st
+            rows.append((c.pid, st))
+        if rows and self._killfile is not None:
+            try:
+                self._killfile.append_clients(rows)
+            except OSError as e:
+                log.error("cannot append to %s: %s", self.clients_file, e.strerror,
+                          extra={"LAM_ERROR": e.errno})
+
+    # ------------------------------------------------------------------
+    # carrying out the kernel's actions
+    # ------------------------------------------------------------------
+    def _apply(self, actions: list[Any]) -> None:
+        for a in actions:
+            t = type(a)
+            if t is K.Reply:
+                self._queue(a.conn, a.reply.pack())
+            elif t is K.Transfer:
+                src, dst = a.src, a.dst
+                if dst.closed:
+                    dst = None
+                if a.pad and dst is not None:
+                    self._queue(dst, bytes(a.pad))
+                if src.closed:
+                    if dst is not None:
+                        self._drop(dst, "its sender vanished before the body")
+                    continue
+                self._start_move(src, dst, a.length, a.skip)
+            elif t is K.KillAppend:
+                self._kill_append(a.conn, a.pid)
+            elif t is K.KillRemove:
+                self._kill_removed.append(a.pid)
+            elif t is K.SendBody:
+                self._queue(a.conn, a.data)
+            elif t is K.CollectBody:
+                if a.src.closed:
+                    self._apply(self.kernel.body_failed(a.token))
+                else:
+                    self._start_move(a.src, None, a.length, 0, a.token)
+            elif t is K.Signal:
+                self._signal(a)
+            elif t is K.Close:
+                c = a.conn
+                if not c.closed:
+                    c.closing = True
+                    self._dirty.add(c)
+            elif t is K.KillRewrite:
+                self._kill_dirty = True
+            elif t is K.Watch:
+                self._watch(a.id, a.kind, a.arg)
+            elif t is K.Unwatch:
+                self._unwatch(a.id)
+            elif t is K.Rearm:
+                w = self._watches.get(a.id)
+                if type(w) is _FdWatch:
+                    try:
+                        self.loop.modify(w.fd, EPOLLIN | EPOLLONESHOT)
+                    except OSError:
+                        pass
+            elif t is K.Resume:
+                self._resume_due = True
+            elif t is K.Halt:
+                self.stop(a.status, a.reason)
+
+    def _signal(self, a: K.Signal, drop_on_failure: bool = True) -> None:
+        c: Connection = a.conn
+        if c.closed or c.pidfd is None or c.pid == os.getpid():
+            return  # never signal ourselves (an embedded client, in tests)
+        try:
+            signal.pidfd_send_signal(c.pidfd, a.signo)
+        except ProcessLookupError:
+            if drop_on_failure:
+                self._drop(c, "process gone")
+        except OSError as e:
+            log.warning("cannot signal pid %d: %s", c.pid, e.strerror,
+                        extra={"LAM_PID": c.pid, "LAM_ERROR": e.errno})
+
+    # ------------------------------------------------------------------
+    # internal processes' event sources (kio_to, kio_intr, children, signals)
+    # ------------------------------------------------------------------
+    def _fire(self, wid: int, value: Any = None) -> None:
+        self._apply(self.kernel.event(wid, value))
+
+    def _watch(self, wid: int, kind: str, arg: Any) -> None:
+        if kind == TIMER:
+            self._watches[wid] = self.loop.call_later(arg, lambda: self._timer_fired(wid))
+        elif kind == READABLE:
+            try:
+                fd = os.dup(arg)
+                self.loop.add_reader(fd, lambda _ev: self._fire(wid), EPOLLIN | EPOLLONESHOT)
+            except OSError as e:
+                log.warning("cannot watch descriptor %d: %s", arg, e.strerror)
+                self.loop.call_later(0.0, lambda: self._fire(wid))  # report it: a read fails
+                return
+            self._watches[wid] = _FdWatch(fd)
+        elif kind == CHILD:
+            try:
+                pidfd = os.pidfd_open(arg)
+            except OSError:
+                self.loop.call_later(0.0, lambda: self._fire(wid, self._reap(arg, None)))
+                return
+            self._watches[wid] = _ChildWatch(arg, pidfd)
+            self.loop.add_reader(pidfd, lambda _ev: self._child_exited(wid))
+        elif kind == SIGNAL:
+            ids = self._sig_watches.setdefault(arg, [])
+            if not ids:
+                try:
+                    self.loop.add_signal(arg, self._watched_signal)
+                except (ValueError, OSError) as e:
+                    log.warning("cannot watch signal %d: %s", arg, e)
+            ids.append(wid)
+            self._watches[wid] = ("signal", arg)
+
+    def _timer_fired(self, wid: int) -> None:
+        self._watches.pop(wid, None)
+        self._fire(wid)
+
+    def _child_exited(self, wid: int) -> None:
+        w = self._watches.pop(wid, None)
+        if type(w) is not _ChildWatch:
+            return
+        self.loop.remove(w.pidfd)
+        status = self._reap(w.pid, w.pidfd)
+        os.close(w.pidfd)
+        self._fire(wid, status)
+
+    @staticmethod
+    def _reap(pid: int, pidfd: int | None) -> ChildExit:
+        """Collect a child's status (``waitid``); unknown for a non-child."""
+        try:
+            if pidfd is not None:
+                r = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+            else:
+                r = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
+        except (ChildProcessError, OSError):
+            return ChildExit(pid)
+        if r is None:
+            return ChildExit(pid)
+        return ChildExit(pid, r.si_code, r.si_status)
+
+    def _watched_signal(self, signo: int) -> None:
+        for wid in list(self._sig_watches.get(signo, ())):
+            self._fire(wid, signo)
+
+    def _unwatch(self, wid: int) -> None:
+        w = self._watches.pop(wid, None)
+        if w is None:
+            return
+        if type(w) is Timer:
+            self.loop.cancel(w)
+        elif type(w) is _FdWatch:
+            self.loop.remove(w.fd)
+            os.close(w.fd)
+        elif type(w) is _ChildWatch:
+            self.loop.remove(w.pidfd)
+            os.close(w.pidfd)
+        elif type(w) is tuple:
+            signo = w[1]
+            ids = self._sig_watches.get(signo, [])
+            if wid in ids:
+                ids.remove(wid)
+            if not ids:
+                self._sig_watches.pop(signo, None)
+                try:
+                    self.loop.remove_signal(signo)
+                except (ValueError, OSError):
+                    pass
+
+
+__all__ = ["IOLimits", "KernelIO"]

@@ -1,0 +1,346 @@
+"""Connection I/O: reading requests and bodies, writing replies (the
+per-client half of LAM's ``kernelio.c``: ``kio_req``, ``kio_reply``,
+``kio_transfer``).
+
+Every socket is non-blocking and nothing here waits on one peer:
+
+* requests are read into one buffer and decoded; a client is served at most
+  ``requests_per_turn`` requests before the next client's turn;
+* a message body moves between two clients through a
+  :class:`~lamd.kernelio.transfer.BodyMove`, a bounded buffer: when it is
+  full the sender is no longer read, when it is empty the receiver is no
+  longer written, and every other client keeps being served;
+* replies are written straight through and queued when the socket is full;
+  a client that stops reading its replies stops being read (``max_queued``);
+* a peer that disappears mid-transfer is cleaned up on both sides: a
+  receiver that vanishes has the rest of its body read and dropped so the
+  sender carries on; a sender that vanishes leaves its receiver holding a
+  reply whose body can never come, so that receiver is closed too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from ..kernel.wire import KREQ_SIZE, KReq
+from .loop import EPOLLERR, EPOLLIN, EPOLLOUT
+from .transfer import BodyMove, Connection
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .kernelio import KernelIO
+
+log = logging.getLogger("lamd.kernelio")
+
+
+class ConnIO:
+    """The part of :class:`~lamd.kernelio.KernelIO` that talks to clients."""
+
+    def _on_client(self: "KernelIO", c: Connection, ev: int) -> None:
+        if c.closed:
+            return
+        if ev & EPOLLOUT:
+            self._flush(c)
+            if c.closed:
+                return
+        if ev & (EPOLLIN | EPOLLERR):
+            self._read(c)
+
+    def _read(self: "KernelIO", c: Connection) -> None:
+        m = c.move
+        if m is not None:
+            self._read_body(c, m)
+            return
+        try:
+            n = c.sock.recv_into(self._rbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(c, "connection error")
+            return
+        if not n:
+            if c.inbuf:
+                log.warning("pid %d closed mid-request (%d of %d bytes)", c.pid,
+                            len(c.inbuf), KREQ_SIZE, extra={"LAM_PID": c.pid})
+            self._drop(c, "closed by client")
+            return
+        if c.inbuf:
+            c.inbuf += self._rview[:n]
+        elif n == KREQ_SIZE and not c.closing:
+            # the common case: exactly one request
+            self._handle(c, KReq.unpack(self._rbuf))
+            return
+        else:
+            c.inbuf = bytearray(self._rview[:n])
+        self._parse(c)
+
+    def _parse(self: "KernelIO", c: Connection) -> None:
+        """Serve complete requests buffered for *c*, a bounded number per turn."""
+        budget = self.limits.requests_per_turn
+        buf = c.inbuf
+        while (len(buf) >= KREQ_SIZE and budget > 0 and not c.closed
+               and not c.closing and c.move is None and not c.read_paused):
+            req = KReq.unpack(buf)
+            del buf[:KREQ_SIZE]
+            budget -= 1
+            self._handle(c, req)
+        if c.closed:
+            return
+        if c.move is None and len(c.inbuf) >= KREQ_SIZE and not c.closing and not c.read_paused:
+            self._mark_pending(c)
+
+    def _mark_pending(self: "KernelIO", c: Connection) -> None:
+        """*c* has requests buffered: serve them this turn, once (the budget of
+        ``requests_per_turn`` holds because a connection is queued at most once)."""
+        if not c.pending:
+            c.pending = True
+            self._pending.append(c)
+
+    def _serve_pending(self: "KernelIO") -> None:
+        pending = self._pending
+        for _ in range(len(pending)):
+            c = pending.popleft()
+            c.pending = False
+            if not c.closed and c.move is None:
+                self._parse(c)
+
+    def _handle(self: "KernelIO", c: Connection, req: KReq) -> None:
+        self._apply(self.kernel.request(c, req))
+        if self._dirty:
+            self._flush_dirty()
+
+    def _read_body(self: "KernelIO", c: Connection, m: BodyMove) -> None:
+        """Read body bytes from sender *c* into its :class:`BodyMove`."""
+        space = m.space()
+        if space <= 0:
+            self._pause_read(c, True)
+            return
+        try:
+            if m.dst is not None and not m.skip and len(m.buf) - m.wpos < m.remaining:
+                # a large body: straight into its buffer, no further than it holds
+                view = memoryview(m.buf)[m.wpos:m.wpos + space]
+                n = c.sock.recv_into(view)
+                if n:
+                    m.wpos += n
+                    m.remaining -= n
+            else:
+                # the rest of the body fits: read it and whatever the client wrote
+                # after it (its next request, usually) in one go
+                n = c.sock.recv_into(self._rbuf)
+                if n:
+                    used = m.feed(self._rview[:n])
+                    if used < n:
+                        c.inbuf += self._rview[used:n]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(c, "connection error mid-body")
+            return
+        if n == 0:
+            log.warning("pid %d closed in the middle of a message body (%d bytes missing)",
+                        c.pid, m.remaining + m.skip, extra={"LAM_PID": c.pid})
+            self._drop(c, "closed mid-body")
+            return
+        self._after_src_progress(m)
+
+    def _after_src_progress(self: "KernelIO", m: BodyMove) -> None:
+        c = m.src
+        if m.src_done:
+            self._src_finished(m)
+        elif m.dst is not None and m.space() <= 0:
+            self._pause_read(c, True)
+            m.src_paused = True
+        if m.dst is not None:
+            self._flush(m.dst)
+
+    def _src_finished(self: "KernelIO", m: BodyMove) -> None:
+        c = m.src
+        c.move = None
+        if m.src_paused or c.read_paused:
+            m.src_paused = False
+            self._pause_read(c, False)
+        if m.token is not None:
+            data = bytes(m.collected or b"")
+            m.collected = None
+            self._apply(self.kernel.body_arrived(m.token, data))
+        if c.inbuf and not c.closed:
+            self._mark_pending(c)
+
+    def _start_move(self: "KernelIO", src: Connection, dst: Connection | None, length: int,
+                    skip: int, token: Any = None) -> BodyMove:
+        m = BodyMove(src, dst, length, skip, self.limits.move_buffer, token)
+        src.move = m
+        if src.inbuf:
+            used = m.feed(memoryview(src.inbuf))
+            del src.inbuf[:used]
+        if dst is not None:
+            dst.out.append(m)
+            self._dirty.add(dst)
+        if m.src_done:
+            self._src_finished(m)
+        elif m.space() <= 0:
+            self._pause_read(src, True)
+            m.src_paused = True
+        else:
+            # the sender has had its reply for a moment: its body may be here
+            self._read_body(src, m)
+        return m
+
+    # ------------------------------------------------------------------
+    # writing
+    # ------------------------------------------------------------------
+    def _queue(self: "KernelIO", c: Connection, data: bytes) -> None:
+        if c.closed:
+            return
+        out = c.out
+        if not out and not c.closing:
+            # nothing ahead of it: write straight through (the common case)
+            try:
+                n = c.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError:
+                self._dirty.add(c)  # the flush will find the error and drop it
+                n = 0
+            if n == len(data):
+                return
+            data = data[n:]
+        if out and type(out[-1]) is bytearray:
+            out[-1] += data
+        else:
+            out.append(bytearray(data))
+        c.queued += len(data)
+        self._dirty.add(c)
+        if c.queued > self.limits.max_queued and not c.read_paused:
+            log.warning("pid %d does not read its replies (%d bytes queued, limit %d): "
+                        "not reading its requests until it does", c.pid, c.queued,
+                        self.limits.max_queued, extra={"LAM_PID": c.pid})
+            self._pause_read(c, True)
+
+    def _flush_dirty(self: "KernelIO") -> None:
+        while self._dirty:
+            c = self._dirty.pop()
+            if not c.closed:
+                self._flush(c)
+
+    def _flush(self: "KernelIO", c: Connection) -> None:
+        """Write what is queued for *c* until the socket would block."""
+        out = c.out
+        send = c.sock.send
+        try:
+            while out:
+                item = out[0]
+                if type(item) is BodyMove:
+                    m = item
+                    if m.rpos < m.wpos:
+                        n = send(memoryview(m.buf)[m.rpos:m.wpos])
+                        m.rpos += n
+                        if m.rpos < m.wpos:
+                            break
+                    m.rpos = m.wpos = 0
+                    if m.src_done:
+                        out.popleft()
+                        continue
+                    if m.src_paused and m.src.move is m:
+                        m.src_paused = False
+                        self._pause_read(m.src, False)
+                    break
+                n = send(item)
+                c.queued -= n
+                if n < len(item):
+                    out[0] = memoryview(item)[n:] if type(item) is bytearray else item[n:]
+                    break
+                out.popleft()
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._drop(c, "connection error while writing")
+            return
+        if c.closed:
+            return
+        if c.closing and not out:
+            self._close(c, notify_kernel=True)
+            return
+        want_out = bool(out) and not (type(out[0]) is BodyMove and out[0].rpos >= out[0].wpos)
+        if c.read_paused and c.queued <= self.limits.max_queued // 2 and c.move is None:
+            self._pause_read(c, False)
+            if c.inbuf:
+                self._mark_pending(c)
+        self._set_mask(c, want_out=want_out)
+
+    def _set_mask(self: "KernelIO", c: Connection, *, want_out: bool) -> None:
+        """Listen for what *c* needs; nothing at all while it is paused, so a
+        hung-up peer (EPOLLHUP is always reported) cannot make the loop spin."""
+        mask = (0 if c.read_paused or c.closing else EPOLLIN) | (EPOLLOUT if want_out else 0)
+        if mask == c.mask:
+            return
+        try:
+            if mask == 0:
+                self.loop.ep.unregister(c.fd)
+            elif c.mask == 0:
+                self.loop.ep.register(c.fd, mask)
+            else:
+                self.loop.ep.modify(c.fd, mask)
+        except OSError:
+            pass
+        c.mask = mask
+
+    def _pause_read(self: "KernelIO", c: Connection, paused: bool) -> None:
+        if c.read_paused != paused:
+            c.read_paused = paused
+            want_out = bool(c.mask & EPOLLOUT)
+            self._set_mask(c, want_out=want_out)
+
+    # ------------------------------------------------------------------
+    # losing clients
+    # ------------------------------------------------------------------
+    def _drop(self: "KernelIO", c: Connection, why: str) -> None:
+        """*c* is gone or unusable: clean up both sides of what it was part of."""
+        if c.closed:
+            return
+        log.debug("dropping pid %d: %s", c.pid, why, extra={"LAM_PID": c.pid})
+        self._close(c, notify_kernel=True)
+
+    def _close(self: "KernelIO", c: Connection, *, notify_kernel: bool) -> None:
+        if c.closed:
+            return
+        c.closed = True
+        self.conns.pop(c.fd, None)
+        if self._refusing:
+            self._accepting_again()
+        self.loop.handlers.pop(c.fd, None)  # closing the socket takes it out of epoll
+        m = c.move
+        c.move = None
+        victims: list[Connection] = []
+        if m is not None:
+            if m.dst is not None and not m.dst.closed:
+                victims.append(m.dst)  # its body can never be completed
+            elif m.token is not None and notify_kernel:
+                self._apply(self.kernel.body_failed(m.token))
+        for item in c.out:
+            if type(item) is BodyMove and item.src.move is item:
+                # we were the receiver: let the sender finish, dropping the rest
+                item.dst = None
+                item.buf = bytearray()
+                item.rpos = item.wpos = 0
+                if item.src_paused:
+                    item.src_paused = False
+                    self._pause_read(item.src, False)
+        c.out.clear()
+        try:
+            c.sock.close()
+        except OSError:
+            pass
+        if c.pidfd is not None:
+            try:
+                os.close(c.pidfd)
+            except OSError:
+                pass
+            c.pidfd = None
+        if notify_kernel:
+            self._apply(self.kernel.disconnect(c))
+        for v in victims:
+            log.warning("closing pid %d: its sender pid %d vanished mid-body", v.pid, c.pid,
+                        extra={"LAM_PID": v.pid})
+            self._close(v, notify_kernel=notify_kernel)

@@ -1,0 +1,170 @@
+"""The event loop under the kernel's I/O: epoll, timers, signals.
+
+LAM's ``kernelio.c`` waits in ``select()`` on the listener, the clients and
+the descriptors internal processes asked for (``kio_intr``), with the
+nearest ``kio_to`` timeout. :class:`EventLoop` is that wait, without
+``select``'s limits: level-triggered epoll, a heap of cancellable timers,
+and signals turned into ordinary events through a wakeup socket (so a
+handler never runs inside a system call of the daemon's).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import select
+import signal
+import socket
+import time
+from collections import deque
+from typing import Any, Callable
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+EPOLLERR = select.EPOLLERR | select.EPOLLHUP
+EPOLLONESHOT = select.EPOLLONESHOT
+
+
+class Timer:
+    """A pending :meth:`EventLoop.call_later`; :meth:`cancel` it at will."""
+
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class EventLoop:
+    """Descriptors, timers and signals, dispatched from one ``epoll_wait``."""
+
+    def __init__(self) -> None:
+        self.ep = select.epoll()
+        #: fd -> callback(events); the connection layer registers its own
+        self.handlers: dict[int, Callable[[int], None]] = {}
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._timer_seq = itertools.count()
+        self._cancelled = 0
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.add_reader(self._wake_r.fileno(), self._on_wakeup)
+        self._signals: deque[int] = deque()
+        self._signal_handlers: dict[int, Callable[[int], None]] = {}
+        self._signal_defaults: dict[int, Any] = {}
+        self._signals_installed = False
+
+    # -- descriptors ------------------------------------------------------------
+    def add_reader(self, fd: int, callback: Callable[[int], None], mask: int = EPOLLIN) -> None:
+        """Call *callback(events)* whenever *fd* is ready for *mask*."""
+        self.handlers[fd] = callback
+        self.ep.register(fd, mask)
+
+    def modify(self, fd: int, mask: int) -> None:
+        self.ep.modify(fd, mask)
+
+    def remove(self, fd: int) -> None:
+        """Stop watching *fd* (already closed is fine)."""
+        if self.handlers.pop(fd, None) is not None:
+            try:
+                self.ep.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
+    # -- timers ---------------------------------------------------------------
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        t = Timer(time.monotonic() + max(0.0, delay), callback)
+        heapq.heappush(self._timers, (t.when, next(self._timer_seq), t))
+        return t
+
+    def cancel(self, t: Timer) -> None:
+        if not t.cancelled:
+            t.cancel()
+            self._cancelled += 1
+            if self._cancelled > 64 and self._cancelled * 2 > len(self._timers):
+                self._timers = [e for e in self._timers if not e[2].cancelled]
+                heapq.heapify(self._timers)
+                self._cancelled = 0
+
+    def next_deadline(self) -> float | None:
+        timers = self._timers
+        while timers and timers[0][2].cancelled:
+            heapq.heappop(timers)
+            self._cancelled = max(0, self._cancelled - 1)
+        return timers[0][0] if timers else None
+
+    def run_timers(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            t = heapq.heappop(timers)[2]
+            if t.cancelled:
+                self._cancelled = max(0, self._cancelled - 1)
+                continue
+            t.cancelled = True  # fired: a late cancel() is harmless
+            t.callback()
+
+    # -- signals --------------------------------------------------------------
+    def add_signal(self, signo: int, callback: Callable[[int], None]) -> None:
+        """Run *callback(signo)* from the loop for each delivery of *signo*."""
+        if not self._signals_installed:
+            signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+            self._signals_installed = True
+        if signo not in self._signal_defaults:
+            self._signal_defaults[signo] = signal.getsignal(signo)
+        self._signal_handlers[signo] = callback
+        signal.signal(signo, self._on_signal)
+
+    def remove_signal(self, signo: int) -> None:
+        if self._signal_handlers.pop(signo, None) is not None:
+            signal.signal(signo, self._signal_defaults.pop(signo, signal.SIG_DFL))
+
+    def _on_signal(self, signo: int, _frame: Any) -> None:
+        self._signals.append(signo)
+
+    def _on_wakeup(self, _ev: int) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self._signals:
+            signo = self._signals.popleft()
+            cb = self._signal_handlers.get(signo)
+            if cb is not None:
+                cb(signo)
+
+    def wakeup(self) -> None:
+        """Interrupt a ``poll`` from another thread."""
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    # -- one turn -------------------------------------------------------------
+    def poll(self, timeout: float) -> None:
+        """Wait up to *timeout* seconds and dispatch what is ready."""
+        try:
+            events = self.ep.poll(timeout)
+        except InterruptedError:
+            return
+        handlers = self.handlers
+        for fd, ev in events:
+            h = handlers.get(fd)
+            if h is not None:
+                h(ev)
+
+    def close(self) -> None:
+        for signo in list(self._signal_handlers):
+            self.remove_signal(signo)
+        if self._signals_installed:
+            try:
+                signal.set_wakeup_fd(-1)
+            except ValueError:  # not the main thread
+                pass
+        self.ep.close()
+        self._wake_r.close()
+        self._wake_w.close()

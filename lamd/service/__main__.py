@@ -1,0 +1,7 @@
+"""``python3 -m lamd.service prepare-session USER [PATH]``."""
+
+import sys
+
+from .prepare import main
+
+sys.exit(main())

@@ -1,0 +1,107 @@
+"""Socket activation: adopt the listening socket ``lamd@USER.socket`` passes
+(``sd_listen_fds``), and refuse anything else with a clear message."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+
+from .errors import ServiceError
+
+SD_LISTEN_FDS_START = 3
+
+
+def under_systemd() -> bool:
+    """True when started by systemd (as a service, not by hand)."""
+    return bool(os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"))
+
+
+def _listen_fds() -> list[int]:
+    """The descriptors systemd passed, honouring LISTEN_PID; unsets the env."""
+    try:
+        from systemd import daemon as sd_daemon
+    except ImportError:  # pragma: no cover - python3-systemd is a Depends
+        sd_daemon = None
+    if sd_daemon is not None:
+        return list(sd_daemon.listen_fds(True))
+    # Fallback: sd_listen_fds(3) by hand.
+    try:
+        pid = int(os.environ.get("LISTEN_PID", ""))
+        n = int(os.environ.get("LISTEN_FDS", ""))
+    except ValueError:
+        return []
+    finally:
+        for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            os.environ.pop(var, None)
+    if pid != os.getpid() or n <= 0:
+        return []
+    return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + n))
+
+
+def _describe_fd(fd: int) -> str:
+    try:
+        st = os.fstat(fd)
+    except OSError as e:
+        return f"descriptor {fd} is not open ({e.strerror})"
+    if not stat.S_ISSOCK(st.st_mode):
+        kind = ("a regular file" if stat.S_ISREG(st.st_mode) else
+                "a FIFO" if stat.S_ISFIFO(st.st_mode) else
+                "a character device" if stat.S_ISCHR(st.st_mode) else
+                "a directory" if stat.S_ISDIR(st.st_mode) else "not a socket")
+        return f"descriptor {fd} is {kind}, not a socket"
+    return ""
+
+
+def check_listen_socket(fd: int) -> socket.socket:
+    """Wrap *fd* as a socket if it is a listening AF_UNIX stream socket.
+
+    Raises :class:`ServiceError` naming what is wrong otherwise. The
+    descriptor is not closed on error (it belongs to systemd's socket unit).
+    """
+    problem = _describe_fd(fd)
+    if problem:
+        raise ServiceError(f"socket activation: {problem}; "
+                           "lamd@.socket must pass one ListenStream= AF_UNIX socket")
+    s = socket.socket(fileno=fd)
+    try:
+        family, stype = s.family, s.type
+        listening = s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError as e:
+        s.detach()
+        raise ServiceError(f"socket activation: cannot inspect descriptor {fd}: {e}") from None
+    if family != socket.AF_UNIX:
+        s.detach()
+        name = getattr(family, "name", str(family))
+        raise ServiceError(f"socket activation: descriptor {fd} is an {name} socket, "
+                           "not AF_UNIX; lamd serves a local LAM session socket only")
+    if stype != socket.SOCK_STREAM:
+        s.detach()
+        name = getattr(stype, "name", str(stype))
+        raise ServiceError(f"socket activation: descriptor {fd} is a {name} socket, "
+                           "not SOCK_STREAM (use ListenStream=, not ListenDatagram=)")
+    if not listening:
+        s.detach()
+        raise ServiceError(f"socket activation: descriptor {fd} is not listening "
+                           "(Accept=no is required)")
+    return s
+
+
+def adopt_listen_socket() -> socket.socket | None:
+    """The listening socket passed by systemd (LISTEN_FDS), or None.
+
+    None means "not socket-activated": the daemon binds its own socket. The
+    returned socket belongs to systemd: the daemon must never unlink its path.
+    Anything but exactly one listening AF_UNIX stream socket raises
+    :class:`ServiceError` with a message saying what was passed instead.
+    """
+    fds = _listen_fds()
+    if not fds:
+        return None
+    if len(fds) != 1:
+        raise ServiceError(f"socket activation: expected exactly 1 socket from systemd, "
+                           f"got {len(fds)} (descriptors {fds[0]}..{fds[-1]}); "
+                           "lamd@.socket must have a single ListenStream=")
+    s = check_listen_socket(fds[0])
+    os.set_inheritable(s.fileno(), False)
+    return s

@@ -1,0 +1,101 @@
+"""sd_notify: readiness, status, stopping and the watchdog."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+
+class Notifier:
+    """sd_notify: READY, STATUS, STOPPING, WATCHDOG (via sdnotify).
+
+    Every method is a no-op when ``NOTIFY_SOCKET`` is unset (run by hand).
+    Notification failures are logged once and never raised: a daemon must
+    not die because its supervisor went away.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
+        self._sender = None
+        self._last_status: str | None = None
+        self._warned = False
+        self.sent: list[str] = []   # last few messages, for tests/debugging
+        if self.enabled:
+            try:
+                import sdnotify
+                # debug=True: raise on failure instead of silently dropping.
+                self._sender = sdnotify.SystemdNotifier(debug=True)
+            except Exception:  # ImportError, or the socket is not there (yet)
+                self._sender = None
+        # WATCHDOG_USEC is honoured only if WATCHDOG_PID is absent or ours.
+        self._watchdog_usec = _watchdog_usec()
+
+    def _notify(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        self.sent = (self.sent + [msg])[-16:]
+        try:
+            if self._sender is not None:
+                self._sender.notify(msg)
+            else:
+                _raw_notify(msg)
+        except OSError as e:
+            if not self._warned:
+                self._warned = True
+                logging.getLogger("lamd.service").warning(
+                    "sd_notify(%s) failed: %s", msg.split("=", 1)[0], e)
+
+    def ready(self) -> None:
+        self._notify("READY=1\nMAINPID=%d" % os.getpid())
+
+    def status(self, text: str) -> None:
+        text = " ".join(str(text).split())   # one line
+        if text == self._last_status:
+            return
+        self._last_status = text
+        self._notify("STATUS=" + text)
+
+    def stopping(self) -> None:
+        self._notify("STOPPING=1")
+
+    def watchdog(self) -> None:
+        if self._watchdog_usec:
+            self._notify("WATCHDOG=1")
+
+    def watchdog_period(self) -> float | None:
+        """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None."""
+        if not self.enabled or not self._watchdog_usec:
+            return None
+        return self._watchdog_usec / 2e6
+
+
+def _watchdog_usec() -> int | None:
+    usec = os.environ.get("WATCHDOG_USEC")
+    if not usec:
+        return None
+    wpid = os.environ.get("WATCHDOG_PID")
+    if wpid and wpid != str(os.getpid()):
+        return None
+    try:
+        value = int(usec)
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def _notify_address() -> str:
+    addr = os.environ.get("NOTIFY_SOCKET", "")
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    return addr
+
+
+_raw_sock: socket.socket | None = None
+
+
+def _raw_notify(msg: str) -> None:
+    global _raw_sock
+    if _raw_sock is None:
+        _raw_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    _raw_sock.sendto(msg.encode(), _notify_address())

@@ -1,0 +1,1 @@
+"""Command-line tools beside the daemon (LAM's ``tools/``): ``lamd-tkill``."""
