@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
@@ -232,6 +233,27 @@ def test_more_targets_than_descriptors(tmp_path):
             if p.poll() is None:
                 p.kill()
             p.wait(timeout=10)
+
+
+
+@pytest.mark.parametrize("err", [errno.EMFILE, errno.ENOSYS], ids=["EMFILE", "ENOSYS"])
+def test_without_pidfds_signals_by_pid_after_checking(tmp_path, procs, monkeypatch, err):
+    """No pidfd to be had (out of descriptors, or an old kernel): clients are
+    signalled by pid, each start time checked just before; a reused pid is
+    still refused."""
+    def no_pidfd(pid, flags=0):
+        raise OSError(err, os.strerror(err))
+    a, b, reused = procs(), procs(ignore_hup=True), procs()
+    kf = write_session(tmp_path, os.getpid(), [a.pid, b.pid, reused.pid],
+                       {a.pid: start_of(a.pid), b.pid: start_of(b.pid),
+                        reused.pid: start_of(reused.pid) - 1})
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    assert tkill.tkill(kf, systemd=True, timeout=0.5) == 0
+    assert a.wait(timeout=5) == -signal.SIGHUP
+    assert b.wait(timeout=5) == -signal.SIGKILL
+    time.sleep(0.2)
+    assert reused.poll() is None
+    assert not os.path.exists(kf)
 
 
 # A client held by a debugger: ptrace with PTRACE_O_TRACEEXIT stops a tracee on
