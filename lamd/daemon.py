@@ -13,7 +13,6 @@ import argparse
 import errno
 import logging
 import os
-import resource
 import socket
 import sys
 from typing import Sequence
@@ -22,6 +21,7 @@ from . import LAM_VERSION, __version__, service
 from .iprocs import boot_table
 from .kernel import Kernel, MAX_MSG_LEN
 from .kernelio import IOLimits, KernelIO
+from .limits import raise_nofile_limit
 from .session import Session, SessionError
 
 log = logging.getLogger("lamd")
@@ -59,20 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
                                          "its requests stop being read (default 1 MiB)")
     p.add_argument("--no-iprocs", action="store_true", help=argparse.SUPPRESS)
     return p
-
-
-def raise_nofile() -> int:
-    """Raise RLIMIT_NOFILE's soft limit to the hard one; returns the new limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 def bind_session_socket(session: Session) -> socket.socket:
@@ -135,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SessionError as e:
         log.error("%s", e)
         return EXIT_SETUP
-    nofile = raise_nofile()
+    nofile = raise_nofile_limit()
     kernel = Kernel(max_procs=args.max_procs, max_msg_len=args.max_msg_len,
                     kernel_pid=os.getpid())
     notifier = service.Notifier()

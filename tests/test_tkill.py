@@ -1,8 +1,12 @@
-"""Unit tests for lamd.tkill: kill-file parsing, pid-reuse safety, cleanup."""
+"""Unit tests for lamd.tools.tkill: kill-file parsing, pid-reuse safety, cleanup."""
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
+import re
+import resource
 import signal
 import socket
 import subprocess
@@ -166,3 +170,262 @@ def test_console_entry_runs():
     out = subprocess.run([sys.executable, "-m", "lamd.tools.tkill", "--help"], capture_output=True,
                          text=True, timeout=30, env=dict(os.environ, PYTHONPATH=REPO))
     assert out.returncode == 0 and "kill file" in out.stdout
+
+
+# ------------------------------------------------------------------ descriptors, leftovers
+
+def _nofile(soft: int, hard: int | None = None):
+    """preexec_fn: set RLIMIT_NOFILE in the child (hard None: keep the hard limit)."""
+    def set_limit():
+        h = resource.getrlimit(resource.RLIMIT_NOFILE)[1] if hard is None else hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, h))
+    return set_limit
+
+
+def _gone(pid: int, start: int) -> bool:
+    """The process (pid, start) has exited (a zombie counts: it has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return True
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[19]) != start or fields[0] in (b"Z", b"X")
+
+
+def test_more_targets_than_descriptors(tmp_path):
+    """200 clients, a hard limit of 40 descriptors: every client is still
+    signalled (descriptors are reused batch by batch), also the 50 that
+    ignore SIGHUP and need SIGKILL; exit 0, kill file removed."""
+    started: list[subprocess.Popen] = []
+    try:
+        for i in range(200):
+            argv = ["sleep", "600"] if i % 4 else ["nohup", "sleep", "600"]
+            started.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 20
+        for p in started:   # nohup has exec'd sleep (SIGHUP ignored) before we list it
+            while tkill.proc_stat(p.pid) is None or \
+                    os.readlink(f"/proc/{p.pid}/exe").split("/")[-1] != "sleep":
+                assert time.monotonic() < deadline, "clients did not start"
+                time.sleep(0.005)
+        kf = write_session(tmp_path, os.getpid(), [p.pid for p in started],
+                           {p.pid: start_of(p.pid) for p in started})
+        cp = subprocess.run([sys.executable, "-m", "lamd.tools.tkill", "-f", kf, "--systemd",
+                             "--timeout", "0.5"], check=False, capture_output=True, text=True,
+                            timeout=60,
+                            env=dict(os.environ, PYTHONPATH=REPO),
+                            preexec_fn=_nofile(40, 40))
+        assert cp.returncode == 0, cp.stderr
+        assert "left" not in cp.stderr, cp.stderr
+        deadline = time.monotonic() + 5
+        while any(p.poll() is None for p in started) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        running = [p.pid for p in started if p.poll() is None]
+        assert not running, (f"{len(running)} of 200 clients still running after tkill "
+                             f"(exit {cp.returncode}): {cp.stderr}")
+        rcs = [p.returncode for p in started]
+        assert rcs.count(-signal.SIGHUP) == 150 and rcs.count(-signal.SIGKILL) == 50, rcs
+        assert not os.path.exists(kf)
+    finally:
+        for p in started:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=10)
+
+
+
+@pytest.mark.parametrize("err", [errno.EMFILE, errno.ENOSYS], ids=["EMFILE", "ENOSYS"])
+def test_without_pidfds_signals_by_pid_after_checking(tmp_path, procs, monkeypatch, err):
+    """No pidfd to be had (out of descriptors, or an old kernel): clients are
+    signalled by pid, each start time checked just before; a reused pid is
+    still refused."""
+    def no_pidfd(pid, flags=0):
+        raise OSError(err, os.strerror(err))
+    a, b, reused = procs(), procs(ignore_hup=True), procs()
+    kf = write_session(tmp_path, os.getpid(), [a.pid, b.pid, reused.pid],
+                       {a.pid: start_of(a.pid), b.pid: start_of(b.pid),
+                        reused.pid: start_of(reused.pid) - 1})
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    assert tkill.tkill(kf, systemd=True, timeout=0.5) == 0
+    assert a.wait(timeout=5) == -signal.SIGHUP
+    assert b.wait(timeout=5) == -signal.SIGKILL
+    time.sleep(0.2)
+    assert reused.poll() is None
+    assert not os.path.exists(kf)
+
+
+# A client held by a debugger: ptrace with PTRACE_O_TRACEEXIT stops a tracee on
+# its way out, even after SIGKILL, until the tracer lets it go. The tracer forks
+# the client (SIGHUP ignored), prints its pid, then "exit-stop" once the client
+# is held on its way out (or "gone" if this kernel does not stop it there), and
+# holds it until its stdin closes.
+TRACER = r"""
+import ctypes, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+PTRACE_CONT, PTRACE_SEIZE, PTRACE_O_TRACEEXIT, PTRACE_EVENT_EXIT = 7, 0x4206, 0x40, 6
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+child = os.fork()
+if child == 0:
+    while True:
+        signal.pause()
+if libc.ptrace(PTRACE_SEIZE, child, None, PTRACE_O_TRACEEXIT) != 0:
+    print("seize failed", ctypes.get_errno(), flush=True)
+    os.kill(child, signal.SIGKILL)
+    sys.exit(1)
+print(child, flush=True)
+while True:
+    _, status = os.waitpid(child, 0x40000000)        # __WALL
+    if not os.WIFSTOPPED(status):
+        print("gone", flush=True)
+        break
+    if status >> 8 == signal.SIGTRAP | (PTRACE_EVENT_EXIT << 8):
+        print("exit-stop", flush=True)
+        sys.stdin.read()                              # hold it until told
+        libc.ptrace(PTRACE_CONT, child, None, None)
+    else:                                             # deliver the signal (SIGHUP: ignored)
+        libc.ptrace(PTRACE_CONT, child, None, os.WSTOPSIG(status))
+"""
+
+
+def test_client_that_survives_sigkill_is_reported_left(tmp_path, procs, capsys):
+    """A client a debugger holds on its way out survives SIGKILL: tkill says
+    it was left, exits non-zero and keeps the kill file for another try; the
+    other client is gone."""
+    other = procs()
+    held = None
+    tracer = subprocess.Popen([sys.executable, "-c", TRACER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        line = tracer.stdout.readline().strip()
+        if not line.isdigit():
+            pytest.skip(f"cannot ptrace here: {line}")
+        held = int(line)
+        kf = write_session(tmp_path, os.getpid(), [other.pid, held],
+                           {other.pid: start_of(other.pid), held: start_of(held)})
+        t0 = time.monotonic()
+        rc = tkill.tkill(kf, systemd=True, timeout=0.3, kill_wait=0.5)
+        took = time.monotonic() - t0
+        err = capsys.readouterr().err
+        what = tracer.stdout.readline().strip()
+        if what != "exit-stop":
+            pytest.skip(f"this kernel does not hold a SIGKILLed tracee ({what})")
+        assert rc == tkill.EXIT_LEFT, err
+        assert f"1 client left: {held} did not exit after SIGKILL" in err, err
+        assert os.path.exists(kf)                     # kept for another try
+        assert other.wait(timeout=5) == -signal.SIGHUP
+        assert took < 5, took
+    finally:
+        if held:                                      # whatever happened: end the client,
+            try:
+                os.kill(held, signal.SIGKILL)         # (a tracee: its pid cannot be reused)
+            except OSError:
+                pass
+        tracer.stdin.close()                          # and let it finish exiting
+        try:
+            tracer.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            tracer.kill()
+            tracer.wait(timeout=10)
+
+
+# ------------------------------------------------------------------ a large real session
+
+N_CLIENTS = 1100        # more than a login session's 1,024 descriptors
+LOGIN_NOFILE = 1024     # the default soft RLIMIT_NOFILE of a login session
+
+
+def _wait_for(what: str, cond, timeout: float, diag=lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not within {timeout:.0f} s\n{diag()}")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("tkill_hard", [None, LOGIN_NOFILE], ids=["raise", "batches"])
+def test_by_hand_ends_1100_blocked_stock_clients(lam_session, lamd_pkg, kclient, monkeypatch,
+                                                  tkill_hard):
+    """Issue 9: more attached clients than a login session's descriptors.
+
+    1,100 stock liblam clients (tests/c/kclient.c built with mpicc.lam), each
+    blocked in krecv, attached to our daemon; the daemon, the clients and
+    lamd-tkill all run as lamtest with the soft nofile limit at 1,024. The
+    hard limit is the host's ("raise": tkill raises its soft limit and pins
+    every client at once) or, for tkill only, 1,024 too ("batches": it must
+    reuse its descriptors). lamd-tkill by hand: exit 0, every client and the
+    daemon gone, socket, kill file and session directory removed, in well
+    under a minute."""
+    from . import lamenv
+
+    s = lam_session
+    limit = _nofile(LOGIN_NOFILE)
+    monkeypatch.setattr(s, "popen", functools.partial(s.popen, preexec_fn=limit))
+    d = lamenv.PyDaemon(s, lamd_pkg)
+    spawner = None
+    log = s.work / "clients.out"
+    try:
+        d.start()
+        # One shell starts every client, in a process group of their own
+        # (the finally below ends the whole group, whatever happens).
+        script = (f'i=0; while [ $i -lt {N_CLIENTS} ]; do '
+                  f'"$0" block 4711 0 64 & i=$((i+1)); done; wait')
+        with open(log, "a") as out:
+            spawner = s.popen(["sh", "-c", script, str(kclient)], stdout=out,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+
+        def attached() -> int:
+            text = log.read_text(errors="replace")
+            if "FAIL" in text:
+                pytest.fail("a client failed:\n" + text[-3000:] + "\n" + d.log()[-3000:])
+            return text.count("ATTACHED")
+        _wait_for(f"{N_CLIENTS} clients attached", lambda: attached() == N_CLIENTS, 60,
+                  lambda: f"{attached()} attached\n{d.log()[-3000:]}")
+        listed = lamenv.read_killfile(s.killfile)
+        assert listed[0] == d.proc.pid and len(listed) == N_CLIENTS + 1, len(listed)
+        clients = {pid: start_of(pid) for pid in listed[1:]}
+
+        def blocked() -> int:    # attached, then asleep: waiting in krecv for a reply
+            return sum(1 for pid in clients if tkill.proc_stat(pid) and
+                       open(f"/proc/{pid}/stat", "rb").read().rsplit(b")", 1)[1].split()[0]
+                       == b"S")
+        _wait_for("every client blocked", lambda: blocked() == N_CLIENTS, 30,
+                  lambda: f"{blocked()} blocked")
+
+        t0 = time.monotonic()
+        cp = s.run([lamenv.SYSTEM_PYTHON, "-m", "lamd.tools.tkill", "-v"], timeout=60,
+                   env=dict(s.env, PYTHONPATH=str(lamd_pkg), PYTHONDONTWRITEBYTECODE="1"),
+                   preexec_fn=_nofile(LOGIN_NOFILE, tkill_hard))
+        took = time.monotonic() - t0
+        print(f"\nlamd-tkill ended {N_CLIENTS} blocked clients and the daemon in {took:.2f} s:\n"
+              f"{cp.stderr.strip()}")
+        try:
+            spawner.wait(timeout=10)         # the shell has reaped every client
+        except subprocess.TimeoutExpired:
+            pass                             # some are left: said just below
+        running = [pid for pid, st in clients.items() if not _gone(pid, st)]
+        assert not running, (f"{len(running)} of {N_CLIENTS} clients still running after "
+                             f"lamd-tkill (exit {cp.returncode}): {cp.stderr}")
+        assert cp.returncode == 0, cp.stderr
+        assert "left" not in cp.stderr, cp.stderr
+        assert d.proc.wait(timeout=10) == 0, d.log()[-3000:]
+        d.expect_exit = True
+        assert not s.socket.exists() and not s.killfile.exists()
+        assert not s.session_dir.exists()
+        assert took < 30, f"lamd-tkill took {took:.1f} s"
+        held = int(re.search(r"holding up to (\d+) pidfds", cp.stderr).group(1))
+        if tkill_hard == LOGIN_NOFILE:
+            assert held < N_CLIENTS, cp.stderr            # it really went in batches
+        elif resource.getrlimit(resource.RLIMIT_NOFILE)[1] > N_CLIENTS + 100:
+            assert held >= N_CLIENTS, cp.stderr           # it really raised its limit
+    finally:
+        if spawner is not None:
+            try:
+                os.killpg(spawner.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            spawner.wait(timeout=10)
+        d.expect_exit = True
+        d.stop()

@@ -19,24 +19,38 @@ import os
 from typing import Callable, Iterable
 
 
-def proc_starttime(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks), or None."""
+def read_proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks) from ``/proc/PID/stat``; None if no such process.
+
+    Any other failure (EMFILE, ENFILE, EACCES, ...) is raised: not being able
+    to look is not the same as the process being gone.
+    """
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError):
         return None
     try:
         data = os.read(fd, 4096)
-    except OSError:
+    except ProcessLookupError:
         return None
     finally:
         os.close(fd)
     # the command name (field 2) may hold spaces and parentheses: split after it
-    rest = data[data.rindex(b")") + 2:].split()
+    end = data.rfind(b")")
+    rest = data[end + 2:].split() if end >= 0 else []
     try:
-        return int(rest[19])
-    except (IndexError, ValueError):
+        return rest[0].decode("ascii"), int(rest[19])
+    except (IndexError, ValueError, UnicodeDecodeError):
         return None
+
+
+def proc_starttime(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks), or None."""
+    try:
+        st = read_proc_stat(pid)
+    except OSError:
+        return None
+    return None if st is None else st[1]
 
 
 _libc = None
