@@ -180,6 +180,254 @@ def test_strings_that_do_not_fit_are_refused():
 
 
 # ---------------------------------------------------------------------------
+# 2. what stock tools send: captured on our daemon, decoded with the codec
+
+def run_tool(s: lamenv.Session, argv, timeout: float = 20):
+    """Run a stock tool as lamtest: stdin /dev/null, stdout/stderr to files
+    (so the descriptors it passes are recognisable). -> (rc, out, err, pid)"""
+    out_path, err_path = s.work / "tool.out", s.work / "tool.err"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        p = s.popen([str(a) for a in argv], stdout=out, stderr=err)
+        try:
+            rc = s._wait_reaping(p, timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            pytest.fail(f"{argv} timed out after {timeout} s")
+    return rc, out_path.read_text(), err_path.read_text(), p.pid
+
+
+def tool_stdio(s: lamenv.Session) -> list[str]:
+    return ["/dev/null", str(s.work / "tool.out"), str(s.work / "tool.err")]
+
+
+class Packet:
+    """One captured packet: header, body and the service struct decoded."""
+
+    DECODE = {
+        "kenyad": lambda h, b: PReq.unpack(b),
+        "filed": lambda h, b: FReq.from_data(h.data),
+        "flatd": lambda h, b: FlReq.from_data(h.data),
+        "traced": lambda h, b: TrReq.from_data(h.data),
+        "loadd": lambda h, b: wire.LReq.from_data(h.data),
+    }
+
+    def __init__(self, svc: str, nmsg: bytes, body: bytes, fds=None):
+        self.svc, self.head, self.body, self.fds = svc, NMsg.unpack(nmsg), body, fds
+        self.q = self.DECODE[svc](self.head, body)
+
+    def __repr__(self):
+        return f"<{self.svc} {self.q} body={self.body[:60]!r} fds={self.fds}>"
+
+
+STUB_LOG = re.compile(r"DEBUG (\w+): packet nmsg=([0-9a-f]+) body=([0-9a-f]*)$")
+
+
+def stub_packets(daemon) -> list[Packet]:
+    got = []
+    for line in daemon.log().splitlines():
+        m = STUB_LOG.search(line)
+        if m:
+            got.append(Packet(m[1], bytes.fromhex(m[2]), bytes.fromhex(m[3])))
+    return got
+
+
+def test_stubs_log_what_the_tools_send(lam_session, lamd_pkg, request):
+    """Our daemon as it is (stubs answering ESERVICE), logging at debug: each
+    tool's first service request, decoded.  The stubs still refuse."""
+    s = lam_session
+    d = lamenv.PyDaemon(s, lamd_pkg, ["--log-level", "debug"])
+    request.node._lam_daemons = [d]
+    d.start()
+    try:
+        rc, out, err, lamexec = run_tool(s, ["lamexec", "-np", "1", "/bin/true"])
+        assert rc != 0 and "lamexec (set_stdio): service unavailable" in err, (rc, out, err)
+        rc, out, err, lamclean = run_tool(s, ["lamclean"])
+        assert rc != 0 and "lamclean (rpdoom): service unavailable" in err, (rc, out, err)
+        rc, out, err, mpitask = run_tool(s, ["mpitask"])
+        assert rc == 0 and "<running>" not in out, (rc, out, err)  # ESERVICE: nothing to list
+    finally:
+        d.stop()
+    p = stub_packets(d)
+    assert [(x.svc, x.q.req) for x in p] == [
+        ("filed", FQOPENFD), ("kenyad", PQDOOM), ("kenyad", PQSTATE)], p
+    # lam_lfopenfd: the request in nh_data, its fd-server socket as the body
+    fq = p[0]
+    assert (fq.head.event, fq.head.node, fq.head.length) == (EVFILED, LOCAL, len(fq.body))
+    assert fq.q.src_event == -lamexec and fq.q.src_node == 0
+    assert fq.body == wire.fd_server_path(str(s.session_dir), lamexec).encode() + b"\0"
+    # rpdoom(node, SELECT_APPL, 0, SIGUDIE): a whole preq body, big-endian
+    doom = p[1]
+    assert (doom.head.event, doom.head.length) == (EVKENYAD, PReq.SIZE)
+    assert (doom.q.src_node, doom.q.src_event) == (0, -lamclean)
+    assert (doom.q.sel_method, doom.q.sel_value, doom.q.signal) == (SELECT_APPL, 0, SIGUDIE)
+    # rpstate(node, SELECT_MPI, 0, table, PMAX)
+    st = p[2].q
+    assert (st.src_event, st.sel_method, st.maxproc) == (-mpitask, SELECT_MPI, wire.PMAX)
+
+
+@pytest.fixture
+def recorder(lam_session, lamd_pkg, request):
+    """Start our lamd with the recording services (tests/jobs_recorder.py);
+    ``start(exit_status)`` -> the daemon, ``packets()`` -> what was captured."""
+    s = lam_session
+    shutil.copy(HERE / "jobs_recorder.py", s.work / "jobs_recorder.py")
+    (s.work / "jobs_recorder.py").chmod(0o644)
+    record = s.work / "record.jsonl"
+    started = []
+
+    class Recorder:
+        def start(self, exit_status: int = 0):
+            d = lamenv.PyDaemon(s, lamd_pkg, module="jobs_recorder", env={
+                "PYTHONPATH": str(s.work), "LAMD_JOBS_RECORD": str(record),
+                "LAMD_JOBS_EXIT": str(exit_status)})
+            request.node._lam_daemons = [d]
+            started.append(d)
+            d.start()
+            return d
+
+        def packets(self) -> list[Packet]:
+            if not record.exists():
+                return []
+            recs = [json.loads(line) for line in record.read_text().splitlines()]
+            record.unlink()
+            return [Packet(r["svc"], bytes.fromhex(r["nmsg"]), bytes.fromhex(r["body"]),
+                           r.get("fds")) for r in recs]
+
+    try:
+        yield Recorder()
+    finally:
+        for d in started:
+            d.stop()
+
+
+def _flat_blob(packets, tag):
+    loads = [x for x in packets if x.svc == "flatd" and x.q.req == FLQLOAD and x.q.tag == tag]
+    assert loads and loads[0].body == b"", loads  # the opening FLQLOAD has no body
+    blob = b"".join(x.body for x in loads[1:])
+    assert len(blob) == loads[0].q.ldlength == loads[0].q.malength
+    assert all(len(x.body) <= MAXNMSGLEN for x in loads)
+    return blob
+
+
+def test_lamexec_launch_as_kenyad_sees_it(lam_session, recorder):
+    """lamexec -np 1 -x ... prog args: FQOPENFD, the argv/env blob into flatd,
+    PQCREATE with RTF_PFDIO, then (our exit notice, status 3) PQDOOM; the tool
+    reads our PReply exit notice and reports pid, node and status."""
+    s = lam_session
+    from tests.jobs_recorder import FAKE_PID, TFDS
+    recorder.start(exit_status=3)
+    t0 = time.monotonic()
+    rc, out, err, pid = run_tool(s, ["lamexec", "-np", "1", "-x", "LAMD_A=one,LAMD_B=two",
+                                     "/bin/echo", "hello", "two words"])
+    took = time.monotonic() - t0
+    assert rc == 3 and out == f"{FAKE_PID} (n0) exited with status 3\n" and err == "", \
+        (rc, out, err)
+    assert took < 10, took  # lamexec's own error_cleanup sleeps 1 s
+    p = recorder.packets()
+    assert [(x.svc, x.q.req) for x in p] == [
+        ("filed", FQOPENFD), ("flatd", FLQLOAD), ("flatd", FLQLOAD), ("kenyad", PQCREATE),
+        ("kenyad", PQDOOM), ("filed", wire.FQCLOSE), ("filed", wire.FQCLOSE),
+        ("filed", wire.FQCLOSE)], p
+    openfd = p[0]
+    assert openfd.body == wire.fd_server_path(str(s.session_dir), pid).encode() + b"\0"
+    assert openfd.fds == tool_stdio(s)  # filed gets the tool's own stdin/out/err
+
+    blob = _flat_blob(p, tag=pid)  # rflatv tags the blob with the tool's pid
+    create = p[3]
+    q = create.q
+    assert (create.head.event, create.head.type, create.head.length) == (EVKENYAD, 0, PReq.SIZE)
+    assert (q.src_node, q.src_event) == (0, -pid)
+    assert q.name == "/bin/echo"  # resolved by the tool
+    assert q.rtf == RTF_WAIT | RTF_IO | RTF_PFDIO | RTF_PTYS
+    assert q.rtf == wire.launch_rtf(RTF_WAIT | RTF_IO | RTF_PTYS, local=True)
+    assert (q.argv, q.loadpt) == (pid, 0)
+    assert q.jobid == JobId(0, pid)
+    assert (q.stdin, q.stdout, q.stderr) == (TFDS.stdin, TFDS.stdout, TFDS.stderr)
+    assert (q.world, q.parent, q.rank) == (1, 0, 0)
+    assert q.wrkdir == str(s.work)  # the tool's cwd
+    argv, envv = wire.child_argv(q, q.name, blob)
+    assert argv == ["/bin/echo", "hello", "two words"]
+    assert envv == ["LAMD_B=two", "LAMD_A=one"]  # -x is read back to front
+    assert q.envsize == len(b"LAMD_B=two\nLAMD_A=one")
+    assert create.fds == tool_stdio(s)  # RTF_PFDIO: the tool's own fds, not filed's tfds
+
+    env = wire.child_environment(q, envv, {"PATH": "/bin"}, kenyad_pid=777)
+    assert env == {"PATH": "/bin", "TROLLIUSFD": "0:3:4:5",
+                   "TROLLIUSRTF": str(q.rtf | RTF_KENYA_CHILD), "LAMJOBID": f"0:{pid}",
+                   "LAMKENYAPID": "777", "LAMWORLD": "1", "LAMPARENT": "0", "LAMRANK": "0",
+                   "LAMD_B": "two", "LAMD_A": "one"}
+    assert wire.child_workdir(q, q.name) == str(s.work)
+
+    doom = p[4].q  # app_doom after a failed child: a Unix SIGTERM by pid
+    assert (doom.src_event, doom.sel_method, doom.sel_value, doom.signal) == \
+        (-pid, SELECT_PID, FAKE_PID, -signal.SIGTERM)
+    # at exit the tool closes the filed descriptors it was given
+    assert [x.q.tfd for x in p[5:]] == [3, 4, 5]
+
+
+def test_mpirun_and_lamexec_f(lam_session, recorder):
+    """mpirun: RTF_MPIRUN, no RTF_PTYS, no job environment (LAM_MPI_SESSION_PREFIX
+    is never exported); our exit notice before any MPI_Init message makes it
+    report "did not invoke MPI_INIT" (EMPINOINIT) and doom the process.
+    lamexec -f: no stdio step at all, the default descriptors 0/1/2."""
+    s = lam_session
+    from tests.jobs_recorder import FAKE_PID
+    recorder.start(exit_status=0)
+    rc, out, err, pid = run_tool(s, ["mpirun", "-np", "1", "/bin/true"])
+    assert rc == wire.EMPINOINIT & 0xFF and "did not invoke MPI_INIT" in err, (rc, out, err)
+    p = recorder.packets()
+    assert [(x.svc, x.q.req) for x in p][:5] == [
+        ("filed", FQOPENFD), ("flatd", FLQLOAD), ("flatd", FLQLOAD), ("kenyad", PQCREATE),
+        ("kenyad", PQDOOM)], p
+    q = p[3].q
+    assert q.rtf == RTF_MPIRUN | RTF_WAIT | RTF_IO | RTF_PFDIO
+    assert (q.name, q.envsize, q.jobid, q.world, q.rank) == ("/bin/true", 0, JobId(0, pid), 1, 0)
+    assert wire.child_argv(q, q.name, _flat_blob(p, pid)) == (["/bin/true"], [])
+    assert (p[4].q.sel_method, p[4].q.sel_value, p[4].q.signal) == (SELECT_PID, FAKE_PID, -15)
+
+    rc, out, err, pid = run_tool(s, ["lamexec", "-f", "N", "true"])
+    assert rc == 0 and out == err == "", (rc, out, err)
+    p = recorder.packets()
+    assert [(x.svc, x.q.req) for x in p] == [
+        ("flatd", FLQLOAD), ("flatd", FLQLOAD), ("kenyad", PQCREATE)], p
+    q = p[2].q
+    assert q.rtf == RTF_WAIT | RTF_PTYS and p[2].fds is None
+    assert os.path.isabs(q.name) and os.path.samefile(q.name, shutil.which("true"))
+    assert (q.stdin, q.stdout, q.stderr) == (0, 1, 2)
+    assert wire.child_argv(q, q.name, _flat_blob(p, pid)) == (["true"], [])
+
+
+def test_mpitask_lamclean_lamtrace(lam_session, recorder):
+    """mpitask reads our PState records (a fake MPI process, then EEOF);
+    lamclean and lamtrace send what their sources say, traced's sweeps
+    with no reply expected."""
+    s = lam_session
+    recorder.start()
+    rc, out, err, pid = run_tool(s, ["mpitask"])
+    assert rc == 0 and re.search(r"^3 fakeprog +<running>$", out, re.M), (rc, out, err)
+    (st,) = recorder.packets()
+    assert (st.q.req, st.q.src_event, st.q.sel_method, st.q.maxproc) == \
+        (PQSTATE, -pid, SELECT_MPI, wire.PMAX)
+
+    rc, out, err, pid = run_tool(s, ["lamclean"])
+    assert rc == 0, (rc, out, err)
+    p = recorder.packets()
+    assert [(x.svc, x.q.req) for x in p] == [
+        ("kenyad", PQDOOM), ("filed", FQRMFD), ("traced", TRQSWEEP), ("traced", TRQCLEANOBJS)], p
+    assert (p[0].q.sel_method, p[0].q.signal, p[0].q.src_event) == (SELECT_APPL, SIGUDIE, -pid)
+    assert (p[1].q.tfd, p[1].q.src_event) == (wire.NOTFD, -pid)
+    assert (p[2].q.lnum, p[2].q.pid) == (TRANYLIST, TRANYPID)
+    assert p[3].q.lnum == TRANYLIST  # the rest of lam_rtrcleanobjs's trreq is stack garbage
+
+    rc, out, err, pid = run_tool(s, ["lamtrace", "-f", "0", "trace.out"])
+    assert rc == 0, (rc, out, err)
+    p = recorder.packets()
+    assert [(x.svc, x.q.req) for x in p] == [("kenyad", PQDOOM), ("traced", TRQFORGET)], p
+    assert (p[0].q.sel_method, p[0].q.signal) == (SELECT_APPL, LAM_SIGTRACE)
+    assert (p[1].q.src_event, p[1].q.lnum, p[1].q.pid) == (-pid, TRANYLIST, TRANYPID)
+
+
+# ---------------------------------------------------------------------------
 # 3. pure functions
 
 def test_flat_blob_as_rflatv_and_kenyad_see_it():
