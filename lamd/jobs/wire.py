@@ -55,57 +55,68 @@ Not on the wire, hence not here: ``struct penv``, ``apparg``/``appenv``/
 What a launch looks like on the wire, in order (one node, as captured from
 the stock tools by ``tests/test_jobs_wire.py``):
 
-``lamexec -np 1 prog args`` / ``mpirun -np 1 prog``
-  1. ``kinit(PRCMD)`` (kernel attach, versiond), ``getnodeid``/``getnodes``
-     (router), ``rbfparms`` never on one node.
-  2. stdio (unless ``-f``): filed ``FQOPENFD`` in ``nh_data``
-     (``fq_src_event = -pid``), body = ``"<session>/lam-<pid>\\0"``.  The
+``lamexec -np 1 -x A=1 prog args`` / ``mpirun -np 1 prog``
+  1. ``kinit(PRCMD)`` (kernel attach, versiond), node lookups (router).
+     mpirun's GER setup (``asc_ger``/``rbfparms``) is compiled out.
+  2. stdio (unless ``-f``): filed ``FQOPENFD`` in ``nh_data`` (``fq_src_event
+     = -pid``, ``nh_node`` LOCAL), body = ``"<session>/lam-<pid>\0"``.  The
      tool has already made that socket and now blocks in ``accept()``:
-     filed connects, takes stdin, stdout, stderr (each ``sfh_recv_fd``: 1 byte
-     with SCM_RIGHTS, then a 1-byte ack back), writes ``int4 tfds[3]``
+     filed connects, takes stdin, stdout, stderr (each ``sfh_send_fd``: 1
+     byte with SCM_RIGHTS, then a 1-byte ack back), writes ``int4 tfds[3]``
      (native) on the socket, closes it, then replies ``freply {0, 0}``.  The
      tfds become the tool's ``ki_stdin/out/err`` (stdin stays 0 when it is a
      tty).
-  3. per process (``asc_run`` -> ``rploadgov`` -> ``rpcreatev`` on one node):
-     the client resolves the program to a full path itself, then
-     ``rflatv``: flatd ``FLQLOAD`` with no body (``flq_tag = pid``,
-     ``flq_ldlength = flq_malength = size``), reply ``flreply {0}``; then the
-     argv/env blob as ``FLQLOAD`` packets of at most MAXNMSGLEN (same
-     ``nh_data``), reply ``flreply {0}`` once all bytes are in.  On failure
-     the client sends ``FLQCLEAN`` for the tag.
-  4. kenyad ``PQCREATE``: ``preq`` body, ``pq_name`` = full path,
-     ``pq_argv`` = the flat tag, ``pq_envsize``, ``pq_rank`` (the process's
-     rank in the job), ``pq_rtf`` (see :func:`launch_rtf`), ``pq_jobid =
-     {nodeid, tool pid}``, ``pq_stdin/out/err`` = the filed tfds,
-     ``pq_world`` = job size, ``pq_parent`` = 0, ``pq_wrkdir`` = the tool's
-     cwd.  With ``RTF_PFDIO`` the tool again made ``<session>/lam-<pid>``
-     and blocks in accept: kenyad connects and takes the tool's *own* 0, 1, 2
-     (not the filed tfds: on one node the child writes straight to the
-     tool's stdout) before it forks; it then replies ``preply {0, child pid,
-     table index (1-based), node}``.  If kenyad fails before taking the fds
-     it must still connect and close (``exit_protocol``) or the tool hangs.
-  5. the tool waits: ``rpwait`` receives a ``preply`` (big-endian) of
-     *type 1* on :func:`wait_event` (``-pid & 0xBFFFFFFF``), which kenyad
-     sends when the child is detached (it died, or an MPI process called
-     ``lpdetach`` in MPI_Finalize): ``pr_reply`` = LAM exit status
-     (:func:`lam_exit_status`), ``pr_pid``, ``pr_nodeid``.  mpirun first
-     receives type 2 (``lam_send_pid_idx`` from MPI_Init, ``nh_data`` =
-     ``{rank, pid, kenyad index}``) with the type mask 3, so a type-1 notice
-     before MPI_Init means "died before MPI_INIT".
-  6. on a failed child: ``app_doom`` = kenyad ``PQDOOM`` per process
+  3. per process (``asc_run`` -> ``rploadgov`` -> ``rpcreatev`` on one node;
+     the tool resolves the program to a full path itself): ``rflatv`` =
+     flatd ``FLQLOAD`` without a body (``flq_tag`` = tool pid,
+     ``flq_ldlength = flq_malength`` = blob size), reply ``flreply {0}``;
+     then the argv/env blob (:func:`glue_flat_args`) as ``FLQLOAD`` packets
+     of at most MAXNMSGLEN with the same ``nh_data``, reply ``flreply {0}``
+     once all bytes are in.  On an error reply the tool sends ``FLQCLEAN``.
+  4. kenyad ``PQCREATE``: ``preq`` body (4440 bytes), ``pq_name`` = full
+     path, ``pq_argv`` = the flat tag, ``pq_envsize``, ``pq_rank`` (rank in
+     the job), ``pq_rtf`` (:func:`launch_rtf`: lamexec ``RTF_WAIT | RTF_IO |
+     RTF_PFDIO | RTF_PTYS``, mpirun ``RTF_MPIRUN | RTF_WAIT | RTF_IO |
+     RTF_PFDIO``), ``pq_jobid = {node, tool pid}``, ``pq_stdin/out/err`` =
+     the filed tfds (0, 1, 2 with ``-f``), ``pq_world`` = job size,
+     ``pq_parent`` = 0, ``pq_wrkdir`` = the tool's cwd.  With ``RTF_PFDIO``
+     the tool again made ``<session>/lam-<pid>`` and blocks in accept until
+     kenyad connects and takes the tool's *own* 0, 1, 2 (the child gets them
+     directly; the filed tfds only go into ``TROLLIUSFD``).  kenyad replies
+     ``preply {0, child pid, table index (1-based), node}``.  A kenyad that
+     fails before taking the fds must still connect and close
+     (``exit_protocol``) or the tool blocks in accept forever.
+  5. the tool waits: ``rpwait`` receives a ``preply`` (big-endian) of type
+     :data:`EXIT_NOTICE_TYPE` on :func:`wait_event` (``-pid & 0xBFFFFFFF``),
+     which kenyad sends when the process is detached: it died (status from
+     :func:`lam_exit_status`), or an MPI process called ``lpdetach`` in
+     MPI_Finalize (status ``pq_status``).  mpirun first receives MPI_Init's
+     type-2 messages (``nh_data = {rank, pid, kenyad index}``) with the type
+     mask 3, so a type-1 notice first means "did not invoke MPI_INIT"
+     (EMPINOINIT).  lamexec prints ``"<pid> (n<node>) exited with status
+     <s>"`` for a non-zero status and exits with it.
+  6. after a failure: ``app_doom`` = kenyad ``PQDOOM`` per process
      (``SELECT_PID``, ``pq_signal = -15``: a negative signal is a Unix
-     ``kill()``, a positive one a LAM signal through the kernel).
+     ``kill()``, a positive one a LAM signal through the kernel), then
+     lamexec sleeps 1 s draining stray notices.
+  7. at exit (``lam_rfatexit``) the tool sends filed ``FQCLOSE`` for each of
+     its stdio tfds above 2, and does not care about the answers.
 
 ``mpitask``: kenyad ``PQSTATE`` (``SELECT_MPI``, ``pq_maxproc = PMAX``);
 kenyad answers one ``pstate`` per match and a last one with ``ps_reply =
 EEOF`` while ``maxproc`` is not used up.  ``lamclean``: ``PQDOOM
 (SELECT_APPL, SIGUDIE)``, filed ``FQRMFD(NOTFD)``, traced ``TRQSWEEP`` and
 ``TRQCLEANOBJS`` (neither is answered), bufferd ``BFQWIPE``.
-``lamtrace``: ``PQDOOM(SELECT_APPL, LAM_SIGTRACE)`` with ``-f``, then traced
-``TRQFORGET``/``TRQGET`` (a ``trreply`` with the total length, then one
-message per trace buffer).  MPI processes: ``lpattach`` = ``PQATTACH``
-**without a reply**, ``rpstate(SELECT_PID, self)``, ``lpdetach`` =
-``PQDETACH`` (replied).
+``lamtrace -f 0``: ``PQDOOM(SELECT_APPL, LAM_SIGTRACE)``, then traced
+``TRQFORGET`` (``TRQGET`` with ``-k``): a ``trreply`` with the total length,
+then one message per trace buffer.  MPI processes: ``lpattach`` =
+``PQATTACH`` **without a reply**, ``rpstate(SELECT_PID, self)``,
+``lpdetach`` = ``PQDETACH`` (replied).
+
+Only the fields a request defines carry anything: Debian builds LAM with
+``LAM_DISINFECT 0``, so ``LAM_ZERO_ME`` does nothing and every other field
+of a request (``pq_name`` of a PQDOOM, ``trq_src_event`` of a TRQSWEEP,
+...) is the sender's stack garbage.
 
 How kenyad starts the child (environment, argv, working directory, exit
 status) is in :func:`child_environment`, :func:`child_argv`,
