@@ -301,9 +301,14 @@ class PyDaemon:
 
     kind = "py"
 
-    def __init__(self, session: Session, pkgdir: Path, args: list[str] | None = None):
+    def __init__(self, session: Session, pkgdir: Path, args: list[str] | None = None,
+                 module: str = "lamd", env: dict | None = None):
         self.s = session
         self.pkgdir = pkgdir
+        #: ``python3 -m MODULE``; *env* adds to (PYTHONPATH: prepends to) the
+        #: session environment (tests that boot lamd with other internal processes)
+        self.module = module
+        self.extra_env = dict(env or {})
         self.args = args if args is not None else [
             "--log-level", os.environ.get("LAMD_TEST_LOG_LEVEL", "info")]
         self.logfile = session.work / "lamd.stderr"
@@ -316,9 +321,11 @@ class PyDaemon:
         self.expect_exit = False
 
     def start(self) -> None:
-        env = dict(self.s.env, PYTHONPATH=str(self.pkgdir), PYTHONDONTWRITEBYTECODE="1")
+        extra = dict(self.extra_env)
+        path = os.pathsep.join(filter(None, [extra.pop("PYTHONPATH", ""), str(self.pkgdir)]))
+        env = dict(self.s.env, **extra, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
         self._log = open(self.logfile, "w")
-        self.proc = self.s.popen([SYSTEM_PYTHON, "-m", "lamd", *self.args], env=env,
+        self.proc = self.s.popen([SYSTEM_PYTHON, "-m", self.module, *self.args], env=env,
                                  stdout=self._log, stderr=subprocess.STDOUT)
         if not self.s.wait_socket(10, alive=lambda: self.proc.poll() is None):
             rc = self.proc.poll()

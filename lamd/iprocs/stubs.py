@@ -193,9 +193,11 @@ def make_stub(name: str, event: int,
         session = k.config.get("session")
         while True:
             msg = await nrecv(k, event, 0, MAXNMSGLEN)
+            _log_packet(name, msg)
             first = msg
             while msg.head.flags & NMORE:  # drain the rest of a long request
                 msg = await nrecv(k, event, 0, MAXNMSGLEN)
+                _log_packet(name, msg)
             r = reply_of(first, k)
             log.warning("%s: request %d from pid %d refused: %s is not available "
                         "in this lamd", name, _request_code(name, first), -r.event, name)
@@ -213,6 +215,12 @@ def make_stub(name: str, event: int,
     return stub
 
 
+def _log_packet(name: str, msg: NetMsg) -> None:
+    """Debug: the raw ``struct nmsg`` and body (decode with lamd.jobs.wire)."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s: packet nmsg=%s body=%s", name, msg.head.pack().hex(), msg.body.hex())
+
+
 def _request_code(name: str, msg: NetMsg) -> int:
     if name == "kenyad":
         return PREQ_HEAD.unpack_from(msg.body.ljust(PREQ_HEAD.size, b"\0"))[2]
@@ -225,6 +233,7 @@ def make_idle(name: str, event: int) -> IProcMain:
     async def idle(k: IProc) -> None:
         while True:
             msg = await nrecv(k, event, 0, MAXNMSGLEN, NOBUF)
+            _log_packet(name, msg)
             log.warning("%s: dropped a packet (event %d type %d): one-node universe",
                         name, msg.head.event, msg.head.type)
 

@@ -1,0 +1,16 @@
+"""Job launch: LAM's process and I/O services, to run as a separate "jobs" process.
+
+``lamexec``, ``mpirun``, ``mpitask``, ``lamclean`` and ``lamtrace`` need the
+services the C lamd runs as internal processes: kenyad (process creation and
+control, ``otb/sys/kenyad/``), filed (remote files, and the caller's stdio
+passed over a Unix socket, ``otb/sys/filed/``), flatd (argv/environment and
+program images by tag, ``otb/sys/flatd/``), loadd (program loading between
+nodes), traced (trace store) and iod (stdio forwarding for remote nodes).
+Here they will live in one process attached to the kernel as a client, so a
+fork/exec, a blocking descriptor pass or a crash never touches the kernel.
+
+* :mod:`lamd.jobs.wire` - the services' request and reply structs and
+  constants, byte for byte as stock liblam writes and reads them (proven by
+  ``tests/test_jobs_wire.py``), and kenyad's rules for a child's
+  environment, argv and exit status as pure functions.
+"""
