@@ -115,7 +115,7 @@ class Watch:
 
     def cancel(self) -> None:
         """Stop watching; events of it not yet taken are dropped. Idempotent."""
-        if self.active and self.proc.iproc is not None and self.proc.iproc.kernel is not None:
+        if self.proc.iproc is not None and self.proc.iproc.kernel is not None:
             self.proc.iproc.kernel.unwatch(self)
 
     def __repr__(self) -> str:
@@ -376,11 +376,11 @@ class KIProcDriver:
         return w
 
     def unwatch(self, w: Watch) -> None:
-        """Cancel *w*: the I/O layer stops it, its queued events go."""
-        if not w.active:
-            return
-        self._forget(w)
-        self._out.append(Unwatch(w.id))
+        """Cancel *w*: the I/O layer stops it, its queued events go (also
+        those of a one-shot that has fired, and so is already inactive)."""
+        if w.active:
+            self._forget(w)
+            self._out.append(Unwatch(w.id))
         mb = w.proc.mailbox
         if mb:
             w.proc.mailbox = deque(ev for ev in mb if ev.watch is not w)
