@@ -525,7 +525,12 @@ class KIProcDriver:
             return
         pto = entry[0]
         if pto.index in self.procs and pto.state == KSREADY:
-            self._block(pto, KSRECV)  # type: ignore[attr-defined]
+            # an interruptible receive whose event fired meanwhile ends with it
+            ev = self._queued_event(pto, pto.wanted) if pto.wanted is not None else None
+            if ev is not None:
+                self._take_event(pto, ev)
+            else:
+                self._block(pto, KSRECV)  # type: ignore[attr-defined]
 
     def _take(self) -> list[Any]:
         out, self._out = self._out, []
