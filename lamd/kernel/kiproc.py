@@ -115,7 +115,7 @@ class Watch:
 
     def cancel(self) -> None:
         """Stop watching; events of it not yet taken are dropped. Idempotent."""
-        if self.active and self.proc.iproc is not None and self.proc.iproc.kernel is not None:
+        if self.proc.iproc is not None and self.proc.iproc.kernel is not None:
             self.proc.iproc.kernel.unwatch(self)
 
     def __repr__(self) -> str:
@@ -376,11 +376,11 @@ class KIProcDriver:
         return w
 
     def unwatch(self, w: Watch) -> None:
-        """Cancel *w*: the I/O layer stops it, its queued events go."""
-        if not w.active:
-            return
-        self._forget(w)
-        self._out.append(Unwatch(w.id))
+        """Cancel *w*: the I/O layer stops it, its queued events go (also
+        those of a one-shot that has fired, and so is already inactive)."""
+        if w.active:
+            self._forget(w)
+            self._out.append(Unwatch(w.id))
         mb = w.proc.mailbox
         if mb:
             w.proc.mailbox = deque(ev for ev in mb if ev.watch is not w)
@@ -525,7 +525,12 @@ class KIProcDriver:
             return
         pto = entry[0]
         if pto.index in self.procs and pto.state == KSREADY:
-            self._block(pto, KSRECV)  # type: ignore[attr-defined]
+            # an interruptible receive whose event fired meanwhile ends with it
+            ev = self._queued_event(pto, pto.wanted) if pto.wanted is not None else None
+            if ev is not None:
+                self._take_event(pto, ev)
+            else:
+                self._block(pto, KSRECV)  # type: ignore[attr-defined]
 
     def _take(self) -> list[Any]:
         out, self._out = self._out, []

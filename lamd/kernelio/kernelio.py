@@ -346,10 +346,14 @@ class KernelIO(Admission, ConnIO):
         if kind == TIMER:
             self._watches[wid] = self.loop.call_later(arg, lambda: self._timer_fired(wid))
         elif kind == READABLE:
+            fd = -1
             try:
                 fd = os.dup(arg)
                 self.loop.add_reader(fd, lambda _ev: self._fire(wid), EPOLLIN | EPOLLONESHOT)
             except OSError as e:
+                if fd >= 0:  # epoll refused it (a regular file: EPERM): drop our copy
+                    self.loop.remove(fd)
+                    os.close(fd)
                 log.warning("cannot watch descriptor %d: %s", arg, e.strerror)
                 self.loop.call_later(0.0, lambda: self._fire(wid))  # report it: a read fails
                 return
