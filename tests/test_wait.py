@@ -753,10 +753,16 @@ def test_live_descriptors_watched_are_closed_when_the_process_ends(tmp_path) -> 
             c.send(EV_GO, 0, b"")
             wait_for(lambda: live.kernel.kpfind(IPROC) is None)
             end = time.monotonic() + 2.0
-            while nfds() != counts["before"] and time.monotonic() < end:
+            while nfds() != counts["before"] + 1 and time.monotonic() < end:
                 time.sleep(0.01)
             counts["after"] = nfds()
             counts["io watches"] = len(live.io._watches)
+            # the child outlives the watch: its pidfd is kept only to reap it
+            os.kill(sleeper, signal.SIGKILL)
+            end = time.monotonic() + 5.0
+            while nfds() != counts["before"] and time.monotonic() < end:
+                time.sleep(0.01)
+            counts["reaped"] = nfds()
 
         live.serve(driver)
     finally:
@@ -765,11 +771,20 @@ def test_live_descriptors_watched_are_closed_when_the_process_ends(tmp_path) -> 
         os.close(pr)
         os.close(pw)
         os.close(regular)
-        os.kill(sleeper, signal.SIGKILL)
-        os.waitpid(sleeper, 0)
+        try:
+            os.kill(sleeper, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            counts["zombie"] = os.waitpid(sleeper, os.WNOHANG)[0]
+        except ChildProcessError:
+            counts["zombie"] = 0  # the daemon reaped it
     # while it watched: copies of the socket and the pipe, and a pidfd (epoll
     # refuses a regular file: that watch reports once, and keeps no copy)
     assert counts["during"] == counts["before"] + 3, counts
-    assert counts["after"] == counts["before"], counts
+    # after: nothing but the pidfd of the still running child, kept to reap it
+    assert counts["after"] == counts["before"] + 1, counts
+    assert counts["reaped"] == counts["before"], counts
+    assert counts["zombie"] == 0, "the daemon left its child unreaped"
     assert counts["io watches"] == 0 and live.kernel._watches == {}
     assert signal.getsignal(signal.SIGUSR2) == usr2

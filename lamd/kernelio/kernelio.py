@@ -403,6 +403,11 @@ class KernelIO(Admission, ConnIO):
             return ChildExit(pid)
         return ChildExit(pid, r.si_code, r.si_status)
 
+    def _reap_quietly(self, w: _ChildWatch) -> None:
+        self.loop.remove(w.pidfd)
+        self._reap(w.pid, w.pidfd)
+        os.close(w.pidfd)
+
     def _watched_signal(self, signo: int) -> None:
         for wid in list(self._sig_watches.get(signo, ())):
             self._fire(wid, signo)
@@ -417,8 +422,10 @@ class KernelIO(Admission, ConnIO):
             self.loop.remove(w.fd)
             os.close(w.fd)
         elif type(w) is _ChildWatch:
+            # nobody waits for it any more, but a child of ours must still be
+            # reaped when it ends: never leave a zombie behind
             self.loop.remove(w.pidfd)
-            os.close(w.pidfd)
+            self.loop.add_reader(w.pidfd, lambda _ev, w=w: self._reap_quietly(w))
         elif type(w) is tuple:
             signo = w[1]
             ids = self._sig_watches.get(signo, [])
