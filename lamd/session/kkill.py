@@ -178,8 +178,9 @@ class KillFile:
         self._clients_lines += len(entries)
 
     def remove(self, pids: list[int],
-               entries: Callable[[], Iterable[tuple[int, int | None]]]) -> None:
-        """Clients *pids* left: cut them off the end, or rewrite from *entries*()."""
+               entries: Callable[[], Iterable[tuple[int, int | None]]]) -> bool:
+        """Clients *pids* left: cut them off the end (True), or rewrite the
+        file from *entries*() (False)."""
         k = len(pids)
         if (self._kill is not None and 0 < k <= len(self._lines)
                 and sorted(pid for pid, _ in self._lines[-k:]) == sorted(pids)):
@@ -187,8 +188,9 @@ class KillFile:
             os.ftruncate(self._kill.live, self._size - cut)  # atomic, and a crash-safe cut
             del self._lines[-k:]
             self._size -= cut
-        else:
-            self.rewrite(entries())
+            return True
+        self.rewrite(entries())
+        return False
 
     def close(self) -> None:
         for f in (self._kill, self._clients):
@@ -205,9 +207,9 @@ class KillFileWriter:
     sight, so the I/O layer and the property tests share one code path:
 
     * :meth:`append` (``KillAppend``): one write, at once, so the client is
-      listed before its attach reply goes out; if a rewrite or removals are
-      pending the file is brought up to date instead (the table already
-      lists the newcomer);
+      listed before its attach reply goes out; pending changes are carried
+      out first, and if that rewrote the file from the table (which already
+      lists the newcomer) nothing is appended;
     * :meth:`remove` (``KillRemove``) and :meth:`rewrite_due`
       (``KillRewrite``): noted, and carried out by :meth:`flush` at the end
       of the turn, the leavers cut off the tail when they are the last
@@ -242,9 +244,9 @@ class KillFileWriter:
         """``KillAppend`` (``kkillwrite``): list a new client now."""
         if self.file is None:
             return
-        if self.due:
-            self.flush()  # the table already lists it
-            return
+        if self.due and self.flush():
+            return  # rewritten from the table, which already lists it
+        # (leavers cut off the tail are not the newcomer: it still needs its line)
         try:
             self.file.append([(pid, None)])
         except OSError as e:
@@ -252,22 +254,27 @@ class KillFileWriter:
                       e.strerror or e, extra={"LAM_ERROR": e.errno})
             self.dirty = True
 
-    def flush(self, *, strict: bool = False) -> None:
-        """``kkillrewrite``: bring the file up to date with the table."""
+    def flush(self, *, strict: bool = False) -> bool:
+        """``kkillrewrite``: bring the file up to date with the table.
+
+        True if the file was written afresh from ``entries()``; False if the
+        leavers were only cut off its tail (or writing failed).
+        """
         removed, self.removed = self.removed, []
         dirty, self.dirty = self.dirty, False
         if self.file is None:
-            return
+            return False
         try:
             if dirty or not removed:
                 self.file.rewrite(self.entries())
-            else:
-                self.file.remove(removed, self.entries)
+                return True
+            return not self.file.remove(removed, self.entries)
         except OSError as e:
             if strict:
                 raise
             log.error("cannot write kill file %s: %s", self.file.killfile, e.strerror,
                       extra={"LAM_ERROR": e.errno})
+            return False
 
     def close(self) -> None:
         if self.file is not None:
