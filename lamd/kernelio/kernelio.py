@@ -25,7 +25,7 @@ from typing import Any, Callable
 from ..kernel import kactions as K
 from ..kernel.kiproc import CHILD, READABLE, SIGNAL, TIMER, ChildExit
 from ..kernel.kouter import Kernel
-from ..session.kkill import KillFile, proc_starttime
+from ..session.kkill import KillFile, KillFileWriter, proc_starttime
 from .admission import Admission
 from .kio import ConnIO
 from .loop import EPOLLIN, EPOLLONESHOT, EventLoop, Timer
@@ -81,11 +81,11 @@ class KernelIO(Admission, ConnIO):
         self.conns: dict[int, Connection] = {}
         self._pending: deque[Connection] = deque()  # clients with unparsed requests
         self._dirty: set[Connection] = set()  # clients with output to flush
-        self._killfile = (KillFile(killfile, clients_file or killfile + ".clients",
-                                   kernel.kernel_pid or os.getpid())
-                          if killfile else None)
-        self._kill_dirty = True  # rewrite the kill file at the end of this turn
-        self._kill_removed: list[int] = []  # listed pids that left this turn
+        # the kill file: the kernel's KillAppend/KillRemove/KillRewrite, carried out
+        self._kill = KillFileWriter(
+            KillFile(killfile, clients_file or killfile + ".clients",
+                     kernel.kernel_pid or os.getpid()) if killfile else None,
+            self.killfile_entries)
         self._starttime_due: list[Connection] = []  # attached, start time not yet read
         self._watches: dict[int, Any] = {}  # internal processes' event sources by id
         self._sig_watches: dict[int, list[int]] = {}  # signo -> watch ids
@@ -166,8 +166,8 @@ class KernelIO(Admission, ConnIO):
     def _end_turn(self) -> None:
         if self._dirty:
             self._flush_dirty()
-        if self._kill_dirty or self._kill_removed:
-            self.write_killfile()
+        if self._kill.due:
+            self._kill.flush()
 
     def shutdown(self, *, unlink_socket: str | None = None) -> None:
         """``kio_shutdown``: kkillall, close everything, remove session files."""
@@ -179,8 +179,7 @@ class KernelIO(Admission, ConnIO):
             self._unwatch(wid)
         self.loop.remove(self.listener.fileno())
         self.listener.close()
-        if self._killfile is not None:
-            self._killfile.close()
+        self._kill.close()
         for path in (unlink_socket, self.killfile, self.clients_file):
             if path:
                 try:
@@ -207,35 +206,12 @@ class KernelIO(Admission, ConnIO):
         A failure is logged and the daemon carries on, unless *strict*
         (``kkillopen`` at start), where it is raised.
         """
-        removed, self._kill_removed = self._kill_removed, []
-        dirty, self._kill_dirty = self._kill_dirty, False
-        if self._killfile is None:
-            return
-        try:
-            if dirty or not removed:
-                self._killfile.rewrite(self.killfile_entries())
-            else:
-                self._killfile.remove(removed, self.killfile_entries)
-        except OSError as e:
-            if strict:
-                raise
-            log.error("cannot write kill file %s: %s", self.killfile, e.strerror,
-                      extra={"LAM_ERROR": e.errno})
+        self._kill.flush(strict=strict)
 
     def _kill_append(self, c: Connection, pid: int) -> None:
         """``kkillwrite``: list a new client before it hears back."""
         self._starttime_due.append(c)
-        if self._killfile is None:
-            return
-        if self._kill_dirty or self._kill_removed:
-            self.write_killfile()  # the table already lists it
-            return
-        try:
-            self._killfile.append([(pid, None)])
-        except OSError as e:
-            log.error("cannot append to kill file %s: %s", self.killfile,
-                      e.strerror or e, extra={"LAM_ERROR": e.errno})
-            self._kill_dirty = True
+        self._kill.append(pid)
 
     def record_starttimes(self) -> None:
         """The start times of clients attached since the last tick, for lamd-clients.
@@ -261,9 +237,9 @@ class KernelIO(Admission, ConnIO):
                 continue  # it is gone: its pid may name another process now
             c.starttime = st
             rows.append((c.pid, st))
-        if rows and self._killfile is not None:
+        if rows and self._kill.file is not None:
             try:
-                self._killfile.append_clients(rows)
+                self._kill.file.append_clients(rows)
             except OSError as e:
                 log.error("cannot append to %s: %s", self.clients_file, e.strerror,
                           extra={"LAM_ERROR": e.errno})
@@ -290,7 +266,7 @@ class KernelIO(Admission, ConnIO):
             elif t is K.KillAppend:
                 self._kill_append(a.conn, a.pid)
             elif t is K.KillRemove:
-                self._kill_removed.append(a.pid)
+                self._kill.remove(a.pid)
             elif t is K.SendBody:
                 self._queue(a.conn, a.data)
             elif t is K.CollectBody:
@@ -306,7 +282,7 @@ class KernelIO(Admission, ConnIO):
                     c.closing = True
                     self._dirty.add(c)
             elif t is K.KillRewrite:
-                self._kill_dirty = True
+                self._kill.rewrite_due()
             elif t is K.Watch:
                 self._watch(a.id, a.kind, a.arg)
             elif t is K.Unwatch:

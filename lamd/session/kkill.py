@@ -15,8 +15,11 @@ while that pid still has the start time it had when it attached.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Callable, Iterable
+
+log = logging.getLogger("lamd.session.kkill")
 
 
 def read_proc_stat(pid: int) -> tuple[str, int] | None:
@@ -189,8 +192,9 @@ class KillFile:
         self._clients_lines += len(entries)
 
     def remove(self, pids: list[int],
-               entries: Callable[[], Iterable[tuple[int, int | None]]]) -> None:
-        """Clients *pids* left: cut them off the end, or rewrite from *entries*()."""
+               entries: Callable[[], Iterable[tuple[int, int | None]]]) -> bool:
+        """Clients *pids* left: cut them off the end (True), or rewrite the
+        file from *entries*() (False)."""
         k = len(pids)
         if (self._kill is not None and 0 < k <= len(self._lines)
                 and sorted(pid for pid, _ in self._lines[-k:]) == sorted(pids)):
@@ -198,14 +202,97 @@ class KillFile:
             os.ftruncate(self._kill.live, self._size - cut)  # atomic, and a crash-safe cut
             del self._lines[-k:]
             self._size -= cut
-        else:
-            self.rewrite(entries())
+            return True
+        self.rewrite(entries())
+        return False
 
     def close(self) -> None:
         for f in (self._kill, self._clients):
             if f is not None:
                 f.close()
         self._kill = self._clients = None
+
+
+class KillFileWriter:
+    """Carries out the kernel's kill-file actions on a :class:`KillFile`.
+
+    The kernel says what changes (``KillAppend``, ``KillRemove``,
+    ``KillRewrite``); this decides how the file follows, with no socket in
+    sight, so the I/O layer and the property tests share one code path:
+
+    * :meth:`append` (``KillAppend``): one write, at once, so the client is
+      listed before its attach reply goes out; pending changes are carried
+      out first, and if that rewrote the file from the table (which already
+      lists the newcomer) nothing is appended;
+    * :meth:`remove` (``KillRemove``) and :meth:`rewrite_due`
+      (``KillRewrite``): noted, and carried out by :meth:`flush` at the end
+      of the turn, the leavers cut off the tail when they are the last
+      listed, any other change by a complete rewrite from ``entries()``.
+
+    *kill* None (no kill file) makes every call a no-op. A failure is logged
+    and the daemon carries on (``flush(strict=True)`` raises instead, for
+    ``kkillopen`` at start); a failed append forces a rewrite next flush.
+    """
+
+    def __init__(self, kill: KillFile | None,
+                 entries: Callable[[], Iterable[tuple[int, int | None]]]) -> None:
+        self.file = kill
+        self.entries = entries
+        self.dirty = True  # rewrite at the next flush
+        self.removed: list[int] = []  # listed pids that left since the last flush
+
+    @property
+    def due(self) -> bool:
+        """Is a flush needed to bring the file up to date?"""
+        return self.dirty or bool(self.removed)
+
+    def rewrite_due(self) -> None:
+        """``KillRewrite``: a priority moved a client in or out of the file."""
+        self.dirty = True
+
+    def remove(self, pid: int) -> None:
+        """``KillRemove``: listed client *pid* left (unlisted at the next flush)."""
+        self.removed.append(pid)
+
+    def append(self, pid: int) -> None:
+        """``KillAppend`` (``kkillwrite``): list a new client now."""
+        if self.file is None:
+            return
+        if self.due and self.flush():
+            return  # rewritten from the table, which already lists it
+        # (leavers cut off the tail are not the newcomer: it still needs its line)
+        try:
+            self.file.append([(pid, None)])
+        except OSError as e:
+            log.error("cannot append to kill file %s: %s", self.file.killfile,
+                      e.strerror or e, extra={"LAM_ERROR": e.errno})
+            self.dirty = True
+
+    def flush(self, *, strict: bool = False) -> bool:
+        """``kkillrewrite``: bring the file up to date with the table.
+
+        True if the file was written afresh from ``entries()``; False if the
+        leavers were only cut off its tail (or writing failed).
+        """
+        removed, self.removed = self.removed, []
+        dirty, self.dirty = self.dirty, False
+        if self.file is None:
+            return False
+        try:
+            if dirty or not removed:
+                self.file.rewrite(self.entries())
+                return True
+            return not self.file.remove(removed, self.entries)
+        except OSError as e:
+            if strict:
+                raise
+            log.error("cannot write kill file %s: %s", self.file.killfile, e.strerror,
+                      extra={"LAM_ERROR": e.errno})
+            return False
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 def read_killfile(path: str) -> list[int]:
