@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..kernel import kactions as K
-from ..kernel.kiproc import CHILD, READABLE, SIGNAL, TIMER, ChildExit
+from ..kernel.kiproc import CHILD, READABLE, SIGNAL, STOP_SIGNALS, TIMER, ChildExit
 from ..kernel.kouter import Kernel
 from ..session.kkill import KillFile, KillFileWriter, proc_starttime
 from .admission import Admission
@@ -191,7 +191,9 @@ class KernelIO(Admission, ConnIO):
         if self._spare_fd is not None:
             os.close(self._spare_fd)
             self._spare_fd = None
-        self.loop.close()
+        # stopping already: LAM's tkill keeps hanging up the daemon until it is
+        # gone, and a default SIGHUP now would turn a clean exit into a kill
+        self.loop.close(ignore=STOP_SIGNALS)
 
     # ------------------------------------------------------------------
     # kill file (kkill.c): the kernel says what changes, we write it

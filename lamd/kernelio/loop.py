@@ -17,7 +17,7 @@ import signal
 import socket
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -157,9 +157,16 @@ class EventLoop:
             if h is not None:
                 h(ev)
 
-    def close(self) -> None:
+    def close(self, ignore: Iterable[int] = ()) -> None:
+        """Close the loop; signals it handled get their old disposition back,
+        except those in *ignore*, which are ignored from now on."""
+        ignore = set(ignore)
         for signo in list(self._signal_handlers):
-            self.remove_signal(signo)
+            if signo in ignore:
+                self._signal_handlers.pop(signo)
+                signal.signal(signo, signal.SIG_IGN)
+            else:
+                self.remove_signal(signo)
         if self._signals_installed:
             try:
                 signal.set_wakeup_fd(-1)
