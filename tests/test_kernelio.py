@@ -22,7 +22,7 @@ from lamd.client import KernelClient, KernelGone, LamError
 from lamd.constants import EBADREQUEST, KNMSG, KQDETACH, KQSTATE, KTRY, PRCMD
 from lamd.kernel import Kernel
 from lamd.kernelio import IOLimits, KernelIO
-from lamd.kkill import read_clients, read_killfile
+from lamd.kkill import proc_starttime, read_clients, read_killfile
 from lamd.wire import KREQ_SIZE, KMsg, KReq, NMsg
 
 TIMEOUT = 10.0
@@ -539,20 +539,103 @@ d.thread.join(10)
             p.wait(timeout=10)
 
 
-def test_kill_file_cut_back_and_rewritten(daemon: Daemon) -> None:
-    """The last client listed leaving cuts the file back; one in the middle
-    leaving rewrites it; either way it lists exactly the attached clients."""
-    a, b, c = daemon.client(), daemon.client(), daemon.client()
+PID_HOLDER = """
+import socket, sys
+back = socket.socket(fileno=int(sys.argv[2]))
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+socket.send_fds(back, [b"x"], [s.fileno()])
+s.close()  # the test holds the only copy: its close is the connection's
+sys.stdin.read()  # live until the test is done
+"""
+
+
+@pytest.fixture
+def other_process_client(daemon: Daemon) -> Iterator:
+    """Clients whose connections were made by processes of their own, so each
+    has its own real, live pid (SO_PEERCRED is the connecting process's); the
+    socket is handed back to the test, which speaks for that process."""
+    holders: list[subprocess.Popen] = []
+
+    def make() -> tuple[KernelClient, subprocess.Popen]:
+        mine, theirs = socket.socketpair()
+        p = subprocess.Popen([sys.executable, "-c", PID_HOLDER, daemon.path,
+                              str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+                             stdin=subprocess.PIPE)
+        holders.append(p)
+        theirs.close()
+        mine.settimeout(TIMEOUT)
+        _, fds, _, _ = socket.recv_fds(mine, 1, 1)
+        mine.close()
+        assert len(fds) == 1
+        c = KernelClient(socket.socket(fileno=fds[0]), TIMEOUT)
+        daemon.opened.append(c)
+        c.pid = p.pid
+        c.attach(PRCMD)
+        return c, p
+
+    yield make
+    for p in holders:
+        p.kill()
+        p.wait(timeout=10)
+
+
+def test_kill_file_cut_back_and_rewritten(daemon: Daemon, other_process_client) -> None:
+    """The last client listed leaving cuts the file back (same file); one in
+    the middle leaving rewrites it (a complete new copy swapped in); either
+    way it lists exactly the attached clients, each a distinct live process,
+    in the order they attached."""
     me = os.getpid()
-    wait_until(lambda: read_killfile(daemon.killfile) == [me, me, me, me])
-    c.detach()  # the last line: ftruncate
-    wait_until(lambda: read_killfile(daemon.killfile) == [me, me, me])
-    a.close()  # not the last one: a whole rewrite
-    wait_until(lambda: read_killfile(daemon.killfile) == [me, me])
-    with open(daemon.killfile) as f:
-        assert f.read() == f"{me}\n{me}\n"
-    b.detach()
-    wait_until(lambda: read_killfile(daemon.killfile) == [me])
+    clients = [other_process_client() for _ in range(5)]
+    pids = [p.pid for _, p in clients]
+    assert len(set(pids) | {me}) == 6
+
+    def listed(expect: list[int]) -> None:
+        try:
+            wait_until(lambda: read_killfile(daemon.killfile) == [me, *expect], 3)
+        except AssertionError:
+            raise AssertionError(f"kill file {read_killfile(daemon.killfile)}, "
+                                 f"expected {[me, *expect]}") from None
+        with open(daemon.killfile) as f:
+            assert f.read() == "".join(f"{pid}\n" for pid in [me, *expect])
+        assert all(running(pid) for pid in expect)
+
+    def inode() -> int:
+        return os.stat(daemon.killfile).st_ino
+
+    listed(pids)
+    # lamd-clients has each one's real start time (read off the attach path)
+    wait_until(lambda: set(pids) <= set(read_clients(daemon.clients_file)))
+    starts = read_clients(daemon.clients_file)
+    assert {pid: starts[pid] for pid in pids} == {pid: proc_starttime(pid) for pid in pids}
+
+    ino = inode()
+    clients[4][0].detach()  # the last line: cut back in place
+    listed(pids[:4])
+    assert inode() == ino
+    clients[1][0].detach()  # the middle: rewritten whole
+    listed([pids[0], pids[2], pids[3]])
+    assert inode() != ino
+    clients[2][0].close()  # the middle again, by closing without a detach
+    listed([pids[0], pids[3]])
+    late, p6 = other_process_client()  # a newcomer is appended
+    listed([pids[0], pids[3], p6.pid])
+    ino = inode()
+    clients[0][0].close()  # the first
+    listed([pids[3], p6.pid])
+    assert inode() != ino
+    late.detach()
+    clients[3][0].detach()
+    listed([])
+
+
+def running(pid: int) -> bool:
+    """A live process (not a zombie) has that pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_hostile_identity_requests_over_sockets(daemon: Daemon) -> None:
