@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import resource
+import signal
 import socket
 import sys
 from typing import Sequence
@@ -177,6 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     notifier.ready()
     notifier.status("0 clients attached")
     status = io.run()
+    # Stopping: further stop signals add nothing. LAM's tkill sends SIGHUP again
+    # and again until the pid is gone, and Python puts its own handlers back to
+    # SIG_DFL while the interpreter exits: one arriving then would kill us.
+    for signo in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signo, signal.SIG_IGN)
     notifier.stopping()
     log.info("shutting down (%s): signalling %d clients", io.stop_reason or "stop",
              len(kernel.killfile_entries()))

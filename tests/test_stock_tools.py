@@ -373,9 +373,10 @@ def test_lamclean(daemon):
 
 def test_tkill(daemon, request):
     """LAM's tkill (what lamwipe runs on each node) SIGHUPs every pid in the
-    kill file, the daemon first, and waits for each to go (SIGKILL after
-    about 16 s).  The C lamd dies on SIGHUP at once; so must ours, cleanly
-    (no SIGKILL), leaving no session directory."""
+    kill file, the daemon first, again and again (backing off) until it is
+    gone, SIGKILL after about 16 s.  The C lamd dies on SIGHUP at once; so
+    must ours, cleanly: exit status 0 (README), however many SIGHUPs come
+    while it shuts down, leaving no session directory."""
     s = daemon.s
     daemon.expect_exit = True
     lamd_pid = lamenv.read_killfile(s.killfile)[0]
@@ -385,7 +386,7 @@ def test_tkill(daemon, request):
     assert cp.returncode == 0, show(cp)
     if daemon.kind == "py":
         rc = s._wait_reaping(daemon.proc, 5)
-        assert rc in (0, -signal.SIGHUP), f"our lamd ended with status {rc}"
+        assert rc == 0, f"our lamd ended with status {rc}"
     assert not lamenv.pid_alive(lamd_pid), "lamd survived tkill"
     assert took < 5, f"tkill took {took:.1f} s (the daemon did not go on SIGHUP)"
     assert wait_until(lambda: not s.session_dir.exists(), 5), "session directory left"
