@@ -6,10 +6,12 @@ Fixtures:
   lamd_pkg      session: a world-readable copy of ``lamd/`` (PYTHONPATH dir)
   kclient       session: tests/c/kclient.c built with mpicc.lam against liblam
   lam_session   per test: an isolated LAM session (``run``/``popen`` as lamtest)
-  daemon        per test, params "c" (stock lamd via lamboot/lamhalt) and
-                "py" (``/usr/bin/python3 -m lamd``); yields the daemon, whose
-                ``.s`` is the session.  On failure the daemon's log is added to
-                the test report.
+  daemon        per test, params "c" (stock lamd via lamboot) and "py"
+                (``/usr/bin/python3 -m lamd``); yields the daemon, whose ``.s``
+                is the session.  Both are stopped the same way afterwards
+                (lamhalt) and checked the same way (``lamenv.Daemon.stop``):
+                a problem fails the test, whichever the daemon.  On failure
+                the daemon's log is added to the test report.
 """
 
 from __future__ import annotations

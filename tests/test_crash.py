@@ -121,8 +121,9 @@ def test_sigterm_hangs_up_attached_clients_and_cleans_up(lam_session, py_daemon,
     d = py_daemon()
     blocked = lam_session.popen([kclient, "block", 4242, 0, 16])
     wait_listed(lam_session.killfile, {blocked.pid})
-    d.stop()
-    assert d.returncode == 0, d.log()
+    d.expect_exit = True
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(timeout=10) == 0, d.log()
     blocked.wait(timeout=10)
     # kkillall signals (SIGCONT, SIGHUP) every client before any socket is
     # closed, so the client dies of SIGHUP, never of seeing EOF first
@@ -130,6 +131,8 @@ def test_sigterm_hangs_up_attached_clients_and_cleans_up(lam_session, py_daemon,
     assert blocked.returncode == -signal.SIGHUP, (blocked.returncode, blocked.communicate())
     assert not os.path.exists(lam_session.killfile)
     assert not os.path.exists(lam_session.socket)
+    d.stop()
+    assert not d.stop_problems, d.stop_problems
 
 
 def test_a_connection_from_another_uid_is_refused(lam_session, py_daemon, kclient):

@@ -225,6 +225,8 @@ def booted(kind: str, lam_user, lamd_pkg):
     try:
         d.start()
         yield d
+        d.stop()
+        assert not d.stop_problems, f"lamd ({kind}) shutdown: {d.stop_problems}\n{d.log()}"
     finally:
         d.stop()
         s.close()
