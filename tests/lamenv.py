@@ -41,14 +41,23 @@ KILLFILE_NAME = "lam-killfile"
 # preconditions, user, package copy
 
 def skip_reason() -> str | None:
-    """Why the interop tests cannot run here, or None."""
+    """Why the interop tests cannot run here (not root), or None."""
     if os.geteuid() != 0:
         return "interop tests need root (to create and switch to user lamtest)"
-    for prog in ("mpicc.lam", "lamboot", "lamhalt"):
+    return None
+
+
+def missing_tools() -> str | None:
+    """What the interop tests need and is not installed, or None.
+
+    packaging/setup.sh installs all of it, so a missing tool fails the tests
+    rather than skipping them."""
+    for prog in ("mpicc.lam", "lamboot", "lamhalt", "lamwipe", "tkill", "tping",
+                 "lamnodes", "ss"):
         if shutil.which(prog) is None:
-            return f"{prog} not installed (apt-get install lam-runtime lam4-dev)"
+            return f"{prog} not installed: run packaging/setup.sh"
     if not os.access(SYSTEM_PYTHON, os.X_OK):
-        return f"{SYSTEM_PYTHON} missing"
+        return f"{SYSTEM_PYTHON} missing: run packaging/setup.sh"
     return None
 
 
