@@ -72,18 +72,24 @@ def test_any_interleaving_keeps_the_kernel_consistent(script: list) -> None:
     k.boot([KBoot("echo", 1085, echo)])
     connected: set[str] = set()
     collects: list[K.CollectBody] = []
+    # the test's own record of who is attached, at what priority: from the
+    # replies to attach requests and the connections closed, not the kernel's
+    attached: dict[str, int] = {}
     for conn, step in script:
         if conn not in connected:
             k.connect(conn, PIDS[conn], 1000)
             connected.add(conn)
+        attach_priority = None
         if step == "drop":
             acts = k.disconnect(conn)
             connected.discard(conn)
+            attached.pop(conn, None)
             for c in [c for c in collects if c.src == conn]:
                 collects.remove(c)
                 k.body_failed(c.token)
         elif step == "attach":
             acts = k.request(conn, KReq(req=KQATTACH, index=-1, pid=PIDS[conn], priority=PRCMD))
+            attach_priority = PRCMD
         elif step == "body":
             if collects:
                 c = collects.pop(0)
@@ -96,16 +102,24 @@ def test_any_interleaving_keeps_the_kernel_consistent(script: list) -> None:
             if p is not None and step.index == 99:
                 step.index = p.index
             acts = k.request(conn, step)
+            if step.req == KQATTACH:
+                attach_priority = step.priority
+        if attach_priority is not None and any(
+                isinstance(a, K.Reply) and a.conn == conn and a.reply.reply == 0 for a in acts):
+            attached[conn] = attach_priority
         for a in acts:
             if isinstance(a, K.CollectBody):
                 collects.append(a)
             if isinstance(a, K.Close):
                 k.disconnect(a.conn)
                 connected.discard(a.conn)
+                attached.pop(a.conn, None)
         k.check_invariants()
-    attached = {p.pid for p in k.clients()}
-    listed = {pid for pid, _ in k.killfile_entries()}
-    assert listed <= attached
+    # the process table holds exactly the clients attached, the kill file
+    # exactly those of them not attached as lamhalt (PRLAMHALT)
+    assert sorted(p.pid for p in k.clients()) == sorted(PIDS[c] for c in attached)
+    assert sorted(pid for pid, _ in k.killfile_entries()) == sorted(
+        PIDS[c] for c, priority in attached.items() if priority != PRLAMHALT)
     for conn in list(connected):
         k.disconnect(conn)
     k.check_invariants()
