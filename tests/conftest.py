@@ -1,15 +1,18 @@
 """Shared pytest fixtures for the interop tests (see tests/lamenv.py).
 
 Fixtures:
-  lam_user      session: the unprivileged user ``lamtest`` (skips if not root
-                or if LAM's tools are missing)
+  lam_user      session: the unprivileged user ``lamtest`` (skips if not
+                root; fails if LAM's tools are missing: packaging/setup.sh
+                installs them)
   lamd_pkg      session: a world-readable copy of ``lamd/`` (PYTHONPATH dir)
   kclient       session: tests/c/kclient.c built with mpicc.lam against liblam
   lam_session   per test: an isolated LAM session (``run``/``popen`` as lamtest)
-  daemon        per test, params "c" (stock lamd via lamboot/lamhalt) and
-                "py" (``/usr/bin/python3 -m lamd``); yields the daemon, whose
-                ``.s`` is the session.  On failure the daemon's log is added to
-                the test report.
+  daemon        per test, params "c" (stock lamd via lamboot) and "py"
+                (``/usr/bin/python3 -m lamd``); yields the daemon, whose ``.s``
+                is the session.  Both are stopped the same way afterwards
+                (lamhalt) and checked the same way (``lamenv.Daemon.stop``):
+                a problem fails the test, whichever the daemon.  On failure
+                the daemon's log is added to the test report.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ def lam_user():
     reason = lamenv.skip_reason()
     if reason:
         pytest.skip(reason)
+    missing = lamenv.missing_tools()
+    if missing:
+        pytest.fail(missing, pytrace=False)
     return lamenv.ensure_user()
 
 
@@ -60,7 +66,7 @@ def kclient():
 
     Needs only mpicc.lam (no root), so test_layout runs anywhere."""
     if shutil.which("mpicc.lam") is None:
-        pytest.skip("mpicc.lam not installed")
+        pytest.fail("mpicc.lam missing (lam4-dev): run packaging/setup.sh", pytrace=False)
     out = Path(tempfile.mkdtemp(prefix="lamd-kclient-", dir="/tmp"))
     out.chmod(0o755)
     exe = out / "kclient"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -40,14 +41,23 @@ KILLFILE_NAME = "lam-killfile"
 # preconditions, user, package copy
 
 def skip_reason() -> str | None:
-    """Why the interop tests cannot run here, or None."""
+    """Why the interop tests cannot run here (not root), or None."""
     if os.geteuid() != 0:
         return "interop tests need root (to create and switch to user lamtest)"
-    for prog in ("mpicc.lam", "lamboot", "lamhalt"):
+    return None
+
+
+def missing_tools() -> str | None:
+    """What the interop tests need and is not installed, or None.
+
+    packaging/setup.sh installs all of it, so a missing tool fails the tests
+    rather than skipping them."""
+    for prog in ("mpicc.lam", "lamboot", "lamhalt", "lamwipe", "tkill", "tping",
+                 "lamnodes", "ss"):
         if shutil.which(prog) is None:
-            return f"{prog} not installed (apt-get install lam-runtime lam4-dev)"
+            return f"{prog} not installed: run packaging/setup.sh"
     if not os.access(SYSTEM_PYTHON, os.X_OK):
-        return f"{SYSTEM_PYTHON} missing"
+        return f"{SYSTEM_PYTHON} missing: run packaging/setup.sh"
     return None
 
 
@@ -112,6 +122,7 @@ def connectable(path: Path) -> bool:
 
 
 def pid_alive(pid: int) -> bool:
+    """kill(pid, 0) succeeds: a live process or a zombie (what LAM's tkill sees)."""
     try:
         os.kill(pid, 0)
         return True
@@ -234,19 +245,62 @@ class Session:
 # --------------------------------------------------------------------------
 # daemons
 
-class CDaemon:
-    """Debian's C lamd, booted with ``lamboot`` on a one-host schema."""
+def running(pid: int) -> bool:
+    """A live process, not a zombie, has *pid*.
 
-    kind = "c"
+    The C lamd is daemonised by lamboot: once it exits it stays a zombie until
+    whatever reaps orphans here gets to it, and a zombie answers kill(pid, 0).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def listener_pids(path: Path) -> set[int]:
+    """The processes holding the listening Unix socket whose file is *path*.
+
+    Matched by the socket file's inode (``ss -e``), not by its name: the C
+    lamd binds a relative name from inside the session directory.
+    """
+    st = os.stat(path)
+    cp = subprocess.run(["ss", "-xlpeH"], capture_output=True, text=True, timeout=10)
+    assert cp.returncode == 0, cp.stderr
+    pids: set[int] = set()
+    for line in cp.stdout.splitlines():
+        m = re.search(r"\bino:(\d+) dev:\d+/(\d+)\b", line)
+        if m and (int(m.group(1)), int(m.group(2))) == (st.st_ino, st.st_dev):
+            pids |= {int(x) for x in re.findall(r"\bpid=(\d+)\b", line)}
+    return pids
+
+
+class Daemon:
+    """What the two daemons share: how a test stops one, and what it checks.
+
+    :meth:`stop` does the same to either daemon, LAM's own ``lamhalt`` as its
+    user would run it, and checks the same outcome: lamhalt exits 0, the
+    daemon is gone within 10 s, its session directory (socket, kill file)
+    within 5 s more. Anything else is a problem recorded in ``stop_problems``,
+    for either kind; the ``daemon`` fixture fails the test on it. Whatever is
+    left is then cleaned up by force (:meth:`_force_cleanup`).
+    """
+
+    kind = ""
 
     def __init__(self, session: Session):
         self.s = session
-        self.hostfile = session.work / "hostfile"
-        self.pids: list[int] = []
         self.transcript: list[str] = []
-        #: set by a test that halts the daemon itself (e.g. with lamhalt):
-        #: stop() then only cleans up whatever is left
+        self.stop_problems: list[str] = []
+        #: set by a test that ends the daemon itself (lamhalt, tkill, a
+        #: signal): stop() then does not halt it, but checks the same outcome
         self.expect_exit = False
+        self._stopped = False
+
+    @property
+    def pid(self) -> int:
+        """The kernel's pid (the kill file's first line)."""
+        raise NotImplementedError
 
     def _note(self, what: str, cp: subprocess.CompletedProcess | None) -> None:
         if cp is None:
@@ -254,6 +308,71 @@ class CDaemon:
         else:
             self.transcript.append(f"$ {' '.join(cp.args)}  -> rc={cp.returncode}\n"
                                    f"{cp.stdout}{cp.stderr}")
+
+    def _reap(self) -> None:
+        """Collect the daemon's exit status, where it is our child."""
+
+    def wait_gone(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.s.reap()
+            self._reap()
+            if not running(self.pid):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        problems = self.stop_problems
+        if running(self.pid):
+            try:
+                cp = self.s.run(["lamhalt"], timeout=30)
+                self._note("lamhalt", cp)
+                if cp.returncode != 0:
+                    problems.append(f"lamhalt exited {cp.returncode}")
+            except subprocess.TimeoutExpired as e:
+                self._note(f"lamhalt timed out: {e.output} {e.stderr}", None)
+                problems.append("lamhalt did not return within 30 s")
+            if not self.wait_gone(10):
+                problems.append("still running 10 s after lamhalt")
+        elif not self.expect_exit:
+            problems.append("had already exited before it was stopped")
+        self._check_exit()
+        deadline = time.monotonic() + 5
+        while self.s.session_dir.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self.s.session_dir.exists():
+            try:
+                left = sorted(os.listdir(self.s.session_dir))
+            except OSError:
+                left = []
+            problems.append(f"left its session directory behind ({', '.join(left)})")
+        self._force_cleanup()
+
+    def _check_exit(self) -> None:
+        """Kind-specific checks of how the daemon ended."""
+
+    def _force_cleanup(self) -> None:
+        raise NotImplementedError
+
+
+class CDaemon(Daemon):
+    """Debian's C lamd, booted with ``lamboot`` on a one-host schema."""
+
+    kind = "c"
+
+    def __init__(self, session: Session):
+        super().__init__(session)
+        self.hostfile = session.work / "hostfile"
+        self.pids: list[int] = []
+
+    @property
+    def pid(self) -> int:
+        return self.pids[0]
 
     def start(self) -> None:
         self.hostfile.write_text("localhost\n")
@@ -267,43 +386,35 @@ class CDaemon:
     def log(self) -> str:
         return "\n".join(self.transcript)
 
-    def stop(self) -> None:
-        if getattr(self, "_stopped", False):
+    def _force_cleanup(self) -> None:
+        """LAM's own cleanup (lamwipe, tkill), then SIGKILL what is left."""
+        if not self.pids:
             return
-        self._stopped = True
-        lamd_pids = self.pids[:1] or read_killfile(self.s.killfile)[:1]
-        steps = (["lamhalt"], ["lamwipe", self.hostfile], ["tkill"])
-        if self.expect_exit and lamd_pids and not any(pid_alive(p) for p in lamd_pids):
-            steps = ()
-        for argv in steps:
-            try:
-                cp = self.s.run(argv, timeout=30)
-                self._note(" ".join(map(str, argv)), cp)
-            except subprocess.TimeoutExpired as e:
-                self._note(f"{argv} timed out: {e.output} {e.stderr}", None)
-            deadline = time.monotonic() + 3
-            while time.monotonic() < deadline:
-                if not any(pid_alive(p) for p in lamd_pids):
+        if running(self.pid) or self.s.session_dir.exists():
+            for argv in (["lamwipe", self.hostfile], ["tkill"]):
+                try:
+                    cp = self.s.run(argv, timeout=30)
+                    self._note(" ".join(map(str, argv)), cp)
+                except subprocess.TimeoutExpired as e:
+                    self._note(f"{argv} timed out: {e.output} {e.stderr}", None)
+                if self.wait_gone(3):
                     break
-                time.sleep(0.05)
-            if not any(pid_alive(p) for p in lamd_pids):
-                break
-        for pid in set(lamd_pids) | set(read_killfile(self.s.killfile)):
-            if pid_alive(pid):
+        for pid in set(self.pids[:1]) | set(read_killfile(self.s.killfile)):
+            if running(pid):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
 
 
-class PyDaemon:
+class PyDaemon(Daemon):
     """Our lamd: ``/usr/bin/python3 -m lamd`` in the foreground as lamtest."""
 
     kind = "py"
 
     def __init__(self, session: Session, pkgdir: Path, args: list[str] | None = None,
                  module: str = "lamd", env: dict | None = None):
-        self.s = session
+        super().__init__(session)
         self.pkgdir = pkgdir
         #: ``python3 -m MODULE``; *env* adds to (PYTHONPATH: prepends to) the
         #: session environment (tests that boot lamd with other internal processes)
@@ -314,11 +425,11 @@ class PyDaemon:
         self.logfile = session.work / "lamd.stderr"
         self.proc: subprocess.Popen | None = None
         self.returncode: int | None = None
-        self.stop_problems: list[str] = []
-        #: set by a test that halts the daemon itself (e.g. with lamhalt):
-        #: an exit before stop() is then expected, but must still be status 0
-        #: and leave no socket or kill file behind
-        self.expect_exit = False
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     def start(self) -> None:
         extra = dict(self.extra_env)
@@ -327,7 +438,14 @@ class PyDaemon:
         self._log = open(self.logfile, "w")
         self.proc = self.s.popen([SYSTEM_PYTHON, "-m", self.module, *self.args], env=env,
                                  stdout=self._log, stderr=subprocess.STDOUT)
-        if not self.s.wait_socket(10, alive=lambda: self.proc.poll() is None):
+        # serving: the socket answers, and the kill file names the daemon (the
+        # socket listens a moment before the kill file is written)
+        deadline = time.monotonic() + 10
+        ok = self.s.wait_socket(10, alive=lambda: self.proc.poll() is None)
+        while ok and read_killfile(self.s.killfile)[:1] != [self.proc.pid]:
+            ok = self.proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        if not ok:
             rc = self.proc.poll()
             raise RuntimeError(
                 f"python lamd did not serve {self.s.socket} within 10 s "
@@ -335,29 +453,32 @@ class PyDaemon:
 
     def log(self) -> str:
         try:
-            return self.logfile.read_text(errors="replace")
+            text = self.logfile.read_text(errors="replace")
         except OSError:
-            return ""
+            text = ""
+        return "\n".join(self.transcript + [text])
+
+    def _reap(self) -> None:
+        if self.proc is not None:
+            self.proc.poll()
 
     def stop(self) -> None:
-        p = self.proc
-        if p is None or self.returncode is not None:
+        if self.proc is None:
             return
+        super().stop()
+
+    def _check_exit(self) -> None:
+        # only ours can be checked for its exit status: the C lamd is lamboot's
+        # daemon, not a child of the test
+        rc = self.proc.poll()
+        if rc is not None and rc != 0:
+            self.stop_problems.append(f"exit status {rc}")
+
+    def _force_cleanup(self) -> None:
+        p = self.proc
         if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                self.s._wait_reaping(p, 10)
-            except subprocess.TimeoutExpired:
-                self.stop_problems.append("did not exit within 10 s of SIGTERM; SIGKILLed")
-                p.kill()
-                p.wait(timeout=10)
-        elif not self.expect_exit:
-            self.stop_problems.append(f"had already exited (status {p.returncode}) "
-                                      "before SIGTERM")
+            self.stop_problems.append("SIGKILLed")
+            p.kill()
+            p.wait(timeout=10)
         self.returncode = p.returncode
         self._log.close()
-        if self.returncode != 0 and not self.stop_problems:
-            self.stop_problems.append(f"exit status {self.returncode}")
-        for path in (self.s.socket, self.s.killfile):
-            if path.exists():
-                self.stop_problems.append(f"left {path.name} behind")

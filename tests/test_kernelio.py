@@ -1,4 +1,5 @@
-"""The epoll I/O layer over real Unix sockets, with the daemon in a thread.
+"""The epoll I/O layer over real Unix sockets, with the daemon in a thread
+(or in a process of its own where its memory is measured).
 
 These prove the properties the C kernel lacks: bodies move in bounded chunks,
 and a slow, stuck or vanished peer stalls only its own transfer.
@@ -6,8 +7,12 @@ and a slow, stuck or vanished peer stalls only its own transfer.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from typing import Iterator
@@ -18,7 +23,7 @@ from lamd.client import KernelClient, KernelGone, LamError
 from lamd.kernel.constants import EBADREQUEST, KNMSG, KQDETACH, KQSTATE, KTRY, PRCMD
 from lamd.kernel import Kernel
 from lamd.kernelio import IOLimits, KernelIO
-from lamd.session.kkill import read_clients, read_killfile
+from lamd.session.kkill import proc_starttime, read_clients, read_killfile
 from lamd.kernel.wire import KREQ_SIZE, KMsg, KReq, NMsg
 
 TIMEOUT = 10.0
@@ -154,28 +159,159 @@ def test_kill_file_lists_attached_pids(daemon: Daemon) -> None:
     wait_until(lambda: read_killfile(daemon.killfile) == [os.getpid()])
 
 
-def test_stalled_receiver_stalls_only_its_own_transfer(daemon: Daemon) -> None:
-    """A receiver that never reads its 8 MiB body: the sender stops (bounded
-    buffer), and every other pair keeps its full speed."""
-    slow_r, idx = daemon.raw_attached()
-    slow_r.sendall(KReq(req=1, index=idx, msg=KMsg(50, 0, 8 << 20, 0)).pack())
-    time.sleep(0.05)
-    sender = daemon.client()
-    big = pattern(8 << 20)
-    t = run_thread(lambda: sender.send(50, 0, big))  # never reads: the body piles up
-    time.sleep(0.2)
-    a, b = daemon.client(), daemon.client()
-    tb = run_thread(lambda: [b.send(61, 0, b.recv(60, 0, 64).body) for _ in range(200)])
-    t0 = time.monotonic()
-    for i in range(200):
-        a.send(60, 0, pattern(64, i))
-        assert a.recv(61, 0, 64).body == pattern(64, i)
-    assert time.monotonic() - t0 < TIMEOUT
-    join_ok(tb)
-    assert t.is_alive()  # the big sender is still waiting on the stuck receiver
-    # the kernel holds at most one move buffer for it, not 8 MiB
-    slow_r.close()  # receiver vanishes: the sender's body is drained and dropped
-    join_ok(t)
+DAEMON_PROCESS = """
+import os, sys
+sys.path.insert(0, {repo!r})
+from tests.test_kernelio import Daemon
+d = Daemon({tmp!r}, **{limits!r})
+print("ready", os.getpid(), flush=True)
+sys.stdin.readline()
+d.io.request_stop()
+d.thread.join(10)
+"""
+
+
+@contextlib.contextmanager
+def daemon_process(tmp: str, **limits: int) -> Iterator[tuple[int, str]]:
+    """The I/O layer in a process of its own (so its memory can be measured):
+    yields (pid, socket path); stopped and reaped at the end."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.Popen([sys.executable, "-c",
+                          DAEMON_PROCESS.format(repo=repo, tmp=tmp, limits=limits)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline().split()
+        assert line[:1] == ["ready"], line
+        yield int(line[1]), os.path.join(tmp, "lam-kernel-socket")
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert p.wait(timeout=20) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+
+
+def raw_attached_to(path: str) -> tuple[socket.socket, int]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(TIMEOUT)
+    s.connect(path)
+    s.sendall(KReq(req=5, index=-1, pid=os.getpid(), priority=PRCMD).pack())
+    rep = s.recv(80, socket.MSG_WAITALL)
+    return s, int.from_bytes(rep[28:32], "little", signed=True)
+
+
+def unix_recv_queues() -> dict[int, tuple[int, int]]:
+    """inode -> (bytes in its receive queue, peer's inode), for every Unix
+    stream socket (``ss -x``: Recv-Q of a connected socket is exact bytes)."""
+    cp = subprocess.run(["ss", "-xnH"], capture_output=True, text=True, timeout=10)
+    assert cp.returncode == 0, cp.stderr
+    out = {}
+    for line in cp.stdout.splitlines():
+        f = line.split()
+        if f[0] == "u_str" and f[1] == "ESTAB":
+            out[int(f[-3])] = (int(f[2]), int(f[-1]))
+    return out
+
+
+def held_by_daemon(sender: socket.socket, written: int, receiver: socket.socket,
+                   ahead: int) -> int:
+    """Body bytes the daemon has read from *sender* and not yet written to
+    *receiver*: what the sender wrote, less what waits unread in the daemon's
+    end of the sender's connection, less what reached the receiver's queue
+    (beyond the *ahead* bytes of reply queued before the body)."""
+    queues = unix_recv_queues()
+    mine = os.fstat(sender.fileno()).st_ino
+    daemon_end = [rq for ino, (rq, peer) in queues.items() if peer == mine]
+    assert len(daemon_end) == 1, daemon_end
+    delivered = queues[os.fstat(receiver.fileno()).st_ino][0] - ahead
+    return written - daemon_end[0] - delivered
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def write_until_stalled(s: socket.socket, data: "bytes | memoryview",
+                        quiet: float = 0.5) -> int:
+    """Write *data* without blocking until nothing more is taken for *quiet* s."""
+    s.setblocking(False)
+    sent = 0
+    last = time.monotonic()
+    while sent < len(data) and time.monotonic() - last < quiet:
+        try:
+            n = s.send(memoryview(data)[sent:sent + (1 << 20)])
+        except BlockingIOError:
+            time.sleep(0.01)
+            continue
+        sent += n
+        last = time.monotonic()
+    return sent
+
+
+@pytest.mark.parametrize("move_buffer", [64 * 1024, 256 * 1024])
+def test_stalled_receiver_stalls_only_its_own_transfer(tmp_path, move_buffer: int) -> None:
+    """A receiver that never reads its 8 MiB body: the daemon holds at most
+    ``move_buffer`` bytes of it (measured: the bytes the sender wrote, less
+    the socket queues on both sides; and the daemon's resident memory), the
+    sender stops, and every other pair keeps its full speed. When the
+    receiver goes, the rest of the body is drained and the sender finishes."""
+    size = 8 << 20
+    with daemon_process(str(tmp_path), move_buffer=move_buffer) as (pid, path):
+        slow_r, ridx = raw_attached_to(path)
+        slow_r.sendall(KReq(req=1, index=ridx, msg=KMsg(50, 0, size, 0)).pack())
+        time.sleep(0.05)
+        sender, sidx = raw_attached_to(path)
+        rss_before = rss_bytes(pid)
+        sender.sendall(KReq(req=0, index=sidx, msg=KMsg(50, 0, size, 0)).pack())
+        rep = sender.recv(80, socket.MSG_WAITALL)
+        assert int.from_bytes(rep[8:12], "little") == size  # kr_length: "send it all"
+        big = pattern(size)
+        written = write_until_stalled(sender, big)
+        # stalled: the daemon takes nothing more and moves nothing (a busy
+        # machine may take a while to get there)
+        for _ in range(10):
+            held = held_by_daemon(sender, written, slow_r, ahead=80)
+            time.sleep(0.3)
+            more = write_until_stalled(sender, memoryview(big)[written:], quiet=0.2)
+            written += more
+            if not more and held_by_daemon(sender, written, slow_r, ahead=80) == held:
+                break
+        else:
+            raise AssertionError("the transfer never stalled")
+        assert written < size, "the daemon took the whole body from a stalled transfer"
+        assert 0 < held <= move_buffer, (held, move_buffer)
+        grew = rss_bytes(pid) - rss_before
+        # about move_buffer (it is allocated and filled); the whole body would be 8 MiB
+        assert grew <= move_buffer + (256 << 10), f"daemon RSS grew {grew} bytes"
+
+        a, b = KernelClient.connect(path, TIMEOUT), KernelClient.connect(path, TIMEOUT)
+        try:
+            a.attach(PRCMD)
+            b.attach(PRCMD)
+            tb = run_thread(lambda: [b.send(61, 0, b.recv(60, 0, 64).body) for _ in range(200)])
+            t0 = time.monotonic()
+            for i in range(200):
+                a.send(60, 0, pattern(64, i))
+                assert a.recv(61, 0, 64).body == pattern(64, i)
+            assert time.monotonic() - t0 < TIMEOUT
+            join_ok(tb)
+        finally:
+            a.close()
+            b.close()
+        # still stalled, and still bounded
+        assert held_by_daemon(sender, written, slow_r, ahead=80) == held
+        slow_r.close()  # receiver vanishes: the sender's body is drained and dropped
+        sender.settimeout(TIMEOUT)
+        sender.sendall(memoryview(big)[written:])
+        # the sender is still in good standing: it is answered
+        sender.sendall(KReq(req=2, index=sidx, pid=os.getpid()).pack())  # KQSTATE
+        assert int.from_bytes(sender.recv(80, socket.MSG_WAITALL)[:4], "little") == 0
+        sender.close()
 
 
 def test_sender_that_never_writes_its_body(daemon: Daemon) -> None:
@@ -235,8 +371,9 @@ def test_garbage_gets_error_replies_and_others_are_served(daemon: Daemon) -> Non
         got += chunk
     assert len(got) == 80 * 4
     a = daemon.client()
-    with pytest.raises(LamError):
-        a.recv(1, 0, 1, KTRY)
+    with pytest.raises(LamError) as e:
+        a.recv(1, 0, 1, KTRY)  # served as usual: nobody sends, so EWOULDBLOCK
+    assert e.value.code == errno.EWOULDBLOCK
     g.close()
 
 
@@ -413,20 +550,103 @@ d.thread.join(10)
             p.wait(timeout=10)
 
 
-def test_kill_file_cut_back_and_rewritten(daemon: Daemon) -> None:
-    """The last client listed leaving cuts the file back; one in the middle
-    leaving rewrites it; either way it lists exactly the attached clients."""
-    a, b, c = daemon.client(), daemon.client(), daemon.client()
+PID_HOLDER = """
+import socket, sys
+back = socket.socket(fileno=int(sys.argv[2]))
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+socket.send_fds(back, [b"x"], [s.fileno()])
+s.close()  # the test holds the only copy: its close is the connection's
+sys.stdin.read()  # live until the test is done
+"""
+
+
+@pytest.fixture
+def other_process_client(daemon: Daemon) -> Iterator:
+    """Clients whose connections were made by processes of their own, so each
+    has its own real, live pid (SO_PEERCRED is the connecting process's); the
+    socket is handed back to the test, which speaks for that process."""
+    holders: list[subprocess.Popen] = []
+
+    def make() -> tuple[KernelClient, subprocess.Popen]:
+        mine, theirs = socket.socketpair()
+        p = subprocess.Popen([sys.executable, "-c", PID_HOLDER, daemon.path,
+                              str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+                             stdin=subprocess.PIPE)
+        holders.append(p)
+        theirs.close()
+        mine.settimeout(TIMEOUT)
+        _, fds, _, _ = socket.recv_fds(mine, 1, 1)
+        mine.close()
+        assert len(fds) == 1
+        c = KernelClient(socket.socket(fileno=fds[0]), TIMEOUT)
+        daemon.opened.append(c)
+        c.pid = p.pid
+        c.attach(PRCMD)
+        return c, p
+
+    yield make
+    for p in holders:
+        p.kill()
+        p.wait(timeout=10)
+
+
+def test_kill_file_cut_back_and_rewritten(daemon: Daemon, other_process_client) -> None:
+    """The last client listed leaving cuts the file back (same file); one in
+    the middle leaving rewrites it (a complete new copy swapped in); either
+    way it lists exactly the attached clients, each a distinct live process,
+    in the order they attached."""
     me = os.getpid()
-    wait_until(lambda: read_killfile(daemon.killfile) == [me, me, me, me])
-    c.detach()  # the last line: ftruncate
-    wait_until(lambda: read_killfile(daemon.killfile) == [me, me, me])
-    a.close()  # not the last one: a whole rewrite
-    wait_until(lambda: read_killfile(daemon.killfile) == [me, me])
-    with open(daemon.killfile) as f:
-        assert f.read() == f"{me}\n{me}\n"
-    b.detach()
-    wait_until(lambda: read_killfile(daemon.killfile) == [me])
+    clients = [other_process_client() for _ in range(5)]
+    pids = [p.pid for _, p in clients]
+    assert len(set(pids) | {me}) == 6
+
+    def listed(expect: list[int]) -> None:
+        try:
+            wait_until(lambda: read_killfile(daemon.killfile) == [me, *expect], 3)
+        except AssertionError:
+            raise AssertionError(f"kill file {read_killfile(daemon.killfile)}, "
+                                 f"expected {[me, *expect]}") from None
+        with open(daemon.killfile) as f:
+            assert f.read() == "".join(f"{pid}\n" for pid in [me, *expect])
+        assert all(running(pid) for pid in expect)
+
+    def inode() -> int:
+        return os.stat(daemon.killfile).st_ino
+
+    listed(pids)
+    # lamd-clients has each one's real start time (read off the attach path)
+    wait_until(lambda: set(pids) <= set(read_clients(daemon.clients_file)))
+    starts = read_clients(daemon.clients_file)
+    assert {pid: starts[pid] for pid in pids} == {pid: proc_starttime(pid) for pid in pids}
+
+    ino = inode()
+    clients[4][0].detach()  # the last line: cut back in place
+    listed(pids[:4])
+    assert inode() == ino
+    clients[1][0].detach()  # the middle: rewritten whole
+    listed([pids[0], pids[2], pids[3]])
+    assert inode() != ino
+    clients[2][0].close()  # the middle again, by closing without a detach
+    listed([pids[0], pids[3]])
+    late, p6 = other_process_client()  # a newcomer is appended
+    listed([pids[0], pids[3], p6.pid])
+    ino = inode()
+    clients[0][0].close()  # the first
+    listed([pids[3], p6.pid])
+    assert inode() != ino
+    late.detach()
+    clients[3][0].detach()
+    listed([])
+
+
+def running(pid: int) -> bool:
+    """A live process (not a zombie) has that pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_hostile_identity_requests_over_sockets(daemon: Daemon) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import pwd
@@ -163,7 +164,7 @@ def test_journal_handler_carries_structured_fields():
 
 def test_journal_handler_through_real_journal_send(monkeypatch):
     """The real systemd.journal.send formats the fields (CODE_LINE must be an int)."""
-    journal = pytest.importorskip("systemd.journal")
+    from systemd import journal  # python3-systemd: a Depends, installed by setup.sh
     lines = []
     monkeypatch.setattr(journal, "sendv", lambda *args: lines.extend(args))
     h = service.LamJournalHandler(sender=journal.send)
@@ -229,10 +230,68 @@ def test_parse_level(monkeypatch):
         service.parse_level("loud")
 
 
-def test_real_journal_send_does_not_raise():
-    # Whether or not journald runs here, sending must not raise.
-    h = service.LamJournalHandler()
-    h.handle(make_record("unit test", LAM_PID=1))
+# The real handler with python3-systemd's real journal.send, in a private
+# mount namespace whose /run is a fresh tmpfs: first with no journal socket
+# (journald gone), then with a datagram socket bound where sd_journal_sendv
+# writes (/run/systemd/journal/socket), standing in for journald.
+JOURNAL_CHILD = textwrap.dedent("""
+    import json, logging, socket, sys
+    from lamd.service import LamJournalHandler
+
+    class Recording(LamJournalHandler):
+        failures = []
+        def handleError(self, record):
+            self.failures.append((record.getMessage(), repr(sys.exc_info()[1])))
+
+    h = Recording()
+    h.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("lamd.kernel")
+    log.propagate = False
+    log.addHandler(h)
+    log.setLevel(logging.DEBUG)
+    log.warning("no journal here")
+    print("FAILURES", json.dumps(h.failures), flush=True)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind("/run/systemd/journal/socket")
+    s.settimeout(5)
+    log.warning("client attached", extra={"LAM_PID": 4321, "LAM_REQUEST": "KATTACH",
+                                          "LAM_ERROR": None})
+    sys.stdout.write("DATAGRAM " + s.recv(65536).hex() + "\\n")
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a private mount namespace needs root")
+def test_real_journal_send_reaches_journald_socket(tmp_path):
+    """What the real handler writes to journald's socket, field by field; and
+    with no journald at all a record is dropped (libsystemd's sd_journal_sendv
+    ignores ENOENT), neither raised nor reported as a logging error."""
+    script = tmp_path / "child.py"
+    script.write_text(JOURNAL_CHILD)
+    cp = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+         'mount -t tmpfs -o mode=0755 lamd-test /run && mkdir -p /run/systemd/journal'
+         ' && exec "$0" "$1"', sys.executable, str(script)],
+        capture_output=True, text=True, timeout=30,
+        env=dict(os.environ, PYTHONPATH=REPO))
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    out = dict(line.split(" ", 1) for line in cp.stdout.splitlines())
+    assert json.loads(out["FAILURES"]) == []
+    datagram = bytes.fromhex(out["DATAGRAM"]).decode()
+    assert datagram.endswith("\n")
+    line = 1 + JOURNAL_CHILD.splitlines().index(
+        'log.warning("client attached", extra={"LAM_PID": 4321, "LAM_REQUEST": "KATTACH",')
+    fields = dict(f.split("=", 1) for f in datagram[:-1].split("\n"))
+    assert fields == {
+        "MESSAGE": "client attached",
+        "PRIORITY": "4",
+        "SYSLOG_IDENTIFIER": "lamd",
+        "LOGGER": "lamd.kernel",
+        "CODE_FILE": str(script),
+        "CODE_LINE": str(line),
+        "CODE_FUNC": "<module>",
+        "LAM_PID": "4321",
+        "LAM_REQUEST": "KATTACH",
+    }
 
 
 # ---------------------------------------------------------------- sd_notify
@@ -277,6 +336,7 @@ def test_notifier_disabled_by_hand(monkeypatch):
     n = service.Notifier()
     assert not n.enabled and n.watchdog_period() is None
     n.ready(); n.status("x"); n.watchdog(); n.stopping()   # no-ops
+    assert n.sent == []
 
 
 def test_notifier_survives_vanished_socket(tmp_path, monkeypatch, caplog):
@@ -344,8 +404,10 @@ def test_prepare_creates_0700_owned_by_user(tmp_path):
     assert service.prepare_session_dir("nobody", str(d)) == str(d)
     st = os.stat(d)
     assert st.st_uid == nobody.pw_uid and (st.st_mode & 0o7777) == 0o700
-    # idempotent
-    service.prepare_session_dir("nobody", str(d))
+    # idempotent: a good directory is accepted as it is
+    assert service.prepare_session_dir("nobody", str(d)) == str(d)
+    st2 = os.stat(d)
+    assert (st2.st_ino, st2.st_uid, st2.st_mode) == (st.st_ino, st.st_uid, st.st_mode)
 
 
 @needs_root

@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 SIZES = [0, 64, 8192, 8193, 1 << 20]
 SIZE_IDS = "0B,64B,8KiB,8KiB+1,1MiB"
 ENOKERNEL_EXIT = (0x400 + 215) & 0xFF  # liblam's exit(ENOKERNEL) on kernel EOF
+LAM_EEXIT = 253  # terror.h: what LAM's tools exit with after lam_perror()
 
 
 # ---------------------------------------------------------------------------
@@ -47,8 +48,7 @@ ENOKERNEL_EXIT = (0x400 + 215) & 0xFF  # liblam's exit(ENOKERNEL) on kernel EOF
 @pytest.fixture(scope="module")
 def cprogs():
     """tests/c/netclient.c and tests/c/mpihello.c built with mpicc.lam."""
-    if shutil.which("mpicc.lam") is None:
-        pytest.skip("mpicc.lam not installed")
+    assert shutil.which("mpicc.lam"), "mpicc.lam missing (lam4-dev): run packaging/setup.sh"
     out = Path(tempfile.mkdtemp(prefix="lamd-stocktools-", dir="/tmp"))
     out.chmod(0o755)
     exes = {}
@@ -225,6 +225,8 @@ def booted(kind: str, lam_user, lamd_pkg):
     try:
         d.start()
         yield d
+        d.stop()
+        assert not d.stop_problems, f"lamd ({kind}) shutdown: {d.stop_problems}\n{d.log()}"
     finally:
         d.stop()
         s.close()
@@ -309,9 +311,9 @@ def test_lamexec(daemon):
     else:
         # kenyad (the process starter) is a fail-fast stub in ours: the
         # stdio-passing step is refused and lamexec says so.
-        assert cp.returncode != 0, show(cp)
+        assert cp.returncode == LAM_EEXIT, show(cp)
         assert took < 5, f"lamexec took {took:.1f} s"
-        assert "lamexec" in cp.stderr and "service unavailable" in cp.stderr, show(cp)
+        assert cp.stderr == "lamexec (set_stdio): service unavailable\n", show(cp)
         assert cp.stdout == "", show(cp)
 
 
@@ -337,15 +339,16 @@ def test_mpirun(daemon, cprogs):
         assert cp.returncode == 0, show(cp)
         assert "HELLO rank=0 size=1" in cp.stdout, show(cp)
     else:
-        assert cp.returncode != 0, show(cp)
+        assert cp.returncode == LAM_EEXIT, show(cp)
         assert took < 5, f"mpirun took {took:.1f} s"
-        assert "mpirun" in cp.stderr and "service unavailable" in cp.stderr, show(cp)
-        assert "HELLO" not in cp.stdout, show(cp)
+        assert cp.stderr == "mpirun (set_stdio): service unavailable\n", show(cp)
+        assert cp.stdout == "", show(cp)
 
 
 def test_tools_still_work_after_failed_lamexec(daemon):
     """A refused lamexec leaves the daemon serving: tping still answers."""
-    daemon.s.run(["lamexec", "N", "hostname"], timeout=20)
+    cp = daemon.s.run(["lamexec", "N", "hostname"], timeout=20)
+    assert cp.returncode == (0 if daemon.kind == "c" else LAM_EEXIT), show(cp)
     cp = daemon.s.run(["tping", "-c", "1", "n0"], timeout=20)
     assert cp.returncode == 0 and "1 byte from n0" in cp.stdout, show(cp)
 
@@ -364,18 +367,19 @@ def test_lamclean(daemon):
         assert cp.returncode == 0, show(cp)
         assert "sweeping messages" in cp.stdout, show(cp)
     else:
-        assert cp.returncode != 0, show(cp)
+        assert cp.returncode == LAM_EEXIT, show(cp)
         assert took < 5, f"lamclean took {took:.1f} s"
-        assert "lamclean (rpdoom): service unavailable" in cp.stderr, show(cp)
+        assert cp.stderr == "lamclean (rpdoom): service unavailable\n", show(cp)
     cp = daemon.s.run(["tping", "-c", "1", "n0"], timeout=20)
     assert cp.returncode == 0, show(cp)
 
 
 def test_tkill(daemon, request):
     """LAM's tkill (what lamwipe runs on each node) SIGHUPs every pid in the
-    kill file, the daemon first, and waits for each to go (SIGKILL after
-    about 16 s).  The C lamd dies on SIGHUP at once; so must ours, cleanly
-    (no SIGKILL), leaving no session directory."""
+    kill file, the daemon first, again and again (backing off) until it is
+    gone, SIGKILL after about 16 s.  The C lamd dies on SIGHUP at once; so
+    must ours, cleanly: exit status 0 (README), however many SIGHUPs come
+    while it shuts down, leaving no session directory."""
     s = daemon.s
     daemon.expect_exit = True
     lamd_pid = lamenv.read_killfile(s.killfile)[0]
@@ -385,7 +389,7 @@ def test_tkill(daemon, request):
     assert cp.returncode == 0, show(cp)
     if daemon.kind == "py":
         rc = s._wait_reaping(daemon.proc, 5)
-        assert rc in (0, -signal.SIGHUP), f"our lamd ended with status {rc}"
+        assert rc == 0, f"our lamd ended with status {rc}"
     assert not lamenv.pid_alive(lamd_pid), "lamd survived tkill"
     assert took < 5, f"tkill took {took:.1f} s (the daemon did not go on SIGHUP)"
     assert wait_until(lambda: not s.session_dir.exists(), 5), "session directory left"

@@ -156,14 +156,22 @@ def test_pretend_signals_nothing(tmp_path, procs, capsys):
     assert p.poll() is None and os.path.exists(kf)
 
 
-def test_missing_kill_file_is_nothing_to_kill(tmp_path):
-    assert tkill.main(["-f", str(tmp_path / "nope" / "lam-killfile"), "-v"]) == 0
+def test_missing_kill_file_is_nothing_to_kill(tmp_path, capsys):
+    kf = tmp_path / "nope" / "lam-killfile"
+    assert tkill.main(["-f", str(kf), "-v"]) == 0
+    assert f"nothing to kill: {kf} does not exist" in capsys.readouterr().err
 
 
-def test_session_path_from_prefix(tmp_path, monkeypatch):
-    # No kill file in the computed session: exit 0, nothing done.
-    monkeypatch.delenv("LAM_MPI_SESSION_SUFFIX", raising=False)
-    assert tkill.main(["-sessionprefix", str(tmp_path)]) == 0
+def test_session_path_from_prefix(tmp_path, monkeypatch, capsys):
+    # No kill file in the computed session (LAM's PREFIX/lam-USER@HOST): exit 0, nothing done.
+    import pwd
+    for var in ("LAM_MPI_SESSION_SUFFIX", "LAM_MPI_SOCKET_SUFFIX", "PBS_ENVIRONMENT",
+                "SLURM_JOBID", "LSB_JOBID", "SGE_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    assert tkill.main(["-sessionprefix", str(tmp_path), "-v"]) == 0
+    user = pwd.getpwuid(os.getuid()).pw_name
+    kf = tmp_path / f"lam-{user}@{socket.gethostname()}" / "lam-killfile"
+    assert f"nothing to kill: {kf} does not exist" in capsys.readouterr().err
 
 
 def test_console_entry_runs():
