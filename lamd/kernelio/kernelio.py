@@ -242,7 +242,10 @@ class KernelIO(Admission, ConnIO):
         if self._killfile is None:
             return
         if self._kill_dirty or self._kill_removed:
-            self.write_killfile()  # the table already lists it
+            # the table already lists it: rewrite from it (cutting off the
+            # lines of the clients that left would drop this one's, never written)
+            self._kill_dirty = True
+            self.write_killfile()
             return
         try:
             self._killfile.append([(pid, None)])
