@@ -118,7 +118,8 @@ class ExternalProc:
 class _Service:
     """One hosted service: its coroutine, its kernel connection, its waits."""
 
-    def __init__(self, host: "ServiceHost", kb: KBoot, row: int, config: dict[str, Any]) -> None:
+    def __init__(self, host: "ServiceHost", kb: KBoot, row: int | None,
+                 config: dict[str, Any]) -> None:
         self.name = kb.name
         self.priority = kb.priority
         self.row = row
@@ -226,7 +227,7 @@ def attach(svc: _Service, check: bool) -> Generator[tuple[str, Any], Any, tuple[
     rep = KReply.unpack((yield _READ, KREPLY_SIZE))
     if rep.reply:
         return "refused", rep
-    if check:
+    if check and svc.row is not None:
         yield _WRITE, KReq(req=KQSTATE, index=rep.index, pid=IPROC_PID_BASE + svc.row).pack()
         st = KReply.unpack((yield _READ, KREPLY_SIZE))
         if st.reply == 0 and st.priority == svc.priority:
@@ -246,11 +247,15 @@ class ServiceHost:
     returns the exit status. Usable in-process (tests run it in a thread).
     """
 
-    def __init__(self, socket_path: str, names: Sequence[str],
+    def __init__(self, socket_path: str, names: Sequence[str | KBoot],
                  config: dict[str, Any] | None = None, *, check_internal: bool = True,
                  connect_timeout: float = 10.0) -> None:
-        names = parse_external(list(names))
-        if not names:
+        """*names*: services of the boot table (checked as ``--external`` is),
+        or :class:`KBoot` rows of one's own (tests); a row with ``row`` None
+        is not looked for among the kernel's internal processes."""
+        extra = [n for n in names if isinstance(n, KBoot)]
+        listed = parse_external([n for n in names if isinstance(n, str)])
+        if not listed and not extra:
             raise BootConfigError("no service named")
         self.socket_path = socket_path
         self.check_internal = check_internal
@@ -258,7 +263,8 @@ class ServiceHost:
         self.loop = EventLoop()
         rows = {name: row for row, name in enumerate(BY_NAME)}
         cfg = dict(config or {})
-        self.services = [_Service(self, BY_NAME[n], rows[n], cfg) for n in names]
+        self.services = ([_Service(self, BY_NAME[n], rows[n], cfg) for n in listed]
+                         + [_Service(self, kb, kb.row, cfg) for kb in extra])
         self._runq: deque[tuple[_Service, Any]] = deque()
         self._watch_seq = 0
         self._watches: dict[int, Watch] = {}
