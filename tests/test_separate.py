@@ -227,6 +227,20 @@ def test_hosted_echod_answers_like_the_internal_one(world_factory):
         "stale kill-file line"
 
 
+def test_reattach_in_one_turn_keeps_the_kill_file_right(world_factory):
+    """What the host does to cancel a blocked request, a close and a new
+    attach back to back: the kill file must list the new connection even
+    when the kernel sees both in one turn (it once cut the new line off)."""
+    w = world_factory([])
+    me = os.getpid()
+    c = w.client()
+    for i in range(20):
+        c.close()
+        c = w.client()
+        assert wait_until(lambda: read_killfile(w.killfile)[1:] == [me], 2.0), \
+            (i, read_killfile(w.killfile))
+
+
 def test_hosted_versiond_answers_rversion(world_factory):
     w = world_factory(["versiond"])
     w.host(["versiond"])
