@@ -308,6 +308,31 @@ def test_interrupted_wait_reattaches_and_the_wait_api_works(world_factory):
     wr.close()
 
 
+def test_hosted_service_moves_large_bodies_both_ways(world_factory):
+    """Bodies far larger than a socket buffer: the host writes a send's body
+    as the kernel takes it (partial writes, EPOLLOUT) and reads a receive's
+    in pieces; every byte arrives, with the KNMSG header beside it."""
+    w = world_factory([])
+    n = 4 << 20
+    data = bytes((i * 7 + 3) & 0xFF for i in range(256)) * (n // 256)
+    got: list[Any] = []
+
+    async def mover(k: IProc) -> None:
+        rep = await k.send(EVX, 3, data, KNMSG, nmsg=NMsg(event=EVX, data=data_words(1, 2)))
+        got.append(rep.length)
+        r = await k.recv(EVX + 1, 0, n, KNMSG)
+        got.append((r.type, r.nmsg.data[:2] if r.nmsg else None, r.body == data[::-1]))
+        await k.next_event()
+
+    w.host([KBoot("mover", PRDAEMON, mover)])
+    c = w.client()
+    m = c.recv(EVX, 0, n, KNMSG)
+    assert m.body == data and m.type == 3 and m.nmsg.data[:2] == (1, 2)
+    assert c.send(EVX + 1, 9, data[::-1], KNMSG, nmsg=NMsg(data=data_words(5, 6))) == n
+    assert wait_until(lambda: len(got) == 2, TIMEOUT), got
+    assert got == [n, (9, (5, 6), True)]
+
+
 def test_host_exits_with_the_kernel_and_kills_its_children(world_factory):
     """The kernel goes (its sockets close): the host ends, status 0, and the
     process its service started and watched is killed and reaped."""

@@ -376,9 +376,10 @@ class ServiceHost:
         if ev & EPOLLOUT:
             if not self._flush(svc):
                 return
-            if svc.waiting == _WRITE and not svc.wbuf:
+            if not svc.wbuf:
                 self._set_mask(svc)
-                self._advance(svc, None)
+                if svc.waiting == _WRITE:
+                    self._advance(svc, None)
         if svc.sock is s and ev & ~EPOLLOUT:
             if not self._fill(svc):
                 return
