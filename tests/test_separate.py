@@ -44,7 +44,7 @@ from lamd.kernelio import KernelIO
 from lamd.session.kkill import read_killfile
 
 from . import lamenv
-from .test_stock_tools import TPING_REPLY, attached, show, wait_until
+from .test_stock_tools import TPING_REPLY, show, wait_until
 
 ADDR = "192.0.2.2"
 TIMEOUT = 10.0

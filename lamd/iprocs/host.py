@@ -71,7 +71,7 @@ from ..kernel.constants import (
 )
 from ..kernel.kiproc import (
     CHILD, IPROC_PID_BASE, READABLE, SIGNAL, TIMER, WAIT_EVENT, WAIT_HALT,
-    ChildExit, Event, IProc, KBoot, KCall, Received, Watch,
+    Event, IProc, KBoot, KCall, Received, Watch,
 )
 from ..kernel.wire import KREPLY_SIZE, NMSG_SIZE, KMsg, KReply, KReq, NMsg
 from ..kernelio.kernelio import reap_child
