@@ -96,13 +96,13 @@ def test_external_names_are_checked():
 class World:
     """Our kernel (KernelIO in a thread) booted without *external*, and hosts."""
 
-    def __init__(self, tmp: str, external: list[str]) -> None:
+    def __init__(self, tmp: str, external: list[str], max_procs: int = 65536) -> None:
         self.path = os.path.join(tmp, "lam-kernel-socket")
         self.killfile = os.path.join(tmp, "lam-killfile")
         lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         lsock.bind(self.path)
         lsock.listen(64)
-        self.kernel = Kernel(kernel_pid=os.getpid())
+        self.kernel = Kernel(kernel_pid=os.getpid(), max_procs=max_procs)
         self.io = KernelIO(self.kernel, lsock, killfile=self.killfile,
                            clients_file=os.path.join(tmp, "lamd-clients"), tick_interval=0.2)
         self.config: dict[str, Any] = {"node_addr": ADDR, "session": tmp}
@@ -151,10 +151,10 @@ def world_factory() -> Iterator[Any]:
     made: list[World] = []
     dirs: list[tempfile.TemporaryDirectory] = []
 
-    def make(external: list[str]) -> World:
+    def make(external: list[str], **kw: Any) -> World:
         d = tempfile.TemporaryDirectory(prefix="lamd-sep-")
         dirs.append(d)
-        w = World(d.name, external)
+        w = World(d.name, external, **kw)
         made.append(w)
         return w
 
@@ -365,6 +365,17 @@ def test_host_refuses_a_service_the_kernel_runs_itself(world_factory):
     t.join(TIMEOUT)
     assert status == [1]
     assert wait_until(lambda: w.kernel.nclients == 0, TIMEOUT)
+
+
+def test_host_fails_when_its_attach_is_refused(world_factory, caplog):
+    """Out of process descriptors (the kernel replies, then closes): status 1."""
+    w = world_factory(["echod"], max_procs=len(BOOT_TABLE) - 1)
+    h, t, status = w.host(["echod"])
+    t.join(TIMEOUT)
+    assert status == [1]
+    # the reply read first, or the close seen first (then the reply is read from the buffer)
+    assert re.search(r"(refused echod's attach: |closed echod's connection while it "
+                     r"attached \()ENOKDESCRIPTORS", caplog.text), caplog.text
 
 
 # ---------------------------------------------------------------------------

@@ -367,6 +367,13 @@ class ServiceHost:
         s.close()
 
     def _kernel_gone(self, svc: _Service, why: str) -> None:
+        if svc.attaching:  # refused (out of descriptors: a reply, then the close)
+            if len(svc.rbuf) >= KREPLY_SIZE:
+                why = strerror(KReply.unpack(svc.rbuf).reply)
+            log.error("host: the kernel closed %s's connection while it attached (%s)",
+                      svc.name, why)
+            self.stop(EXIT_FAILED, "attach refused")
+            return
         log.info("host: the kernel closed %s's connection (%s): exiting", svc.name, why)
         self.stop(EXIT_OK, "the kernel went away")
 
