@@ -285,6 +285,9 @@ class ServiceHost:
         comes back as EINTR on the next request, which is made again."""
         signal.signal(LAM_SIGUSR, signal.SIG_IGN)
         for s in _STOP_SIGNALS:
+            # ignored, not default, once the loop lets go of them at the end:
+            # kkillall sends SIGHUP once per kill-file line, i.e. per service
+            signal.signal(s, signal.SIG_IGN)
             self.loop.add_signal(s, lambda signo: self.stop(EXIT_OK, f"signal {signal.Signals(signo).name}"))
 
     def stop(self, status: int = EXIT_OK, reason: str = "") -> None:
