@@ -126,6 +126,9 @@ class KernelIO(Admission, ConnIO):
         # SIGHUP too: LAM's tkill (lamwipe) hangs up the kill file's first pid,
         # the daemon, and the C lamd goes at once (kbbail)
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            # ignored, not default, once the loop lets go of them in shutdown():
+            # a second SIGHUP from tkill must not kill the daemon mid-cleanup
+            signal.signal(s, signal.SIG_IGN)
             self.loop.add_signal(s, self._on_stop_signal)
 
     def _on_stop_signal(self, signo: int) -> None:
