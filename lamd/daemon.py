@@ -18,7 +18,7 @@ import sys
 from typing import Sequence
 
 from . import LAM_VERSION, __version__, service
-from .iprocs import boot_table
+from .iprocs import BootConfigError, boot_table, parse_external
 from .kernel import Kernel, MAX_MSG_LEN
 from .kernelio import IOLimits, KernelIO
 from .limits import raise_nofile_limit
@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=f"The LAM/MPI {LAM_VERSION} runtime daemon (kernel and internal "
                     "processes), serving this user's LAM session socket.",
         epilog="Limits also come from the environment (the service's /etc/default/lamd): "
-               "LAMD_LOG_LEVEL, LAMD_MAX_PROCS, LAMD_MAX_MSG_LEN, LAMD_MOVE_BUFFER, LAMD_MAX_QUEUED.")
+               "LAMD_LOG_LEVEL, LAMD_MAX_PROCS, LAMD_MAX_MSG_LEN, LAMD_MOVE_BUFFER, LAMD_MAX_QUEUED, "
+               "LAMD_EXTERNAL.")
     p.add_argument("--version", action="version",
                    version=f"lamd {__version__} (LAM/MPI {LAM_VERSION} protocol)")
     p.add_argument("--debug", action="store_true", help="log every request (same as --log-level debug)")
@@ -57,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queued", type=int, default=int(os.environ.get("LAMD_MAX_QUEUED", 1 << 20)),
                    metavar="BYTES", help="replies queued to a client that does not read them before "
                                          "its requests stop being read (default 1 MiB)")
+    p.add_argument("--external", action="append", metavar="NAME[,NAME...]",
+                   help="services not booted inside the daemon but served by a separate "
+                        "process (python3 -m lamd.iprocs.host NAME...), as LAM's "
+                        "lam-conf.separate daemons; may be repeated (default: $LAMD_EXTERNAL)")
     p.add_argument("--no-iprocs", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -96,6 +101,13 @@ def bind_session_socket(session: Session) -> socket.socket:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     service.setup_logging("debug" if args.debug else args.log_level)
+    try:
+        external = parse_external(args.external if args.external is not None
+                                  else os.environ.get("LAMD_EXTERNAL", ""))
+    except BootConfigError as e:
+        src = "--external" if args.external is not None else "LAMD_EXTERNAL"
+        log.error("%s: %s", src, e)
+        return EXIT_USAGE
     if os.getuid() == 0:
         log.error("lamd refuses to run as root (as LAM's lamd does): run it as the user "
                   "whose LAM session it serves")
@@ -155,7 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     io.install_signal_handlers()
     if not args.no_iprocs:
         config = {"session": session.directory}
-        io.boot(boot_table(config), config)  # one dict: the address found at boot is shared
+        table = boot_table(config, external)
+        io.boot(table, config)  # one dict: the address found at boot is shared
+        log.info("boot table: internal %s", ", ".join(kb.name for kb in table))
+        if external:
+            log.info("boot table: external %s: expected from separate processes "
+                     "(python3 -m lamd.iprocs.host %s), with LAM's priorities",
+                     ", ".join(external), " ".join(external))
     service.set_proctitle(service.proctitle(user, 0))
     log.info("lamd %s serving %s (pid %d; RLIMIT_NOFILE %d allows %d clients, "
              "two descriptors each; --max-procs %d)", __version__, session.socket_path,

@@ -450,6 +450,10 @@ class PyDaemon(Daemon):
             raise RuntimeError(
                 f"python lamd did not serve {self.s.socket} within 10 s "
                 f"(exit status {rc}):\n{self.log()}")
+        # the socket listens a moment before the kill file is first written
+        deadline = time.monotonic() + 10
+        while not read_killfile(self.s.killfile) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def log(self) -> str:
         try:

@@ -11,11 +11,19 @@ Settings read from the boot configuration (all optional):
 ``ncpus`` (default 1, as ``lamboot`` without a cpu count), ``node_type``,
 ``dli_port``, ``session`` (the session directory), ``bufferd_space`` and
 ``bufferd_space_limit``.
+
+External services (LAM's ``lam-conf.separate``): any row but
+:data:`KERNEL_SIDE` may be left out of the boot (``lamd --external NAME``)
+and served by a separate process attached to the kernel like LAM's
+``lamd_echod`` & co. (:mod:`lamd.iprocs.host`, the same coroutines). The rows
+left in keep LAM's pids, 100000 + their row in the full table.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from dataclasses import replace
+from typing import Any, Iterable
 
 from ..kernel.constants import (
     PRBFORWARD, PRBUFFERD, PRDAEMON, PRDIED, PRDLI, PRDLO, PRECHOD, PRFILED,
@@ -51,16 +59,70 @@ BOOT_TABLE: list[KBoot] = [
 ]
 
 
-def boot_table(config: dict[str, Any]) -> list[KBoot]:
-    """The boot table; fills ``config["node_addr"]`` (netlink) if missing.
+#: Rows that never leave the kernel, and why:
+#:
+#: * ``haltd``: its job, halting the daemon (``k.halt``: kkillall, the
+#:   session files, exit), is a kernel action no client can ask for;
+#: * ``bufferd``: every ``nsend``/``nrecv`` goes through it, those of the
+#:   external services included (a ``dsfr`` to EVBUFFERD): a host would be
+#:   serving its own dependency, and every network message would take two
+#:   more socket hops;
+#: * ``router``: the node table is this kernel's own identity (node id,
+#:   origin, cpus from the daemon's settings), which every kinit'ed client
+#:   and every tool reads through it.
+KERNEL_SIDE = frozenset({"router", "bufferd", "haltd"})
+#: Every row by name.
+BY_NAME: dict[str, KBoot] = {kb.name: kb for kb in BOOT_TABLE}
+#: Names a configuration may list as external, in table order.
+EXTERNAL_OK = tuple(kb.name for kb in BOOT_TABLE if kb.name not in KERNEL_SIDE)
 
-    The daemon passes the same *config* to ``Kernel.boot``, so every internal
-    process sees one address.
+
+class BootConfigError(ValueError):
+    """An external-service list names an unknown or kernel-side service."""
+
+
+def parse_external(spec: str | Iterable[str] | None) -> list[str]:
+    """Service names from ``--external``/``LAMD_EXTERNAL`` (comma or space
+    separated, possibly several strings), in table order, without repeats.
+
+    Raises :class:`BootConfigError` (one line) for an unknown name or one of
+    :data:`KERNEL_SIDE`.
     """
+    if spec is None:
+        return []
+    parts = [spec] if isinstance(spec, str) else list(spec)
+    names = [n for part in parts for n in re.split(r"[\s,]+", part) if n]
+    for n in names:
+        if n in KERNEL_SIDE:
+            raise BootConfigError(f"{n} cannot be external: it stays in the kernel "
+                                  f"(kernel-side: {', '.join(sorted(KERNEL_SIDE))})")
+        if n not in BY_NAME:
+            raise BootConfigError(f"unknown service {n!r} (services that can be "
+                                  f"external: {', '.join(EXTERNAL_OK)})")
+    want = set(names)
+    return [n for n in EXTERNAL_OK if n in want]
+
+
+def boot_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``config["node_addr"]`` (netlink) and ``node_id`` if missing."""
     if not config.get("node_addr"):
         config["node_addr"] = node_address()
     config.setdefault("node_id", 0)
-    return list(BOOT_TABLE)
+    return config
 
 
-__all__ = ["BOOT_TABLE", "boot_table"]
+def boot_table(config: dict[str, Any], external: Iterable[str] = ()) -> list[KBoot]:
+    """The boot table without the *external* rows; fills ``config["node_addr"]``
+    (netlink) if missing.
+
+    Each row keeps its place in LAM's table (``row``), so leaving rows out
+    keeps every other process at LAM's pid. The daemon passes the same
+    *config* to ``Kernel.boot``, so every internal process sees one address.
+    """
+    boot_config(config)
+    skip = set(parse_external(list(external)))
+    return [replace(kb, row=row) for row, kb in enumerate(BOOT_TABLE) if kb.name not in skip]
+
+
+__all__ = ["BOOT_TABLE", "BY_NAME", "KERNEL_SIDE", "EXTERNAL_OK", "BootConfigError",
+           "parse_external", "boot_config", "boot_table"]

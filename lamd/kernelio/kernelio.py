@@ -43,6 +43,20 @@ class IOLimits:
     requests_per_turn: int = 32  # requests served from one client before the next one's turn
 
 
+def reap_child(pid: int, pidfd: int | None) -> ChildExit:
+    """Collect a child's status (``waitid``); unknown for a non-child."""
+    try:
+        if pidfd is not None:
+            r = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+        else:
+            r = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
+    except (ChildProcessError, OSError):
+        return ChildExit(pid)
+    if r is None:
+        return ChildExit(pid)
+    return ChildExit(pid, r.si_code, r.si_status)
+
+
 class _FdWatch:
     """A ``readable`` event source: a private duplicate of the descriptor,
     registered one-shot and re-armed once its readiness is taken."""
@@ -369,17 +383,7 @@ class KernelIO(Admission, ConnIO):
 
     @staticmethod
     def _reap(pid: int, pidfd: int | None) -> ChildExit:
-        """Collect a child's status (``waitid``); unknown for a non-child."""
-        try:
-            if pidfd is not None:
-                r = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
-            else:
-                r = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
-        except (ChildProcessError, OSError):
-            return ChildExit(pid)
-        if r is None:
-            return ChildExit(pid)
-        return ChildExit(pid, r.si_code, r.si_status)
+        return reap_child(pid, pidfd)
 
     def _reap_quietly(self, w: _ChildWatch) -> None:
         self.loop.remove(w.pidfd)

@@ -1,0 +1,824 @@
+"""Services outside the kernel: LAM's separate daemons (``etc/lam-conf.separate``).
+
+LAM can run its daemons as separate processes instead of inside ``lamd``:
+``lamd_echod``, ``lamd_versiond``... each ``kinit(priority)`` (a kattach at
+the daemon's priority; no version check, which only PRCMD clients make) and
+then serve their event with ordinary kernel requests through liblam. This
+module does that for the very coroutines the daemon boots inside
+(:mod:`lamd.iprocs`), so a service has one implementation wherever it runs::
+
+    lamd --external echod            # the kernel leaves echod's row out
+    python3 -m lamd.iprocs.host echod
+
+How it runs them: one single-threaded :class:`~lamd.kernelio.loop.EventLoop`
+and one kernel connection per service (a request blocked in the kernel
+occupies its connection, as in liblam), attached with LAM's priority for that
+service. Each :class:`~lamd.kernel.kiproc.KCall` a coroutine yields becomes the
+``struct kreq`` liblam writes on that connection; for sends the ``struct
+nmsg`` (KNMSG) and the body follow the kernel's reply, as ``_cio_send``
+writes them; replies, headers and bodies are read back as ``_cio_recv`` reads
+them, and resume the coroutine with what the kernel would have handed an
+internal process. The wait API (``timer``, ``watch_readable``,
+``watch_child``, ``watch_signal``, ``next_event``, ``wait``) is served by the
+host's own loop with the kernel's semantics.
+
+Where it differs from inside the kernel:
+
+* ``k.wait(request, watches)`` interrupted by an event while the request is
+  blocked in the kernel: a client cannot take back a blocked request, so the
+  host closes that service's connection and attaches a fresh one (the kernel
+  forgets a blocked request of a connection that goes). Cost: a connect and
+  an attach (about 1 ms per interruption measured with kernel and host in
+  one process), two kill-file updates, a new kernel index for the service; and if the kernel matched the request in the instant
+  before it saw the close, the message is lost (a sender's body read and
+  dropped, or a receiver left waiting), as for any client that dies. An event
+  that arrives after the kernel has answered is kept for the next wait, as
+  inside the kernel.
+* ``k.ksync()`` (a direct look at the kernel's blocked list) and ``k.halt()``
+  (a kernel action) do not exist outside the kernel: they raise
+  :class:`KernelOnly` (no service in the table uses ksync; haltd, which
+  halts, is kernel-side).
+* ``k.pid`` is the host's process id, shared by its services.
+* A LAM signal sent to the host (``kdoom``) interrupts a blocked request with
+  EINTR: the host logs it and makes the request again (a daemon has no
+  signal handlers to run; inside the kernel a doom of a service is refused).
+
+The host is in the session's kill file like every attached client (one line
+per service connection), so ``lamhalt``, ``tkill`` and the daemon's own stop
+end it with SIGHUP; SIGTERM and SIGINT end it too. It exits when the kernel
+goes away (end of file on a connection, LAM's ENOKERNEL), and before exiting
+it kills and reaps every process a service started and watched
+(``watch_child``) that is still running: it never leaves children behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import replace
+from typing import Any, Generator, Sequence
+
+from ..kernel.constants import (
+    KNMSG, KPROBE, KQATTACH, KQDETACH, KQDOOM, KQRECV, KQSEND, KQSR, KQSTATE,
+    LAM_SIGUSR, strerror,
+)
+from ..kernel.kiproc import (
+    CHILD, IPROC_PID_BASE, READABLE, SIGNAL, TIMER, WAIT_EVENT, WAIT_HALT,
+    Event, IProc, KBoot, KCall, Received, Watch,
+)
+from ..kernel.wire import KREPLY_SIZE, NMSG_SIZE, KMsg, KReply, KReq, NMsg
+from ..kernelio.kernelio import reap_child
+from ..kernelio.loop import EPOLLIN, EPOLLONESHOT, EPOLLOUT, EventLoop, Timer
+from . import BY_NAME, BootConfigError, boot_config, parse_external
+
+log = logging.getLogger("lamd.host")
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # no kernel, refused, a service failed
+EXIT_USAGE = 2
+
+#: Coroutine steps run before the loop looks at its descriptors again.
+TURN_BUDGET = 10000
+
+# what a protocol step asks of its connection
+_WRITE = "write"
+_READ = "read"  # bytes that follow at once (a reply to a non-blocking request, a body)
+_BLOCK = "block"  # a reply that may wait for a rendezvous: the request can be interrupted
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class KernelOnly(RuntimeError):
+    """A call only an internal process can make (``ksync``, ``halt``)."""
+
+
+class HostError(RuntimeError):
+    """The host cannot start (no kernel, refused, the kernel runs the service itself)."""
+
+
+class ExternalProc:
+    """What the kernel's ``KProc`` is to an internal process, for a hosted one:
+    carries the pid, and the handle a :class:`Watch` cancels through."""
+
+    __slots__ = ("pid", "iproc", "svc")
+
+    def __init__(self, pid: int, svc: "_Service") -> None:
+        self.pid = pid
+        self.svc = svc
+        self.iproc: IProc | None = None
+
+
+class _Service:
+    """One hosted service: its coroutine, its kernel connection, its waits."""
+
+    def __init__(self, host: "ServiceHost", kb: KBoot, row: int | None,
+                 config: dict[str, Any]) -> None:
+        self.name = kb.name
+        self.priority = kb.priority
+        self.row = row
+        self.main = kb.main
+        self.proc = ExternalProc(os.getpid(), self)
+        self.handle = IProc(kb.name, host, self.proc, dict(config))  # type: ignore[arg-type]
+        self.proc.iproc = self.handle
+        self.coro: Any = None
+        # the connection
+        self.sock: socket.socket | None = None
+        self.index = -1
+        self.wbuf = bytearray()
+        self.rbuf = bytearray()
+        self.waiting: str | None = None  # _WRITE, _READ, _BLOCK or None
+        self.need = 0
+        self.proto: Generator[tuple[str, Any], Any, Any] | None = None
+        self.attaching = False
+        # the coroutine's current call and waits
+        self.call: KCall | None = None
+        self.wanted: tuple[Watch, ...] | None = None
+        self.waiting_event = False
+        self.pending_event: Event | None = None  # handed over once re-attached
+        self.mailbox: deque[Event] = deque()
+        self.watches: dict[int, Watch] = {}
+        self.failed = False
+
+
+# ---------------------------------------------------------------------------
+# what liblam writes and reads for each request (share/kreq/, clientio.c)
+# ---------------------------------------------------------------------------
+
+def _body_bytes(n: int, body: bytes, flags: int, nmsg: NMsg | None) -> bytes:
+    """``_cio_send``: the ``struct nmsg`` (KNMSG) then *n* bytes of body."""
+    data = body[:n]
+    if len(data) < n:
+        data += bytes(n - len(data))
+    if flags & KNMSG:
+        data = (nmsg or NMsg()).pack() + data
+    return data
+
+
+def _recv_body(rep: KReply, flags: int) -> Generator[tuple[str, Any], Any, Received]:
+    """``_cio_recv``: the ``struct nmsg`` (KNMSG) then the body; nothing for a probe."""
+    if flags & KPROBE:
+        return Received(rep)
+    hdr = None
+    if flags & KNMSG:
+        hdr = NMsg.unpack((yield _READ, NMSG_SIZE))
+    body = (yield _READ, rep.length) if rep.length else b""
+    return Received(rep, bytes(body), hdr)
+
+
+def _interrupted(name: str, rep: KReply) -> bool:
+    """An EINTR reply carrying LAM signals (kdoom): logged, and made again."""
+    if rep.reply == errno.EINTR and rep.signal:
+        log.info("%s: request interrupted by LAM signals %#x; making it again", name, rep.signal)
+        return True
+    return False
+
+
+def exchange(name: str, call: KCall, index: int) -> Generator[tuple[str, Any], Any, Any]:
+    """One kernel request of a coroutine, as steps for its connection; returns
+    what the kernel hands an internal process for it (a :class:`KReply` for
+    send, state and doom, a :class:`Received` for receive and send-receive;
+    a LAM error is in the reply, not raised)."""
+    kind = call.kind
+    assert call.req is not None
+    req = replace(call.req, index=index)
+    if kind in (KQSTATE, KQDOOM):
+        yield _WRITE, req.pack()
+        return KReply.unpack((yield _READ, KREPLY_SIZE))
+    while True:
+        yield _WRITE, req.pack()
+        rep = KReply.unpack((yield _BLOCK, KREPLY_SIZE))
+        if not _interrupted(name, rep):
+            break
+    if kind == KQRECV:
+        if rep.reply:
+            return Received(rep)
+        return (yield from _recv_body(rep, req.msg.flags))
+    if rep.reply:
+        return rep if kind == KQSEND else Received(rep)
+    data = _body_bytes(rep.length, call.body, req.msg.flags, call.nmsg)
+    if data:
+        yield _WRITE, data
+    if kind == KQSEND:
+        return rep
+    # KQSR: the send half is done; now its receive half
+    while True:
+        rep2 = KReply.unpack((yield _BLOCK, KREPLY_SIZE))
+        if not _interrupted(name, rep2):
+            break
+        # the message went; only the receive is made again
+        yield _WRITE, KReq(req=KQRECV, index=index, msg=req.msg2).pack()
+    if rep2.reply:
+        return Received(rep2)
+    return (yield from _recv_body(rep2, req.msg2.flags))
+
+
+def attach(svc: _Service, check: bool) -> Generator[tuple[str, Any], Any, tuple[str, Any]]:
+    """``kinit(priority)``: attach at the service's priority; with *check*, make
+    sure the kernel does not run the service itself (its LAM pid, 100000 +
+    row, attached at its priority)."""
+    yield _WRITE, KReq(req=KQATTACH, index=-1, pid=svc.proc.pid, priority=svc.priority).pack()
+    rep = KReply.unpack((yield _READ, KREPLY_SIZE))
+    if rep.reply:
+        return "refused", rep
+    if check and svc.row is not None:
+        yield _WRITE, KReq(req=KQSTATE, index=rep.index, pid=IPROC_PID_BASE + svc.row).pack()
+        st = KReply.unpack((yield _READ, KREPLY_SIZE))
+        if st.reply == 0 and st.priority == svc.priority:
+            return "internal", st
+    return "ok", rep.index
+
+
+# ---------------------------------------------------------------------------
+
+
+class ServiceHost:
+    """Runs services of the boot table as external processes of one kernel.
+
+    ``ServiceHost(socket_path, ["echod"], config).run()`` serves until it is
+    stopped (:meth:`stop`, :meth:`request_stop` from another thread, or a stop
+    signal after :meth:`install_signal_handlers`), or the kernel goes away;
+    returns the exit status. Usable in-process (tests run it in a thread).
+    """
+
+    def __init__(self, socket_path: str, names: Sequence[str | KBoot],
+                 config: dict[str, Any] | None = None, *, check_internal: bool = True,
+                 connect_timeout: float = 10.0) -> None:
+        """*names*: services of the boot table (checked as ``--external`` is),
+        or :class:`KBoot` rows of one's own (tests); a row with ``row`` None
+        is not looked for among the kernel's internal processes."""
+        extra = [n for n in names if isinstance(n, KBoot)]
+        listed = parse_external([n for n in names if isinstance(n, str)])
+        if not listed and not extra:
+            raise BootConfigError("no service named")
+        self.socket_path = socket_path
+        self.check_internal = check_internal
+        self.connect_timeout = connect_timeout
+        self.loop = EventLoop()
+        rows = {name: row for row, name in enumerate(BY_NAME)}
+        cfg = dict(config or {})
+        self.services = ([_Service(self, BY_NAME[n], rows[n], cfg) for n in listed]
+                         + [_Service(self, kb, kb.row, cfg) for kb in extra])
+        self._runq: deque[tuple[_Service, Any]] = deque()
+        self._watch_seq = 0
+        self._watches: dict[int, Watch] = {}
+        self._res: dict[int, Any] = {}  # watch id -> its loop resource
+        self._sig_watches: dict[int, list[int]] = {}
+        self._children: dict[int, int] = {}  # pidfd -> pid of every watched child not yet reaped
+        self.stopping = False
+        self.status = EXIT_OK
+        self.stop_reason = ""
+        self._closed = False
+
+    # ------------------------------------------------------------------
+    # running
+    # ------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        """SIGTERM, SIGINT, SIGHUP (what kkillall and tkill send) stop the host;
+        LAM_SIGUSR (the kernel's kpreempt) is ignored: a pending LAM signal
+        comes back as EINTR on the next request, which is made again."""
+        signal.signal(LAM_SIGUSR, signal.SIG_IGN)
+        for s in _STOP_SIGNALS:
+            # ignored, not default, once the loop lets go of them at the end:
+            # kkillall sends SIGHUP once per kill-file line, i.e. per service
+            signal.signal(s, signal.SIG_IGN)
+            self.loop.add_signal(s, lambda signo: self.stop(EXIT_OK, f"signal {signal.Signals(signo).name}"))
+
+    def stop(self, status: int = EXIT_OK, reason: str = "") -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.status = status
+            self.stop_reason = reason
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Stop from another thread."""
+        self.stop(EXIT_OK, reason)
+        self.loop.wakeup()
+
+    def start(self) -> None:
+        """Connect and attach every service (raises :class:`HostError`)."""
+        for svc in self.services:
+            self._connect(svc)
+            self._start_attach(svc, self.check_internal)
+
+    def run(self) -> int:
+        """Serve until stopped or the kernel goes; returns the exit status."""
+        try:
+            if not any(svc.sock for svc in self.services):
+                self.start()
+        except HostError as e:
+            log.error("%s", e)
+            self.close()
+            return EXIT_FAILED
+        loop = self.loop
+        while not self.stopping:
+            if self._runq:
+                timeout = 0.0
+            else:
+                t = loop.next_deadline()
+                timeout = 1.0 if t is None else min(1.0, max(0.0, t - time.monotonic()))
+            loop.poll(timeout)
+            loop.run_timers(time.monotonic())
+            self._run()
+        log.info("host: stopping (%s)", self.stop_reason or "stop")
+        self.close()
+        return self.status
+
+    # ------------------------------------------------------------------
+    # connections
+    # ------------------------------------------------------------------
+    def _connect(self, svc: _Service) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        s.settimeout(self.connect_timeout)
+        try:
+            s.connect(self.socket_path)
+        except OSError as e:
+            s.close()
+            raise HostError(f"no kernel at {self.socket_path}: {e.strerror or e} "
+                            "(ENOKERNEL: is lamd running for this session?)") from e
+        s.setblocking(False)
+        svc.sock = s
+        svc.wbuf.clear()
+        svc.rbuf.clear()
+        svc.waiting, svc.need = None, 0
+        self.loop.add_reader(s.fileno(), lambda ev, s=s, svc=svc: self._on_io(svc, s, ev), EPOLLIN)
+
+    def _disconnect(self, svc: _Service, *, detach: bool = False) -> None:
+        s = svc.sock
+        if s is None:
+            return
+        idle = svc.proto is None and not svc.wbuf and not svc.rbuf
+        svc.sock = None
+        svc.proto = None
+        svc.waiting, svc.need = None, 0
+        self.loop.remove(s.fileno())
+        # only between requests: in the middle of one the kernel may be
+        # waiting for a body, and would read the detach as one
+        if detach and idle and svc.index >= 0:
+            try:  # kexit's kdetach: no reply; the kernel closes its end
+                s.send(KReq(req=KQDETACH, index=svc.index, pid=svc.proc.pid).pack())
+            except OSError:
+                pass
+        svc.wbuf.clear()
+        svc.rbuf.clear()
+        s.close()
+
+    def _kernel_gone(self, svc: _Service, why: str) -> None:
+        if svc.attaching:  # refused (out of descriptors: a reply, then the close)
+            if len(svc.rbuf) >= KREPLY_SIZE:
+                why = strerror(KReply.unpack(svc.rbuf).reply)
+            log.error("host: the kernel closed %s's connection while it attached (%s)",
+                      svc.name, why)
+            self.stop(EXIT_FAILED, "attach refused")
+            return
+        log.info("host: the kernel closed %s's connection (%s): exiting", svc.name, why)
+        self.stop(EXIT_OK, "the kernel went away")
+
+    def _on_io(self, svc: _Service, s: socket.socket, ev: int) -> None:
+        if svc.sock is not s:
+            return  # a connection this service has dropped
+        if ev & EPOLLOUT:
+            if not self._flush(svc):
+                return
+            if not svc.wbuf:
+                self._set_mask(svc)
+                if svc.waiting == _WRITE:
+                    self._advance(svc, None)
+        if svc.sock is s and ev & ~EPOLLOUT:
+            if not self._fill(svc):
+                return
+            if svc.waiting in (_READ, _BLOCK) and len(svc.rbuf) >= svc.need:
+                self._advance(svc, self._take(svc))
+
+    def _flush(self, svc: _Service) -> bool:
+        """Write what is pending; False if the connection broke."""
+        s = svc.sock
+        assert s is not None
+        while svc.wbuf:
+            try:
+                n = s.send(svc.wbuf)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                self._kernel_gone(svc, e.strerror or str(e))
+                self._disconnect(svc)
+                return False
+            del svc.wbuf[:n]
+        return True
+
+    def _fill(self, svc: _Service) -> bool:
+        """Read what the kernel sent; False if it closed the connection."""
+        s = svc.sock
+        assert s is not None
+        while True:
+            try:
+                data = s.recv(65536)
+            except BlockingIOError:
+                return True
+            except OSError as e:
+                self._kernel_gone(svc, e.strerror or str(e))
+                self._disconnect(svc)
+                return False
+            if not data:
+                self._kernel_gone(svc, "end of file")
+                self._disconnect(svc)
+                return False
+            svc.rbuf += data
+
+    def _take(self, svc: _Service) -> bytes:
+        n = svc.need
+        data = bytes(svc.rbuf[:n])
+        del svc.rbuf[:n]
+        svc.waiting, svc.need = None, 0
+        return data
+
+    def _set_mask(self, svc: _Service) -> None:
+        if svc.sock is not None:
+            try:
+                self.loop.modify(svc.sock.fileno(), EPOLLIN | (EPOLLOUT if svc.wbuf else 0))
+            except OSError:
+                pass
+
+    def _advance(self, svc: _Service, value: Any) -> None:
+        """Run the connection's protocol steps as far as the socket allows."""
+        while svc.proto is not None:
+            try:
+                op, arg = svc.proto.send(value)
+            except StopIteration as stop:
+                svc.proto = None
+                self._proto_done(svc, stop.value)
+                return
+            if op == _WRITE:
+                had = bool(svc.wbuf)
+                svc.wbuf += arg
+                if not self._flush(svc):
+                    return
+                if svc.wbuf:
+                    svc.waiting = _WRITE
+                    if not had:
+                        self._set_mask(svc)
+                    return
+                value = None
+            else:
+                svc.waiting, svc.need = op, arg
+                if len(svc.rbuf) < arg:
+                    if not self._fill(svc):
+                        return
+                    if len(svc.rbuf) < arg:
+                        return  # the rest comes with EPOLLIN
+                value = self._take(svc)
+
+    def _start_attach(self, svc: _Service, check: bool) -> None:
+        svc.attaching = True
+        svc.proto = attach(svc, check)
+        self._advance(svc, None)
+
+    def _proto_done(self, svc: _Service, result: Any) -> None:
+        if svc.attaching:
+            svc.attaching = False
+            what, detail = result
+            if what == "refused":
+                log.error("host: the kernel refused %s's attach: %s", svc.name,
+                          strerror(detail.reply))
+                self._disconnect(svc)
+                self.stop(EXIT_FAILED, "attach refused")
+                return
+            if what == "internal":
+                log.error("host: this lamd runs %s itself (pid %d, priority %d): start it "
+                          "with --external %s to serve it from here", svc.name,
+                          IPROC_PID_BASE + svc.row, detail.priority, svc.name)
+                self._disconnect(svc, detach=True)
+                self.stop(EXIT_FAILED, f"{svc.name} is internal")
+                return
+            first = svc.index < 0
+            svc.index = detail
+            if first and svc.coro is None:
+                log.info("host: serving %s (priority %d) as pid %d, kernel index %d",
+                         svc.name, svc.priority, svc.proc.pid, svc.index)
+                svc.coro = svc.main(svc.handle)
+                self._resume(svc, None)
+            elif svc.pending_event is not None:
+                ev, svc.pending_event = svc.pending_event, None
+                self._take_event(svc, ev)
+            return
+        svc.call = None
+        svc.wanted = None
+        self._resume(svc, result)
+
+    # ------------------------------------------------------------------
+    # the coroutines
+    # ------------------------------------------------------------------
+    def _resume(self, svc: _Service, value: Any) -> None:
+        self._runq.append((svc, value))
+
+    def _run(self) -> None:
+        runq = self._runq
+        budget = TURN_BUDGET
+        while runq and budget > 0 and not self.stopping:
+            budget -= 1
+            svc, value = runq.popleft()
+            if svc.coro is None:
+                continue
+            try:
+                call = svc.coro.send(value)
+            except StopIteration:
+                log.info("host: service %s ended", svc.name)
+                self._end_service(svc)
+                continue
+            except Exception:
+                log.exception("host: service %s failed; detached", svc.name)
+                svc.failed = True
+                self._end_service(svc)
+                continue
+            self._call(svc, call)
+
+    def _end_service(self, svc: _Service) -> None:
+        coro, svc.coro = svc.coro, None
+        if coro is not None:
+            try:
+                coro.close()
+            except Exception:  # noqa: BLE001 - a finally that awaits; nothing to save
+                pass
+        for w in list(svc.watches.values()):
+            self.unwatch(w)
+        svc.mailbox.clear()
+        self._disconnect(svc, detach=True)
+        if all(s.coro is None for s in self.services):
+            failed = [s.name for s in self.services if s.failed]
+            self.stop(EXIT_FAILED if failed else EXIT_OK,
+                      f"{', '.join(failed)} failed" if failed else "every service ended")
+
+    def _call(self, svc: _Service, call: Any) -> None:
+        if not isinstance(call, KCall):
+            self._resume(svc, TypeError(f"a service awaits only its IProc's calls, not {call!r}"))
+            return
+        kind = call.kind
+        if kind == WAIT_EVENT or call.interruptible:
+            ev = self._queued_event(svc, call.watches)
+            if ev is not None:
+                self._take_event(svc, ev)
+                return
+            svc.wanted = call.watches
+            if kind == WAIT_EVENT:
+                svc.waiting_event = True
+                return
+        else:
+            svc.wanted = None
+        if kind == WAIT_HALT:
+            svc.wanted = None
+            self._resume(svc, KernelOnly(
+                f"{svc.name} cannot halt the daemon from outside the kernel (haltd is kernel-side)"))
+            return
+        if kind not in (KQSEND, KQRECV, KQSR, KQSTATE, KQDOOM) or call.req is None:
+            svc.wanted = None
+            self._resume(svc, ValueError(f"services cannot make request {kind!r}"))
+            return
+        svc.call = call
+        svc.proto = exchange(svc.name, call, svc.index)
+        self._advance(svc, None)
+
+    # ------------------------------------------------------------------
+    # events (the wait API, as KIProcDriver serves it inside the kernel)
+    # ------------------------------------------------------------------
+    def _queued_event(self, svc: _Service, watches: tuple[Watch, ...]) -> Event | None:
+        mb = svc.mailbox
+        if not mb:
+            return None
+        if not watches:
+            return mb.popleft()
+        for i, ev in enumerate(mb):
+            if ev.watch in watches:
+                del mb[i]
+                return ev
+        return None
+
+    def _take_event(self, svc: _Service, ev: Event) -> None:
+        svc.wanted = None
+        svc.waiting_event = False
+        w = ev.watch
+        if w.kind == READABLE and w.active:
+            fd = self._res.get(w.id)
+            if isinstance(fd, int):
+                try:
+                    self.loop.modify(fd, EPOLLIN | EPOLLONESHOT)  # taken: report the next one
+                except OSError:
+                    pass
+        self._resume(svc, ev)
+
+    def _deliver(self, svc: _Service, ev: Event) -> None:
+        if svc.coro is None:
+            return
+        wanted = svc.wanted
+        if wanted is not None and (not wanted or ev.watch in wanted):
+            if svc.waiting_event:
+                self._take_event(svc, ev)
+                return
+            if svc.call is not None and self._interruptible(svc):
+                self._interrupt(svc, ev)
+                return
+        svc.mailbox.append(ev)
+
+    def _interruptible(self, svc: _Service) -> bool:
+        """Blocked in the kernel with nothing of the answer arrived yet."""
+        if svc.waiting != _BLOCK or svc.sock is None:
+            return False
+        if not self._fill(svc):
+            return False
+        return not svc.rbuf
+
+    def _interrupt(self, svc: _Service, ev: Event) -> None:
+        log.info("host: %s: blocked request interrupted by a %s event: dropping its "
+                 "connection and attaching again", svc.name, ev.kind)
+        self._disconnect(svc)
+        svc.call = None
+        svc.wanted = None
+        svc.pending_event = ev
+        try:
+            self._connect(svc)
+        except HostError as e:
+            log.info("host: %s", e)
+            self.stop(EXIT_OK, "the kernel went away")
+            return
+        self._start_attach(svc, False)
+
+    def _fire(self, w: Watch, value: Any = None) -> None:
+        if not w.active:
+            return
+        if w.kind in (TIMER, CHILD):
+            self._forget(w)
+        self._deliver(w.proc.svc, Event(w, value))  # type: ignore[union-attr]
+
+    # -- the kernel-like half of IProc: watch, unwatch, ksync ----------------
+    def watch(self, proc: ExternalProc, kind: str, arg: Any) -> Watch:
+        """A new event source for a hosted service (see :class:`IProc`)."""
+        self._watch_seq += 1
+        w = Watch(self._watch_seq, kind, arg, proc)  # type: ignore[arg-type]
+        self._watches[w.id] = w
+        proc.svc.watches[w.id] = w
+        if kind == TIMER:
+            self._res[w.id] = self.loop.call_later(arg, lambda: self._fire(w))
+        elif kind == READABLE:
+            try:
+                fd = os.dup(arg)
+                self.loop.add_reader(fd, lambda _ev: self._fire(w), EPOLLIN | EPOLLONESHOT)
+            except OSError as e:
+                log.warning("host: cannot watch descriptor %d: %s", arg, e.strerror)
+                self._res[w.id] = self.loop.call_later(0.0, lambda: self._fire(w))
+            else:
+                self._res[w.id] = fd
+        elif kind == CHILD:
+            try:
+                pidfd = os.pidfd_open(arg)
+            except OSError:
+                self._res[w.id] = self.loop.call_later(
+                    0.0, lambda: self._fire(w, reap_child(arg, None)))
+            else:
+                self._children[pidfd] = arg
+                self._res[w.id] = ("child", pidfd)
+                self.loop.add_reader(pidfd, lambda _ev: self._child_exited(w, pidfd))
+        elif kind == SIGNAL:
+            ids = self._sig_watches.setdefault(arg, [])
+            if not ids:
+                try:
+                    self.loop.add_signal(arg, self._watched_signal)
+                except (ValueError, OSError) as e:
+                    log.warning("host: cannot watch signal %d: %s", arg, e)
+            ids.append(w.id)
+            self._res[w.id] = ("signal", arg)
+        return w
+
+    def unwatch(self, w: Watch) -> None:
+        """Cancel *w*; its events not yet taken go."""
+        if not w.active:
+            return
+        self._forget(w)
+        svc = w.proc.svc  # type: ignore[union-attr]
+        if svc.mailbox:
+            svc.mailbox = deque(ev for ev in svc.mailbox if ev.watch is not w)
+
+    def ksync(self, msg: KMsg, req: int) -> bool:
+        raise KernelOnly("ksync() looks into the kernel's blocked list: it is not "
+                         "available to a service running outside the kernel")
+
+    def _forget(self, w: Watch) -> None:
+        w.active = False
+        self._watches.pop(w.id, None)
+        w.proc.svc.watches.pop(w.id, None)  # type: ignore[union-attr]
+        res = self._res.pop(w.id, None)
+        if isinstance(res, Timer):
+            self.loop.cancel(res)
+        elif isinstance(res, int):
+            self.loop.remove(res)
+            os.close(res)
+        elif isinstance(res, tuple) and res[0] == "child":
+            self.loop.remove(res[1])  # the pidfd stays in _children until reaped
+        elif isinstance(res, tuple) and res[0] == "signal":
+            ids = self._sig_watches.get(res[1], [])
+            if w.id in ids:
+                ids.remove(w.id)
+            if not ids:
+                self._sig_watches.pop(res[1], None)
+                try:
+                    self.loop.remove_signal(res[1])
+                except (ValueError, OSError):
+                    pass
+
+    def _child_exited(self, w: Watch, pidfd: int) -> None:
+        pid = self._children.pop(pidfd, None)
+        if pid is None:
+            return
+        self.loop.remove(pidfd)
+        status = reap_child(pid, pidfd)
+        os.close(pidfd)
+        self._fire(w, status)
+
+    def _watched_signal(self, signo: int) -> None:
+        for wid in list(self._sig_watches.get(signo, ())):
+            w = self._watches.get(wid)
+            if w is not None:
+                self._fire(w, signo)
+
+    # ------------------------------------------------------------------
+    # the end
+    # ------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop every service, detach, and kill and reap the children they
+        watched that still run. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for svc in self.services:
+            coro, svc.coro = svc.coro, None
+            if coro is not None:
+                try:
+                    coro.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            for w in list(svc.watches.values()):
+                self.unwatch(w)
+            self._disconnect(svc, detach=True)
+        for pidfd, pid in list(self._children.items()):
+            self.loop.remove(pidfd)
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                log.info("host: killed pid %d, started by a service and still running", pid)
+            except OSError:
+                pass  # already gone (or reaped by the service itself)
+            try:
+                os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+            except (ChildProcessError, OSError):
+                pass
+            os.close(pidfd)
+        self._children.clear()
+        self.loop.close()
+
+
+# ---------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python3 -m lamd.iprocs.host",
+        description="Serve LAM services outside the kernel, as LAM's separate daemons "
+                    "(lam-conf.separate): each attaches to this user's running lamd "
+                    "with LAM's priority for it. Start lamd with --external NAME...")
+    p.add_argument("names", nargs="+", metavar="NAME", help="services (e.g. echod versiond)")
+    p.add_argument("--log-level", default=os.environ.get("LAMD_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"])
+    p.add_argument("-sessionprefix", "--session-prefix", dest="prefix", metavar="DIR")
+    p.add_argument("-sessionsuffix", "--session-suffix", dest="suffix", metavar="SUFFIX")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..service import setup_logging
+    from ..session import Session
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        names = parse_external(args.names)
+    except BootConfigError as e:
+        log.error("%s", e)
+        return EXIT_USAGE
+    if os.getuid() == 0:
+        log.error("refusing to run as root (as LAM's daemons do): run as the session's user")
+        return EXIT_FAILED
+    session = Session.for_user(prefix=args.prefix, suffix=args.suffix)
+    config = boot_config({"session": session.directory})
+    host = ServiceHost(session.socket_path, names, config)
+    host.install_signal_handlers()
+    return host.run()
+
+
+__all__ = ["ServiceHost", "KernelOnly", "HostError", "ExternalProc", "exchange", "attach", "main"]
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
