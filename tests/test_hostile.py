@@ -4,7 +4,8 @@ items 2-5); each test here fails on the code before it (``d139e29``).
 1. A client pipelining requests as fast as it can gets ``requests_per_turn``
    served per turn and no more, and what it has written beyond that stays in
    its socket: a stock liblam pair beside it keeps its pace, and the daemon
-   does not buffer the flood (``Connection.pending``, ``_mark_pending``).
+   does not buffer the flood (``Connection.pending``, ``_mark_pending``; and
+   no read-ahead for a connection already queued, which this test found).
 2. A client looping on ``KQDUMP`` beside 1,500 attached clients: the table is
    logged as one record at most once per ``dump_interval`` (LAM prints it
    for every request), so neither the pair nor the log pays per dump.
@@ -14,7 +15,8 @@ items 2-5); each test here fails on the code before it (``d139e29``).
 4. pidfd pinning at admission: a client that died in the listen backlog is
    refused and never listed; with no descriptor left for a pidfd the client
    is refused, never admitted unpinned; every admitted connection has a
-   pidfd. Both ways of getting one (``SO_PEERPIDFD``, ``pidfd_open``).
+   pidfd. Both ways of getting one (``SO_PEERPIDFD``, ``pidfd_open``); the
+   first hands out a pidfd even for a dead peer, which this test found.
 
 The timing bounds are "not stalled" bounds: a factor of 10 or 15 over an
 unloaded baseline measured in the same test (the numbers measured on a busy
@@ -352,7 +354,7 @@ def test_kqdump_loop_beside_1500_clients(lam_session, lamd_pkg, kclient, nofile)
     calls as ``otb/kdump/kdump.c``: Debian's lam-runtime does not ship the
     tool) exits 0 and the whole table reaches the log.
 
-    Measured: ours 1.0x to 1.6x, 37,000 dumps in 3 s logged as 3 records;
+    Measured: ours 1.0x to 2x, about 40,000 dumps in 3 s logged as 3 records;
     the code before the fix, which walked and logged the table for every
     dump, 300x and 1,522 log lines per dump. The C lamd prints its table on
     every KQDUMP by design (to its stdout) and holds 288 processes, so this
