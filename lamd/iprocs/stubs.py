@@ -130,12 +130,15 @@ FD_SERVER_TIMEOUT = 10.0
 
 
 async def take_passed_fds(k: IProc, path: str, want: int = 3,
-                          timeout: float = FD_SERVER_TIMEOUT) -> int:
+                          timeout: float | None = None) -> int:
     """Connect to a client's fd-passing server and take *want* descriptors.
 
     Returns how many arrived; each is closed at once. Never raises, and
-    never waits on the client longer than *timeout* seconds in all.
+    never waits on the client longer than *timeout* seconds in all
+    (:data:`FD_SERVER_TIMEOUT`, read when called, by default).
     """
+    if timeout is None:
+        timeout = FD_SERVER_TIMEOUT
     got = 0
     try:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

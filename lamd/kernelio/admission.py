@@ -5,12 +5,14 @@ Identity comes from the socket, never from what a client writes:
 SO_PEERCRED gives the pid and uid (a connection from another uid is refused)
 and a pidfd pins the process, so every signal later goes to the process
 that connected and never to a process that reused its pid. The pidfd is
-the socket's own (``SO_PEERPIDFD``, Linux 6.5) where the kernel has it;
-elsewhere ``pidfd_open`` of the peer's pid, checked afterwards: the peer's
-end of the socket must still be open, since a pid can only have been reused
-if the peer died in the listen backlog, and then its end is closed. A
-client that cannot be pinned (no descriptor left for its pidfd) is refused
-with a log line; none is ever admitted without one.
+the socket's own (``SO_PEERPIDFD``, Linux 6.5) where the kernel has it,
+checked afterwards for a peer that has already exited (newer kernels hand
+out a pidfd even for a reaped peer); elsewhere ``pidfd_open`` of the peer's
+pid, checked afterwards: the peer's end of the socket must still be open,
+since a pid can only have been reused if the peer died in the listen
+backlog, and then its end is closed. A client that died before it was
+accepted, or that cannot be pinned (no descriptor left for its pidfd), is
+refused with a log line; none is ever admitted without a pidfd.
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ class Admission:
         Raises OSError when no descriptor is left for the pidfd."""
         if self._peerpidfd:
             try:
-                return sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD), ""
+                pidfd = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
             except OSError as e:
                 if e.errno in (errno.ENOPROTOOPT, errno.EINVAL):
                     self._peerpidfd = False  # an older kernel: pidfd_open below
@@ -149,6 +151,16 @@ class Admission:
                     raise
                 else:
                     return None, f"cannot pin it with a pidfd ({e.strerror})"
+            else:
+                # the socket's pidfd pins the peer even once it has exited
+                # (newer kernels hand one out for a reaped peer too): one that
+                # died in the backlog must not be listed, its pid may be reused
+                p = select.poll()
+                p.register(pidfd, select.POLLIN)  # a pidfd polls readable once its process exited
+                if p.poll(0):
+                    os.close(pidfd)
+                    return None, "it exited before it was accepted"
+                return pidfd, ""
         if pid <= 0:
             return None, "no peer pid"
         try:

@@ -52,6 +52,10 @@ class ConnIO:
         if m is not None:
             self._read_body(c, m)
             return
+        if c.pending:
+            # requests are already buffered for its next turn: leave the rest in
+            # the socket, so a flooder's backlog stays bounded and it is slowed
+            return
         try:
             n = c.sock.recv_into(self._rbuf)
         except (BlockingIOError, InterruptedError):

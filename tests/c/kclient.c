@@ -9,6 +9,9 @@
  *   kclient layout
  *   kclient dump                             (hex of filled kreq/kreply/nmsg)
  *   kclient pingpong ping|pong EVENT ITERS SIZE...
+ *                                            (ping prints RTT: mean, median,
+ *                                             90th percentile and worst round
+ *                                             trip per size, in microseconds)
  *   kclient ksr server|client EVENT ITERS
  *   kclient ktry EVENT
  *   kclient probe server|client EVENT
@@ -19,6 +22,8 @@
  *   kclient doom PID SIGNAL
  *   kclient doomwait EVENT retry|noretry     (blocked krecv, LAM_SIGA handler)
  *   kclient doomready SECS                   (idle, LAM_SIGA handler)
+ *   kclient kdump                            (what LAM's otb/kdump tool does:
+ *                                             KQDUMP, unattached)
  */
 #include <errno.h>
 #include <signal.h>
@@ -41,6 +46,7 @@
 
 extern struct kio_t _kio;
 extern int _cipc_init(void);
+extern int _cio_kreq(struct kreq *req, struct kreply *reply);
 extern void _ksig_init(void);
 
 static void die(const char *what)
@@ -188,12 +194,21 @@ static int do_dump(void)
 	return 0;
 }
 
+static double now(void);
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *) a, y = *(const double *) b;
+	return (x > y) - (x < y);
+}
+
 /* ping sends on EVENT and receives on EVENT+1; pong the reverse. */
 static int do_pingpong(int argc, char **argv)
 {
 	int ping, event, iters, n, a;
 	long size, maxsize = 0, it;
 	char *sbuf, *rbuf;
+	double *rtt, t0, sum;
 	struct kmsg m;
 
 	if (argc < 6) return 64;
@@ -204,11 +219,13 @@ static int do_pingpong(int argc, char **argv)
 		if (atol(argv[a]) > maxsize) maxsize = atol(argv[a]);
 	sbuf = malloc(maxsize + 1);
 	rbuf = malloc(maxsize + 1);
-	if (!sbuf || !rbuf) die("malloc");
+	rtt = malloc((iters + 1) * sizeof(double));
+	if (!sbuf || !rbuf || !rtt) die("malloc");
 	attach();
 	for (a = 5; a < argc; ++a) {
 		size = atol(argv[a]);
 		for (it = 0; it < iters; ++it) {
+			t0 = now();
 			for (n = 0; n < 2; ++n) {
 				if ((n == 0) == ping) {
 					fill(sbuf, size, it, ping ? 1 : 2);
@@ -226,6 +243,14 @@ static int do_pingpong(int argc, char **argv)
 					       size, it, ping ? 2 : 1);
 				}
 			}
+			rtt[it] = now() - t0;
+		}
+		if (ping && iters > 0) {
+			for (sum = 0, it = 0; it < iters; ++it) sum += rtt[it];
+			qsort(rtt, iters, sizeof(double), cmp_double);
+			printf("RTT size=%ld mean=%ld p50=%ld p90=%ld max=%ld\n", size,
+			       (long) (sum / iters * 1e6), (long) (rtt[iters / 2] * 1e6),
+			       (long) (rtt[iters * 9 / 10] * 1e6), (long) (rtt[iters - 1] * 1e6));
 		}
 		printf("SIZEOK %ld iters=%d\n", size, iters);
 		fflush(stdout);
@@ -479,6 +504,22 @@ static int do_doomready(int argc, char **argv)
 	return 0;
 }
 
+/* LAM's kdump tool (otb/kdump): one KQDUMP through liblam, never attached. */
+static int do_kdump(void)
+{
+	struct kreq req;
+	struct kreply reply;
+
+	if (_cipc_init()) die("_cipc_init");
+	memset(&req, 0, sizeof(req));
+	req.kq_req = KQDUMP;
+	req.kq_index = -1;
+	if (_cio_kreq(&req, &reply)) die("_cio_kreq");
+	printf("KDUMP reply=%d\n", reply.kr_reply);
+	printf("OK\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -498,6 +539,7 @@ int main(int argc, char **argv)
 	if (!strcmp(argv[1], "doom")) return do_doom(argc, argv);
 	if (!strcmp(argv[1], "doomwait")) return do_doomwait(argc, argv);
 	if (!strcmp(argv[1], "doomready")) return do_doomready(argc, argv);
+	if (!strcmp(argv[1], "kdump")) return do_kdump();
 	fprintf(stderr, "kclient: unknown mode %s\n", argv[1]);
 	return 64;
 }
