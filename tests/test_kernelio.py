@@ -37,7 +37,7 @@ class Daemon:
         self.clients_file = os.path.join(tmp, "lamd-clients")
         lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         lsock.bind(self.path)
-        lsock.listen(1024)
+        lsock.listen(4096)  # as bind_session_socket: 1,100 clients may connect at once
         self.kernel = Kernel(kernel_pid=os.getpid())
         self.io = KernelIO(self.kernel, lsock, killfile=self.killfile,
                            clients_file=self.clients_file, limits=IOLimits(**limits),

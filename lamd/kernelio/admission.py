@@ -127,6 +127,8 @@ class Admission:
                         extra={"LAM_PID": pid, "LAM_UID": uid})
             sock.close()
             return
+        if self._refusing:
+            self._accepting_again()  # descriptors came back (a pidfd could be had)
         c = Connection(sock, pid, uid)
         c.pidfd = pidfd
         self.conns[c.fd] = c
