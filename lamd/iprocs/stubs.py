@@ -41,10 +41,8 @@ bforward and died have nothing to do on one node and just wait.
 
 from __future__ import annotations
 
-import array
 import logging
 import os
-import socket
 import struct
 from dataclasses import dataclass
 from typing import Callable
@@ -55,6 +53,8 @@ from ..kernel.constants import (
 )
 from ..kernel.kiproc import IProc, IProcMain
 from ..kernel.wire import NMsg
+from ..jobs import srfd
+from ..jobs.srfd import fd_server_allowed
 from .nreq import NMORE, NOBUF, NREEL, NetMsg, data_words, int4, nrecv, nsend
 
 log = logging.getLogger("lamd.iprocs.stubs")
@@ -116,75 +116,25 @@ def traced_reply(msg: NetMsg) -> StubReply:
     return StubReply(d[0], d[1], data_words(STUB_ERROR, 0))
 
 
-def fd_server_allowed(path: str, session: str | None) -> bool:
-    """Only a ``lam-<pid>`` socket right inside our session directory."""
-    if not session or not path:
-        return False
-    real = os.path.realpath(path)
-    return (os.path.dirname(real) == os.path.realpath(session)
-            and os.path.basename(real).startswith("lam-"))
-
-
-#: How long a stub waits for a client's descriptor server to hand over stdio.
-FD_SERVER_TIMEOUT = 10.0
+#: How long a stub waits for a client's descriptor server (see lamd.jobs.srfd).
+FD_SERVER_TIMEOUT = srfd.FD_SERVER_TIMEOUT
 
 
 async def take_passed_fds(k: IProc, path: str, want: int = 3,
                           timeout: float | None = None) -> int:
-    """Connect to a client's fd-passing server and take *want* descriptors.
-
-    Returns how many arrived; each is closed at once. Never raises, and
-    never waits on the client longer than *timeout* seconds in all
-    (:data:`FD_SERVER_TIMEOUT`, read when called, by default).
-    """
-    if timeout is None:
-        timeout = FD_SERVER_TIMEOUT
-    got = 0
+    """Take the client's descriptors and close them at once (the client then
+    reads the error reply instead of hanging in accept()). Returns how many
+    arrived; never raises, never waits longer than *timeout*
+    (:data:`FD_SERVER_TIMEOUT`, read when called)."""
     try:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    except OSError as exc:
-        log.warning("stub: cannot make a socket for %s: %s", path, exc)
+        fds = await srfd.recv_fds(k, path, want,
+                                  timeout=FD_SERVER_TIMEOUT if timeout is None else timeout)
+    except srfd.FdPassError as e:
+        log.warning("stub: %s; giving up", e)
         return 0
-    with s:
-        try:
-            s.setblocking(False)  # a full backlog fails at once (EAGAIN), never blocks the daemon
-            s.connect(path)
-        except OSError as exc:
-            log.warning("stub: cannot connect to fd server %s: %s", path, exc)
-            return 0
-        readable = k.watch_readable(s.fileno())
-        deadline = k.timer(timeout)
-        try:
-            while got < want:  # sfh_recv_fd: 1 byte + 1 fd, then a 1-byte handshake
-                ev = await k.next_event(readable, deadline)
-                if ev.watch is deadline:
-                    log.warning("stub: fd server %s passed %d of %d descriptors in %.0f s; "
-                                "giving up", path, got, want, timeout)
-                    break
-                try:
-                    data, anc, _flags, _addr = s.recvmsg(1, socket.CMSG_SPACE(4 * want))
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    log.warning("stub: reading passed fds from %s: %s", path, exc)
-                    break
-                for level, kind, cdata in anc:
-                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                        part = array.array("i")
-                        part.frombytes(cdata[:len(cdata) - len(cdata) % part.itemsize])
-                        for fd in part:
-                            os.close(fd)
-                            got += 1
-                if not data:
-                    break  # the client closed
-                try:
-                    s.send(b"\0")
-                except OSError:
-                    break
-        finally:
-            readable.cancel()
-            deadline.cancel()
-    return got
+    for fd in fds:
+        os.close(fd)
+    return len(fds)
 
 
 def make_stub(name: str, event: int,
