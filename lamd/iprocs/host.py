@@ -74,7 +74,7 @@ from ..kernel.kiproc import (
     Event, IProc, KBoot, KCall, Received, Watch,
 )
 from ..kernel.wire import KREPLY_SIZE, NMSG_SIZE, KMsg, KReply, KReq, NMsg
-from ..kernelio.kernelio import reap_child
+from ..kernelio.watches import reap_child
 from ..kernelio.loop import EPOLLIN, EPOLLONESHOT, EPOLLOUT, EventLoop, Timer
 from . import BY_NAME, BootConfigError, boot_config, parse_external
 

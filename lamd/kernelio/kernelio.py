@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..kernel import kactions as K
-from ..kernel.kiproc import CHILD, READABLE, SIGNAL, STOP_SIGNALS, TIMER, ChildExit
+from ..kernel.kiproc import STOP_SIGNALS
 from ..kernel.kouter import Kernel
 from ..session.kkill import KillFile, KillFileWriter, proc_starttime
 from .admission import Admission
 from .kio import ConnIO
-from .loop import EPOLLIN, EPOLLONESHOT, EventLoop, Timer
+from .loop import EventLoop
 from .transfer import Connection
+from .watches import WatchSet
 
 log = logging.getLogger("lamd.kernelio")
 
@@ -41,38 +42,6 @@ class IOLimits:
     move_buffer: int = 256 * 1024  # bytes held per body in flight
     max_queued: int = 1 << 20  # reply bytes queued to one client before we stop reading it
     requests_per_turn: int = 32  # requests served from one client before the next one's turn
-
-
-def reap_child(pid: int, pidfd: int | None) -> ChildExit:
-    """Collect a child's status (``waitid``); unknown for a non-child."""
-    try:
-        if pidfd is not None:
-            r = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
-        else:
-            r = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
-    except (ChildProcessError, OSError):
-        return ChildExit(pid)
-    if r is None:
-        return ChildExit(pid)
-    return ChildExit(pid, r.si_code, r.si_status)
-
-
-class _FdWatch:
-    """A ``readable`` event source: a private duplicate of the descriptor,
-    registered one-shot and re-armed once its readiness is taken."""
-
-    __slots__ = ("fd",)
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-
-class _ChildWatch:
-    __slots__ = ("pid", "pidfd")
-
-    def __init__(self, pid: int, pidfd: int) -> None:
-        self.pid = pid
-        self.pidfd = pidfd
 
 
 class KernelIO(Admission, ConnIO):
@@ -92,6 +61,7 @@ class KernelIO(Admission, ConnIO):
         self.tick_interval = tick_interval
         self.uid = os.getuid()
         self.loop = EventLoop()
+        self._watches = WatchSet(self.loop, self._fire)  # internal processes' event sources
         self.conns: dict[int, Connection] = {}
         self._pending: deque[Connection] = deque()  # clients with unparsed requests
         self._dirty: set[Connection] = set()  # clients with output to flush
@@ -101,8 +71,6 @@ class KernelIO(Admission, ConnIO):
                      kernel.kernel_pid or os.getpid()) if killfile else None,
             self.killfile_entries)
         self._starttime_due: list[Connection] = []  # attached, start time not yet read
-        self._watches: dict[int, Any] = {}  # internal processes' event sources by id
-        self._sig_watches: dict[int, list[int]] = {}  # signo -> watch ids
         self._resume_due = False
         self.stopping = False
         self.exit_status = 0
@@ -189,8 +157,7 @@ class KernelIO(Admission, ConnIO):
             self._signal(a, drop_on_failure=False)
         for c in list(self.conns.values()):
             self._close(c, notify_kernel=False)
-        for wid in list(self._watches):
-            self._unwatch(wid)
+        self._watches.close()
         self.loop.remove(self.listener.fileno())
         self.listener.close()
         self._kill.close()
@@ -300,16 +267,11 @@ class KernelIO(Admission, ConnIO):
             elif t is K.KillRewrite:
                 self._kill.rewrite_due()
             elif t is K.Watch:
-                self._watch(a.id, a.kind, a.arg)
+                self._watches.start(a.id, a.kind, a.arg)
             elif t is K.Unwatch:
-                self._unwatch(a.id)
+                self._watches.stop(a.id)
             elif t is K.Rearm:
-                w = self._watches.get(a.id)
-                if type(w) is _FdWatch:
-                    try:
-                        self.loop.modify(w.fd, EPOLLIN | EPOLLONESHOT)
-                    except OSError:
-                        pass
+                self._watches.rearm(a.id)
             elif t is K.Resume:
                 self._resume_due = True
             elif t is K.Halt:
@@ -333,92 +295,6 @@ class KernelIO(Admission, ConnIO):
     # ------------------------------------------------------------------
     def _fire(self, wid: int, value: Any = None) -> None:
         self._apply(self.kernel.event(wid, value))
-
-    def _watch(self, wid: int, kind: str, arg: Any) -> None:
-        if kind == TIMER:
-            self._watches[wid] = self.loop.call_later(arg, lambda: self._timer_fired(wid))
-        elif kind == READABLE:
-            fd = -1
-            try:
-                fd = os.dup(arg)
-                self.loop.add_reader(fd, lambda _ev: self._fire(wid), EPOLLIN | EPOLLONESHOT)
-            except OSError as e:
-                if fd >= 0:  # epoll refused it (a regular file: EPERM): drop our copy
-                    self.loop.remove(fd)
-                    os.close(fd)
-                log.warning("cannot watch descriptor %d: %s", arg, e.strerror)
-                self.loop.call_later(0.0, lambda: self._fire(wid))  # report it: a read fails
-                return
-            self._watches[wid] = _FdWatch(fd)
-        elif kind == CHILD:
-            try:
-                pidfd = os.pidfd_open(arg)
-            except OSError:
-                self.loop.call_later(0.0, lambda: self._fire(wid, self._reap(arg, None)))
-                return
-            self._watches[wid] = _ChildWatch(arg, pidfd)
-            self.loop.add_reader(pidfd, lambda _ev: self._child_exited(wid))
-        elif kind == SIGNAL:
-            ids = self._sig_watches.setdefault(arg, [])
-            if not ids:
-                try:
-                    self.loop.add_signal(arg, self._watched_signal)
-                except (ValueError, OSError) as e:
-                    log.warning("cannot watch signal %d: %s", arg, e)
-            ids.append(wid)
-            self._watches[wid] = ("signal", arg)
-
-    def _timer_fired(self, wid: int) -> None:
-        self._watches.pop(wid, None)
-        self._fire(wid)
-
-    def _child_exited(self, wid: int) -> None:
-        w = self._watches.pop(wid, None)
-        if type(w) is not _ChildWatch:
-            return
-        self.loop.remove(w.pidfd)
-        status = self._reap(w.pid, w.pidfd)
-        os.close(w.pidfd)
-        self._fire(wid, status)
-
-    @staticmethod
-    def _reap(pid: int, pidfd: int | None) -> ChildExit:
-        return reap_child(pid, pidfd)
-
-    def _reap_quietly(self, w: _ChildWatch) -> None:
-        self.loop.remove(w.pidfd)
-        self._reap(w.pid, w.pidfd)
-        os.close(w.pidfd)
-
-    def _watched_signal(self, signo: int) -> None:
-        for wid in list(self._sig_watches.get(signo, ())):
-            self._fire(wid, signo)
-
-    def _unwatch(self, wid: int) -> None:
-        w = self._watches.pop(wid, None)
-        if w is None:
-            return
-        if type(w) is Timer:
-            self.loop.cancel(w)
-        elif type(w) is _FdWatch:
-            self.loop.remove(w.fd)
-            os.close(w.fd)
-        elif type(w) is _ChildWatch:
-            # nobody waits for it any more, but a child of ours must still be
-            # reaped when it ends: never leave a zombie behind
-            self.loop.remove(w.pidfd)
-            self.loop.add_reader(w.pidfd, lambda _ev, w=w: self._reap_quietly(w))
-        elif type(w) is tuple:
-            signo = w[1]
-            ids = self._sig_watches.get(signo, [])
-            if wid in ids:
-                ids.remove(wid)
-            if not ids:
-                self._sig_watches.pop(signo, None)
-                try:
-                    self.loop.remove_signal(signo)
-                except (ValueError, OSError):
-                    pass
 
 
 __all__ = ["IOLimits", "KernelIO"]
