@@ -43,7 +43,7 @@ import pytest
 
 from lamd.client import KernelClient
 from lamd.iprocs import boot_table
-from lamd.iprocs.nreq import BFQRECV, DLCTL, DLUSR, LOCAL, NREEL, data_words
+from lamd.iprocs.nreq import BFQRECV, DLCTL, DLUSR, LOCAL, NMORE, NREEL, data_words
 from lamd.jobs import filed as filed_mod
 from lamd.jobs import iod as iod_mod
 from lamd.jobs import srfd, wire
@@ -607,6 +607,15 @@ def test_replied_writes_and_bad_requests(tmp_path, caplog):
                              (FQWRITE, 77, errno.EBADF), (FQRMFD, 77, errno.EBADF)]:
         t.freq(req, param)
         assert t.freply()[0] == FReply(want, -1), req
+    # a request split by nsend (NMORE): each packet is taken as it comes (the
+    # first carries the total length in its first word), and one announcing
+    # more that never comes does not stall filed
+    t.c.nsend(LOCAL, EVFILED, 0, b"x" * 20000, data=FReq(FQCLOSE, 0, -t.pid, 77).data())
+    assert [t.freply()[0] for _ in range(3)] == [
+        FReply(EBADREQUEST, -1), FReply(errno.EBADF, -1), FReply(errno.EBADF, -1)]
+    t.c.nsend(LOCAL, EVFILED, 0, b"y", flags=NMORE, data=FReq(FQCLOSE, 0, -t.pid, 78).data())
+    assert t.freply()[0] == FReply(errno.EBADF, -1)
+    assert sorted(t.tfds()) == [0, 1, 2]
     t.freq(FQWRITE, 77, b"lost", param1=4, src_event=EVIOD)  # iod reads no reply
     t.freq(FQSTATE, src_node=5)  # another node: nowhere to answer
     assert not t.answered() and not t.answered(EVIOD)

@@ -27,7 +27,7 @@ import os
 from typing import Iterable
 
 from ..iprocs.nreq import (
-    BFQRECV, BFQSWEEP1, DLCTL, LOCAL, NMORE, NetMsg, data_words, nrecv, nsend, received,
+    BFQRECV, BFQSWEEP1, DLCTL, LOCAL, NetMsg, data_words, nrecv, nsend, received,
 )
 from ..kernel.constants import EVBUFFERD, KNMSG, MAXNMSGLEN
 from ..kernel.kiproc import IPROC_PID_BASE, Event, IProc, Watch
@@ -67,18 +67,6 @@ async def next_request(k: IProc, event: int, watches: Iterable[Watch] = (),
     if got.reply.reply:
         return None
     return received(got)
-
-
-async def drain_more(k: IProc, event: int, first: NetMsg, limit: int) -> bytes:
-    """A request split by the client's ``nsend`` (``NMORE``): the rest of its
-    packets, bodies joined up to *limit* bytes (the excess is dropped)."""
-    body = bytearray(first.body[:limit])
-    msg = first
-    while msg.head.flags & NMORE:
-        msg = await nrecv(k, event, 0, MAXNMSGLEN)
-        if len(body) < limit:
-            body += msg.body[:limit - len(body)]
-    return bytes(body)
 
 
 async def reply(k: IProc, node: int, event: int, data: Iterable[int] = (), body: bytes = b"",
@@ -173,5 +161,5 @@ class Owners:
             self.forget(pid)
 
 
-__all__ = ["next_request", "drain_more", "reply", "sweep_event", "owner_of", "Owners",
+__all__ = ["next_request", "reply", "sweep_event", "owner_of", "Owners",
            "is_local", "node_id", "IPROC_PID_SPAN"]

@@ -76,13 +76,13 @@ import stat
 import struct
 from dataclasses import dataclass, field
 
-from ..iprocs.nreq import NMORE, NOTNODEID
+from ..iprocs.nreq import NOTNODEID
 from ..kernel.constants import (
     EBADREQUEST, EEOF, ENOT_IMPLEMENTED, EVFILED, EVIOD, MAXNMSGLEN, NOTEVENT,
 )
 from ..kernel.kiproc import Event, IProc, Watch
 from . import srfd
-from .common import Owners, drain_more, is_local, next_request, owner_of, reply
+from .common import Owners, is_local, next_request, owner_of, reply
 from .srfd import fd_server_allowed
 from .wire import (
     FQCLOSE, FQINCR, FQMAX, FQOPENFD, FQRMFD, FQSTATE, FQWRITE, LAM_O_1WAY, LAM_O_ACTIVE,
@@ -241,10 +241,10 @@ class Filed:
                 if isinstance(got, Event):
                     await self.event(got)
                     continue
-                body = got.body
-                if got.head.flags & NMORE:  # no filed request is that long
-                    body = await drain_more(self.k, EVFILED, got, MAXNMSGLEN)
-                await self.request(FReq.from_data(got.data), body)
+                # a packet is a request: liblam never splits one (NMORE), and
+                # waiting here for the rest a client announces would let it
+                # stall filed; a continuation is taken as the request it repeats
+                await self.request(FReq.from_data(got.data), got.body)
         finally:
             self.close()
 

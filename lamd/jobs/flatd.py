@@ -51,10 +51,10 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ..kernel.constants import EBADREQUEST, EVFLATD, MAXNMSGLEN
+from ..kernel.constants import EBADREQUEST, EVFLATD
 from ..kernel.kiproc import Event, IProc
-from ..iprocs.nreq import NMORE, NREEL
-from .common import Owners, drain_more, is_local, next_request, owner_of, reply
+from ..iprocs.nreq import NREEL
+from .common import Owners, is_local, next_request, owner_of, reply
 from .wire import (
     EBADTAG, ENOFLDESCRIPTORS, FLMAX, FLPATHLEN, FLQCLEAN, FLQFORGET, FLQGET, FLQLOAD,
     FlReply, FlReq, pack_flpath,
@@ -114,11 +114,9 @@ class Flatd:
                     if pid is not None:
                         self.client_gone(pid)
                     continue
-                body = got.body
-                if got.head.flags & NMORE:  # rflat sends each packet on its own
-                    body = await drain_more(self.k, EVFLATD, got, MAXNMSGLEN)
+                # rflat sends each packet on its own (see filed for NMORE)
                 self.expire()
-                await self.request(FlReq.from_data(got.data), body)
+                await self.request(FlReq.from_data(got.data), got.body)
         finally:
             self.close()
 

@@ -81,11 +81,11 @@ class Loadd:
 
     async def run(self) -> None:
         while True:
-            msg = await next_request(self.k, EVLOADD, length=FNAMELEN)
+            msg = await next_request(self.k, EVLOADD)
             if msg is None or isinstance(msg, Event):
                 continue
             q = LReq.from_data(msg.data)
-            name = msg.body.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            name = msg.body[:FNAMELEN].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             if not is_local(q.src_node, self.k):
                 log.warning("loadd: request from node %d dropped: this universe has one "
                             "node", q.src_node)
