@@ -45,6 +45,7 @@ from lamd.client import KernelClient
 from lamd.iprocs import boot_table
 from lamd.iprocs.nreq import BFQRECV, DLCTL, DLUSR, LOCAL, NMORE, NREEL, data_words
 from lamd.jobs import filed as filed_mod
+from lamd.jobs import flatd as flatd_mod
 from lamd.jobs import iod as iod_mod
 from lamd.jobs import srfd, wire
 from lamd.jobs.wire import (
@@ -789,6 +790,29 @@ def test_unfinished_load_is_removed_when_its_client_exits(tmp_path, caplog):
     finally:
         tool.kill()
         tool.wait()
+
+
+def test_flat_orphans_and_forgotten_files_expire(tmp_path, monkeypatch, caplog):
+    """An entry of no watchable process (loadd's, for a tag that names no
+    live process) goes after ORPHAN_TTL; a file kenyad forgot but did not
+    unlink, after FORGOTTEN_TTL; both checked at the next request."""
+    now = [1000.0]
+    monkeypatch.setattr(flatd_mod, "_now", lambda: now[0])
+    w = make_world(tmp_path)
+    t = Tool(w, tmp_path, os.getpid())
+    orphan_ev = wire.int4(-EVLOADD)
+    t.flreq(FLQLOAD, 1, 0, src_event=orphan_ev)  # tag 1: init, never watched
+    assert FlReply.from_data(t.c.nrecv(orphan_ev, 0, 0)[0].data).reply == 0
+    assert t.rflat(2, b"blob\0") == 0
+    code, forgotten = t.flpath(FLQFORGET, 2)
+    assert code == 0 and os.path.exists(forgotten)
+    now[0] += flatd_mod.FORGOTTEN_TTL + 1
+    assert t.flpath(FLQGET, 1)[0] == 0  # the orphan is young enough
+    assert not os.path.exists(forgotten)
+    now[0] += flatd_mod.ORPHAN_TTL
+    assert t.flpath(FLQGET, 1) == (EBADTAG, "")
+    assert "tag 1 (from event %d) not fetched" % orphan_ev in caplog.text
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("lam-flatd")]
 
 
 def test_flat_file_name_must_fit_the_reply(tmp_path, caplog):

@@ -71,6 +71,8 @@ ORPHAN_TTL = 600.0
 #: Seconds a forgotten file may wait for kenyad to unlink it.
 FORGOTTEN_TTL = 60.0
 
+_now = time.monotonic  # the clock of the TTLs (tests move it)
+
 
 @dataclass(eq=False)
 class FlEntry:
@@ -84,7 +86,7 @@ class FlEntry:
     owner: int | None = None
     written: int = 0  # fl_byteswritten
     status: int = 0  # fl_status: the first write error
-    born: float = field(default_factory=time.monotonic)
+    born: float = field(default_factory=lambda: _now())
 
     @property
     def complete(self) -> bool:
@@ -141,7 +143,7 @@ class Flatd:
                      ",".join(str(e.tag) for e in mine))
 
     def expire(self) -> None:
-        now = time.monotonic()
+        now = _now()
         for e in [e for e in self.entries if e.owner is None and now - e.born > ORPHAN_TTL]:
             log.warning("flatd: tag %d (from event %d) not fetched in %g s: removed", e.tag,
                         e.src_event, ORPHAN_TTL)
@@ -182,7 +184,7 @@ class Flatd:
             await self.send(q, 0, pack_flpath(e.path))
             if q.req == FLQFORGET:
                 self.remove(e, unlink=False)
-                self.forgotten.append((time.monotonic(), e.path, e.ldlength))
+                self.forgotten.append((_now(), e.path, e.ldlength))
         elif q.req == FLQCLEAN:
             e = self.find(q.tag)
             if e is None:
