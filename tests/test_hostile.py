@@ -547,7 +547,8 @@ def stub_error(service: str, msg) -> int:  # type: ignore[no-untyped-def]
     return struct.unpack(">i", msg.body[:4])[0]
 
 
-@pytest.mark.parametrize("service", ["filed", "kenyad"])
+# filed is no stub any more: tests/test_fileio.py checks its stalled exchanges
+@pytest.mark.parametrize("service", ["kenyad"])
 @pytest.mark.parametrize("server", ["accepts-then-stalls", "never-accepts"])
 def test_stub_gives_up_on_a_stalled_descriptor_server(tmp_path, monkeypatch, caplog,
                                                       service, server):

@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -31,6 +32,7 @@ from lamd.iprocs.nreq import (
     BFQSPACE, DINT4MSG, DLCTL, DLUSR, LOCAL, N2ND, NMORE, NOBUF, NREEL, NT_CAST,
     NT_ME, NT_ORIGIN, data_words,
 )
+from lamd.iprocs import stubs
 from lamd.iprocs import testecho as testecho_mod
 from lamd.iprocs.testecho import EVTESTECHO
 from lamd.kernel import Halt
@@ -45,6 +47,15 @@ I4 = struct.Struct("<i")
 def world(**config) -> World:
     cfg = {"node_addr": ADDR, **config}
     return World(boot_table(dict(cfg)), cfg)
+
+
+def stub_world(**config) -> World:
+    """The boot table with the stubs in place of lamd.jobs's filed, flatd,
+    loadd and iod (the stubs still serve the services not written yet)."""
+    cfg = {"node_addr": ADDR, **config}
+    table = [replace(kb, main=getattr(stubs, kb.name)) if kb.name in
+             ("filed", "flatd", "loadd", "iod") else kb for kb in boot_table(dict(cfg))]
+    return World(table, cfg)
 
 
 def rreq(pid: int, request: int, nodeid: int = 0, nodetype: int = 0,
@@ -315,7 +326,7 @@ def test_lamhalt_ping_ack_then_die_halts_the_daemon():
     (EVFILED, (0, 0, -1200), 0),  # struct freq: fq_req FQOPEN, fq_src_node, fq_src_event
 ])
 def test_stub_services_answer_eservice_at_once(event, words, reply_at):
-    w = world()
+    w = stub_world()
     c = w.client("c", 1200)
     c.nsend(0, event, 0, b"", data=words)
     head, _ = c.nrecv(-1200, 0, 0)
@@ -323,7 +334,7 @@ def test_stub_services_answer_eservice_at_once(event, words, reply_at):
 
 
 def test_kenyad_stub_replies_preply_in_trollius_order():
-    w = world()
+    w = stub_world()
     c = w.client("c", 1201)
     preq = struct.pack(">7i", 0, -1201, 2, 0x10, 0, 0, 0).ljust(4400, b"\0")  # PQDOOM
     c.nsend(0, EVKENYAD, 0, preq)
@@ -343,7 +354,7 @@ def pump(w: World, timeout: float = 2.0) -> None:
 def test_filed_stub_takes_passed_stdio_then_fails(tmp_path):
     """lam_lfopenfd: the client blocks in accept() until filed connects."""
     session = str(tmp_path)
-    w = world(session=session)
+    w = stub_world(session=session)
     c = w.client("c", 1202)
     server = os.path.join(session, "lam-1202")
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -364,7 +375,7 @@ def test_filed_stub_takes_passed_stdio_then_fails(tmp_path):
 
 
 def test_filed_stub_never_connects_outside_the_session(tmp_path):
-    w = world(session=str(tmp_path / "s"))
+    w = stub_world(session=str(tmp_path / "s"))
     c = w.client("c", 1203)
     c.nsend(LOCAL, EVFILED, 0, b"/tmp/elsewhere/lam-1\0", data=(20, 0, -1203))
     head, _ = c.nrecv(-1203, 0, 0)

@@ -38,7 +38,7 @@ from lamd.jobs.wire import (
     TRQSWEEP, FReq, FlReq, JobId, KStatus, PReply, PReq, PState, TrReq,
 )
 from lamd.kernel.constants import (
-    EEOF, ESERVICE, EVFILED, EVKENYAD, MAXNMSGLEN,
+    EEOF, ESERVICE, EVKENYAD, MAXNMSGLEN,
 )
 from lamd.kernel.wire import NMsg
 
@@ -232,15 +232,17 @@ def stub_packets(daemon) -> list[Packet]:
 
 
 def test_stubs_log_what_the_tools_send(lam_session, lamd_pkg, request):
-    """Our daemon as it is (stubs answering ESERVICE), logging at debug: each
-    tool's first service request, decoded.  The stubs still refuse."""
+    """Our daemon as it is (filed and flatd serving, kenyad a stub answering
+    ESERVICE), logging at debug: each tool's first stub request, decoded.
+    lamexec gets through filed (lam_lfopenfd) and flatd to kenyad's refusal."""
     s = lam_session
     d = lamenv.PyDaemon(s, lamd_pkg, ["--log-level", "debug"])
     request.node._lam_daemons = [d]
     d.start()
     try:
         rc, out, err, lamexec = run_tool(s, ["lamexec", "-np", "1", "/bin/true"])
-        assert rc != 0 and "lamexec (set_stdio): service unavailable" in err, (rc, out, err)
+        assert rc != 0 and "cannot start /bin/true on n0 (o): service unavailable" in err, \
+            (rc, out, err)
         rc, out, err, lamclean = run_tool(s, ["lamclean"])
         assert rc != 0 and "lamclean (rpdoom): service unavailable" in err, (rc, out, err)
         rc, out, err, mpitask = run_tool(s, ["mpitask"])
@@ -249,12 +251,13 @@ def test_stubs_log_what_the_tools_send(lam_session, lamd_pkg, request):
         d.stop()
     p = stub_packets(d)
     assert [(x.svc, x.q.req) for x in p] == [
-        ("filed", FQOPENFD), ("kenyad", PQDOOM), ("kenyad", PQSTATE)], p
+        ("kenyad", PQCREATE), ("kenyad", PQDOOM), ("kenyad", PQSTATE)], p
     # lam_lfopenfd: the request in nh_data, its fd-server socket as the body
-    fq = p[0]
-    assert (fq.head.event, fq.head.node, fq.head.length) == (EVFILED, LOCAL, len(fq.body))
-    assert fq.q.src_event == -lamexec and fq.q.src_node == 0
-    assert fq.body == wire.fd_server_path(str(s.session_dir), lamexec).encode() + b"\0"
+    path = wire.fd_server_path(str(s.session_dir), lamexec)
+    assert (f"filed: request {FQOPENFD} tfd 0 from node 0 event {-lamexec}, "
+            f"{len(path) + 1} bytes") in d.log()
+    assert f"filed: pid {lamexec} passed its stdio as tfds 3 4 5" in d.log()
+    assert p[0].q.src_event == -lamexec and p[0].q.argv == lamexec
     # rpdoom(node, SELECT_APPL, 0, SIGUDIE): a whole preq body, big-endian
     doom = p[1]
     assert (doom.head.event, doom.head.length) == (EVKENYAD, PReq.SIZE)

@@ -14,3 +14,7 @@ fork/exec, a blocking descriptor pass or a crash never touches the kernel.
   ``tests/test_jobs_wire.py``), and kenyad's rules for a child's
   environment, argv and exit status as pure functions.
 """
+
+# The boot table (lamd.iprocs) imports the services of this package, which
+# use lamd.iprocs.nreq: load lamd.iprocs first, whichever is imported first.
+from .. import iprocs as _iprocs  # noqa: E402,F401

@@ -357,6 +357,18 @@ class KIProcDriver:
         self._run_iprocs()
         return self._take()
 
+    def end_iprocs(self) -> list[Any]:
+        """The daemon stops: end every internal process, so that what each
+        made (a socket, files in the session directory, descriptors) goes
+        with it (its coroutine is closed: its ``finally`` blocks run)."""
+        for p in [p for p in self.procs.values() if p.internal]:
+            try:
+                self._knuke(p)  # type: ignore[attr-defined]
+            except Exception:  # a finally that awaits: nothing more to do for it
+                log.exception("internal process %s (pid %d) did not end cleanly",
+                              p.iproc.name if p.iproc else "?", p.pid)
+        return self._take()
+
     def body_failed(self, token: int) -> list[Any]:
         """The sender of a :class:`CollectBody` vanished before finishing."""
         self._collect_lost(token)

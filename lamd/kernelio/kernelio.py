@@ -153,6 +153,7 @@ class KernelIO(Admission, ConnIO):
 
     def shutdown(self, *, unlink_socket: str | None = None) -> None:
         """``kio_shutdown``: kkillall, close everything, remove session files."""
+        self._apply(self.kernel.end_iprocs())  # iod's socket, flatd's files go
         for a in self.kernel.kkillall():
             self._signal(a, drop_on_failure=False)
         for c in list(self.conns.values()):
