@@ -597,3 +597,29 @@ def test_debug_logs_every_request_with_structured_fields(caplog) -> None:
     assert len(recs) == 1
     r = recs[0]
     assert (r.LAM_PID, r.LAM_EVENT, r.LAM_TYPE, r.LAM_LENGTH) == (500, 7, 3, 99)
+
+
+def test_doom_by_index_interrupts_one_connection_of_the_same_process() -> None:
+    """A process with several connections (the service host) interrupts one
+    blocked connection by index; its others, and other pids, are untouched."""
+    from lamd.kernel.kinner import DOOM_INDEX_MAGIC
+    w = World()
+    w.attach("a", pid=700)
+    w.attach("b", pid=700)
+    w.attach("ctl", pid=700)
+    w.attach("other", pid=701)
+    assert w.recv("a", 11) == [] and w.recv("b", 12) == []
+    fyi = (DOOM_INDEX_MAGIC, w.index["a"]) + (0,) * 7
+    acts = w.req("ctl", KQDOOM, pid=700, signal=1, fyi=fyi)
+    r = replies(acts)
+    assert r["ctl"].reply == 0
+    assert r["a"].reply == errno.EINTR and r["a"].signal == 1
+    assert "b" not in r
+    assert [p.pid for p in w.k.blocked_list()] == [700]  # b still blocked
+    w.k.check_invariants()
+    # another pid's connection cannot be named this way
+    fyi = (DOOM_INDEX_MAGIC, w.index["other"]) + (0,) * 7
+    assert replies(w.req("ctl", KQDOOM, pid=700, signal=1, fyi=fyi))["ctl"].reply == ENOTPROCESS
+    # without the magic, a doom of one's own pid only echoes the signal (LAM)
+    acts = w.req("ctl", KQDOOM, pid=700, signal=4)
+    assert replies(acts) == {"ctl": replies(acts)["ctl"]} and replies(acts)["ctl"].signal == 4

@@ -34,6 +34,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("lamd.kernel")
 
+#: ``kq_fyi[0]`` of a doom that names its target by index (see ``_kqdoom``): "lamd".
+DOOM_INDEX_MAGIC = 0x6C616D64
+
 
 def ksync_type(a: int, b: int) -> bool:
     """``ksync_type``: 0 matches anything, else the types must share a bit."""
@@ -264,8 +267,21 @@ class KInner:
                       event=m.event, type=m.type, length=m.length, fyi=ps.fyi)
 
     def _kqdoom(self, pclient: KProc, req: KReq) -> None:
-        """``kqdoom``: deliver LAM signal bits to a process."""
+        """``kqdoom``: deliver LAM signal bits to a process.
+
+        One extension, for processes with several connections (the service
+        host, ``lamd.iprocs.host``): a doom of the caller's own pid whose
+        ``kq_fyi`` starts with :data:`DOOM_INDEX_MAGIC` names the target by
+        process index in ``kq_fyi[1]``, so one of its blocked connections can
+        be interrupted (EINTR) without touching the others. The target must
+        belong to the same pid; stock LAM never sends this (a doom of one's
+        own pid only echoes the signal back).
+        """
         pdoom = self.kpfind(req.pid)
+        if req.pid == pclient.pid and req.fyi[0] == DOOM_INDEX_MAGIC:
+            target = self.procs.get(req.fyi[1])
+            pdoom = target if (target is not None and target.pid == pclient.pid
+                               and not target.internal) else None
         rep = KReply()
         if pdoom is None:
             rep.reply = ENOTPROCESS
