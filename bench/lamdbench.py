@@ -578,7 +578,7 @@ def main() -> int:
     return 0
 
 
-def jobs_unavailable(d: "OurDaemon", W: Workloads) -> str | None:
+def jobs_unavailable(d: OurDaemon, W: Workloads) -> str | None:
     """Why our daemon cannot run jobs yet (None: it can): one
     ``mpirun -np 1 hello`` on a fresh daemon, stopped again."""
     d.start()
