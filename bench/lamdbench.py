@@ -12,6 +12,14 @@ a fresh daemon as an unprivileged user, C lamd first (lamboot), then ours
 (``python3 -m lamd``), alternating A B A B, and runs the *same* client binary
 against each. Results: bench/results/latest.json, docs/performance.md and the
 plots docs/perf-*.png.
+
+Jobs (issue 10): the MPI programs of tests/c/mpi (hello, pingpong) built
+with mpicc.lam and run through the stock ``mpirun``: ``mpirun -np 4`` of a
+trivial program (wall time from mpirun's start to its exit), and under
+``-ssi rpi lamd`` (every MPI message through the daemon) ping-pong latency
+(64 B) and streaming bandwidth (1 MiB).  Until our daemon runs jobs (it
+answers the job services with ESERVICE), these run on the C lamd only and
+the results say "not available" for ours: detected, not configured.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import json
 import os
 import platform
 import pwd
+import re
 import shutil
 import signal
 import statistics
@@ -82,6 +91,23 @@ def build(work: Path) -> Path:
     for p in [work, *work.rglob("*")]:
         p.chmod(p.stat().st_mode | 0o055)
     return exe
+
+
+MPI_PROGS = ("hello", "pingpong")
+
+
+def build_mpi() -> Path:
+    """tests/c/mpi's hello and pingpong, in a directory with a short name:
+    on the C lamd MPI_Init fails with "Bad address" for program paths of
+    about 37 characters and more (tests/test_jobs.py test_long_program_path)."""
+    d = Path(tempfile.mkdtemp(prefix="lb", dir="/tmp"))
+    log(f"building tests/c/mpi/{{{','.join(MPI_PROGS)}}}.c with mpicc.lam into {d}")
+    for name in MPI_PROGS:
+        subprocess.run(["mpicc.lam", "-O2", "-Wall", "-o", str(d / name),
+                        str(ROOT / "tests" / "c" / "mpi" / f"{name}.c")], check=True)
+    for p in [d, *d.iterdir()]:
+        p.chmod(0o755)
+    return d
 
 
 # -------------------------------------------------------------- daemons ----
@@ -150,6 +176,27 @@ class Daemon:
             raise RuntimeError(f"{' '.join(args[1:])} failed on {self.name} (rc {p.returncode}): "
                                + "".join(err_lines[-5:]))
         return json.loads(out.strip().splitlines()[-1])
+
+    def run_tool(self, args: list[str], timeout: float) -> tuple[int, str, str, float]:
+        """Run a LAM tool (mpirun) as the user, output to files (never
+        pipes: a rank or a daemon could hold them open); returns (rc,
+        stdout, stderr, wall seconds from start to exit)."""
+        with tempfile.TemporaryFile("w+") as o, tempfile.TemporaryFile("w+") as e:
+            t0 = time.perf_counter()
+            p = subprocess.Popen(args, user=self.user.pw_uid, group=self.user.pw_gid,
+                                 extra_groups=[], env=self.env(), cwd="/tmp",
+                                 stdin=subprocess.DEVNULL, stdout=o, stderr=e)
+            try:
+                rc = p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                raise RuntimeError(f"{' '.join(args)} timed out after {timeout:.0f} s "
+                                   f"on {self.name}")
+            wall = time.perf_counter() - t0
+            o.seek(0)
+            e.seek(0)
+            return rc, o.read(), e.read(), wall
 
     def wait_socket(self, timeout: float = 20.0) -> None:
         end = time.time() + timeout
@@ -297,6 +344,51 @@ class Workloads:
     def capacity(self, d: Daemon) -> dict:
         return d.run([self.exe, "capacity", "300"], 300)
 
+    # jobs (issue 10): stock mpirun and the MPI programs of tests/c/mpi
+    def mpi_setup(self, mpidir: Path) -> None:
+        q = self.quick
+        self.mpidir = mpidir
+        self.mpirun_n = 5 if q else 15
+        self.mpilat_reps = 300 if q else 2000
+        self.mpibw_reps = 10 if q else 40
+
+    def _mpirun(self, d: Daemon, args: list[str], timeout: float) -> tuple[str, float]:
+        rc, out, err, wall = d.run_tool(["mpirun", *args], timeout)
+        if rc != 0:
+            raise RuntimeError(f"mpirun {' '.join(args)} failed on {d.name} (rc {rc}): "
+                               + (err or out)[-600:])
+        return out, wall
+
+    def mpirun(self, d: Daemon) -> dict:
+        """mpirun -np 4 hello, N times: wall time from mpirun's start to exit."""
+        walls = []
+        for _ in range(self.mpirun_n):
+            out, wall = self._mpirun(d, ["-np", "4", str(self.mpidir / "hello")], 60)
+            ranks = sorted(ln.split()[1] for ln in out.splitlines() if ln.startswith("OUT "))
+            if ranks != [f"rank={r}" for r in range(4)]:
+                raise RuntimeError(f"mpirun -np 4 hello on {d.name}: output {out!r}")
+            walls.append(wall)
+        return {"walls_s": walls, "median_s": statistics.median(walls), "min_s": min(walls)}
+
+    def mpilat(self, d: Daemon) -> dict:
+        """-ssi rpi lamd ping-pong, 64 B, every byte checked: median round trip."""
+        out, _ = self._mpirun(d, ["-np", "2", "-ssi", "rpi", "lamd", str(self.mpidir / "pingpong"),
+                                  str(self.mpilat_reps), "64"], 300)
+        m = re.search(r"^PP size=64 reps=\d+ rtt_med_us=([\d.]+) rtt_min_us=([\d.]+) ", out, re.M)
+        if not m or not out.endswith("PP OK\n"):
+            raise RuntimeError(f"pingpong on {d.name}: {out[-400:]!r}")
+        return {"rtt_med_us": float(m.group(1)), "rtt_min_us": float(m.group(2)),
+                "reps": self.mpilat_reps}
+
+    def mpibw(self, d: Daemon) -> dict:
+        """-ssi rpi lamd streaming of 1 MiB MPI_Send's, every byte checked."""
+        out, _ = self._mpirun(d, ["-np", "2", "-ssi", "rpi", "lamd", str(self.mpidir / "pingpong"),
+                                  "-s", str(self.mpibw_reps), str(MIB)], 300)
+        m = re.search(r"^ST size=1048576 reps=\d+ secs=([\d.]+) MBps=([\d.]+)$", out, re.M)
+        if not m or not out.endswith("PP OK\n"):
+            raise RuntimeError(f"pingpong -s on {d.name}: {out[-400:]!r}")
+        return {"MBps": float(m.group(2)), "secs": float(m.group(1)), "reps": self.mpibw_reps}
+
     # hostile clients (issue 6): one 64 B pair measures for hostile_secs while
     # others misbehave; the client gives up waiting at the deadline, kills
     # every process it started and reports what the pair completed by then.
@@ -353,7 +445,8 @@ def main() -> int:
     ap.add_argument("--pairs-ours", help="pair counts run on ours alone (default 250,1000,2500; quick 250,1000)")
     ap.add_argument("--idle-both", default="0,250", help="idle attached clients beside one pair, both daemons")
     ap.add_argument("--idle-ours", help="idle attached clients, ours alone (default 1000,5000; quick 1000)")
-    ap.add_argument("--only", help="comma list of workloads: pingpong,stream,attach,pairs,idle,capacity,hostile")
+    ap.add_argument("--only", help="comma list of workloads: pingpong,stream,attach,pairs,idle,"
+                    "capacity,hostile,mpirun,mpilat,mpibw")
     ap.add_argument("--out", default=str(BENCH / "results" / "latest.json"))
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/performance.md")
     ap.add_argument("--report-only", action="store_true",
@@ -381,7 +474,8 @@ def main() -> int:
     rounds = a.rounds or (2 if a.quick else 3)
     pairs_both = [int(x) for x in a.pairs_both.split(",") if x]
     pairs_ours = [int(x) for x in (a.pairs_ours or ("250,1000" if a.quick else "250,1000,2500")).split(",") if x]
-    only = set(a.only.split(",")) if a.only else {"pingpong", "stream", "attach", "pairs", "idle", "capacity", "hostile"}
+    only = set(a.only.split(",")) if a.only else {"pingpong", "stream", "attach", "pairs", "idle",
+                                                  "capacity", "hostile", "mpirun", "mpilat", "mpibw"}
     idle_both = [int(x) for x in a.idle_both.split(",") if x]
     idle_ours = [int(x) for x in (a.idle_ours or ("1000" if a.quick else "1000,5000")).split(",") if x]
     work = Path(tempfile.mkdtemp(prefix="lamdbench-"))
@@ -449,6 +543,21 @@ def main() -> int:
         for n in idle_ours:
             ab(f"idle-{n}", W.idle, n, which=[daemons[1]],
                nrounds=big(n))
+    jobs = [k for k in ("mpirun", "mpilat", "mpibw") if k in only]
+    unavailable: dict[str, str] = {}
+    if jobs:
+        W.mpi_setup(build_mpi())
+        why = jobs_unavailable(daemons[1], W)
+        which = daemons
+        if why:
+            log(f"jobs on ours: {why}; measured on the C lamd only")
+            unavailable = {k: why for k in jobs}
+            which = [daemons[0]]
+        for k in jobs:
+            # -ssi rpi lamd can hang the C kernel: lamhalt then hangs too
+            ab(k, getattr(W, k), which=which, halt_timeout=10)
+        shutil.rmtree(W.mpidir, ignore_errors=True)
+    raw["unavailable"] = unavailable  # type: ignore[assignment]
     elapsed = time.time() - t_start
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -467,6 +576,24 @@ def main() -> int:
     print_table(res)
     shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def jobs_unavailable(d: OurDaemon, W: Workloads) -> str | None:
+    """Why our daemon cannot run jobs yet (None: it can): one
+    ``mpirun -np 1 hello`` on a fresh daemon, stopped again."""
+    d.start()
+    try:
+        rc, out, err, _ = d.run_tool(["mpirun", "-np", "1", str(W.mpidir / "hello")], 60)
+    except RuntimeError as e:
+        return str(e)
+    finally:
+        d.stop()
+    if rc == 0 and "OUT rank=0 size=1" in out:
+        return None
+    if "service unavailable" in err:
+        return ("not available: ours answers the job services with ESERVICE (issue 10): "
+                + err.strip().splitlines()[0])
+    return f"not available: mpirun -np 1 hello failed on ours (rc {rc}): {(err or out).strip()[:300]}"
 
 
 def report_only(path: Path) -> int:
@@ -521,6 +648,9 @@ def analyse(raw: dict, W: Workloads, rounds: int, pairs_both: list[int], pairs_o
                 row[dn] = summarize([getter(r) for r in recs])
         if "C" in row and "ours" in row and row["C"]["median"]:
             row["ratio"] = row["ours"]["median"] / row["C"]["median"]
+        why = (raw.get("unavailable") or {}).get(key)
+        if why and "ours" not in row:
+            row["ours_unavailable"] = why
         rows.append(row)
 
     for s in W.pp_sizes:
@@ -564,6 +694,12 @@ def analyse(raw: dict, W: Workloads, rounds: int, pairs_both: list[int], pairs_o
     add("daemon resources", "ping-pong workload: CPU s per 10^6 messages", "s", "lower",
         lambda r: r["daemon_cpu_s"] / sum(2 * (W.pp_iters[s] + max(5, W.pp_iters[s] // 10))
                                           for s in W.pp_sizes) * 1e6, "pingpong")
+    add("jobs (stock mpirun)", JOB_ROWS["mpirun"], "ms", "lower",
+        lambda r: r["result"]["median_s"] * 1000, "mpirun")
+    add("jobs (stock mpirun)", JOB_ROWS["mpilat"], "µs", "lower",
+        lambda r: r["result"]["rtt_med_us"], "mpilat")
+    add("jobs (stock mpirun)", JOB_ROWS["mpibw"], "MB/s", "higher",
+        lambda r: r["result"]["MBps"], "mpibw")
     out = {"rows": rows, "failures": raw.get("failures", [])}
     if "capacity" in raw:
         out["capacity"] = {k: v[0]["result"] for k, v in raw["capacity"].items()}
@@ -698,6 +834,16 @@ the harness then stops the daemon (`lamhalt` bounded to 10 s, then SIGKILL).
 """
 
 
+JOB_ROWS = {
+    "mpirun": "mpirun -np 4 trivial program: wall time (median of the round's runs)",
+    "mpilat": "-ssi rpi lamd ping-pong 64 B: round trip p50",
+    "mpibw": "-ssi rpi lamd streaming 1 MiB MPI_Send: bandwidth",
+}
+JOB_TARGETS = [("mpirun", "mpirun -np 4 wall time ≤ 1.0× C lamd", lambda x: x <= 1.0),
+               ("mpilat", "-ssi rpi lamd 64 B latency ≤ 1.0× C lamd", lambda x: x <= 1.0),
+               ("mpibw", "-ssi rpi lamd 1 MiB bandwidth ≥ 1.5× C lamd", lambda x: x >= 1.5)]
+
+
 def find(rows, metric):
     for r in rows:
         if r["metric"] == metric:
@@ -719,6 +865,12 @@ def targets(rows, pairs_both, pairs_ours, idles) -> list[dict]:
     if r and "ratio" in r:
         t.append({"target": "attach rate ≥ 1.0× C lamd", "value": f"{r['ratio']:.2f}×",
                   "holds": r["ratio"] >= 1.0})
+    for key, label, ok in JOB_TARGETS:
+        r = find(rows, JOB_ROWS[key])
+        if r and "ratio" in r:
+            t.append({"target": label, "value": f"{r['ratio']:.2f}×", "holds": ok(r["ratio"])})
+        elif r and "ours_unavailable" in r:
+            t.append({"target": label, "value": r["ours_unavailable"], "holds": None})
     a = find(rows, "0 idle: p99")
     for n in idles:
         b = find(rows, f"{n} idle: p99")
@@ -772,6 +924,8 @@ def table(res: dict) -> str:
             if dn in r:
                 s = r[dn]
                 cells.append(f"{fmt(s['median'])} ({fmt(s['min'])}–{fmt(s['max'])})")
+            elif dn == "ours" and "ours_unavailable" in r:
+                cells.append("not available")
             else:
                 cells.append("n/a")
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else "–"
@@ -782,7 +936,8 @@ def table(res: dict) -> str:
 def print_table(res: dict) -> None:
     print(table(res))
     for t in res["targets"]:
-        print(f"{'HOLDS' if t['holds'] else 'MISSES'}: {t['target']}: {t['value']}")
+        verdict = "NOT MEASURED" if t["holds"] is None else "HOLDS" if t["holds"] else "MISSES"
+        print(f"{verdict}: {t['target']}: {t['value']}")
 
 
 def plots(res: dict) -> list[str]:
@@ -840,7 +995,8 @@ def write_docs(res: dict) -> None:
     made = plots(res)
     m = res["meta"]
     cap = res.get("capacity", {})
-    tg = "\n".join(f"| {t['target']} | {t['value']} | {'holds' if t['holds'] else '**misses**'} |"
+    tg = "\n".join(f"| {t['target']} | {t['value']} | "
+                   f"{'not measured' if t['holds'] is None else 'holds' if t['holds'] else '**misses**'} |"
                    for t in res["targets"])
     fails = res.get("failures", [])
     fail_txt = ("No client failed: every round of every workload passed verification."
@@ -903,6 +1059,16 @@ answer exits non-zero and aborts the run.
   {cap_txt}
 * **hostile clients**: one 64 B pair beside a request flood or a stalled
   8 MiB transfer, with a deadline; see "Hostile clients" below.
+* **jobs** (issue 10): the MPI programs of `tests/c/mpi` built with
+  `mpicc.lam` and run by the stock `mpirun` as the same user:
+  `mpirun -np 4 hello` (wall time from mpirun's start to its exit, median
+  of the round's runs), and with `-ssi rpi lamd` (every MPI message
+  through the daemon's router and bufferd) `pingpong` 64 B (median round
+  trip) and `pingpong -s` 1 MiB (back-to-back `MPI_Send`s, every byte
+  checked, bandwidth up to the receiver's acknowledgement).  Until our
+  daemon runs jobs these are measured on the C lamd only and the rows say
+  "not available" for ours (found out by one `mpirun` at the start, not
+  configured).
 * **daemon resources**: from `/proc/<daemon pid>/stat` (utime+stime over
   the workload) and `/proc/<pid>/status` (VmHWM = peak RSS; VmRSS sampled
   when all clients of a many-pairs run are attached, minus VmRSS at start,
