@@ -41,7 +41,8 @@ from .iprocs import BY_NAME, BootConfigError, boot_table, parse_external
 from .kernel import Kernel, MAX_MSG_LEN
 from .kernelio import IOLimits, KernelIO
 from .limits import raise_nofile_limit
-from .jobs.process import JOB_SERVICES, JobsChild, jobs_argv
+from .jobs.cgroups import kill_recorded
+from .jobs.process import JOB_SERVICES, PGROUPS_FILE, JobsChild, jobs_argv
 from .session import Session, SessionError
 
 log = logging.getLogger("lamd")
@@ -246,6 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc = jobs.stop()
         if rc:
             log.warning("jobs: the jobs process exited with status %d", rc)
+        # by hand, a jobs process that died (SIGKILL) may have left job
+        # process groups: it recorded them
+        n = kill_recorded(os.path.join(session.directory, PGROUPS_FILE))
+        if n:
+            log.warning("jobs: killed %d job process groups the jobs process left", n)
     if owned_socket:
         try:
             os.rmdir(session.directory)

@@ -274,11 +274,18 @@ class JobControl:
     a cgroup of their own with ``JobControl(base=PATH)``.
     """
 
-    def __init__(self, base: str | None = None, *, reason: str = "") -> None:
+    def __init__(self, base: str | None = None, *, reason: str = "",
+                 state_file: str | None = None) -> None:
+        """*base*: the cgroup (a directory of the cgroup v2 hierarchy) job
+        cgroups are made in; None: process groups. *state_file* (process
+        groups only): where the job groups are recorded, so that whoever
+        comes after a jobs process that died can kill them
+        (:func:`kill_recorded`)."""
         self.base = base
         self.mode = MODE_CGROUP if base else MODE_PGROUP
         #: why this mode (for the log)
         self.reason = reason
+        self.state_file = state_file if base is None else None
         self._jobs: dict[JobId, _Job] = {}
         self._pid = os.getpid()
 
@@ -287,13 +294,22 @@ class JobControl:
 
     # ------------------------------------------------------------------
     @classmethod
-    def setup(cls, *, leaf: str = DAEMON_LEAF, quiet: bool = False) -> "JobControl":
+    def setup(cls, *, leaf: str = DAEMON_LEAF, quiet: bool = False,
+              state_file: str | None = None) -> "JobControl":
         """Use this process's cgroup if it is delegated to us: move ourselves
-        into ``<own>/jobs-daemon`` and make job cgroups beside it. Otherwise
-        process groups; the reason is logged once (unless *quiet*)."""
+        into ``<own>/jobs-daemon`` and make job cgroups beside it (job
+        cgroups left there by a previous jobs process are killed).
+        Otherwise process groups, recorded in *state_file* (groups a previous
+        jobs process recorded there are killed); the reason is logged once
+        (unless *quiet*)."""
         jc, why = cls._try_cgroup(leaf)
         if jc is None:
-            jc = cls(None, reason=why)
+            if state_file is not None:
+                n = kill_recorded(state_file)
+                if n:
+                    log.warning("jobs: killed %d process groups left by a previous jobs "
+                                "process", n)
+            jc = cls(None, reason=why, state_file=state_file)
             if not quiet:
                 log.warning("jobs: no cgroup of our own (%s): each job gets a process group "
                             "instead; a process that leaves its group (setsid) survives "
@@ -420,7 +436,19 @@ class JobControl:
                         "group: not recorded (it would be killed with us)", pid, job_name(j.jobid))
             return
         if all(g.pgid != pgid for g in j.groups):
-            j.groups.append(_Group(pgid, proc_starttime(pgid)))
+            g = _Group(pgid, proc_starttime(pgid))
+            j.groups.append(g)
+            if self.state_file is not None:
+                try:
+                    fd = os.open(self.state_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                                 | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+                    try:
+                        os.write(fd, f"{g.pgid} {g.starttime or 0}\n".encode())
+                    finally:
+                        os.close(fd)
+                except OSError as e:
+                    log.warning("jobs: cannot record process group %d in %s: %s", pgid,
+                                self.state_file, e.strerror)
 
     def _live_group(self, j: _Job) -> _Group | None:
         for g in j.groups:
@@ -489,7 +517,6 @@ class JobControl:
         jobid = (int(jobid[0]), int(jobid[1]))
         if self.base is None:
             self.signal_job(jobid, signal.SIGKILL)
-            j = self._jobs.get(jobid)
             deadline = time.monotonic() + wait
             while self.pids(jobid) and time.monotonic() < deadline:
                 time.sleep(0.005)
@@ -592,6 +619,31 @@ class JobControl:
                 os.close(j.procs_fd)
             except OSError:
                 pass
+        if j is not None and j.groups and self.state_file is not None:
+            self._save_groups()
+
+    def _save_groups(self) -> None:
+        """Rewrite the state file with the groups of the jobs still known
+        (removed when there are none)."""
+        path = self.state_file
+        assert path is not None
+        lines = [f"{g.pgid} {g.starttime or 0}\n" for j in self._jobs.values() for g in j.groups]
+        try:
+            if not lines:
+                os.unlink(path)
+                return
+            tmp = f"{path}.{os.getpid()}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+                         | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, "".join(lines).encode())
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("jobs: cannot update %s: %s", path, e.strerror)
 
     @staticmethod
     def _wait_empty(paths: Iterable[str], wait: float) -> None:
@@ -602,6 +654,46 @@ class JobControl:
             if not paths or time.monotonic() >= deadline:
                 return
             time.sleep(0.002)
+
+
+def kill_recorded(path: str, wait: float = 2.0) -> int:
+    """SIGKILL the process groups a (dead) jobs process recorded in *path*
+    that are still its own (see :meth:`JobControl._group_is_ours`); remove
+    the file. Returns how many groups were killed."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return 0
+    groups = []
+    for line in text.splitlines():
+        try:
+            pgid, st = (int(x) for x in line.split())
+        except ValueError:
+            continue
+        if pgid > 1:
+            groups.append(_Group(pgid, st or None))
+    n = 0
+    killed = []
+    for g in groups:
+        if JobControl._group_is_ours(g):
+            try:
+                os.killpg(g.pgid, signal.SIGKILL)
+                n += 1
+                killed.append(g.pgid)
+            except OSError:
+                pass
+    deadline = time.monotonic() + wait
+    while killed and time.monotonic() < deadline:
+        alive = {pgid for _pid, pgid in _proc_pgids()}
+        killed = [p for p in killed if p in alive]
+        if killed:
+            time.sleep(0.005)
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    return n
 
 
 def _proc_pgids() -> list[tuple[int, int]]:
@@ -644,4 +736,4 @@ def get() -> JobControl:
 
 __all__ = ["JobControl", "JobId", "MODE_CGROUP", "MODE_PGROUP", "DAEMON_LEAF", "SPAWN_GRACE",
            "job_name", "parse_job_name", "cgroup2_mount", "own_cgroup", "cgroup_pids",
-           "populated", "install", "get"]
+           "populated", "kill_recorded", "install", "get"]

@@ -65,6 +65,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
+#: In the session directory: the process groups of the jobs (by hand, no
+#: cgroup), so that lamd or the next jobs process kills them if the jobs
+#: process dies without doing it (lamd.jobs.cgroups.kill_recorded).
+PGROUPS_FILE = "lamd-jobs-pgroups"
 #: How long to wait for the kernel's socket at start (seconds).
 DEFAULT_WAIT = 10.0
 #: Seconds between two looks at the job cgroups (empty ones removed) and
@@ -204,10 +208,14 @@ class JobsProcess:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        state = os.path.join(self.session.directory, PGROUPS_FILE)
         if self.use_cgroups:
-            self.jobs = cgroups.JobControl.setup()
+            self.jobs = cgroups.JobControl.setup(state_file=state)
         else:
-            self.jobs = cgroups.JobControl(None, reason="--no-cgroups")
+            n = cgroups.kill_recorded(state)
+            if n:
+                log.warning("jobs: killed %d process groups left by a previous jobs process", n)
+            self.jobs = cgroups.JobControl(None, reason="--no-cgroups", state_file=state)
             log.info("jobs: cgroups not used (--no-cgroups): a process group per job")
         cgroups.install(self.jobs)
         notifier = Notifier()
@@ -349,7 +357,7 @@ class JobsChild:
         recent = [t for t in self.starts if now - t < self.window]
         if len(recent) < self.limit:
             log.error("jobs: the jobs process ended (%s) while the kernel runs: starting "
-                      "another in %.0f s (its jobs are gone)", how, self.delay)
+                      "another in %.0f s (it kills what its predecessor left)", how, self.delay)
             self._timer = self.loop.call_later(self.delay, self.start)
             return
         log.error("jobs: the jobs process ended (%s), %d starts in %.0f s: giving up; "
@@ -444,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return jp.run()
 
 
-__all__ = ["JOB_SERVICES", "JobsProcess", "JobsChild", "jobs_argv", "resolve", "service_rows", "session_environment",
+__all__ = ["JOB_SERVICES", "PGROUPS_FILE", "JobsProcess", "JobsChild", "jobs_argv", "resolve", "service_rows", "session_environment",
            "read_env_file", "wait_for_kernel", "main"]
 
 if __name__ == "__main__":  # pragma: no cover
