@@ -601,7 +601,10 @@ class JobControl:
                     n += 1
                 continue
             path = os.path.join(self.base, job_name(jobid))
-            if populated(path) is False and _rmtree_cgroup(path):
+            state = populated(path)
+            if state is None:  # removed already (kill_job, or by hand)
+                self._forget(jobid)
+            elif state is False and _rmtree_cgroup(path):
                 self._forget(jobid)
                 n += 1
         return n

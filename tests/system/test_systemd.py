@@ -132,6 +132,7 @@ def ct(tmp_path_factory):
         c.sdir = f"/tmp/lam-{USER}@{c.hostname}"
         c.socket = f"lamd@{USER}.socket"
         c.service = f"lamd@{USER}.service"
+        c.jobs = f"lamd-jobs@{USER}.service"
         # The blocked client: liblam kinit() then krecv() nobody answers.
         src = open(os.path.join(HERE, "blocked_client.c")).read()
         c.run(["sh", "-c", "cat > /var/tmp/blocked_client.c"], input=src)
@@ -195,9 +196,11 @@ def test_show_notify_watchdog_status(ct):
     assert p["NotifyAccess"] == "main"
     assert p["WatchdogUSec"] == "10s"
     assert p["User"] == USER
-    # STATUS= follows the kernel's counters (once a second): lamnodes' requests show
+    # STATUS= follows the kernel's counters (once a second): lamnodes' requests show;
+    # the clients attached are the jobs process's five services
+    wait_jobs(ct)
     status = ct.wait_for(lambda: re.fullmatch(
-        r"0 clients attached, [1-9]\d* messages, \d+ bytes moved",
+        r"5 clients attached, [1-9]\d* messages, \d+ bytes moved",
         ct.show(ct.service, "StatusText")["StatusText"]), 5, "STATUS= with lamnodes' messages")
     assert status
 
@@ -207,6 +210,90 @@ def test_proctitle_shows_user_and_clients(ct):
     pid = ct.show(ct.service, "MainPID")["MainPID"]
     args = ct.run(["ps", "-o", "args=", "-p", pid]).stdout
     assert re.fullmatch(rf"lamd: {USER}, \d+ clients?\s*", args), args
+
+
+def wait_jobs(ct, not_pid: str | None = None) -> str:
+    """The jobs unit active, its process attached (five kill-file lines);
+    returns its MainPID."""
+    def up():
+        p = ct.show(ct.jobs, "ActiveState", "MainPID")
+        if p["ActiveState"] != "active" or p["MainPID"] in ("0", not_pid):
+            return None
+        kf = ct.run(["cat", f"{ct.sdir}/lam-killfile"]).stdout.split()
+        return p["MainPID"] if kf[1:].count(p["MainPID"]) == 5 else None
+    return ct.wait_for(up, 30, f"{ct.jobs} attached")
+
+
+def test_jobs_unit_starts_with_the_kernel_in_a_delegated_cgroup(ct):
+    """The first client starts the kernel, whose Wants= starts the jobs unit
+    once the kernel is READY: its process, as the user, attached (one
+    kill-file line per service), moved into the leaf jobs-daemon of its
+    delegated cgroup."""
+    assert lamnodes(ct).returncode == 0
+    pid = wait_jobs(ct)
+    p = ct.show(ct.jobs, "User", "Delegate", "ControlGroup", "Type", "NotifyAccess", "OOMPolicy")
+    assert (p["User"], p["Delegate"], p["Type"], p["NotifyAccess"], p["OOMPolicy"]) == \
+        (USER, "yes", "notify", "main", "continue"), p
+    cg = p["ControlGroup"]
+    own = ct.run(["cat", f"/proc/{pid}/cgroup"]).stdout
+    assert f"0::{cg}/jobs-daemon\n" in own, own
+    root = ct.run(["sh", "-c", "grep ' - cgroup2 ' /proc/self/mountinfo | cut -d' ' -f5"]).stdout.split()[0]
+    st = ct.run(["stat", "-c", "%U", f"{root}{cg}", f"{root}{cg}/cgroup.procs"]).stdout.split()
+    assert st == [USER, USER], st
+    assert ct.run(["ps", "-o", "user=,args=", "-p", pid]).stdout.split() == \
+        [USER, "lamd-jobs:", USER]
+    log = ct.run(["journalctl", "-u", ct.jobs, "--no-pager", "-o", "cat"]).stdout
+    assert f"jobs: each job in its own cgroup under {root}{cg}" in log, log[-2000:]
+    # the kernel leaves those rows to it
+    klog = ct.run(["journalctl", "-u", ct.service, "--no-pager", "-o", "cat"]).stdout
+    assert "boot table: internal router, bufferd, dli_inet, dlo_inet, echod, bforward, traced, " \
+           "died, haltd, versiond" in klog
+
+
+def test_stop_ends_every_job_process_and_descendant(ct):
+    """Processes in a job cgroup of the jobs unit (one daemonised: setsid,
+    double fork, reparented) and one in the unit's own cgroup: `systemctl
+    stop lamd@U.service` stops the jobs unit (BindsTo=) and none is left."""
+    assert lamnodes(ct).returncode == 0
+    pid = wait_jobs(ct)
+    root = ct.run(["sh", "-c", "grep ' - cgroup2 ' /proc/self/mountinfo | cut -d' ' -f5"]).stdout.split()[0]
+    cg = root + ct.show(ct.jobs, "ControlGroup")["ControlGroup"]
+    job = f"{cg}/job-0-4242"
+    r = ct.run(["runuser", "-u", USER, "--", "mkdir", job])  # the jobs process's user may
+    assert r.returncode == 0, r.stderr
+    ct.run(["rm", "-f", "/var/tmp/job.pids"])
+    ct.sh(f"runuser -u {USER} -- setsid sh -c 'sleep 300 & echo $! >> /var/tmp/job.pids' ; "
+          f"runuser -u {USER} -- sh -c 'sleep 300 & echo $! >> /var/tmp/job.pids'")
+    pids = ct.wait_for(lambda: (lambda x: x if len(x) == 2 else None)(
+        ct.run(["cat", "/var/tmp/job.pids"]).stdout.split()), 10, "the job's processes")
+    for p in pids:  # what kenyad's preexec does, done here by root
+        assert ct.sh(f"echo {p} > {job}/cgroup.procs").returncode == 0
+    ct.sh(f"runuser -u {USER} -- sh -c 'sleep 300 & echo $! > /var/tmp/loose.pid'")
+    loose = ct.wait_for(lambda: ct.run(["cat", "/var/tmp/loose.pid"]).stdout.strip(), 10, "pid")
+    assert ct.sh(f"echo {loose} > {cg}/cgroup.procs").returncode == 0
+    procs = ct.run(["sh", "-c", f"cat {job}/cgroup.procs {cg}/cgroup.procs"]).stdout.split()
+    assert set(pids) | {loose} <= set(procs), procs
+    r = ct.run(["systemctl", "stop", ct.service], timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert ct.show(ct.jobs, "ActiveState")["ActiveState"] == "inactive"
+    for p in [*pids, loose, pid]:
+        ct.wait_for(lambda: "No such process" in ct.run(["kill", "-0", p]).stderr, 10,
+                    f"pid {p} to die")
+    assert ct.run(["test", "-e", cg]).returncode == 1
+    assert lamnodes(ct).returncode == 0  # and it all comes back
+    assert wait_jobs(ct, not_pid=pid) != pid
+
+
+def test_jobs_unit_follows_a_crashed_kernel(ct):
+    """A SIGKILLed kernel is restarted (Restart=on-failure); the jobs unit,
+    bound to it, is stopped with it and started again with it."""
+    assert lamnodes(ct).returncode == 0
+    jp = wait_jobs(ct)
+    old = ct.show(ct.service, "MainPID")["MainPID"]
+    ct.run(["kill", "-KILL", old])
+    wait_mainpid_change(ct, old)
+    assert wait_jobs(ct, not_pid=jp) != jp
+    ct.wait_for(lambda: "No such process" in ct.run(["kill", "-0", jp]).stderr, 10, "old jobs")
 
 
 def test_journal_has_native_records(ct):
@@ -327,6 +414,39 @@ def test_exposure_score_is_what_the_docs_promise(ct):
                   "--no-pager", unit], check=False)
         assert r.returncode == 0, f"{unit} scores above {promise}:\n{r.stdout[-300:]}{r.stderr}"
         assert overall_exposure(r) == promise, f"{unit}: {r.stdout[-300:]}"
+
+
+JOBS_EXPOSURE_CLAIMS = {
+    "docs/packaging.md": r"`systemd-analyze security lamd-jobs@USER\.service`: \*\*(\d+\.\d)\*\*",
+    "systemd/lamd-jobs@.service": r"`systemd-analyze security lamd-jobs@USER` rates it (\d+\.\d) ",
+}
+
+
+def test_jobs_unit_exposure_is_measured_and_documented(ct):
+    """The jobs unit is not a sandbox (its directives are justified in
+    docs/packaging.md): its score, running and offline, is printed and is
+    exactly what the docs state; the kernel's stays 0.2."""
+    found = {}
+    for name, pattern in JOBS_EXPOSURE_CLAIMS.items():
+        with open(os.path.join(REPO, name)) as f:
+            m = re.search(pattern, f.read())
+        assert m, f"{name} no longer states the jobs unit's exposure ({pattern})"
+        found[name] = m.group(1)
+    assert len(set(found.values())) == 1, f"the docs disagree: {found}"
+    promise = found["docs/packaging.md"]
+    assert lamnodes(ct).returncode == 0
+    wait_jobs(ct)
+    r = ct.run(["systemd-analyze", "security", ct.jobs, "--no-pager"], timeout=60)
+    running = overall_exposure(r)
+    scores = {"running": running}
+    for unit in ("/lib/systemd/system/lamd-jobs@.service",
+                 os.path.join(REPO, "systemd", "lamd-jobs@.service")):
+        r = host(["systemd-analyze", "security", "--offline=yes", "--no-pager", unit], check=False)
+        scores[unit] = overall_exposure(r)
+    print(f"lamd-jobs@{USER}.service exposure: {scores}")
+    assert set(scores.values()) == {promise}, scores
+    assert overall_exposure(ct.run(["systemd-analyze", "security", ct.service, "--no-pager"],
+                                   timeout=60)) == documented_exposure() == "0.2"
 
 
 # ---- restart policy: a crash is restarted (up to the start limit), a setup
