@@ -536,7 +536,10 @@ def test_jobs_get_the_session_and_die_with_the_kernel(lamd_by_hand, fake_pkg, la
     a process group of its own, and ends with the kernel (SIGTERM to lamd)."""
     s = lam_session
     work = s.work
-    d = lamd_by_hand(fake_pkg, env={"LAMD_TEST_WORK": str(work)})
+    # lamd told its session by option, its environment pointing elsewhere:
+    # the jobs must be told the session by the jobs process
+    d = lamd_by_hand(fake_pkg, "-sessionprefix", str(s.prefix),
+                     env={"LAMD_TEST_WORK": str(work), "LAM_MPI_SESSION_PREFIX": "/nonexistent"})
     jp = wait_jobs_process(d)
     stubs = [ln for ln in d.log().splitlines() if "not implemented yet" in ln]
     assert all("iod" not in ln for ln in stubs), stubs
