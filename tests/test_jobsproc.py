@@ -238,7 +238,7 @@ sys.stdin.readline()
 '''
 
 
-def run_user_script(lam_session, lamd_pkg, move_to: str | None):
+def run_user_script(lam_session, lamd_pkg, move_to: str | None, before=lambda: None):
     s = lam_session
     script = s.work / "cg.py"
     script.write_text(USER_SCRIPT)
@@ -249,6 +249,7 @@ def run_user_script(lam_session, lamd_pkg, move_to: str | None):
         assert p.stdout.readline().strip() == "ready", p.stderr.read()
         if move_to is not None:
             cgroups._write(os.path.join(move_to, "cgroup.procs"), str(p.pid))
+        before()
         p.stdin.write("go\n")
         p.stdin.flush()
         line = p.stdout.readline()
@@ -268,9 +269,14 @@ def delegate(path: str, pw) -> None:
 
 
 def test_delegated_cgroup_as_the_user(test_cgroup, lam_session, lamd_pkg, lam_user):
+    """...and a process in the cgroup before the jobs process set up (lamd,
+    by hand in a delegated scope) is not a job: kill_all leaves it."""
     delegate(test_cgroup, lam_user)
-    p, out = run_user_script(lam_session, lamd_pkg, test_cgroup)
+    parent = lam_session.popen(["sleep", "300"])
+    p, out = run_user_script(lam_session, lamd_pkg, test_cgroup, before=lambda: cgroups._write(
+        os.path.join(test_cgroup, "cgroup.procs"), str(parent.pid)))
     try:
+        assert parent.poll() is None, "kill_all killed a process that was there before it"
         rel = test_cgroup[len(MOUNT):]
         assert out["mode"] == "cgroup" and out["base"] == test_cgroup, out
         assert out["own"] == out["self_cgroup"] == f"{rel}/jobs-daemon", out

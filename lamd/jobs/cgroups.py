@@ -288,6 +288,10 @@ class JobControl:
         self.state_file = state_file if base is None else None
         self._jobs: dict[JobId, _Job] = {}
         self._pid = os.getpid()
+        # processes already in our cgroup are not jobs: by hand in a
+        # delegated scope (systemd-run --scope -p Delegate=yes lamd), lamd
+        # itself is there; kill_all leaves them alone
+        self._keep = {self._pid} | (set(cgroup_pids(base, recursive=False)) if base else set())
 
     def __repr__(self) -> str:
         return f"<JobControl {self.mode} {self.base or ''}>"
@@ -551,9 +555,9 @@ class JobControl:
 
     def kill_all(self, wait: float = 2.0) -> int:
         """Kill every job, and (cgroup mode) every process anywhere under our
-        cgroup but the jobs process itself: a job's process may have moved
-        itself out of its job's cgroup, never out of ours. Returns the
-        number of jobs killed."""
+        cgroup but the jobs process itself (and what was in our cgroup before
+        us): a job's process may have moved itself out of its job's cgroup,
+        never out of ours. Returns the number of jobs killed."""
         jobs = self.jobs()
         if self.base is None:
             for jobid in jobs:
@@ -568,10 +572,9 @@ class JobControl:
         others = [os.path.join(self.base, n) for n in _subdirs(self.base) if n != DAEMON_LEAF]
         for path in others:
             _kill_cgroup(path)
-        me = self._pid
         for cg in (self.base, os.path.join(self.base, DAEMON_LEAF)):
             for pid in cgroup_pids(cg, recursive=False):
-                if pid != me:
+                if pid not in self._keep:
                     log.warning("jobs: pid %d escaped its job into %s: killed", pid, cg)
                     try:
                         os.kill(pid, signal.SIGKILL)
