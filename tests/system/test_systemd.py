@@ -255,7 +255,7 @@ def test_jobs_unit_starts_with_the_kernel_in_a_delegated_cgroup(ct):
 def test_stop_ends_every_job_process_and_descendant(ct):
     """Processes in a job cgroup of the jobs unit (one daemonised: setsid,
     double fork, reparented) and one in the unit's own cgroup: `systemctl
-    stop lamd@U.service` stops the jobs unit (BindsTo=) and none is left."""
+    stop lamd@U.service` stops the jobs unit (PartOf=) and none is left."""
     assert lamnodes(ct).returncode == 0
     pid = wait_jobs(ct)
     root = ct.run(["sh", "-c", "grep ' - cgroup2 ' /proc/self/mountinfo | cut -d' ' -f5"]).stdout.split()[0]
@@ -294,8 +294,8 @@ def test_stop_ends_every_job_process_and_descendant(ct):
 
 
 def test_jobs_unit_follows_a_crashed_kernel(ct):
-    """A SIGKILLed kernel is restarted (Restart=on-failure); the jobs unit,
-    bound to it, is stopped with it and started again with it."""
+    """A SIGKILLed kernel is restarted (Restart=on-failure); the jobs
+    process ends with it and its unit is started again with it."""
     assert lamnodes(ct).returncode == 0
     jp = wait_jobs(ct)
     old = ct.show(ct.service, "MainPID")["MainPID"]
