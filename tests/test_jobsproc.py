@@ -16,7 +16,8 @@
   and the jobs; a killed jobs process is replaced and its jobs killed;
   ``--no-jobs`` is the single process of old; the jobs process waits for a
   kernel (bounded) and starts before one;
-* :class:`~lamd.jobs.process.JobsChild` restarts (bounded) then gives up.
+* :class:`~lamd.jobs.process.JobsChild` restarts (bounded) then gives up; by
+  hand, a jobs process that keeps dying leaves the kernel answering ESERVICE.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import pytest
 from lamd.jobs import cgroups
 from lamd.jobs.cgroups import JobControl, cgroup2_mount, job_name
 from lamd.jobs.process import (
-    JOB_SERVICES, PGROUPS_FILE, JobsChild, read_env_file, session_environment,
+    JOB_SERVICES, PGROUPS_FILE, RESTART_DELAY, JobsChild, read_env_file, session_environment,
 )
 from lamd.kernelio.loop import EventLoop
 
@@ -624,3 +625,20 @@ def test_jobs_process_waits_for_a_kernel(lam_session, lamd_pkg, lamd_by_hand):
             jp.kill()
             jp.wait()
         log.close()
+
+
+def test_a_jobs_process_that_keeps_dying_is_given_up_for_the_stubs(lamd_by_hand, lamd_pkg):
+    """Five starts in a minute, then the kernel boots the ESERVICE stubs for
+    the job rows: lamexec fails at once instead of waiting for kenyad."""
+    d = lamd_by_hand(lamd_pkg)
+    jp = None
+    for _ in range(5):
+        jp = wait_jobs_process(d, not_pid=jp)
+        os.kill(jp, signal.SIGKILL)
+    assert wait_until(lambda: "giving up" in d.log(), TIMEOUT), d.log()
+    assert "5 starts in 60 s: giving up; kenyad, filed, flatd, loadd and iod now answer " \
+           "ESERVICE" in d.log()
+    time.sleep(RESTART_DELAY * 1.5)  # nothing more is started
+    assert jobs_children(d) == [] and killfile(d.s) == [d.pid]
+    cp = d.s.run(["timeout", "-k", "1", "20", "lamexec", "-np", "1", "/bin/true"], timeout=30)
+    assert cp.returncode != 0 and "service unavailable" in cp.stderr, show(cp)
