@@ -5,6 +5,23 @@ socket in the foreground and logs to stderr; under systemd it adopts the
 socket it is given (:mod:`lamd.service`). Either way SIGTERM, SIGINT or SIGHUP ends
 it cleanly: every attached client gets SIGCONT then SIGHUP (kkillall), the
 kill file goes, and a socket we bound ourselves is removed.
+
+Jobs (``--jobs``, ``$LAMD_JOBS``): the services that start the user's
+programs (kenyad, filed, flatd, loadd, iod: :data:`lamd.jobs.process.JOB_SERVICES`)
+run outside the kernel, in the jobs process (:mod:`lamd.jobs.process`):
+
+* ``child`` (the default): once the kernel is ready, ``lamd`` starts
+  ``python3 -m lamd.jobs`` as its child, for the same session. The kernel
+  stopping (a signal, ``lamhalt``) hangs it up through the kill file; it
+  kills every job and exits, and ``lamd`` waits for it (bounded). If it dies
+  while the kernel runs, ``lamd`` logs it and starts another (at most 5
+  starts a minute); after that it gives up, boots the ESERVICE stubs for
+  those rows and carries on (tools then fail at once, as before issue 10).
+* ``external``: the rows are left out and nothing is started: another unit
+  runs the jobs process (``lamd-jobs@USER.service``, outside the kernel's
+  sandbox); ``lamd@.service`` passes this.
+* ``none`` (``--no-jobs``): the single process of old: the ESERVICE stubs
+  inside the kernel.
 """
 
 from __future__ import annotations
@@ -13,15 +30,19 @@ import argparse
 import errno
 import logging
 import os
+import resource
 import socket
 import sys
+from dataclasses import replace
 from typing import Sequence
 
 from . import LAM_VERSION, __version__, service
-from .iprocs import BootConfigError, boot_table, parse_external
+from .iprocs import BY_NAME, BootConfigError, boot_table, parse_external
 from .kernel import Kernel, MAX_MSG_LEN
 from .kernelio import IOLimits, KernelIO
 from .limits import raise_nofile_limit
+from .jobs.cgroups import kill_recorded
+from .jobs.process import JOB_SERVICES, PGROUPS_FILE, JobsChild, jobs_argv
 from .session import Session, SessionError
 
 log = logging.getLogger("lamd")
@@ -31,6 +52,8 @@ EXIT_USAGE = 2
 #: EX_CONFIG, which the unit's RestartPreventExitStatus= keeps from looping.
 EXIT_SETUP = service.EX_CONFIG
 
+JOBS_MODES = ("child", "external", "none")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -39,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "processes), serving this user's LAM session socket.",
         epilog="Limits also come from the environment (the service's /etc/default/lamd): "
                "LAMD_LOG_LEVEL, LAMD_MAX_PROCS, LAMD_MAX_MSG_LEN, LAMD_MOVE_BUFFER, LAMD_MAX_QUEUED, "
-               "LAMD_EXTERNAL.")
+               "LAMD_EXTERNAL, LAMD_JOBS.")
     p.add_argument("--version", action="version",
                    version=f"lamd {__version__} (LAM/MPI {LAM_VERSION} protocol)")
     p.add_argument("--debug", action="store_true", help="log every request (same as --log-level debug)")
@@ -62,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="services not booted inside the daemon but served by a separate "
                         "process (python3 -m lamd.iprocs.host NAME...), as LAM's "
                         "lam-conf.separate daemons; may be repeated (default: $LAMD_EXTERNAL)")
+    p.add_argument("--jobs", choices=JOBS_MODES, default=None,
+                   help="where kenyad, filed, flatd, loadd and iod run: 'child' (the jobs "
+                        "process, started by lamd: the default), 'external' (another "
+                        "process or unit runs it: lamd-jobs@.service), 'none' (stubs inside "
+                        "the daemon; tools get 'service unavailable') (default: $LAMD_JOBS "
+                        "or child)")
+    p.add_argument("--no-jobs", dest="jobs", action="store_const", const="none",
+                   help="the same as --jobs=none")
     p.add_argument("--no-iprocs", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -108,6 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         src = "--external" if args.external is not None else "LAMD_EXTERNAL"
         log.error("%s: %s", src, e)
         return EXIT_USAGE
+    jobs_mode = args.jobs or os.environ.get("LAMD_JOBS", "") or "child"
+    if jobs_mode not in JOBS_MODES:
+        log.error("LAMD_JOBS: %r is not one of %s", jobs_mode, ", ".join(JOBS_MODES))
+        return EXIT_USAGE
+    if jobs_mode != "none" and not args.no_iprocs:
+        external = parse_external(external + list(JOB_SERVICES))
     if os.getuid() == 0:
         log.error("lamd refuses to run as root (as LAM's lamd does): run it as the user "
                   "whose LAM session it serves")
@@ -133,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SessionError as e:
         log.error("%s", e)
         return EXIT_SETUP
+    nofile_before = resource.getrlimit(resource.RLIMIT_NOFILE)  # the jobs' limit
     nofile = raise_nofile_limit()
     kernel = Kernel(max_procs=args.max_procs, max_msg_len=args.max_msg_len,
                     kernel_pid=os.getpid())
@@ -165,15 +203,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         io.shutdown(unlink_socket=owned_socket)
         return EXIT_SETUP
     io.install_signal_handlers()
+    jobs: JobsChild | None = None
     if not args.no_iprocs:
         config = {"session": session.directory}
         table = boot_table(config, external)
         io.boot(table, config)  # one dict: the address found at boot is shared
         log.info("boot table: internal %s", ", ".join(kb.name for kb in table))
-        if external:
+        others = [n for n in external if jobs_mode == "none" or n not in JOB_SERVICES]
+        if others:
             log.info("boot table: external %s: expected from separate processes "
                      "(python3 -m lamd.iprocs.host %s), with LAM's priorities",
-                     ", ".join(external), " ".join(external))
+                     ", ".join(others), " ".join(others))
+        if jobs_mode == "external":
+            log.info("jobs: %s expected from the jobs process (lamd-jobs@%s.service, or "
+                     "python3 -m lamd.jobs)", ", ".join(JOB_SERVICES), service.current_user())
+        elif jobs_mode == "child":
+            if owned_socket is None:
+                log.warning("jobs: starting the jobs process inside this service's sandbox "
+                            "(--jobs=child under socket activation): lamd@.service runs "
+                            "--jobs=external beside lamd-jobs@.service")
+
+            def give_up() -> None:
+                from .iprocs import stubs
+                rows = {n: row for row, n in enumerate(BY_NAME)}
+                io.boot([replace(BY_NAME[n], main=getattr(stubs, n), row=rows[n])
+                         for n in JOB_SERVICES], config)
+
+            jobs = JobsChild(io.loop, jobs_argv(session.directory, logging.getLevelName(
+                logging.getLogger().level).lower()), on_give_up=give_up, nofile=nofile_before)
+            jobs.start()
     service.set_proctitle(service.proctitle(user, 0))
     log.info("lamd %s serving %s (pid %d; RLIMIT_NOFILE %d allows %d clients, "
              "two descriptors each; --max-procs %d)", __version__, session.socket_path,
@@ -185,6 +243,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("shutting down (%s): signalling %d clients", io.stop_reason or "stop",
              len(kernel.killfile_entries()))
     io.shutdown(unlink_socket=owned_socket)
+    if jobs is not None:
+        rc = jobs.stop()
+        if rc:
+            log.warning("jobs: the jobs process exited with status %d", rc)
+        # by hand, a jobs process that died (SIGKILL) may have left job
+        # process groups: it recorded them
+        n = kill_recorded(os.path.join(session.directory, PGROUPS_FILE))
+        if n:
+            log.warning("jobs: killed %d job process groups the jobs process left", n)
     if owned_socket:
         try:
             os.rmdir(session.directory)

@@ -1,6 +1,6 @@
 """Recording job services for tests/test_jobs_wire.py (test code, not lamd).
 
-``python3 -m jobs_recorder [lamd options]`` runs our lamd with kenyad,
+``python3 -m jobs_recorder [lamd options]`` runs our lamd (``--no-jobs``) with kenyad,
 filed, flatd, loadd and traced replaced by recorders: each writes every
 packet it receives (raw ``struct nmsg`` and body, hex) as one JSON line to
 ``$LAMD_JOBS_RECORD`` and answers just enough, with the structs of
@@ -193,7 +193,8 @@ def main() -> int:
     iprocs.BOOT_TABLE[:] = [replace(b, main=RECORDERS.get(b.name, b.main))
                             for b in iprocs.BOOT_TABLE]
     from lamd.daemon import main as lamd_main
-    return lamd_main(sys.argv[1:])
+    # the recorders replace the rows inside the daemon: no jobs process
+    return lamd_main(["--no-jobs", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -446,7 +446,8 @@ def test_tping_needs_the_external_echod(pydaemon, lam_user):
     s = d.s
     # the daemon says what it boots and what it expects from outside
     assert wait_until(lambda: "external echod" in d.log(), TIMEOUT), d.log()
-    assert "internal router, bufferd, dli_inet, dlo_inet, bforward, flatd" in d.log(), d.log()
+    # (echod left out; flatd, loadd, kenyad, filed and iod are the jobs process's)
+    assert "internal router, bufferd, dli_inet, dlo_inet, bforward, traced" in d.log(), d.log()
     t0 = time.monotonic()
     cp = tping(s, bound=3)
     took = time.monotonic() - t0

@@ -371,7 +371,8 @@ def test_by_hand_ends_1100_blocked_stock_clients(lam_session, lamd_pkg, kclient,
     s = lam_session
     limit = _nofile(LOGIN_NOFILE)
     monkeypatch.setattr(s, "popen", functools.partial(s.popen, preexec_fn=limit))
-    d = lamenv.PyDaemon(s, lamd_pkg)
+    # the kernel alone: the jobs process would be one more attached sleeper
+    d = lamenv.PyDaemon(s, lamd_pkg, ["--log-level", "info", "--no-jobs"])
     spawner = None
     log = s.work / "clients.out"
     try:

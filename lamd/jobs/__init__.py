@@ -13,6 +13,12 @@ fork/exec, a blocking descriptor pass or a crash never touches the kernel.
   constants, byte for byte as stock liblam writes and reads them (proven by
   ``tests/test_jobs_wire.py``), and kenyad's rules for a child's
   environment, argv and exit status as pure functions.
+* :mod:`lamd.jobs.process` - the jobs process (``python3 -m lamd.jobs``):
+  those services on :class:`~lamd.iprocs.host.ServiceHost`, the session
+  exported to what they start, every job killed when it ends; and
+  :class:`~lamd.jobs.process.JobsChild`, how ``lamd`` by hand runs it.
+* :mod:`lamd.jobs.cgroups` - each job in its own cgroup (``Delegate=yes``)
+  or process group: what kenyad calls to place, signal and kill a job.
 """
 
 # The boot table (lamd.iprocs) imports the services of this package, which
