@@ -43,6 +43,7 @@ from .kernelio import IOLimits, KernelIO
 from .limits import raise_nofile_limit
 from .jobs.cgroups import kill_recorded
 from .jobs.process import JOB_SERVICES, PGROUPS_FILE, JobsChild, jobs_argv
+from .jobs.wire import LAM_IOSOCKET
 from .session import Session, SessionError
 
 log = logging.getLogger("lamd")
@@ -127,6 +128,23 @@ def bind_session_socket(session: Session) -> socket.socket:
         os.umask(old)
     s.listen(4096)
     return s
+
+
+def remove_stale_socket(path: str) -> None:
+    """Remove the Unix socket at *path* if nothing listens on it any more."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    except OSError:
+        pass
+    finally:
+        probe.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -252,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = kill_recorded(os.path.join(session.directory, PGROUPS_FILE))
         if n:
             log.warning("jobs: killed %d job process groups the jobs process left", n)
+        if rc:  # it did not end cleanly: what its iod served is left to us
+            remove_stale_socket(os.path.join(session.directory, LAM_IOSOCKET))
     if owned_socket:
         try:
             os.rmdir(session.directory)

@@ -98,7 +98,7 @@ def test_sigkill_at_random_points_never_tears_the_kill_file(lam_session, py_daem
     cp = lam_session.run([kclient, "ktry", 1], timeout=20)
     assert cp.returncode == 0, cp.stdout + cp.stderr
     d.stop()
-    assert d.returncode == 0 and not d.stop_problems, d.stop_problems
+    assert d.returncode == 0 and not d.stop_problems, (d.stop_problems, d.log()[-3000:])
 
 
 def test_a_live_daemon_is_never_taken_over(lam_session, py_daemon, lamd_pkg, kclient):
