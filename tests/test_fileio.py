@@ -1254,7 +1254,8 @@ def external(lam_session, lamd_pkg, request) -> Iterator[Callable[[list[str]], t
     started: list[Any] = []
 
     def start(names: list[str]) -> tuple[lamenv.PyDaemon, Host]:
-        d = lamenv.PyDaemon(lam_session, lamd_pkg, ["--log-level", "info",
+        # --no-jobs: the test's own host serves *names*, not a jobs process
+        d = lamenv.PyDaemon(lam_session, lamd_pkg, ["--log-level", "info", "--no-jobs",
                                                     "--external", ",".join(names)])
         request.node._lam_daemons = [d]
         d.start()

@@ -420,7 +420,8 @@ def test_mpitask_lamclean_lamtrace(lam_session, recorder):
     assert (p[0].q.sel_method, p[0].q.signal, p[0].q.src_event) == (SELECT_APPL, SIGUDIE, -pid)
     assert (p[1].q.tfd, p[1].q.src_event) == (wire.NOTFD, -pid)
     assert (p[2].q.lnum, p[2].q.pid) == (TRANYLIST, TRANYPID)
-    assert p[3].q.lnum == TRANYLIST  # the rest of lam_rtrcleanobjs's trreq is stack garbage
+    # lam_rtrcleanobjs's trreq is stack garbage but for its request code
+    # (Debian builds LAM without LAM_DISINFECT): lnum was seen 0 and -1
 
     rc, out, err, pid = run_tool(s, ["lamtrace", "-f", "0", "trace.out"])
     assert rc == 0, (rc, out, err)
