@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import re
 import shlex
 import shutil
@@ -49,6 +50,7 @@ class Container:
     def __init__(self) -> None:
         self.nspawn: subprocess.Popen | None = None
         self.init_pid: int | None = None
+        self.init_pidfd: int | None = None  # pins the container's pid 1 for stop()
 
     def boot(self) -> None:
         self.nspawn = subprocess.Popen(
@@ -60,7 +62,9 @@ class Container:
         while time.monotonic() < deadline:
             kids = host(["pgrep", "-P", str(self.nspawn.pid)], check=False).stdout.split()
             if kids:
-                self.init_pid = int(kids[0])
+                if self.init_pid is None:
+                    self.init_pid = int(kids[0])
+                    self.init_pidfd = os.pidfd_open(self.init_pid)
                 r = self.run(["systemctl", "is-system-running", "--wait"], timeout=60, check=False)
                 if r.stdout.strip() in ("running", "degraded"):
                     return
@@ -103,6 +107,16 @@ class Container:
             except subprocess.TimeoutExpired:
                 self.nspawn.kill()
                 self.nspawn.wait(timeout=10)
+        if self.init_pidfd is not None:
+            # a killed nspawn leaves its container running (seen: a systemd
+            # with journald, logind and sshd outliving an interrupted run);
+            # SIGKILL to its pid 1 ends every process of its pid namespace
+            try:
+                signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.close(self.init_pidfd)
+            self.init_pidfd = None
 
 
 @pytest.fixture(scope="module")
