@@ -51,6 +51,7 @@ from lamd.kernelio import KernelIO
 from lamd.session.kkill import read_clients, read_killfile
 
 from . import lamenv
+from .test_kernelio import join_ok, run_thread
 from .test_cclient import Clients, ok, show
 
 TIMEOUT = 10.0
@@ -467,28 +468,6 @@ class InProcDaemon:
         if self.thread is not None and self.thread.is_alive():
             self.pause()
         self.io.shutdown(unlink_socket=self.path)
-
-
-def run_thread(fn, *args) -> threading.Thread:  # type: ignore[no-untyped-def]
-    errors: list[BaseException] = []
-
-    def wrap() -> None:
-        try:
-            fn(*args)
-        except BaseException as e:  # noqa: BLE001 - reported by join_ok
-            errors.append(e)
-
-    t = threading.Thread(target=wrap, daemon=True)
-    t.errors = errors  # type: ignore[attr-defined]
-    t.start()
-    return t
-
-
-def join_ok(t: threading.Thread) -> None:
-    t.join(TIMEOUT * 3)
-    assert not t.is_alive(), "client thread hung"
-    if t.errors:  # type: ignore[attr-defined]
-        raise t.errors[0]  # type: ignore[attr-defined]
 
 
 def pidfd_pid(pidfd: int) -> int | None:

@@ -71,7 +71,7 @@ from ..kernel.constants import (
 )
 from ..kernel.kiproc import (
     CHILD, IPROC_PID_BASE, READABLE, SIGNAL, TIMER, WAIT_EVENT, WAIT_HALT,
-    Event, IProc, KBoot, KCall, Received, Watch,
+    Event, IProc, KBoot, KCall, Received, Watch, take_queued,
 )
 from ..kernel.wire import KREPLY_SIZE, NMSG_SIZE, KMsg, KReply, KReq, NMsg
 from ..kernelio.watches import reap_child
@@ -587,16 +587,7 @@ class ServiceHost:
     # events (the wait API, as KIProcDriver serves it inside the kernel)
     # ------------------------------------------------------------------
     def _queued_event(self, svc: _Service, watches: tuple[Watch, ...]) -> Event | None:
-        mb = svc.mailbox
-        if not mb:
-            return None
-        if not watches:
-            return mb.popleft()
-        for i, ev in enumerate(mb):
-            if ev.watch in watches:
-                del mb[i]
-                return ev
-        return None
+        return take_queued(svc.mailbox, watches)
 
     def _take_event(self, svc: _Service, ev: Event) -> None:
         svc.wanted = None

@@ -291,6 +291,21 @@ class KBoot:
     row: int | None = None
 
 
+def take_queued(mailbox: deque[Event], watches: tuple[Watch, ...]) -> Event | None:
+    """Take the oldest queued event of *watches* (of any watch when empty)
+    from *mailbox*; None if there is none. The kernel's driver and the
+    service host (:mod:`lamd.iprocs.host`) keep their mailboxes alike."""
+    if not mailbox:
+        return None
+    if not watches:
+        return mailbox.popleft()
+    for i, ev in enumerate(mailbox):
+        if ev.watch in watches:
+            del mailbox[i]
+            return ev
+    return None
+
+
 class KIProcDriver:
     """The part of :class:`~lamd.kernel.Kernel` that runs internal processes
     (``kboot``, ``kiproc``): coroutines resumed with request results, bodies
@@ -435,16 +450,7 @@ class KIProcDriver:
         self._resume(p, ev)
 
     def _queued_event(self, p: "KProc", watches: tuple[Watch, ...]) -> Event | None:
-        mb = p.mailbox
-        if not mb:
-            return None
-        if not watches:
-            return mb.popleft()
-        for i, ev in enumerate(mb):
-            if ev.watch in watches:
-                del mb[i]
-                return ev
-        return None
+        return take_queued(p.mailbox, watches)
 
     # ------------------------------------------------------------------
     # running the coroutines
@@ -551,4 +557,4 @@ class KIProcDriver:
 
 __all__ = ["IPROC_PID_BASE", "IProc", "IProcMain", "KBoot", "KCall", "Received", "Watch",
            "Event", "ChildExit", "KIProcDriver", "TIMER", "READABLE", "CHILD", "SIGNAL",
-           "STOP_SIGNALS", "WAIT_EVENT", "WAIT_HALT"]
+           "STOP_SIGNALS", "WAIT_EVENT", "WAIT_HALT", "take_queued"]
