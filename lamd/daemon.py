@@ -33,6 +33,7 @@ import os
 import resource
 import socket
 import sys
+import time
 from dataclasses import replace
 from typing import Sequence
 
@@ -273,10 +274,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rc:  # it did not end cleanly: what its iod served is left to us
             remove_stale_socket(os.path.join(session.directory, LAM_IOSOCKET))
     if owned_socket:
-        try:
-            os.rmdir(session.directory)
-        except OSError:
-            pass
+        # kkillall hung up a jobs process of --jobs=external too: give it a
+        # moment to take its iod socket out before the directory goes
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                os.rmdir(session.directory)
+                break
+            except OSError as e:
+                if e.errno != errno.ENOTEMPTY or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
     return status
 
 
