@@ -277,6 +277,24 @@ class OurDaemon(Daemon):
                                      stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
         self.wait_socket()
+        self.wait_jobs()
+
+    def wait_jobs(self, timeout: float = 30.0) -> None:
+        """Wait until the jobs process has attached its five services (the
+        kill file lists a second pid five times): its start-up (a Python
+        interpreter importing the job services) must not overlap a
+        measurement. The C lamd's services are in its one process."""
+        killfile = os.path.join(os.path.dirname(self.socket_path()), "lam-killfile")
+        end = time.time() + timeout
+        while time.time() < end:
+            try:
+                pids = [int(x) for x in open(killfile).read().split()]
+            except (OSError, ValueError):
+                pids = []
+            if len([p for p in pids[1:] if p != self.pid]) >= 5:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"ours: the jobs process did not attach within {timeout:.0f} s")
 
     def stop(self, halt_timeout: float = 30) -> None:
         self.killed = False

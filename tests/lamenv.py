@@ -328,6 +328,9 @@ class Daemon:
             return
         self._stopped = True
         problems = self.stop_problems
+        if self.expect_exit and not self.wait_gone(10):
+            # halted by the test itself: a lamhalt now would only race its exit
+            problems.append("still running 10 s after the test halted it")
         if running(self.pid):
             try:
                 cp = self.s.run(["lamhalt"], timeout=30)

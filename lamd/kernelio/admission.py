@@ -117,9 +117,10 @@ class Admission:
         try:
             pidfd, why = self._pin(sock, pid)
         except OSError as e:  # EMFILE, ENFILE, ENOMEM: no descriptor for its pidfd
-            sock.close()
+            # counted and logged before the client can see its refusal
             self.refused_unpinned += 1
             self._out_of_descriptors(e, spare_used=False)
+            sock.close()
             return
         if pidfd is None:
             self.refused_unpinned += 1
