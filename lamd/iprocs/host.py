@@ -471,6 +471,12 @@ class ServiceHost:
                     if not self._fill(svc):
                         return
                     if len(svc.rbuf) < arg:
+                        if op == _BLOCK and not svc.rbuf:
+                            # now blocked in the kernel: an event that came
+                            # while the request was on its way interrupts it
+                            ev = self._queued_wanted(svc)
+                            if ev is not None:
+                                self._interrupt(svc, ev)
                         return  # the rest comes with EPOLLIN
                 value = self._take(svc)
 
@@ -623,6 +629,17 @@ class ServiceHost:
                 self._interrupt(svc, ev)
                 return
         svc.mailbox.append(ev)
+        # looking for an answer may have read it (or part of it): carry on
+        # with the request, or nothing would read it again
+        if (svc.sock is not None and svc.proto is not None and svc.waiting in (_READ, _BLOCK)
+                and len(svc.rbuf) >= svc.need):
+            self._advance(svc, self._take(svc))
+
+    def _queued_wanted(self, svc: _Service) -> Event | None:
+        """An event queued for the interruptible request *svc* is making."""
+        if svc.call is None or svc.wanted is None or not svc.call.interruptible:
+            return None
+        return self._queued_event(svc, svc.wanted)
 
     def _interruptible(self, svc: _Service) -> bool:
         """Blocked in the kernel with nothing of the answer arrived yet."""
