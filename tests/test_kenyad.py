@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -47,13 +48,13 @@ from lamd.jobs.wire import (
     SELECT_APPL, SELECT_INDEX, SELECT_MPI, SELECT_PID, SIGUDIE, FlReply, FlReq, JobId,
     PReply, PReq, PState, fd_server_path, glue_flat_args, reply_event, wait_event,
 )
-from lamd.kernel import Kernel
+from lamd.kernel import Kernel, Signal
 from lamd.kernel.constants import (
     EVBUFFERD, EVFLATD, EVKENYAD, KNMSG, KSFREE, LAM_ERR_BASE, MAXNMSGLEN, PRCMD,
-    PRDAEMON, LamErrno,
+    KQSURRENDER, PRDAEMON, LamErrno, sigmask,
 )
 from lamd.kernel.kiproc import ChildExit, KBoot
-from lamd.kernel.wire import NMsg
+from lamd.kernel.wire import KReq, NMsg
 from lamd.kernelio import KernelIO
 
 from . import lamenv
@@ -529,3 +530,438 @@ def test_fork_failure_is_the_reply(daemon_factory, monkeypatch):
     assert lw.reply.reply == errno.EAGAIN and lw.reply.pid == 0
     assert tool.state(SELECT_ALL) == [PState(reply=EEOF)]
     assert tool.create("/bin/echo", ["y"]).out == "y\n"
+
+
+# =============================================================================
+# sans-IO: the kernel's World, starting a process replaced by a recorder
+# =============================================================================
+
+
+class FakePopen:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.returncode = -9
+        return -9
+
+
+class Sans:
+    """World with the whole boot table (kenyad real), a tool client, and
+    kenyad's process starting and killing recorded instead of done."""
+
+    def __init__(self, monkeypatch: Any, flatd: Any = None, **config: Any) -> None:
+        self.session = short_tmp()
+        cfg = {"node_addr": ADDR, "session": self.session, **config}
+        table = boot_table(dict(cfg), ["flatd"] if flatd is not None else [])
+        if flatd is not None:
+            table.append(KBoot("flatd", PRDAEMON, flatd, row=6))
+        self.spawned: list[dict[str, Any]] = []
+        self.killed: list[tuple[int, int]] = []
+        self.next_pid = 7000
+        monkeypatch.setattr(kmod, "spawn", self._spawn)
+        monkeypatch.setattr(kmod, "kill_group", lambda pid, sig: self.killed.append((pid, sig)))
+        self.w = World(table, cfg)
+        self.tool = self.w.client("tool", 5000)
+
+    def close(self) -> None:
+        shutil.rmtree(self.session, ignore_errors=True)
+
+    def _spawn(self, loadname, argv, env, wrkdir, fds, rtf, umask=-1):  # type: ignore[no-untyped-def]
+        pid = self.next_pid
+        self.next_pid += 1
+        self.spawned.append(dict(loadname=loadname, argv=argv, env=env, wrkdir=wrkdir,
+                                 fds=fds, rtf=rtf, pid=pid))
+        return kmod.SpawnResult(FakePopen(pid), how="exec")
+
+    def ask(self, req: int, c: Any = None, **kw: Any) -> None:
+        c = c or self.tool
+        self.tool_send(c, preq(c.pid, req, **kw))
+
+    def tool_send(self, c: Any, body: bytes) -> None:
+        c.nsend(LOCAL, EVKENYAD, 0, body)
+
+    def reply(self, c: Any = None) -> PReply:
+        c = c or self.tool
+        head, body = c.nrecv(reply_event(c.pid), 0, 16)
+        assert head.flags & NREEL and head.event == reply_event(c.pid)
+        return PReply.unpack(body)
+
+    def silent(self, event: int, c: Any = None) -> bool:
+        """Nothing is buffered for *c* on *event* (bufferd's BFQPROBE)."""
+        c = c or self.tool
+        return c.nprobe(event)[7] == -1
+
+    def notice(self, c: Any = None) -> PReply:
+        c = c or self.tool
+        head, body = c.nrecv(wait_event(c.pid), 1, 16)
+        assert head.type == 1 and head.flags & NREEL
+        return PReply.unpack(body)
+
+    def create(self, name: str = "/bin/true", rtf: int = RTF_WAIT, **kw: Any) -> PReply:
+        self.ask(PQCREATE, name=name, rtf=rtf, jobid=JobId(0, self.tool.pid), **kw)
+        return self.reply()
+
+    def child_watch(self, pid: int) -> int:
+        ids = [a.id for a in self.w.watching("child") if a.arg == pid]
+        assert len(ids) == 1, (pid, self.w.watches)
+        return ids[0]
+
+    def exit(self, pid: int, code: int = os.CLD_EXITED, status: int = 0) -> None:
+        self.w.fire(self.child_watch(pid), ChildExit(pid, code, status))
+
+
+@pytest.fixture
+def sans(monkeypatch: Any) -> Iterator[Any]:
+    made: list[Sans] = []
+
+    def make(**kw: Any) -> Sans:
+        s = Sans(monkeypatch, **kw)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def test_sans_create_exit_notice_and_slot_reuse(sans):
+    """Reply {0, pid, index, node}; the exit notice at death (type 1, on the
+    tool's wait event, status pid node); indexes are the lowest free, so a
+    freed slot is used again; LAM's variables (LAMKENYAPID is this process:
+    the one that forks) and the tool's working directory."""
+    s = sans()
+    r1 = s.create(rtf=RTF_WAIT | RTF_IO, wrkdir="/tmp", maxproc=3, world=4)
+    r2 = s.create()
+    assert (r1.reply, r1.index, r1.nodeid) == (0, 1, 0) and r2.index == 2
+    sp = s.spawned[0]
+    assert sp["loadname"] == "/bin/true" and sp["argv"] == ["/bin/true"]
+    assert sp["wrkdir"] == "/tmp" and sp["fds"] is None
+    env = sp["env"]
+    assert (env["LAMKENYAPID"], env["LAMRANK"], env["LAMWORLD"], env["LAMJOBID"],
+            env["TROLLIUSRTF"]) == (str(os.getpid()), "3", "4", "0:5000",
+                                    str(RTF_WAIT | RTF_IO | RTF_KENYA_CHILD))
+    assert s.silent(wait_event(5000))
+    s.exit(r1.pid, os.CLD_EXITED, 3)
+    assert s.notice() == PReply(3, r1.pid, 0, 0)
+    assert s.create().index == 1  # the lowest free slot
+    s.exit(r2.pid, os.CLD_KILLED, signal.SIGSEGV)
+    assert s.notice() == PReply(signal.SIGSEGV | SIGNALED, r2.pid, 0, 0)
+    # without RTF_WAIT (lamexec -nw) the slot frees and nobody is told
+    r = s.create(rtf=0)
+    s.exit(r.pid)
+    assert s.silent(wait_event(5000))
+    s.w.kernel.check_invariants()
+
+
+def test_sans_mpi_attach_state_detach(sans):
+    """mpirun's flow: PQATTACH gets no reply; PQSTATE SELECT_MPI: one pstate
+    per MPI process, then EEOF, maxproc honoured; PQDETACH: replied, the
+    notice carries its status, the later death none; a LAM signal dooms an
+    attached process through the kernel (kdoom)."""
+    s = sans()
+    mpi = s.w.client("mpi", 7000)  # the process kenyad will start, attached to the kernel
+    r = s.create(rtf=RTF_MPIRUN | RTF_WAIT)
+    assert r.pid == 7000
+    s.create(rtf=RTF_MPIRUN | RTF_WAIT)  # 7001, never attaches
+    rtf = RTF_MPIRUN | RTF_WAIT | RTF_KENYA_CHILD | RTF_MPI
+    s.ask(PQATTACH, c=mpi, pid=7000, rtf=rtf, name="ring")
+    assert s.silent(reply_event(7000), mpi)  # PQATTACH: no reply
+    s.ask(PQSTATE, sel_method=SELECT_MPI, maxproc=256)
+    _, body = s.tool.nrecv(reply_event(5000), 0, PState.SIZE)
+    st = PState.unpack(body)
+    assert (st.reply, st.index, st.pid, st.name, st.loadpt) == (0, 1, 7000, "ring", "/bin/true")
+    assert st.rtf == RTF_MPIRUN | RTF_WAIT | RTF_MPI | RTF_KENYA_ATTACH
+    # the kernel's view of it (its last request: the probe on its reply event)
+    assert (st.kernel.state, st.kernel.priority, st.kernel.event) == (0, 1095, -7000)
+    _, body = s.tool.nrecv(reply_event(5000), 0, PState.SIZE)
+    assert PState.unpack(body) == PState(reply=EEOF)
+    s.ask(PQSTATE, sel_method=SELECT_ALL, maxproc=1)  # exactly maxproc: no EEOF
+    _, body = s.tool.nrecv(reply_event(5000), 0, PState.SIZE)
+    assert PState.unpack(body).pid == 7000
+    assert s.silent(reply_event(5000))
+    s.ask(PQSTATE, maxproc=0)
+    assert PState.unpack(s.tool.nrecv(reply_event(5000), 0, PState.SIZE)[1]).reply == errno.EINVAL
+    # a LAM signal to the attached MPI process goes through the kernel
+    s.ask(PQDOOM, sel_method=SELECT_MPI, signal=SIGUDIE)
+    assert s.reply().reply == 0
+    prompts = [a for a in s.w.log if isinstance(a, Signal) and a.conn == "mpi"]
+    assert len(prompts) == 1 and mpi.conn.replies == deque()  # kpreempt: LAM_SIGUSR
+    assert s.w.kernel.kpfind(7000).signal == sigmask(SIGUDIE)
+    mpi.request(KReq(req=KQSURRENDER))  # what liblam's LAM_SIGUSR handler does
+    assert mpi.reply().signal == sigmask(SIGUDIE)
+    # MPI_Finalize
+    s.ask(PQDETACH, c=mpi, pid=7000, status=0)
+    assert s.reply(mpi).reply == 0
+    assert s.notice() == PReply(0, 7000, 0, 0)
+    s.exit(7000)
+    assert s.silent(wait_event(5000))
+    # the one that dies before MPI_Init: a plain exit notice (mpirun: EMPINOINIT)
+    s.exit(7001, os.CLD_EXITED, 1)
+    assert s.notice() == PReply(1, 7001, 0, 0)
+    s.w.kernel.check_invariants()
+
+
+def test_sans_doom_rules(sans):
+    """PQDOOM: a negative signal kills the group of a process kenyad started;
+    none matched by pid or index is ENOTPROCESS; SELECT_APPL matches all;
+    a LAM signal above TNSIG is EINVAL; lamclean's SIGUDIE SIGKILLs the group
+    of a process that is no LAM client (the kernel does not know it) and is
+    not an error."""
+    s = sans()
+    a, b = s.create(), s.create()
+    s.ask(PQDOOM, sel_method=SELECT_PID, sel_value=a.pid, signal=-15)
+    assert s.reply().reply == 0 and s.killed == [(a.pid, 15)]
+    s.ask(PQDOOM, sel_method=SELECT_INDEX, sel_value=b.index, signal=-2)
+    assert s.reply().reply == 0 and s.killed[-1] == (b.pid, 2)
+    s.ask(PQDOOM, sel_method=SELECT_PID, sel_value=99999, signal=-15)
+    assert s.reply().reply == ENOTPROCESS
+    s.ask(PQDOOM, sel_method=SELECT_INDEX, sel_value=9, signal=-15)
+    assert s.reply().reply == ENOTPROCESS
+    s.ask(PQDOOM, sel_method=SELECT_PID, sel_value=a.pid, signal=11)
+    assert s.reply().reply == errno.EINVAL
+    s.killed.clear()
+    s.ask(PQDOOM, sel_method=SELECT_APPL, sel_value=0, signal=SIGUDIE)
+    assert s.reply().reply == 0
+    assert s.killed == [(a.pid, signal.SIGKILL), (b.pid, signal.SIGKILL)]
+    s.exit(a.pid, os.CLD_KILLED, 9)
+    assert s.notice().pid == a.pid
+    s.killed.clear()
+    s.ask(PQDOOM, sel_method=SELECT_PID, sel_value=a.pid, signal=-15)  # gone now
+    assert s.reply().reply == ENOTPROCESS and s.killed == []
+
+
+def test_sans_table_bound_and_one_log_line(sans, caplog):
+    """A flood of creates beyond kenyad_max_procs: ENOPDESCRIPTORS, one log
+    line while full; a slot freed: a create works; full again: logged again."""
+    caplog.set_level(logging.WARNING, logger="lamd.jobs.kenyad")
+    s = sans(kenyad_max_procs=2)
+    a = s.create()
+    s.create()
+    for _ in range(50):
+        assert s.create().reply == ENOPDESCRIPTORS
+    assert len(s.spawned) == 2
+    assert caplog.text.count("process table full") == 1
+    s.exit(a.pid)
+    assert s.notice().pid == a.pid
+    assert s.create().index == 1
+    assert s.create().reply == ENOPDESCRIPTORS
+    assert caplog.text.count("process table full") == 2
+
+
+def test_sans_bad_requests(sans, caplog):
+    """Garbage: a short body (zeros), an unknown request, a reply event that
+    is not a client's (-pid), a request longer than one packet: no reply
+    where LAM gives none, one log line per kind, and kenyad answers the next
+    valid request. PQSPAWN: ESERVICE, as LAM."""
+    caplog.set_level(logging.WARNING, logger="lamd.jobs.kenyad")
+    s = sans()
+    s.tool_send(s.tool, b"\x01\x02")  # 2 bytes
+    s.tool_send(s.tool, struct.pack(">3i", LOCAL, reply_event(5000), 99).ljust(100, b"\0"))
+    s.tool_send(s.tool, preq(5000, PQSTATE, src_event=EVKENYAD, maxproc=5))  # would loop
+    s.tool_send(s.tool, preq(5000, PQATTACH, pid=4242424))  # no such process
+    s.tool.nsend(LOCAL, EVKENYAD, 0, preq(5000, PQDOOM, sel_method=SELECT_PID,
+                                          sel_value=1, signal=-15) + bytes(3 * MAXNMSGLEN))
+    assert s.reply().reply == ENOTPROCESS  # the long request's first packet
+    assert s.silent(reply_event(5000))
+    s.ask(PQSPAWN)
+    assert s.reply().reply == ESERVICE
+    for what in ("2-byte request", "unknown request 99", "reply event", "PQATTACH of pid",
+                 "4-packet request"):
+        assert caplog.text.count(what) == 1, (what, caplog.text)
+    assert s.spawned == [] and s.killed == []
+    s.w.kernel.check_invariants()
+
+
+async def silent_flatd(k: Any) -> None:
+    from lamd.iprocs.nreq import nrecv
+    while True:
+        await nrecv(k, EVFLATD, 0, MAXNMSGLEN)
+
+
+def test_sans_flatd_argv_and_a_flatd_that_never_answers(sans):
+    """pq_argv is a flatd tag: kenyad asks flatd FLQFORGET, reads the file
+    it names, removes it, and starts the process with that argv and
+    environment (-x wins over the daemon's, LAM's variables in between). A
+    flatd that never answers: after flatd_timeout (here the test fires the
+    timer) the create fails with ESERVICE, the tool blocked in accept() is
+    let go, and a late answer is swept before kenyad asks flatd again."""
+    s = sans(flatd=fake_flatd, environ={"PATH": "/usr/bin:/bin", "KEEP": "1", "X": "old"})
+    tool = s.tool
+    blob, envsize = glue_flat_args(["prog", "a b", "c"], ["X=new", "LAMRANK=9"])
+    req = FlReq(src_node=LOCAL, src_event=reply_event(5000), req=FLQLOAD, parm1=5000,
+                parm2=len(blob), parm3=len(blob))
+    tool.nsend(LOCAL, EVFLATD, 0, b"", data=req.data())
+    assert FlReply.from_data(tool.nrecv(reply_event(5000), 0, 0)[0].data).reply == 0
+    tool.nsend(LOCAL, EVFLATD, 0, blob, data=req.data())
+    assert FlReply.from_data(tool.nrecv(reply_event(5000), 0, 0)[0].data).reply == 0
+    files = [f for f in os.listdir(s.session) if f.startswith("lam-flatd")]
+    assert len(files) == 1
+    r = s.create(name="sh", argv=5000, envsize=envsize)
+    assert r.reply == 0
+    sp = s.spawned[-1]
+    assert sp["loadname"] == "/usr/bin/sh" and sp["argv"] == ["prog", "a b", "c"]
+    env = sp["env"]
+    assert (env["KEEP"], env["X"], env["LAMRANK"], env["LAMKENYAPID"]) == (
+        "1", "new", "9", str(os.getpid()))
+    assert not [f for f in os.listdir(s.session) if f.startswith("lam-flatd")]
+    # an unknown tag: flatd's EBADTAG
+    assert s.create(name="/bin/true", argv=4711).reply == EBADTAG
+
+
+def test_sans_flatd_timeout(sans, tmp_path):
+    s = sans(flatd=silent_flatd)
+    server = fd_server_path(s.session, 5000)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(server)
+    srv.listen(1)
+    srv.settimeout(TIMEOUT)
+    try:
+        s.ask(PQCREATE, name="/bin/true", argv=5000, rtf=RTF_WAIT | RTF_PFDIO)
+        assert s.silent(reply_event(5000))  # kenyad waits for flatd
+        timers = [a for a in s.w.watching("timer") if a.arg == kmod.FLATD_TIMEOUT]
+        assert len(timers) == 1
+        s.w.fire(timers[0].id)
+        assert s.reply().reply == ESERVICE and s.spawned == []
+        conn, _ = srv.accept()  # exit_protocol: connected and closed at once
+        conn.settimeout(TIMEOUT)
+        assert conn.recv(1) == b""
+        conn.close()
+    finally:
+        srv.close()
+
+
+def test_spawn_maps_failures_as_lam_shows_them(monkeypatch, tmp_path):
+    """spawn(): a fork failure is the error (EAGAIN); an exec failure is a
+    child that exits with the errno; a missing directory a child that says
+    LAM's chdir message and exits with the errno; ENOEXEC runs /bin/sh."""
+    out = tmp_path / "out"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o644)
+    fds = [os.open(os.devnull, os.O_RDONLY), fd, fd]
+    try:
+        def no_fork(*a: Any, **kw: Any) -> Any:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        with monkeypatch.context() as m:
+            m.setattr(kmod.subprocess, "Popen", no_fork)
+            assert kmod.spawn("/bin/true", [], {}, None, None, 0).error == errno.EAGAIN
+        r = kmod.spawn(str(tmp_path), ["x"], {}, None, fds, 0)  # a directory: EACCES
+        assert r.how == "failed-exec" and r.popen.wait(TIMEOUT) == errno.EACCES
+        r = kmod.spawn("/bin/pwd", [], {}, "/nonexistent", fds, 0)
+        assert r.how == "failed-chdir" and r.popen.wait(TIMEOUT) == errno.ENOENT
+        script = tmp_path / "s"
+        script.write_text("echo script $0\n")
+        script.chmod(0o755)
+        r = kmod.spawn(str(script), ["s"], {"PATH": "/bin"}, None, fds, 0)
+        assert r.how == "sh" and r.popen.wait(TIMEOUT) == 0
+        assert out.read_text() == (f"kcreatev: chdir(/nonexistent): No such file or "
+                                   f"directory\nscript {script}\n")
+    finally:
+        for f in set(fds):
+            os.close(f)
+
+
+def test_find_program_is_lams_path_search(tmp_path):
+    """sfh_path_env_findv: absolute names only checked (ENOENT / EACCES);
+    PATH of the job environment first, '.' is the working directory, which
+    is also tried last; $VAR heads; the working directory first for names
+    with a '/'."""
+    d = tmp_path / "bin"
+    d.mkdir()
+    prog = d / "prog"
+    prog.write_text("")
+    prog.chmod(0o755)
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    plain.chmod(0o644)
+    env: dict[str, str] = {"PATH": "/nonexistent"}
+    assert kmod.find_program(str(prog), os.X_OK, [], None, env) == (str(prog), 0)
+    assert kmod.find_program("/nope/x", os.X_OK, [], None, env) == (None, errno.ENOENT)
+    if os.getuid() != 0:  # root may execute anything with an x bit only
+        assert kmod.find_program(str(plain), os.X_OK, [], None, env) == (None, errno.EACCES)
+    assert kmod.find_program("prog", os.X_OK, [f"PATH={d}"], "/", env) == (f"{d}/prog", 0)
+    assert kmod.find_program("prog", os.X_OK, ["PATH=.:/bin"], str(d), env) == (
+        f"{d}/prog", 0)
+    assert kmod.find_program("prog", os.X_OK, [], str(d), env) == (f"{d}/prog", 0)
+    assert kmod.find_program("prog", os.X_OK, ["PATH=$B:/x", f"B={d}"], "/", env) == (
+        f"{d}/prog", 0)
+    assert kmod.find_program("bin/prog", os.X_OK, [], str(tmp_path), env) == (
+        f"{tmp_path}/bin/prog", 0)
+    assert kmod.find_program("nothere", os.X_OK, [], str(d), env)[0] is None
+
+
+# =============================================================================
+# the host: events while a request is on its way (found through kenyad)
+# =============================================================================
+
+
+def _host_with_connection() -> tuple[ServiceHost, Any, socket.socket]:
+    async def idle(k: Any) -> None:
+        await k.next_event()
+
+    h = ServiceHost("/nonexistent", [KBoot("probe", PRDAEMON, idle)], {})
+    svc = h.services[0]
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    svc.sock = a
+    svc.index = 1
+    return h, svc, b
+
+
+def test_host_an_answer_read_while_looking_for_an_interrupt_is_not_stranded():
+    """An event for a blocked interruptible request comes when the kernel's
+    answer is already in the socket: the host reads it looking for a point
+    to interrupt. It must carry on with the request (before the fix the
+    bytes sat in its buffer, nothing read the socket again, and the service
+    hung: kenyad lost child exits this way)."""
+    from lamd.iprocs import host as hmod
+    from lamd.kernel.constants import KQRECV
+    from lamd.kernel.kiproc import Event, Watch
+    from lamd.kernel.wire import KMsg, KReply, KReq
+    h, svc, peer = _host_with_connection()
+    try:
+        w = Watch(99, "timer", 1.0, svc.proc)
+        call = hmod.KCall(KQRECV, KReq(req=KQRECV, msg=KMsg(600, 0, 0, 0)), watches=(w,),
+                          interruptible=True)
+        svc.coro = object()
+        svc.call, svc.wanted = call, (w,)
+        svc.proto = hmod.exchange("probe", call, 1)
+        h._advance(svc, None)
+        assert svc.waiting == hmod._BLOCK and len(peer.recv(1000)) > 0
+        peer.send(KReply(reply=0, length=0).pack())  # the kernel answers...
+        time.sleep(0.05)
+        h._deliver(svc, Event(w))  # ...as the event comes
+        assert svc.proto is None, "the answer was read and left stranded"
+        assert list(h._runq)[-1][1].reply.reply == 0  # the coroutine gets the receive
+        assert [e.watch for e in svc.mailbox] == [w]  # and the event after it
+    finally:
+        peer.close()
+        svc.sock.close()
+        h.loop.close()
+
+
+def test_host_an_event_queued_before_the_request_blocks_interrupts_it(monkeypatch):
+    """An event that arrived while an interruptible request was being written
+    (so not yet interruptible) interrupts it once it blocks."""
+    from lamd.iprocs import host as hmod
+    from lamd.kernel.constants import KQRECV
+    from lamd.kernel.kiproc import Event, Watch
+    from lamd.kernel.wire import KMsg, KReq
+    h, svc, peer = _host_with_connection()
+    seen: list[Any] = []
+    monkeypatch.setattr(h, "_interrupt", lambda s, ev: seen.append(ev))
+    try:
+        w = Watch(98, "timer", 1.0, svc.proc)
+        svc.mailbox.append(Event(w))
+        call = hmod.KCall(KQRECV, KReq(req=KQRECV, msg=KMsg(600, 0, 0, 0)), watches=(w,),
+                          interruptible=True)
+        svc.coro = object()
+        svc.call, svc.wanted = call, (w,)
+        svc.proto = hmod.exchange("probe", call, 1)
+        h._advance(svc, None)
+        assert [e.watch for e in seen] == [w] and not svc.mailbox
+    finally:
+        peer.close()
+        svc.sock.close()
+        h.loop.close()

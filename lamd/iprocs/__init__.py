@@ -4,7 +4,8 @@ The boot table follows LAM's ``kboottbl[]`` (``otb/sys/lamd/kiproc.c``) row
 for row, so every internal process has LAM's priority and LAM's pid
 (100000 + row): router 100000, bufferd 100001, echod 100004, kenyad 100008,
 haltd 100013, versiond 100014. Services this daemon does not provide yet are
-stubs that fail fast (:mod:`lamd.iprocs.stubs`).
+stubs that fail fast (:mod:`lamd.iprocs.stubs`); kenyad is the real one
+(:mod:`lamd.jobs.kenyad`).
 
 Settings read from the boot configuration (all optional):
 ``node_addr`` (this node's IPv4 address; found over netlink when absent),
@@ -36,7 +37,8 @@ from .echod import echod
 from .haltd import haltd
 from .netaddr import node_address
 from .router import router
-from .stubs import bforward, died, dli, filed, flatd, iod, kenyad, loadd, traced
+from ..jobs.kenyad import kenyad
+from .stubs import bforward, died, dli, filed, flatd, iod, loadd, traced
 from .versiond import versiond
 
 #: LAM's kboottbl[], in order.

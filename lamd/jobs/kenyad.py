@@ -142,7 +142,6 @@ SHELL = "/bin/sh"
 BAD_INPUT_LOG_INTERVAL = 10.0
 
 _LAMERROR = -1
-_PREQ_WORDS = 21  # int4 words of struct preq before pq_name
 
 
 @dataclass(eq=False)
@@ -633,11 +632,11 @@ class Kenyad:
 
     async def handle(self, msg: NetMsg) -> None:
         body = msg.body
-        if len(body) < PReq.SIZE:
-            if len(body) < 4 * _PREQ_WORDS:
-                self.badlog.warn("short", "kenyad: a %d-byte request (a preq is %d); "
-                                 "the rest taken as zeros", len(body), PReq.SIZE)
-            body = body.ljust(PReq.SIZE, b"\0")
+        if len(body) < 12:  # not even pq_src_node, pq_src_event, pq_req
+            self.badlog.warn("short", "kenyad: a %d-byte request (a preq is %d); ignored",
+                             len(body), PReq.SIZE)
+            return
+        body = body.ljust(PReq.SIZE, b"\0")  # the fields it lacks are zero
         pq = PReq.unpack(body)
         if pq.src_event >= 0 and pq.req in (PQCREATE, PQDOOM, PQSTATE, PQSPAWN, PQDETACH):
             # every LAM client answers on -pid; a service event would loop
