@@ -197,6 +197,7 @@ class Tool:
     def notice(self, timeout: float = TIMEOUT) -> PReply:
         head, body = self.nrecv(wait_event(self.pid), 16, 1, timeout=timeout)
         assert head.type == 1 and head.flags & NREEL, head
+        assert head.event == wait_event(self.pid), head
         return PReply.unpack(body)
 
     def rflatv(self, argv: list[str], envv: list[str] = ()) -> tuple[int, int]:
@@ -565,7 +566,16 @@ class Sans:
         self.w = World(table, cfg)
         self.tool = self.w.client("tool", 5000)
 
+    def end(self) -> None:
+        """End the coroutines now (kenyad's finally), while killing is still
+        recorded: never at interpreter exit, with the fake pids."""
+        for p in list(self.w.kernel.procs.values()):
+            if p.coro is not None:
+                coro, p.coro = p.coro, None
+                coro.close()
+
     def close(self) -> None:
+        self.end()
         shutil.rmtree(self.session, ignore_errors=True)
 
     def _spawn(self, loadname, argv, env, wrkdir, fds, rtf, umask=-1):  # type: ignore[no-untyped-def]
@@ -596,7 +606,7 @@ class Sans:
     def notice(self, c: Any = None) -> PReply:
         c = c or self.tool
         head, body = c.nrecv(wait_event(c.pid), 1, 16)
-        assert head.type == 1 and head.flags & NREEL
+        assert head.type == 1 and head.flags & NREEL and head.event == wait_event(c.pid)
         return PReply.unpack(body)
 
     def create(self, name: str = "/bin/true", rtf: int = RTF_WAIT, **kw: Any) -> PReply:
@@ -732,6 +742,20 @@ def test_sans_doom_rules(sans):
     assert s.reply().reply == ENOTPROCESS and s.killed == []
 
 
+def test_sans_the_end_kills_what_runs(sans):
+    """When kenyad ends, every process it started that still runs (in the
+    table, or detached but alive) is killed with its group."""
+    s = sans()
+    a, b, c = s.create(), s.create(rtf=RTF_MPIRUN | RTF_WAIT), s.create()
+    s.exit(a.pid)
+    mpi = s.w.client("mpi", b.pid)
+    s.ask(PQATTACH, c=mpi, pid=b.pid, rtf=RTF_MPI | RTF_WAIT)
+    s.ask(PQDETACH, c=mpi, pid=b.pid, status=0)
+    assert s.reply(mpi).reply == 0
+    s.end()
+    assert sorted(s.killed) == [(b.pid, signal.SIGKILL), (c.pid, signal.SIGKILL)]
+
+
 def test_sans_table_bound_and_one_log_line(sans, caplog):
     """A flood of creates beyond kenyad_max_procs: ENOPDESCRIPTORS, one log
     line while full; a slot freed: a create works; full again: logged again."""
@@ -761,6 +785,7 @@ def test_sans_bad_requests(sans, caplog):
     s.tool_send(s.tool, struct.pack(">3i", LOCAL, reply_event(5000), 99).ljust(100, b"\0"))
     s.tool_send(s.tool, preq(5000, PQSTATE, src_event=EVKENYAD, maxproc=5))  # would loop
     s.tool_send(s.tool, preq(5000, PQATTACH, pid=4242424))  # no such process
+    s.tool_send(s.tool, preq(5000, PQSTATE, src_node=5, maxproc=5))  # no such node
     s.tool.nsend(LOCAL, EVKENYAD, 0, preq(5000, PQDOOM, sel_method=SELECT_PID,
                                           sel_value=1, signal=-15) + bytes(3 * MAXNMSGLEN))
     assert s.reply().reply == ENOTPROCESS  # the long request's first packet
@@ -768,10 +793,41 @@ def test_sans_bad_requests(sans, caplog):
     s.ask(PQSPAWN)
     assert s.reply().reply == ESERVICE
     for what in ("2-byte request", "unknown request 99", "reply event", "PQATTACH of pid",
-                 "4-packet request"):
+                 "answers to node 5", "4-packet request"):
         assert caplog.text.count(what) == 1, (what, caplog.text)
     assert s.spawned == [] and s.killed == []
     s.w.kernel.check_invariants()
+
+
+def test_sans_lamclean_removes_registered_objects(sans):
+    """lamclean's PQDOOM(SELECT_APPL, SIGUDIE) removes what MPI processes
+    registered in <session>/lam-registry (LAM's lam_cleanup_objects): a SysV
+    shared memory segment, a semaphore set, a file; then the registry. Other
+    dooms leave it."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    s = sans()
+    shm = libc.shmget(0, 4096, 0o600 | 0o1000)  # IPC_PRIVATE, IPC_CREAT
+    sem = libc.semget(0, 1, 0o600 | 0o1000)
+    assert shm >= 0 and sem >= 0
+    extra = os.path.join(s.session, "lam-rpi-file")
+    open(extra, "w").close()
+    reg = os.path.join(s.session, "lam-registry")
+    try:
+        with open(reg, "w") as f:
+            f.write(f"m {shm}\ns {sem}\nf {extra}\n")
+        s.ask(PQDOOM, sel_method=SELECT_ALL, signal=SIGUDIE)
+        assert s.reply().reply == 0 and os.path.exists(reg)
+        s.ask(PQDOOM, sel_method=SELECT_APPL, signal=SIGUDIE)
+        assert s.reply().reply == 0
+        assert not os.path.exists(reg) and not os.path.exists(extra)
+        assert not os.path.exists(reg + "-lock")
+        buf = ctypes.create_string_buffer(256)
+        assert libc.shmctl(shm, 2, buf) == -1  # IPC_STAT: gone
+        assert libc.semctl(sem, 0, 2, buf) == -1
+    finally:
+        libc.shmctl(shm, 0, None)
+        libc.semctl(sem, 0, 0)
 
 
 async def silent_flatd(k: Any) -> None:
@@ -965,3 +1021,210 @@ def test_host_an_event_queued_before_the_request_blocks_interrupts_it(monkeypatc
         peer.close()
         svc.sock.close()
         h.loop.close()
+
+
+# =============================================================================
+# interop: stock tools as lamtest, ours (kenyad and the test flatd in a host,
+# as the jobs process will run them) beside the C lamd
+# =============================================================================
+
+MPISLEEP_C = r"""
+#include <stdio.h>
+#include <unistd.h>
+#include <mpi.h>
+/* an MPI program that stays up (30 s) between MPI_Init and MPI_Finalize */
+int main(int argc, char **argv)
+{
+	int rank, i;
+	MPI_Init(&argc, &argv);
+	MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+	printf("UP rank=%d\n", rank);
+	fflush(stdout);
+	for (i = 0; i < 300; i++)
+		usleep(100000);
+	MPI_Finalize();
+	return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def mpiprogs() -> Iterator[dict[str, str]]:
+    """mpihello (tests/c) and a sleeping MPI program, built with mpicc.lam."""
+    assert shutil.which("mpicc.lam"), "mpicc.lam missing (lam4-dev): run packaging/setup.sh"
+    out = tempfile.mkdtemp(prefix="lamd-kenyad-", dir="/tmp")
+    os.chmod(out, 0o755)
+    src = os.path.join(out, "mpisleep.c")
+    with open(src, "w") as f:
+        f.write(MPISLEEP_C)
+    progs = {}
+    for name, path in (("mpihello", str(lamenv.REPO / "tests" / "c" / "mpihello.c")),
+                       ("mpisleep", src)):
+        exe = os.path.join(out, name)
+        cp = subprocess.run(["mpicc.lam", "-O1", "-o", exe, path], capture_output=True,
+                            text=True, timeout=120, cwd=out)
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        os.chmod(exe, 0o755)
+        progs[name] = exe
+    yield progs
+    shutil.rmtree(out, ignore_errors=True)
+
+
+class Ours:
+    """``python3 -m lamd --external kenyad,flatd`` and the host serving the
+    real kenyad with the test flatd (tests/kenyad_flatd.py), as lamtest."""
+
+    def __init__(self, s: lamenv.Session, pkg: Any) -> None:
+        self.s = s
+        shutil.copy(lamenv.REPO / "tests" / "kenyad_flatd.py", s.work / "kenyad_flatd.py")
+        (s.work / "kenyad_flatd.py").chmod(0o644)
+        self.d = lamenv.PyDaemon(s, pkg, ["--log-level", "info", "--external", "kenyad,flatd"])
+        self.d.start()
+        self.logfile = s.work / "host.log"
+        self._log = open(self.logfile, "w")
+        env = dict(s.env, PYTHONPATH=f"{pkg}:{s.work}", PYTHONDONTWRITEBYTECODE="1")
+        self.host = s.popen([lamenv.SYSTEM_PYTHON, "-m", "kenyad_flatd"], env=env,
+                            stdout=self._log, stderr=subprocess.STDOUT)
+        ok = wait_until(lambda: lamenv.read_killfile(s.killfile)[1:].count(self.host.pid) >= 2
+                        or self.host.poll() is not None, TIMEOUT)
+        assert ok and self.host.poll() is None, "host did not attach:\n" + self.log()
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.logfile.read_text(errors="replace")
+
+    def stop(self) -> None:
+        # MPI_Init leaves lam-registry (and its lock) in the session directory;
+        # LAM's lamhalt (tkill) removes every file there, our daemon only its
+        # own (not kenyad's to fix): take them away so the shutdown check
+        # looks at the daemon's files only
+        for name in ("lam-registry", "lam-registry-lock"):
+            try:
+                os.unlink(self.s.session_dir / name)
+            except OSError:
+                pass
+        try:
+            self.d.stop()
+            try:
+                self.host.wait(TIMEOUT)  # lamhalt ends it (SIGHUP from the kill file)
+            except subprocess.TimeoutExpired:
+                self.host.kill()
+                self.host.wait(TIMEOUT)
+                pytest.fail("the host outlived lamhalt:\n" + self.log())
+        finally:
+            self._log.close()
+
+
+@pytest.fixture
+def ours(lam_session, lamd_pkg, request) -> Iterator[Ours]:
+    o = Ours(lam_session, lamd_pkg)
+    request.node._lam_daemons = getattr(request.node, "_lam_daemons", []) + [o.d]
+    try:
+        yield o
+    finally:
+        o.stop()
+    problems = o.d.stop_problems
+    call = getattr(request.node, "_lam_rep_call", None)
+    if problems and call is not None and call.passed:
+        pytest.fail("lamd shutdown: " + "; ".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def cdaemon(lam_user) -> Iterator[lamenv.CDaemon]:
+    s = lamenv.Session(lam_user)
+    d = lamenv.CDaemon(s)
+    try:
+        d.start()
+        yield d
+    finally:
+        d.stop()
+        s.close()
+
+
+def masked(text: str) -> str:
+    """Output with pids and node addresses masked."""
+    import re
+    text = re.sub(r"\b\d{2,7} \(n0\)", "PID (n0)", text)
+    text = re.sub(r"PID \d+ failed", "PID N failed", text)
+    return re.sub(r"n0 \(\d+\.\d+\.\d+\.\d+\)", "n0 (ADDR)", text)
+
+
+def procs_named(name: str) -> list[str]:
+    cp = subprocess.run(["pgrep", "-u", lamenv.USER, "-a", "-f", name], capture_output=True,
+                        text=True, timeout=10)
+    return cp.stdout.splitlines()
+
+
+def test_stock_lamexec_and_mpirun_as_on_the_c_lamd(ours, cdaemon, mpiprogs):
+    """``lamexec -f`` (no filed: the program inherits the starter's stdout, as
+    under the C lamd) and ``mpirun -f``: the same output and exit status on
+    both daemons for a program that exits 3, a missing program (LAM's
+    message) and a two-rank MPI program (PQATTACH, PQDETACH, notices)."""
+    cases = [
+        ["lamexec", "-f", "-np", "1", "/bin/echo", "hi-f"],
+        ["lamexec", "-f", "-np", "1", "/bin/sh", "-c", "exit 3"],
+        ["lamexec", "-f", "-np", "1", "/nonexistent/prog"],
+        ["mpirun", "-f", "-np", "2", mpiprogs["mpihello"]],
+    ]
+    for argv in cases:
+        bound = ["timeout", "-k", "2", "25"]
+        mine = ours.s.run(bound + argv, timeout=40)
+        ref = cdaemon.s.run(bound + argv, timeout=40)
+        assert mine.returncode == ref.returncode, show(mine) + show(ref) + ours.log()
+        assert masked(mine.stdout) == masked(ref.stdout), show(mine) + show(ref)
+        assert mine.stderr == ref.stderr, show(mine) + show(ref)
+    assert [c.returncode for c in (mine,)] == [0]
+    log = ours.log()
+    assert "hi-f" in log and "HELLO rank=0 size=2" in log and "HELLO rank=1 size=2" in log, log
+    assert ours.s.run(["lamexec", "-f", "-np", "1", "/bin/sh", "-c", "exit 3"],
+                      timeout=30).stdout.endswith("exited with status 3\n")
+
+
+def test_stock_mpitask_lamclean_and_sigint_end_mpi_jobs(ours, cdaemon, mpiprogs):
+    """During a two-rank MPI job ``mpitask`` lists both ranks as on the C lamd;
+    ``lamclean`` ends the job (mpirun reports rank failure, exit 1, as on the
+    C lamd; ours then stops at filed's stub, rc 253) and SIGINT to mpirun
+    ends a job (exit 15, as LAM): no rank is left running."""
+    exe = mpiprogs["mpisleep"]
+    ranks = f"^{exe}$"  # the ranks' command line (mpirun's has more)
+    outs = {}
+    for name, s in (("ours", ours.s), ("c", cdaemon.s)):
+        job = s.popen(["mpirun", "-f", "-np", "2", exe])
+        assert wait_until(lambda: len(procs_named(ranks)) == 2, TIMEOUT), procs_named(exe)
+        assert wait_until(lambda: s.run(["mpitask"], timeout=20).stdout.count("<running>") == 2,
+                          TIMEOUT)
+        task = s.run(["mpitask"], timeout=20)
+        clean = s.run(["lamclean", "-v"], timeout=30)
+        try:
+            rc = job.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{name}: mpirun outlived lamclean\n" + ours.log())
+        outs[name] = (task.stdout, rc, masked(job.stderr.read()), clean)
+        assert wait_until(lambda: not procs_named(ranks), TIMEOUT), (name, procs_named(exe))
+    assert outs["ours"][:3] == outs["c"][:3], outs
+    assert outs["c"][1] == 1 and "exit status 1" in outs["c"][2]
+    assert "killing processes" in outs["ours"][3].stdout
+    # SIGINT to mpirun: it dooms its ranks (PQDOOM SELECT_PID -15)
+    job = ours.s.popen(["mpirun", "-f", "-np", "2", exe])
+    assert wait_until(lambda: ours.s.run(["mpitask"], timeout=20).stdout.count("<running>")
+                      == 2, TIMEOUT)
+    job.send_signal(signal.SIGINT)
+    assert job.wait(TIMEOUT) == 15
+    assert "due to signal 15" in job.stderr.read()
+    assert wait_until(lambda: not procs_named(ranks), TIMEOUT), procs_named(exe)
+
+
+def test_stock_lamclean_ends_a_non_mpi_job(ours):
+    """``lamexec sleep`` is no LAM client: the C lamd's lamclean leaves it
+    running (its kdoom never reaches it); ours kills its process group, and
+    lamexec reports the signal."""
+    job = ours.s.popen(["lamexec", "-f", "-np", "1", "/bin/sh", "-c", "sleep 61 & sleep 62"])
+    assert wait_until(lambda: len(procs_named("^sleep 6[12]$")) == 2, TIMEOUT)
+    clean = ours.s.run(["lamclean"], timeout=30)
+    assert "rfrmfd" in clean.stderr  # filed is a stub in this branch
+    try:
+        rc = job.wait(TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail("lamexec outlived lamclean\n" + ours.log())
+    assert rc == 255 and "exited due to signal 9" in job.stdout.read()
+    assert wait_until(lambda: not procs_named("^sleep 6[12]$"), TIMEOUT), procs_named("sleep")

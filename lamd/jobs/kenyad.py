@@ -72,6 +72,10 @@ How processes are started (``kcreatev``), and where this kenyad differs:
   error (the C lamd's internal kdoom never saw the kernel's ENOTPROCESS).
 * A deferred ``PQDETACH`` (``RTF_FLAT``) keeps the status the process gave
   (LAM overwrites it with the wait status and ``_LAM_WIFNODETACH``).
+* ``lamclean`` (as LAM's internal kenyad) and the end of kenyad remove the
+  SysV objects and files MPI processes registered in ``<session>/lam-registry``
+  (:func:`cleanup_objects`): kenyad shares the jobs' IPC namespace, the
+  kernel's sandbox (traced's ``TRQCLEANOBJS``) does not.
 
 When the coroutine ends (closed, or its host stops) every process it started
 that still runs is killed with its group and reaped (also at interpreter
@@ -643,6 +647,12 @@ class Kenyad:
             self.badlog.warn("event", "kenyad: request %d with reply event %d refused "
                              "(not a client's -pid)", pq.req, pq.src_event)
             return
+        if pq.src_node not in (LOCAL, self.node_id) and pq.req != PQATTACH:
+            # one node: there is no route to another (a reply sent there would
+            # wait out send_timeout for a receiver that cannot exist)
+            self.badlog.warn("node", "kenyad: request %d answers to node %d, not this "
+                             "node (%d); ignored", pq.req, pq.src_node, self.node_id)
+            return
         if pq.req == PQCREATE:
             await self.pqcreate(pq)
         elif pq.req == PQDOOM:
@@ -726,10 +736,11 @@ class Kenyad:
             self.lingering.append(p)
         if p.rtf & RTF_WAIT and p.event != NOTEVENT and p.nodeid != NOTNODEID:
             status = p.status if p.status is not None else _LAMERROR
+            event = int4(p.event & 0xBFFFFFFF)  # the launcher's wait event
             log.debug("kenyad: pid %d detached, status %#x: notice to event %d", p.pid,
-                      status, int4(p.event & 0xBFFFFFFF))
-            await self.nsend(NMsg(node=p.nodeid, event=int4(p.event & 0xBFFFFFFF),
-                                  type=EXIT_NOTICE_TYPE, flags=NREEL),
+                      status, event)
+            await self.nsend(NMsg(node=p.nodeid, event=event, type=EXIT_NOTICE_TYPE,
+                                  flags=NREEL),
                              PReply(status, p.pid, 0, self.node_id).pack())
 
     # -- PQATTACH / PQDETACH -----------------------------------------------------
@@ -784,6 +795,8 @@ class Kenyad:
                     found = False
                 else:
                     code = err
+        if pq.sel_method == SELECT_APPL and pq.signal == SIGUDIE:
+            cleanup_objects(self.session)  # lamclean: mop up the RPIs' SysV objects
         if not found and pq.sel_method in (SELECT_PID, SELECT_INDEX):
             code = ENOTPROCESS
         await self.reply(pq, PReply(code).pack())
@@ -1037,6 +1050,8 @@ class Kenyad:
                 log.warning("kenyad: pid %d did not end after SIGKILL", p.pid)
             except OSError:
                 pass
+        if any(p.popen is not None for p in procs):
+            cleanup_objects(self.session)  # what the killed MPI processes left
 
 
 def _kstatus(rep: KReply) -> KStatus:
@@ -1096,6 +1111,69 @@ def _read_bounded(path: str, limit: int) -> bytes:
         os.close(fd)
 
 
+_libc: Any = None
+
+
+def _sysv_rmid(kind: str, ident: int) -> None:
+    """``shmctl``/``semctl`` IPC_RMID (no stdlib binding)."""
+    global _libc
+    if _libc is None:
+        import ctypes
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if kind == "m":
+        _libc.shmctl(ident, 0, None)  # IPC_RMID
+    else:
+        _libc.semctl(ident, 0, 0)
+
+
+def cleanup_objects(session: str | None) -> int:
+    """LAM's ``lam_cleanup_objects`` (``share/etc/registry.c``): remove the
+    SysV shared memory (``m ID``), semaphores (``s ID``) and files (``f
+    PATH``) that MPI processes registered in ``<session>/lam-registry``, then
+    the registry, under LAM's lock file. Returns how many objects it named."""
+    if not session:
+        return 0
+    reg = os.path.join(session, "lam-registry")
+    lock = reg + "-lock"
+    try:
+        lfd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        if e.errno != errno.ENOENT and os.path.exists(reg):
+            log.warning("kenyad: cannot lock %s (%s): registered objects left", reg,
+                        e.strerror)
+        return 0
+    n = 0
+    try:
+        try:
+            with open(reg, "rb") as f:
+                lines = f.read(1 << 20).decode("utf-8", "surrogateescape").splitlines()
+        except FileNotFoundError:
+            return 0
+        except OSError as e:
+            log.warning("kenyad: cannot read %s: %s", reg, e.strerror)
+            return 0
+        for line in lines:
+            kind, _, obj = line.partition(" ")
+            obj = obj.strip()
+            try:
+                if kind in ("m", "s"):
+                    _sysv_rmid(kind, int(obj))
+                elif kind == "f" and obj.startswith("/"):
+                    os.unlink(obj)
+                else:
+                    continue
+                n += 1
+            except (OSError, ValueError):
+                pass  # LAM: "structures may not exist"
+        _unlink(reg)
+        if n:
+            log.info("kenyad: removed %d registered objects (%s)", n, reg)
+        return n
+    finally:
+        os.close(lfd)
+        _unlink(lock)
+
+
 async def kenyad(k: IProc) -> None:
     """kenyad: LAM's process server on ``EVKENYAD`` (see the module docstring)."""
     kd = Kenyad(k)
@@ -1106,4 +1184,5 @@ async def kenyad(k: IProc) -> None:
 
 
 __all__ = ["kenyad", "Kenyad", "KProcess", "find_program", "spawn", "SpawnResult",
+           "cleanup_objects",
            "dir_error", "wait_status", "MAX_PROCS", "FLATD_TIMEOUT", "SEND_TIMEOUT"]
