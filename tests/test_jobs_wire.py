@@ -232,8 +232,9 @@ def stub_packets(daemon) -> list[Packet]:
 
 
 def test_stubs_log_what_the_tools_send(lam_session, lamd_pkg, request):
-    """Our daemon as it is (stubs answering ESERVICE), logging at debug: each
-    tool's first service request, decoded.  The stubs still refuse."""
+    """Our daemon as it is (stubs answering ESERVICE, kenyad real), logging
+    at debug: each tool's first service requests, decoded.  The stubs still
+    refuse (lamclean now at filed's FQRMFD, after kenyad's PQDOOM)."""
     s = lam_session
     d = lamenv.PyDaemon(s, lamd_pkg, ["--log-level", "debug"])
     request.node._lam_daemons = [d]
@@ -242,14 +243,15 @@ def test_stubs_log_what_the_tools_send(lam_session, lamd_pkg, request):
         rc, out, err, lamexec = run_tool(s, ["lamexec", "-np", "1", "/bin/true"])
         assert rc != 0 and "lamexec (set_stdio): service unavailable" in err, (rc, out, err)
         rc, out, err, lamclean = run_tool(s, ["lamclean"])
-        assert rc != 0 and "lamclean (rpdoom): service unavailable" in err, (rc, out, err)
+        assert rc != 0 and "lamclean (rfrmfd): service unavailable" in err, (rc, out, err)
         rc, out, err, mpitask = run_tool(s, ["mpitask"])
         assert rc == 0 and "<running>" not in out, (rc, out, err)  # ESERVICE: nothing to list
     finally:
         d.stop()
     p = stub_packets(d)
     assert [(x.svc, x.q.req) for x in p] == [
-        ("filed", FQOPENFD), ("kenyad", PQDOOM), ("kenyad", PQSTATE)], p
+        ("filed", FQOPENFD), ("kenyad", PQDOOM), ("filed", wire.FQRMFD),
+        ("kenyad", PQSTATE)], p
     # lam_lfopenfd: the request in nh_data, its fd-server socket as the body
     fq = p[0]
     assert (fq.head.event, fq.head.node, fq.head.length) == (EVFILED, LOCAL, len(fq.body))
@@ -261,7 +263,7 @@ def test_stubs_log_what_the_tools_send(lam_session, lamd_pkg, request):
     assert (doom.q.src_node, doom.q.src_event) == (0, -lamclean)
     assert (doom.q.sel_method, doom.q.sel_value, doom.q.signal) == (SELECT_APPL, 0, SIGUDIE)
     # rpstate(node, SELECT_MPI, 0, table, PMAX)
-    st = p[2].q
+    st = p[3].q
     assert (st.src_event, st.sel_method, st.maxproc) == (-mpitask, SELECT_MPI, wire.PMAX)
 
 

@@ -40,9 +40,8 @@ from lamd.iprocs import boot_table
 from lamd.iprocs.host import ServiceHost
 from lamd.iprocs.nreq import BFQRECV, DLCTL, DLSYS, DLUSR, LOCAL, NREEL, data_words
 from lamd.jobs import kenyad as kmod
-from lamd.jobs import srfd
 from lamd.jobs.wire import (
-    EBADTAG, EEOF, ENOPDESCRIPTORS, ENOTPROCESS, ESERVICE, FLQLOAD, NOTPROCESS, PQATTACH,
+    EBADTAG, EEOF, ENOPDESCRIPTORS, ENOTPROCESS, ESERVICE, FLQLOAD, PQATTACH,
     PQCREATE, PQDETACH, PQDOOM, PQSPAWN, PQSTATE, RTF_IO, RTF_KENYA_ATTACH,
     RTF_KENYA_CHILD, RTF_MPI, RTF_MPIRUN, RTF_PFDIO, RTF_TRYCWD, RTF_WAIT, SELECT_ALL,
     SELECT_APPL, SELECT_INDEX, SELECT_MPI, SELECT_PID, SIGUDIE, FlReply, FlReq, JobId,
@@ -50,7 +49,7 @@ from lamd.jobs.wire import (
 )
 from lamd.kernel import Kernel, Signal
 from lamd.kernel.constants import (
-    EVBUFFERD, EVFLATD, EVKENYAD, KNMSG, KSFREE, LAM_ERR_BASE, MAXNMSGLEN, PRCMD,
+    EVBUFFERD, EVFLATD, EVKENYAD, KNMSG, KSFREE, MAXNMSGLEN, PRCMD,
     KQSURRENDER, PRDAEMON, LamErrno, sigmask,
 )
 from lamd.kernel.kiproc import ChildExit, KBoot

@@ -617,6 +617,8 @@ class Kenyad:
                 await k.sleep(0.05)
                 continue
             msg = received(got)
+            if log.isEnabledFor(logging.DEBUG):  # as the stubs log it (decode: lamd.jobs.wire)
+                log.debug("kenyad: packet nmsg=%s body=%s", msg.head.pack().hex(), msg.body.hex())
             if msg.head.flags & NMORE:
                 await self.drain(msg)
             try:
