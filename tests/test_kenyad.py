@@ -512,6 +512,28 @@ def test_flood_of_creates_is_refused_and_the_end_kills_everything(daemon_factory
             os.waitpid(p, os.WNOHANG)  # reaped, not zombies
 
 
+def test_exits_racing_requests_lose_nothing(daemon_factory):
+    """Children exiting while requests arrive, hundreds of times: kenyad's
+    receive is interrupted by each exit. Every create is answered and every
+    exit noticed. (The host used to interrupt by dropping the connection: a
+    request the kernel had just matched was lost, 12 creates of 400 then.)"""
+    d = daemon_factory()
+    tool = Tool(d, 900008)
+    n = 200
+    t0 = time.monotonic()
+    for i in range(n):
+        tool.nsend(EVKENYAD, preq(tool.pid, PQCREATE, name="/bin/true", rtf=RTF_WAIT,
+                                  jobid=JobId(0, tool.pid)))
+        rep = tool.reply(timeout=5)
+        assert rep.reply == 0, (i, rep)
+    pids = set()
+    for _ in range(n):
+        pids.add(tool.notice(timeout=5).pid)
+    assert len(pids) == n
+    took = time.monotonic() - t0
+    assert took < 60, took  # about 2.5 s measured; lost requests cost 5 s each
+
+
 def test_fork_failure_is_the_reply(daemon_factory, monkeypatch):
     """fork() failing (EAGAIN: out of processes) is the create's reply, as in
     LAM; the tool's descriptors were taken (it is not left in accept())."""
@@ -1077,7 +1099,8 @@ class Ours:
         self.s = s
         shutil.copy(lamenv.REPO / "tests" / "kenyad_flatd.py", s.work / "kenyad_flatd.py")
         (s.work / "kenyad_flatd.py").chmod(0o644)
-        self.d = lamenv.PyDaemon(s, pkg, ["--log-level", "info", "--external", "kenyad,flatd"])
+        level = os.environ.get("LAMD_TEST_LOG_LEVEL", "info")
+        self.d = lamenv.PyDaemon(s, pkg, ["--log-level", level, "--external", "kenyad,flatd"])
         self.d.start()
         self.logfile = s.work / "host.log"
         self._log = open(self.logfile, "w")
@@ -1093,23 +1116,19 @@ class Ours:
         return self.logfile.read_text(errors="replace")
 
     def stop(self) -> None:
-        # MPI_Init leaves lam-registry (and its lock) in the session directory;
-        # LAM's lamhalt (tkill) removes every file there, our daemon only its
-        # own (not kenyad's to fix): take them away so the shutdown check
-        # looks at the daemon's files only
-        for name in ("lam-registry", "lam-registry-lock"):
-            try:
-                os.unlink(self.s.session_dir / name)
-            except OSError:
-                pass
+        """The host first (as the jobs process goes before the kernel): kenyad
+        kills what runs and removes what MPI registered (lam-registry), then
+        lamhalt finds only the daemon's own files in the session directory."""
         try:
-            self.d.stop()
+            self.host.terminate()
             try:
-                self.host.wait(TIMEOUT)  # lamhalt ends it (SIGHUP from the kill file)
+                self.host.wait(TIMEOUT)
             except subprocess.TimeoutExpired:
                 self.host.kill()
                 self.host.wait(TIMEOUT)
-                pytest.fail("the host outlived lamhalt:\n" + self.log())
+                pytest.fail("the host did not stop on SIGTERM:\n" + self.log())
+            assert self.host.returncode == 0, self.log()
+            self.d.stop()
         finally:
             self._log.close()
 
@@ -1165,10 +1184,21 @@ def test_stock_lamexec_and_mpirun_as_on_the_c_lamd(ours, cdaemon, mpiprogs):
         ["lamexec", "-f", "-np", "1", "/nonexistent/prog"],
         ["mpirun", "-f", "-np", "2", mpiprogs["mpihello"]],
     ]
+    def run(s: lamenv.Session, argv: list[str]) -> subprocess.CompletedProcess:
+        for _ in range(3):  # MPI_INIT's "errno 14" of the reference stack: start_mpi_job
+            seen = len(ours.log())
+            cp = s.run(["timeout", "-k", "2", "25", *argv], timeout=40)
+            flake = cp.returncode == 252 or (s is ours.s and cp.returncode != 0
+                                             and "Unix errno: 14" in ours.log()[seen:])
+            if argv[0] != "mpirun" or not flake:
+                break
+            print(f"retrying {argv} after MPI_INIT's errno 14: {show(cp)}")
+            time.sleep(0.5)
+        return cp
+
     for argv in cases:
-        bound = ["timeout", "-k", "2", "25"]
-        mine = ours.s.run(bound + argv, timeout=40)
-        ref = cdaemon.s.run(bound + argv, timeout=40)
+        mine = run(ours.s, argv)
+        ref = run(cdaemon.s, argv)
         assert mine.returncode == ref.returncode, show(mine) + show(ref) + ours.log()
         assert masked(mine.stdout) == masked(ref.stdout), show(mine) + show(ref)
         assert mine.stderr == ref.stderr, show(mine) + show(ref)
@@ -1177,6 +1207,25 @@ def test_stock_lamexec_and_mpirun_as_on_the_c_lamd(ours, cdaemon, mpiprogs):
     assert "hi-f" in log and "HELLO rank=0 size=2" in log and "HELLO rank=1 size=2" in log, log
     assert ours.s.run(["lamexec", "-f", "-np", "1", "/bin/sh", "-c", "exit 3"],
                       timeout=30).stdout.endswith("exited with status 3\n")
+
+
+def start_mpi_job(s: lamenv.Session, exe: str, why: Any) -> subprocess.Popen:
+    """``mpirun -f -np 2 exe``, once mpitask lists both ranks running.
+
+    Debian's LAM MPI now and then fails inside MPI_INIT with "Unix errno: 14
+    Bad address" (rc 252) on either daemon (see test_stock_tools.test_mpirun):
+    that one failure is retried, at most 3 times."""
+    for _ in range(3):
+        job = s.popen(["mpirun", "-f", "-np", "2", exe])
+        running = wait_until(lambda: job.poll() is not None or s.run(
+            ["mpitask"], timeout=20).stdout.count("<running>") == 2, TIMEOUT)
+        if running and job.poll() is None:
+            return job
+        rc = job.wait(TIMEOUT)
+        if rc != 252:
+            break
+        time.sleep(0.5)
+    pytest.fail(f"the MPI job did not start (rc {job.poll()}):\n{why()}")
 
 
 def test_stock_mpitask_lamclean_and_sigint_end_mpi_jobs(ours, cdaemon, mpiprogs):
@@ -1188,10 +1237,8 @@ def test_stock_mpitask_lamclean_and_sigint_end_mpi_jobs(ours, cdaemon, mpiprogs)
     ranks = f"^{exe}$"  # the ranks' command line (mpirun's has more)
     outs = {}
     for name, s in (("ours", ours.s), ("c", cdaemon.s)):
-        job = s.popen(["mpirun", "-f", "-np", "2", exe])
-        assert wait_until(lambda: len(procs_named(ranks)) == 2, TIMEOUT), procs_named(exe)
-        assert wait_until(lambda: s.run(["mpitask"], timeout=20).stdout.count("<running>") == 2,
-                          TIMEOUT)
+        job = start_mpi_job(s, exe, ours.log)
+        assert len(procs_named(ranks)) == 2, procs_named(exe)
         task = s.run(["mpitask"], timeout=20)
         clean = s.run(["lamclean", "-v"], timeout=30)
         try:
@@ -1204,9 +1251,7 @@ def test_stock_mpitask_lamclean_and_sigint_end_mpi_jobs(ours, cdaemon, mpiprogs)
     assert outs["c"][1] == 1 and "exit status 1" in outs["c"][2]
     assert "killing processes" in outs["ours"][3].stdout
     # SIGINT to mpirun: it dooms its ranks (PQDOOM SELECT_PID -15)
-    job = ours.s.popen(["mpirun", "-f", "-np", "2", exe])
-    assert wait_until(lambda: ours.s.run(["mpitask"], timeout=20).stdout.count("<running>")
-                      == 2, TIMEOUT)
+    job = start_mpi_job(ours.s, exe, ours.log)
     job.send_signal(signal.SIGINT)
     assert job.wait(TIMEOUT) == 15
     assert "due to signal 15" in job.stderr.read()

@@ -1052,8 +1052,7 @@ class Kenyad:
                 log.warning("kenyad: pid %d did not end after SIGKILL", p.pid)
             except OSError:
                 pass
-        if any(p.popen is not None for p in procs):
-            cleanup_objects(self.session)  # what the killed MPI processes left
+        cleanup_objects(self.session)  # what MPI processes registered and left
 
 
 def _kstatus(rep: KReply) -> KStatus:
