@@ -1185,15 +1185,17 @@ def test_stock_lamexec_and_mpirun_as_on_the_c_lamd(ours, cdaemon, mpiprogs):
         ["mpirun", "-f", "-np", "2", mpiprogs["mpihello"]],
     ]
     def run(s: lamenv.Session, argv: list[str]) -> subprocess.CompletedProcess:
-        for _ in range(3):  # MPI_INIT's "errno 14" of the reference stack: start_mpi_job
+        flaked = False
+        for _ in range(MPI_ATTEMPTS):  # MPI_INIT's "errno 14": see start_mpi_job
             seen = len(ours.log())
             cp = s.run(["timeout", "-k", "2", "25", *argv], timeout=40)
-            flake = cp.returncode == 252 or (s is ours.s and cp.returncode != 0
-                                             and "Unix errno: 14" in ours.log()[seen:])
+            flake = cp.returncode == 252 or (s is ours.s and cp.returncode != 0 and (
+                "Unix errno: 14" in ours.log()[seen:] or flaked))
             if argv[0] != "mpirun" or not flake:
                 break
+            flaked = True
             print(f"retrying {argv} after MPI_INIT's errno 14: {show(cp)}")
-            time.sleep(0.5)
+            time.sleep(1)
         return cp
 
     for argv in cases:
@@ -1209,22 +1211,31 @@ def test_stock_lamexec_and_mpirun_as_on_the_c_lamd(ours, cdaemon, mpiprogs):
                       timeout=30).stdout.endswith("exited with status 3\n")
 
 
+#: Attempts at an MPI job, for the reference stack's MPI_INIT failure.
+MPI_ATTEMPTS = 5
+
+
 def start_mpi_job(s: lamenv.Session, exe: str, why: Any) -> subprocess.Popen:
     """``mpirun -f -np 2 exe``, once mpitask lists both ranks running.
 
     Debian's LAM MPI now and then fails inside MPI_INIT with "Unix errno: 14
-    Bad address" (rc 252) on either daemon (see test_stock_tools.test_mpirun):
-    that one failure is retried, at most 3 times."""
-    for _ in range(3):
+    Bad address" (rc 252) on either daemon (see test_stock_tools.test_mpirun),
+    in streaks on a loaded machine (never seen in isolation: 0 in 160 runs);
+    on ours a create right after such a failure has also been seen to wait
+    out kenyad's 10 s send deadline ("service unavailable", rc 205): both are
+    retried, at most MPI_ATTEMPTS times."""
+    flaked = False
+    for _ in range(MPI_ATTEMPTS):
         job = s.popen(["mpirun", "-f", "-np", "2", exe])
         running = wait_until(lambda: job.poll() is not None or s.run(
-            ["mpitask"], timeout=20).stdout.count("<running>") == 2, TIMEOUT)
+            ["mpitask"], timeout=20).stdout.count("<running>") == 2, 2 * TIMEOUT)
         if running and job.poll() is None:
             return job
         rc = job.wait(TIMEOUT)
-        if rc != 252:
+        if rc != 252 and not (flaked and rc == 205):
             break
-        time.sleep(0.5)
+        flaked = True
+        time.sleep(1)
     pytest.fail(f"the MPI job did not start (rc {job.poll()}):\n{why()}")
 
 

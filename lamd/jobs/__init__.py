@@ -13,4 +13,10 @@ fork/exec, a blocking descriptor pass or a crash never touches the kernel.
   constants, byte for byte as stock liblam writes and reads them (proven by
   ``tests/test_jobs_wire.py``), and kenyad's rules for a child's
   environment, argv and exit status as pure functions.
+* :mod:`lamd.jobs.srfd` - taking a client's stdio descriptors (``sfh_recv_fd``)
+  through the wait API, with a deadline.
+* :mod:`lamd.jobs.kenyad` - kenyad, the process server (``async def
+  kenyad(k)``): PQCREATE (argv/environment from flatd by tag, stdio passed
+  with RTF_PFDIO), exit notices, PQATTACH/PQDETACH, PQSTATE, PQDOOM; each
+  process in a session and process group of its own; a bounded table.
 """
