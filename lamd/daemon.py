@@ -34,11 +34,10 @@ import resource
 import socket
 import sys
 import time
-from dataclasses import replace
 from typing import Sequence
 
 from . import LAM_VERSION, __version__, service
-from .iprocs import BY_NAME, BootConfigError, boot_table, parse_external
+from .iprocs import BootConfigError, boot_table, parse_external, with_stubs
 from .kernel import Kernel, MAX_MSG_LEN
 from .kernelio import IOLimits, KernelIO
 from .limits import raise_nofile_limit
@@ -162,6 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if jobs_mode not in JOBS_MODES:
         log.error("LAMD_JOBS: %r is not one of %s", jobs_mode, ", ".join(JOBS_MODES))
         return EXIT_USAGE
+    clash = [n for n in external if n in JOB_SERVICES]
+    if jobs_mode == "child" and clash and not args.no_iprocs:
+        # two processes attached for one service would split its requests
+        log.error("--external %s: the jobs process lamd starts serves %s; to serve them "
+                  "from another process, run --jobs=none (the other job services are "
+                  "then stubs) or --jobs=external", ",".join(clash), ", ".join(JOB_SERVICES))
+        return EXIT_USAGE
     if jobs_mode != "none" and not args.no_iprocs:
         external = parse_external(external + list(JOB_SERVICES))
     if os.getuid() == 0:
@@ -226,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_iprocs:
         config = {"session": session.directory}
         table = boot_table(config, external)
+        if jobs_mode == "none":
+            table = with_stubs(table, JOB_SERVICES)
         io.boot(table, config)  # one dict: the address found at boot is shared
         log.info("boot table: internal %s", ", ".join(kb.name for kb in table))
         others = [n for n in external if jobs_mode == "none" or n not in JOB_SERVICES]
@@ -243,10 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "--jobs=external beside lamd-jobs@.service")
 
             def give_up() -> None:
-                from .iprocs import stubs
-                rows = {n: row for row, n in enumerate(BY_NAME)}
-                io.boot([replace(BY_NAME[n], main=getattr(stubs, n), row=rows[n])
-                         for n in JOB_SERVICES], config)
+                io.boot(with_stubs([kb for kb in boot_table(config) if kb.name in JOB_SERVICES],
+                                   JOB_SERVICES), config)
 
             jobs = JobsChild(io.loop, jobs_argv(session.directory, logging.getLevelName(
                 logging.getLogger().level).lower()), on_give_up=give_up, nofile=nofile_before)

@@ -33,6 +33,7 @@ import sys
 from dataclasses import replace
 
 from lamd import iprocs
+from lamd.iprocs import stubs
 from lamd.iprocs.nreq import NREEL, nrecv, nsend
 from lamd.jobs import wire
 from lamd.jobs.wire import (
@@ -192,8 +193,11 @@ RECORDERS = {"kenyad": kenyad, "filed": filed, "flatd": flatd, "traced": traced,
 def main() -> int:
     iprocs.BOOT_TABLE[:] = [replace(b, main=RECORDERS.get(b.name, b.main))
                             for b in iprocs.BOOT_TABLE]
+    # --no-jobs puts the ESERVICE stubs in the job rows: the recorders are
+    # those stubs here, inside the daemon (no jobs process)
+    for name, fn in RECORDERS.items():
+        setattr(stubs, name, fn)
     from lamd.daemon import main as lamd_main
-    # the recorders replace the rows inside the daemon: no jobs process
     return lamd_main(["--no-jobs", *sys.argv[1:]])
 
 

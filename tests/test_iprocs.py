@@ -27,7 +27,7 @@ from lamd.kernel.constants import (
 )
 from lamd.kernel.kiproc import KBoot
 from lamd.iprocs import BOOT_TABLE, boot_table
-from lamd.iprocs import netaddr
+from lamd.iprocs import netaddr, stubs
 from lamd.iprocs.nreq import (
     BFQSPACE, DINT4MSG, DLCTL, DLUSR, LOCAL, N2ND, NMORE, NOBUF, NREEL, NT_CAST,
     NT_ME, NT_ORIGIN, data_words,
@@ -50,11 +50,12 @@ def world(**config) -> World:
 
 
 def stub_world(**config) -> World:
-    """The boot table with the stubs in place of lamd.jobs's filed, flatd,
-    loadd and iod (the stubs still serve the services not written yet)."""
+    """The boot table with the stubs in place of lamd.jobs's kenyad, filed,
+    flatd, loadd and iod (the stubs still serve the services not written yet)."""
     cfg = {"node_addr": ADDR, **config}
     table = [replace(kb, main=getattr(stubs, kb.name)) if kb.name in
-             ("filed", "flatd", "loadd", "iod") else kb for kb in boot_table(dict(cfg))]
+             ("kenyad", "filed", "flatd", "loadd", "iod") else kb
+             for kb in boot_table(dict(cfg))]
     return World(table, cfg)
 
 

@@ -525,12 +525,13 @@ def test_killed_host_leaves_the_kill_file_and_lamhalt_ends_the_host(pydaemon):
     (["-m", "lamd"], {"LAMD_EXTERNAL": "echod bufferd"}),
     (["-m", "lamd.iprocs.host", "haltd"], {}),
     (["-m", "lamd.iprocs.host", "echo"], {}),
-], ids=["unknown", "router", "env-bufferd", "host-haltd", "host-unknown"])
+    (["-m", "lamd", "--external", "kenyad"], {}),  # the jobs child would serve it too
+], ids=["unknown", "router", "env-bufferd", "host-haltd", "host-unknown", "jobs-child"])
 def test_bad_external_names_are_a_one_line_usage_error(lam_session, lamd_pkg, argv, env):
     s = lam_session
     e = dict(s.env, PYTHONPATH=str(lamd_pkg), PYTHONDONTWRITEBYTECODE="1", **env)
     cp = s.run([lamenv.SYSTEM_PYTHON, *argv], env=e, timeout=20)
     assert cp.returncode == 2, show(cp)
     assert cp.stdout == "" and len(cp.stderr.splitlines()) == 1, show(cp)
-    assert re.search(r"unknown service|cannot be external", cp.stderr), show(cp)
+    assert re.search(r"unknown service|cannot be external|run --jobs=none", cp.stderr), show(cp)
     assert not s.socket.exists()

@@ -39,8 +39,6 @@ HERE = Path(__file__).resolve().parent
 SIZES = [0, 64, 8192, 8193, 1 << 20]
 SIZE_IDS = "0B,64B,8KiB,8KiB+1,1MiB"
 ENOKERNEL_EXIT = (0x400 + 215) & 0xFF  # liblam's exit(ENOKERNEL) on kernel EOF
-LAM_EEXIT = 253  # terror.h: what LAM's tools exit with after lam_perror()
-ESERVICE = 0x400 + 209  # terror.h: "service unavailable" (a tool exits with it & 0xFF)
 
 
 # ---------------------------------------------------------------------------
@@ -303,57 +301,40 @@ def test_lamhalt(daemon, cprogs, kclient):
 # 5. lamexec / mpirun: real on the C lamd, fail fast on ours
 
 def test_lamexec(daemon):
-    t0 = time.monotonic()
+    """``lamexec N hostname``: the same output and status on both daemons
+    (ours: filed takes the stdio, flatd the argv, kenyad starts it in the
+    jobs process)."""
     cp = daemon.s.run(["lamexec", "N", "hostname"], timeout=20)
-    took = time.monotonic() - t0
-    if daemon.kind == "c":
-        assert cp.returncode == 0, show(cp)
-        assert cp.stdout.strip() == lamenv.socket.gethostname(), show(cp)
-    else:
-        # kenyad (the process starter) is a fail-fast stub in ours: filed
-        # takes the stdio, flatd the argv, kenyad refuses to start the
-        # process and lamexec says so (asc_run's error path sleeps 1 s).
-        assert cp.returncode == ESERVICE & 0xFF, show(cp)
-        assert took < 5, f"lamexec took {took:.1f} s"
-        assert cp.stderr == "mpirun: cannot start hostname on n0 (o): service unavailable\n", \
-            show(cp)
-        assert cp.stdout == "", show(cp)
+    assert cp.returncode == 0, show(cp)
+    assert cp.stdout.strip() == lamenv.socket.gethostname(), show(cp)
+    assert cp.stderr == "", show(cp)
 
 
 def test_mpirun(daemon, cprogs):
     """``mpirun -np 1 mpihello`` (``/bin/true`` is refused by mpirun even on
     the C lamd: it never calls MPI_INIT).
 
-    On the C lamd, Debian's LAM MPI occasionally (about 1 run in 4 under
-    load, never in isolation) fails inside MPI_INIT with "Unix errno: 14 Bad
-    address" (rc 252), a fault of the reference stack, not of the daemon
-    under test: that one failure is retried, at most 3 times."""
+    Debian's LAM MPI occasionally (about 1 run in 4 under load, never in
+    isolation) fails inside MPI_INIT with "Unix errno: 14 Bad address" (rc
+    252), on either daemon: a fault of the MPI library both run, not of the
+    daemon under test. That one failure is retried, at most 3 times."""
     argv = ["mpirun", "-np", "1", cprogs["mpihello"]]
-    t0 = time.monotonic()
     cp = daemon.s.run(argv, timeout=30)
-    took = time.monotonic() - t0
-    if daemon.kind == "c":
-        for _ in range(3):
-            if not (cp.returncode == 252 and "during MPI_INIT" in cp.stderr
-                    and "errno: 14" in cp.stderr):
-                break
-            time.sleep(0.5)
-            cp = daemon.s.run(argv, timeout=30)
-        assert cp.returncode == 0, show(cp)
-        assert "HELLO rank=0 size=1" in cp.stdout, show(cp)
-    else:
-        # as lamexec, and mpirun's own error path sleeps 1 + 3 s
-        assert cp.returncode == ESERVICE & 0xFF, show(cp)
-        assert took < 10, f"mpirun took {took:.1f} s"
-        assert cp.stderr == f"mpirun: cannot start {cprogs['mpihello']} on n0 (o): service " \
-            "unavailable\n", show(cp)
-        assert cp.stdout == "", show(cp)
+    for _ in range(3):
+        if not (cp.returncode == 252 and "during MPI_INIT" in cp.stderr
+                and "errno: 14" in cp.stderr):
+            break
+        time.sleep(0.5)
+        cp = daemon.s.run(argv, timeout=30)
+    assert cp.returncode == 0, show(cp)
+    assert cp.stdout == "HELLO rank=0 size=1\n", show(cp)
 
 
 def test_tools_still_work_after_failed_lamexec(daemon):
-    """A refused lamexec leaves the daemon serving: tping still answers."""
-    cp = daemon.s.run(["lamexec", "N", "hostname"], timeout=20)
-    assert cp.returncode == (0 if daemon.kind == "c" else ESERVICE & 0xFF), show(cp)
+    """A lamexec of a program that does not exist fails the same way on
+    both daemons and leaves the daemon serving: tping still answers."""
+    cp = daemon.s.run(["lamexec", "N", "/nonexistent/prog"], timeout=20)
+    assert cp.returncode != 0 and "/nonexistent/prog" in cp.stderr, show(cp)
     cp = daemon.s.run(["tping", "-c", "1", "n0"], timeout=20)
     assert cp.returncode == 0 and "1 byte from n0" in cp.stdout, show(cp)
 
@@ -362,19 +343,11 @@ def test_tools_still_work_after_failed_lamexec(daemon):
 # 6. lamclean, tkill
 
 def test_lamclean(daemon):
-    """lamclean: on the C lamd it cleans (kenyad dooms processes, filed,
-    traced, bufferd sweep) and exits 0; on ours its first step (rpdoom, to
-    kenyad's fail-fast stub) is refused at once with a clear message."""
-    t0 = time.monotonic()
+    """lamclean: kenyad dooms processes, filed closes files, traced and
+    bufferd are swept; exit 0 on both daemons."""
     cp = daemon.s.run(["lamclean", "-v"], timeout=20)
-    took = time.monotonic() - t0
-    if daemon.kind == "c":
-        assert cp.returncode == 0, show(cp)
-        assert "sweeping messages" in cp.stdout, show(cp)
-    else:
-        assert cp.returncode == LAM_EEXIT, show(cp)
-        assert took < 5, f"lamclean took {took:.1f} s"
-        assert cp.stderr == "lamclean (rpdoom): service unavailable\n", show(cp)
+    assert cp.returncode == 0, show(cp)
+    assert "killing processes" in cp.stdout and "sweeping messages" in cp.stdout, show(cp)
     cp = daemon.s.run(["tping", "-c", "1", "n0"], timeout=20)
     assert cp.returncode == 0, show(cp)
 

@@ -3,7 +3,7 @@
 The boot table follows LAM's ``kboottbl[]`` (``otb/sys/lamd/kiproc.c``) row
 for row, so every internal process has LAM's priority and LAM's pid
 (100000 + row): router 100000, bufferd 100001, echod 100004, kenyad 100008,
-haltd 100013, versiond 100014. filed, flatd, loadd and iod are
+haltd 100013, versiond 100014. kenyad, filed, flatd, loadd and iod are
 :mod:`lamd.jobs`'s; services this daemon does not provide yet are stubs that
 fail fast (:mod:`lamd.iprocs.stubs`).
 
@@ -37,10 +37,11 @@ from .echod import echod
 from .haltd import haltd
 from .netaddr import node_address
 from .router import router
-from .stubs import bforward, died, dli, kenyad, traced
+from .stubs import bforward, died, dli, traced
 from ..jobs.filed import filed
 from ..jobs.flatd import flatd
 from ..jobs.iod import iod
+from ..jobs.kenyad import kenyad
 from ..jobs.loadd import loadd
 from .versiond import versiond
 
@@ -129,5 +130,15 @@ def boot_table(config: dict[str, Any], external: Iterable[str] = ()) -> list[KBo
     return [replace(kb, row=row) for row, kb in enumerate(BOOT_TABLE) if kb.name not in skip]
 
 
+def with_stubs(table: Iterable[KBoot], names: Iterable[str]) -> list[KBoot]:
+    """*table* with the ESERVICE stubs of :mod:`lamd.iprocs.stubs` in the
+    rows *names* (a daemon that runs no jobs, or has given its jobs process
+    up, answers at once instead of starting programs from the kernel)."""
+    from . import stubs
+    stubbed = set(names)
+    return [replace(kb, main=getattr(stubs, kb.name)) if kb.name in stubbed else kb
+            for kb in table]
+
+
 __all__ = ["BOOT_TABLE", "BY_NAME", "KERNEL_SIDE", "EXTERNAL_OK", "BootConfigError",
-           "parse_external", "boot_config", "boot_table"]
+           "parse_external", "boot_config", "boot_table", "with_stubs"]

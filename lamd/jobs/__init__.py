@@ -19,6 +19,12 @@ fork/exec, a blocking descriptor pass or a crash never touches the kernel.
   :class:`~lamd.jobs.process.JobsChild`, how ``lamd`` by hand runs it.
 * :mod:`lamd.jobs.cgroups` - each job in its own cgroup (``Delegate=yes``)
   or process group: what kenyad calls to place, signal and kill a job.
+* :mod:`lamd.jobs.srfd` - taking a client's stdio descriptors (``sfh_recv_fd``)
+  through the wait API, with a deadline.
+* :mod:`lamd.jobs.kenyad` - kenyad, the process server (``async def
+  kenyad(k)``): PQCREATE (argv/environment from flatd by tag, stdio passed
+  with RTF_PFDIO), exit notices, PQATTACH/PQDETACH, PQSTATE, PQDOOM; each
+  process in a session and process group of its own; a bounded table.
 """
 
 # The boot table (lamd.iprocs) imports the services of this package, which
