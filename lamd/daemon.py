@@ -54,6 +54,9 @@ EXIT_USAGE = 2
 EXIT_SETUP = service.EX_CONFIG
 
 JOBS_MODES = ("child", "external", "none")
+#: lamhalt: how long clients have to leave on EOF before they are hung up
+#: (LAM's haltd gives them a moment too, ``sleep(1)`` before its tkill)
+HALT_GRACE = 1.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     notifier.stopping()
     log.info("shutting down (%s): signalling %d clients", io.stop_reason or "stop",
              len(kernel.killfile_entries()))
-    io.shutdown(unlink_socket=owned_socket)
+    io.shutdown(unlink_socket=owned_socket, grace=HALT_GRACE if io.halted else 0.0)
     if jobs is not None:
         rc = jobs.stop()
         if rc:

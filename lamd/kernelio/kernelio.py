@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import time
@@ -75,6 +76,8 @@ class KernelIO(Admission, ConnIO):
         self.stopping = False
         self.exit_status = 0
         self.stop_reason = ""
+        #: stopped by haltd (lamhalt), not by a signal: see :meth:`shutdown`
+        self.halted = False
         self.refused_uid = 0
         self.refused_unpinned = 0
         self._peerpidfd = True  # try SO_PEERPIDFD first (see admission)
@@ -151,10 +154,22 @@ class KernelIO(Admission, ConnIO):
         if self._kill.due:
             self._kill.flush()
 
-    def shutdown(self, *, unlink_socket: str | None = None) -> None:
-        """``kio_shutdown``: kkillall, close everything, remove session files."""
+    def shutdown(self, *, unlink_socket: str | None = None, grace: float = 0.0) -> None:
+        """``kio_shutdown``: kkillall, close everything, remove session files.
+
+        With *grace* (``lamhalt``) the clients first see the kernel go, as
+        under the C lamd (its haltd freezes the daemon until tkill kills it):
+        liblam then exits with ENOKERNEL, and a client blocked in a request
+        (``mpirun`` waiting for its ranks) says nothing; those still running
+        after *grace* seconds are hung up (kkillall). Without it (a signal:
+        ``tkill``, ``lamwipe``, systemd) every client is hung up at once, as
+        the C lamd's ``kio_shutdown`` does.
+        """
         self._apply(self.kernel.end_iprocs())  # iod's socket, flatd's files go
-        for a in self.kernel.kkillall():
+        hangups = self.kernel.kkillall()
+        if grace > 0:
+            self._eof_first(hangups, grace)
+        for a in hangups:
             self._signal(a, drop_on_failure=False)
         for c in list(self.conns.values()):
             self._close(c, notify_kernel=False)
@@ -276,7 +291,32 @@ class KernelIO(Admission, ConnIO):
             elif t is K.Resume:
                 self._resume_due = True
             elif t is K.Halt:
+                self.halted = not self.stopping
                 self.stop(a.status, a.reason)
+
+    def _eof_first(self, hangups: list[Any], grace: float) -> None:
+        """Shut every client's socket (the peer reads EOF) and wait up to
+        *grace* seconds for the clients kkillall would hang up to exit."""
+        for c in list(self.conns.values()):
+            try:
+                c.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        p = select.poll()
+        waiting = set()
+        for a in hangups:
+            c = a.conn
+            if not c.closed and c.pidfd is not None and c.pid != os.getpid():
+                p.register(c.pidfd, select.POLLIN)  # readable once the process exited
+                waiting.add(c.pidfd)
+        deadline = time.monotonic() + grace
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for fd, _ev in p.poll(left * 1000):
+                p.unregister(fd)
+                waiting.discard(fd)
 
     def _signal(self, a: K.Signal, drop_on_failure: bool = True) -> None:
         c: Connection = a.conn
