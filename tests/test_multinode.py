@@ -93,3 +93,59 @@ def test_teardown_even_when_the_test_fails(lam_user):
         assert not (netns.NETNS_DIR / name).exists()
         assert not (netns.ETC_NETNS / name).exists()
     assert not started["dir"].exists()
+
+
+# ---------------------------------------------------------------------------
+# a universe of C lamds
+
+
+def test_c_universe(hosts3: Cluster):
+    c = hosts3
+    h1 = c.hosts[0]
+    t0 = time.monotonic()
+    cp = h1.run(["lamboot", "-v", c.hostfile()], timeout=60)
+    assert cp.returncode == 0, show(cp)
+    # -v writes its progress to stderr, and nothing else is there
+    assert cp.stderr.splitlines() == [
+        *(f"n-1<{pid}> ssi:boot:base:linear: booting n{i} ({h.name})"
+          for i, h in enumerate(c.hosts)
+          for pid in re.findall(r"^n-1<(\d+)>", cp.stderr)[:1]),
+        *(f"n-1<{pid}> ssi:boot:base:linear: finished"
+          for pid in re.findall(r"^n-1<(\d+)>", cp.stderr)[:1])], show(cp)
+    t_boot = time.monotonic() - t0
+
+    for i, h in enumerate(c.hosts):
+        cp = h.run(["lamnodes"])
+        assert cp.returncode == 0, show(cp)
+        want = []
+        for j, x in enumerate(c.hosts):
+            flags = ",".join(f for f in ("origin" if j == 0 else "",
+                                          "this_node" if j == i else "") if f)
+            want.append(f"n{j}\t{x.name}:1:{flags}")
+        assert cp.stdout.splitlines() == want, show(cp)
+
+        cp = h.run(["tping", "-c", "1", "N"])
+        assert cp.returncode == 0, show(cp)
+        assert "1 byte from 2 remote nodes and 1 local node" in cp.stdout, show(cp)
+
+    for h in c.hosts:
+        cp = h.run(["lamexec", "N", "hostname"])
+        assert cp.returncode == 0, show(cp)
+        assert sorted(cp.stdout.split()) == sorted(x.name for x in c.hosts), show(cp)
+
+    lamds = {h.name: [p for p in h.user_pids()
+                      if Path(f"/proc/{p}/comm").read_text().strip() == "lamd"]
+             for h in c.hosts}
+    assert all(len(v) == 1 for v in lamds.values()), lamds
+
+    cp = h1.run(["lamhalt"])
+    assert cp.returncode == 0, show(cp)
+    deadline = time.monotonic() + 10
+    while any(h.user_pids() for h in c.hosts) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert {h.name: h.user_pids() for h in c.hosts} == {h.name: [] for h in c.hosts}
+    for h in c.hosts:
+        assert not (h.prefix / f"lam-{c.pw.pw_name}@{h.name}").exists()
+    total = time.monotonic() - t0
+    print(f"C universe of 3: lamboot {t_boot:.2f} s, all checks and lamhalt {total:.2f} s")
+    assert total < 40
