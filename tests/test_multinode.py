@@ -149,3 +149,103 @@ def test_c_universe(hosts3: Cluster):
     total = time.monotonic() - t0
     print(f"C universe of 3: lamboot {t_boot:.2f} s, all checks and lamhalt {total:.2f} s")
     assert total < 40
+
+
+# ---------------------------------------------------------------------------
+# our lamd booted by stock lamboot (the boot callback; no datalink yet)
+
+
+def prefix_tree(c: Cluster, pkgdir: Path) -> Path:
+    """A LAM prefix tree booting our daemon: what ``prefix=DIR`` on a boot
+    schema line, or ``lamboot -prefix DIR``, makes lamboot use on a node
+    (``DIR/bin/hboot -c DIR/etc/lam-conf.lamd ... -prefix DIR``): stock hboot
+    and tkill, and a ``lamd`` that runs ``python3 -m lamd`` with its log in
+    the cluster's work directory."""
+    pre = c.dir / "ourlam"
+    (pre / "bin").mkdir(parents=True)
+    (pre / "etc").mkdir()
+    os.symlink("/usr/bin/hboot", pre / "bin" / "hboot")
+    os.symlink("/usr/bin/tkill", pre / "bin" / "tkill")
+    (pre / "bin" / "lamd").write_text(
+        "#!/bin/sh\n"
+        f"PYTHONPATH={pkgdir} PYTHONDONTWRITEBYTECODE=1 exec /usr/bin/python3 -m lamd "
+        f'"$@" 2>>{c.work}/lamd-$(hostname).log\n')
+    (pre / "etc" / "lam-conf.lamd").write_text(
+        "lamd $inet_topo $debug $session_prefix $session_suffix\n")
+    for p in (pre, pre / "bin", pre / "etc", pre / "bin" / "lamd"):
+        p.chmod(0o755)
+    (pre / "etc" / "lam-conf.lamd").chmod(0o644)
+    return pre
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except OSError:
+        return []
+
+
+@pytest.mark.parametrize("layout", ["py,py,py", "c,py,c", "py,c,c", "c,c,py"])
+def test_lamboot_boots_ours(hosts3: Cluster, lamd_pkg, layout):
+    """Stock lamboot boots our lamd where the boot schema names the prefix
+    tree, C lamds elsewhere: our daemon takes hboot's arguments, calls
+    lamboot back, receives the universe, and its router and link table then
+    answer stock lamnodes exactly as the C lamd's do, on every host. lamwipe
+    (tkill over ssh) leaves nothing on any host."""
+    c = hosts3
+    kinds = layout.split(",")
+    pre = prefix_tree(c, lamd_pkg)
+    hf = c.work / "hostfile"
+    hf.write_text("".join(f"{h.name}{f' prefix={pre}' if k == 'py' else ''}\n"
+                          for h, k in zip(c.hosts, kinds)))
+    hf.chmod(0o644)
+    h1 = c.hosts[0]
+    t0 = time.monotonic()
+    cp = h1.run(["lamboot", "-v", hf], timeout=60)
+    t_boot = time.monotonic() - t0
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(c.work.glob("lamd-*.log")))
+    assert cp.returncode == 0, show(cp) + logs
+    assert "finished" in cp.stderr, show(cp)
+
+    for i, h in enumerate(c.hosts):
+        cp = h.run(["lamnodes"])
+        assert cp.returncode == 0, show(cp) + logs
+        want = []
+        for j, x in enumerate(c.hosts):
+            flags = ",".join(f for f in ("origin" if j == 0 else "",
+                                          "this_node" if j == i else "") if f)
+            want.append(f"n{j}\t{x.name}:1:{flags}")
+        assert cp.stdout.splitlines() == want, show(cp)
+
+    ports: set[str] = set()
+    for i, (h, kind) in enumerate(zip(c.hosts, kinds)):
+        procs = [cmdline(p) for p in h.user_pids()]
+        if kind == "py":
+            # ours names itself in its proctitle once serving (lamnodes was
+            # served: it is); hboot's arguments are in its log
+            assert len([a for a in procs
+                        if a[0].startswith(f"lamd: {c.pw.pw_name}, ")]) == 1, (h.name, procs)
+            log = (c.work / f"lamd-{h.name}.log").read_text()
+            m = re.search(r"calling lamboot back at (\S+):(\d+) as n(\d+)", log)
+            assert m and (m.group(1), m.group(3)) == (h1.addr, str(i)), log
+            ports.add(m.group(2))
+            assert f"universe of 3 nodes: n0 {h1.addr}:" in log, log
+        else:
+            argv = [a for a in procs if a[:1] == ["/usr/bin/lamd"]]
+            assert len(argv) == 1, (h.name, procs)
+            # what hboot passes either daemon: $inet_topo
+            assert argv[0][1:9] == ["-H", h1.addr, "-P", argv[0][4], "-n", str(i),
+                                    "-o", "0"], argv
+            ports.add(argv[0][4])
+    assert len(ports) == 1  # lamboot's one port
+
+    cp = h1.run(["lamwipe", hf], timeout=60)
+    assert cp.returncode == 0, show(cp)
+    deadline = time.monotonic() + 10
+    while any(h.user_pids() for h in c.hosts) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert {h.name: [cmdline(p) for p in h.user_pids()] for h in c.hosts} == {
+        h.name: [] for h in c.hosts}
+    for h in c.hosts:
+        assert not (h.prefix / f"lam-{c.pw.pw_name}@{h.name}").exists()
+    print(f"{layout}: lamboot {t_boot:.2f} s")
