@@ -291,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    JOB_SERVICES), config)
 
             jobs = JobsChild(io.loop, jobs_argv(session.directory, logging.getLevelName(
-                logging.getLogger().level).lower()), on_give_up=give_up, nofile=nofile_before)
+                logging.getLogger().level).lower(), config.get("node_id")),
+                on_give_up=give_up, nofile=nofile_before)
             jobs.start()
     service.set_proctitle(service.proctitle(user, 0))
     log.info("lamd %s serving %s (pid %d; RLIMIT_NOFILE %d allows %d clients, "

@@ -190,8 +190,9 @@ def test_lamboot_boots_ours(hosts3: Cluster, lamd_pkg, layout):
     """Stock lamboot boots our lamd where the boot schema names the prefix
     tree, C lamds elsewhere: our daemon takes hboot's arguments, calls
     lamboot back, receives the universe, and its router and link table then
-    answer stock lamnodes exactly as the C lamd's do, on every host. lamwipe
-    (tkill over ssh) leaves nothing on any host."""
+    answer stock lamnodes exactly as the C lamd's do, on every host; each
+    node answers tping and lamexec of itself by its node id (the jobs process
+    knows it too). lamwipe (tkill over ssh) leaves nothing on any host."""
     c = hosts3
     kinds = layout.split(",")
     pre = prefix_tree(c, lamd_pkg)
@@ -216,6 +217,13 @@ def test_lamboot_boots_ours(hosts3: Cluster, lamd_pkg, layout):
                                           "this_node" if j == i else "") if f)
             want.append(f"n{j}\t{x.name}:1:{flags}")
         assert cp.stdout.splitlines() == want, show(cp)
+        # what each node serves itself (no datalink needed): echod and a job
+        cp = h.run(["tping", "-c", "1", f"n{i}"])
+        # tping marks the origin "(o)"
+        want_ping = f"1 byte from n{i}" + (r" \(o\)" if i == 0 else "") + ": "
+        assert cp.returncode == 0 and re.search(want_ping, cp.stdout), show(cp) + logs
+        cp = h.run(["lamexec", f"n{i}", "hostname"])
+        assert (cp.returncode, cp.stdout) == (0, f"{h.name}\n"), show(cp) + logs
 
     ports: set[str] = set()
     for i, (h, kind) in enumerate(zip(c.hosts, kinds)):
