@@ -37,6 +37,8 @@ import time
 from typing import Sequence
 
 from . import LAM_VERSION, __version__, service
+from .boot.agent import BootArgs, BootError, Booted, boot_agent
+from .boot.agent import links as boot_links, routes as boot_routes
 from .iprocs import BootConfigError, boot_table, parse_external, with_stubs
 from .kernel import Kernel, MAX_MSG_LEN
 from .kernelio import IOLimits, KernelIO
@@ -69,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                "LAMD_EXTERNAL, LAMD_JOBS.")
     p.add_argument("--version", action="version",
                    version=f"lamd {__version__} (LAM/MPI {LAM_VERSION} protocol)")
-    p.add_argument("--debug", action="store_true", help="log every request (same as --log-level debug)")
+    p.add_argument("-d", "--debug", action="store_true", help="log every request (same as --log-level debug)")
     p.add_argument("--log-level", default=os.environ.get("LAMD_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"], help="log threshold (default: info, or $LAMD_LOG_LEVEL)")
     p.add_argument("-sessionprefix", "--session-prefix", dest="prefix", metavar="DIR",
@@ -98,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-jobs", dest="jobs", action="store_const", const="none",
                    help="the same as --jobs=none")
     p.add_argument("--no-iprocs", action="store_true", help=argparse.SUPPRESS)
+    b = p.add_argument_group(
+        "booted by lamboot", "what LAM's hboot passes ($inet_topo of the boot configuration): "
+        "the daemon calls lamboot back and receives the universe before it serves anything")
+    b.add_argument("-H", dest="boot_addr", metavar="ADDR", help="lamboot's address (the origin)")
+    b.add_argument("-P", dest="boot_port", type=int, metavar="PORT", help="lamboot's port")
+    b.add_argument("-n", dest="node_id", type=int, metavar="NODE", help="this node's id")
+    b.add_argument("-o", dest="origin", type=int, default=0, metavar="NODE",
+                   help="the origin node's id (default 0)")
+    b.add_argument("-x", dest="fault_tolerant", action="store_true",
+                   help="fault tolerant: keep going when a node dies")
     return p
 
 
@@ -151,8 +163,16 @@ def remove_stale_socket(path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     service.setup_logging("debug" if args.debug else args.log_level)
+    boot_args = None
+    if args.boot_addr is not None or args.boot_port is not None:
+        if args.boot_addr is None or args.boot_port is None or args.node_id is None:
+            log.error("-H, -P and -n go together (what hboot passes for lamboot)")
+            return EXIT_USAGE
+        boot_args = BootArgs(args.boot_addr, args.boot_port, args.node_id, args.origin,
+                             args.fault_tolerant)
     try:
         external = parse_external(args.external if args.external is not None
                                   else os.environ.get("LAMD_EXTERNAL", ""))
@@ -232,8 +252,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_SETUP
     io.install_signal_handlers()
     jobs: JobsChild | None = None
+    booted: Booted | None = None
+    if boot_args is not None:
+        try:
+            booted = boot_agent(boot_args, timeout=float(os.environ.get("LAMD_BOOT_TIMEOUT", 300)))
+        except BootError as e:
+            log.error("%s", e)
+            io.shutdown(unlink_socket=owned_socket)
+            return EXIT_SETUP
     if not args.no_iprocs:
         config = {"session": session.directory}
+        if booted is not None:
+            me = booted.my_link()
+            config.update(node_id=booted.node_id, origin=booted.origin,
+                          routes=boot_routes(booted.universe, booted.node_id, booted.origin),
+                          links=boot_links(booted.universe), dli_port=booted.dli_port,
+                          fault_tolerant=boot_args.fault_tolerant)
+            if me is not None and me.addr:
+                config["node_addr"] = me.addr
         table = boot_table(config, external)
         if jobs_mode == "none":
             table = with_stubs(table, JOB_SERVICES)
@@ -258,7 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    JOB_SERVICES), config)
 
             jobs = JobsChild(io.loop, jobs_argv(session.directory, logging.getLevelName(
-                logging.getLogger().level).lower()), on_give_up=give_up, nofile=nofile_before)
+                logging.getLogger().level).lower(), config.get("node_id")),
+                on_give_up=give_up, nofile=nofile_before)
             jobs.start()
     service.set_proctitle(service.proctitle(user, 0))
     log.info("lamd %s serving %s (pid %d; RLIMIT_NOFILE %d allows %d clients, "
@@ -271,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("shutting down (%s): signalling %d clients", io.stop_reason or "stop",
              len(kernel.killfile_entries()))
     io.shutdown(unlink_socket=owned_socket, grace=HALT_GRACE if io.halted else 0.0)
+    if booted is not None:
+        booted.dli_sock.close()
     if jobs is not None:
         rc = jobs.stop()
         if rc:

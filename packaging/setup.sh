@@ -9,6 +9,7 @@ PKGS="
   python3-pyroute2 python3-pytest python3-hypothesis
   lam-runtime lam4-dev
   systemd systemd-container iproute2 procps util-linux
+  openssh-server openssh-client tcpdump
   build-essential debhelper dh-python pybuild-plugin-pyproject
   python3-setuptools python3-all lintian fakeroot
   libsystemd-dev pkg-config

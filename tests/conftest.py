@@ -106,3 +106,16 @@ def daemon(request, lam_session):
     if problems and call is not None and call.passed:
         pytest.fail(f"lamd ({d.kind}) shutdown: " + "; ".join(problems)
                     + "\n--- log ---\n" + d.log()[-5000:], pytrace=False)
+
+
+@pytest.fixture
+def hosts3(lam_user):
+    """Three test hosts node1..node3 (tests/netns.py), torn down afterwards
+    whatever the test did."""
+    from .netns import Cluster
+    missing = [p for p in ("sshd", "ssh", "ssh-keygen", "tcpdump", "nsenter", "setpriv")
+               if shutil.which(p, path="/usr/sbin:/usr/bin:/sbin:/bin") is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: run packaging/setup.sh", pytrace=False)
+    with Cluster(3) as c:
+        yield c

@@ -68,7 +68,7 @@ def links_segment(links: list[DoLink], seg: int) -> bytes:
 async def dlo(k: IProc) -> None:
     """Answer link-table requests on ``EVDL0``."""
     node_id = int(k.config.get("node_id", 0))
-    links = local_links(k.config)
+    links = list(k.config.get("links") or local_links(k.config))
     k.config.setdefault("node_addr", links[0].addr)
     while True:
         msg = await nrecv(k, EVDL0, 0, MAXNMSGLEN, NOBUF)

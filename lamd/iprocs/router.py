@@ -137,7 +137,9 @@ def answer(table: RouteTable, req: NetMsg) -> tuple[tuple[int, ...], bytes] | No
 
 async def router(k: IProc) -> None:
     """Serve router requests forever (LAM's ``r_init`` + ``router``)."""
-    table = RouteTable([local_route(k.config)])
+    # booted by lamboot: the universe's routes (lamd.boot.agent.routes, what
+    # dli_inet's initrouter sets); else the one-node universe
+    table = RouteTable(list(k.config.get("routes") or [local_route(k.config)]))
     k.config.setdefault("node_id", 0)
     while True:
         req = await nrecv(k, EVROUTER, 0, ROUTE.size * RNRENT, NOBUF)

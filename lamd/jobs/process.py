@@ -190,8 +190,10 @@ class JobsProcess:
     """The jobs process: set up, attach, serve, and kill every job at the end."""
 
     def __init__(self, session: Session, *, wait: float = DEFAULT_WAIT,
-                 names: Sequence[str] = JOB_SERVICES, use_cgroups: bool = True) -> None:
+                 names: Sequence[str] = JOB_SERVICES, use_cgroups: bool = True,
+                 node_id: int = 0) -> None:
         self.session = session
+        self.node_id = node_id
         self.wait = wait
         self.names = list(names)
         self.use_cgroups = use_cgroups
@@ -227,7 +229,8 @@ class JobsProcess:
         rows, stubs = service_rows(self.names)
         if stubs:
             log.info("jobs: %s not implemented yet: served by stubs (ESERVICE)", ", ".join(stubs))
-        config = boot_config({"session": self.session.directory, "jobs": self.jobs})
+        config = boot_config({"session": self.session.directory, "jobs": self.jobs,
+                              "node_id": self.node_id})
         host = self.host = ServiceHost(path, rows, config)
         host.install_signal_handlers()
         user = current_user()
@@ -403,10 +406,14 @@ class JobsChild:
         return p.returncode
 
 
-def jobs_argv(session_dir: str, log_level: str) -> list[str]:
-    """How ``lamd`` starts its jobs process: this interpreter, this package."""
-    return [sys.executable, "-m", "lamd.jobs", "--session-dir", session_dir,
+def jobs_argv(session_dir: str, log_level: str, node_id: int | None = None) -> list[str]:
+    """How ``lamd`` starts its jobs process: this interpreter, this package
+    (and the node id lamboot gave the daemon, when it is not node 0)."""
+    argv = [sys.executable, "-m", "lamd.jobs", "--session-dir", session_dir,
             "--log-level", log_level]
+    if node_id:
+        argv += ["--node-id", str(node_id)]
+    return argv
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -428,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "missing: ignored); may be repeated")
     p.add_argument("--no-cgroups", action="store_true",
                    help="a process group per job even where a cgroup is delegated")
+    p.add_argument("--node-id", type=int, default=0, metavar="NODE",
+                   help="this node's id in a universe booted by lamboot (default 0; "
+                        "what lamd passes its child)")
     return p
 
 
@@ -448,7 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         session = Session(args.session_dir)
     else:
         session = Session.for_user(prefix=args.prefix, suffix=args.suffix)
-    jp = JobsProcess(session, wait=max(0.0, args.wait), use_cgroups=not args.no_cgroups)
+    jp = JobsProcess(session, wait=max(0.0, args.wait), use_cgroups=not args.no_cgroups,
+                     node_id=args.node_id)
     return jp.run()
 
 

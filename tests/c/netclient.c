@@ -21,6 +21,8 @@
  *       first packet of a long message and restores it for the others).
  *       Messages longer than MAXNMSGLEN (8 KiB) go as several packets
  *       (NMORE), which nrecv reassembles.
+ *       With NETCLIENT_NODE=N in the environment the sender of the n and
+ *       nobuf paths sends to node N instead of its own (multi-node tests).
  *
  * Every line on stdout is "KEY a=1 b=2 ..."; "OK" last on success, "FAIL ..."
  * and a non-zero exit status otherwise.
@@ -112,6 +114,8 @@ static int do_xfer(int argc, char **argv)
 				if (ksend(&k)) die("ksend");
 			} else {
 				nset(&n, path, event, idx + 1, size, buf);
+				if (getenv("NETCLIENT_NODE") && strcmp(path, "l"))
+					n.nh_node = atoi(getenv("NETCLIENT_NODE"));
 				if (nsend(&n)) die("nsend");
 			}
 			printf("SENT idx=%d size=%ld\n", idx, size);

@@ -1,0 +1,181 @@
+"""The lamd's side of the boot callback (LAM's ``otb/sys/dli_inet/di_bootagent.c``
+over ``lam_ssi_boot_base_send_lamd_info`` / ``..._receive_universe_info``).
+
+Started by hboot with ``-H <origin addr> -P <lamboot's port> -n <node id>
+-o <origin id>``, the lamd
+
+1. opens its datalink UDP socket and a TCP listener on ephemeral ports,
+2. connects to lamboot and sends its coordinates (:class:`CltCoord`:
+   node id, the two ports, num_cpus -1), then closes that connection,
+3. accepts lamboot's connection on the listener once every node has called
+   back, reads the universe (:class:`Universe`) and closes both.
+
+As in LAM this happens once, at start, before the daemon serves anything
+else; unlike LAM every step has a deadline, the listener accepts lamboot
+only from the origin's address (``-H``) and the universe is read with the
+bounded incremental decoder of :mod:`.callback`.
+
+:func:`routes` and :func:`links` turn the universe into the router's table
+(``initrouter``) and the link table dlo reports.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import time
+from dataclasses import dataclass
+
+from ..iprocs.nreq import NOTLINKID, NT_ME, NT_ORIGIN
+from ..kernel.constants import EVDL0, NOTEVENT
+from .callback import BootProtocolError, CltCoord, Universe, universe_reader
+
+log = logging.getLogger("lamd.boot")
+
+#: the datalink input socket's receive buffer (di_bootagent: 3 whole frames)
+DLI_RCVBUF = 3 * (60 + 8192)
+
+
+class BootError(RuntimeError):
+    """The callback could not be completed."""
+
+
+@dataclass
+class BootArgs:
+    """What hboot passes (``$inet_topo``): ``-H -P -n -o`` and ``-x``."""
+
+    agent_addr: str
+    agent_port: int
+    node_id: int
+    origin: int = 0
+    fault_tolerant: bool = False
+
+
+@dataclass
+class Booted:
+    """The result: this node's datalink socket and the universe."""
+
+    dli_sock: socket.socket
+    universe: Universe
+    node_id: int
+    origin: int
+
+    @property
+    def dli_port(self) -> int:
+        return self.dli_sock.getsockname()[1]
+
+    def my_link(self):
+        for l in self.universe.links:
+            if l.link == self.node_id:
+                return l
+        return None
+
+
+def _resolve(addr: str) -> str:
+    """``gethaddr``: dotted decimal, else a host name (lamboot -l)."""
+    try:
+        return str(ipaddress.IPv4Address(addr))
+    except ValueError:
+        return socket.gethostbyname(addr)
+
+
+def boot_agent(args: BootArgs, timeout: float = 300.0,
+               connect_timeout: float = 30.0) -> Booted:
+    """Call lamboot back and receive the universe (blocking, bounded by
+    *timeout* overall: lamboot sends the universe only once every node has
+    booted)."""
+    deadline = time.monotonic() + timeout
+    agent = _resolve(args.agent_addr)
+    dli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ok = False
+    try:
+        for s in (dli, srv):
+            s.set_inheritable(False)
+        dli.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DLI_RCVBUF)
+        dli.bind(("0.0.0.0", 0))
+        srv.bind(("0.0.0.0", 0))
+        srv.listen(4)
+        coord = CltCoord(node_id=args.node_id, boot_port=srv.getsockname()[1],
+                         dli_port=dli.getsockname()[1], num_cpus=-1)
+        log.info("boot: calling lamboot back at %s:%d as n%d (boot port %d, datalink port %d)",
+                 agent, args.agent_port, args.node_id, coord.boot_port, coord.dli_port)
+        with socket.create_connection((agent, args.agent_port), timeout=connect_timeout) as c:
+            c.sendall(coord.encode())
+        universe = _receive_universe(srv, agent, deadline)
+        log.info("boot: universe of %d nodes: %s", len(universe.links), ", ".join(
+            f"n{l.link} {l.addr or l.hostname}:{l.port}" if l.link != NOTLINKID else "invalid"
+            for l in universe.links))
+        if not any(l.link == args.node_id for l in universe.links):
+            raise BootError(f"the universe has no node n{args.node_id}")
+        ok = True
+        return Booted(dli, universe, args.node_id, args.origin)
+    except BootError:
+        raise
+    except (OSError, BootProtocolError) as e:
+        raise BootError(f"boot callback to {agent}:{args.agent_port}: {e}") from e
+    finally:
+        srv.close()
+        if not ok:
+            dli.close()
+
+
+def _receive_universe(srv: socket.socket, agent: str, deadline: float) -> Universe:
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BootError("no universe from lamboot in time")
+        srv.settimeout(left)
+        try:
+            conn, peer = srv.accept()
+        except TimeoutError:
+            raise BootError("no universe from lamboot in time") from None
+        with conn:
+            if peer[0] != agent:
+                log.warning("boot: connection from %s:%d dropped (lamboot is at %s)",
+                            peer[0], peer[1], agent)
+                continue
+            r = universe_reader()
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BootError("universe not received in time")
+                conn.settimeout(left)
+                try:
+                    data = conn.recv(65536)
+                except TimeoutError:
+                    raise BootError("universe not received in time") from None
+                if not data:
+                    return r.eof()
+                r.feed(data)
+
+
+# --------------------------------------------------------------------------
+# the universe as the router and dlo see it
+
+
+def routes(universe: Universe, node_id: int, origin: int) -> list:
+    """``initrouter``: one route per valid link; this node reached locally
+    (``NT_ME``, ``NOTEVENT``), the others through dlo (``EVDL0``); the origin
+    flagged ``NT_ORIGIN`` from ``-o``, whatever lamboot's flags said."""
+    from ..iprocs.router import Route
+    out = []
+    for l in universe.links:
+        if l.link == NOTLINKID:
+            continue
+        me = l.link == node_id
+        ntype = (l.node_type | NT_ME) if me else (l.node_type & ~NT_ME)
+        if l.link == origin:
+            ntype |= NT_ORIGIN
+        event = NOTEVENT if me else EVDL0
+        out.append(Route(nodeid=l.link, event=event, link=l.link, event2=event,
+                         link2=l.link, nodetype=ntype, ncpus=l.num_cpus))
+    return out
+
+
+def links(universe: Universe) -> list:
+    """dlo's link table: every valid node at its datalink address."""
+    from ..iprocs.dlo import DoLink
+    return [DoLink(l.link, l.addr or _resolve(l.hostname), l.port)
+            for l in universe.links if l.link != NOTLINKID]
