@@ -39,6 +39,7 @@ from typing import Sequence
 
 from . import LAM_VERSION, __version__, service
 from .iprocs import BootConfigError, boot_table, parse_external, with_stubs
+from .iprocs.carried import with_carry
 from .kernel import Kernel, MAX_MSG_LEN
 from .kernel import ksnapshot
 from .kernelio import IOLimits, KernelIO, handover
@@ -274,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = boot_table(config, external)
         if jobs_mode == "none":
             table = with_stubs(table, JOB_SERVICES)
+        table = with_carry(table)  # what a re-exec hands on (bufferd's packets)
     actions: list = []
     if restored is not None:
         try:

@@ -338,3 +338,63 @@ def test_not_at_rest_is_not_snapshotted() -> None:
     assert table_of(d.k) == before
     d.settle()
     S.capture(d.k, CONN_ID.__getitem__)
+
+
+# --- bufferd's kept packets, carried (lamd.iprocs.carried) --------------------------
+
+from lamd.iprocs import BY_NAME  # noqa: E402
+from lamd.iprocs.bufferd import Buffers  # noqa: E402
+from lamd.iprocs.carried import pack_buffers, unpack_buffers, with_carry  # noqa: E402
+from lamd.iprocs.nreq import LOCAL  # noqa: E402
+from tests.lamclient import Client, World  # noqa: E402
+
+NET_TABLE = with_carry([BY_NAME["router"], BY_NAME["bufferd"]])
+
+
+def test_bufferd_packets_survive_a_snapshot() -> None:
+    """nsend'ed messages bufferd keeps (short, and long ones in packets) are
+    nrecv'd, in order and whole, from the restored kernel's bufferd."""
+    w = World(NET_TABLE, {"node_addr": "127.0.0.1"})
+    a = w.client("a", 4001)
+    w.client("b", 4002)
+    bodies = [bytes([i]) * n for i, n in enumerate([0, 64, 8192, 8193, 100000])]
+    for i, body in enumerate(bodies):
+        a.nsend(LOCAL, 555, i + 1, body, data=(len(body), 7))
+    state = S.capture(w.kernel, {"a": 1, "b": 2}.__getitem__)
+    (rec,) = [r for r in state.procs if r.iproc == "bufferd"]
+    assert rec.carried is not None and len(rec.carried) > sum(map(len, bodies))
+    data = S.encode(state, uid=UID, session=SESSION)
+    snap = S.decode(data, uid=UID, session=SESSION)
+    k2, actions = S.restore(snap.kernel, {1: "a", 2: "b"}, NET_TABLE, {"node_addr": "127.0.0.1"},
+                            clock=lambda: 0.0)
+    w.kernel = k2
+    w.run(actions)
+    b = Client(w, "b", 4002)
+    b.index = k2.proc_of("b").index
+    for i, body in enumerate(bodies):
+        head, got = b.nrecv(555, 0, len(body) + 100)
+        assert (head.type, got) == (i + 1, body), i
+    # and nothing more is kept
+    assert b.nprobe(555)[7] == -1
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.binary(max_size=300)), max_size=12),
+       st.integers(0, 1 << 30), st.data())
+@settings(max_examples=max(20, EXAMPLES // 4), deadline=None)
+def test_bufferd_state_round_trips_and_damage_is_refused(packets, maxspace, data) -> None:
+    buf = Buffers(maxspace=maxspace)
+    for ev, body in packets:
+        b = buf.keep(NMsg(dl_event=ev, event=ev, type=len(body), length=len(body)), body)
+        if data.draw(st.booleans()):
+            buf.seq_of(b)
+    raw = pack_buffers(buf, dropped=3)
+    got, dropped = unpack_buffers(raw)
+    assert dropped == 3 and got.maxspace == maxspace and got.nspace == buf.nspace
+    assert [(e, [(x.head, x.body, x.seq) for x in q]) for e, q in got.events.items()] == \
+        [(e, [(x.head, x.body, x.seq) for x in q]) for e, q in buf.events.items()]
+    assert got._seq_used == buf._seq_used and got._seq_next == buf._seq_next
+    cut = data.draw(st.integers(0, len(raw) - 1))
+    with pytest.raises(ValueError):
+        unpack_buffers(raw[:cut])
+    with pytest.raises(ValueError):
+        unpack_buffers(raw + b"\0")

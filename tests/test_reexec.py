@@ -25,6 +25,7 @@ import pytest
 from tests import lamenv
 from tests.test_cclient import Clients, ok, show
 from tests.test_crash import read_lines, wait_listed
+from tests.test_stock_tools import cprogs  # noqa: F401 - the fixture
 
 
 @pytest.fixture
@@ -159,3 +160,30 @@ def test_refused_snapshot_starts_clean(lam_session, lamd_pkg):
             proc.kill()
             proc.wait(timeout=10)
     assert proc.returncode == 0, log.read_text()
+
+
+def test_reexec_keeps_what_bufferd_holds(py_daemon, cprogs):
+    """kinit programs: one nsend's five messages (1 MiB of them in packets)
+    and exits; bufferd holds them across a re-exec; another nrecv's them,
+    every byte checked. A receiver blocked in bufferd's BFQRECV across the
+    re-exec gets its messages too."""
+    from tests.test_stock_tools import SIZES, lines
+    d = py_daemon()
+    s = d.s
+    held, waiting = 33000 + os.getpid() % 500, 34000 + os.getpid() % 500
+    sent = s.run([cprogs["netclient"], "send", "n", held, *SIZES], timeout=60)
+    assert sent.returncode == 0 and "OK" in sent.stdout, show(sent)
+    recv = s.popen([cprogs["netclient"], "recv", "n", waiting, *SIZES])
+    wait_listed(s.killfile, {recv.pid})
+    time.sleep(0.3)
+    os.kill(d.proc.pid, signal.SIGUSR1)
+    wait_log(d, r"re-exec: restored \d+ clients", 1)
+    got = s.run([cprogs["netclient"], "recv", "n", held, *SIZES], timeout=60)
+    assert got.returncode == 0 and "OK" in got.stdout, show(got)
+    assert lines(got.stdout, "RECV") == [
+        f"RECV idx={i} size={n} type={i + 1}" for i, n in enumerate(SIZES)], show(got)
+    sent = s.run([cprogs["netclient"], "send", "n", waiting, *SIZES], timeout=60)
+    assert sent.returncode == 0, show(sent)
+    out, err = recv.communicate(timeout=60)
+    assert recv.returncode == 0 and "OK" in out, f"{out}\n{err}"
+    assert log_count(d, "re-exec given up|snapshot refused") == 0, d.log()

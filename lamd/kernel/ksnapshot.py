@@ -470,6 +470,9 @@ def _restore(k: Kernel, s: KernelState, conns: Mapping[int, Conn], rows: dict[st
         except StopIteration:
             k._knuke(p)
             continue
+        except Exception as e:  # its carried state does not fit the new code
+            raise SnapshotError(f"internal process {h.name} cannot take its state back: "
+                                f"{e}") from None
         if (isinstance(first, KCall) and first.kind == KQRECV == r.call
                 and not first.interruptible and first.req is not None
                 and first.req.msg == r.msg):
