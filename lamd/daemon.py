@@ -193,8 +193,9 @@ def reexec(io: KernelIO, session: Session, owned_socket: str | None, jobs: "Jobs
     try:
         fd = handover.write_handover(io, uid=os.getuid(), session=session.directory,
                                      extra=extra)
-    except ksnapshot.NotAtRest as e:
+    except (ksnapshot.NotAtRest, OSError) as e:
         log.error("re-exec given up: %s; serving on", e)
+        handover.uninherit(io)
         io.resume_serving()
         return
     notifier.reloading()

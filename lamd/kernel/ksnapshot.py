@@ -150,7 +150,11 @@ def capture(kernel: Kernel, conn_id: Callable[[Conn], int]) -> KernelState:
             assert p.iproc is not None
             name = p.iproc.name
             if p.iproc.carry is not None:
-                carried = bytes(p.iproc.carry())
+                try:
+                    carried = bytes(p.iproc.carry())
+                except Exception as e:  # its own bug: no snapshot rather than no daemon
+                    raise NotAtRest(f"internal process {name} cannot carry its state: "
+                                    f"{e!r}") from None
         procs.append(ProcRecord(
             index=p.index, pid=p.pid, priority=p.priority,
             conn=None if p.conn is None else int(conn_id(p.conn)), state=p.state,

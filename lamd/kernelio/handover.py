@@ -35,6 +35,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..kernel import ksnapshot
+from ..kernel.wire import KREQ_SIZE
 from ..kernel.ksnapshot import ConnState, Snapshot, SnapshotError
 from .transfer import BodyMove, Connection
 
@@ -96,11 +97,15 @@ def write_handover(io: "KernelIO", *, uid: int, session: str,
     data = ksnapshot.encode(state, uid=uid, session=session, conns=conns,
                             extra=dict(extra or {}, listener=io.listener.fileno()))
     fd = os.memfd_create("lamd-snapshot", 0)  # no MFD_CLOEXEC: for the successor
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-    os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        os.close(fd)
+        raise
     os.set_inheritable(io.listener.fileno(), True)
     for c in conns:
         os.set_inheritable(c.fd, True)
@@ -282,7 +287,7 @@ def adopt_connections(io: "KernelIO", conns: dict[int, Connection]) -> None:
             io._starttime_due.append(c)
         if c.out:
             io._dirty.add(c)
-        if len(c.inbuf) >= 104:
+        if len(c.inbuf) >= KREQ_SIZE:
             io._mark_pending(c)
 
 
