@@ -34,14 +34,17 @@ import resource
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
 from . import LAM_VERSION, __version__, service
 from .boot.agent import BootArgs, BootError, Booted, boot_agent
 from .boot.agent import links as boot_links, routes as boot_routes
 from .iprocs import BootConfigError, boot_table, parse_external, with_stubs
+from .iprocs.carried import with_carry
 from .kernel import Kernel, MAX_MSG_LEN
-from .kernelio import IOLimits, KernelIO
+from .kernel import ksnapshot
+from .kernelio import IOLimits, KernelIO, handover
 from .limits import raise_nofile_limit
 from .jobs.cgroups import kill_recorded
 from .jobs.process import JOB_SERVICES, PGROUPS_FILE, JobsChild, jobs_argv
@@ -110,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the origin node's id (default 0)")
     b.add_argument("-x", dest="fault_tolerant", action="store_true",
                    help="fault tolerant: keep going when a node dies")
+    # a re-exec in place (SIGUSR1): the snapshot's memfd (lamd.kernelio.handover)
+    p.add_argument(handover.RESTORE_OPTION, dest="restore_fd", type=int, help=argparse.SUPPRESS)
     return p
 
 
@@ -162,6 +167,66 @@ def remove_stale_socket(path: str) -> None:
         probe.close()
 
 
+#: A successor that refused its snapshot exits with this status after closing
+#: every descriptor it was handed (by hand: run lamd again; under systemd,
+#: Restart=on-failure starts it clean).
+EXIT_RESTART = 75  # EX_TEMPFAIL
+
+
+@dataclass
+class Restored:
+    """What a re-executed lamd took back from its predecessor."""
+
+    snap: ksnapshot.Snapshot
+    session: Session
+    listener: socket.socket
+    conns: dict
+
+
+def restore_handover(args: argparse.Namespace) -> Restored | None:
+    """Read the snapshot a predecessor left in ``--restore-fd``, and take its
+    listener and connections; None (every inherited descriptor closed, one
+    log line) if it is refused."""
+    try:
+        session = Session.for_user(prefix=args.prefix, suffix=args.suffix)
+        snap = handover.read_handover(args.restore_fd, uid=os.getuid(),
+                                      session=session.directory)
+        listener = handover.adopt_listener(snap, session.socket_path)
+        conns = handover.connections(snap, os.getuid())
+    except (ksnapshot.SnapshotError, SessionError) as e:
+        log.error("re-exec: snapshot refused, starting clean: %s", e)
+        handover.close_inherited()
+        return None
+    return Restored(snap, session, listener, conns)
+
+
+def reexec(io: KernelIO, session: Session, owned_socket: str | None, jobs: "JobsChild | None",
+           notifier: "service.Notifier") -> None:
+    """Hand everything to a new image of this program (SIGUSR1): returns
+    only if that failed, the daemon serving on."""
+    extra = {"owned_socket": owned_socket, "jobs_pid": jobs.pid if jobs is not None else None}
+    try:
+        fd = handover.write_handover(io, uid=os.getuid(), session=session.directory,
+                                     extra=extra)
+    except (ksnapshot.NotAtRest, OSError) as e:
+        log.error("re-exec given up: %s; serving on", e)
+        handover.uninherit(io)
+        io.resume_serving()
+        return
+    notifier.reloading()
+    log.info("re-exec: handing %d clients over to a new lamd (pid %d stays)",
+             len(io.conns), os.getpid())
+    io.flush_killfile()
+    try:
+        handover.exec_successor(fd)
+    except OSError as e:
+        log.error("re-exec failed (%s): serving on", e.strerror)
+        os.close(fd)
+        handover.uninherit(io)
+        io.resume_serving()
+        notifier.ready()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -197,14 +262,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("lamd refuses to run as root (as LAM's lamd does): run it as the user "
                   "whose LAM session it serves")
         return EXIT_SETUP
+    restored = None
+    if args.restore_fd is not None:
+        restored = restore_handover(args)  # None: refused, start clean
     try:
-        listener = service.adopt_listen_socket()
+        listener = service.adopt_listen_socket() if restored is None else restored.listener
     except service.ServiceError as e:
         log.error("%s", e)
         return getattr(e, "exit_code", EXIT_SETUP)
     owned_socket: str | None = None
     try:
-        if listener is not None:
+        if restored is not None:
+            session = restored.session
+            owned_socket = restored.snap.extra.get("owned_socket")
+        elif listener is not None:
             path = listener.getsockname()
             if not isinstance(path, str) or not path:
                 raise SessionError("the socket from systemd has no filesystem path")
@@ -220,8 +291,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_SETUP
     nofile_before = resource.getrlimit(resource.RLIMIT_NOFILE)  # the jobs' limit
     nofile = raise_nofile_limit()
-    kernel = Kernel(max_procs=args.max_procs, max_msg_len=args.max_msg_len,
-                    kernel_pid=os.getpid())
+    kernel_args = dict(max_procs=args.max_procs, max_msg_len=args.max_msg_len,
+                       kernel_pid=os.getpid())
+    config: dict = {"session": session.directory}
+    table = []
+    if not args.no_iprocs:
+        table = boot_table(config, external)
+        if jobs_mode == "none":
+            table = with_stubs(table, JOB_SERVICES)
+        table = with_carry(table)  # what a re-exec hands on (bufferd's packets)
+    actions: list = []
+    if restored is not None:
+        try:
+            kernel, actions = ksnapshot.restore(restored.snap.kernel, restored.conns, table,
+                                                config, **kernel_args)
+        except ksnapshot.SnapshotError as e:
+            log.error("re-exec: snapshot refused, starting clean: %s", e)
+            handover.abandon(restored.listener, restored.conns)
+            restored = None
+            if owned_socket is None:  # systemd's socket: Restart= starts us clean
+                return EXIT_RESTART
+            try:
+                listener = bind_session_socket(session)
+            except SessionError as e:
+                log.error("%s", e)
+                return EXIT_SETUP
+        else:
+            handover.keep(restored.listener, restored.conns)
+    if restored is None:
+        kernel = Kernel(**kernel_args)
     notifier = service.Notifier()
     limits = IOLimits(move_buffer=max(4096, args.move_buffer),
                       max_queued=max(64 * 1024, args.max_queued))
@@ -251,29 +349,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         io.shutdown(unlink_socket=owned_socket)
         return EXIT_SETUP
     io.install_signal_handlers()
+    io.install_handover_signal()
+    # blocked across the exec that started us: take one that came meanwhile,
+    # and never hand the mask on to the jobs process and its jobs
+    handover.unblock_reexec_signal()
     jobs: JobsChild | None = None
     booted: Booted | None = None
-    if boot_args is not None:
+    if boot_args is not None and restored is None:
         try:
             booted = boot_agent(boot_args, timeout=float(os.environ.get("LAMD_BOOT_TIMEOUT", 300)))
         except BootError as e:
             log.error("%s", e)
             io.shutdown(unlink_socket=owned_socket)
             return EXIT_SETUP
-    if not args.no_iprocs:
-        config = {"session": session.directory}
-        if booted is not None:
-            me = booted.my_link()
-            config.update(node_id=booted.node_id, origin=booted.origin,
-                          routes=boot_routes(booted.universe, booted.node_id, booted.origin),
-                          links=boot_links(booted.universe), dli_port=booted.dli_port,
-                          fault_tolerant=boot_args.fault_tolerant)
-            if me is not None and me.addr:
-                config["node_addr"] = me.addr
+    if not args.no_iprocs and booted is not None:
+        me = booted.my_link()
+        config.update(node_id=booted.node_id, origin=booted.origin,
+                      routes=boot_routes(booted.universe, booted.node_id, booted.origin),
+                      links=boot_links(booted.universe), dli_port=booted.dli_port,
+                      fault_tolerant=boot_args.fault_tolerant)
+        if me is not None and me.addr:
+            config["node_addr"] = me.addr
         table = boot_table(config, external)
         if jobs_mode == "none":
             table = with_stubs(table, JOB_SERVICES)
-        io.boot(table, config)  # one dict: the address found at boot is shared
+        table = with_carry(table)
+    if restored is not None:
+        handover.adopt_connections(io, restored.conns)
+        io._apply(actions)
+        log.info("re-exec: restored %d clients (%d processes) from the snapshot",
+                 len(restored.conns), len(kernel.procs))
+    if not args.no_iprocs:
+        if restored is None:
+            io.boot(table, config)  # one dict: the address found at boot is shared
         log.info("boot table: internal %s", ", ".join(kb.name for kb in table))
         others = [n for n in external if jobs_mode == "none" or n not in JOB_SERVICES]
         if others:
@@ -296,14 +404,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             jobs = JobsChild(io.loop, jobs_argv(session.directory, logging.getLevelName(
                 logging.getLogger().level).lower(), config.get("node_id")),
                 on_give_up=give_up, nofile=nofile_before)
-            jobs.start()
+            jobs_pid = restored.snap.extra.get("jobs_pid") if restored is not None else None
+            if type(jobs_pid) is not int or not handover.adopt_jobs_child(jobs, jobs_pid):
+                jobs.start()
     service.set_proctitle(service.proctitle(user, 0))
     log.info("lamd %s serving %s (pid %d; RLIMIT_NOFILE %d allows %d clients, "
              "two descriptors each; --max-procs %d)", __version__, session.socket_path,
              os.getpid(), nofile, max(0, (nofile - 32) // 2), args.max_procs)
     notifier.ready()
-    notifier.status("0 clients attached")
-    status = io.run()
+    notifier.status(f"{kernel.nclients} clients attached")
+    while True:
+        status = io.run()
+        if not io.handover_due:
+            break
+        if booted is not None:  # the universe lamboot sent is not carried yet
+            log.error("re-exec refused: a daemon booted by lamboot (node %d) cannot hand "
+                      "its universe on yet; serving on", booted.node_id)
+            handover.uninherit(io)
+            io.resume_serving()
+            continue
+        reexec(io, session, owned_socket, jobs, notifier)  # returns only if it failed
     notifier.stopping()
     log.info("shutting down (%s): signalling %d clients", io.stop_reason or "stop",
              len(kernel.killfile_entries()))

@@ -169,12 +169,19 @@ class IProc:
 
     ``kernel`` and ``proc`` are set when the kernel boots the process; the
     ``config`` mapping carries daemon settings (node address, ...).
+
+    Across a daemon re-exec (:mod:`lamd.kernel.ksnapshot`) a process is
+    booted afresh; what it wants kept it says by setting ``carry`` (called
+    at the snapshot, returns bytes) and finds again in ``restored`` (None
+    on a plain boot).
     """
 
     name: str
     kernel: "Kernel | None" = None
     proc: "KProc | None" = None
     config: dict[str, Any] = field(default_factory=dict)
+    carry: "Callable[[], bytes] | None" = None
+    restored: bytes | None = None
 
     @property
     def pid(self) -> int:

@@ -28,6 +28,7 @@ from ..kernel.kiproc import STOP_SIGNALS
 from ..kernel.kouter import Kernel
 from ..session.kkill import KillFile, KillFileWriter, proc_starttime
 from .admission import Admission
+from .handover import DRAIN_TIMEOUT, REEXEC_SIGNAL, safe_point
 from .kio import ConnIO
 from .loop import EventLoop
 from .transfer import Connection
@@ -74,6 +75,11 @@ class KernelIO(Admission, ConnIO):
         self._starttime_due: list[Connection] = []  # attached, start time not yet read
         self._resume_due = False
         self.stopping = False
+        #: a re-exec asked for (:mod:`.handover`): no new clients or requests
+        #: until every body in flight has moved, then the loop ends
+        self.handing_over = False
+        self.handover_due = False
+        self._handover_deadline = 0.0
         self.exit_status = 0
         self.stop_reason = ""
         #: stopped by haltd (lamhalt), not by a signal: see :meth:`shutdown`
@@ -101,6 +107,48 @@ class KernelIO(Admission, ConnIO):
 
     def _on_stop_signal(self, signo: int) -> None:
         self.stop(0, f"signal {signal.Signals(signo).name}")
+
+    def install_handover_signal(self) -> None:
+        """Re-exec in place on :data:`~.handover.REEXEC_SIGNAL` (SIGUSR1)."""
+        self.loop.add_signal(REEXEC_SIGNAL, lambda _signo: self.begin_handover())
+
+    def begin_handover(self) -> None:
+        """Stop taking clients and requests; :meth:`run` returns with
+        ``handover_due`` set once at a safe point (or carries on as before
+        if that takes longer than :data:`~.handover.DRAIN_TIMEOUT`)."""
+        if self.handing_over or self.stopping:
+            return
+        log.info("re-exec asked for: pausing %d clients until the bodies in flight have moved",
+                 len(self.conns))
+        self.handing_over = True
+        self._handover_deadline = time.monotonic() + DRAIN_TIMEOUT
+        self.loop.remove(self.listener.fileno())
+
+    def _check_handover(self, now: float) -> None:
+        why = safe_point(self)
+        if not why:
+            self.handover_due = True
+            self.stop(0, "re-exec")
+        elif now > self._handover_deadline:
+            log.error("re-exec given up: not at a safe point after %.0f s (%s); serving on",
+                      DRAIN_TIMEOUT, why)
+            self.resume_serving()
+
+    def resume_serving(self) -> None:
+        """A re-exec that did not happen: take clients and requests again."""
+        self.handing_over = self.handover_due = False
+        if self.stop_reason == "re-exec":
+            self.stopping, self.stop_reason = False, ""
+        self._relisten()
+        for c in list(self.conns.values()):
+            if c.read_paused and c.move is None and c.queued <= self.limits.max_queued // 2:
+                self._pause_read(c, False)
+            if c.inbuf:
+                self._mark_pending(c)
+
+    def flush_killfile(self) -> None:
+        """Write what the kill file still lacks (before a re-exec)."""
+        self._end_turn()
 
     def request_stop(self, status: int = 0, reason: str = "requested") -> None:
         """Stop the loop from another thread (tests, embedding)."""
@@ -140,6 +188,8 @@ class KernelIO(Admission, ConnIO):
             now = time.monotonic()
             loop.run_timers(now)
             self._end_turn()
+            if self.handing_over:
+                self._check_handover(now)
             if now >= next_tick:
                 next_tick = now + self.tick_interval
                 if self._starttime_due:

@@ -52,6 +52,10 @@ class ConnIO:
         if m is not None:
             self._read_body(c, m)
             return
+        if self.handing_over:
+            # a re-exec is coming: what the client writes stays in its socket
+            self._pause_read(c, True)
+            return
         if c.pending:
             # requests are already buffered for its next turn: leave the rest in
             # the socket, so a flooder's backlog stays bounded and it is slowed
@@ -84,14 +88,16 @@ class ConnIO:
         budget = self.limits.requests_per_turn
         buf = c.inbuf
         while (len(buf) >= KREQ_SIZE and budget > 0 and not c.closed
-               and not c.closing and c.move is None and not c.read_paused):
+               and not c.closing and c.move is None and not c.read_paused
+               and not self.handing_over):
             req = KReq.unpack(buf)
             del buf[:KREQ_SIZE]
             budget -= 1
             self._handle(c, req)
         if c.closed:
             return
-        if c.move is None and len(c.inbuf) >= KREQ_SIZE and not c.closing and not c.read_paused:
+        if (c.move is None and len(c.inbuf) >= KREQ_SIZE and not c.closing
+                and not c.read_paused and not self.handing_over):
             self._mark_pending(c)
 
     def _mark_pending(self: "KernelIO", c: Connection) -> None:

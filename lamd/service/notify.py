@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import socket
 
 
@@ -58,6 +59,10 @@ class Notifier:
 
     def stopping(self) -> None:
         self._notify("STOPPING=1")
+
+    def reloading(self) -> None:
+        """RELOADING=1 (re-exec in place): READY=1 from the new image ends it."""
+        self._notify("RELOADING=1\nMONOTONIC_USEC=%d" % (time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000))
 
     def watchdog(self) -> None:
         if self._watchdog_usec:
