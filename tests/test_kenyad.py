@@ -599,7 +599,7 @@ class Sans:
         self.end()
         shutil.rmtree(self.session, ignore_errors=True)
 
-    def _spawn(self, loadname, argv, env, wrkdir, fds, rtf, umask=-1):  # type: ignore[no-untyped-def]
+    def _spawn(self, loadname, argv, env, wrkdir, fds, rtf, umask=-1, enter=None):  # type: ignore[no-untyped-def]
         pid = self.next_pid
         self.next_pid += 1
         self.spawned.append(dict(loadname=loadname, argv=argv, env=env, wrkdir=wrkdir,

@@ -104,7 +104,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..iprocs.nreq import (
     BFQRECV, BFQSWEEP1, DLCTL, LOCAL, NMORE, NOTNODEID, NREEL, NetMsg, data_words,
@@ -116,6 +116,7 @@ from ..kernel.constants import (
 from ..kernel.kiproc import ChildExit, Event, IProc, Received, Watch
 from ..kernel.wire import KReply, NMsg
 from . import srfd
+from .cgroups import MODE_CGROUP
 from .wire import (
     EBADTAG, EEOF, ENOPDESCRIPTORS, ENOTPROCESS, ESERVICE, EXIT_NOTICE_TYPE, FLQFORGET,
     FLPATHLEN, PQATTACH, PQCREATE, PQDETACH, PQDOOM, PQSPAWN, PQSTATE, PSMAXNAME,
@@ -368,29 +369,34 @@ class SpawnResult:
 
 
 def _popen(argv: Sequence[str], executable: str, env: Mapping[str, str], cwd: str | None,
-           fds: Sequence[int] | None, umask: int) -> subprocess.Popen:
+           fds: Sequence[int] | None, umask: int,
+           enter: Callable[[], None] | None = None) -> subprocess.Popen:
+    """Fork and exec; the child is a session (and process group) of its own,
+    and, with *enter* (the job's :meth:`~lamd.jobs.cgroups.JobControl.preexec`
+    under delegation), in its job's cgroup before it execs."""
     stdio: dict[str, Any] = {}
     if fds is not None:
         stdio = dict(stdin=fds[0], stdout=fds[1], stderr=fds[2])
     with _NoInheritedIgnores():
         return subprocess.Popen(list(argv), executable=executable, env=dict(env), cwd=cwd,
                                 close_fds=True, start_new_session=True, restore_signals=True,
-                                umask=umask, **stdio)
+                                umask=umask, preexec_fn=enter, **stdio)
 
 
 def _report_child(msg: str, code: int, env: Mapping[str, str], fds: Sequence[int] | None,
-                  umask: int) -> subprocess.Popen:
+                  umask: int, enter: Callable[[], None] | None = None) -> subprocess.Popen:
     """A child that does what LAM's forked child does when chdir/exec fails:
     print *msg* (if any) on its stderr and exit with the errno."""
     if msg:
         argv = [SHELL, "-c", 'printf "%s\\n" "$1" >&2; exit "$2"', "kcreatev", msg, str(code & 0xFF)]
     else:
         argv = [SHELL, "-c", 'exit "$1"', "kcreatev", str(code & 0xFF)]
-    return _popen(argv, SHELL, env, None, fds, umask)
+    return _popen(argv, SHELL, env, None, fds, umask, enter)
 
 
 def spawn(loadname: str, argv: Sequence[str], env: Mapping[str, str], wrkdir: str | None,
-          fds: Sequence[int] | None, rtf: int, umask: int = -1) -> SpawnResult:
+          fds: Sequence[int] | None, rtf: int, umask: int = -1,
+          enter: Callable[[], None] | None = None) -> SpawnResult:
     """``kcreatev``: start *loadname* with *argv* and *env* in *wrkdir*.
 
     See the module docstring: a chdir or exec failure becomes a child that
@@ -405,36 +411,36 @@ def spawn(loadname: str, argv: Sequence[str], env: Mapping[str, str], wrkdir: st
                 cwd = None
             else:
                 return _reported(f"kcreatev: chdir({wrkdir}): {os.strerror(err)}", err,
-                                 env, fds, umask, "failed-chdir")
+                                 env, fds, umask, "failed-chdir", enter)
     try:
-        return SpawnResult(_popen(argv, loadname, env, cwd, fds, umask), how="exec")
+        return SpawnResult(_popen(argv, loadname, env, cwd, fds, umask, enter), how="exec")
     except OSError as e:
         code = e.errno or errno.EIO
         if e.filename is None:  # fork (or pipe) failed in this process
             return SpawnResult(error=code)
         if cwd is not None and e.filename == cwd and e.filename != loadname:
             if rtf & RTF_TRYCWD:
-                return spawn(loadname, argv, env, None, fds, rtf, umask)
+                return spawn(loadname, argv, env, None, fds, rtf, umask, enter)
             return _reported(f"kcreatev: chdir({wrkdir}): {os.strerror(code)}", code,
-                             env, fds, umask, "failed-chdir")
+                             env, fds, umask, "failed-chdir", enter)
         if code == errno.ENOEXEC:  # execvp: run it with the shell
             try:
-                p = _popen([SHELL, loadname, *argv[1:]], SHELL, env, cwd, fds, umask)
+                p = _popen([SHELL, loadname, *argv[1:]], SHELL, env, cwd, fds, umask, enter)
                 return SpawnResult(p, how="sh")
             except OSError as e2:
                 if e2.filename is None:
                     return SpawnResult(error=e2.errno or errno.EIO)
                 code = e2.errno or errno.EIO
-        return _reported("", code, env, fds, umask, "failed-exec")
+        return _reported("", code, env, fds, umask, "failed-exec", enter)
     except ValueError as e:  # an environment or argument Popen refuses
         log.warning("kenyad: cannot start %s: %s", loadname, e)
         return SpawnResult(error=errno.EINVAL)
 
 
 def _reported(msg: str, code: int, env: Mapping[str, str], fds: Sequence[int] | None,
-              umask: int, how: str) -> SpawnResult:
+              umask: int, how: str, enter: Callable[[], None] | None = None) -> SpawnResult:
     try:
-        return SpawnResult(_report_child(msg, code, env, fds, umask), how=how)
+        return SpawnResult(_report_child(msg, code, env, fds, umask, enter), how=how)
     except OSError as e:
         return SpawnResult(error=e.errno or code)
     except ValueError:
@@ -478,6 +484,11 @@ class Kenyad:
         self.send_timeout = float(cfg.get("send_timeout", SEND_TIMEOUT))
         self.environ: Mapping[str, str] | None = cfg.get("environ")
         self.umask = int(cfg.get("umask", -1))
+        # the jobs process's JobControl: with a delegated cgroup, each job
+        # (pq_jobid) gets a cgroup its processes enter before they exec; by
+        # hand each process stays the process group of its own it always is
+        jobctl = cfg.get("jobs")
+        self.jobctl = jobctl if getattr(jobctl, "mode", None) == MODE_CGROUP else None
         self.table: dict[int, KProcess] = {}  # by index
         self._free: list[int] = []  # freed indexes (heap)
         self._next_index = 1
@@ -931,7 +942,11 @@ class Kenyad:
             env = child_environment(pq, envv, environ, os.getpid())
             env = {n: v for n, v in env.items() if n and "=" not in n}
             workdir = child_workdir(replace(pq, wrkdir=wrkdir), loadname)
-            res = spawn(loadname, argv, env, workdir, fds, pq.rtf, self.umask)
+            jobid = (pq.jobid.node, pq.jobid.pid)
+            enter = self.jobctl.preexec(jobid) if self.jobctl is not None else None
+            res = spawn(loadname, argv, env, workdir, fds, pq.rtf, self.umask, enter)
+            if self.jobctl is not None and res.popen is not None:
+                self.jobctl.started(res.popen.pid, jobid)
         finally:
             for fd in fds or ():
                 os.close(fd)

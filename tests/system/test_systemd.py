@@ -307,6 +307,58 @@ def test_stop_ends_every_job_process_and_descendant(ct):
     ct.run(["systemctl", "reset-failed", ct.service, ct.jobs])
 
 
+MPI_CGROUP_C = r"""
+#include <mpi.h>
+#include <stdio.h>
+#include <string.h>
+int main(int argc, char **argv)
+{
+	int rank, size;
+	char line[512] = "";
+	FILE *f;
+
+	MPI_Init(&argc, &argv);
+	MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+	MPI_Comm_size(MPI_COMM_WORLD, &size);
+	f = fopen("/proc/self/cgroup", "r");  /* its cgroup v2 line: "0::PATH" */
+	if (f) {
+		while (fgets(line, sizeof line, f) && strncmp(line, "0::", 3) != 0)
+			line[0] = 0;
+		fclose(f);
+	}
+	printf("rank=%d size=%d cgroup=%s", rank, size, line);
+	MPI_Finalize();
+	return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("rpi", ["usysv", "tcp", "lamd"])
+def test_mpirun_under_systemd(ct, rpi):
+    """Stock mpirun of a program built with mpicc.lam, on the packaged units:
+    the kernel in lamd@U.service's sandbox, the ranks started by kenyad in
+    lamd-jobs@U.service, each job in its own delegated cgroup; on the
+    shared-memory (SysV IPC, /dev/shm), TCP and daemon-routed RPIs."""
+    if ct.run(["cmp", "-s", "/var/tmp/mpicgroup.c", "-"], input=MPI_CGROUP_C).returncode != 0:
+        ct.run(["sh", "-c", "cat > /var/tmp/mpicgroup.c"], input=MPI_CGROUP_C)
+        r = ct.run(["mpicc.lam", "-o", "/var/tmp/mpicgroup", "/var/tmp/mpicgroup.c"],
+                   timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        ct.run(["chmod", "755", "/var/tmp/mpicgroup"])
+    assert lamnodes(ct).returncode == 0
+    wait_jobs(ct)
+    cg = ct.show(ct.jobs, "ControlGroup")["ControlGroup"]
+    r = ct.as_user(["mpirun", "-np", "2", "-ssi", "rpi", rpi, "/var/tmp/mpicgroup"], timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = sorted(r.stdout.splitlines())
+    assert [ln.split(" cgroup=")[0] for ln in lines] == ["rank=0 size=2", "rank=1 size=2"], \
+        r.stdout + r.stderr
+    for ln in lines:
+        assert re.search(r"cgroup=0::" + re.escape(cg) + r"/job-0-\d+$", ln), (cg, ln)
+    r = ct.as_user(["lamexec", "N", "hostname"], timeout=30)
+    assert (r.returncode, r.stdout.strip()) == (0, ct.hostname), r.stdout + r.stderr
+
+
 def test_jobs_unit_follows_a_crashed_kernel(ct):
     """A SIGKILLed kernel is restarted (Restart=on-failure); the jobs
     process ends with it and its unit is started again with it."""
