@@ -343,6 +343,9 @@ class TraceDaemon:
     async def run(self) -> None:
         while True:
             msg = await nrecv(self.k, EVTRACED, 0, MAXNMSGLEN)
+            if log.isEnabledFor(logging.DEBUG):  # the raw packet, as the stubs log it
+                log.debug("traced: packet nmsg=%s body=%s", msg.head.pack().hex(),
+                          msg.body.hex())
             if msg.head.flags & NMORE:
                 await self.drop_long(msg)
                 continue
