@@ -121,6 +121,11 @@ enable tracing, you should specify the '-t' flag to mpirun.
 #: tests/c/mpi/pubname.c pair: MPI_ERR_NAME (26) where a name is not
 #: published, MPI_ERR_SERVICE (25) for a second publish, in LAM's mpi.h
 MPI_ERR_SERVICE, MPI_ERR_NAME = 25, 26
+#: what a one-rank mpirun -t of pubname has stored in traced by the time it
+#: has published (lamtrace -k of every list, the name not counted)
+TRACED_RUN_BYTES = 584
+#: where records of the MPI library's lists start in it, on the C lamd
+TRACED_RUN_MARKS = {b"MPI_COMM_WORLD": 32, b"MPI_COMM_SELF": 196, b"pubname": 488, b"LAM6": 560}
 PUBNAME_PAIR = f"""\
 PUBLISH ocean class=0
 LOOKUP ocean class=0 port=port-of-ocean
@@ -1015,3 +1020,30 @@ def test_lamclean_sweeps_traces(jobs):
     res = jobs.run(["lamtrace", "-mpi", "gone.lamtr"], cwd=jobs.s.work, timeout=30)
     assert (res.rc, res.out + res.err) == (0, LAMTRACE_NONE_HELP), res
     assert (jobs.s.work / "gone.lamtr").read_bytes() == b""
+
+
+def test_lamtrace_any_list_order_with_a_published_name(jobs):
+    """lamtrace without -mpi unloads every list (TRANYLIST) in traced's hash
+    table order (all_hash.c: slot abs(list) % 100): the MPI library's lists
+    first, then a name a running job published (list TRNAMELIST, -99: slot
+    99), raw, as LAM's traced sends it: the same layout on both daemons."""
+    svc = "ordered"
+    go = jobs.gofile()
+    job = jobs.start(["mpirun", "-t", "-np", "1", jobs.prog("pubname"), "pub", svc, str(go)])
+    job.wait_lines(rf"^PUBLISHED {svc} class=0$", 1)
+    res = jobs.run(["lamtrace", "-k", "all.lamtr"], cwd=jobs.s.work, timeout=30)
+    assert (res.rc, res.out, res.err) == (0, "", ""), res
+    data = (jobs.s.work / "all.lamtr").read_bytes()
+    entry = f"{svc}\0port-of-{svc}\0".encode()
+    marks = {m: data.find(m) for m in (b"MPI_COMM_WORLD", b"MPI_COMM_SELF", b"pubname",
+                                          b"LAM6", entry)}
+    print(f"{jobs.d.kind}: {len(data)} bytes, {marks}")
+    assert data.endswith(entry) and data.count(entry) == 1, data[-64:]
+    assert len(data) == TRACED_RUN_BYTES + len(entry), len(data)
+    # the lists in the C daemon's order (communicators, the on/off records
+    # naming the program, the world), the name last
+    assert marks == TRACED_RUN_MARKS | {entry: TRACED_RUN_BYTES}, marks
+    go.touch()
+    res = job.wait(30)
+    assert (res.rc, res.err) == (0, ""), res
+    assert_clean(jobs)
