@@ -38,8 +38,8 @@ def test_hash_walks_slots_in_lams_order():
     h = TrHash()
     for lnum in (TRNAMELIST, 5, 105, -3, 3, 4):
         assert h.insert(TrBList(lnum))
-    # abs(key) % 100 with linear probing: 3 -> 3, then 3 again -> 4, 4 -> 5?
-    # 5 took slot 5, 105 collides -> 6, -3 -> 3, 3 -> 4, 4 -> 7 (4, 5, 6 taken)
+    # abs(key) % 100, then the next free slot: -99 -> 99, 5 -> 5, 105 -> 6
+    # (5 taken), -3 -> 3, 3 -> 4 (3 taken), 4 -> 7 (4, 5, 6 taken)
     assert [l.lnum for l in h] == [-3, 3, 5, 105, 4, TRNAMELIST]
     assert h.find(105).lnum == 105 and h.find(7) is None
 
