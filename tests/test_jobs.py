@@ -1024,7 +1024,7 @@ def test_lamclean_sweeps_traces(jobs):
 
 def test_lamtrace_any_list_order_with_a_published_name(jobs):
     """lamtrace without -mpi unloads every list (TRANYLIST) in traced's hash
-    table order (all_hash.c: slot abs(list) % 100): the MPI library's lists
+    table order (all_hash.c: slot abs(list) % 100): mpitrace.h's lists
     first, then a name a running job published (list TRNAMELIST, -99: slot
     99), raw, as LAM's traced sends it: the same layout on both daemons."""
     svc = "ordered"
@@ -1040,8 +1040,9 @@ def test_lamtrace_any_list_order_with_a_published_name(jobs):
     print(f"{jobs.d.kind}: {len(data)} bytes, {marks}")
     assert data.endswith(entry) and data.count(entry) == 1, data[-64:]
     assert len(data) == TRACED_RUN_BYTES + len(entry), len(data)
-    # the lists in the C daemon's order (communicators, the on/off records
-    # naming the program, the world), the name last
+    # mpitrace.h's lists in slot order, as on the C lamd: TRCOMM (-2, slot
+    # 2: the communicators) first, TRWORLD (-5, slot 5: "LAM6") last, then
+    # the name (TRNAMELIST, -99, slot 99)
     assert marks == TRACED_RUN_MARKS | {entry: TRACED_RUN_BYTES}, marks
     go.touch()
     res = job.wait(30)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import errno
 import logging
 
-import pytest
-
 from lamd.iprocs import boot_table
 from lamd.iprocs.nreq import BFQSWEEP1, DLCTL, LOCAL, data_words
 from lamd.iprocs.traced import (
@@ -26,8 +24,8 @@ from lamd.kernel.wire import NMsg
 
 from .lamclient import World
 
-# mpitrace.h's lists, as MPI_Init and the MPI library store them
-TRWORLD, TRCOMM, TRDTYPE, TRRUNTIME, TRONOFF = -3, -2, -4, 1, -5
+# mpitrace.h's lists (the MPI library's runtime records, communicators, world)
+TRRUNTIME, TRCOMM, TRWORLD = 0, -2, -5
 GARBAGE = 0x5A5A5A5A  # what liblam leaves in the fields a request does not set
 
 
@@ -65,7 +63,7 @@ def test_store_select_sweep_udie_wipe():
     st.store(TRRUNTIME, 11, b"a2")
     st.store(TRCOMM, 11, b"c2")
     assert st.totalspace == 8
-    # TRANYLIST: slot order (TRCOMM -2 -> slot 2 after TRRUNTIME 1 -> slot 1)
+    # TRANYLIST: slot order (TRRUNTIME 0 -> slot 0, TRCOMM -2 -> slot 2)
     assert [b.data for _, b in st.select(TRANYLIST, TRANYPID)] == [b"a1", b"a2", b"c1", b"c2"]
     assert [b.data for _, b in st.select(TRCOMM, 11)] == [b"c2"]
     assert st.select(77, TRANYPID) == []

@@ -64,7 +64,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ..kernel.constants import EVBUFFERD, EVTRACED, MAXNMSGLEN
