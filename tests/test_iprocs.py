@@ -323,7 +323,6 @@ def test_lamhalt_ping_ack_then_die_halts_the_daemon():
 @pytest.mark.parametrize("event,words,reply_at", [
     (EVLOADD, (1, 0, -1200, 0, 5), 0),  # struct lreq: lq_req, lq_src_node, lq_src_event
     (EVFLATD, (0, -1200, 1, 5), 0),  # struct flreq: flq_src_node, flq_src_event, flq_req
-    (EVTRACED, (0, -1200, 1, 1200), 0),  # struct trreq
     (EVFILED, (0, 0, -1200), 0),  # struct freq: fq_req FQOPEN, fq_src_node, fq_src_event
 ])
 def test_stub_services_answer_eservice_at_once(event, words, reply_at):
@@ -332,6 +331,17 @@ def test_stub_services_answer_eservice_at_once(event, words, reply_at):
     c.nsend(0, event, 0, b"", data=words)
     head, _ = c.nrecv(-1200, 0, 0)
     assert head.data[reply_at] == ESERVICE
+
+
+def test_traced_is_no_stub_any_more():
+    """traced is LAM's (lamd.iprocs.traced, tests/test_traced.py): a TRQGET
+    with nothing stored is answered {0, 0}, not ESERVICE."""
+    assert not hasattr(stubs, "traced")
+    w = stub_world()
+    c = w.client("c", 1200)
+    c.nsend(0, EVTRACED, 0, b"", data=(0, -1200, 1, 1200, 0, -1))  # TRQGET, TRANYLIST
+    head, body = c.nrecv(-1200, 0, 0)
+    assert (head.data, body) == (data_words(0, 0), b"")
 
 
 def test_kenyad_stub_replies_preply_in_trollius_order():

@@ -35,6 +35,11 @@ What LAM does, for the record (all on the C lamd):
   15", rc 15.  ``lamhalt``: the job goes with the daemon, mpirun exits 215
   (ENOKERNEL) silently.  ``-nw``: mpirun returns 0 once the ranks are in
   MPI_Init; the ranks go on writing to its stdout.
+* names (MPI_Publish_name & co., kept by traced): a second publish of a
+  name fails with MPI_ERR_SERVICE, a lookup of an unknown name with
+  MPI_ERR_NAME and an unpublish of one with MPI_ERR_SERVICE; a job's
+  MPI_Finalize unpublishes its names; ``lamclean`` sweeps every name and
+  every trace.
 * ``-ssi rpi lamd`` (every message through the daemon): the C lamd carries
   ping-pong up to 4 MiB and these collectives, but breaks on windowed
   bandwidth traffic (16 MPI_Isend in flight): about one run in two a rank
@@ -85,7 +90,7 @@ NOT_READY = "issue 10: job services not merged yet"
 HERE = Path(__file__).resolve().parent
 MPI_SRC = HERE / "c" / "mpi"
 PROGRAMS = ("hello", "args", "env", "cwd", "stdin", "pingpong", "bandwidth", "collectives",
-            "exitcode", "abort", "noinit", "nofinalize", "sleeper")
+            "exitcode", "abort", "noinit", "nofinalize", "sleeper", "pubname")
 #: LAM tools whose leftovers a test must not leave behind
 TOOLS = {"mpirun", "lamexec", "mpitask", "lamclean", "lamtrace", "lamhalt", "lamnodes", "tping"}
 #: powers of 4 from 1 B to 4 MiB, and 0 B (pingpong's default sizes)
@@ -113,6 +118,22 @@ during any of the MPI jobs run since the last lamboot.  In order to
 enable tracing, you should specify the '-t' flag to mpirun.
 
 """ + RULE
+#: tests/c/mpi/pubname.c pair: MPI_ERR_NAME (26) where a name is not
+#: published, MPI_ERR_SERVICE (25) for a second publish, in LAM's mpi.h
+MPI_ERR_SERVICE, MPI_ERR_NAME = 25, 26
+#: what a one-rank mpirun -t of pubname has stored in traced by the time it
+#: has published (lamtrace -k of every list, the name not counted)
+TRACED_RUN_BYTES = 584
+#: where records of the MPI library's lists start in it, on the C lamd
+TRACED_RUN_MARKS = {b"MPI_COMM_WORLD": 32, b"MPI_COMM_SELF": 196, b"pubname": 488, b"LAM6": 560}
+PUBNAME_PAIR = f"""\
+PUBLISH ocean class=0
+LOOKUP ocean class=0 port=port-of-ocean
+PUBLISH-AGAIN ocean class={MPI_ERR_SERVICE}
+UNPUBLISH ocean class=0
+LOOKUP-GONE ocean class={MPI_ERR_NAME}
+UNPUBLISH-GONE ocean class={MPI_ERR_SERVICE}
+"""
 _SPIN = "\b" * 10
 LAMCLEAN_V = "".join(f"{what},           {_SPIN}n0 (o)... {_SPIN}done      \n" for what in (
     "killing processes", "closing files", "sweeping traces", "cleaning up registered objects",
@@ -938,4 +959,92 @@ def test_lamtrace_after_traced_run(jobs):
     assert [(node, pid, grank) for node, pid, _idx, grank in gps] == \
         [(0, ranks[0], 0), (0, ranks[1], 1)], gps
     assert len(a) == 1752, len(a)
+    assert_clean(jobs)
+
+
+# ---------------------------------------------------------------------------
+# 5. traced: MPI name publishing, lamclean's sweep
+
+
+def pubname(jobs: Runner, mode: str, svc: str, timeout: float = 30) -> Result:
+    return jobs.mpirun(["-np", "1", jobs.prog("pubname"), mode, svc], timeout=timeout)
+
+
+def test_publish_lookup_unpublish_two_ranks(jobs):
+    """MPI_Publish_name on rank 0, MPI_Lookup_name on rank 1 (traced's
+    TRQNAMEPUB/TRQNAMEGET), a second publish refused (EPUBLISHED), an
+    unpublish by the other rank (TRQNAMEDEL), then lookup and unpublish
+    refused (ENOTPUBLISHED); LAM's error classes, the same on both daemons."""
+    res = jobs.mpirun(["-np", "2", jobs.prog("pubname"), "pair", "ocean"], timeout=30)
+    assert (res.rc, res.err) == (0, ""), res
+    assert res.out == PUBNAME_PAIR, res
+    assert_clean(jobs)
+
+
+def test_published_name_across_jobs_finalize_and_lamclean(jobs):
+    """A name one job publishes is found by another job; the publisher's
+    MPI_Finalize sweeps it (lam_nukepublished: TRQSWEEP of TRNAMELIST by its
+    id); lamclean sweeps every list, names included, and ends the job."""
+    for ending in ("finalize", "lamclean"):
+        svc = f"svc-{ending}"
+        go = jobs.gofile()
+        job = jobs.start(["mpirun", "-np", "1", jobs.prog("pubname"), "pub", svc, str(go)])
+        job.wait_lines(rf"^PUBLISHED {svc} class=0$", 1)
+        res = pubname(jobs, "get", svc)
+        assert (res.rc, res.out, res.err) == (0, f"LOOKUP {svc} class=0 port=port-of-{svc}\n",
+                                              ""), res
+        if ending == "finalize":
+            go.touch()
+            res = job.wait(30)
+            assert (res.rc, res.err) == (0, ""), res
+        else:
+            res = jobs.run(["lamclean"], timeout=30)
+            assert (res.rc, res.out, res.err) == (0, "", ""), res
+            res = job.wait(30)
+            assert res.rc == 1, res
+        res = pubname(jobs, "get", svc)
+        assert (res.rc, res.out, res.err) == (0, f"LOOKUP {svc} class={MPI_ERR_NAME}\n", ""), res
+    assert_clean(jobs)
+
+
+def test_lamclean_sweeps_traces(jobs):
+    """mpirun -t leaves the ranks' traces in traced; lamclean sweeps them
+    (TRQSWEEP of TRANYLIST): lamtrace then finds none."""
+    res = jobs.mpirun(["-t", "-np", "2", jobs.prog("hello")], timeout=30)
+    assert res.rc == 0, res
+    res = jobs.run(["lamtrace", "-mpi", "-k", "kept.lamtr"], cwd=jobs.s.work, timeout=30)
+    assert (res.rc, res.out, res.err) == (0, "", ""), res
+    assert (jobs.s.work / "kept.lamtr").read_bytes()[:4] == b"LAM6"
+    res = jobs.run(["lamclean"], timeout=30)
+    assert (res.rc, res.out, res.err) == (0, "", ""), res
+    res = jobs.run(["lamtrace", "-mpi", "gone.lamtr"], cwd=jobs.s.work, timeout=30)
+    assert (res.rc, res.out + res.err) == (0, LAMTRACE_NONE_HELP), res
+    assert (jobs.s.work / "gone.lamtr").read_bytes() == b""
+
+
+def test_lamtrace_any_list_order_with_a_published_name(jobs):
+    """lamtrace without -mpi unloads every list (TRANYLIST) in traced's hash
+    table order (all_hash.c: slot abs(list) % 100): mpitrace.h's lists
+    first, then a name a running job published (list TRNAMELIST, -99: slot
+    99), raw, as LAM's traced sends it: the same layout on both daemons."""
+    svc = "ordered"
+    go = jobs.gofile()
+    job = jobs.start(["mpirun", "-t", "-np", "1", jobs.prog("pubname"), "pub", svc, str(go)])
+    job.wait_lines(rf"^PUBLISHED {svc} class=0$", 1)
+    res = jobs.run(["lamtrace", "-k", "all.lamtr"], cwd=jobs.s.work, timeout=30)
+    assert (res.rc, res.out, res.err) == (0, "", ""), res
+    data = (jobs.s.work / "all.lamtr").read_bytes()
+    entry = f"{svc}\0port-of-{svc}\0".encode()
+    marks = {m: data.find(m) for m in (b"MPI_COMM_WORLD", b"MPI_COMM_SELF", b"pubname",
+                                          b"LAM6", entry)}
+    print(f"{jobs.d.kind}: {len(data)} bytes, {marks}")
+    assert data.endswith(entry) and data.count(entry) == 1, data[-64:]
+    assert len(data) == TRACED_RUN_BYTES + len(entry), len(data)
+    # mpitrace.h's lists in slot order, as on the C lamd: TRCOMM (-2, slot
+    # 2: the communicators) first, TRWORLD (-5, slot 5: "LAM6") last, then
+    # the name (TRNAMELIST, -99, slot 99)
+    assert marks == TRACED_RUN_MARKS | {entry: TRACED_RUN_BYTES}, marks
+    go.touch()
+    res = job.wait(30)
+    assert (res.rc, res.err) == (0, ""), res
     assert_clean(jobs)

@@ -233,7 +233,7 @@ def logged_packets(daemon) -> list[Packet]:
 
 def test_services_log_what_the_tools_send(lam_session, lamd_pkg, request):
     """Our daemon as it is (the jobs process serving kenyad, filed, flatd),
-    logging at debug: kenyad logs each request packet it takes, decoded here
+    logging at debug: kenyad and traced log each request packet they take, decoded here
     with the codecs of lamd.jobs.wire, beside filed's own log lines."""
     s = lam_session
     d = lamenv.PyDaemon(s, lamd_pkg, ["--log-level", "debug"])
@@ -251,7 +251,7 @@ def test_services_log_what_the_tools_send(lam_session, lamd_pkg, request):
     p = logged_packets(d)
     assert [(x.svc, x.q.req) for x in p] == [
         ("kenyad", PQCREATE), ("kenyad", PQDOOM), ("traced", wire.TRQSWEEP),
-        ("kenyad", PQSTATE)], p
+        ("traced", TRQCLEANOBJS), ("kenyad", PQSTATE)], p
     # lam_lfopenfd: the request in nh_data, its fd-server socket as the body
     path = wire.fd_server_path(str(s.session_dir), lamexec)
     assert (f"filed: request {FQOPENFD} tfd 0 from node 0 event {-lamexec}, "
@@ -265,8 +265,11 @@ def test_services_log_what_the_tools_send(lam_session, lamd_pkg, request):
     assert (doom.head.event, doom.head.length) == (EVKENYAD, PReq.SIZE)
     assert (doom.q.src_node, doom.q.src_event) == (0, -lamclean)
     assert (doom.q.sel_method, doom.q.sel_value, doom.q.signal) == (SELECT_APPL, 0, SIGUDIE)
+    # lam_rtrsweep(node, TRANYLIST): lnum and pid set, the rest not answered
+    sweep = p[2].q
+    assert (sweep.lnum, sweep.pid) == (TRANYLIST, TRANYPID), sweep
     # rpstate(node, SELECT_MPI, 0, table, PMAX)
-    st = p[3].q
+    st = p[4].q
     assert (st.src_event, st.sel_method, st.maxproc) == (-mpitask, SELECT_MPI, wire.PMAX)
 
 

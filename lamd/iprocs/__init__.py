@@ -3,9 +3,10 @@
 The boot table follows LAM's ``kboottbl[]`` (``otb/sys/lamd/kiproc.c``) row
 for row, so every internal process has LAM's priority and LAM's pid
 (100000 + row): router 100000, bufferd 100001, echod 100004, kenyad 100008,
-haltd 100013, versiond 100014. kenyad, filed, flatd, loadd and iod are
-:mod:`lamd.jobs`'s; services this daemon does not provide yet are stubs that
-fail fast (:mod:`lamd.iprocs.stubs`).
+traced 100010, haltd 100013, versiond 100014. kenyad, filed, flatd, loadd
+and iod are :mod:`lamd.jobs`'s; traced is :mod:`lamd.iprocs.traced`; what a
+one-node universe has no use for (dli_inet, bforward, died) idles in
+:mod:`lamd.iprocs.stubs`.
 
 Settings read from the boot configuration (all optional):
 ``node_addr`` (this node's IPv4 address; found over netlink when absent),
@@ -37,7 +38,8 @@ from .echod import echod
 from .haltd import haltd
 from .netaddr import node_address
 from .router import router
-from .stubs import bforward, died, dli, traced
+from .stubs import bforward, died, dli
+from .traced import traced
 from ..jobs.filed import filed
 from ..jobs.flatd import flatd
 from ..jobs.iod import iod

@@ -2,8 +2,8 @@
 
 LAM's lamd also boots kenyad (process creation, ``otb/sys/kenyad/``),
 filed (remote files and stdio, ``otb/sys/filed``), flatd, loadd (program
-loading), traced (trace store), iod (remote stdio), and the datalink and
-forwarding processes (dli_inet, bforward) and died. ``lamexec``,
+loading), iod (remote stdio), and the datalink and forwarding processes
+(dli_inet, bforward) and died. (traced is :mod:`lamd.iprocs.traced`.) ``lamexec``,
 ``mpirun``, ``mpitask`` and MPI programs call them. Each stub here is an
 internal process at LAM's pid and priority that answers every request with
 ``ESERVICE`` ("service unavailable") in the reply format its client library
@@ -23,8 +23,6 @@ event, ``nrecv`` of the reply on the client's ``-pid``)::
             lq_src_event, ...; reply struct lreply in nh_data: lr_reply
     flatd   request struct flreq in nh_data: flq_src_node, flq_src_event,
             flq_req, ...; reply struct flreply in nh_data: flr_reply
-    traced  request struct trreq in nh_data: trq_src_node, trq_src_event,
-            trq_req, ...; reply struct trreply in nh_data: trr_errno, trr_length
 
 Passed file descriptors: ``lam_lfopenfd`` (filed ``FQOPENFD``, what
 ``mpirun``/``lamexec`` do first) and ``rpcreatev`` with ``RTF_PFDIO``
@@ -49,7 +47,7 @@ from typing import Callable
 
 from ..kernel.constants import (
     ESERVICE, EVBFORWARD, EVDLI, EVFILED, EVFLATD, EVIOD, EVKENYAD, EVLOADD,
-    EVTRACED, MAXNMSGLEN,
+    MAXNMSGLEN,
 )
 from ..kernel.kiproc import IProc, IProcMain
 from ..kernel.wire import NMsg
@@ -109,11 +107,6 @@ def loadd_reply(msg: NetMsg) -> StubReply:
 def flatd_reply(msg: NetMsg) -> StubReply:
     d = msg.data
     return StubReply(d[0], d[1], data_words(STUB_ERROR))
-
-
-def traced_reply(msg: NetMsg) -> StubReply:
-    d = msg.data
-    return StubReply(d[0], d[1], data_words(STUB_ERROR, 0))
 
 
 #: How long a stub waits for a client's descriptor server (see lamd.jobs.srfd).
@@ -205,10 +198,9 @@ kenyad = make_stub("kenyad", EVKENYAD, lambda m, k: kenyad_reply(
     m, k.config.get("session"), int(k.config.get("node_id", 0))))
 loadd = make_stub("loadd", EVLOADD, lambda m, k: loadd_reply(m))
 flatd = make_stub("flatd", EVFLATD, lambda m, k: flatd_reply(m))
-traced = make_stub("traced", EVTRACED, lambda m, k: traced_reply(m))
 iod = make_idle("iod", EVIOD)
 dli = make_idle("dli", EVDLI)
 bforward = make_idle("bforward", EVBFORWARD)
 
-__all__ = ["filed", "kenyad", "loadd", "flatd", "traced", "iod", "dli", "bforward",
+__all__ = ["filed", "kenyad", "loadd", "flatd", "iod", "dli", "bforward",
            "died", "STUB_ERROR", "take_passed_fds", "fd_server_allowed"]
