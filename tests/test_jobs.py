@@ -40,18 +40,12 @@ What LAM does, for the record (all on the C lamd):
   MPI_ERR_NAME and an unpublish of one with MPI_ERR_SERVICE; a job's
   MPI_Finalize unpublishes its names; ``lamclean`` sweeps every name and
   every trace.
-* ``-ssi rpi lamd`` (every message through the daemon): the C lamd carries
-  ping-pong up to 4 MiB and these collectives, but breaks on windowed
-  bandwidth traffic (16 MPI_Isend in flight): about one run in two a rank
-  fails with ``MPI_...: internal MPI error: Bad address`` and the C kernel
-  then hangs (nothing answers, lamhalt hangs; only tkill ends it).
-  test_bandwidth_rpi_lamd passes for the C lamd on that known failure and
-  says so; ours must carry it.
-
-Switch: our daemon answers kenyad, filed, flatd and traced with ESERVICE
-until issue 10's services are merged; every ``py`` test is then an expected
-failure through ONE constant, :data:`JOBS_READY` (strict: once the services
-work, a passing ``py`` test fails the run until the constant is flipped).
+* ``-ssi rpi lamd`` (every message through the daemon): both daemons carry
+  ping-pong up to 4 MiB, these collectives and windowed traffic of 8 KiB
+  messages; LAM's lamd RPI itself breaks on 64 KiB and larger MPI_Isend
+  (a rank fails with ``MPI_...: internal MPI error: Bad address`` on either
+  daemon); the C kernel then hangs (only tkill ends it), ours serves on
+  (test_rpi_lamd_large_messages).
 
 Every tool runs as lamtest under ``timeout -k`` (or, where the test needs
 the tool's own pid, under a deadline of its own), output to files; each
@@ -77,15 +71,6 @@ import pytest
 from lamd.jobs.wire import RTF_IO, RTF_KENYA_CHILD, RTF_MPIRUN, RTF_PFDIO, RTF_WAIT
 
 from . import lamenv
-
-#: The lead flips this to True when kenyad, filed, flatd and traced are
-#: merged: then every ``py`` test must pass like its ``c`` twin.
-JOBS_READY = False
-#: (to run the py tests for real on a branch with the services before the
-#: lead flips the constant: LAMD_TEST_JOBS_READY=1)
-if os.environ.get("LAMD_TEST_JOBS_READY") == "1":
-    JOBS_READY = True
-NOT_READY = "issue 10: job services not merged yet"
 
 HERE = Path(__file__).resolve().parent
 MPI_SRC = HERE / "c" / "mpi"
@@ -430,11 +415,8 @@ class Runner:
 
 
 @pytest.fixture
-def jobs(request, daemon, progs):
-    """A Runner on the daemon under test; ``py`` tests are expected failures
-    until JOBS_READY."""
-    if daemon.kind == "py" and not JOBS_READY:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=NOT_READY))
+def jobs(daemon, progs):
+    """A Runner on the daemon under test."""
     r = Runner(daemon, progs)
     try:
         yield r

@@ -2,7 +2,8 @@
  * after MPI_Finalize ("after") or straight after MPI_Init without
  * finalising ("before"; the other ranks then wait in MPI_Finalize, or
  * sleep, until the job is ended).  Every rank first prints
- * "EXIT rank=R pid=P". */
+ * "EXIT rank=R pid=P", and no rank goes on before all have printed (else a
+ * fast exit may get the job ended before a slow rank's line is out). */
 #include "common.h"
 
 int main(int argc, char **argv)
@@ -17,6 +18,7 @@ int main(int argc, char **argv)
 	after = strcmp(argv[3], "after") == 0;
 	printf("EXIT rank=%d pid=%d\n", rank, (int) getpid());
 	fflush(stdout);
+	MPICHECK(MPI_Barrier(MPI_COMM_WORLD));
 	if (!after && rank == who)
 		exit(code);
 	MPICHECK(MPI_Finalize());
