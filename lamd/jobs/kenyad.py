@@ -489,6 +489,9 @@ class Kenyad:
         # hand each process stays the process group of its own it always is
         jobctl = cfg.get("jobs")
         self.jobctl = jobctl if getattr(jobctl, "mode", None) == MODE_CGROUP else None
+        #: jobs lamclean doomed: once the last of a job's processes leaves the
+        #: table, whatever is left in its cgroup (escaped descendants) is killed
+        self.doomed_jobs: set[tuple[int, int]] = set()
         self.table: dict[int, KProcess] = {}  # by index
         self._free: list[int] = []  # freed indexes (heap)
         self._next_index = 1
@@ -735,9 +738,24 @@ class Kenyad:
             if p.status is not None and p.exited:
                 await self.detach(p)
 
+    def _end_doomed_jobs(self) -> None:
+        """Kill what is left in the cgroup of each doomed job none of whose
+        processes is in the table any more (a daemonised grandchild)."""
+        live = {(q.jobid.node, q.jobid.pid) for q in self.table.values()}
+        for jobid in sorted(self.doomed_jobs - live):
+            self.doomed_jobs.discard(jobid)
+            assert self.jobctl is not None
+            left = self.jobctl.pids(jobid)
+            if left:
+                log.info("kenyad: job %d:%d doomed: killing %d processes left in its cgroup",
+                         jobid[0], jobid[1], len(left))
+            self.jobctl.kill_job(jobid)
+
     async def detach(self, p: KProcess) -> None:
         """``detachindex``: the exit notice (RTF_WAIT), then the slot is free."""
         self.table.pop(p.index, None)
+        if self.doomed_jobs:
+            self._end_doomed_jobs()
         self._free_index(p.index)
         if self._full_logged and len(self.table) < self.max_procs:
             self._full_logged = False
@@ -810,6 +828,10 @@ class Kenyad:
                     code = err
         if pq.sel_method == SELECT_APPL and pq.signal == SIGUDIE:
             cleanup_objects(self.session)  # lamclean: mop up the RPIs' SysV objects
+            if self.jobctl is not None:
+                self.doomed_jobs.update((p.jobid.node, p.jobid.pid) for p in self.table.values()
+                                        if p.popen is not None)  # started by kenyad
+                self._end_doomed_jobs()
         if not found and pq.sel_method in (SELECT_PID, SELECT_INDEX):
             code = ENOTPROCESS
         await self.reply(pq, PReply(code).pack())

@@ -359,6 +359,31 @@ def test_mpirun_under_systemd(ct, rpi):
     assert (r.returncode, r.stdout.strip()) == (0, ct.hostname), r.stdout + r.stderr
 
 
+def test_lamclean_ends_a_job_with_a_daemonised_descendant(ct):
+    """lamexec -nw of a shell that starts a daemonised sleeper (setsid: a
+    process group and session of its own, what the C lamd's kill by pid
+    never reaches) and sleeps itself: both are in the job's cgroup, and
+    lamclean ends both."""
+    assert lamnodes(ct).returncode == 0
+    wait_jobs(ct)
+    ct.run(["rm", "-f", "/var/tmp/escaped.pid"])
+    script = "setsid sh -c 'echo $$ > /var/tmp/escaped.pid; exec sleep 300' & exec sleep 301"
+    r = ct.as_user(["lamexec", "-nw", "-np", "1", "/bin/sh", "-c", script], timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    escaped = ct.wait_for(lambda: ct.run(["cat", "/var/tmp/escaped.pid"]).stdout.strip(), 15,
+                          "the daemonised sleeper")
+    shell = ct.wait_for(lambda: ct.run(["pgrep", "-u", USER, "-f", "^sleep 301$"]).stdout.strip(),
+                        15, "the job's own sleeper")
+    for pid in (escaped, shell):
+        own = ct.run(["cat", f"/proc/{pid}/cgroup"]).stdout
+        assert re.search(r"/lamd-jobs@" + USER + r"\.service/job-0-\d+$", own, re.M), own
+    r = ct.as_user(["lamclean"], timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for pid in (escaped, shell):
+        ct.wait_for(lambda: "No such process" in ct.run(["kill", "-0", pid]).stderr, 15,
+                    f"pid {pid} to end after lamclean")
+
+
 def test_jobs_unit_follows_a_crashed_kernel(ct):
     """A SIGKILLed kernel is restarted (Restart=on-failure); the jobs
     process ends with it and its unit is started again with it."""
