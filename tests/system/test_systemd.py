@@ -367,7 +367,9 @@ def test_lamclean_ends_a_job_with_a_daemonised_descendant(ct):
     assert lamnodes(ct).returncode == 0
     wait_jobs(ct)
     ct.run(["rm", "-f", "/var/tmp/escaped.pid"])
-    script = "setsid sh -c 'echo $$ > /var/tmp/escaped.pid; exec sleep 300' & exec sleep 301"
+    # (its stdio are lamexec's, our capture pipes: let them go)
+    script = ("exec </dev/null >/dev/null 2>&1; "
+              "setsid sh -c 'echo $$ > /var/tmp/escaped.pid; exec sleep 300' & exec sleep 301")
     r = ct.as_user(["lamexec", "-nw", "-np", "1", "/bin/sh", "-c", script], timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
     escaped = ct.wait_for(lambda: ct.run(["cat", "/var/tmp/escaped.pid"]).stdout.strip(), 15,
