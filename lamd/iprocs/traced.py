@@ -63,10 +63,10 @@ from __future__ import annotations
 
 import errno
 import logging
-import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Iterator
 
+from ..ratelog import RateLog
 from ..kernel.constants import EVBUFFERD, EVTRACED, MAXNMSGLEN
 from ..kernel.kiproc import Event, IProc
 from ..kernel.wire import NMsg
@@ -179,28 +179,6 @@ def _cstr(body: bytes) -> bytes:
     return body.split(b"\0", 1)[0]
 
 
-class _RateLog:
-    """One warning per kind per interval, with a count of those not logged."""
-
-    def __init__(self, interval: float = LOG_INTERVAL) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._quiet: dict[str, int] = {}
-
-    def warn(self, kind: str, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        last = self._last.get(kind)
-        if last is not None and now - last < self.interval:
-            self._quiet[kind] = self._quiet.get(kind, 0) + 1
-            return
-        self._last[kind] = now
-        quiet = self._quiet.pop(kind, 0)
-        if quiet:
-            msg += " (%d more like it not logged)"
-            args = (*args, quiet)
-        log.warning(msg, *args)
-
-
 class TraceStore:
     """traced's state (``trbuf.c``), sans I/O: every request is a method
     returning what to send back, if anything."""
@@ -213,7 +191,7 @@ class TraceStore:
         self.names = TrBList(TRNAMELIST)
         self.hash.insert(self.names)
         self.dropped = 0
-        self.badlog = _RateLog()
+        self.badlog = RateLog(log, LOG_INTERVAL)
 
     # -- selection -----------------------------------------------------------------
     def lists(self, lnum: int) -> list[TrBList]:

@@ -101,11 +101,11 @@ import socket
 import stat
 import subprocess
 import threading
-import time
 import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
+from ..ratelog import RateLog
 from ..iprocs.nreq import (
     BFQRECV, BFQSWEEP1, DLCTL, LOCAL, NMORE, NOTNODEID, NREEL, NetMsg, data_words,
     dsend, received,
@@ -168,28 +168,6 @@ class KProcess:
 
     def name(self) -> str:
         return self.argv[0] if self.argv else "<unknown>"
-
-
-class _RateLog:
-    """One warning per kind of bad input per interval, with a count of the rest."""
-
-    def __init__(self, interval: float = BAD_INPUT_LOG_INTERVAL) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._quiet: dict[str, int] = {}
-
-    def warn(self, kind: str, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        last = self._last.get(kind)
-        if last is not None and now - last < self.interval:
-            self._quiet[kind] = self._quiet.get(kind, 0) + 1
-            return
-        self._last[kind] = now
-        quiet = self._quiet.pop(kind, 0)
-        if quiet:
-            msg += " (%d more like it not logged)"
-            args = (*args, quiet)
-        log.warning(msg, *args)
 
 
 # ---------------------------------------------------------------------------
@@ -496,7 +474,7 @@ class Kenyad:
         self._free: list[int] = []  # freed indexes (heap)
         self._next_index = 1
         self.lingering: list[KProcess] = []  # detached, still running
-        self.badlog = _RateLog()
+        self.badlog = RateLog(log, BAD_INPUT_LOG_INTERVAL)
         self._full_logged = False
         self._flatd_stale = False
         # flatd's answers: the reply event -pid with bit 29 cleared, so it is
