@@ -360,6 +360,46 @@ def test_mpirun_under_systemd(ct, rpi):
     assert (r.returncode, r.stdout.strip()) == (0, ct.hostname), r.stdout + r.stderr
 
 
+MPI_SLEEP_C = r"""
+#include <mpi.h>
+#include <unistd.h>
+int main(int argc, char **argv)
+{
+	MPI_Init(&argc, &argv);
+	sleep(300);
+	MPI_Finalize();
+	return 0;
+}
+"""
+
+
+def test_systemctl_stop_during_a_job(ct):
+    """An MPI job running (mpirun waiting on two ranks in sleep): `systemctl
+    stop lamd@U.service` ends the ranks and mpirun, and the next client
+    starts it all again."""
+    if ct.run(["cmp", "-s", "/var/tmp/mpisleep.c", "-"], input=MPI_SLEEP_C).returncode != 0:
+        ct.run(["sh", "-c", "cat > /var/tmp/mpisleep.c"], input=MPI_SLEEP_C)
+        r = ct.run(["mpicc.lam", "-o", "/var/tmp/mpisleep", "/var/tmp/mpisleep.c"], timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        ct.run(["chmod", "755", "/var/tmp/mpisleep"])
+    assert lamnodes(ct).returncode == 0
+    wait_jobs(ct)
+    ct.sh(f"runuser -u {USER} -- setsid timeout -k 2 120 mpirun -np 2 /var/tmp/mpisleep "
+          f"</dev/null >/dev/null 2>&1 &")
+    ranks = ct.wait_for(lambda: (lambda x: x if len(x) == 2 else None)(
+        ct.run(["pgrep", "-u", USER, "-x", "mpisleep"]).stdout.split()), 30, "two ranks")
+    mpirun = ct.run(["pgrep", "-u", USER, "-x", "mpirun"]).stdout.split()
+    assert len(mpirun) == 1, mpirun
+    r = ct.run(["systemctl", "stop", ct.service], timeout=60)
+    assert r.returncode == 0, r.stderr
+    for pid in [*ranks, *mpirun]:
+        ct.wait_for(lambda: "No such process" in ct.run(["kill", "-0", pid]).stderr, 15,
+                    f"pid {pid} to end after systemctl stop")
+    assert lamnodes(ct).returncode == 0  # and it all comes back
+    wait_jobs(ct)
+    ct.run(["systemctl", "reset-failed", ct.service, ct.jobs])
+
+
 def test_lamclean_ends_a_job_with_a_daemonised_descendant(ct):
     """lamexec -nw of a shell that starts a daemonised sleeper (setsid: a
     process group and session of its own, what the C lamd's kill by pid
