@@ -805,39 +805,79 @@ def test_reload_reexecs_in_place_under_running_clients(ct):
     ct.run(["kill", "-KILL", cpid])
 
 
-def test_package_upgrade_reloads_running_instances(ct):
-    """Installing the package again runs its postinst (`configure OLD`),
-    which reloads every active lamd@USER.service: the daemon re-executes
-    into the code now installed (same pid) and ten 64 B pairs running
-    through it all complete. The container shares the host's /usr
-    read-only, so the package is installed on the host and its installed
-    postinst is run in the container, byte-compilation (done by the
-    host's dpkg) stubbed."""
+NEWER = "+upgradetest1"
+
+
+def build_newer_deb(out) -> str:
+    """This checkout's HEAD as a newer package: version 0.1.0+upgradetest1
+    in debian/changelog and in lamd.__version__ (what the daemon logs)."""
+    work = os.path.join(str(out), "src")
+    host(["git", "clone", "-q", REPO, work])
+    with open(os.path.join(work, "lamd", "__init__.py")) as f:
+        init = f.read()
+    old = re.search(r'^__version__ = "([^"]+)"', init, re.M).group(1)
+    with open(os.path.join(work, "lamd", "__init__.py"), "w") as f:
+        f.write(init.replace(f'__version__ = "{old}"', f'__version__ = "{old}{NEWER}"'))
+    with open(os.path.join(work, "debian", "changelog")) as f:
+        changelog = f.read()
+    pkg = re.match(r"lamd \(([^)]+)\)", changelog).group(1)
+    entry = (f"lamd ({pkg}{NEWER}) unstable; urgency=medium\n\n"
+             "  * A newer build for the upgrade system test.\n\n"
+             " -- lamd developers <lamd@lists.example.org>  "
+             "Wed, 26 Nov 2025 00:00:00 +0000\n\n")
+    with open(os.path.join(work, "debian", "changelog"), "w") as f:
+        f.write(entry + changelog)
+    host(["git", "-C", work, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam",
+          "newer"])
+    debs = os.path.join(str(out), "debs")
+    r = host([os.path.join(work, "packaging", "build-deb.sh"), debs], timeout=900, check=False)
+    assert r.returncode == 0, "newer package build failed:\n" + (r.stdout + r.stderr)[-3000:]
+    return next(p for p in (os.path.join(debs, n) for n in os.listdir(debs))
+                if p.endswith("_all.deb") and NEWER in p)
+
+
+def test_package_upgrade_reloads_running_instances(ct, tmp_path):
+    """Installing a newer build of the package runs its postinst (`configure
+    OLD`), which reloads every active lamd@USER.service: the daemon
+    re-executes into the code now installed (it logs the new version, same
+    pid) and ten 64 B pairs running through it all complete. The container
+    shares the host's /usr read-only, so the package is installed on the
+    host and its installed postinst is run in the container,
+    byte-compilation (done by the host's dpkg) stubbed. The build under
+    test is installed again afterwards."""
+    assert ct.deb, "LAMD_DEB=installed: no package to upgrade from"
+    newer = build_newer_deb(tmp_path)
     assert lamnodes(ct).returncode == 0
     wait_jobs(ct)
     pid = ct.show(ct.service, "MainPID")["MainPID"]
-    if ct.deb:
+    try:
+        r = host(["dpkg", "-i", newer], timeout=300, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        with open("/var/lib/dpkg/info/lamd.postinst") as f:
+            postinst = f.read()
+        assert "systemctl reload" in postinst
+        ct.run(["sh", "-c", "cat > /var/tmp/lamd.postinst"], input=postinst)
+        ct.sh("mkdir -p /var/tmp/stubs && for c in py3compile pypy3compile; do "
+              "printf '#!/bin/sh\\nexit 0\\n' > /var/tmp/stubs/$c; "
+              "chmod 755 /var/tmp/stubs/$c; done")
+        restored = journal_count(ct, ct.service, "re-exec: restored")
+        serving_new = journal_count(ct, ct.service, f"{NEWER} serving")
+        start_pairs(ct, "upgrade", 10, iters=4000)
+        r = ct.run(["env", "PATH=/var/tmp/stubs:/usr/sbin:/usr/bin:/sbin:/bin", "sh",
+                    "/var/tmp/lamd.postinst", "configure", "0.1.0"], timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"lamd: {ct.service} re-executed with the new version" in r.stderr, r.stderr
+        assert pairs_ended(ct, "upgrade", 10) == 0, "the pairs did not span the upgrade"
+        assert ct.show(ct.service, "MainPID", "ActiveState") == {"MainPID": pid,
+                                                                  "ActiveState": "active"}
+        assert journal_count(ct, ct.service, "re-exec: restored") == restored + 1
+        assert journal_count(ct, ct.service, f"{NEWER} serving") == serving_new + 1
+        counts, bad = pair_results(ct, "upgrade", 10)
+        print(f"upgrade with 10 pairs of 64 B: {counts}")
+        assert counts == {"completed": 10, "errored": 0, "hung": 0}, bad
+    finally:
         r = host(["dpkg", "-i", ct.deb], timeout=300, check=False)
         assert r.returncode == 0, r.stdout + r.stderr
-    with open("/var/lib/dpkg/info/lamd.postinst") as f:
-        postinst = f.read()
-    assert "systemctl reload" in postinst
-    ct.run(["sh", "-c", "cat > /var/tmp/lamd.postinst"], input=postinst)
-    ct.sh("mkdir -p /var/tmp/stubs && for c in py3compile pypy3compile; do "
-          "printf '#!/bin/sh\\nexit 0\\n' > /var/tmp/stubs/$c; chmod 755 /var/tmp/stubs/$c; done")
-    restored = journal_count(ct, ct.service, "re-exec: restored")
-    start_pairs(ct, "upgrade", 10, iters=4000)
-    r = ct.run(["env", "PATH=/var/tmp/stubs:/usr/sbin:/usr/bin:/sbin:/bin", "sh",
-                "/var/tmp/lamd.postinst", "configure", "0.1.0"], timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert f"lamd: {ct.service} re-executed with the new version" in r.stderr, r.stderr
-    assert pairs_ended(ct, "upgrade", 10) == 0, "the pairs did not span the upgrade"
-    assert ct.show(ct.service, "MainPID", "ActiveState") == {"MainPID": pid,
-                                                              "ActiveState": "active"}
-    assert journal_count(ct, ct.service, "re-exec: restored") == restored + 1
-    counts, bad = pair_results(ct, "upgrade", 10)
-    print(f"upgrade with 10 pairs of 64 B: {counts}")
-    assert counts == {"completed": 10, "errored": 0, "hung": 0}, bad
 
 
 IDLE_CLIENT_C = r"""
