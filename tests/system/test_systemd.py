@@ -442,6 +442,9 @@ def test_watchdog_kills_stopped_daemon(ct):
         assert ct.show(ct.service, "MainPID")["MainPID"] != old
         log = ct.run(["journalctl", "-u", ct.service, "--no-pager"]).stdout
         assert "atchdog timeout" in log
+        # ExecStopPost='s lamd-tkill: a restart follows, the clients are left alone
+        assert "SERVICE_RESULT=watchdog" in log and \
+            "leaving its clients and the kill file alone" in log, log[-2000:]
     finally:
         ct.sh("rm -f /run/systemd/system/lamd@.service.d/50-test-watchdog.conf; systemctl daemon-reload")
         ct.run(["systemctl", "restart", ct.service])
