@@ -463,6 +463,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rc:  # it did not end cleanly: what its iod served is left to us
             remove_stale_socket(os.path.join(session.directory, LAM_IOSOCKET))
     if owned_socket:
+        if notifier.enabled:  # our own: what ExecReload= waits for
+            try:
+                os.unlink(service.reload.status_path(session.directory))
+            except OSError:
+                pass
         # kkillall hung up a jobs process of --jobs=external too: give it a
         # moment to take its iod socket out before the directory goes
         deadline = time.monotonic() + 1.0

@@ -233,5 +233,6 @@ def test_exec_reload_helper_waits_for_the_new_image(lam_session, lamd_pkg):
         daemon.stop()
         sock.close()
         shutil.rmtree(d, ignore_errors=True)
+    assert not os.path.exists(os.path.join(sdir, reload.RELOAD_STATUS))  # removed at stop
     # no daemon: the helper says so, non-zero
     assert reload.reload(pid, sdir, timeout=2) == 1

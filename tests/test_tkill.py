@@ -81,11 +81,13 @@ def test_kills_clients_and_removes_files_systemd_mode(tmp_path, procs):
     kf = write_session(tmp_path, os.getpid(),
                        [a.pid, b.pid], {a.pid: start_of(a.pid), b.pid: start_of(b.pid)})
     (tmp_path / "lam-kernel-socket").write_text("")   # stands in for systemd's socket
+    (tmp_path / "lamd-reload").write_text("1 0 started\n")
     rc = tkill.tkill(kf, systemd=True, timeout=0.5)
     assert rc == 0
     assert a.wait(timeout=5) == -signal.SIGHUP
     assert b.wait(timeout=5) == -signal.SIGKILL      # ignored SIGHUP
     assert not os.path.exists(kf) and not (tmp_path / "lamd-clients").exists()
+    assert not (tmp_path / "lamd-reload").exists()
     assert (tmp_path / "lam-kernel-socket").exists()  # systemd's socket untouched
 
 

@@ -27,9 +27,9 @@ import signal
 import sys
 import time
 
-from ..session import Session
+from ..session import LAMD_RELOAD, Session
 
-RELOAD_STATUS = "lamd-reload"
+RELOAD_STATUS = LAMD_RELOAD
 #: Below the unit's TimeoutStartSec= (30 s, which bounds ExecReload= too); the
 #: daemon gives a re-exec up after 5 s without a safe point
 #: (``handover.DRAIN_TIMEOUT``); the new interpreter then needs its start.

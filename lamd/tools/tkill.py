@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from ..limits import raise_nofile_limit
-from ..session import LAM_KILLFILE, LAM_SOCKET, LAMD_CLIENTS, Session
+from ..session import LAM_KILLFILE, LAM_SOCKET, LAMD_CLIENTS, LAMD_RELOAD, Session
 from ..session.kkill import read_clients, read_killfile, read_proc_stat
 
 PROG = "lamd-tkill"
@@ -458,9 +458,10 @@ def remove_session_files(killfile: str, *, keep_socket: bool, verbose: bool) -> 
     directory = os.path.dirname(killfile) or "."
     _unlink(killfile, verbose)
     _unlink(os.path.join(directory, LAMD_CLIENTS), verbose)
+    _unlink(os.path.join(directory, LAMD_RELOAD), verbose)
     try:
         for name in os.listdir(directory):   # spares and leftovers of atomic rewrites
-            if name.startswith((LAM_KILLFILE + ".", LAMD_CLIENTS + ".")):
+            if name.startswith((LAM_KILLFILE + ".", LAMD_CLIENTS + ".", LAMD_RELOAD + ".")):
                 _unlink(os.path.join(directory, name), verbose)
     except OSError:
         pass
