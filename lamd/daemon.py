@@ -201,10 +201,12 @@ def restore_handover(args: argparse.Namespace) -> Restored | None:
 
 
 def reexec(io: KernelIO, session: Session, owned_socket: str | None, jobs: "JobsChild | None",
-           notifier: "service.Notifier") -> None:
+           notifier: "service.Notifier", reloads: int = 0) -> None:
     """Hand everything to a new image of this program (SIGUSR1): returns
-    only if that failed, the daemon serving on."""
-    extra = {"owned_socket": owned_socket, "jobs_pid": jobs.pid if jobs is not None else None}
+    only if that failed, the daemon serving on. *reloads*: this one's
+    number, carried for ``ExecReload=`` (:mod:`lamd.service.reload`)."""
+    extra = {"owned_socket": owned_socket, "jobs_pid": jobs.pid if jobs is not None else None,
+             "reloads": reloads}
     try:
         fd = handover.write_handover(io, uid=os.getuid(), session=session.directory,
                                      extra=extra)
@@ -223,8 +225,8 @@ def reexec(io: KernelIO, session: Session, owned_socket: str | None, jobs: "Jobs
         log.error("re-exec failed (%s): serving on", e.strerror)
         os.close(fd)
         handover.uninherit(io)
-        io.resume_serving()
         notifier.ready()
+        io.resume_serving()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -407,10 +409,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             jobs_pid = restored.snap.extra.get("jobs_pid") if restored is not None else None
             if type(jobs_pid) is not int or not handover.adopt_jobs_child(jobs, jobs_pid):
                 jobs.start()
+    # ExecReload= waits for this file to change (lamd.service.reload)
+    reloads = 0
+    if restored is not None and type(restored.snap.extra.get("reloads")) is int:
+        reloads = restored.snap.extra["reloads"]
+    attempts = [reloads]
+
+    def reload_status(result: str) -> None:
+        if notifier.enabled:
+            try:
+                service.reload.write_status(session.directory, attempts[0], result)
+            except OSError as e:
+                log.warning("cannot write %s: %s", service.reload.RELOAD_STATUS, e.strerror)
+
+    def given_up() -> None:
+        attempts[0] += 1
+        reload_status("given-up")
+
+    io.on_handover_given_up = given_up
     service.set_proctitle(service.proctitle(user, 0))
     log.info("lamd %s serving %s (pid %d; RLIMIT_NOFILE %d allows %d clients, "
              "two descriptors each; --max-procs %d)", __version__, session.socket_path,
              os.getpid(), nofile, max(0, (nofile - 32) // 2), args.max_procs)
+    reload_status("ok" if restored is not None else "started")
     notifier.ready()
     notifier.status(f"{kernel.nclients} clients attached")
     while True:
@@ -423,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             handover.uninherit(io)
             io.resume_serving()
             continue
-        reexec(io, session, owned_socket, jobs, notifier)  # returns only if it failed
+        reexec(io, session, owned_socket, jobs, notifier, attempts[0] + 1)  # returns if it failed
     notifier.stopping()
     log.info("shutting down (%s): signalling %d clients", io.stop_reason or "stop",
              len(kernel.killfile_entries()))
@@ -442,6 +463,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rc:  # it did not end cleanly: what its iod served is left to us
             remove_stale_socket(os.path.join(session.directory, LAM_IOSOCKET))
     if owned_socket:
+        if notifier.enabled:  # our own: what ExecReload= waits for
+            try:
+                os.unlink(service.reload.status_path(session.directory))
+            except OSError:
+                pass
         # kkillall hung up a jobs process of --jobs=external too: give it a
         # moment to take its iod socket out before the directory goes
         deadline = time.monotonic() + 1.0

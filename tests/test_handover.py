@@ -171,11 +171,14 @@ def test_not_at_rest_hands_nothing_over(daemon: Daemon, monkeypatch) -> None:
     ask_recv(b, 700, len(big))
     t_a = run_thread(lambda: a.send(700, 0, big))
     wait_until(lambda: any(c.move is not None for c in list(d.io.conns.values())))
+    given_up: list[int] = []
+    d.io.on_handover_given_up = lambda: given_up.append(1)  # what ExecReload= learns
     d.io.loop.call_later(0, d.io.begin_handover)
     d.io.loop.wakeup()
     wait_until(lambda: d.io.handing_over)
     wait_until(lambda: not d.io.handing_over)  # given up
     assert d.thread.is_alive() and not d.io.handover_due
+    assert given_up == [1]
     c = d.client()  # new clients are taken again
     assert c.state(os.getpid()).reply == 0
     assert read_body(b, len(big)) == big  # and the stalled body goes on

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -187,3 +190,49 @@ def test_reexec_keeps_what_bufferd_holds(py_daemon, cprogs):
     out, err = recv.communicate(timeout=60)
     assert recv.returncode == 0 and "OK" in out, f"{out}\n{err}"
     assert log_count(d, "re-exec given up|snapshot refused") == 0, d.log()
+
+
+def test_exec_reload_helper_waits_for_the_new_image(lam_session, lamd_pkg):
+    """ExecReload='s helper (python3 -m lamd.service reload PID) against our
+    daemon with a NOTIFY_SOCKET, as under systemd: it returns 0 once the new
+    image serves, which has written "PID N ok" to lamd-reload; the daemon
+    sent RELOADING=1 before the re-exec and READY=1 after it, same pid."""
+    from lamd.service import reload
+    d = tempfile.mkdtemp(prefix="lamd-notify-")  # the daemon's user must reach it
+    os.chmod(d, 0o755)
+    path = os.path.join(d, "sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    os.chmod(path, 0o777)
+    sock.settimeout(20)
+    daemon = lamenv.PyDaemon(lam_session, lamd_pkg, env={"NOTIFY_SOCKET": path})
+    sdir = str(lam_session.session_dir)
+    try:
+        daemon.start()
+        pid = daemon.proc.pid
+
+        def until(text: str) -> list[str]:
+            seen = []
+            while True:
+                msg = sock.recv(65536).decode()
+                seen.append(msg)
+                if text in msg:
+                    return seen
+        until("READY=1")
+        assert reload.read_status(sdir).split() == [str(pid), "0", "started"]
+        for n in (1, 2):
+            assert reload.reload(pid, sdir, timeout=25) == 0, daemon.log()
+            assert reload.read_status(sdir).split() == [str(pid), str(n), "ok"]
+            seen = until("READY=1")
+            reloading = [i for i, m in enumerate(seen) if "RELOADING=1" in m]
+            assert reloading and reloading[0] < len(seen) - 1, seen
+            assert f"MAINPID={pid}" in seen[-1]
+            assert daemon.proc.poll() is None
+        assert log_count(daemon, r"re-exec: restored") == 2
+    finally:
+        daemon.stop()
+        sock.close()
+        shutil.rmtree(d, ignore_errors=True)
+    assert not os.path.exists(os.path.join(sdir, reload.RELOAD_STATUS))  # removed at stop
+    # no daemon: the helper says so, non-zero
+    assert reload.reload(pid, sdir, timeout=2) == 1

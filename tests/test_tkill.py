@@ -81,11 +81,13 @@ def test_kills_clients_and_removes_files_systemd_mode(tmp_path, procs):
     kf = write_session(tmp_path, os.getpid(),
                        [a.pid, b.pid], {a.pid: start_of(a.pid), b.pid: start_of(b.pid)})
     (tmp_path / "lam-kernel-socket").write_text("")   # stands in for systemd's socket
+    (tmp_path / "lamd-reload").write_text("1 0 started\n")
     rc = tkill.tkill(kf, systemd=True, timeout=0.5)
     assert rc == 0
     assert a.wait(timeout=5) == -signal.SIGHUP
     assert b.wait(timeout=5) == -signal.SIGKILL      # ignored SIGHUP
     assert not os.path.exists(kf) and not (tmp_path / "lamd-clients").exists()
+    assert not (tmp_path / "lamd-reload").exists()
     assert (tmp_path / "lam-kernel-socket").exists()  # systemd's socket untouched
 
 
@@ -438,3 +440,59 @@ def test_by_hand_ends_1100_blocked_stock_clients(lam_session, lamd_pkg, kclient,
             spawner.wait(timeout=10)
         d.expect_exit = True
         d.stop()
+
+
+# ---- ExecStop= after a crash is not a stop (issue 12) ----
+
+@pytest.mark.parametrize("env,final", [
+    ({}, True),                                                   # by hand
+    ({"SERVICE_RESULT": "success", "EXIT_CODE": "killed", "EXIT_STATUS": "TERM"}, True),
+    ({"SERVICE_RESULT": "success", "EXIT_CODE": "exited", "EXIT_STATUS": "0"}, True),
+    ({"SERVICE_RESULT": "signal", "EXIT_CODE": "killed", "EXIT_STATUS": "KILL"}, False),
+    ({"SERVICE_RESULT": "core-dump", "EXIT_CODE": "dumped", "EXIT_STATUS": "SEGV"}, False),
+    ({"SERVICE_RESULT": "watchdog", "EXIT_CODE": "killed", "EXIT_STATUS": "ABRT"}, False),
+    ({"SERVICE_RESULT": "oom-kill", "EXIT_CODE": "killed", "EXIT_STATUS": "KILL"}, False),
+    ({"SERVICE_RESULT": "exit-code", "EXIT_CODE": "exited", "EXIT_STATUS": "1"}, False),
+    ({"SERVICE_RESULT": "exit-code", "EXIT_CODE": "exited", "EXIT_STATUS": "75"}, False),
+    ({"SERVICE_RESULT": "exit-code", "EXIT_CODE": "exited", "EXIT_STATUS": "78"}, True),
+    ({"SERVICE_RESULT": "exit-code", "EXIT_CODE": "exited", "EXIT_STATUS": "2"}, True),
+])
+def test_stop_is_final(env, final):
+    assert tkill.stop_is_final(env) is final
+
+
+def _systemd_tkill(kf, env):
+    full = {k: v for k, v in os.environ.items()
+            if k not in ("SERVICE_RESULT", "EXIT_CODE", "EXIT_STATUS")}
+    return subprocess.run([sys.executable, "-m", "lamd.tools.tkill", "-f", kf, "--systemd",
+                           "--timeout", "0.5"], env={**full, **env, "PYTHONPATH": REPO},
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_systemd_mode_leaves_clients_after_a_crash_systemd_restarts(tmp_path, procs):
+    """SIGKILL of the daemon (SERVICE_RESULT=signal): Restart=on-failure
+    follows, so its clients and its kill file are left alone; the same
+    kill file after `systemctl stop` (success) or exit 78 (no restart):
+    every client is signalled."""
+    a = procs()
+    kf = write_session(tmp_path, os.getpid(), [a.pid], {a.pid: start_of(a.pid)})
+    for env in ({"SERVICE_RESULT": "signal", "EXIT_CODE": "killed", "EXIT_STATUS": "KILL"},
+                {"SERVICE_RESULT": "watchdog", "EXIT_CODE": "killed", "EXIT_STATUS": "ABRT"}):
+        r = _systemd_tkill(kf, env)
+        assert r.returncode == 0, r.stderr
+        assert f"SERVICE_RESULT={env['SERVICE_RESULT']}" in r.stderr
+        assert "leaving its clients and the kill file alone" in r.stderr
+        time.sleep(0.3)
+        assert a.poll() is None
+        assert os.path.exists(kf)
+    r = _systemd_tkill(kf, {"SERVICE_RESULT": "success", "EXIT_CODE": "killed",
+                            "EXIT_STATUS": "TERM"})
+    assert r.returncode == 0, r.stderr
+    assert a.wait(timeout=5) == -signal.SIGHUP
+    assert not os.path.exists(kf)
+    b = procs()
+    kf = write_session(tmp_path, os.getpid(), [b.pid], {b.pid: start_of(b.pid)})
+    r = _systemd_tkill(kf, {"SERVICE_RESULT": "exit-code", "EXIT_CODE": "exited",
+                            "EXIT_STATUS": "78"})
+    assert r.returncode == 0, r.stderr
+    assert b.wait(timeout=5) == -signal.SIGHUP

@@ -80,6 +80,8 @@ class KernelIO(Admission, ConnIO):
         self.handing_over = False
         self.handover_due = False
         self._handover_deadline = 0.0
+        #: called when a re-exec asked for is given up (the daemon serves on)
+        self.on_handover_given_up: Callable[[], None] | None = None
         self.exit_status = 0
         self.stop_reason = ""
         #: stopped by haltd (lamhalt), not by a signal: see :meth:`shutdown`
@@ -137,6 +139,8 @@ class KernelIO(Admission, ConnIO):
     def resume_serving(self) -> None:
         """A re-exec that did not happen: take clients and requests again."""
         self.handing_over = self.handover_due = False
+        if self.on_handover_given_up is not None:
+            self.on_handover_given_up()
         if self.stop_reason == "re-exec":
             self.stopping, self.stop_reason = False, ""
         self._relisten()

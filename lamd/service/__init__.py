@@ -9,7 +9,9 @@ daemon behaves the same by hand (stderr logging, its own socket) as under
 * :mod:`.notify`: :class:`Notifier`;
 * :mod:`.proctitle`: :func:`set_proctitle`;
 * :mod:`.prepare`: :func:`prepare_session_dir` (``python3 -m lamd.service
-  prepare-session USER``), the socket unit's ``ExecStartPre=``.
+  prepare-session USER``), the socket unit's ``ExecStartPre=``;
+* :mod:`.reload`: ``python3 -m lamd.service reload PID``, the service's
+  ``ExecReload=`` (re-exec in place, waiting for the new image).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from .journal import LamJournalHandler, StderrFormatter, journal_fields, parse_l
 from .notify import Notifier
 from .prepare import main, prepare_session_dir, session_dir
 from .proctitle import current_user, proctitle, set_proctitle
+from . import reload
 
 __all__ = ["SD_LISTEN_FDS_START", "adopt_listen_socket", "check_listen_socket", "under_systemd",
            "EX_CONFIG", "ServiceError", "LamJournalHandler", "StderrFormatter",
            "journal_fields", "parse_level", "setup_logging", "Notifier", "main",
-           "prepare_session_dir", "session_dir", "current_user", "proctitle", "set_proctitle"]
+           "prepare_session_dir", "session_dir", "current_user", "proctitle", "set_proctitle", "reload"]

@@ -28,6 +28,8 @@ LAM_SOCKET = "lam-kernel-socket"
 #: Our sidecar to the kill file: "PID STARTTIME" per attached client, so that
 #: tkill can tell a live client from a reused pid (stock tkill ignores it).
 LAMD_CLIENTS = "lamd-clients"
+#: Under systemd: the outcome of the daemon's last reload (lamd.service.reload).
+LAMD_RELOAD = "lamd-reload"
 LAM_PREFIX_ENV = "LAM_MPI_SESSION_PREFIX"
 LAM_SUFFIX_ENV = "LAM_MPI_SESSION_SUFFIX"
 

@@ -29,7 +29,11 @@ Two modes:
   a socket nobody listens on and the empty session directory;
 * ``--systemd`` (``ExecStop=``/``ExecStopPost=`` of ``lamd@.service``):
   leaves the daemon to systemd and the socket and directory to
-  ``lamd@.socket``, which keeps listening.
+  ``lamd@.socket``, which keeps listening. systemd runs both after a crash
+  too; a stop that systemd will follow with a restart (``$SERVICE_RESULT``
+  other than ``success``, unless the exit status is one of
+  ``RestartPreventExitStatus=``) is not the end of the session: the clients
+  and the kill file are left alone (:func:`stop_is_final`).
 """
 
 from __future__ import annotations
@@ -45,9 +49,10 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from ..limits import raise_nofile_limit
-from ..session import LAM_KILLFILE, LAM_SOCKET, LAMD_CLIENTS, Session
+from ..session import LAM_KILLFILE, LAM_SOCKET, LAMD_CLIENTS, LAMD_RELOAD, Session
 from ..session.kkill import read_clients, read_killfile, read_proc_stat
 
 PROG = "lamd-tkill"
@@ -453,9 +458,10 @@ def remove_session_files(killfile: str, *, keep_socket: bool, verbose: bool) -> 
     directory = os.path.dirname(killfile) or "."
     _unlink(killfile, verbose)
     _unlink(os.path.join(directory, LAMD_CLIENTS), verbose)
+    _unlink(os.path.join(directory, LAMD_RELOAD), verbose)
     try:
         for name in os.listdir(directory):   # spares and leftovers of atomic rewrites
-            if name.startswith((LAM_KILLFILE + ".", LAMD_CLIENTS + ".")):
+            if name.startswith((LAM_KILLFILE + ".", LAMD_CLIENTS + ".", LAMD_RELOAD + ".")):
                 _unlink(os.path.join(directory, name), verbose)
     except OSError:
         pass
@@ -589,6 +595,25 @@ def tkill(killfile: str, *, systemd: bool = False, timeout: float = 2.0,
     return EXIT_OK
 
 
+#: lamd@.service's RestartPreventExitStatus=: after these no restart follows.
+NO_RESTART_STATUSES = frozenset({"2", "78"})
+
+
+def stop_is_final(env: Mapping[str, str]) -> bool:
+    """Whether the stop ``ExecStop=``/``ExecStopPost=`` runs for ends the
+    session (*env*: what systemd sets for them). ``$SERVICE_RESULT`` is
+    ``success`` when the daemon was running when the stop came (``systemctl
+    stop``, ``restart``) or exited 0 on its own (``lamhalt``); anything else
+    (``exit-code``, ``signal``, ``core-dump``, ``watchdog``, ``oom-kill``,
+    ``timeout``, ...) is a failure that ``Restart=on-failure`` restarts,
+    except an exit status ``RestartPreventExitStatus=`` lists. Unset (run
+    by hand, or an older systemd): final."""
+    result = env.get("SERVICE_RESULT", "")
+    if result in ("", "success"):
+        return True
+    return env.get("EXIT_CODE") == "exited" and env.get("EXIT_STATUS") in NO_RESTART_STATUSES
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -620,6 +645,12 @@ def main(argv: list[str] | None = None) -> int:
         killfile = args.killfile
     else:
         killfile = Session.for_user(prefix=args.prefix, suffix=args.suffix).killfile_path
+    if args.systemd and not stop_is_final(os.environ):
+        say(f"the daemon failed (SERVICE_RESULT={os.environ.get('SERVICE_RESULT')}, "
+            f"EXIT_CODE={os.environ.get('EXIT_CODE', '')}, "
+            f"EXIT_STATUS={os.environ.get('EXIT_STATUS', '')}) and systemd restarts it: "
+            "leaving its clients and the kill file alone")
+        return EXIT_OK
     nofile = raise_nofile_limit()   # one pidfd per client held at once, if allowed
     if args.verbose:
         say(f"kill file {killfile}; RLIMIT_NOFILE {nofile}")

@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import threading
 import time
 
 import pytest
@@ -141,6 +142,7 @@ def ct(tmp_path_factory):
     if host(["id", USER], check=False).returncode != 0:
         host(["useradd", "--system", "--create-home", "--shell", "/bin/sh", USER])
     c = Container()
+    c.deb = deb if deb != "installed" else None
     try:
         c.boot()
         c.hostname = c.run(["hostname"]).stdout.strip()
@@ -154,6 +156,12 @@ def ct(tmp_path_factory):
         c.blocked_client_build = c.run(["hcc", "-o", "/var/tmp/blocked_client",
                                         "/var/tmp/blocked_client.c"], timeout=120)
         c.run(["chmod", "755", "/var/tmp/blocked_client"])
+        # The ping-pong pair: N round trips, every byte checked (issue 12).
+        src = open(os.path.join(HERE, "pingpong_client.c")).read()
+        c.run(["sh", "-c", "cat > /var/tmp/pingpong_client.c"], input=src)
+        c.pingpong_build = c.run(["hcc", "-o", "/var/tmp/pingpong_client",
+                                  "/var/tmp/pingpong_client.c"], timeout=120)
+        c.run(["chmod", "755", "/var/tmp/pingpong_client"])
         r = c.run(["systemctl", "start", c.socket])
         assert r.returncode == 0, r.stderr + c.run(["systemctl", "status", c.socket]).stdout
         yield c
@@ -474,6 +482,9 @@ def test_watchdog_kills_stopped_daemon(ct):
         assert ct.show(ct.service, "MainPID")["MainPID"] != old
         log = ct.run(["journalctl", "-u", ct.service, "--no-pager"]).stdout
         assert "atchdog timeout" in log
+        # ExecStopPost='s lamd-tkill: a restart follows, the clients are left alone
+        assert "SERVICE_RESULT=watchdog" in log and \
+            "leaving its clients and the kill file alone" in log, log[-2000:]
     finally:
         ct.sh("rm -f /run/systemd/system/lamd@.service.d/50-test-watchdog.conf; systemctl daemon-reload")
         ct.run(["systemctl", "restart", ct.service])
@@ -714,3 +725,275 @@ def test_several_descriptors_refused_without_crash_loop(ct):
         ct.run(["systemctl", "stop", ct.socket, ct.service], timeout=60)
         ct.run(["systemctl", "reset-failed", ct.socket, ct.service])
         ct.run(["systemctl", "start", ct.socket])
+
+
+# ---- reload, upgrade and crash under running clients (issue 12) ----
+
+PAIR_EVENT = 610000
+
+
+def start_pairs(ct, tag: str, n: int, *, iters: int, size: int = 64, delay_us: int = 1000,
+                limit: int = 120, event: int = PAIR_EVENT) -> None:
+    """*n* stock liblam ping-pong pairs (tests/system/pingpong_client.c) in
+    the background, each bounded by `timeout -k 2 LIMIT`; returns once
+    every one is past its tenth round trip."""
+    r = ct.pingpong_build
+    assert r.returncode == 0, f"hcc pingpong_client.c failed:\n{r.stdout}{r.stderr}"
+    ct.sh(f"rm -f /var/tmp/pp-{tag}-*")
+    for i in range(n):
+        f = f"/var/tmp/pp-{tag}-{i}"
+        ct.sh(f"(timeout -k 2 {limit} runuser -u {USER} -- /var/tmp/pingpong_client "
+              f"{event + 2 * i} {iters} {size} {delay_us} > {f}.out 2>&1; "
+              f"echo $? > {f}.rc) </dev/null >/dev/null 2>&1 &")
+    ct.wait_for(lambda: all("running" in ct.run(["cat", f"/var/tmp/pp-{tag}-{i}.out"]).stdout
+                            for i in range(n)), 30, f"the {tag} pairs to run")
+
+
+def pairs_ended(ct, tag: str, n: int) -> int:
+    return sum(ct.run(["test", "-e", f"/var/tmp/pp-{tag}-{i}.rc"]).returncode == 0
+               for i in range(n))
+
+
+def pair_results(ct, tag: str, n: int, limit: int = 120) -> tuple[dict[str, int], list[str]]:
+    """completed (exit 0, "OK N": every byte checked), errored (any other
+    status) and hung (killed by their timeout) pairs, and what the ones that
+    did not complete printed."""
+    ct.wait_for(lambda: pairs_ended(ct, tag, n) == n, limit + 20, f"the {tag} pairs to end")
+    counts = {"completed": 0, "errored": 0, "hung": 0}
+    bad = []
+    for i in range(n):
+        rc = int(ct.run(["cat", f"/var/tmp/pp-{tag}-{i}.rc"]).stdout.strip())
+        out = ct.run(["cat", f"/var/tmp/pp-{tag}-{i}.out"]).stdout
+        if rc == 0 and re.search(r"^OK \d+$", out, re.M):
+            counts["completed"] += 1
+            continue
+        counts["hung" if rc in (124, 137) else "errored"] += 1
+        bad.append(f"pair {i}: rc {rc}: {out[-300:]}")
+    return counts, bad
+
+
+def start_blocked(ct, tag: str) -> str:
+    """blocked_client (kinit, then a krecv nobody answers) in the
+    background; its pid once attached. Its exit status goes to
+    /var/tmp/blocked-TAG.rc."""
+    r = ct.blocked_client_build
+    assert r.returncode == 0, f"hcc blocked_client.c failed:\n{r.stdout}{r.stderr}"
+    f = f"/var/tmp/blocked-{tag}"
+    ct.run(["rm", "-f", f"{f}.out", f"{f}.rc"])
+    ct.sh(f"(runuser -u {USER} -- /var/tmp/blocked_client > {f}.out 2>&1; echo $? > {f}.rc)"
+          " </dev/null >/dev/null 2>&1 &")
+    ct.wait_for(lambda: "attached" in ct.run(["cat", f"{f}.out"]).stdout, 20,
+                "the blocked client to attach")
+    return ct.run(["cat", f"{f}.out"]).stdout.split()[1]
+
+
+def alive(ct, pid: str) -> bool:
+    return "No such process" not in ct.run(["kill", "-0", pid]).stderr
+
+
+def killfile_pids(ct) -> list[str]:
+    return ct.run(["cat", f"{ct.sdir}/lam-killfile"]).stdout.split()
+
+
+def test_reload_reexecs_in_place_under_running_clients(ct):
+    """`systemctl reload`: ExecReload= re-executes the daemon in place (the
+    unit goes reloading, then active; same main pid, no restart), the
+    syscall filter allowing memfd_create and execve; a stock client blocked
+    in the kernel stays blocked and listed, ten 64 B ping-pong pairs and two
+    1 MiB ones running through the reload all complete with every byte
+    checked (none errored, none hung), and tping works afterwards."""
+    assert lamnodes(ct).returncode == 0
+    wait_jobs(ct)
+    p = ct.show(ct.service, "ExecReload", "SystemCallFilter", "MainPID", "NRestarts")
+    assert "-m lamd.service reload" in p["ExecReload"], p["ExecReload"]
+    assert {"memfd_create", "execve", "pidfd_open", "pidfd_send_signal"} <= \
+        set(p["SystemCallFilter"].split()), p["SystemCallFilter"][:300]
+    pid, restarts = p["MainPID"], p["NRestarts"]
+    restored = journal_count(ct, ct.service, "re-exec: restored")
+    reloaded = journal_count(ct, ct.service, "Reloaded ")
+    cpid = start_blocked(ct, "reload")
+    start_pairs(ct, "reload", 10, iters=4000)
+    start_pairs(ct, "reload-big", 2, iters=300, size=1 << 20, event=PAIR_EVENT + 100)
+    states: list[str] = []
+    done: dict = {}
+    th = threading.Thread(target=lambda: done.setdefault(
+        "r", ct.run(["systemctl", "reload", ct.service], timeout=60)))
+    th.start()
+    while th.is_alive():
+        states.append(ct.run(["systemctl", "is-active", ct.service]).stdout.strip())
+    th.join()
+    r = done["r"]
+    assert r.returncode == 0, r.stderr + ct.run(
+        ["journalctl", "-u", ct.service, "--no-pager", "-n", "30"]).stdout
+    assert pairs_ended(ct, "reload", 10) == 0, "the pairs did not span the reload"
+    assert pairs_ended(ct, "reload-big", 2) == 0, "the 1 MiB pairs did not span the reload"
+    assert "reloading" in states, states
+    assert ct.run(["systemctl", "is-active", ct.service]).stdout.strip() == "active"
+    assert ct.show(ct.service, "MainPID", "NRestarts") == {"MainPID": pid, "NRestarts": restarts}
+    assert journal_count(ct, ct.service, "re-exec: restored") == restored + 1
+    assert journal_count(ct, ct.service, "Reloaded ") == reloaded + 1
+    kf = killfile_pids(ct)
+    assert kf[0] == pid and cpid in kf[1:], kf
+    assert alive(ct, cpid)
+    assert ct.run(["test", "-e", "/var/tmp/blocked-reload.rc"]).returncode == 1
+    r = ct.as_user(["tping", "-c", "3", "N"], timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    counts, bad = pair_results(ct, "reload", 10)
+    print(f"reload with 10 pairs of 64 B: {counts}")
+    assert counts == {"completed": 10, "errored": 0, "hung": 0}, bad
+    counts, bad = pair_results(ct, "reload-big", 2)
+    print(f"reload with 2 pairs of 1 MiB: {counts}")
+    assert counts == {"completed": 2, "errored": 0, "hung": 0}, bad
+    assert alive(ct, cpid)  # still blocked: nobody sent it anything
+    ct.run(["kill", "-KILL", cpid])
+
+
+NEWER = "+upgradetest1"
+
+
+def build_newer_deb(out) -> str:
+    """This checkout's HEAD as a newer package: version 0.1.0+upgradetest1
+    in debian/changelog and in lamd.__version__ (what the daemon logs)."""
+    work = os.path.join(str(out), "src")
+    host(["git", "clone", "-q", REPO, work])
+    with open(os.path.join(work, "lamd", "__init__.py")) as f:
+        init = f.read()
+    old = re.search(r'^__version__ = "([^"]+)"', init, re.M).group(1)
+    with open(os.path.join(work, "lamd", "__init__.py"), "w") as f:
+        f.write(init.replace(f'__version__ = "{old}"', f'__version__ = "{old}{NEWER}"'))
+    with open(os.path.join(work, "debian", "changelog")) as f:
+        changelog = f.read()
+    pkg = re.match(r"lamd \(([^)]+)\)", changelog).group(1)
+    entry = (f"lamd ({pkg}{NEWER}) unstable; urgency=medium\n\n"
+             "  * A newer build for the upgrade system test.\n\n"
+             " -- lamd developers <lamd@lists.example.org>  "
+             "Wed, 26 Nov 2025 00:00:00 +0000\n\n")
+    with open(os.path.join(work, "debian", "changelog"), "w") as f:
+        f.write(entry + changelog)
+    host(["git", "-C", work, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam",
+          "newer"])
+    debs = os.path.join(str(out), "debs")
+    r = host([os.path.join(work, "packaging", "build-deb.sh"), debs], timeout=900, check=False)
+    assert r.returncode == 0, "newer package build failed:\n" + (r.stdout + r.stderr)[-3000:]
+    return next(p for p in (os.path.join(debs, n) for n in os.listdir(debs))
+                if p.endswith("_all.deb") and NEWER in p)
+
+
+def test_package_upgrade_reloads_running_instances(ct, tmp_path):
+    """Installing a newer build of the package runs its postinst (`configure
+    OLD`), which reloads every active lamd@USER.service: the daemon
+    re-executes into the code now installed (it logs the new version, same
+    pid) and ten 64 B pairs running through it all complete. The container
+    shares the host's /usr read-only, so the package is installed on the
+    host and its installed postinst is run in the container,
+    byte-compilation (done by the host's dpkg) stubbed. The build under
+    test is installed again afterwards."""
+    assert ct.deb, "LAMD_DEB=installed: no package to upgrade from"
+    newer = build_newer_deb(tmp_path)
+    assert lamnodes(ct).returncode == 0
+    wait_jobs(ct)
+    pid = ct.show(ct.service, "MainPID")["MainPID"]
+    try:
+        r = host(["dpkg", "-i", newer], timeout=300, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        with open("/var/lib/dpkg/info/lamd.postinst") as f:
+            postinst = f.read()
+        assert "systemctl reload" in postinst
+        ct.run(["sh", "-c", "cat > /var/tmp/lamd.postinst"], input=postinst)
+        ct.sh("mkdir -p /var/tmp/stubs && for c in py3compile pypy3compile; do "
+              "printf '#!/bin/sh\\nexit 0\\n' > /var/tmp/stubs/$c; "
+              "chmod 755 /var/tmp/stubs/$c; done")
+        restored = journal_count(ct, ct.service, "re-exec: restored")
+        serving_new = journal_count(ct, ct.service, f"{NEWER} serving")
+        start_pairs(ct, "upgrade", 10, iters=4000)
+        r = ct.run(["env", "PATH=/var/tmp/stubs:/usr/sbin:/usr/bin:/sbin:/bin", "sh",
+                    "/var/tmp/lamd.postinst", "configure", "0.1.0"], timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"lamd: {ct.service} re-executed with the new version" in r.stderr, r.stderr
+        assert pairs_ended(ct, "upgrade", 10) == 0, "the pairs did not span the upgrade"
+        assert ct.show(ct.service, "MainPID", "ActiveState") == {"MainPID": pid,
+                                                                  "ActiveState": "active"}
+        assert journal_count(ct, ct.service, "re-exec: restored") == restored + 1
+        assert journal_count(ct, ct.service, f"{NEWER} serving") == serving_new + 1
+        counts, bad = pair_results(ct, "upgrade", 10)
+        print(f"upgrade with 10 pairs of 64 B: {counts}")
+        assert counts == {"completed": 10, "errored": 0, "hung": 0}, bad
+    finally:
+        r = host(["dpkg", "-i", ct.deb], timeout=300, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+IDLE_CLIENT_C = r"""
+#include <stdio.h>
+#include <unistd.h>
+#include <lam.h>
+#include <kreq.h>
+#include <priority.h>
+int main(void) {
+    if (kinit(PRCMD)) { perror("kinit"); return 1; }
+    printf("attached %d\n", getpid()); fflush(stdout);
+    sleep(600);     /* attached, computing: no request to the kernel */
+    return 0;
+}
+"""
+
+
+def start_idle(ct, tag: str) -> str:
+    if ct.run(["test", "-x", "/var/tmp/idle_client"]).returncode != 0:
+        ct.run(["sh", "-c", "cat > /var/tmp/idle_client.c"], input=IDLE_CLIENT_C)
+        r = ct.run(["hcc", "-o", "/var/tmp/idle_client", "/var/tmp/idle_client.c"], timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        ct.run(["chmod", "755", "/var/tmp/idle_client"])
+    f = f"/var/tmp/idle-{tag}"
+    ct.run(["rm", "-f", f"{f}.out", f"{f}.rc"])
+    ct.sh(f"(runuser -u {USER} -- /var/tmp/idle_client > {f}.out 2>&1; echo $? > {f}.rc)"
+          " </dev/null >/dev/null 2>&1 &")
+    ct.wait_for(lambda: "attached" in ct.run(["cat", f"{f}.out"]).stdout, 20,
+                "the idle client to attach")
+    return ct.run(["cat", f"{f}.out"]).stdout.split()[1]
+
+
+def test_execstop_after_a_crash_leaves_clients_and_a_stop_kills_them(ct):
+    """SIGKILL of the daemon: systemd runs ExecStop=/ExecStopPost= (lamd-tkill
+    --systemd) with SERVICE_RESULT=signal and restarts it (Restart=
+    on-failure); lamd-tkill leaves the clients alone: an attached client
+    that is computing lives on. What the crashed daemon's clients see
+    today (no fd store yet): their connection is gone, so the client
+    blocked in krecv ends on its own: liblam exits with ENOKERNEL (215),
+    not killed by a signal.
+    A real `systemctl stop` afterwards still kills the new daemon's
+    clients."""
+    fresh_service(ct)
+    assert lamnodes(ct).returncode == 0
+    jobs = wait_jobs(ct)
+    old = ct.show(ct.service, "MainPID")["MainPID"]
+    idle = start_idle(ct, "crash")
+    blocked = start_blocked(ct, "crash")
+    assert {idle, blocked} <= set(killfile_pids(ct)[1:])
+    left = journal_count(ct, ct.service, "leaving its clients and the kill file alone")
+    ct.run(["kill", "-KILL", old])
+    new = wait_mainpid_change(ct, old)
+    wait_jobs(ct, not_pid=jobs)
+    log = ct.run(["journalctl", "-u", ct.service, "--no-pager", "-o", "cat"]).stdout
+    assert journal_count(ct, ct.service, "leaving its clients and the kill file alone") \
+        >= left + 1, log[-3000:]   # ExecStop= (and ExecStopPost=)
+    assert "SERVICE_RESULT=signal" in log
+    # the blocked client saw its connection go and ended by itself
+    rc = ct.wait_for(lambda: ct.run(["cat", "/var/tmp/blocked-crash.rc"]).stdout.strip(), 15,
+                     "the blocked client to end")
+    out = ct.run(["cat", "/var/tmp/blocked-crash.out"]).stdout
+    print(f"a client blocked in krecv when its daemon was SIGKILLed: exit {rc}, {out!r}")
+    assert rc == "215", (rc, out)   # ENOKERNEL: liblam's own exit, not lamd-tkill's signal
+    time.sleep(1)
+    assert alive(ct, idle), "lamd-tkill killed a client of a crashed daemon"
+    kf = killfile_pids(ct)
+    assert kf and kf[0] == new and idle not in kf, kf
+    # a real stop: the new daemon's client is killed
+    idle2 = start_idle(ct, "stop")
+    assert idle2 in killfile_pids(ct)[1:]
+    assert ct.run(["systemctl", "stop", ct.service], timeout=60).returncode == 0
+    ct.wait_for(lambda: not alive(ct, idle2), 10, "the client to be killed by the stop")
+    assert ct.run(["cat", "/var/tmp/idle-stop.rc"]).stdout.strip() in ("129", "137")  # HUP, KILL
+    ct.run(["kill", "-KILL", idle])
+    ct.run(["systemctl", "reset-failed", ct.service, ct.jobs])
+    assert lamnodes(ct).returncode == 0
