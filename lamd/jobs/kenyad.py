@@ -108,7 +108,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ..ratelog import RateLog
 from ..iprocs.nreq import (
     BFQRECV, BFQSWEEP1, DLCTL, LOCAL, NMORE, NOTNODEID, NREEL, NetMsg, data_words,
-    dsend, received,
+    NoRoute, dsend, getroute, received,
 )
 from ..kernel.constants import (
     EVBUFFERD, EVFLATD, EVKENYAD, KNMSG, KSFREE, MAXNMSGLEN, NOTEVENT, LamErrno, sigmask,
@@ -535,7 +535,12 @@ class Kenyad:
         if head.node in (LOCAL, self.node_id):
             head.dl_event = EVBUFFERD
         else:
-            head.dl_event = head.event
+            try:  # another node's: through dlo, as the router says
+                await getroute(k, head, self.node_id)
+            except NoRoute:
+                self.badlog.warn("send", "kenyad: no route to node %d (event %d); dropped",
+                                 head.node, head.event)
+                return False
         if head.flags & NREEL:
             d = list(head.data)
             d[6] = 0
@@ -640,12 +645,6 @@ class Kenyad:
             # every LAM client answers on -pid; a service event would loop
             self.badlog.warn("event", "kenyad: request %d with reply event %d refused "
                              "(not a client's -pid)", pq.req, pq.src_event)
-            return
-        if pq.src_node not in (LOCAL, self.node_id) and pq.req != PQATTACH:
-            # one node: there is no route to another (a reply sent there would
-            # wait out send_timeout for a receiver that cannot exist)
-            self.badlog.warn("node", "kenyad: request %d answers to node %d, not this "
-                             "node (%d); ignored", pq.req, pq.src_node, self.node_id)
             return
         if pq.req == PQCREATE:
             await self.pqcreate(pq)
