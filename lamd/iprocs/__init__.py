@@ -115,13 +115,15 @@ def parse_external(spec: str | Iterable[str] | None) -> list[str]:
     return [n for n in EXTERNAL_OK if n in want]
 
 
-def boot_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Fill ``config["node_addr"]`` (netlink), ``node_id`` and the router's
-    table shared by every internal process (``route_table``) if missing."""
+def boot_config(config: dict[str, Any], kernel_side: bool = True) -> dict[str, Any]:
+    """Fill ``config["node_addr"]`` (netlink), ``node_id`` and, for the
+    daemon's own processes (*kernel_side*), the router's table they share
+    (``route_table``) if missing. A separate process (the jobs process)
+    has no table of its own: its ``getroute`` asks the router."""
     if not config.get("node_addr"):
         config["node_addr"] = node_address()
     config.setdefault("node_id", 0)
-    if config.get("route_table") is None:
+    if kernel_side and config.get("route_table") is None:
         config["route_table"] = route_table(config)
     return config
 

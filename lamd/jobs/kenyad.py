@@ -120,9 +120,10 @@ from .cgroups import MODE_CGROUP
 from .wire import (
     EBADTAG, EEOF, ENOPDESCRIPTORS, ENOTPROCESS, ESERVICE, EXIT_NOTICE_TYPE, FLQFORGET,
     FLPATHLEN, PQATTACH, PQCREATE, PQDETACH, PQDOOM, PQSPAWN, PQSTATE, PSMAXNAME,
-    RTF_FLAT, RTF_KENYA_ATTACH, RTF_KENYA_CHILD, RTF_MPI, RTF_PFDIO,
+    LAM_IOSOCKET, RTF_FLAT, RTF_IO, RTF_KENYA_ATTACH, RTF_KENYA_CHILD, RTF_MPI, RTF_PFDIO,
     RTF_SYSGEN, RTF_TRYCWD, RTF_WAIT, SELECT_ALL, SELECT_APPL, SELECT_INDEX, SELECT_MPI,
-    SELECT_PID, SELECT_SYS, SIGUDIE, FlReply, FlReq, JobId, KStatus, PReply, PReq, PState,
+    SELECT_PID, SELECT_SYS, SIGUDIE, TROLLIUSFD, FlReply, FlReq, IodForward, JobId,
+    KStatus, PReply, PReq, PState,
     child_environment, child_workdir, fd_server_path, int4, lam_exit_status,
     split_flat_args,
 )
@@ -940,6 +941,8 @@ class Kenyad:
         try:
             env = child_environment(pq, envv, environ, os.getpid())
             env = {n: v for n, v in env.items() if n and "=" not in n}
+            if fds is None and pq.rtf & RTF_IO:
+                fds = self.iod_stdio(env)
             workdir = child_workdir(replace(pq, wrkdir=wrkdir), loadname)
             jobid = (pq.jobid.node, pq.jobid.pid)
             enter = self.jobctl.preexec(jobid) if self.jobctl is not None else None
@@ -963,6 +966,41 @@ class Kenyad:
                  pop.pid, index, pq.jobid.node, pq.jobid.pid, p.rtf,
                  "" if res.how == "exec" else f", {res.how}")
         return 0, pop.pid, index
+
+    def iod_stdio(self, env: Mapping[str, str]) -> list[int] | None:
+        """``redirect_stdio`` for ``RTF_IO`` without ``RTF_PFDIO`` (the tool
+        on another node): stdout and stderr attached to this node's iod
+        (``liosattach``: a connection to ``lam-io-socket`` carrying
+        ``finfo`` {io node, tfd, 0}, then the data), which sends them to the
+        tool's filed; stdin from ``/dev/null``. None if there is no
+        ``TROLLIUSFD`` or no iod to attach to (the child keeps kenyad's)."""
+        spec = env.get(TROLLIUSFD, "")
+        if not self.session or spec.count(":") != 3:
+            return None
+        try:
+            node, _, out_tfd, err_tfd = (int(x) for x in spec.split(":"))
+        except ValueError:
+            return None
+        fds: list[int] = []
+        try:
+            fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            for tfd in (out_tfd, err_tfd):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    s.settimeout(self.fd_timeout)
+                    s.connect(os.path.join(self.session, LAM_IOSOCKET))
+                    s.sendall(IodForward(node, tfd, 0).pack())
+                    s.shutdown(socket.SHUT_RD)
+                except OSError:
+                    s.close()
+                    raise
+                fds.append(s.detach())
+        except OSError as e:
+            self.badlog.warn("iod", "kenyad: cannot attach a process's output to iod: %s", e)
+            for fd in fds:
+                os.close(fd)
+            return None
+        return fds
 
     def _table_full(self) -> None:
         if not self._full_logged:
