@@ -61,7 +61,11 @@ def exchange(c: Cluster, exe: Path, src: int, dst: int, path: str) -> None:
     where = f"n{src} -> n{dst} ({path})"
     assert cp.returncode == 0 and cp.stdout.splitlines()[-1:] == ["OK"], where + show(cp) + logs(c)
     assert recv.returncode == 0 and got.splitlines()[-1:] == ["OK"], where + got + logs(c)
-    assert got.count("GOT ") == len(SIZES) or "OK" in got, got
+    # every size arrived, in order, whole (netclient checked every byte)
+    assert [ln for ln in got.splitlines() if ln.startswith("RECV ")] == [
+        f"RECV idx={i} size={n} type={i + 1}" for i, n in enumerate(SIZES)], where + got
+    # and the receiver is on the node it was meant for
+    assert f"NODE id={dst}" in got.splitlines(), where + got
 
 
 @pytest.mark.parametrize("layout", ["c,c,c", "py,py,py", "py,c,c", "c,py,py", "c,py,c"])
