@@ -33,7 +33,7 @@ import logging
 import os
 import stat
 
-from ..iprocs.nreq import LOCAL, NoRoute, nsend
+from ..iprocs.nreq import LOCAL, NoRoute, getroute, nsend
 from ..kernel.constants import EBADNODE, EBADREQUEST, EVFLATD, EVLOADD, MAXNMSGLEN
 from ..kernel.kiproc import Event, IProc
 from ..kernel.wire import NMsg
@@ -98,6 +98,11 @@ class Loadd:
             await reply(self.k, q.src_node, q.src_event, LReply(code).data(), what="LQLOAD")
 
     async def load(self, q: LReq, name: str) -> int:
+        if q.dest_node not in (LOCAL, node_id(self.k)):
+            try:  # a node the router does not know: refused before any reading
+                await getroute(self.k, NMsg(node=q.dest_node, event=EVFLATD), node_id(self.k))
+            except NoRoute:
+                raise LoadError(EBADNODE, f"no node {q.dest_node} in this universe") from None
         full = find_program(name)
         try:
             fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
