@@ -128,6 +128,24 @@ def test_in_order_delivery_duplicates_reacked():
     assert r.deliver == [] and r.acks == [(A, ack(2))]
 
 
+def test_dli_keeps_no_frame_two_claim_ahead():
+    """A forged frame ahead with the number of a real one: when the real one
+    comes, both go, unacked; the real one, resent once it is the next,
+    is the one delivered."""
+    _, din = pair()
+    real = [DLFrame(0, s, 1, 5, 0, 4, 0, bytes(32), b"real") for s in range(3)]
+    forged = DLFrame(0, 2, 1, 5, 0, 4, 0, bytes(32), b"evil")
+    assert din.datagram(A, forged.encode()).acks     # ahead: kept (and acked)
+    r = din.datagram(A, real[2].encode())
+    assert r.acks == [] and "another frame" in r.drops[0].why and din.held() == 0
+    r = din.datagram(A, real[1].encode())            # kept again, acked
+    assert r.acks and r.deliver == []
+    r = din.datagram(A, real[0].encode())
+    assert [f.dlf_msg for f in r.deliver] == [b"real", b"real"]
+    r = din.datagram(A, real[2].encode())            # the resend: now the next
+    assert [f.dlf_msg for f in r.deliver] == [b"real"]
+
+
 def test_dli_bounds_what_a_sender_makes_it_hold():
     _, din = pair()
     for s in range(1, 1000):
@@ -230,3 +248,10 @@ def test_lossy_reordering_channel_delivers_each_once_in_order(n, script, start):
             break
     assert got == list(range(n))
     assert not out.busy() and din.held() == 0
+
+
+def test_frame_flags_are_net_h_as_nreq_has_them():
+    from lamd.datalink import frame
+    from lamd.iprocs import nreq
+    for name in ("DTBO", "DRAWDATA", "DINT4DATA", "DMSKDATA", "DMSKMSG"):
+        assert getattr(frame, name) == getattr(nreq, name), name

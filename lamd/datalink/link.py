@@ -31,7 +31,10 @@ Beyond LAM (hostile input):
   fewer than :data:`DLI_WINDOW` frames ahead, so a lost frame does not
   cost the resend of those after it; farther ahead it is dropped unacked
   (LAM drops every frame ahead) and its sender resends it. What any sender
-  can make dli hold is so bounded by ``DLI_WINDOW - 1`` frames.
+  can make dli hold is so bounded by ``DLI_WINDOW - 1`` frames. Two
+  different frames with one number ahead (a forged one and the real one)
+  are both dropped unacked, so a forger cannot slip a frame in ahead: the
+  real sender resends, and the frame is taken only when it is the next.
 * malformed datagrams, unknown nodes and foreign addresses are reported
   (:class:`Drop`) for the caller to log at a bounded rate.
 """
@@ -260,6 +263,7 @@ class InLink:
     ip: str
     seqrecv: int = 0
     ahead: dict[int, DLFrame] = field(default_factory=dict)
+    conflicts: int = 0
 
     def receive(self, fr: DLFrame) -> tuple[bool, list[DLFrame]]:
         """A frame from this sender: (ack it?, frames to hand on in order)."""
@@ -269,7 +273,11 @@ class InLink:
         if d >= DLI_WINDOW:
             return False, []                      # too far ahead: it will be resent
         if d > 0:
-            self.ahead.setdefault(fr.dlf_seqnum, fr)
+            kept = self.ahead.setdefault(fr.dlf_seqnum, fr)
+            if kept != fr:  # two different frames claim one number: keep neither
+                del self.ahead[fr.dlf_seqnum]
+                self.conflicts += 1
+                return False, []
             return True, []
         out = [fr]
         self.seqrecv = seqinc(self.seqrecv)
@@ -329,7 +337,11 @@ class DLIn:
         if not 0 <= fr.dlf_seqnum < DLMAXSEQ:
             r.drops.append(Drop(src, f"sequence number {fr.dlf_seqnum} out of range"))
             return r
+        conflicts = l.conflicts
         ack, out = l.receive(fr)
+        if l.conflicts != conflicts:
+            r.drops.append(Drop(src, f"frame {fr.dlf_seqnum} from node n{fr.dlf_src_node}: "
+                                     "another frame with that number was kept"))
         if ack:
             r.acks.append((src, DLAck(fr.dlf_seqnum, self.node_id).encode()))
         r.deliver.extend(out)
