@@ -13,6 +13,7 @@ and mixed with ours as origin and not, all booted by stock ``lamboot``:
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -105,3 +106,109 @@ def test_datalink_universe(hosts3: Cluster, lamd_pkg, layout):
         if not halted:
             c.hosts[0].run(["lamwipe", hf], timeout=60)
     print(f"{layout}: every check and lamhalt in {time.monotonic() - t0:.2f} s")
+
+
+# ---------------------------------------------------------------------------
+# hostile network input
+
+SPRAYER = r'''
+import random, socket, struct, sys, time
+target, port, spoof, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+me = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+raw.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+def spoofed(payload, src=spoof, sport=40000):
+    udp = struct.pack("!HHHH", sport, port, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                     socket.inet_aton(src), socket.inet_aton(target))
+    raw.sendto(ip + udp, (target, 0))
+def frame(src, seq, length, body_len=None, event=31077):
+    body = bytes(length if body_len is None else body_len)
+    return struct.pack(">7i32s", src, seq, 1, event, 0, length, 0x100, bytes(32)) + body
+rnd = random.Random(7)
+n = 0
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    kind = n % 8
+    if kind == 0:    # from this host's own address, claiming a booted node
+        me.sendto(frame(0, rnd.randrange(1 << 30), 64), (target, port))
+    elif kind == 1:  # garbage
+        me.sendto(bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 200))), (target, port))
+    elif kind == 2:  # a node's address, far ahead: dropped unacked
+        spoofed(frame(0, rnd.randrange(1 << 20, 1 << 29), 1400))  # raw: one MTU
+    elif kind == 3:  # a node's address, a length the datagram does not have
+        spoofed(frame(0, 5, 1 << 30, body_len=100))
+    elif kind == 4:  # a node's address, negative and huge lengths, short frames
+        spoofed(frame(0, 5, -1, body_len=0)[:rnd.randrange(0, 60)])
+    elif kind == 5:  # an unknown node
+        spoofed(frame(77, 0, 16))
+    elif kind == 6:  # an ack where frames go
+        spoofed(struct.pack(">2i", 0, 1))
+    else:            # far behind: a duplicate, acked back to the real node
+        spoofed(frame(0, (1 << 30) - 1 - rnd.randrange(1000), 0))
+    n += 1
+    if n % 200 == 0:
+        time.sleep(0.01)
+print("SPRAYED", n)
+'''
+
+
+@pytest.mark.parametrize("layout", ["py,py", "c,py"])
+def test_datalink_under_spoofed_and_malformed_frames(hosts3: Cluster, lamd_pkg, layout):
+    """While node 0 and node 1 exchange messages both ways at every size, a
+    third host (not booted) sprays node 1's (our) datalink port: frames from
+    its own address claiming node 0, garbage, and with node 0's address
+    spoofed (raw socket) frames far ahead, lying lengths, short frames, an
+    unknown node, acks, and old numbers. Every message arrives whole; our
+    daemon logs each kind of drop at most once a minute; tping and lamhalt
+    work after; nothing is left on any host."""
+    c = hosts3
+    kinds = layout.split(",")
+    exe = build_netclient(c.work)
+    hf = c.work / "hostfile2"
+    pre = prefix_tree(c, lamd_pkg)
+    hf.write_text("".join(f"{h.name}{f' prefix={pre}' if k == 'py' else ''}\n"
+                          for h, k in zip(c.hosts[:2], kinds)))
+    hf.chmod(0o644)
+    cp = c.hosts[0].run(["lamboot", hf], timeout=60)
+    assert cp.returncode == 0, show(cp) + logs(c)
+    halted = False
+    try:
+        log1 = c.work / f"lamd-{c.hosts[1].name}.log"
+        m = re.search(r"dli: datalink input on UDP port (\d+)", log1.read_text())
+        assert m, log1.read_text()
+        script = c.work / "sprayer.py"
+        script.write_text(SPRAYER)
+        spray = c.hosts[2].popen(["/usr/bin/python3", script, c.hosts[1].addr, m.group(1),
+                                  c.hosts[0].addr, "6"], user=False, timeout=30,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(0.5)
+        exchange(c, exe, 0, 1, "n")
+        exchange(c, exe, 1, 0, "n")
+        exchange(c, exe, 0, 1, "nobuf")
+        out, _ = spray.communicate(timeout=40)
+        assert spray.returncode == 0 and "SPRAYED" in out, out
+        assert int(out.split()[-1]) > 1000, out
+        for h in c.hosts[:2]:
+            cp = h.run(["tping", "-c", "1", "N"], timeout=30)
+            assert cp.returncode == 0 and "from 1 remote node and 1 local node" in cp.stdout, \
+                show(cp) + logs(c)
+        text = log1.read_text()
+        drops = [ln for ln in text.splitlines() if "dli: dropped" in ln]
+        assert drops, text[-3000:]
+        # one line per kind (rate-limited): a handful, not thousands
+        assert len(drops) <= 8, "\n".join(drops)
+        for why in ("another address than its", "malformed frame", "unknown node 77"):
+            assert any(why in ln for ln in drops), (why, drops)
+        print("\n".join(drops))
+        assert "Traceback" not in text, text[-5000:]
+        cp = c.hosts[0].run(["lamhalt"], timeout=30)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        halted = True
+        deadline = time.monotonic() + 15
+        while any(h.user_pids() for h in c.hosts) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert {h.name: h.user_pids() for h in c.hosts} == {h.name: [] for h in c.hosts}
+    finally:
+        if not halted:
+            c.hosts[0].run(["lamwipe", hf], timeout=60)
