@@ -147,7 +147,12 @@ async def dli(k: IProc) -> None:
             for d in r.drops:
                 badlog.drop("dli", d)
             for fr in r.deliver:
-                await forward(k, fr, node_id, badlog)
+                try:
+                    await forward(k, fr, node_id, badlog)
+                except ValueError as e:  # the kernel refused it: that frame only
+                    badlog.warn("refused", "dli: a frame from node %d for node %d event %d "
+                                "refused by the kernel: %s", fr.dlf_src_node, fr.dlh_node,
+                                fr.dlh_event, e)
 
 
 __all__ = ["dli", "incoming", "forward", "RateLog"]
