@@ -15,7 +15,7 @@ import logging
 
 from ..kernel.constants import EVBFORWARD, KTRACE, KTRY, MAXNMSGLEN
 from ..kernel.kiproc import IProc
-from .dli import RateLog
+from .dli import DropLog
 from .nreq import DDLI, NoRoute, dsend, getroute, nrecv
 
 log = logging.getLogger("lamd.iprocs.bforward")
@@ -24,7 +24,7 @@ log = logging.getLogger("lamd.iprocs.bforward")
 async def bforward(k: IProc) -> None:
     """Forward bufferd's packets for other nodes to the datalink, forever."""
     node_id = int(k.config.get("node_id", 0))
-    badlog = RateLog(log)
+    badlog = DropLog(log)
     while True:
         msg = await nrecv(k, EVBFORWARD, 0, MAXNMSGLEN)
         head = msg.head

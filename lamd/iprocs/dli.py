@@ -26,14 +26,13 @@ import errno
 import logging
 import socket
 import struct
-import time
-from typing import Any
 
 from ..datalink.frame import DLFrame
 from ..datalink.link import DLIn, Drop
 from ..kernel.constants import EVBUFFERD, EVDLI, MAXNMSGLEN, NHDSIZE
 from ..kernel.kiproc import IProc
 from ..kernel.wire import NMsg
+from ..ratelog import RateLog
 from .nreq import DDLI, LOCAL, NOBUF, NoRoute, dsend, getroute, nrecv
 
 log = logging.getLogger("lamd.iprocs.dli")
@@ -46,27 +45,12 @@ LOG_INTERVAL = 60.0
 DLI_RCVBUF = 1 << 20
 
 
-class RateLog:
-    """One warning per kind per interval, with a count of those not logged."""
+class DropLog(RateLog):
+    """:class:`lamd.ratelog.RateLog` with a line for a datagram the
+    datalink's state machines dropped (one per kind a minute)."""
 
     def __init__(self, logger: logging.Logger, interval: float = LOG_INTERVAL) -> None:
-        self.log = logger
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._quiet: dict[str, int] = {}
-
-    def warn(self, kind: str, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        last = self._last.get(kind)
-        if last is not None and now - last < self.interval:
-            self._quiet[kind] = self._quiet.get(kind, 0) + 1
-            return
-        self._last[kind] = now
-        quiet = self._quiet.pop(kind, 0)
-        if quiet:
-            msg += " (%d more like it not logged)"
-            args = (*args, quiet)
-        self.log.warning(msg, *args)
+        super().__init__(logger, interval)
 
     def drop(self, who: str, d: Drop) -> None:
         self.warn(d.why.split(":")[0].split(" from ")[0], "%s: dropped %s (from %s:%d)",
@@ -87,7 +71,7 @@ def incoming(fr: DLFrame, node_id: int) -> tuple[NMsg, bytes]:
     return head, body
 
 
-async def forward(k: IProc, fr: DLFrame, node_id: int, badlog: RateLog) -> None:
+async def forward(k: IProc, fr: DLFrame, node_id: int, badlog: DropLog) -> None:
     """Hand frame *fr* on (LAM's ``di_forward`` after the sequence check)."""
     head, body = incoming(fr, node_id)
     if head.event == EVDLI and head.node in (LOCAL, node_id):
@@ -117,7 +101,7 @@ async def dli(k: IProc) -> None:
             log.warning("dli: dropped a packet (event %d type %d): no datalink",
                         msg.head.event, msg.head.type)
     din = DLIn(node_id, {l.link: l.addr for l in k.config.get("links") or ()})
-    badlog = RateLog(log)
+    badlog = DropLog(log)
     sock.setblocking(False)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DLI_RCVBUF)
@@ -155,4 +139,4 @@ async def dli(k: IProc) -> None:
                                 fr.dlh_event, e)
 
 
-__all__ = ["dli", "incoming", "forward", "RateLog"]
+__all__ = ["dli", "incoming", "forward", "DropLog"]

@@ -40,7 +40,7 @@ from ..datalink.link import TICK, DLOut
 from ..kernel.constants import EVDL0, KNMSG, KTRACE, KTRY, MAXNMSGLEN
 from ..kernel.kiproc import Event, IProc
 from ..kernel.wire import NMsg
-from .dli import RateLog
+from .dli import DropLog
 from .netaddr import node_address
 from .nreq import DDLI, DLCTL, LOCAL, NetMsg, data_words, nsend, received
 
@@ -80,7 +80,7 @@ def links_segment(links: list[DoLink], seg: int) -> bytes:
 
 
 def _send(sock: socket.socket | None, sends: Iterable[tuple[tuple[str, int], bytes]],
-          badlog: RateLog) -> None:
+          badlog: DropLog) -> None:
     for addr, d in sends:
         if sock is None:
             continue
@@ -96,7 +96,7 @@ async def dlo(k: IProc) -> None:
     node_id = int(k.config.get("node_id", 0))
     links = list(k.config.get("links") or local_links(k.config))
     k.config.setdefault("node_addr", links[0].addr)
-    badlog = RateLog(log)
+    badlog = DropLog(log)
     out = DLOut(node_id, {l.link: (l.addr, l.port) for l in links},
                 fault_tolerant=bool(k.config.get("fault_tolerant")))
     sock: socket.socket | None = None
@@ -154,7 +154,7 @@ async def dlo(k: IProc) -> None:
             sock.close()
 
 
-def _acks(sock: socket.socket, out: DLOut, badlog: RateLog) -> None:
+def _acks(sock: socket.socket, out: DLOut, badlog: DropLog) -> None:
     """Read the acks waiting on dlo's socket (``do_ack``)."""
     for _ in range(256):
         try:
