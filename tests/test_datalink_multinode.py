@@ -86,12 +86,12 @@ def test_datalink_universe(hosts3: Cluster, lamd_pkg, layout):
             for dst in range(3):
                 if src != dst:
                     exchange(c, exe, src, dst, "n")
-        exchange(c, exe, 1, 0, "nobuf")
-        exchange(c, exe, 0, 2, "nobuf")
         for i, h in enumerate(c.hosts):
             cp = h.run(["lamexec", "N", "hostname"], timeout=30)
             assert cp.returncode == 0, f"from n{i}: " + show(cp) + logs(c)
             assert sorted(cp.stdout.split()) == sorted(x.name for x in c.hosts), show(cp)
+        exchange(c, exe, 1, 0, "nobuf")
+        exchange(c, exe, 0, 2, "nobuf")
         cp = c.hosts[0].run(["lamhalt"], timeout=30)
         assert cp.returncode == 0, show(cp) + logs(c)
         halted = True
