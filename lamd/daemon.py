@@ -369,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.update(node_id=booted.node_id, origin=booted.origin,
                       routes=boot_routes(booted.universe, booted.node_id, booted.origin),
                       links=boot_links(booted.universe), dli_port=booted.dli_port,
+                      dli_sock=booted.dli_sock,
+                      route_table=None,  # boot_table makes it again from these routes
                       fault_tolerant=boot_args.fault_tolerant)
         if me is not None and me.addr:
             config["node_addr"] = me.addr

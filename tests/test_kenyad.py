@@ -668,7 +668,9 @@ def test_sans_create_exit_notice_and_slot_reuse(sans):
     assert (r1.reply, r1.index, r1.nodeid) == (0, 1, 0) and r2.index == 2
     sp = s.spawned[0]
     assert sp["loadname"] == "/bin/true" and sp["argv"] == ["/bin/true"]
-    assert sp["wrkdir"] == "/tmp" and sp["fds"] is None
+    # RTF_IO without RTF_PFDIO: stdin /dev/null, stdout and stderr attached to iod
+    assert sp["wrkdir"] == "/tmp" and len(sp["fds"]) == 3
+    assert s.spawned[1]["fds"] is None  # no RTF_IO: kenyad's own stdio
     env = sp["env"]
     assert (env["LAMKENYAPID"], env["LAMRANK"], env["LAMWORLD"], env["LAMJOBID"],
             env["TROLLIUSRTF"]) == (str(os.getpid()), "3", "4", "0:5000",
@@ -814,7 +816,7 @@ def test_sans_bad_requests(sans, caplog):
     s.ask(PQSPAWN)
     assert s.reply().reply == ESERVICE
     for what in ("2-byte request", "unknown request 99", "reply event", "PQATTACH of pid",
-                 "answers to node 5", "4-packet request"):
+                 "no route to node 5", "4-packet request"):
         assert caplog.text.count(what) == 1, (what, caplog.text)
     assert s.spawned == [] and s.killed == []
     s.w.kernel.check_invariants()

@@ -40,7 +40,6 @@ from typing import ClassVar
 
 from ..kernel.constants import MAXNMSGLEN, NHDSIZE
 from ..kernel.wire import NMsg
-from ..iprocs.nreq import DMSKDATA, DMSKMSG, DRAWDATA, DTBO, DINT4DATA
 
 # dl_inet.h
 DLDEFPORT = 5555                # default dl_inet port (unused by lamboot)
@@ -49,7 +48,13 @@ DOSLOTCNT = 8                   # dlo's window slots
 DOMAXPENDING = 3                # unacked frames per link
 DOMAXRESEND = 300               # resends of one frame before a link is faulty
 
-# net.h: the typed-body flags (DRAWDATA/DINT4DATA/DTBO/masks come from nreq)
+# net.h: byte order and the typed-data flags (the same values as
+# lamd.iprocs.nreq's, which imports the datalink: defined here, not imported)
+DTBO = 0x100
+DRAWDATA = 0x10000
+DINT4DATA = 0x20000
+DMSKDATA = 0xF0000
+DMSKMSG = 0x1F00000
 DFLT4DATA = 0x40000
 DFLT8DATA = 0x80000
 DRAWMSG = 0x100000

@@ -5,13 +5,15 @@ for row, so every internal process has LAM's priority and LAM's pid
 (100000 + row): router 100000, bufferd 100001, echod 100004, kenyad 100008,
 traced 100010, haltd 100013, versiond 100014. kenyad, filed, flatd, loadd
 and iod are :mod:`lamd.jobs`'s; traced is :mod:`lamd.iprocs.traced`; what a
-one-node universe has no use for (dli_inet, bforward, died) idles in
-:mod:`lamd.iprocs.stubs`.
+one-node universe has no use for (died) idles in :mod:`lamd.iprocs.stubs`;
+dli_inet, dlo_inet and bforward are the UDP datalink to other nodes
+(:mod:`.dli`, :mod:`.dlo`, :mod:`.bforward`, over :mod:`lamd.datalink`).
 
 Settings read from the boot configuration (all optional):
 ``node_addr`` (this node's IPv4 address; found over netlink when absent),
 ``ncpus`` (default 1, as ``lamboot`` without a cpu count), ``node_type``,
-``dli_port``, ``session`` (the session directory), ``bufferd_space`` and
+``dli_port``, ``dli_sock`` (the datalink socket of the boot callback),
+``links`` and ``routes`` (the universe), ``fault_tolerant`` (``-x``), ``session`` (the session directory), ``bufferd_space`` and
 ``bufferd_space_limit``.
 
 External services (LAM's ``lam-conf.separate``): any row but
@@ -32,13 +34,15 @@ from ..kernel.constants import (
     PRHALTD, PRLOADD, PRROUTER, PRVERSIOND,
 )
 from ..kernel.kiproc import KBoot
+from .bforward import bforward
 from .bufferd import bufferd
+from .dli import dli
 from .dlo import dlo
 from .echod import echod
 from .haltd import haltd
 from .netaddr import node_address
-from .router import router
-from .stubs import bforward, died, dli
+from .router import route_table, router
+from .stubs import died
 from .traced import traced
 from ..jobs.filed import filed
 from ..jobs.flatd import flatd
@@ -111,11 +115,16 @@ def parse_external(spec: str | Iterable[str] | None) -> list[str]:
     return [n for n in EXTERNAL_OK if n in want]
 
 
-def boot_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Fill ``config["node_addr"]`` (netlink) and ``node_id`` if missing."""
+def boot_config(config: dict[str, Any], kernel_side: bool = True) -> dict[str, Any]:
+    """Fill ``config["node_addr"]`` (netlink), ``node_id`` and, for the
+    daemon's own processes (*kernel_side*), the router's table they share
+    (``route_table``) if missing. A separate process (the jobs process)
+    has no table of its own: its ``getroute`` asks the router."""
     if not config.get("node_addr"):
         config["node_addr"] = node_address()
     config.setdefault("node_id", 0)
+    if kernel_side and config.get("route_table") is None:
+        config["route_table"] = route_table(config)
     return config
 
 

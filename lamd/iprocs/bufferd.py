@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..kernel.constants import (
-    EVBUFFERD, KNMSG, KSYNCSQL, KTRACE, KTRY, MAXNMSGLEN,
+    EVBFORWARD, EVBUFFERD, KNMSG, KSYNCSQL, KTRACE, KTRY, MAXNMSGLEN,
 )
 from ..kernel.kiproc import IProc
 from ..kernel.kinner import ksync_type, ksync_type_sql
@@ -155,8 +155,10 @@ class BufferDaemon:
             elif route_local(head, self.node_id):
                 await self.buffer(head, msg.body)
             else:
-                log.error("bufferd: packet for node %d event %d dropped: "
-                          "this universe has no node %d", head.node, head.event, head.node)
+                # another node's (a frame passing through): kept for
+                # bforward, which sends it to dlo (bufferd never blocks there)
+                head.dl_event = EVBFORWARD
+                await self.buffer(head, msg.body)
 
     def check_space(self) -> None:
         was = self.filter
@@ -192,8 +194,9 @@ class BufferDaemon:
         self.buf.keep(head, body)
 
     async def send_msg(self, head: NMsg, body: bytes = b"") -> None:
-        """LAM's ``send_msg``: a reply, delivered or kept like any packet."""
-        head.dl_event = head.event
+        """LAM's ``send_msg``: a reply, delivered or kept like any packet;
+        one for another node kept for bforward."""
+        head.dl_event = head.event if head.node in (LOCAL, self.node_id) else EVBFORWARD
         await self.buffer(head, body)
 
     # -- requests ---------------------------------------------------------------

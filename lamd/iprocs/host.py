@@ -979,7 +979,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("refusing to run as root (as LAM's daemons do): run as the session's user")
         return EXIT_FAILED
     session = Session.for_user(prefix=args.prefix, suffix=args.suffix)
-    config = boot_config({"session": session.directory})
+    config = boot_config({"session": session.directory}, kernel_side=False)
     host = ServiceHost(session.socket_path, names, config)
     host.install_signal_handlers()
     return host.run()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Awaitable
 
 from ..kernel.constants import (
-    EVBUFFERD, KNMSG, KTRACE, KTRY, MAXNMSGLEN, NHDSIZE, NOTEVENT,
+    EVBUFFERD, EVROUTER, KNMSG, KTRACE, KTRY, MAXNMSGLEN, NHDSIZE, NOTEVENT,
 )
 from ..kernel.kiproc import IProc, Received
 from ..kernel.wire import KReply, NMsg
@@ -125,17 +125,62 @@ def dsend(k: IProc, head: NMsg, body: bytes = b"", *, node_id: int = 0) -> Await
     return k.send(head.dl_event, ktype, body, kflags, nmsg=head, length=len(body))
 
 
+class NoRoute(LookupError):
+    """``getroute`` found no route to the node (LAM's ``EBADNODE``)."""
+
+
+#: rreq.h: RQGETROUTE (the router's request code)
+_RQGETROUTE = 0
+
+
+async def getroute(k: IProc, head: NMsg, node_id: int = 0) -> NMsg:
+    """LAM's ``getroute``: fill ``nh_dl_event``/``nh_dl_link`` of *head* in
+    place (and return it): this node's packets go to their own event, other
+    nodes' to the datalink event and link the router gives (``EVDL0``).
+
+    Inside the daemon the router's table is shared (``config["route_table"]``,
+    as the integrated lamd's ``rqgetrent`` reads it); a separate process asks
+    the router (``RQGETROUTE``, a ``dsfr`` to ``EVROUTER``) as liblam does.
+    Raises :class:`NoRoute` for a node the router does not know.
+    """
+    if head.node in (LOCAL, node_id):
+        head.dl_event = head.event
+        return head
+    table = k.config.get("route_table")
+    if table is not None:
+        r = table.find(head.node)
+        if r is None:
+            raise NoRoute(head.node)
+        event, link = r.event, r.link
+    else:
+        me = -k.pid
+        req = NMsg(dl_event=EVROUTER, node=LOCAL, event=EVROUTER, type=0, flags=NOBUF,
+                   data=data_words(me, _RQGETROUTE, head.node))
+        got = await k.sr(EVROUTER, 0, b"", KNMSG, me, 0, 0, KNMSG, nmsg=req)
+        d = got.nmsg.data if got.nmsg is not None else (0,) * NHDSIZE
+        if got.reply.reply or d[0]:
+            raise NoRoute(head.node)
+        event, link = d[3], d[6]
+    if event == NOTEVENT:
+        head.dl_event = head.event
+    else:
+        head.dl_event, head.dl_link = event, link
+    return head
+
+
 async def nsend(k: IProc, head: NMsg, body: bytes = b"", *, node_id: int = 0) -> KReply:
     """LAM's internal ``nsend`` (``otb/sys/lamd/nsend.c``): one packet.
 
-    Local packets go to bufferd unless ``NOBUF`` is set; a packet for another
-    node would need the router's datalink, which a one-node universe lacks.
+    Local packets go to bufferd unless ``NOBUF`` is set; packets for another
+    node (or ``NOBUF``) go where :func:`getroute` says (another node's: to
+    dlo, ``EVDL0``). Raises :class:`NoRoute` for a node the router does not
+    know.
     """
     if len(body) > MAXNMSGLEN:
         raise ValueError(f"internal nsend of {len(body)} bytes (max {MAXNMSGLEN})")
     head = replace(head, length=len(body))
     if head.flags & NOBUF or head.node not in (LOCAL, node_id):
-        head.dl_event = head.event
+        await getroute(k, head, node_id)
     else:
         head.dl_event = EVBUFFERD
     if head.flags & NREEL:
@@ -182,5 +227,5 @@ __all__ = [
     "DLUSR", "DLSYS", "DLI", "DLCTL",
     "BFQRECV", "BFQPROBE", "BFQSTATE", "BFQSWEEP", "BFQSWEEP1", "BFQSPACE",
     "BFQLOOK", "BFDEFSPACE", "NetMsg", "nsend", "nrecv", "dsend", "data_words",
-    "int4", "route_local",
+    "int4", "route_local", "getroute", "NoRoute",
 ]

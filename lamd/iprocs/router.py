@@ -6,7 +6,10 @@ Clients ask it through ``share/rreq/`` (``getnodes``, ``getntype``,
 coming back on ``rq_src_event`` (``-pid``) with ``struct rreply`` in
 ``nh_data`` and, for ``RQGETNODES``, the node ids as the body.
 
-Here the universe is one node, booted smart (what ``dli_inet``'s
+The table is the universe lamboot sent (``lamd.boot.agent.routes``: other
+nodes through dlo, ``EVDL0``), shared with the daemon's other internal
+processes as ``config["route_table"]`` (their ``getroute``, as the
+integrated lamd's ``rqgetrent``). Without lamboot the universe is one node, booted smart (what ``dli_inet``'s
 ``initrouter`` leaves behind after ``lamboot``): node 0 is this node and the
 origin (``NT_ME | NT_ORIGIN``), reached locally (``r_event == NOTEVENT``).
 ``RQSETROUTES``/``RQREMROUTE``/``RQSETSMART`` keep working on the table as
@@ -100,6 +103,12 @@ class RouteTable:
         self.routes.pop(nodeid, None)
 
 
+def route_table(config: dict) -> RouteTable:
+    """The router's table from the daemon's settings: the universe lamboot
+    sent (``config["routes"]``), else the one-node universe."""
+    return RouteTable(list(config.get("routes") or [local_route(config)]))
+
+
 def rreply(reply: int = 0, nodetype: int = 0, ncpus: int = 0, event: int = 0,
            event2: int = 0, link2: int = 0, link: int = 0, ntype: int = 0) -> tuple[int, ...]:
     """``struct rreply`` as ``nh_data`` words."""
@@ -139,7 +148,9 @@ async def router(k: IProc) -> None:
     """Serve router requests forever (LAM's ``r_init`` + ``router``)."""
     # booted by lamboot: the universe's routes (lamd.boot.agent.routes, what
     # dli_inet's initrouter sets); else the one-node universe
-    table = RouteTable(list(k.config.get("routes") or [local_route(k.config)]))
+    table = k.config.get("route_table")
+    if table is None:
+        table = route_table(k.config)
     k.config.setdefault("node_id", 0)
     while True:
         req = await nrecv(k, EVROUTER, 0, ROUTE.size * RNRENT, NOBUF)
@@ -154,6 +165,6 @@ async def router(k: IProc) -> None:
         await dsend(k, head, body)
 
 
-__all__ = ["router", "Route", "RouteTable", "local_route", "answer",
+__all__ = ["router", "Route", "RouteTable", "local_route", "route_table", "answer",
            "RQGETROUTE", "RQGETNODES", "RQGETNTYPE", "RQSETROUTES",
            "RQREMROUTE", "RQSETSMART", "RQGETSMART", "RSMART", "RDUMB"]

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..kernel.constants import (
-    ESERVICE, EVBFORWARD, EVDLI, EVFILED, EVFLATD, EVIOD, EVKENYAD, EVLOADD,
+    ESERVICE, EVFILED, EVFLATD, EVIOD, EVKENYAD, EVLOADD,
     MAXNMSGLEN,
 )
 from ..kernel.kiproc import IProc, IProcMain
@@ -199,8 +199,6 @@ kenyad = make_stub("kenyad", EVKENYAD, lambda m, k: kenyad_reply(
 loadd = make_stub("loadd", EVLOADD, lambda m, k: loadd_reply(m))
 flatd = make_stub("flatd", EVFLATD, lambda m, k: flatd_reply(m))
 iod = make_idle("iod", EVIOD)
-dli = make_idle("dli", EVDLI)
-bforward = make_idle("bforward", EVBFORWARD)
 
-__all__ = ["filed", "kenyad", "loadd", "flatd", "iod", "dli", "bforward",
+__all__ = ["filed", "kenyad", "loadd", "flatd", "iod",
            "died", "STUB_ERROR", "take_passed_fds", "fd_server_allowed"]

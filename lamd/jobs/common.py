@@ -15,9 +15,8 @@ event, replying only where a reply can go, and knowing when a client is gone.
   daemon's exit).  Here the process behind a request's ``src_event = -pid``
   is watched through a pidfd while the service holds something of it.
 * :func:`reply`: a service answers on the request's ``src_node``/``src_event``;
-  in this one-node universe a reply to any other node would be a kernel send
-  nobody ever receives (it would block the service), so it is dropped with
-  one log line instead.
+  another node's through dlo (``getroute``); a node the router does not
+  know gets nothing and one log line.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import os
 from typing import Iterable
 
 from ..iprocs.nreq import (
-    BFQRECV, BFQSWEEP1, DLCTL, LOCAL, NetMsg, data_words, nrecv, nsend, received,
+    BFQRECV, BFQSWEEP1, DLCTL, LOCAL, NetMsg, NoRoute, data_words, nrecv, nsend, received,
 )
 from ..kernel.constants import EVBUFFERD, KNMSG, MAXNMSGLEN
 from ..kernel.kiproc import IPROC_PID_BASE, Event, IProc, Watch
@@ -72,12 +71,13 @@ async def next_request(k: IProc, event: int, watches: Iterable[Watch] = (),
 async def reply(k: IProc, node: int, event: int, data: Iterable[int] = (), body: bytes = b"",
                 flags: int = 0, type: int = 0, what: str = "") -> bool:
     """``nsend`` a reply; False (and one log line) if it cannot go anywhere."""
-    if not is_local(node, k):
-        log.warning("%s: no reply%s to node %d event %d: this universe has only node %d",
-                    k.name, f" ({what})" if what else "", node, event, node_id(k))
-        return False
     head = NMsg(node=node, event=event, type=type, flags=flags, data=data_words(*data))
-    await nsend(k, head, body, node_id=node_id(k))
+    try:
+        await nsend(k, head, body, node_id=node_id(k))
+    except NoRoute:
+        log.warning("%s: no reply%s to node %d event %d: no route to that node",
+                    k.name, f" ({what})" if what else "", node, event)
+        return False
     return True
 
 

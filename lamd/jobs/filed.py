@@ -82,7 +82,7 @@ from ..kernel.constants import (
 )
 from ..kernel.kiproc import Event, IProc, Watch
 from . import srfd
-from .common import Owners, is_local, next_request, owner_of, reply
+from .common import Owners, next_request, owner_of, reply
 from .srfd import fd_server_allowed
 from .wire import (
     FQCLOSE, FQINCR, FQMAX, FQOPENFD, FQRMFD, FQSTATE, FQWRITE, LAM_O_1WAY, LAM_O_ACTIVE,
@@ -376,10 +376,6 @@ class Filed:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("filed: request %d tfd %d from node %d event %d, %d bytes", q.req,
                       q.param0, q.src_node, q.src_event, len(body))
-        if not is_local(q.src_node, self.k):
-            log.warning("filed: request %d from node %d event %d dropped: this "
-                        "universe has one node", q.req, q.src_node, q.src_event)
-            return
         if q.req == FQOPENFD:
             await self.fqopenfd(q, body)
         elif q.req == FQCLOSE:

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from ..kernel.constants import EBADREQUEST, EVFLATD
 from ..kernel.kiproc import Event, IProc
 from ..iprocs.nreq import NREEL
-from .common import Owners, is_local, next_request, owner_of, reply
+from .common import Owners, next_request, owner_of, reply
 from .wire import (
     EBADTAG, ENOFLDESCRIPTORS, FLMAX, FLPATHLEN, FLQCLEAN, FLQFORGET, FLQGET, FLQLOAD,
     FlReply, FlReq, pack_flpath,
@@ -170,10 +170,6 @@ class Flatd:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("flatd: request %d tag %d length %d from node %d event %d, %d bytes",
                       q.req, q.tag, q.ldlength, q.src_node, q.src_event, len(body))
-        if not is_local(q.src_node, self.k):
-            log.warning("flatd: request %d from node %d dropped: this universe has one "
-                        "node", q.req, q.src_node)
-            return
         if q.req == FLQLOAD:
             await self.flqload(q, body)
         elif q.req in (FLQGET, FLQFORGET):

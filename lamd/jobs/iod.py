@@ -17,10 +17,9 @@ non-blocking and watched through the wait API; a client has
 :data:`HEAD_TIMEOUT` seconds to send its ``finfo`` (and descriptor), then is
 dropped; at most ``config["iod_max_streams"]`` (:data:`MAX_STREAMS`)
 streams at once (more are accepted and closed at once, with a log line).
-Output for another node has nowhere to go in this one-node universe: it is
-read and dropped with one log line per stream (the multi-node step is to
-``nsend`` it through the router's datalink, as ``_lam_rfwrite`` does, and to
-route the FQCLOSE the same way).  On one node the stock tools never use iod
+Output for another node is ``nsend`` through the router's datalink, as
+``_lam_rfwrite`` does, and so is the FQCLOSE; for a node the router does
+not know it is read and dropped with one log line per stream. On one node the stock tools never use iod
 (local processes get the tool's descriptors: ``RTF_PFDIO``); a process
 created with ``RTF_IO`` but not ``RTF_PFDIO`` (another client of kenyad)
 writes through iod to this node's filed.
@@ -41,8 +40,8 @@ from dataclasses import dataclass
 from ..kernel.constants import EVFILED, EVIOD, MAXNMSGLEN
 from ..kernel.kiproc import Event, IProc, Watch
 from ..kernel.wire import NMsg
-from ..iprocs.nreq import nsend
-from .common import is_local, next_request, node_id, sweep_event
+from ..iprocs.nreq import NoRoute, nsend
+from .common import next_request, node_id, sweep_event
 from .wire import FQCLOSE, FQWRITE, LAM_IOSOCKET, FReq, IodForward
 
 log = logging.getLogger("lamd.jobs.iod")
@@ -224,10 +223,6 @@ class Iod:
             st.deadline = None
         info = st.info
         assert info is not None
-        if not is_local(info.node, self.k):
-            log.warning("iod: output for node %d tfd %d dropped: this universe has one "
-                        "node", info.node, info.tfd)
-            st.dropping = True
 
     async def forward(self, st: Stream, data: bytes) -> None:
         info = st.info
@@ -236,8 +231,13 @@ class Iod:
             return
         # _lam_rfwrite(node, tfd, LAM_O_1WAY): one FQWRITE per packet, no reply
         q = FReq(FQWRITE, node_id(self.k), EVIOD, info.tfd, len(data))
-        await nsend(self.k, NMsg(node=info.node, event=EVFILED, data=q.data()), data,
-                    node_id=node_id(self.k))
+        try:
+            await nsend(self.k, NMsg(node=info.node, event=EVFILED, data=q.data()), data,
+                        node_id=node_id(self.k))
+        except NoRoute:
+            log.warning("iod: output for node %d tfd %d dropped: no route to that node",
+                        info.node, info.tfd)
+            st.dropping = True
 
     async def finish(self, st: Stream) -> None:
         """End of a stream: ``io_rfclose``, then forget it."""

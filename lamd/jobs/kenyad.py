@@ -108,7 +108,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ..ratelog import RateLog
 from ..iprocs.nreq import (
     BFQRECV, BFQSWEEP1, DLCTL, LOCAL, NMORE, NOTNODEID, NREEL, NetMsg, data_words,
-    dsend, received,
+    NoRoute, dsend, getroute, received,
 )
 from ..kernel.constants import (
     EVBUFFERD, EVFLATD, EVKENYAD, KNMSG, KSFREE, MAXNMSGLEN, NOTEVENT, LamErrno, sigmask,
@@ -120,9 +120,10 @@ from .cgroups import MODE_CGROUP
 from .wire import (
     EBADTAG, EEOF, ENOPDESCRIPTORS, ENOTPROCESS, ESERVICE, EXIT_NOTICE_TYPE, FLQFORGET,
     FLPATHLEN, PQATTACH, PQCREATE, PQDETACH, PQDOOM, PQSPAWN, PQSTATE, PSMAXNAME,
-    RTF_FLAT, RTF_KENYA_ATTACH, RTF_KENYA_CHILD, RTF_MPI, RTF_PFDIO,
+    LAM_IOSOCKET, RTF_FLAT, RTF_IO, RTF_KENYA_ATTACH, RTF_KENYA_CHILD, RTF_MPI, RTF_PFDIO,
     RTF_SYSGEN, RTF_TRYCWD, RTF_WAIT, SELECT_ALL, SELECT_APPL, SELECT_INDEX, SELECT_MPI,
-    SELECT_PID, SELECT_SYS, SIGUDIE, FlReply, FlReq, JobId, KStatus, PReply, PReq, PState,
+    SELECT_PID, SELECT_SYS, SIGUDIE, TROLLIUSFD, FlReply, FlReq, IodForward, JobId,
+    KStatus, PReply, PReq, PState,
     child_environment, child_workdir, fd_server_path, int4, lam_exit_status,
     split_flat_args,
 )
@@ -535,7 +536,12 @@ class Kenyad:
         if head.node in (LOCAL, self.node_id):
             head.dl_event = EVBUFFERD
         else:
-            head.dl_event = head.event
+            try:  # another node's: through dlo, as the router says
+                await getroute(k, head, self.node_id)
+            except NoRoute:
+                self.badlog.warn("send", "kenyad: no route to node %d (event %d); dropped",
+                                 head.node, head.event)
+                return False
         if head.flags & NREEL:
             d = list(head.data)
             d[6] = 0
@@ -640,12 +646,6 @@ class Kenyad:
             # every LAM client answers on -pid; a service event would loop
             self.badlog.warn("event", "kenyad: request %d with reply event %d refused "
                              "(not a client's -pid)", pq.req, pq.src_event)
-            return
-        if pq.src_node not in (LOCAL, self.node_id) and pq.req != PQATTACH:
-            # one node: there is no route to another (a reply sent there would
-            # wait out send_timeout for a receiver that cannot exist)
-            self.badlog.warn("node", "kenyad: request %d answers to node %d, not this "
-                             "node (%d); ignored", pq.req, pq.src_node, self.node_id)
             return
         if pq.req == PQCREATE:
             await self.pqcreate(pq)
@@ -941,6 +941,8 @@ class Kenyad:
         try:
             env = child_environment(pq, envv, environ, os.getpid())
             env = {n: v for n, v in env.items() if n and "=" not in n}
+            if fds is None and pq.rtf & RTF_IO:
+                fds = self.iod_stdio(env)
             workdir = child_workdir(replace(pq, wrkdir=wrkdir), loadname)
             jobid = (pq.jobid.node, pq.jobid.pid)
             enter = self.jobctl.preexec(jobid) if self.jobctl is not None else None
@@ -964,6 +966,41 @@ class Kenyad:
                  pop.pid, index, pq.jobid.node, pq.jobid.pid, p.rtf,
                  "" if res.how == "exec" else f", {res.how}")
         return 0, pop.pid, index
+
+    def iod_stdio(self, env: Mapping[str, str]) -> list[int] | None:
+        """``redirect_stdio`` for ``RTF_IO`` without ``RTF_PFDIO`` (the tool
+        on another node): stdout and stderr attached to this node's iod
+        (``liosattach``: a connection to ``lam-io-socket`` carrying
+        ``finfo`` {io node, tfd, 0}, then the data), which sends them to the
+        tool's filed; stdin from ``/dev/null``. None if there is no
+        ``TROLLIUSFD`` or no iod to attach to (the child keeps kenyad's)."""
+        spec = env.get(TROLLIUSFD, "")
+        if not self.session or spec.count(":") != 3:
+            return None
+        try:
+            node, _, out_tfd, err_tfd = (int(x) for x in spec.split(":"))
+        except ValueError:
+            return None
+        fds: list[int] = []
+        try:
+            fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            for tfd in (out_tfd, err_tfd):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    s.settimeout(self.fd_timeout)
+                    s.connect(os.path.join(self.session, LAM_IOSOCKET))
+                    s.sendall(IodForward(node, tfd, 0).pack())
+                    s.shutdown(socket.SHUT_RD)
+                except OSError:
+                    s.close()
+                    raise
+                fds.append(s.detach())
+        except OSError as e:
+            self.badlog.warn("iod", "kenyad: cannot attach a process's output to iod: %s", e)
+            for fd in fds:
+                os.close(fd)
+            return None
+        return fds
 
     def _table_full(self) -> None:
         if not self._full_logged:

@@ -33,11 +33,11 @@ import logging
 import os
 import stat
 
-from ..iprocs.nreq import LOCAL, nsend
+from ..iprocs.nreq import LOCAL, NoRoute, getroute, nsend
 from ..kernel.constants import EBADNODE, EBADREQUEST, EVFLATD, EVLOADD, MAXNMSGLEN
 from ..kernel.kiproc import Event, IProc
 from ..kernel.wire import NMsg
-from .common import is_local, next_request, node_id, reply, sweep_event
+from .common import next_request, node_id, reply, sweep_event
 from .flatd import MAX_ENTRY
 from .wire import FLQLOAD, FNAMELEN, LQLOAD, FlReply, FlReq, LReply, LReq, int4
 
@@ -86,10 +86,6 @@ class Loadd:
                 continue
             q = LReq.from_data(msg.data)
             name = msg.body[:FNAMELEN].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            if not is_local(q.src_node, self.k):
-                log.warning("loadd: request from node %d dropped: this universe has one "
-                            "node", q.src_node)
-                continue
             if q.req != LQLOAD:
                 log.warning("loadd: unknown request %d from pid %d", q.req, -q.src_event)
                 code = EBADREQUEST
@@ -102,8 +98,11 @@ class Loadd:
             await reply(self.k, q.src_node, q.src_event, LReply(code).data(), what="LQLOAD")
 
     async def load(self, q: LReq, name: str) -> int:
-        if not is_local(q.dest_node, self.k):
-            raise LoadError(EBADNODE, f"no node {q.dest_node} in this universe")
+        if q.dest_node not in (LOCAL, node_id(self.k)):
+            try:  # a node the router does not know: refused before any reading
+                await getroute(self.k, NMsg(node=q.dest_node, event=EVFLATD), node_id(self.k))
+            except NoRoute:
+                raise LoadError(EBADNODE, f"no node {q.dest_node} in this universe") from None
         full = find_program(name)
         try:
             fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
@@ -126,7 +125,10 @@ class Loadd:
         flq = FlReq(src_node, REPLY_EVENT, FLQLOAD, q.tag, size, size)
         head = NMsg(node=q.dest_node, event=EVFLATD, data=flq.data())
         await sweep_event(k, REPLY_EVENT)
-        await nsend(k, head, b"", node_id=node_id(k))
+        try:
+            await nsend(k, head, b"", node_id=node_id(k))
+        except NoRoute:
+            raise LoadError(EBADNODE, f"no node {q.dest_node} in this universe") from None
         code = await self.flatd_reply()
         if code:
             return code

@@ -230,7 +230,7 @@ class JobsProcess:
         if stubs:
             log.info("jobs: %s not implemented yet: served by stubs (ESERVICE)", ", ".join(stubs))
         config = boot_config({"session": self.session.directory, "jobs": self.jobs,
-                              "node_id": self.node_id})
+                              "node_id": self.node_id}, kernel_side=False)
         host = self.host = ServiceHost(path, rows, config)
         host.install_signal_handlers()
         user = current_user()

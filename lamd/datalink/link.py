@@ -1,0 +1,352 @@
+"""The datalink's protocol, sans-IO: one state machine per link and the two
+tables that own them (LAM's ``otb/sys/dlo_inet/{dlo_inet,do_intr}.c`` and
+``otb/sys/dli_inet/dli_inet.c``).
+
+Nothing here touches a socket or a clock. :class:`DLOut` (dlo's side) is
+fed messages to send, acks and timer ticks and returns the datagrams to send
+(address, bytes); :class:`DLIn` (dli's side) is fed datagrams with their
+source address and returns acks to send back and frames to hand on, in
+order. The internal processes :mod:`lamd.iprocs.dlo` and
+:mod:`lamd.iprocs.dli` carry those out.
+
+LAM's rules, kept:
+
+* sequence numbers per link from 0, modulo ``DLMAXSEQ``; every frame is
+  acked alone (``struct dlack``: its sequence number, the acking node);
+* at most ``DOMAXPENDING`` (3) unacked frames per link; more wait, in
+  order, in dlo's ``DOSLOTCNT`` (8) slots, which all links share: with every
+  slot full dlo takes nothing more from the kernel, so senders block there;
+* a timer tick every ``LAM_TO_DLO_ACK`` (0.5 s) while a slot is full: a
+  pending frame is marked at its first tick and resent, lowest sequence
+  number first, at every tick after; with ``-x`` a frame resent more than
+  ``DOMAXRESEND`` times makes its link dead;
+* dli delivers in order per link; a frame already delivered is acked again
+  (its ack was lost) and not delivered twice.
+
+Beyond LAM (hostile input):
+
+* a frame is taken only from the address of the node it claims to come
+  from, an ack only from the address of the node it claims to ack for;
+* a frame ahead of the next one expected is kept (and acked) when it is
+  fewer than :data:`DLI_WINDOW` frames ahead, so a lost frame does not
+  cost the resend of those after it; farther ahead it is dropped unacked
+  (LAM drops every frame ahead) and its sender resends it. What any sender
+  can make dli hold is so bounded by ``DLI_WINDOW - 1`` frames. Two
+  different frames with one number ahead (a forged one and the real one)
+  are both dropped unacked, so a forger cannot slip a frame in ahead: the
+  real sender resends, and the frame is taken only when it is the next.
+* malformed datagrams, unknown nodes and foreign addresses are reported
+  (:class:`Drop`) for the caller to log at a bounded rate.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .frame import (
+    DLACKLEN, DLMAXSEQ, DOMAXPENDING, DOMAXRESEND, DOSLOTCNT, DLAck, DLFrame,
+    FrameError, seqinc,
+)
+
+#: dl_inet.h / lam_config.h: the ack timeout (LAM_TO_DLO_ACK, microseconds)
+LAM_TO_DLO_ACK = 500000
+#: the timer period of dlo, in seconds
+TICK = LAM_TO_DLO_ACK / 1e6
+#: frames dli keeps per sender: the next expected and those less than this far ahead
+DLI_WINDOW = DOSLOTCNT
+
+Addr = tuple[str, int]
+
+
+def seqdiff(a: int, b: int) -> int:
+    """How far *a* is after *b*, in ``(-DLMAXSEQ/2, DLMAXSEQ/2]``."""
+    d = (a - b) % DLMAXSEQ
+    return d - DLMAXSEQ if d > DLMAXSEQ // 2 else d
+
+
+# --------------------------------------------------------------------------
+# dlo: the output side
+
+
+@dataclass(slots=True)
+class Slot:
+    """``struct doslot``: one frame given to a link, sent or waiting."""
+
+    seq: int
+    datagram: bytes
+    pending: bool = False      # DOPENDING: sent, unacked
+    marked: bool = False       # DORESEND: a tick passed since it was sent
+    resend: int = 0            # dos_resend
+
+
+@dataclass(slots=True)
+class OutLink:
+    """One link of dlo (``struct dolink`` and its slots): where frames go,
+    the next sequence number, the frames sent and those waiting."""
+
+    link: int
+    addr: Addr
+    seqgive: int = 0                                       # dol_seqgive
+    pending: dict[int, Slot] = field(default_factory=dict)  # by seq, unacked
+    held: deque[Slot] = field(default_factory=deque)       # waiting for the window
+    idle: int = 0                                          # dol_idle
+
+    @property
+    def npending(self) -> int:
+        return len(self.pending)
+
+    @property
+    def nslots(self) -> int:
+        return len(self.pending) + len(self.held)
+
+    @property
+    def seqsend(self) -> int:
+        """``dol_seqsend``: the next sequence number to send."""
+        return self.held[0].seq if self.held else self.seqgive
+
+    def give(self, frame: DLFrame) -> list[bytes]:
+        """A frame for this link (its ``dlf_seqnum`` is replaced by the
+        link's next): the datagrams to send now."""
+        seq = self.seqgive
+        self.seqgive = seqinc(seq)
+        self.idle = 0
+        fr = DLFrame(frame.dlf_src_node, seq, frame.dlh_node, frame.dlh_event,
+                     frame.dlh_type, frame.dlh_length, frame.dlh_flags,
+                     frame.dlh_data, frame.dlf_msg)
+        slot = Slot(seq, fr.encode())
+        self.held.append(slot)
+        return self._fill()
+
+    def _fill(self) -> list[bytes]:
+        out = []
+        while self.held and len(self.pending) < DOMAXPENDING:
+            s = self.held.popleft()
+            s.pending = True
+            self.pending[s.seq] = s
+            out.append(s.datagram)
+        return out
+
+    def ack(self, seq: int) -> tuple[bool, list[bytes]]:
+        """An ack of frame *seq*: (was it pending, datagrams to send now)."""
+        if self.pending.pop(seq, None) is None:
+            return False, []
+        return True, self._fill()
+
+    def tick(self) -> list[Slot]:
+        """LAM's ``do_timeout_ack`` for this link: mark what is pending,
+        and return the slots marked at an earlier tick (to resend, lowest
+        sequence number first)."""
+        due = []
+        for s in self.pending.values():
+            if s.marked:
+                due.append(s)
+            else:
+                s.marked = True
+        due.sort(key=lambda s: seqdiff(s.seq, self.seqgive))
+        return due
+
+
+@dataclass(slots=True, frozen=True)
+class Drop:
+    """A datagram not taken, and why (for one rate-limited log line)."""
+
+    src: Addr
+    why: str
+
+
+@dataclass(slots=True)
+class OutResult:
+    """What :class:`DLOut` asks for: datagrams to send (address, bytes),
+    links found dead (``-x``), datagrams dropped."""
+
+    send: list[tuple[Addr, bytes]] = field(default_factory=list)
+    dead: list[int] = field(default_factory=list)
+    drops: list[Drop] = field(default_factory=list)
+
+
+class DLOut:
+    """dlo's link table and slots (sans-IO)."""
+
+    def __init__(self, node_id: int, links: dict[int, Addr] | None = None,
+                 fault_tolerant: bool = False, nslots: int = DOSLOTCNT) -> None:
+        self.node_id = node_id
+        self.links: dict[int, OutLink] = {}
+        self.fault_tolerant = fault_tolerant
+        self.nslots = nslots
+        for link, addr in (links or {}).items():
+            self.set_link(link, addr)
+
+    # -- the table ----------------------------------------------------------
+    def set_link(self, link: int, addr: Addr) -> None:
+        """``DOQSETLINK``: a link, fresh (sequence numbers from 0)."""
+        self.links[link] = OutLink(link, addr)
+
+    def rem_link(self, link: int) -> None:
+        """``DOQREMLINK``: the link and its frames go (``do_slotsweep``)."""
+        self.links.pop(link, None)
+
+    # -- slots ----------------------------------------------------------------
+    @property
+    def nfull(self) -> int:
+        """``dos_nfull``: slots holding a frame, over every link."""
+        return sum(l.nslots for l in self.links.values())
+
+    def room(self) -> bool:
+        """Can dlo take one more message from the kernel?"""
+        return self.nfull < self.nslots
+
+    def busy(self) -> bool:
+        """Is anything unacked (the ack timer must run)?"""
+        return self.nfull > 0
+
+    # -- events ---------------------------------------------------------------
+    def outgoing(self, link: int, frame: DLFrame) -> OutResult:
+        """``do_outgoing``: *frame* (any ``dlf_seqnum``) for *link*. A link
+        that does not exist drops it silently, as LAM does."""
+        r = OutResult()
+        l = self.links.get(link)
+        if l is None:
+            r.drops.append(Drop(("", 0), f"no link n{link} for a frame to node "
+                                          f"{frame.dlh_node} event {frame.dlh_event}"))
+            return r
+        for d in l.give(frame):
+            r.send.append((l.addr, d))
+        return r
+
+    def datagram(self, src: Addr, data: bytes) -> OutResult:
+        """An ack arriving on dlo's socket from *src* (``do_ack``)."""
+        r = OutResult()
+        if len(data) != DLACKLEN:
+            r.drops.append(Drop(src, f"a {len(data)}-byte datagram on dlo's socket "
+                                     f"(acks are {DLACKLEN})"))
+            return r
+        a = DLAck.decode(data)
+        l = self.links.get(a.dla_destid)
+        if l is None:
+            r.drops.append(Drop(src, f"an ack from unknown node {a.dla_destid}"))
+            return r
+        if src[0] != l.addr[0]:
+            r.drops.append(Drop(src, f"an ack for node n{a.dla_destid} from another "
+                                     f"address than its {l.addr[0]}"))
+            return r
+        _, sends = l.ack(a.dla_seqnum)   # an ack of nothing pending: a duplicate
+        for d in sends:
+            r.send.append((l.addr, d))
+        return r
+
+    def tick(self) -> OutResult:
+        """``do_timeout_ack``: resend what waited a whole tick; with ``-x``
+        links whose frames were resent more than ``DOMAXRESEND`` times die."""
+        r = OutResult()
+        for l in list(self.links.values()):
+            for s in l.tick():
+                if self.fault_tolerant and s.resend > DOMAXRESEND:
+                    r.dead.append(l.link)
+                    self.rem_link(l.link)
+                    break
+                s.resend += 1
+                r.send.append((l.addr, s.datagram))
+        return r
+
+
+# --------------------------------------------------------------------------
+# dli: the input side
+
+
+@dataclass(slots=True)
+class InLink:
+    """One sender as dli sees it (``struct dilink``): its address, the next
+    sequence number expected (``dil_seqrecv``), frames kept from ahead."""
+
+    link: int
+    ip: str
+    seqrecv: int = 0
+    ahead: dict[int, DLFrame] = field(default_factory=dict)
+    conflicts: int = 0
+
+    def receive(self, fr: DLFrame) -> tuple[bool, list[DLFrame]]:
+        """A frame from this sender: (ack it?, frames to hand on in order)."""
+        d = seqdiff(fr.dlf_seqnum, self.seqrecv)
+        if d < 0:
+            return True, []                       # delivered before: ack again
+        if d >= DLI_WINDOW:
+            return False, []                      # too far ahead: it will be resent
+        if d > 0:
+            kept = self.ahead.setdefault(fr.dlf_seqnum, fr)
+            if kept != fr:  # two different frames claim one number: keep neither
+                del self.ahead[fr.dlf_seqnum]
+                self.conflicts += 1
+                return False, []
+            return True, []
+        out = [fr]
+        self.seqrecv = seqinc(self.seqrecv)
+        while self.seqrecv in self.ahead:
+            out.append(self.ahead.pop(self.seqrecv))
+            self.seqrecv = seqinc(self.seqrecv)
+        return True, out
+
+
+@dataclass(slots=True)
+class InResult:
+    """What :class:`DLIn` asks for: acks to send (to the frame's source
+    address), frames to hand on (in order per sender), datagrams dropped."""
+
+    acks: list[tuple[Addr, bytes]] = field(default_factory=list)
+    deliver: list[DLFrame] = field(default_factory=list)
+    drops: list[Drop] = field(default_factory=list)
+
+
+class DLIn:
+    """dli's link table (sans-IO): node id -> the address frames from it
+    must come from."""
+
+    def __init__(self, node_id: int, links: dict[int, str] | None = None) -> None:
+        self.node_id = node_id
+        self.links: dict[int, InLink] = {}
+        for link, ip in (links or {}).items():
+            self.set_link(link, ip)
+
+    def set_link(self, link: int, ip: str) -> None:
+        """``DIQSETLINK``: a sender, fresh (sequence numbers from 0)."""
+        self.links[link] = InLink(link, ip)
+
+    def rem_link(self, link: int) -> None:
+        self.links.pop(link, None)
+
+    def held(self) -> int:
+        """Frames kept from ahead, over every sender."""
+        return sum(len(l.ahead) for l in self.links.values())
+
+    def datagram(self, src: Addr, data: bytes) -> InResult:
+        """A datagram on dli's port from *src* (``di_forward``)."""
+        r = InResult()
+        try:
+            fr = DLFrame.decode(data)
+        except FrameError as e:
+            r.drops.append(Drop(src, f"malformed frame: {e}"))
+            return r
+        l = self.links.get(fr.dlf_src_node)
+        if l is None:
+            r.drops.append(Drop(src, f"a frame from unknown node {fr.dlf_src_node}"))
+            return r
+        if src[0] != l.ip:
+            r.drops.append(Drop(src, f"a frame claiming node n{fr.dlf_src_node} from "
+                                     f"another address than its {l.ip}"))
+            return r
+        if not 0 <= fr.dlf_seqnum < DLMAXSEQ:
+            r.drops.append(Drop(src, f"sequence number {fr.dlf_seqnum} out of range"))
+            return r
+        conflicts = l.conflicts
+        ack, out = l.receive(fr)
+        if l.conflicts != conflicts:
+            r.drops.append(Drop(src, f"frame {fr.dlf_seqnum} from node n{fr.dlf_src_node}: "
+                                     "another frame with that number was kept"))
+        if ack:
+            r.acks.append((src, DLAck(fr.dlf_seqnum, self.node_id).encode()))
+        r.deliver.extend(out)
+        return r
+
+
+__all__ = ["DLOut", "DLIn", "OutLink", "InLink", "Slot", "Drop", "OutResult",
+           "InResult", "seqdiff", "TICK", "LAM_TO_DLO_ACK", "DLI_WINDOW"]
