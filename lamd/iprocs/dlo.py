@@ -115,7 +115,11 @@ async def dlo(k: IProc) -> None:
             if out.busy() and timer is None:
                 timer = k.timer(TICK)
             watches = tuple(x for x in (w, timer) if x is not None)
-            if out.room():
+            if out.room() and not watches:
+                # one node, nothing in flight: a plain receive, no event
+                # sources (what lets a re-exec find dlo at rest)
+                got = await k.recv(EVDL0, 0, MAXNMSGLEN, KNMSG)
+            elif out.room():
                 got = await k.wait(k.recv(EVDL0, 0, MAXNMSGLEN, KNMSG), *watches)
             else:
                 got = await k.next_event(*watches)
