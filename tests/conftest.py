@@ -95,17 +95,16 @@ def daemon(request, lam_session):
         d = lamenv.CDaemon(lam_session)
     else:
         d = lamenv.PyDaemon(lam_session, request.getfixturevalue("lamd_pkg"))
-    request.node._lam_daemons = getattr(request.node, "_lam_daemons", []) + [d]
+    lamenv.show_log_on_failure(request, d)
     try:
         d.start()
         yield d
     finally:
         d.stop()
-    call = getattr(request.node, "_lam_rep_call", None)
     problems = getattr(d, "stop_problems", [])
-    if problems and call is not None and call.passed:
-        pytest.fail(f"lamd ({d.kind}) shutdown: " + "; ".join(problems)
-                    + "\n--- log ---\n" + d.log()[-5000:], pytrace=False)
+    if problems:
+        lamenv.fail_on_stop_problems(request, problems, f"lamd ({d.kind}) shutdown: ",
+                                     "\n--- log ---\n" + d.log()[-5000:])
 
 
 @pytest.fixture

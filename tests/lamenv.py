@@ -275,6 +275,21 @@ def listener_pids(path: Path) -> set[int]:
     return pids
 
 
+def show_log_on_failure(request, d: "Daemon") -> "Daemon":
+    """Have *d*'s log shown if the test fails (conftest's report hook)."""
+    request.node._lam_daemons = getattr(request.node, "_lam_daemons", []) + [d]
+    return d
+
+
+def fail_on_stop_problems(request, problems: list[str], what: str = "lamd shutdown: ",
+                          tail: str = "") -> None:
+    """A test that passed fails when a daemon it stopped did not end cleanly."""
+    call = getattr(request.node, "_lam_rep_call", None)
+    if problems and call is not None and call.passed:
+        import pytest
+        pytest.fail(what + "; ".join(problems) + tail, pytrace=False)
+
+
 class Daemon:
     """What the two daemons share: how a test stops one, and what it checks.
 

@@ -500,18 +500,14 @@ def lamd_by_hand(lam_session, request):
 
     def start(pkg, *args: str, env: dict | None = None) -> lamenv.PyDaemon:
         d = lamenv.PyDaemon(lam_session, pkg, ["--log-level", "info", *args], env=env)
-        started.append(d)
-        request.node._lam_daemons = getattr(request.node, "_lam_daemons", []) + [d]
+        started.append(lamenv.show_log_on_failure(request, d))
         d.start()
         return d
 
     yield start
     for d in started:
         d.stop()
-    call = getattr(request.node, "_lam_rep_call", None)
-    problems = [p for d in started for p in d.stop_problems]
-    if problems and call is not None and call.passed:
-        pytest.fail("lamd shutdown: " + "; ".join(problems), pytrace=False)
+    lamenv.fail_on_stop_problems(request, [p for d in started for p in d.stop_problems])
 
 
 def test_lamd_starts_the_jobs_process_and_lamhalt_ends_both(lamd_by_hand, lamd_pkg):

@@ -1139,15 +1139,12 @@ class Ours:
 @pytest.fixture
 def ours(lam_session, lamd_pkg, request) -> Iterator[Ours]:
     o = Ours(lam_session, lamd_pkg)
-    request.node._lam_daemons = getattr(request.node, "_lam_daemons", []) + [o.d]
+    lamenv.show_log_on_failure(request, o.d)
     try:
         yield o
     finally:
         o.stop()
-    problems = o.d.stop_problems
-    call = getattr(request.node, "_lam_rep_call", None)
-    if problems and call is not None and call.passed:
-        pytest.fail("lamd shutdown: " + "; ".join(problems), pytrace=False)
+    lamenv.fail_on_stop_problems(request, o.d.stop_problems)
 
 
 @pytest.fixture

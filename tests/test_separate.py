@@ -416,18 +416,14 @@ def pydaemon(lam_session, lamd_pkg, request) -> Iterator[Any]:
 
     def start(*extra: str, session: lamenv.Session | None = None) -> lamenv.PyDaemon:
         d = lamenv.PyDaemon(session or lam_session, lamd_pkg, ["--log-level", "info", *extra])
-        started.append(d)
-        request.node._lam_daemons = getattr(request.node, "_lam_daemons", []) + [d]
+        started.append(lamenv.show_log_on_failure(request, d))
         d.start()
         return d
 
     yield start
     for d in started:
         d.stop()
-    call = getattr(request.node, "_lam_rep_call", None)
-    problems = [p for d in started for p in d.stop_problems]
-    if problems and call is not None and call.passed:
-        pytest.fail("lamd shutdown: " + "; ".join(problems), pytrace=False)
+    lamenv.fail_on_stop_problems(request, [p for d in started for p in d.stop_problems])
 
 
 def tping(s: lamenv.Session, bound: float | None = None) -> subprocess.CompletedProcess:
