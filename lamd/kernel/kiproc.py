@@ -544,7 +544,10 @@ class KIProcDriver:
         return self._collect_seq
 
     def _collect_lost(self, token: int) -> None:
-        """A body for an internal receiver never came: it waits again, unharmed."""
+        """A body for an internal receiver never came: it receives again,
+        unharmed. Its receive is made anew, not only blocked again: a sender
+        that blocked on its event while it waited for the lost body meets it
+        now (bufferd stalled every later send of the session otherwise)."""
         entry = self._collects.pop(token, None)
         if entry is None:
             return
@@ -555,7 +558,10 @@ class KIProcDriver:
             if ev is not None:
                 self._take_event(pto, ev)
             else:
-                self._block(pto, KSRECV)  # type: ignore[attr-defined]
+                self._kqsync(pto, KReq(req=KQRECV, index=pto.index, pid=pto.pid,  # type: ignore[attr-defined]
+                                       msg=pto.msg))
+                if pto.state == KSREADY:
+                    pto.wanted = None  # it met a sender: nothing left to interrupt
 
     def _take(self) -> list[Any]:
         out, self._out = self._out, []

@@ -30,8 +30,8 @@ from ..session.kkill import KillFile, KillFileWriter, proc_starttime
 from .admission import Admission
 from .handover import DRAIN_TIMEOUT, REEXEC_SIGNAL, safe_point
 from .kio import ConnIO
-from .loop import EventLoop
-from .transfer import Connection
+from .loop import EventLoop, Timer
+from .transfer import BodyMove, Connection
 from .watches import WatchSet
 
 log = logging.getLogger("lamd.kernelio")
@@ -44,6 +44,9 @@ class IOLimits:
     move_buffer: int = 256 * 1024  # bytes held per body in flight
     max_queued: int = 1 << 20  # reply bytes queued to one client before we stop reading it
     requests_per_turn: int = 32  # requests served from one client before the next one's turn
+    #: seconds a sender may take to write a body an internal process waits for
+    #: (bufferd serves the whole session: it must not wait on one client for long)
+    collect_timeout: float = 5.0
 
 
 class KernelIO(Admission, ConnIO):
@@ -67,6 +70,7 @@ class KernelIO(Admission, ConnIO):
         self.conns: dict[int, Connection] = {}
         self._pending: deque[Connection] = deque()  # clients with unparsed requests
         self._dirty: set[Connection] = set()  # clients with output to flush
+        self._collect_timers: dict[BodyMove, Timer] = {}  # bodies internal processes wait for
         # the kill file: the kernel's KillAppend/KillRemove/KillRewrite, carried out
         self._kill = KillFileWriter(
             KillFile(killfile, clients_file or killfile + ".clients",

@@ -171,6 +171,9 @@ class ConnIO:
             m.src_paused = False
             self._pause_read(c, False)
         if m.token is not None:
+            t = self._collect_timers.pop(m, None)
+            if t is not None:
+                t.cancel()
             data = bytes(m.collected or b"")
             m.collected = None
             self._apply(self.kernel.body_arrived(m.token, data))
@@ -195,7 +198,27 @@ class ConnIO:
         else:
             # the sender has had its reply for a moment: its body may be here
             self._read_body(src, m)
+        if token is not None and src.move is m:
+            # an internal receiver (bufferd, ...) waits for this body and
+            # nothing else: a sender that stops half-way is given a deadline
+            self._collect_timers[m] = self.loop.call_later(
+                self.limits.collect_timeout, lambda: self._collect_overdue(m))
         return m
+
+    def _collect_overdue(self: "KernelIO", m: BodyMove) -> None:
+        """A sender did not finish a body an internal process waits for within
+        ``collect_timeout``: it is dropped (its connection closed: liblam's
+        ENOKERNEL, never silence), so that the internal process, which serves
+        every client of the session, receives again."""
+        self._collect_timers.pop(m, None)
+        c = m.src
+        if c.closed or c.move is not m:
+            return
+        log.warning("pid %d did not write the message body an internal process waits for "
+                    "within %g s (%d bytes missing): dropping it", c.pid,
+                    self.limits.collect_timeout, m.remaining + m.skip,
+                    extra={"LAM_PID": c.pid})
+        self._drop(c, "stalled mid-body to an internal process")
 
     # ------------------------------------------------------------------
     # writing
@@ -326,8 +349,13 @@ class ConnIO:
         if m is not None:
             if m.dst is not None and not m.dst.closed:
                 victims.append(m.dst)  # its body can never be completed
-            elif m.token is not None and notify_kernel:
-                self._apply(self.kernel.body_failed(m.token))
+            elif m.token is not None:
+                # the kernel's disconnect below ends the collect: after it has
+                # forgotten this sender, so that the receive the internal
+                # process makes again cannot meet one more send of it
+                t = self._collect_timers.pop(m, None)
+                if t is not None:
+                    t.cancel()
         for item in c.out:
             if type(item) is BodyMove and item.src.move is item:
                 # we were the receiver: let the sender finish, dropping the rest
