@@ -329,8 +329,9 @@ class Kernel(KInner, KIProcDriver):
         self.stats.attaches += 1
         if p.priority != PRLAMHALT:
             self._out.append(KillAppend(conn, pid))  # kkillwrite: listed before it hears back
-        log.debug("kouter: attached process pid=%d pri=%d index=%d", pid, req.priority,
-                  p.index, extra={"LAM_PID": pid, "LAM_REQUEST": "ATTACH"})
+        if self.debug:
+            log.debug("kouter: attached process pid=%d pri=%d index=%d", pid, req.priority,
+                      p.index, extra={"LAM_PID": pid, "LAM_REQUEST": "ATTACH"})
         self._out.append(Reply(conn, KReply(index=p.index)))
 
     def _kqattach_again(self, p: KProc, req: KReq) -> None:
@@ -351,7 +352,8 @@ class Kernel(KInner, KIProcDriver):
                         extra={"LAM_PID": p.pid, "LAM_REQUEST": "DETACH"})
             self.stats.refused += 1
             return
-        log.debug("kouter: detached process pid=%d", p.pid, extra={"LAM_PID": p.pid})
+        if self.debug:
+            log.debug("kouter: detached process pid=%d", p.pid, extra={"LAM_PID": p.pid})
         self._knuke(p)
         self._out.append(Close(conn, "detached"))
 

@@ -36,6 +36,9 @@ from .watches import WatchSet
 
 log = logging.getLogger("lamd.kernelio")
 
+_Reply, _Transfer, _KillAppend, _KillRemove = K.Reply, K.Transfer, K.KillAppend, K.KillRemove
+_Close, _SendBody, _CollectBody, _Signal = K.Close, K.SendBody, K.CollectBody, K.Signal
+
 
 @dataclass(slots=True)
 class IOLimits:
@@ -95,6 +98,7 @@ class KernelIO(Admission, ConnIO):
         self._rview = memoryview(self._rbuf)
         listener.setblocking(False)
         self.loop.add_reader(listener.fileno(), self._on_accept)
+        self.loop.last_fd = listener.fileno()
 
     # ------------------------------------------------------------------
     # the loop
@@ -301,11 +305,12 @@ class KernelIO(Admission, ConnIO):
     # carrying out the kernel's actions
     # ------------------------------------------------------------------
     def _apply(self, actions: list[Any]) -> None:
+        # the most frequent actions first; names bound at import, not looked up in K
         for a in actions:
             t = type(a)
-            if t is K.Reply:
+            if t is _Reply:
                 self._queue(a.conn, a.reply.pack())
-            elif t is K.Transfer:
+            elif t is _Transfer:
                 src, dst = a.src, a.dst
                 if dst.closed:
                     dst = None
@@ -316,24 +321,27 @@ class KernelIO(Admission, ConnIO):
                         self._drop(dst, "its sender vanished before the body")
                     continue
                 self._start_move(src, dst, a.length, a.skip)
-            elif t is K.KillAppend:
+            elif t is _KillAppend:
                 self._kill_append(a.conn, a.pid)
-            elif t is K.KillRemove:
+            elif t is _KillRemove:
                 self._kill.remove(a.pid)
-            elif t is K.SendBody:
+            elif t is _Close:
+                c = a.conn
+                if not c.closed:
+                    if not c.out:
+                        self._close(c, notify_kernel=True)  # nothing owed: at once
+                    else:
+                        c.closing = True  # after what it is owed
+                        self._dirty.add(c)
+            elif t is _SendBody:
                 self._queue(a.conn, a.data)
-            elif t is K.CollectBody:
+            elif t is _CollectBody:
                 if a.src.closed:
                     self._apply(self.kernel.body_failed(a.token))
                 else:
                     self._start_move(a.src, None, a.length, 0, a.token)
-            elif t is K.Signal:
+            elif t is _Signal:
                 self._signal(a)
-            elif t is K.Close:
-                c = a.conn
-                if not c.closed:
-                    c.closing = True
-                    self._dirty.add(c)
             elif t is K.KillRewrite:
                 self._kill.rewrite_due()
             elif t is K.Watch:

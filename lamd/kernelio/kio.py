@@ -250,7 +250,7 @@ class ConnIO:
                             break
                     m.rpos = m.wpos = 0
                     if m.src_done:
-                        out.popleft()
+                        del out[0]
                         continue
                     if m.src_paused and m.src.move is m:
                         m.src_paused = False
@@ -261,7 +261,7 @@ class ConnIO:
                 if n < len(item):
                     out[0] = memoryview(item)[n:] if type(item) is bytearray else item[n:]
                     break
-                out.popleft()
+                del out[0]
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
