@@ -90,6 +90,9 @@ class KProc:
         return f"<KProc {self.index} pid={self.pid} pri={self.priority} st={self.state}>"
 
 
+_NO_MAILBOX: deque[Event] = deque(maxlen=0)
+
+
 @dataclass(slots=True)
 class KernelStats:
     """Counters kept for status lines and benchmarks."""
@@ -415,7 +418,13 @@ class Kernel(KInner, KIProcDriver):
         else:
             index = self._next_index
             self._next_index += 1
-        p = KProc(index=index, pid=pid, priority=priority, conn=conn, seq=next(self._seq))
+        if conn is not None:
+            # a client never has events queued (only internal processes watch
+            # anything): a shared deque that holds nothing, not 760 bytes each
+            p = KProc(index=index, pid=pid, priority=priority, conn=conn,
+                      seq=next(self._seq), mailbox=_NO_MAILBOX)
+        else:
+            p = KProc(index=index, pid=pid, priority=priority, conn=conn, seq=next(self._seq))
         self.procs[index] = p
         self._by_pid.setdefault(pid, []).append(p)
         if conn is not None:

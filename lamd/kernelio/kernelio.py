@@ -69,7 +69,9 @@ class KernelIO(Admission, ConnIO):
         self._watches = WatchSet(self.loop, self._fire)  # internal processes' event sources
         self.conns: dict[int, Connection] = {}
         self._pending: deque[Connection] = deque()  # clients with unparsed requests
-        self._dirty: set[Connection] = set()  # clients with output to flush
+        #: clients with output to flush, in the order they got it (a dict as
+        #: an ordered set): the client waiting first gets its bytes first
+        self._dirty: dict[Connection, None] = {}
         # the kill file: the kernel's KillAppend/KillRemove/KillRewrite, carried out
         self._kill = KillFileWriter(
             KillFile(killfile, clients_file or killfile + ".clients",
@@ -306,10 +308,29 @@ class KernelIO(Admission, ConnIO):
     # ------------------------------------------------------------------
     def _apply(self, actions: list[Any]) -> None:
         # the most frequent actions first; names bound at import, not looked up in K
-        for a in actions:
+        skip_next = False
+        for i, a in enumerate(actions):
+            if skip_next:
+                skip_next = False
+                continue
             t = type(a)
             if t is _Reply:
-                self._queue(a.conn, a.reply.pack())
+                c = a.conn
+                nxt = actions[i + 1] if i + 1 < len(actions) else None
+                tn = type(nxt)
+                if tn is _Transfer and nxt.dst is c and not c.out and not c.closed:
+                    # a receiver's reply waits for the first bytes of its body and
+                    # leaves with them in one sendmsg (it could do nothing with
+                    # the reply alone but wait for the body: one wake-up, one send)
+                    data = a.reply.pack()
+                    c.out.append(bytearray(data))
+                    c.queued += len(data)
+                    self._dirty[c] = None
+                elif tn is _SendBody and nxt.conn is c:
+                    self._queue(c, a.reply.pack() + nxt.data)  # reply and body: one send
+                    skip_next = True
+                else:
+                    self._queue(c, a.reply.pack())
             elif t is _Transfer:
                 src, dst = a.src, a.dst
                 if dst.closed:
@@ -332,7 +353,7 @@ class KernelIO(Admission, ConnIO):
                         self._close(c, notify_kernel=True)  # nothing owed: at once
                     else:
                         c.closing = True  # after what it is owed
-                        self._dirty.add(c)
+                        self._dirty[c] = None
             elif t is _SendBody:
                 self._queue(a.conn, a.data)
             elif t is _CollectBody:
