@@ -429,7 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         reload_status("given-up")
 
     io.on_handover_given_up = given_up
-    service.set_proctitle(service.proctitle(user, 0))
+    # setproctitle costs about 13 ms (it moves the environment): after the
+    # first turn, whose clients (socket activation) are waiting already
+    io.loop.call_later(0.0, lambda: service.set_proctitle(service.proctitle(user, 0)))
     log.info("lamd %s serving %s (pid %d; RLIMIT_NOFILE %d allows %d clients, "
              "two descriptors each; --max-procs %d)", __version__, session.socket_path,
              os.getpid(), nofile, max(0, (nofile - 32) // 2), args.max_procs)

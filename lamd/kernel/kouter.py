@@ -90,6 +90,9 @@ class KProc:
         return f"<KProc {self.index} pid={self.pid} pri={self.priority} st={self.state}>"
 
 
+_NO_MAILBOX: deque[Event] = deque(maxlen=0)
+
+
 @dataclass(slots=True)
 class KernelStats:
     """Counters kept for status lines and benchmarks."""
@@ -329,8 +332,9 @@ class Kernel(KInner, KIProcDriver):
         self.stats.attaches += 1
         if p.priority != PRLAMHALT:
             self._out.append(KillAppend(conn, pid))  # kkillwrite: listed before it hears back
-        log.debug("kouter: attached process pid=%d pri=%d index=%d", pid, req.priority,
-                  p.index, extra={"LAM_PID": pid, "LAM_REQUEST": "ATTACH"})
+        if self.debug:
+            log.debug("kouter: attached process pid=%d pri=%d index=%d", pid, req.priority,
+                      p.index, extra={"LAM_PID": pid, "LAM_REQUEST": "ATTACH"})
         self._out.append(Reply(conn, KReply(index=p.index)))
 
     def _kqattach_again(self, p: KProc, req: KReq) -> None:
@@ -351,7 +355,8 @@ class Kernel(KInner, KIProcDriver):
                         extra={"LAM_PID": p.pid, "LAM_REQUEST": "DETACH"})
             self.stats.refused += 1
             return
-        log.debug("kouter: detached process pid=%d", p.pid, extra={"LAM_PID": p.pid})
+        if self.debug:
+            log.debug("kouter: detached process pid=%d", p.pid, extra={"LAM_PID": p.pid})
         self._knuke(p)
         self._out.append(Close(conn, "detached"))
 
@@ -413,7 +418,13 @@ class Kernel(KInner, KIProcDriver):
         else:
             index = self._next_index
             self._next_index += 1
-        p = KProc(index=index, pid=pid, priority=priority, conn=conn, seq=next(self._seq))
+        if conn is not None:
+            # a client never has events queued (only internal processes watch
+            # anything): a shared deque that holds nothing, not 760 bytes each
+            p = KProc(index=index, pid=pid, priority=priority, conn=conn,
+                      seq=next(self._seq), mailbox=_NO_MAILBOX)
+        else:
+            p = KProc(index=index, pid=pid, priority=priority, conn=conn, seq=next(self._seq))
         self.procs[index] = p
         self._by_pid.setdefault(pid, []).append(p)
         if conn is not None:

@@ -189,7 +189,7 @@ class ConnIO:
             del src.inbuf[:used]
         if dst is not None:
             dst.out.append(m)
-            self._dirty.add(dst)
+            self._dirty[dst] = None
         if m.src_done:
             self._src_finished(m)
         elif m.space() <= 0:
@@ -234,7 +234,7 @@ class ConnIO:
             except (BlockingIOError, InterruptedError):
                 n = 0
             except OSError:
-                self._dirty.add(c)  # the flush will find the error and drop it
+                self._dirty[c] = None  # the flush will find the error and drop it
                 n = 0
             if n == len(data):
                 return
@@ -244,7 +244,7 @@ class ConnIO:
         else:
             out.append(bytearray(data))
         c.queued += len(data)
-        self._dirty.add(c)
+        self._dirty[c] = None
         if c.queued > self.limits.max_queued and not c.read_paused:
             log.warning("pid %d does not read its replies (%d bytes queued, limit %d): "
                         "not reading its requests until it does", c.pid, c.queued,
@@ -252,39 +252,64 @@ class ConnIO:
             self._pause_read(c, True)
 
     def _flush_dirty(self: "KernelIO") -> None:
-        while self._dirty:
-            c = self._dirty.pop()
-            if not c.closed:
-                self._flush(c)
+        dirty = self._dirty
+        while dirty:
+            batch = list(dirty)  # in order: first come, first served
+            dirty.clear()
+            for c in batch:
+                if not c.closed:
+                    self._flush(c)
 
     def _flush(self: "KernelIO", c: Connection) -> None:
-        """Write what is queued for *c* until the socket would block."""
+        """Write what is queued for *c* until the socket would block.
+
+        A reply followed by its body leaves with the body's first bytes in one
+        ``sendmsg``; until the body's first bytes are here the reply is held.
+        """
         out = c.out
-        send = c.sock.send
+        sock = c.sock
+        held = False
         try:
             while out:
                 item = out[0]
                 if type(item) is BodyMove:
                     m = item
                     if m.rpos < m.wpos:
-                        n = send(memoryview(m.buf)[m.rpos:m.wpos])
+                        n = sock.send(memoryview(m.buf)[m.rpos:m.wpos])
                         m.rpos += n
                         if m.rpos < m.wpos:
                             break
                     m.rpos = m.wpos = 0
                     if m.src_done:
-                        out.popleft()
+                        del out[0]
                         continue
                     if m.src_paused and m.src.move is m:
                         m.src_paused = False
                         self._pause_read(m.src, False)
                     break
-                n = send(item)
+                if len(out) > 1 and type(out[1]) is BodyMove:
+                    m = out[1]
+                    if m.rpos < m.wpos:
+                        # the reply and the body's first bytes: one sendmsg
+                        k = len(item)
+                        n = sock.sendmsg([item, memoryview(m.buf)[m.rpos:m.wpos]])
+                        if n < k:
+                            c.queued -= n
+                            out[0] = memoryview(item)[n:] if type(item) is bytearray else item[n:]
+                            break
+                        c.queued -= k
+                        del out[0]
+                        m.rpos += n - k
+                        continue  # the rest of the body, as above
+                    if m.remaining > 0 and m.src.move is m:
+                        held = True  # no body byte yet: the reply waits for it
+                        break
+                n = sock.send(item)
                 c.queued -= n
                 if n < len(item):
                     out[0] = memoryview(item)[n:] if type(item) is bytearray else item[n:]
                     break
-                out.popleft()
+                del out[0]
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
@@ -295,7 +320,8 @@ class ConnIO:
         if c.closing and not out:
             self._close(c, notify_kernel=True)
             return
-        want_out = bool(out) and not (type(out[0]) is BodyMove and out[0].rpos >= out[0].wpos)
+        want_out = bool(out) and not held and not (type(out[0]) is BodyMove
+                                                   and out[0].rpos >= out[0].wpos)
         if c.read_paused and c.queued <= self.limits.max_queued // 2 and c.move is None:
             self._pause_read(c, False)
             if c.inbuf:
