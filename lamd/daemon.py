@@ -35,21 +35,23 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from . import LAM_VERSION, __version__, service
-from .boot.agent import BootArgs, BootError, Booted, boot_agent
-from .boot.agent import links as boot_links, routes as boot_routes
-from .iprocs import BootConfigError, boot_table, parse_external, with_stubs
+from .iprocs import JOB_SERVICES, BootConfigError, boot_table, parse_external, with_stubs
 from .iprocs.carried import with_carry
 from .kernel import Kernel, MAX_MSG_LEN
-from .kernel import ksnapshot
 from .kernelio import IOLimits, KernelIO, handover
 from .limits import raise_nofile_limit
-from .jobs.cgroups import kill_recorded
-from .jobs.process import JOB_SERVICES, PGROUPS_FILE, JobsChild, jobs_argv
-from .jobs.wire import LAM_IOSOCKET
 from .session import Session, SessionError
+
+# Imported where they are used, off the first reply's path (issue 13): the
+# boot agent (-H only), the snapshot (a re-exec), the jobs process launcher
+# (--jobs=child) and its clean-up.
+if TYPE_CHECKING:  # pragma: no cover
+    from .boot.agent import Booted
+    from .jobs.process import JobsChild
+    from .kernel import ksnapshot
 
 log = logging.getLogger("lamd")
 
@@ -187,6 +189,7 @@ def restore_handover(args: argparse.Namespace) -> Restored | None:
     """Read the snapshot a predecessor left in ``--restore-fd``, and take its
     listener and connections; None (every inherited descriptor closed, one
     log line) if it is refused."""
+    from .kernel import ksnapshot
     try:
         session = Session.for_user(prefix=args.prefix, suffix=args.suffix)
         snap = handover.read_handover(args.restore_fd, uid=os.getuid(),
@@ -205,6 +208,7 @@ def reexec(io: KernelIO, session: Session, owned_socket: str | None, jobs: "Jobs
     """Hand everything to a new image of this program (SIGUSR1): returns
     only if that failed, the daemon serving on. *reloads*: this one's
     number, carried for ``ExecReload=`` (:mod:`lamd.service.reload`)."""
+    from .kernel import ksnapshot
     extra = {"owned_socket": owned_socket, "jobs_pid": jobs.pid if jobs is not None else None,
              "reloads": reloads}
     try:
@@ -238,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.boot_addr is None or args.boot_port is None or args.node_id is None:
             log.error("-H, -P and -n go together (what hboot passes for lamboot)")
             return EXIT_USAGE
+        from .boot.agent import BootArgs
         boot_args = BootArgs(args.boot_addr, args.boot_port, args.node_id, args.origin,
                              args.fault_tolerant)
     try:
@@ -304,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = with_carry(table)  # what a re-exec hands on (bufferd's packets)
     actions: list = []
     if restored is not None:
+        from .kernel import ksnapshot
         try:
             kernel, actions = ksnapshot.restore(restored.snap.kernel, restored.conns, table,
                                                 config, **kernel_args)
@@ -358,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs: JobsChild | None = None
     booted: Booted | None = None
     if boot_args is not None and restored is None:
+        from .boot.agent import BootError, boot_agent
         try:
             booted = boot_agent(boot_args, timeout=float(os.environ.get("LAMD_BOOT_TIMEOUT", 300)))
         except BootError as e:
@@ -365,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             io.shutdown(unlink_socket=owned_socket)
             return EXIT_SETUP
     if not args.no_iprocs and booted is not None:
+        from .boot.agent import links as boot_links, routes as boot_routes
         me = booted.my_link()
         config.update(node_id=booted.node_id, origin=booted.origin,
                       routes=boot_routes(booted.universe, booted.node_id, booted.origin),
@@ -405,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 io.boot(with_stubs([kb for kb in boot_table(config) if kb.name in JOB_SERVICES],
                                    JOB_SERVICES), config)
 
+            from .jobs.process import JobsChild, jobs_argv
             jobs = JobsChild(io.loop, jobs_argv(session.directory, logging.getLevelName(
                 logging.getLogger().level).lower(), config.get("node_id")),
                 on_give_up=give_up, nofile=nofile_before)
@@ -456,6 +465,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if booted is not None:
         booted.dli_sock.close()
     if jobs is not None:
+        from .jobs.cgroups import kill_recorded
+        from .jobs.process import PGROUPS_FILE
+        from .jobs.wire import LAM_IOSOCKET
         rc = jobs.stop()
         if rc:
             log.warning("jobs: the jobs process exited with status %d", rc)

@@ -25,6 +25,7 @@ left in keep LAM's pids, 100000 + their row in the full table.
 
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import replace
 from typing import Any, Iterable
@@ -33,7 +34,7 @@ from ..kernel.constants import (
     PRBFORWARD, PRBUFFERD, PRDAEMON, PRDIED, PRDLI, PRDLO, PRECHOD, PRFILED,
     PRHALTD, PRLOADD, PRROUTER, PRVERSIOND,
 )
-from ..kernel.kiproc import KBoot
+from ..kernel.kiproc import IProc, IProcMain, KBoot
 from .bforward import bforward
 from .bufferd import bufferd
 from .dli import dli
@@ -44,12 +45,44 @@ from .netaddr import node_address
 from .router import route_table, router
 from .stubs import died
 from .traced import traced
-from ..jobs.filed import filed
-from ..jobs.flatd import flatd
-from ..jobs.iod import iod
-from ..jobs.kenyad import kenyad
-from ..jobs.loadd import loadd
 from .versiond import versiond
+
+
+class _Lazy:
+    """The coroutine function ``NAME`` of module *module*, imported on the
+    first call. The job services' modules (``lamd.jobs.kenyad`` & co.) are
+    loaded only by a process that boots them (the jobs process, a service
+    host), not by every daemon that builds the boot table before its first
+    reply (the daemon leaves those rows out or boots stubs in them)."""
+
+    __slots__ = ("module", "name", "_fn")
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module = module
+        self.name = name
+        self._fn: IProcMain | None = None
+
+    def resolve(self) -> IProcMain:
+        if self._fn is None:
+            self._fn = getattr(importlib.import_module(self.module, __package__), self.name)
+        return self._fn
+
+    def __call__(self, k: IProc) -> Any:
+        return self.resolve()(k)
+
+    def __repr__(self) -> str:
+        return f"<lazy {self.module}.{self.name}>"
+
+
+filed = _Lazy("..jobs.filed", "filed")
+flatd = _Lazy("..jobs.flatd", "flatd")
+iod = _Lazy("..jobs.iod", "iod")
+kenyad = _Lazy("..jobs.kenyad", "kenyad")
+loadd = _Lazy("..jobs.loadd", "loadd")
+
+#: The boot-table rows the jobs process serves, in LAM's table order
+#: (:mod:`lamd.jobs.process`).
+JOB_SERVICES = ("flatd", "loadd", "kenyad", "filed", "iod")
 
 #: LAM's kboottbl[], in order.
 BOOT_TABLE: list[KBoot] = [
@@ -151,5 +184,5 @@ def with_stubs(table: Iterable[KBoot], names: Iterable[str]) -> list[KBoot]:
             for kb in table]
 
 
-__all__ = ["BOOT_TABLE", "BY_NAME", "KERNEL_SIDE", "EXTERNAL_OK", "BootConfigError",
+__all__ = ["BOOT_TABLE", "JOB_SERVICES", "BY_NAME", "KERNEL_SIDE", "EXTERNAL_OK", "BootConfigError",
            "parse_external", "boot_config", "boot_table", "with_stubs"]

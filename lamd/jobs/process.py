@@ -51,15 +51,12 @@ import time
 from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
-from ..iprocs import BY_NAME, boot_config
+from ..iprocs import BY_NAME, JOB_SERVICES, boot_config
 from ..kernel.kiproc import KBoot
 from ..session import LAM_PREFIX_ENV, LAM_SUFFIX_ENV, Session, lam_get_batchid
 from . import cgroups
 
 log = logging.getLogger("lamd.jobs")
-
-#: The boot-table rows the jobs process serves, in LAM's table order.
-JOB_SERVICES = ("flatd", "loadd", "kenyad", "filed", "iod")
 
 EXIT_OK = 0
 EXIT_FAILED = 1

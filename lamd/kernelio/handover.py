@@ -34,13 +34,15 @@ import struct
 import sys
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..kernel import ksnapshot
 from ..kernel.wire import KREQ_SIZE
-from ..kernel.ksnapshot import ConnState, Snapshot, SnapshotError
 from .transfer import BodyMove, Connection
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..kernel.ksnapshot import ConnState, Snapshot
     from .kernelio import KernelIO
+
+# lamd.kernel.ksnapshot is imported by the functions that use it: every
+# daemon installs the re-exec signal at start, few ever re-exec (issue 13)
 
 log = logging.getLogger("lamd.kernelio")
 
@@ -72,6 +74,7 @@ def safe_point(io: "KernelIO") -> str:
 
 def conn_states(io: "KernelIO") -> list[ConnState]:
     """Each connection's descriptors and the bytes it is owed or has sent."""
+    from ..kernel.ksnapshot import ConnState
     out = []
     for c in io.conns.values():
         pending = bytearray()
@@ -92,6 +95,7 @@ def write_handover(io: "KernelIO", *, uid: int, session: str,
     returned; the listener, the client sockets and their pidfds are made
     inheritable. Raises :class:`~lamd.kernel.ksnapshot.NotAtRest` if the
     kernel is not at rest (nothing is changed then)."""
+    from ..kernel import ksnapshot
     state = ksnapshot.capture(io.kernel, lambda c: c.fd)
     conns = conn_states(io)
     data = ksnapshot.encode(state, uid=uid, session=session, conns=conns,
@@ -166,6 +170,8 @@ def uninherit(io: "KernelIO") -> None:
 def read_handover(fd: int, *, uid: int, session: str) -> Snapshot:
     """The snapshot in memfd *fd* (closed afterwards), checked for *uid* and
     *session*; raises :class:`~lamd.kernel.ksnapshot.SnapshotError`."""
+    from ..kernel import ksnapshot
+    from ..kernel.ksnapshot import SnapshotError
     try:
         chunks = []
         os.lseek(fd, 0, os.SEEK_SET)
@@ -228,6 +234,7 @@ def _inherited(fd: int) -> bool:
 
 def adopt_listener(snap: Snapshot, socket_path: str) -> socket.socket:
     """The listening socket the snapshot names, checked to be the session's."""
+    from ..kernel.ksnapshot import SnapshotError
     fd = snap.extra.get("listener")
     if type(fd) is not int or fd < 3 or not _inherited(fd):
         raise SnapshotError("snapshot names no listening socket that was handed over")
@@ -245,6 +252,7 @@ def adopt_listener(snap: Snapshot, socket_path: str) -> socket.socket:
 
 def connections(snap: Snapshot, uid: int) -> dict[int, Connection]:
     """The client connections the snapshot names, checked, not yet registered."""
+    from ..kernel.ksnapshot import SnapshotError
     conns: dict[int, Connection] = {}
     for cs in snap.conns:
         if cs.fd < 3 or not _inherited(cs.fd) or (cs.pidfd is not None and (

@@ -16,13 +16,29 @@ daemon behaves the same by hand (stderr logging, its own socket) as under
 
 from __future__ import annotations
 
+from typing import Any
+
 from .activation import SD_LISTEN_FDS_START, adopt_listen_socket, check_listen_socket, under_systemd
 from .errors import EX_CONFIG, ServiceError
 from .journal import LamJournalHandler, StderrFormatter, journal_fields, parse_level, setup_logging
 from .notify import Notifier
-from .prepare import main, prepare_session_dir, session_dir
 from .proctitle import current_user, proctitle, set_proctitle
-from . import reload
+
+# The ExecStartPre= and ExecReload= helpers are loaded when asked for, not by
+# every daemon importing this package before its first reply (issue 13).
+_LAZY = {"main": "prepare", "prepare_session_dir": "prepare", "session_dir": "prepare",
+         "reload": None, "prepare": None}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    mod = importlib.import_module(f".{_LAZY[name] or name}", __name__)
+    value = mod if _LAZY[name] is None else getattr(mod, name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["SD_LISTEN_FDS_START", "adopt_listen_socket", "check_listen_socket", "under_systemd",
            "EX_CONFIG", "ServiceError", "LamJournalHandler", "StderrFormatter",
