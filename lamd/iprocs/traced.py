@@ -64,20 +64,28 @@ from __future__ import annotations
 import errno
 import logging
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from ..ratelog import RateLog
-from ..kernel.constants import EVBUFFERD, EVTRACED, MAXNMSGLEN
+from ..kernel.constants import EVBUFFERD, EVTRACED, MAXNMSGLEN, LamErrno
 from ..kernel.kiproc import Event, IProc
 from ..kernel.wire import NMsg
-from ..jobs.wire import (
-    ENOTPUBLISHED, EPUBLISHED, TRANYLIST, TRANYPID, TRMAXSPACE, TRNAMELIST, TRQCLEANOBJS,
-    TRQFORGET, TRQGET, TRQMAX, TRQNAMEDEL, TRQNAMEGET, TRQNAMEPUB, TRQSTORE, TRQSWEEP,
-    TRQUDIE, TRQWIPE, TrReply, TrReq,
+from ..jobs.trreq import (
+    TRANYLIST, TRANYPID, TRMAXSPACE, TRNAMELIST, TRQCLEANOBJS, TRQFORGET, TRQGET, TRQMAX,
+    TRQNAMEDEL, TRQNAMEGET, TRQNAMEPUB, TRQSTORE, TRQSWEEP, TRQUDIE, TRQWIPE,
 )
 from .nreq import LOCAL, NMORE, NetMsg, data_words, dsend, nrecv
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..jobs.wire import TrReply, TrReq
+
+# The struct codecs (lamd.jobs.wire: every job service's structs) are loaded
+# with the first request, not at boot (issue 13: start-up).
+
 log = logging.getLogger("lamd.iprocs.traced")
+
+EPUBLISHED = LamErrno.EPUBLISHED
+ENOTPUBLISHED = LamErrno.ENOTPUBLISHED
 
 #: trreq.h: initial size (and growth) of the list hash table
 TRHASHSIZE = 100
@@ -342,6 +350,7 @@ class TraceDaemon:
                                "(traced's requests fit in one packet)", n, total)
 
     async def request(self, msg: NetMsg) -> None:
+        from ..jobs.wire import TrReply, TrReq
         q = TrReq.from_data(msg.head.data)
         st = self.store
         body = msg.body
@@ -379,6 +388,7 @@ class TraceDaemon:
 
     async def trqget(self, q: TrReq) -> None:
         """``trqget``: the total, then each selected trace; FORGET drops each sent one."""
+        from ..jobs.wire import TrReply
         sel = self.store.select(q.lnum, q.pid)
         reply = TrReply(0, sum(b.length for _, b in sel))
         if not await self.trsendr(q, reply):

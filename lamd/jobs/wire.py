@@ -214,18 +214,11 @@ FLQLOAD, FLQGET, FLQFORGET, FLQDONE, FLQCLEAN = 1, 2, 3, 4, 5
 FNAMELEN = 160  # longest file name (with its NUL) in a loadd request body
 LQLOAD = 1
 
-# --- trreq.h -----------------------------------------------------------------------
-TRQSTORE, TRQGET, TRQFORGET, TRQSWEEP, TRQUDIE = 0, 1, 2, 3, 4
-TRQWIPE, TRQNAMEPUB, TRQNAMEDEL, TRQNAMEGET, TRQCLEANOBJS = 5, 6, 7, 8, 9
-TRQMAX = 10
-TRSMAX = 100
-TRMAXSPACE = 0x200000
-TRANYLIST = -1
-TRANYPID = -1
-TRNAMELIST = -99
-#: traced requests it answers; the others (STORE, SWEEP, UDIE, WIPE,
-#: CLEANOBJS) are fire-and-forget and their senders read no reply.
-TRQ_REPLIED = frozenset({TRQGET, TRQFORGET, TRQNAMEPUB, TRQNAMEDEL, TRQNAMEGET})
+# --- trreq.h (lamd.jobs.trreq, which traced reads at boot) ---------------------------
+from .trreq import (  # noqa: E402
+    TRANYLIST, TRANYPID, TRMAXSPACE, TRNAMELIST, TRQ_REPLIED, TRQCLEANOBJS, TRQFORGET, TRQGET,
+    TRQMAX, TRQNAMEDEL, TRQNAMEGET, TRQNAMEPUB, TRQSTORE, TRQSWEEP, TRQUDIE, TRQWIPE, TRSMAX,
+)
 
 # --- ksignal.h: LAM signals a PQDOOM may carry (positive pq_signal) ------------------
 LAM_SIGTRACE = 1
