@@ -26,7 +26,6 @@ run outside the kernel, in the jobs process (:mod:`lamd.jobs.process`):
 
 from __future__ import annotations
 
-import argparse
 import errno
 import logging
 import os
@@ -49,6 +48,8 @@ from .session import Session, SessionError
 # boot agent (-H only), the snapshot (a re-exec), the jobs process launcher
 # (--jobs=child) and its clean-up.
 if TYPE_CHECKING:  # pragma: no cover
+    import argparse
+
     from .boot.agent import Booted
     from .jobs.process import JobsChild
     from .kernel import ksnapshot
@@ -67,6 +68,7 @@ HALT_GRACE = 1.0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
     p = argparse.ArgumentParser(
         prog="lamd",
         description=f"The LAM/MPI {LAM_VERSION} runtime daemon (kernel and internal "
@@ -118,6 +120,55 @@ def build_parser() -> argparse.ArgumentParser:
     # a re-exec in place (SIGUSR1): the snapshot's memfd (lamd.kernelio.handover)
     p.add_argument(handover.RESTORE_OPTION, dest="restore_fd", type=int, help=argparse.SUPPRESS)
     return p
+
+
+#: What ``quick_args`` reads without argparse: a service's start passes no
+#: options or these few (``lamd@.service``: ``$LAMD_OPTS``, ``--jobs=external`` by
+#: hand). argparse costs about 10 ms before the first reply (its import, gettext's
+#: locale, shutil for the help's width, building the parser); anything else,
+#: ``--help`` and every mistake included, goes through :func:`build_parser`.
+_QUICK_VALUES = {"--log-level": ("log_level", ("debug", "info", "warning", "error")),
+                 "--jobs": ("jobs", JOBS_MODES)}
+_QUICK_FLAGS = {"-d": ("debug", True), "--debug": ("debug", True), "--no-jobs": ("jobs", "none")}
+
+
+def quick_args(argv: Sequence[str]) -> "argparse.Namespace | None":
+    """*argv* parsed as :func:`build_parser` would, if it holds only the
+    options of :data:`_QUICK_VALUES` and :data:`_QUICK_FLAGS` spelt out in
+    full; None otherwise (then argparse parses it)."""
+    import types
+    try:
+        ns = types.SimpleNamespace(
+            debug=False, log_level=os.environ.get("LAMD_LOG_LEVEL", "info"), prefix=None,
+            suffix=None, max_procs=int(os.environ.get("LAMD_MAX_PROCS", 65536)),
+            max_msg_len=int(os.environ.get("LAMD_MAX_MSG_LEN", MAX_MSG_LEN)),
+            move_buffer=int(os.environ.get("LAMD_MOVE_BUFFER", 256 * 1024)),
+            max_queued=int(os.environ.get("LAMD_MAX_QUEUED", 1 << 20)), external=None,
+            jobs=None, no_iprocs=False, boot_addr=None, boot_port=None, node_id=None,
+            origin=0, fault_tolerant=False, restore_fd=None)
+    except ValueError:
+        return None  # argparse reports it (as before)
+    i = 0
+    while i < len(argv):
+        opt = argv[i]
+        if opt in _QUICK_FLAGS:
+            setattr(ns, *_QUICK_FLAGS[opt])
+            i += 1
+            continue
+        name, eq, value = opt.partition("=")
+        if name not in _QUICK_VALUES:
+            return None
+        if not eq:
+            if i + 1 >= len(argv):
+                return None
+            value = argv[i + 1]
+            i += 1
+        dest, choices = _QUICK_VALUES[name]
+        if value not in choices:
+            return None
+        setattr(ns, dest, value)
+        i += 1
+    return ns  # type: ignore[return-value]
 
 
 def bind_session_socket(session: Session) -> socket.socket:
@@ -234,8 +285,9 @@ def reexec(io: KernelIO, session: Session, owned_socket: str | None, jobs: "Jobs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = quick_args(sys.argv[1:] if argv is None else argv)
+    if args is None:
+        args = build_parser().parse_args(argv)
     service.setup_logging("debug" if args.debug else args.log_level)
     boot_args = None
     if args.boot_addr is not None or args.boot_port is not None:
