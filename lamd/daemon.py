@@ -471,7 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 on_give_up=give_up, nofile=nofile_before)
             jobs_pid = restored.snap.extra.get("jobs_pid") if restored is not None else None
             if type(jobs_pid) is not int or not handover.adopt_jobs_child(jobs, jobs_pid):
-                jobs.start()
+                # after the first turn: a client that connected while we
+                # started is answered before the fork and exec (issue 13)
+                io.loop.call_later(0.0, jobs.start)
     # ExecReload= waits for this file to change (lamd.service.reload)
     reloads = 0
     if restored is not None and type(restored.snap.extra.get("reloads")) is int:
