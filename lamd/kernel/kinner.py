@@ -321,19 +321,19 @@ class KInner:
         from_rep = KReply(length=n, blktime=pfrom.blktime)
         if pfrom.internal:
             hdr = pfrom.nmsg
-            body = pfrom.body[:n]
+            body = pfrom.body[:n]  # bytes, or a read-only view (IProc.try_send)
             if len(body) < n:
-                body += bytes(n - len(body))
+                body = bytes(body) + bytes(n - len(body))
             pfrom.body, pfrom.nmsg = b"", None
             self.stats.messages += 1
             self.stats.bytes += n
             if pto.internal:
                 if r_hdr and hdr is None:
                     hdr = NMsg()
-                self._resume(pto, Received(to_rep, body, hdr if (r_hdr or s_hdr) else None))
+                self._resume(pto, Received(to_rep, bytes(body), hdr if (r_hdr or s_hdr) else None))
             else:
                 self._out.append(Reply(pto.conn, to_rep))
-                data = ((hdr or NMsg()).pack() + body) if r_hdr else body
+                data = ((hdr or NMsg()).pack() + body) if r_hdr else bytes(body)
                 if data:
                     self._out.append(SendBody(pto.conn, data))
             if pfrom.call != KQSR:  # a send-receive resumes after its receive half

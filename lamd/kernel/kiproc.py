@@ -37,6 +37,20 @@ request:
   which case the request was cancelled as ``kqdoom`` interrupts a blocked
   process (taken off the blocked list; nothing was transferred).
 
+Two shortcuts make a process that only relays packets (bufferd) cost no
+coroutine turn per message, as LAM's C internal processes are plain
+functions called per message:
+
+* ``k.try_send(...)``: a KTRY send completed at once (LAM's ``dtry_send``):
+  the message is delivered if a receiver is blocked on its event, else the
+  reply says EWOULDBLOCK; it never blocks, so it needs no ``await``;
+* ``k.take``: a function the kernel calls with a message a client sent to
+  the process's plain receive (``take(head, body, ktype)``, *body* a
+  read-only buffer), instead of resuming the coroutine. It returns the
+  :class:`~lamd.kernel.wire.KMsg` of the receive to wait in next (the
+  coroutine stays suspended in its ``recv``), or None to have the coroutine
+  resumed with the message as usual.
+
 Every watch of a process is cancelled when the process ends. Message bodies
 are Python bytes; for KNMSG messages the network header is an
 :class:`~lamd.kernel.wire.NMsg` passed (and received) beside the body, as the
@@ -51,9 +65,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Iterable
 
-from .constants import KIPROC, KMSG2, KNMSG, KQDOOM, KQRECV, KQSEND, KQSR, KQSTATE, KSRECV, KSREADY, KSSEND
+from .constants import (
+    KIPROC, KMSG2, KNMSG, KQDOOM, KQRECV, KQSEND, KQSR, KQSTATE, KSRECV, KSREADY, KSSEND, KTRY,
+)
 from .kactions import Halt, Rearm, Resume, Unwatch, Watch as WatchAction
 from .wire import NMSG_SIZE, KMsg, KReply, KReq, NMsg
+
+#: what :attr:`IProc.take` is: (header, body, kernel type) -> the next receive, or None
+TakeFn = Callable[["NMsg | None", "bytes | memoryview", int], "KMsg | None"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kouter import Kernel, KProc
@@ -182,6 +201,8 @@ class IProc:
     config: dict[str, Any] = field(default_factory=dict)
     carry: "Callable[[], bytes] | None" = None
     restored: bytes | None = None
+    #: takes messages from clients in place of the coroutine (see the module doc)
+    take: "TakeFn | None" = None
 
     @property
     def pid(self) -> int:
@@ -197,6 +218,15 @@ class IProc:
         """
         n = len(body) if length is None else length
         return KCall(KQSEND, KReq(req=KQSEND, msg=KMsg(event, type, n, flags)), body, nmsg)
+
+    def try_send(self, event: int, type: int, body: "bytes | memoryview" = b"", flags: int = 0,
+                 nmsg: NMsg | None = None) -> KReply:
+        """A KTRY send made at once, without a coroutine turn (``dtry_send``):
+        delivered if a receiver is blocked on *event* (the reply's ``reply``
+        is 0), else nothing happened (EWOULDBLOCK)."""
+        assert self.kernel is not None and self.proc is not None
+        req = KReq(req=KQSEND, msg=KMsg(event, type, len(body), flags | KTRY))
+        return self.kernel.ksend_now(self.proc, req, body, nmsg)
 
     def recv(self, event: int, type: int, length: int, flags: int = 0) -> Awaitable[Received]:
         """krecv(): blocks until a sender matches; returns body and header."""
@@ -328,6 +358,8 @@ class KIProcDriver:
         self._watches: dict[int, Watch] = {}
         self._collect_seq = 0
         self._collects: dict[int, tuple[KProc, KProc, KMsg]] = {}
+        self._sync: KProc | None = None  # the process in a ksend_now
+        self._sync_result: Any = None
 
     # ------------------------------------------------------------------
     # entry points (the I/O layer calls these)
@@ -369,9 +401,23 @@ class KIProcDriver:
             hdr = None
             if smsg.flags & KNMSG:
                 hdr = NMsg.unpack(data)
-                data = data[NMSG_SIZE:]
             elif pto.msg.flags & KNMSG:
                 hdr = NMsg()
+            take = pto.iproc.take if pto.iproc is not None else None
+            if (take is not None and pto.call == KQRECV and pto.wanted is None
+                    and pto.index in self.procs and pto.coro is not None):
+                # taken at once, the coroutine left waiting in its receive
+                nxt = take(hdr, memoryview(data)[NMSG_SIZE if hdr is not None and smsg.flags & KNMSG else 0:],
+                           smsg.type)
+                if nxt is not None:
+                    self.stats.messages += 1  # type: ignore[attr-defined]
+                    self.stats.bytes += len(data) - (NMSG_SIZE if smsg.flags & KNMSG else 0)  # type: ignore[attr-defined]
+                    if pto.index in self.procs and pto.call == KQRECV:
+                        self._kqsync(pto, KReq(req=KQRECV, msg=nxt, index=pto.index))  # type: ignore[attr-defined]
+                    self._run_iprocs()
+                    return self._take()
+            if smsg.flags & KNMSG:
+                data = data[NMSG_SIZE:]
             rep = KReply(type=smsg.type, length=len(data), blktime=pto.blktime)
             self.stats.messages += 1  # type: ignore[attr-defined]
             self.stats.bytes += len(data)  # type: ignore[attr-defined]
@@ -463,7 +509,37 @@ class KIProcDriver:
     # running the coroutines
     # ------------------------------------------------------------------
     def _resume(self, p: "KProc", value: Any) -> None:
+        if p is self._sync:
+            self._sync_result = value  # the outcome of a ksend_now: no turn needed
+            return
         self._runq.append((p, value))
+
+    def ksend_now(self, p: "KProc", req: KReq, body: "bytes | memoryview",
+                  nmsg: NMsg | None) -> KReply:
+        """A KTRY send by internal process *p*, completed before returning
+        (:meth:`IProc.try_send`): a KTRY send never blocks, so its outcome (a
+        transfer to a blocked receiver, or EWOULDBLOCK) is known at once."""
+        if not req.msg.flags & KTRY or self._sync is not None:
+            raise ValueError("ksend_now: only KTRY sends, one at a time")
+        bad = self._bad_lengths(req)  # type: ignore[attr-defined]
+        if bad:
+            raise ValueError(bad)
+        req.index = p.index
+        call, msg = p.call, p.msg
+        self._sync, self._sync_result = p, None
+        p.call = KQSEND
+        p.body, p.nmsg = body, nmsg
+        try:
+            self._kqsync(p, req)  # type: ignore[attr-defined]
+        finally:
+            self._sync = None
+            p.call, p.msg = call, msg
+            p.body, p.nmsg = b"", None
+        rep, self._sync_result = self._sync_result, None
+        if isinstance(rep, Received):
+            rep = rep.reply
+        assert isinstance(rep, KReply), rep
+        return rep
 
     def _run_iprocs(self) -> None:
         """Run internal processes until none has a completed request pending."""
@@ -562,6 +638,6 @@ class KIProcDriver:
         return out
 
 
-__all__ = ["IPROC_PID_BASE", "IProc", "IProcMain", "KBoot", "KCall", "Received", "Watch",
+__all__ = ["IPROC_PID_BASE", "IProc", "IProcMain", "KBoot", "KCall", "Received", "Watch", "TakeFn",
            "Event", "ChildExit", "KIProcDriver", "TIMER", "READABLE", "CHILD", "SIGNAL",
            "STOP_SIGNALS", "WAIT_EVENT", "WAIT_HALT", "take_queued"]
