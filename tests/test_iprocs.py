@@ -241,6 +241,43 @@ def test_direct_delivery_sends_the_senders_header_and_body_byte_by_byte():
     assert raw == want
 
 
+def test_bufferd_relays_client_packets_without_a_coroutine_turn():
+    """Every message a client sends bufferd is taken at once (IProc.take):
+    its coroutine is not resumed, a packet whose receiver waits is never
+    kept, and bufferd is back in its receive after each."""
+    w = world()
+    a, b = w.client("a", 1001), w.client("b", 1002)
+    bufd = w.kernel.kpfind(100001)
+    turns = []
+
+    class Counting:
+        def __init__(self, coro):
+            self.coro = coro
+
+        def send(self, value):
+            turns.append(value)
+            return self.coro.send(value)
+
+        def close(self):
+            self.coro.close()
+
+    bufd.coro = Counting(bufd.coro)
+    daemon = bufd.iproc.take.__self__
+    msg = os.urandom(3 * MAXNMSGLEN + 5)
+    for _ in range(2):
+        b.bfrecv_start(55, 0, MAXNMSGLEN)  # waits first: packets go straight to it
+        assert b.front().reply == 0 and b.blocked()
+        a.nsend(0, 55, 9, b"direct")
+        assert b.packet()[2] == b"direct" and daemon.buf.count() == 0
+        a.nsend(0, 55, 9, msg)  # kept, then fetched packet by packet
+        assert daemon.buf.count() == 4
+        assert b.nrecv(55, 0, len(msg))[1] == msg
+        assert daemon.buf.count() == 0 and daemon.buf.nspace == 0
+    assert turns == []
+    assert bufd.state == KSRECV and bufd.msg.event == EVBUFFERD
+    w.kernel.check_invariants()
+
+
 def test_type_matching_and_fifo_order():
     w = world()
     a, b = w.client("a", 1001), w.client("b", 1002)

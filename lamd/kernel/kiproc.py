@@ -71,7 +71,8 @@ from .constants import (
 from .kactions import Halt, Rearm, Resume, Unwatch, Watch as WatchAction
 from .wire import NMSG_SIZE, KMsg, KReply, KReq, NMsg
 
-#: what :attr:`IProc.take` is: (header, body, kernel type) -> the next receive, or None
+#: what :attr:`IProc.take` is: (header, body, kernel type) -> the receive to wait in
+#: next, or None to resume the coroutine with the message instead
 TakeFn = Callable[["NMsg | None", "bytes | memoryview", int], "KMsg | None"]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -407,12 +408,20 @@ class KIProcDriver:
             if (take is not None and pto.call == KQRECV and pto.wanted is None
                     and pto.index in self.procs and pto.coro is not None):
                 # taken at once, the coroutine left waiting in its receive
-                nxt = take(hdr, memoryview(data)[NMSG_SIZE if hdr is not None and smsg.flags & KNMSG else 0:],
-                           smsg.type)
+                skip = NMSG_SIZE if smsg.flags & KNMSG else 0
+                try:
+                    nxt = take(hdr, memoryview(data)[skip:], smsg.type)
+                except Exception:  # an internal process must never take the kernel down
+                    log.exception("internal process %s (pid %d) failed on a message; detached",
+                                  pto.iproc.name if pto.iproc else "?", pto.pid)
+                    pto.coro = None
+                    self._knuke(pto)  # type: ignore[attr-defined]
+                    self._run_iprocs()
+                    return self._take()
                 if nxt is not None:
                     self.stats.messages += 1  # type: ignore[attr-defined]
-                    self.stats.bytes += len(data) - (NMSG_SIZE if smsg.flags & KNMSG else 0)  # type: ignore[attr-defined]
-                    if pto.index in self.procs and pto.call == KQRECV:
+                    self.stats.bytes += len(data) - skip  # type: ignore[attr-defined]
+                    if pto.index in self.procs and pto.call == KQRECV and pto.state == KSREADY:
                         self._kqsync(pto, KReq(req=KQRECV, msg=nxt, index=pto.index))  # type: ignore[attr-defined]
                     self._run_iprocs()
                     return self._take()
