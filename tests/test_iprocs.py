@@ -278,6 +278,69 @@ def test_bufferd_relays_client_packets_without_a_coroutine_turn():
     w.kernel.check_invariants()
 
 
+def _bfrecv_request(b, event: int, type_: int, length: int):
+    """bfrecv's dsfr as its two parts: the kreq, then the header it writes
+    once the send half is answered (what the kernel reads in between)."""
+    from lamd.kernel.constants import KQSR
+    from lamd.kernel.wire import KMsg
+    from lamd.iprocs.nreq import BFQRECV
+    head = NMsg(dl_event=EVBUFFERD, node=LOCAL, event=EVBUFFERD, type=DLCTL,
+                data=data_words(0, 0, BFQRECV, 0, event, type_, 0, 0))
+    req = KReq(req=KQSR, index=b.index, msg=KMsg(EVBUFFERD, DLCTL, 0, KNMSG),
+               msg2=KMsg(event, type_, length, KNMSG))
+    return req, head
+
+
+def test_nrecv_of_a_kept_packet_is_answered_before_its_request_is_read():
+    """bufferd's peek: the moment an nrecv's dsfr meets bufferd (its BFQRECV
+    header not read yet), the kept packet that request will ask for goes to
+    its receive half; the header, read later, finds it done."""
+    from lamd.kernel import CollectBody, Reply, SendBody
+    w = world()
+    a, b = w.client("a", 1001), w.client("b", 1002)
+    a.nsend(0, 55, 9, b"first")
+    a.nsend(0, 55, 9, b"second")
+    daemon = w.kernel.kpfind(100001).iproc.take.__self__
+    assert daemon.buf.count() == 2
+    req, head = _bfrecv_request(b, 55, 0, 64)
+    acts = w.kernel.request("b", req)
+    assert [type(x) for x in acts] == [Reply, CollectBody, Reply, SendBody]
+    assert acts[0].reply.length == 0  # the send half: only the header to come
+    assert (acts[2].reply.type, acts[2].reply.length) == (9, 5)
+    assert acts[3].data[NMSG_SIZE:] == b"first"
+    assert daemon.buf.count() == 1  # "second" stays for the next nrecv
+    w.run(w.kernel.body_arrived(acts[1].token, head.pack()))
+    assert daemon.buf.count() == 1 and daemon.peek_misses == 0
+    bufd = w.kernel.kpfind(100001)
+    assert bufd.state == KSRECV and bufd.msg.event == EVBUFFERD
+    assert b.nrecv(55, 0, 64)[1] == b"second"
+    w.kernel.check_invariants()
+
+
+def test_a_request_unlike_its_receive_half_is_served_as_sent_and_logged(caplog):
+    """A dsfr whose header asks for another point than its receive half (no
+    LAM library sends one): the packet peek gave its receive half stays
+    given, the request is then served as written, one warning says so."""
+    from lamd.kernel import CollectBody
+    w = world()
+    a, b = w.client("a", 1001), w.client("b", 1002)
+    a.nsend(0, 55, 9, b"kept")
+    a.nsend(0, 56, 9, b"other")
+    daemon = w.kernel.kpfind(100001).iproc.take.__self__
+    req, _ = _bfrecv_request(b, 55, 0, 64)
+    _, head = _bfrecv_request(b, 56, 0, 64)
+    acts = w.kernel.request("b", req)
+    assert any(isinstance(x, CollectBody) for x in acts)
+    w.conns["b"].outbox += head.pack()  # the header comes after the send half's reply
+    w.run(acts)
+    assert daemon.peek_misses == 1 and "did not match" in caplog.text
+    assert daemon.buf.count() == 1  # "other" stays kept: the receiver was served
+    assert b.reply().length == 0  # the send half's reply
+    assert b.packet()[2] == b"kept"
+    assert b.nrecv(56, 0, 64)[1] == b"other"
+    w.kernel.check_invariants()
+
+
 def test_type_matching_and_fifo_order():
     w = world()
     a, b = w.client("a", 1001), w.client("b", 1002)

@@ -467,7 +467,7 @@ def test_take_handles_client_messages_without_resuming_the_coroutine() -> None:
     seen: list[tuple[int, bytes]] = []
 
     async def main(k: IProc) -> None:
-        def take(head: Any, body: Any, ktype: int) -> KMsg | None:
+        def take(head: Any, body: Any, ktype: int, peeked: Any) -> KMsg | None:
             seen.append((ktype, bytes(body)))
             if bytes(body) == b"coro":
                 return None  # the coroutine has it, as usual
@@ -499,7 +499,7 @@ def test_take_handles_client_messages_without_resuming_the_coroutine() -> None:
 
 def test_a_take_that_fails_detaches_its_process_and_the_kernel_serves_on(caplog) -> None:
     async def main(k: IProc) -> None:
-        def take(head: Any, body: Any, ktype: int) -> KMsg | None:
+        def take(head: Any, body: Any, ktype: int, peeked: Any) -> KMsg | None:
             raise RuntimeError("bug in take")
         k.take = take
         while True:

@@ -343,6 +343,7 @@ class KInner:
             token = self._next_collect()
             self._collects[token] = (pto, pfrom, smsg)
             self._out.append(CollectBody(pfrom.conn, s_hdr + n, token))
+            self._collect_started(pto, pfrom, token)  # type: ignore[attr-defined]
         else:
             self.stats.messages += 1
             self.stats.bytes += n

@@ -45,11 +45,17 @@ functions called per message:
   the message is delivered if a receiver is blocked on its event, else the
   reply says EWOULDBLOCK; it never blocks, so it needs no ``await``;
 * ``k.take``: a function the kernel calls with a message a client sent to
-  the process's plain receive (``take(head, body, ktype)``, *body* a
-  read-only buffer), instead of resuming the coroutine. It returns the
-  :class:`~lamd.kernel.wire.KMsg` of the receive to wait in next (the
-  coroutine stays suspended in its ``recv``), or None to have the coroutine
-  resumed with the message as usual.
+  the process's plain receive (``take(head, body, ktype, peeked)``, *body*
+  a read-only view of the bytes read), instead of resuming the coroutine.
+  It returns the :class:`~lamd.kernel.wire.KMsg` of the receive to wait in
+  next (the coroutine stays suspended in its ``recv``), or None to have the
+  coroutine resumed with the message as usual;
+* ``k.peek``: with ``take``, a function the kernel calls the moment a
+  client's send-receive has met that receive, before its body is read:
+  ``peek(smsg, rmsg, pid)`` with the send half's and the receive half's
+  descriptors (the client now waits in the receive half). What it returns
+  is handed to ``take`` as *peeked* when the body has been read (None
+  otherwise). bufferd uses it to answer an ``nrecv`` one round trip early.
 
 Every watch of a process is cancelled when the process ends. Message bodies
 are Python bytes; for KNMSG messages the network header is an
@@ -71,9 +77,19 @@ from .constants import (
 from .kactions import Halt, Rearm, Resume, Unwatch, Watch as WatchAction
 from .wire import NMSG_SIZE, KMsg, KReply, KReq, NMsg
 
-#: what :attr:`IProc.take` is: (header, body, kernel type) -> the receive to wait in
-#: next, or None to resume the coroutine with the message instead
-TakeFn = Callable[["NMsg | None", "bytes | memoryview", int], "KMsg | None"]
+#: what :attr:`IProc.take` is: (header, body, kernel type, what peek said) -> the
+#: receive to wait in next, or None to resume the coroutine with the message instead
+TakeFn = Callable[["NMsg | None", "bytes | memoryview", int, Any], "KMsg | None"]
+#: what :attr:`IProc.peek` is: (send half, receive half, pid) -> handed to take
+PeekFn = Callable[[KMsg, KMsg, int], Any]
+
+
+@dataclass(slots=True, frozen=True)
+class _Peek:
+    """A run-queue entry: call the receiver's ``peek`` for body *token*."""
+
+    token: int
+    sender: Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kouter import Kernel, KProc
@@ -204,6 +220,8 @@ class IProc:
     restored: bytes | None = None
     #: takes messages from clients in place of the coroutine (see the module doc)
     take: "TakeFn | None" = None
+    #: sees a client's send-receive before its body is read (see the module doc)
+    peek: "PeekFn | None" = None
 
     @property
     def pid(self) -> int:
@@ -361,6 +379,7 @@ class KIProcDriver:
         self._collects: dict[int, tuple[KProc, KProc, KMsg]] = {}
         self._sync: KProc | None = None  # the process in a ksend_now
         self._sync_result: Any = None
+        self._peeked: dict[int, Any] = {}  # what peek said, by body token
 
     # ------------------------------------------------------------------
     # entry points (the I/O layer calls these)
@@ -397,6 +416,7 @@ class KIProcDriver:
     def body_arrived(self, token: int, data: bytes) -> list[Any]:
         """The body a :class:`CollectBody` asked for has been read."""
         entry = self._collects.pop(token, None)
+        peeked = self._peeked.pop(token, None) if self._peeked else None
         if entry is not None:
             pto, pfrom, smsg = entry
             hdr = None
@@ -410,7 +430,7 @@ class KIProcDriver:
                 # taken at once, the coroutine left waiting in its receive
                 skip = NMSG_SIZE if smsg.flags & KNMSG else 0
                 try:
-                    nxt = take(hdr, memoryview(data)[skip:], smsg.type)
+                    nxt = take(hdr, memoryview(data)[skip:], smsg.type, peeked)
                 except Exception:  # an internal process must never take the kernel down
                     log.exception("internal process %s (pid %d) failed on a message; detached",
                                   pto.iproc.name if pto.iproc else "?", pto.pid)
@@ -564,6 +584,9 @@ class KIProcDriver:
             p, value = runq.popleft()
             if p.coro is None or p.index not in self.procs:
                 continue
+            if type(value) is _Peek:
+                self._peek(p, value)
+                continue
             try:
                 call = p.coro.send(value)
             except StopIteration:
@@ -628,8 +651,28 @@ class KIProcDriver:
         self._collect_seq += 1
         return self._collect_seq
 
+    def _collect_started(self, pto: "KProc", pfrom: "KProc", token: int) -> None:
+        """A client's send met internal receiver *pto*, its body to be read
+        (*token*): a ``peek`` sees it once the send is done with (after
+        ``kqsync``: a send-receive's receive half is blocked by then)."""
+        if pto.iproc is not None and pto.iproc.peek is not None and pto.iproc.take is not None:
+            self._runq.append((pto, _Peek(token, pfrom)))
+
+    def _peek(self, p: "KProc", pk: _Peek) -> None:
+        entry = self._collects.get(pk.token)
+        sender = pk.sender
+        ip = p.iproc
+        if (entry is None or ip is None or ip.peek is None or sender.state != KSRECV
+                or sender.index not in self.procs or p.call != KQRECV):
+            return
+        try:
+            self._peeked[pk.token] = ip.peek(entry[2], sender.msg, sender.pid)
+        except Exception:  # an internal process must never take the kernel down
+            log.exception("internal process %s (pid %d) failed in peek", ip.name, p.pid)
+
     def _collect_lost(self, token: int) -> None:
         """A body for an internal receiver never came: it waits again, unharmed."""
+        self._peeked.pop(token, None)
         entry = self._collects.pop(token, None)
         if entry is None:
             return
@@ -647,6 +690,6 @@ class KIProcDriver:
         return out
 
 
-__all__ = ["IPROC_PID_BASE", "IProc", "IProcMain", "KBoot", "KCall", "Received", "Watch", "TakeFn",
+__all__ = ["IPROC_PID_BASE", "IProc", "IProcMain", "KBoot", "KCall", "Received", "Watch", "TakeFn", "PeekFn",
            "Event", "ChildExit", "KIProcDriver", "TIMER", "READABLE", "CHILD", "SIGNAL",
            "STOP_SIGNALS", "WAIT_EVENT", "WAIT_HALT", "take_queued"]
