@@ -17,9 +17,11 @@ Every packet and request is handled at once, as LAM's bufferd (a function
 the C kernel calls per message) handles it: its deliveries are KTRY sends
 that never block (``dtry_send``), so none needs a coroutine turn. A message
 a client sends is taken by :meth:`BufferDaemon.take` the moment its body has
-been read (``IProc.take``), with the body still in the kernel's read buffer:
-a packet whose receiver is already blocked on its event (``nrecv``'s
-``BFQRECV`` came first) goes on to it with one copy and is never kept.
+been read (``IProc.take``), straight from the bytes the kernel read: a
+packet whose receiver is already blocked on its event (``nrecv``'s
+``BFQRECV`` came first) goes on to it with one copy and is never kept. An
+``nrecv`` whose packet is kept is answered when its ``dsfr`` meets bufferd,
+one round trip before its ``BFQRECV`` is read (:meth:`BufferDaemon.peek`).
 
 Memory is bounded as LAM bounds it: when less than one more frame fits in
 ``maxspace`` (``BFDEFSPACE``, 8 MiB, or ``config["bufferd_space"]``), bufferd
@@ -39,14 +41,13 @@ from dataclasses import dataclass, field
 from ..kernel.constants import (
     EVBFORWARD, EVBUFFERD, KNMSG, KPROBE, KSYNCSQL, KTRACE, KTRY, MAXNMSGLEN,
 )
-from ..kernel.wire import KMsg
 from ..kernel.kiproc import IProc
 from ..kernel.kinner import ksync_type, ksync_type_sql
-from ..kernel.wire import NMSG_SIZE, NMsg
+from ..kernel.wire import NMSG_SIZE, KMsg, NMsg
 from .nreq import (
     BFDEFSPACE, BFQLOOK, BFQPROBE, BFQRECV, BFQSPACE, BFQSTATE, BFQSWEEP,
     BFQSWEEP1, BFQWIPE, BFSTATUS, BFSYNC, DDLI, DINT4MSG, DLCTL,
-    DMSKDATA, DMSKMSG, LOCAL, NMORE, NetMsg, data_words, dtry_send, received,
+    DMSKDATA, DMSKMSG, LOCAL, NMORE, data_words, dtry_send, received,
     route_local,
 )
 
@@ -334,20 +335,20 @@ class BufferDaemon:
         per = MAXNMSGLEN // BFSTATUS.size
         for i in range(0, len(rows), per):
             self.send_msg(NMsg(node=src_node, event=src_event, flags=DINT4MSG),
-                                b"".join(rows[i:i + per]))
+                          b"".join(rows[i:i + per]))
 
     def bfqlook(self, src_node: int, src_event: int, seq: int) -> None:
         """``rbflook``: the header, then the body, of the packet with *seq*."""
         found = next((b for q in self.buf.events.values() for b in q if b.seq == seq), None)
         if found is None:
             self.send_msg(NMsg(node=src_node, event=src_event,
-                                     data=data_words(errno.EWOULDBLOCK)))
+                               data=data_words(errno.EWOULDBLOCK)))
             return
         self.send_msg(NMsg(node=src_node, event=src_event,
-                                 data=data_words(0, found.head.type)))
+                           data=data_words(0, found.head.type)))
         h = found.head
         self.send_msg(NMsg(node=src_node, event=src_event,
-                                 flags=h.flags & (DMSKDATA | DMSKMSG), data=h.data), found.body)
+                           flags=h.flags & (DMSKDATA | DMSKMSG), data=h.data), found.body)
 
 
 async def bufferd(k: IProc) -> None:

@@ -37,7 +37,7 @@ request:
   which case the request was cancelled as ``kqdoom`` interrupts a blocked
   process (taken off the blocked list; nothing was transferred).
 
-Two shortcuts make a process that only relays packets (bufferd) cost no
+Three hooks make a process that only relays packets (bufferd) cost no
 coroutine turn per message, as LAM's C internal processes are plain
 functions called per message:
 
