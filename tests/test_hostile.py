@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -428,7 +429,8 @@ class InProcDaemon:
     """KernelIO over a real socket in a thread, which can be paused (the loop
     stopped, so clients wait in the listen backlog) and resumed."""
 
-    def __init__(self, tmp: str, *, iprocs: bool = False) -> None:
+    def __init__(self, tmp: str, *, iprocs: bool = False,
+                 kernel_class: type[Kernel] = Kernel) -> None:
         self.dir = tmp
         self.path = os.path.join(tmp, "lam-kernel-socket")
         self.killfile = os.path.join(tmp, "lam-killfile")
@@ -436,7 +438,8 @@ class InProcDaemon:
         lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         lsock.bind(self.path)
         lsock.listen(64)
-        self.kernel = Kernel(kernel_pid=os.getpid())
+        # a spy is a subclass: the compiled kernel's methods cannot be replaced
+        self.kernel = kernel_class(kernel_pid=os.getpid())
         self.io = KernelIO(self.kernel, lsock, killfile=self.killfile,
                            clients_file=self.clients_file, tick_interval=0.2)
         if iprocs:
@@ -615,15 +618,14 @@ def test_client_dead_before_accept_is_refused(tmp_path, caplog, peerpidfd, reape
     pid fails and of a zombie succeeds.) Every client admitted around it
     holds a pidfd of its own."""
     caplog.set_level(logging.INFO, logger="lamd.kernelio")
-    d = InProcDaemon(str(tmp_path))
     seen: list[int] = []
-    connect = d.kernel.connect
 
-    def spy(conn, pid, uid):  # type: ignore[no-untyped-def]
-        seen.append(pid)
-        return connect(conn, pid, uid)
+    class Spy(Kernel):
+        def connect(self, conn: Any, pid: int, uid: int) -> None:
+            seen.append(pid)
+            super().connect(conn, pid, uid)
 
-    d.kernel.connect = spy  # type: ignore[method-assign]
+    d = InProcDaemon(str(tmp_path), kernel_class=Spy)
     p = None
     try:
         first = d.client()

@@ -25,7 +25,7 @@ from .wire import KReply
 Conn = Hashable  # whatever the I/O layer uses to name a connection
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class Reply:
     """Write ``struct kreply`` *reply* to *conn*."""
 
@@ -33,7 +33,7 @@ class Reply:
     reply: KReply
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class SendBody:
     """Write *data* (a body from an internal process) to *conn*, after its reply."""
 
@@ -41,7 +41,7 @@ class SendBody:
     data: bytes
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class Transfer:
     """Move a message body from *src* to *dst* (LAM's ``kio_transfer``).
 
@@ -57,7 +57,7 @@ class Transfer:
     pad: int = 0
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class CollectBody:
     """Read *length* body bytes from *src* and hand them to
     :meth:`Kernel.body_arrived` (a body for an internal process, ``kio_recv``)."""
@@ -67,7 +67,7 @@ class CollectBody:
     token: Any
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class Signal:
     """Send Unix signal *signo* to the process attached on *conn*."""
 
@@ -76,7 +76,7 @@ class Signal:
     signo: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class Close:
     """Close *conn* once everything queued for it has been written."""
 
@@ -84,7 +84,7 @@ class Close:
     reason: str = ""
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class KillAppend:
     """``kkillwrite``: list client *pid* (on *conn*) in the kill file now,
     before the attach reply that follows this action is written."""
@@ -93,20 +93,20 @@ class KillAppend:
     pid: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class KillRemove:
     """Client *pid*, listed in the kill file, has left: unlist it (this turn)."""
 
     pid: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class KillRewrite:
     """``kkillrewrite``: write the kill file afresh from
     :meth:`Kernel.killfile_entries` (a priority moved a client in or out)."""
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class Watch:
     """Start event source *id* of an internal process: *kind* is ``timer``
     (*arg* seconds, once), ``readable`` (*arg* a descriptor, reported once
@@ -118,27 +118,27 @@ class Watch:
     arg: Any
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class Unwatch:
     """Stop event source *id* (cancelled, or its process ended)."""
 
     id: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class Rearm:
     """The readiness of ``readable`` source *id* was taken: report the next one."""
 
     id: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class Resume:
     """Call :meth:`Kernel.wake` again after serving clients (internal
     processes still have work: a turn's budget ran out)."""
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class Halt:
     """Shut the daemon down (haltd): kkillall, remove session files, exit."""
 

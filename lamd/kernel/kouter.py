@@ -8,7 +8,7 @@ bodies to move, signals to send, connections to close, kill-file changes,
 event sources of internal processes. This module holds the table and the
 dispatch (attach, detach, surrender, dump, ``knuke``, ``kpreempt``,
 ``kkillall``); the rendezvous is :class:`~lamd.kernel.kinner.KInner`, the
-internal processes :class:`~lamd.kernel.kiproc.KIProcDriver`.
+internal processes :class:`~lamd.kernel.kidriver.KIProcDriver`.
 
 What differs from C on purpose:
 
@@ -32,6 +32,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from mypy_extensions import mypyc_attr
+
 from .constants import (
     EBADREQUEST, EMSGLEN, ENOKDESCRIPTORS, ENOTATTACHED, KIPROC, KMSG2, KNFYI,
     KPROBE, KQATTACH, KQDETACH, KQDOOM, KQDUMP, KQRECV, KQSEND, KQSR, KQSTATE,
@@ -40,7 +42,8 @@ from .constants import (
 )
 from .kactions import Action, Close, Conn, KillAppend, KillRemove, KillRewrite, Reply, Signal
 from .kinner import BlockedList, KInner
-from .kiproc import Event, IProc, KIProcDriver, Watch
+from .kidriver import KIProcDriver
+from .kiproc import Event, IProc, Watch
 from .wire import KMsg, KReply, KReq, NMsg
 
 log = logging.getLogger("lamd.kernel")
@@ -55,7 +58,7 @@ _REQUEST_NAMES = {KQSEND: "SEND", KQRECV: "RECV", KQSTATE: "STATE", KQDOOM: "DOO
 # --- the process table --------------------------------------------------------
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(eq=False)
 class KProc:
     """``struct kproc``: one kernel process descriptor."""
 
@@ -90,7 +93,7 @@ class KProc:
         return f"<KProc {self.index} pid={self.pid} pri={self.priority} st={self.state}>"
 
 
-@dataclass(slots=True)
+@dataclass
 class KernelStats:
     """Counters kept for status lines and benchmarks."""
 
@@ -102,6 +105,7 @@ class KernelStats:
     dumps_skipped: int = 0
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # test spies subclass it
 class Kernel(KInner, KIProcDriver):
     """LAM's kernel: process table, ready/blocked lists and rendezvous.
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from .constants import KNFYI, NHDSIZE
 
@@ -62,7 +61,7 @@ SIZES = {"kmsg": KMSG_SIZE, "kreq": KREQ_SIZE, "kreply": KREPLY_SIZE, "nmsg": NM
 _ZERO_FYI: tuple[int, ...] = (0,) * KNFYI
 
 
-@dataclass(slots=True)
+@dataclass
 class KMsg:
     """``struct kmsg``: a message descriptor (event, type, length, flags)."""
 
@@ -76,7 +75,7 @@ class KMsg:
         return KMSG_STRUCT.pack(self.event, self.type, self.length, self.flags, self.msg)
 
 
-@dataclass(slots=True)
+@dataclass
 class KReq:
     """``struct kreq``: one kernel request as a client writes it."""
 
@@ -89,7 +88,6 @@ class KReq:
     msg: KMsg = field(default_factory=KMsg)
     msg2: KMsg = field(default_factory=KMsg)
 
-    SIZE: ClassVar[int] = KREQ_SIZE
 
     def pack(self) -> bytes:
         m, m2 = self.msg, self.msg2
@@ -109,7 +107,7 @@ class KReq:
         )
 
 
-@dataclass(slots=True)
+@dataclass
 class KReply:
     """``struct kreply``: the kernel's answer to one request."""
 
@@ -125,7 +123,6 @@ class KReply:
     fyi: tuple[int, ...] = _ZERO_FYI
     blktime: float = 0.0
 
-    SIZE: ClassVar[int] = KREPLY_SIZE
 
     def pack(self) -> bytes:
         return KREPLY_STRUCT.pack(
@@ -140,7 +137,7 @@ class KReply:
         return cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9:18], v[18])
 
 
-@dataclass(slots=True)
+@dataclass
 class NMsg:
     """``struct nmsg``: the network message header that precedes KNMSG bodies."""
 
@@ -154,7 +151,6 @@ class NMsg:
     data: tuple[int, ...] = (0,) * NHDSIZE
     msg: int = 0  # the sender's nh_msg pointer, opaque
 
-    SIZE: ClassVar[int] = NMSG_SIZE
 
     def pack(self) -> bytes:
         data = tuple(self.data) + (0,) * (NHDSIZE - len(self.data))
