@@ -100,7 +100,7 @@ class KReq:
     @classmethod
     def unpack(cls, buf: bytes | bytearray | memoryview, offset: int = 0) -> "KReq":
         v = KREQ_STRUCT.unpack_from(buf, offset)
-        return cls(
+        return KReq(
             v[0], v[1], v[2], v[3], v[4], v[5:14],
             KMsg(v[14], v[15], v[16], v[17], v[18]),
             KMsg(v[19], v[20], v[21], v[22], v[23]),
@@ -134,7 +134,7 @@ class KReply:
     @classmethod
     def unpack(cls, buf: bytes | bytearray | memoryview, offset: int = 0) -> "KReply":
         v = KREPLY_STRUCT.unpack_from(buf, offset)
-        return cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9:18], v[18])
+        return KReply(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9:18], v[18])
 
 
 @dataclass
@@ -162,4 +162,4 @@ class NMsg:
     @classmethod
     def unpack(cls, buf: bytes | bytearray | memoryview, offset: int = 0) -> "NMsg":
         v = NMSG_STRUCT.unpack_from(buf, offset)
-        return cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7:15], v[15])
+        return NMsg(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7:15], v[15])
