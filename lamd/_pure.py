@@ -37,6 +37,10 @@ COMPILED = (
     "lamd.kernel.kidriver",
     "lamd.kernelio.loop",
     "lamd.kernelio.transfer",
+    "lamd.kernelio.kiobase",
+    "lamd.kernelio.kio",
+    "lamd.kernelio.admission",
+    "lamd.kernelio.kernelio",
 )
 #: mypyc's runtime and the compiled code, one library inside the package
 SHARED_LIB = "lamd._hotpath"

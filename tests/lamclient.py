@@ -36,11 +36,8 @@ class Conn:
 class World:
     """One kernel, its internal processes and any number of fake clients."""
 
-    def __init__(self, table=(), config=None, max_procs: int = 256,
-                 kernel_class: type[Kernel] = Kernel) -> None:
-        # a spy is a subclass (*kernel_class*): the compiled kernel's methods
-        # cannot be replaced on an instance
-        self.kernel = kernel_class(max_procs=max_procs, clock=lambda: 0.0)
+    def __init__(self, table=(), config=None, max_procs: int = 256) -> None:
+        self.kernel = Kernel(max_procs=max_procs, clock=lambda: 0.0)
         self.conns: dict[str, Conn] = {}
         self.halts: list[Halt] = []
         self.watches: dict[int, Watch] = {}  # active event sources by id

@@ -8,10 +8,11 @@ calls and the state they share, so each half is checked (and compiled, see
 ``setup.py``) on its own. The declarations here come last in the kernel's
 method resolution order: the halves' definitions always win.
 
-``trait`` and ``mypyc_attr`` (from ``mypy_extensions``) do nothing at run
-time; mypyc compiles a trait into a native base that a class may inherit
-beside others, and lets tests subclass the kernel (a spy overrides a
-method; a compiled instance's methods cannot be replaced).
+``trait`` (from ``mypy_extensions``) does nothing at run time; mypyc
+compiles a trait into a native base that a class may inherit beside others.
+Compiled, the kernel's methods cannot be replaced on an instance nor
+overridden by an interpreted subclass: tests observe what it does, they do
+not spy on its calls.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import itertools
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
-from mypy_extensions import mypyc_attr, trait
+from mypy_extensions import trait
 
 from .kactions import Conn
 from .wire import KMsg, KReply, KReq
@@ -31,7 +32,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 @trait
-@mypyc_attr(allow_interpreted_subclasses=True)
 class KBase:
     """The kernel's shared state and cross-half calls (declarations only)."""
 

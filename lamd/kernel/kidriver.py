@@ -15,7 +15,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Iterable
 
-from mypy_extensions import mypyc_attr, trait
+from mypy_extensions import trait
 
 from .constants import KIPROC, KMSG2, KNMSG, KQDOOM, KQRECV, KQSEND, KQSR, KQSTATE, KSRECV, KSREADY, KSSEND
 from .kactions import Halt, Rearm, Resume, Unwatch, Watch as WatchAction
@@ -33,7 +33,6 @@ log = logging.getLogger("lamd.kernel")
 
 
 @trait
-@mypyc_attr(allow_interpreted_subclasses=True)
 class KIProcDriver(KBase):
     """The part of :class:`~lamd.kernel.Kernel` that runs internal processes
     (``kboot``, ``kiproc``): coroutines resumed with request results, bodies

@@ -21,7 +21,7 @@ import errno
 import logging
 from typing import TYPE_CHECKING
 
-from mypy_extensions import mypyc_attr, trait
+from mypy_extensions import trait
 
 from .constants import (
     ENOTPROCESS, ESERVICE, KEVENTHI, KMSG2, KNMSG, KPROBE, KQRECV, KQSR, KSREADY, KSRECV,
@@ -167,7 +167,6 @@ class BlockedList:
 
 
 @trait
-@mypyc_attr(allow_interpreted_subclasses=True)
 class KInner(KBase):
     """The rendezvous half of :class:`~lamd.kernel.Kernel` (``kinner.c``):
     every method here works on the process table and the blocked list the

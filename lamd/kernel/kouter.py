@@ -32,8 +32,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from mypy_extensions import mypyc_attr
-
 from .constants import (
     EBADREQUEST, EMSGLEN, ENOKDESCRIPTORS, ENOTATTACHED, KIPROC, KMSG2, KNFYI,
     KPROBE, KQATTACH, KQDETACH, KQDOOM, KQDUMP, KQRECV, KQSEND, KQSR, KQSTATE,
@@ -105,7 +103,6 @@ class KernelStats:
     dumps_skipped: int = 0
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)  # test spies subclass it
 class Kernel(KInner, KIProcDriver):
     """LAM's kernel: process table, ready/blocked lists and rendezvous.
 
@@ -249,9 +246,9 @@ class Kernel(KInner, KIProcDriver):
         return sorted((p for p in self.procs.values() if p.state in (KSSEND, KSRECV)),
                       key=lambda p: p.bkey)
 
-    def kkillall(self) -> list[Action]:
+    def kkillall(self) -> list[Signal]:
         """``kkillall``: SIGCONT then SIGHUP to every attached external client."""
-        out: list[Action] = []
+        out: list[Signal] = []
         for p in self.ready_list() + self.blocked_list():
             # lamhalt (PRLAMHALT) is never in the kill file, so never killed
             if not p.internal and p.conn is not None and p.priority != PRLAMHALT:
