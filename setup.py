@@ -17,9 +17,27 @@ import os
 import sys
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lamd._pure import COMPILED, SHARED_LIB  # noqa: E402  (the one list of compiled modules)
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from lamd._pure import COMPILED, MANIFEST, SHARED_LIB, source_digest  # noqa: E402
+
+
+class BuildExt(build_ext):
+    """Build the extensions, then record the digest of each compiled .py
+    beside them (lamd/_pure.py compares it at import: a .py edited since
+    the build runs as Python, never as the old extension)."""
+
+    def run(self) -> None:
+        super().run()
+        if not self.extensions:
+            return
+        top = HERE if self.inplace else self.build_lib
+        lines = [f"{m} {source_digest(os.path.join(HERE, *m.split('.')) + '.py')}\n"
+                 for m in COMPILED]
+        with open(os.path.join(top, "lamd", MANIFEST), "w") as f:
+            f.writelines(lines)
 
 
 def ext_modules() -> list:
@@ -37,4 +55,4 @@ def ext_modules() -> list:
     )
 
 
-setup(ext_modules=ext_modules())
+setup(ext_modules=ext_modules(), cmdclass={"build_ext": BuildExt})

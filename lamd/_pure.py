@@ -9,9 +9,10 @@ Python imports an extension before a .py of the same name; :func:`install`
 imported instead, when
 
 * ``LAMD_PURE=1`` is set (the pure-Python build, on purpose), or
-* a compiled module's .py is newer than the shared library (a checkout
-  edited after its last build: the extension would run the old code), in
-  which case it also warns.
+* a compiled module's .py is not the one it was compiled from (a checkout
+  edited after its last build: the extension would run the old code; the
+  build records each source's digest in :data:`MANIFEST`), in which case it
+  also warns.
 
 Either way all the modules of the list go pure together: the compiled ones
 call each other natively and cannot be mixed with interpreted copies.
@@ -24,6 +25,7 @@ import importlib.util
 import os
 import sys
 import warnings
+import zlib
 from importlib.machinery import ModuleSpec
 from typing import Sequence
 
@@ -44,6 +46,8 @@ COMPILED = (
 )
 #: mypyc's runtime and the compiled code, one library inside the package
 SHARED_LIB = "lamd._hotpath"
+#: written by the build beside the library: "module digest" per compiled module
+MANIFEST = "_hotpath.sources"
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -61,14 +65,28 @@ def _source_file(name: str) -> str:
     return os.path.join(os.path.dirname(_HERE), *name.split(".")) + ".py"
 
 
+def source_digest(path: str) -> str:
+    """What the build records of a source file (cheap enough for every start)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return f"{len(data)}-{zlib.crc32(data):08x}"
+
+
 def stale() -> list[str]:
-    """The compiled modules whose .py is newer than the shared library."""
-    lib = _shared_lib_file()
-    if lib is None:
+    """The compiled modules whose .py is not the one the build compiled
+    (all of them when the build recorded nothing)."""
+    if _shared_lib_file() is None:
         return []
-    built = os.stat(lib).st_mtime
+    built: dict[str, str] = {}
+    try:
+        with open(os.path.join(_HERE, MANIFEST)) as f:
+            for line in f:
+                name, _, digest = line.strip().partition(" ")
+                built[name] = digest
+    except OSError:
+        pass
     return [m for m in COMPILED
-            if os.path.exists(_source_file(m)) and os.stat(_source_file(m)).st_mtime > built]
+            if os.path.exists(_source_file(m)) and built.get(m) != source_digest(_source_file(m))]
 
 
 class _SourceFirst:
