@@ -46,13 +46,18 @@ def ext_modules() -> list:
     from mypyc.build import mypycify
 
     paths = [m.replace(".", "/") + ".py" for m in COMPILED]
-    return mypycify(
+    exts = mypycify(
         # the rest of lamd is read for its types, not compiled
         ["--follow-imports=silent", "--python-version=3.11", *paths],
         opt_level="3",
         # one shared library inside the package (not a top-level module)
         separate=[(paths, SHARED_LIB)],
     )
+    for ext in exts:
+        # each module's shim calls nothing of libc: say it needs it anyway, as
+        # every shared object should (lintian: shared-library-lacks-prerequisites)
+        ext.extra_link_args += ["-Wl,--no-as-needed", "-lc"]
+    return exts
 
 
 setup(ext_modules=ext_modules(), cmdclass={"build_ext": BuildExt})
