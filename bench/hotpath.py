@@ -18,7 +18,7 @@ few repeats is stable:
 
 Usage: ``bench/hotpath.py [ROUNDS]`` runs each case in a fresh interpreter,
 compiled then ``LAMD_PURE=1``, alternating, and prints µs per message (the
-minimum over rounds), from the checkout it is in (build the extension first:
+minimum over rounds of the best of five runs in each), from the checkout it is in (build the extension first:
 ``python3 setup.py build_ext --inplace``).
 """
 
@@ -59,13 +59,16 @@ def bench_kernel(n: int) -> float:
     # one round trip: b receives, a sends, a receives, b sends
     script = [("b", _req(KQRECV, idx["b"], 11)), ("a", _req(KQSEND, idx["a"], 10)),
               ("a", _req(KQRECV, idx["a"], 10)), ("b", _req(KQSEND, idx["b"], 11))]
-    t0 = time.perf_counter()
-    for _ in range(n):
-        for conn, raw in script:
-            for a in k.request(conn, KReq.unpack(raw)):
-                if type(a) is Reply:
-                    a.reply.pack()
-    return (time.perf_counter() - t0) / (2 * n) * 1e6
+    best = float("inf")
+    for _ in range(5):  # the best of five: the machine is shared
+        t0 = time.perf_counter()
+        for _ in range(n // 5):
+            for conn, raw in script:
+                for a in k.request(conn, KReq.unpack(raw)):
+                    if type(a) is Reply:
+                        a.reply.pack()
+        best = min(best, (time.perf_counter() - t0) / (2 * (n // 5)) * 1e6)
+    return best
 
 
 def bench_io(n: int, size: int) -> float:
@@ -159,11 +162,13 @@ def bench_io(n: int, size: int) -> float:
     for _ in range(20):  # warm up
         one_way(a, send_a, b, recv_b)
         one_way(b, send_b, a, recv_a)
-    spent = 0.0
-    for _ in range(n):
-        one_way(a, send_a, b, recv_b)
-        one_way(b, send_b, a, recv_a)
-    per = spent / (2 * n) * 1e6
+    per = float("inf")
+    for _ in range(5):  # the best of five: the machine is shared
+        spent = 0.0
+        for _ in range(n // 5):
+            one_way(a, send_a, b, recv_b)
+            one_way(b, send_b, a, recv_a)
+        per = min(per, spent / (2 * (n // 5)) * 1e6)
     for s, _ in clients.values():
         s.close()
     io.shutdown(unlink_socket=path)
