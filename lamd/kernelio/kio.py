@@ -27,8 +27,8 @@ from typing import Any
 from mypy_extensions import trait
 
 from ..kernel.wire import KREQ_SIZE, KReq
-from .loop import EPOLLERR, EPOLLIN, EPOLLOUT
 from .kiobase import KIOBase
+from .loop import EPOLLERR, EPOLLIN, EPOLLOUT
 from .transfer import BodyMove, Connection
 
 log = logging.getLogger("lamd.kernelio")
