@@ -13,6 +13,12 @@ carries them out in order:
 * ``Watch``/``Unwatch``/``Rearm`` carry out internal processes' event
   sources (``kio_to``, ``kio_intr``, child exits, signals) and ``Resume``
   asks to be called again next turn; ``Halt`` ends the daemon.
+
+The three made for every message (``Reply``, ``SendBody``, ``Transfer``)
+are not frozen and spell their ``__init__`` out: compiled (``setup.py``), a
+dataclass's generated ``__init__`` runs as interpreted Python, ten times
+slower than one mypyc compiles, and a frozen one cannot be written by hand
+the same way compiled and pure. Nothing changes them once made.
 """
 
 from __future__ import annotations
@@ -25,23 +31,31 @@ from .wire import KReply
 Conn = Hashable  # whatever the I/O layer uses to name a connection
 
 
-@dataclass(frozen=True)
+@dataclass
 class Reply:
     """Write ``struct kreply`` *reply* to *conn*."""
 
     conn: Conn
     reply: KReply
 
+    def __init__(self, conn: Conn, reply: KReply) -> None:
+        self.conn = conn
+        self.reply = reply
 
-@dataclass(frozen=True)
+
+@dataclass
 class SendBody:
     """Write *data* (a body from an internal process) to *conn*, after its reply."""
 
     conn: Conn
     data: bytes
 
+    def __init__(self, conn: Conn, data: bytes) -> None:
+        self.conn = conn
+        self.data = data
 
-@dataclass(frozen=True)
+
+@dataclass
 class Transfer:
     """Move a message body from *src* to *dst* (LAM's ``kio_transfer``).
 
@@ -55,6 +69,13 @@ class Transfer:
     length: int
     skip: int = 0
     pad: int = 0
+
+    def __init__(self, src: Conn, dst: Conn, length: int, skip: int = 0, pad: int = 0) -> None:
+        self.src = src
+        self.dst = dst
+        self.length = length
+        self.skip = skip
+        self.pad = pad
 
 
 @dataclass(frozen=True)

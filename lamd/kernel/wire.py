@@ -16,6 +16,11 @@ layouts below are proven against the C compiler by ``tests/test_layout.py``.
 
 Pointers (``k_msg``, ``nh_msg``) are client addresses: meaningless to the
 kernel, carried through untouched.
+
+The structs made for every message (``KMsg``, ``KReq``, ``KReply``) spell
+their ``__init__`` out: compiled (``setup.py``), a dataclass's generated
+``__init__`` would run as interpreted Python, ten times slower than one
+mypyc compiles; the dataclass still gives them ``__eq__`` and ``__repr__``.
 """
 
 from __future__ import annotations
@@ -71,6 +76,14 @@ class KMsg:
     flags: int = 0
     msg: int = 0  # the client's k_msg pointer, opaque
 
+    def __init__(self, event: int = 0, type: int = 0, length: int = 0, flags: int = 0,
+                 msg: int = 0) -> None:
+        self.event = event
+        self.type = type
+        self.length = length
+        self.flags = flags
+        self.msg = msg
+
     def pack(self) -> bytes:
         return KMSG_STRUCT.pack(self.event, self.type, self.length, self.flags, self.msg)
 
@@ -88,6 +101,17 @@ class KReq:
     msg: KMsg = field(default_factory=KMsg)
     msg2: KMsg = field(default_factory=KMsg)
 
+    def __init__(self, req: int = 0, index: int = -1, pid: int = 0, priority: int = 0,
+                 signal: int = 0, fyi: tuple[int, ...] = _ZERO_FYI, msg: KMsg | None = None,
+                 msg2: KMsg | None = None) -> None:
+        self.req = req
+        self.index = index
+        self.pid = pid
+        self.priority = priority
+        self.signal = signal
+        self.fyi = fyi
+        self.msg = KMsg() if msg is None else msg
+        self.msg2 = KMsg() if msg2 is None else msg2
 
     def pack(self) -> bytes:
         m, m2 = self.msg, self.msg2
@@ -123,6 +147,20 @@ class KReply:
     fyi: tuple[int, ...] = _ZERO_FYI
     blktime: float = 0.0
 
+    def __init__(self, reply: int = 0, signal: int = 0, length: int = 0, event: int = 0,
+                 type: int = 0, state: int = 0, priority: int = 0, index: int = 0,
+                 sigs: int = 0, fyi: tuple[int, ...] = _ZERO_FYI, blktime: float = 0.0) -> None:
+        self.reply = reply
+        self.signal = signal
+        self.length = length
+        self.event = event
+        self.type = type
+        self.state = state
+        self.priority = priority
+        self.index = index
+        self.sigs = sigs
+        self.fyi = fyi
+        self.blktime = blktime
 
     def pack(self) -> bytes:
         return KREPLY_STRUCT.pack(
@@ -150,7 +188,6 @@ class NMsg:
     flags: int = 0
     data: tuple[int, ...] = (0,) * NHDSIZE
     msg: int = 0  # the sender's nh_msg pointer, opaque
-
 
     def pack(self) -> bytes:
         data = tuple(self.data) + (0,) * (NHDSIZE - len(self.data))
