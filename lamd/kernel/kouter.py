@@ -83,6 +83,37 @@ class KProc:
     mailbox: deque[Event] = field(default_factory=deque)  # events not yet taken
     wanted: tuple[Watch, ...] | None = None  # events that end its wait (() any)
 
+    # spelled out, as wire's structs are: compiled, a generated one runs interpreted
+    def __init__(self, index: int, pid: int, priority: int, conn: Conn | None = None,
+                 state: int = KSREADY, signal: int = 0, flags: int = 0,
+                 fyi: tuple[int, ...] = (0,) * KNFYI, msg: KMsg | None = None,
+                 msg2: KMsg | None = None, blktime: float = 0.0, seq: int = 0,
+                 bkey: tuple[int, int] = (0, 0), iproc: IProc | None = None, coro: Any = None,
+                 body: bytes = b"", nmsg: NMsg | None = None, call: int | str = -1,
+                 watches: dict[int, Watch] | None = None, mailbox: deque[Event] | None = None,
+                 wanted: tuple[Watch, ...] | None = None) -> None:
+        self.index = index
+        self.pid = pid
+        self.priority = priority
+        self.conn = conn
+        self.state = state
+        self.signal = signal
+        self.flags = flags
+        self.fyi = fyi
+        self.msg = KMsg() if msg is None else msg
+        self.msg2 = KMsg() if msg2 is None else msg2
+        self.blktime = blktime
+        self.seq = seq
+        self.bkey = bkey
+        self.iproc = iproc
+        self.coro = coro
+        self.body = body
+        self.nmsg = nmsg
+        self.call = call
+        self.watches = {} if watches is None else watches
+        self.mailbox = deque() if mailbox is None else mailbox
+        self.wanted = wanted
+
     @property
     def internal(self) -> bool:
         return bool(self.flags & KIPROC)
