@@ -21,7 +21,7 @@ from .constants import KIPROC, KMSG2, KNMSG, KQDOOM, KQRECV, KQSEND, KQSR, KQSTA
 from .kactions import Halt, Rearm, Resume, Unwatch, Watch as WatchAction
 from .kbase import KBase
 from .kiproc import (
-    _ONE_SHOT, IPROC_PID_BASE, IPROC_TURN_BUDGET, READABLE, WAIT_EVENT, WAIT_HALT, Event, IProc,
+    IPROC_PID_BASE, IPROC_TURN_BUDGET, ONE_SHOT, READABLE, WAIT_EVENT, WAIT_HALT, Event, IProc,
     KBoot, KCall, Received, Watch, take_queued,
 )
 from .wire import NMSG_SIZE, KReply, NMsg
@@ -70,7 +70,7 @@ class KIProcDriver(KBase):
         child's exit, a signal)."""
         w = self._watches.get(watch_id)
         if w is not None and w.active:
-            if w.kind in _ONE_SHOT:
+            if w.kind in ONE_SHOT:
                 self._forget(w)
             self._deliver(w.proc, Event(w, value))
         self._run_iprocs()

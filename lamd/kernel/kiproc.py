@@ -69,7 +69,8 @@ TIMER = "timer"
 READABLE = "readable"
 CHILD = "child"
 SIGNAL = "signal"
-_ONE_SHOT = (TIMER, CHILD)
+#: the kinds of watch that fire once
+ONE_SHOT = (TIMER, CHILD)
 #: The daemon's own stop signals (kio_shutdown): never an internal process's.
 STOP_SIGNALS = frozenset({_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP})
 
@@ -313,5 +314,5 @@ def take_queued(mailbox: deque[Event], watches: tuple[Watch, ...]) -> Event | No
 
 
 __all__ = ["IPROC_PID_BASE", "IProc", "IProcMain", "KBoot", "KCall", "Received", "Watch",
-           "Event", "ChildExit", "TIMER", "READABLE", "CHILD", "SIGNAL",
+           "Event", "ChildExit", "TIMER", "READABLE", "CHILD", "SIGNAL", "ONE_SHOT",
            "STOP_SIGNALS", "WAIT_EVENT", "WAIT_HALT", "take_queued"]
