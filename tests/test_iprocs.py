@@ -618,15 +618,29 @@ def test_node_address_with_only_loopback_is_127_0_0_1(netns):
 
 
 def test_node_address_falls_back_to_loopback(monkeypatch, caplog):
-    import pyroute2
+    def broken(*a, **kw):
+        raise OSError("netlink refused")
 
-    class Broken:
-        def __init__(self, *a, **kw):
-            raise OSError("netlink refused")
-
-    monkeypatch.setattr(pyroute2, "IPRoute", Broken)
+    monkeypatch.setattr(netaddr, "_dump", broken)
     with caplog.at_level(logging.WARNING, logger="lamd.iprocs.netaddr"):
         assert netaddr.node_address() == "127.0.0.1"
     assert [r.getMessage() for r in caplog.records] == [
         "cannot read the default route over netlink (netlink refused); "
         "node address is 127.0.0.1"]
+
+
+def test_node_address_matches_pyroute2_here():
+    """Differential: the hand-read netlink answer is pyroute2's on this host."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        routes = sorted(ipr.get_default_routes(family=socket.AF_INET),
+                        key=lambda r: r.get_attr("RTA_PRIORITY") or 0)
+        want = "127.0.0.1"
+        for r in routes:
+            oif = r.get_attr("RTA_OIF")
+            addrs = [a for a in ipr.get_addr(family=socket.AF_INET, index=oif)
+                     if not a.get("flags", 0) & 1] if oif is not None else []
+            if addrs:
+                want = r.get_attr("RTA_PREFSRC") or addrs[0].get_attr("IFA_LOCAL")
+                break
+    assert netaddr.node_address() == want
