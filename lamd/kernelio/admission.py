@@ -25,12 +25,11 @@ import select
 import socket
 import struct
 from functools import partial
-from typing import TYPE_CHECKING
 
+from mypy_extensions import trait
+
+from .kiobase import KIOBase
 from .transfer import Connection
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .kernelio import KernelIO
 
 log = logging.getLogger("lamd.kernelio")
 
@@ -48,13 +47,16 @@ _NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _HUNG_UP = select.POLLHUP | select.POLLRDHUP | select.POLLERR
 
 
-class Admission:
+@trait
+class Admission(KIOBase):
     """The part of :class:`~lamd.kernelio.KernelIO` that takes new clients."""
 
-    def _on_accept(self: "KernelIO", _ev: int) -> None:
+    def _on_accept(self, _ev: int) -> None:
         """One client per event: epoll is level-triggered, the next comes next turn."""
         try:
-            fd, _addr = self.listener._accept()  # a bare fd: no getsockname, no ioctl
+            # a bare fd: no getsockname, no ioctl (socket.socket's own accept
+            # calls it too; typeshed does not list it)
+            fd, _addr = getattr(self.listener, "_accept")()
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
@@ -68,7 +70,7 @@ class Admission:
         # getsockopt through ctypes cost more CPU than they save in system calls)
         self._admit(_socket.socket(_AF_UNIX, _SOCK_STREAM, 0, fd))
 
-    def _out_of_descriptors(self: "KernelIO", e: OSError, spare_used: bool = True) -> None:
+    def _out_of_descriptors(self, e: OSError, spare_used: bool = True) -> None:
         """No descriptor for a new client: refuse it at once, never spin.
 
         The spare descriptor kept for this is given up to accept the client
@@ -96,7 +98,7 @@ class Admission:
         self.loop.remove(self.listener.fileno())
         self.loop.call_later(0.1, self._relisten)
 
-    def _relisten(self: "KernelIO") -> None:
+    def _relisten(self) -> None:
         fd = self.listener.fileno()
         if fd not in self.loop.handlers:
             try:
@@ -104,7 +106,7 @@ class Admission:
             except OSError:
                 pass
 
-    def _accepting_again(self: "KernelIO") -> None:
+    def _accepting_again(self) -> None:
         """A client left while we were refusing: take new ones again."""
         self._refusing = False
         log.info("a client left: accepting clients again (%d attached)", len(self.conns))
@@ -112,7 +114,7 @@ class Admission:
             self._spare_fd = _spare()
         self._relisten()
 
-    def _admit(self: "KernelIO", sock: "socket.socket | _socket.socket") -> None:
+    def _admit(self, sock: _socket.socket) -> None:
         sock.setblocking(False)  # accept4 gave a blocking socket: one ioctl
         try:
             pid, uid, _gid = _UCRED.unpack(
@@ -151,7 +153,7 @@ class Admission:
         self.kernel.connect(c, pid, uid)
         self._read(c)  # a client writes its attach right after connecting: it may be here
 
-    def _pin(self: "KernelIO", sock: "socket.socket | _socket.socket", pid: int) -> tuple[int | None, str]:
+    def _pin(self, sock: _socket.socket, pid: int) -> tuple[int | None, str]:
         """A pidfd for the process that connected on *sock*, or (None, why).
 
         Raises OSError when no descriptor is left for the pidfd."""

@@ -21,7 +21,7 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from ..kernel import kactions as K
 from ..kernel.kiproc import STOP_SIGNALS
@@ -261,7 +261,9 @@ class KernelIO(Admission, ConnIO):
     # ------------------------------------------------------------------
     def killfile_entries(self) -> list[tuple[int, int | None]]:
         """(pid, start time) of every client the kernel lists."""
-        return [(pid, conn.starttime) for pid, conn in self.kernel.killfile_entries()]
+        # the kernel's connections are the Connections this layer gave it
+        return [(pid, cast(Connection, conn).starttime)
+                for pid, conn in self.kernel.killfile_entries()]
 
     def write_killfile(self, *, strict: bool = False) -> None:
         """``kkillrewrite``: bring the kill file up to date with the table.
@@ -381,7 +383,7 @@ class KernelIO(Admission, ConnIO):
                 self.halted = not self.stopping
                 self.stop(a.status, a.reason)
 
-    def _eof_first(self, hangups: list[Any], grace: float) -> None:
+    def _eof_first(self, hangups: list[K.Signal], grace: float) -> None:
         """Shut every client's socket (the peer reads EOF) and wait up to
         *grace* seconds for the clients kkillall would hang up to exit."""
         for c in list(self.conns.values()):
@@ -392,7 +394,7 @@ class KernelIO(Admission, ConnIO):
         p = select.poll()
         waiting = set()
         for a in hangups:
-            c = a.conn
+            c = cast(Connection, a.conn)
             if not c.closed and c.pidfd is not None and c.pid != os.getpid():
                 p.register(c.pidfd, select.POLLIN)  # readable once the process exited
                 waiting.add(c.pidfd)
@@ -406,7 +408,7 @@ class KernelIO(Admission, ConnIO):
                 waiting.discard(fd)
 
     def _signal(self, a: K.Signal, drop_on_failure: bool = True) -> None:
-        c: Connection = a.conn
+        c = cast(Connection, a.conn)
         if c.closed or c.pidfd is None or c.pid == os.getpid():
             return  # never signal ourselves (an embedded client, in tests)
         try:

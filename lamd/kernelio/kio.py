@@ -21,23 +21,25 @@ Every socket is non-blocking and nothing here waits on one peer:
 from __future__ import annotations
 
 import logging
+from functools import partial
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from mypy_extensions import trait
 
 from ..kernel.wire import KREQ_SIZE, KReq
+from .kiobase import KIOBase
 from .loop import EPOLLERR, EPOLLIN, EPOLLOUT
 from .transfer import BodyMove, Connection
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .kernelio import KernelIO
 
 log = logging.getLogger("lamd.kernelio")
 
 
-class ConnIO:
+@trait
+class ConnIO(KIOBase):
     """The part of :class:`~lamd.kernelio.KernelIO` that talks to clients."""
 
-    def _on_client(self: "KernelIO", c: Connection, ev: int) -> None:
+    def _on_client(self, c: Connection, ev: int) -> None:
         if c.closed:
             return
         if ev & EPOLLOUT:
@@ -47,7 +49,7 @@ class ConnIO:
         if ev & (EPOLLIN | EPOLLERR):
             self._read(c)
 
-    def _read(self: "KernelIO", c: Connection) -> None:
+    def _read(self, c: Connection) -> None:
         m = c.move
         if m is not None:
             self._read_body(c, m)
@@ -83,7 +85,7 @@ class ConnIO:
             c.inbuf = bytearray(self._rview[:n])
         self._parse(c)
 
-    def _parse(self: "KernelIO", c: Connection) -> None:
+    def _parse(self, c: Connection) -> None:
         """Serve complete requests buffered for *c*, a bounded number per turn."""
         budget = self.limits.requests_per_turn
         buf = c.inbuf
@@ -100,14 +102,14 @@ class ConnIO:
                 and not c.read_paused and not self.handing_over):
             self._mark_pending(c)
 
-    def _mark_pending(self: "KernelIO", c: Connection) -> None:
+    def _mark_pending(self, c: Connection) -> None:
         """*c* has requests buffered: serve them this turn, once (the budget of
         ``requests_per_turn`` holds because a connection is queued at most once)."""
         if not c.pending:
             c.pending = True
             self._pending.append(c)
 
-    def _serve_pending(self: "KernelIO") -> None:
+    def _serve_pending(self) -> None:
         pending = self._pending
         for _ in range(len(pending)):
             c = pending.popleft()
@@ -115,12 +117,12 @@ class ConnIO:
             if not c.closed and c.move is None:
                 self._parse(c)
 
-    def _handle(self: "KernelIO", c: Connection, req: KReq) -> None:
+    def _handle(self, c: Connection, req: KReq) -> None:
         self._apply(self.kernel.request(c, req))
         if self._dirty:
             self._flush_dirty()
 
-    def _read_body(self: "KernelIO", c: Connection, m: BodyMove) -> None:
+    def _read_body(self, c: Connection, m: BodyMove) -> None:
         """Read body bytes from sender *c* into its :class:`BodyMove`."""
         space = m.space()
         if space <= 0:
@@ -154,7 +156,7 @@ class ConnIO:
             return
         self._after_src_progress(m)
 
-    def _after_src_progress(self: "KernelIO", m: BodyMove) -> None:
+    def _after_src_progress(self, m: BodyMove) -> None:
         c = m.src
         if m.src_done:
             self._src_finished(m)
@@ -164,7 +166,7 @@ class ConnIO:
         if m.dst is not None:
             self._flush(m.dst)
 
-    def _src_finished(self: "KernelIO", m: BodyMove) -> None:
+    def _src_finished(self, m: BodyMove) -> None:
         c = m.src
         c.move = None
         if m.src_paused or c.read_paused:
@@ -180,7 +182,7 @@ class ConnIO:
         if c.inbuf and not c.closed:
             self._mark_pending(c)
 
-    def _start_move(self: "KernelIO", src: Connection, dst: Connection | None, length: int,
+    def _start_move(self, src: Connection, dst: Connection | None, length: int,
                     skip: int, token: Any = None) -> BodyMove:
         m = BodyMove(src, dst, length, skip, self.limits.move_buffer, token)
         src.move = m
@@ -198,14 +200,14 @@ class ConnIO:
         else:
             # the sender has had its reply for a moment: its body may be here
             self._read_body(src, m)
-        if token is not None and src.move is m:
+        if token is not None and not m.src_done and not src.closed:
             # an internal receiver (bufferd, ...) waits for this body and
             # nothing else: a sender that stops half-way is given a deadline
             self._collect_timers[m] = self.loop.call_later(
-                self.limits.collect_timeout, lambda: self._collect_overdue(m))
+                self.limits.collect_timeout, partial(self._collect_overdue, m))
         return m
 
-    def _collect_overdue(self: "KernelIO", m: BodyMove) -> None:
+    def _collect_overdue(self, m: BodyMove) -> None:
         """A sender did not finish a body an internal process waits for within
         ``collect_timeout``: it is dropped (its connection closed: liblam's
         ENOKERNEL, never silence), so that the internal process, which serves
@@ -223,7 +225,7 @@ class ConnIO:
     # ------------------------------------------------------------------
     # writing
     # ------------------------------------------------------------------
-    def _queue(self: "KernelIO", c: Connection, data: bytes) -> None:
+    def _queue(self, c: Connection, data: bytes) -> None:
         if c.closed:
             return
         out = c.out
@@ -251,7 +253,7 @@ class ConnIO:
                         self.limits.max_queued, extra={"LAM_PID": c.pid})
             self._pause_read(c, True)
 
-    def _flush_dirty(self: "KernelIO") -> None:
+    def _flush_dirty(self) -> None:
         dirty = self._dirty
         while dirty:
             batch = list(dirty)  # in order: first come, first served
@@ -260,7 +262,7 @@ class ConnIO:
                 if not c.closed:
                     self._flush(c)
 
-    def _flush(self: "KernelIO", c: Connection) -> None:
+    def _flush(self, c: Connection) -> None:
         """Write what is queued for *c* until the socket would block.
 
         A reply followed by its body leaves with the body's first bytes in one
@@ -328,7 +330,7 @@ class ConnIO:
                 self._mark_pending(c)
         self._set_mask(c, want_out=want_out)
 
-    def _set_mask(self: "KernelIO", c: Connection, *, want_out: bool) -> None:
+    def _set_mask(self, c: Connection, *, want_out: bool) -> None:
         """Listen for what *c* needs; nothing at all while it is paused, so a
         hung-up peer (EPOLLHUP is always reported) cannot make the loop spin."""
         mask = (0 if c.read_paused or c.closing else EPOLLIN) | (EPOLLOUT if want_out else 0)
@@ -345,7 +347,7 @@ class ConnIO:
             pass
         c.mask = mask
 
-    def _pause_read(self: "KernelIO", c: Connection, paused: bool) -> None:
+    def _pause_read(self, c: Connection, paused: bool) -> None:
         if c.read_paused != paused:
             c.read_paused = paused
             want_out = bool(c.mask & EPOLLOUT)
@@ -354,14 +356,14 @@ class ConnIO:
     # ------------------------------------------------------------------
     # losing clients
     # ------------------------------------------------------------------
-    def _drop(self: "KernelIO", c: Connection, why: str) -> None:
+    def _drop(self, c: Connection, why: str) -> None:
         """*c* is gone or unusable: clean up both sides of what it was part of."""
         if c.closed:
             return
         log.debug("dropping pid %d: %s", c.pid, why, extra={"LAM_PID": c.pid})
         self._close(c, notify_kernel=True)
 
-    def _close(self: "KernelIO", c: Connection, *, notify_kernel: bool) -> None:
+    def _close(self, c: Connection, *, notify_kernel: bool) -> None:
         if c.closed:
             return
         c.closed = True
