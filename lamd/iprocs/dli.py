@@ -139,6 +139,7 @@ async def diq(k: IProc, q: DiReq, body: bytes, node_id: int, din: DLIn,
         await _to_dlo(k, DOQREMLINK, q.link, b"", node_id)
         log.info("dli: node n%d removed (%s)", q.link,
                  "its link is dead" if q.src_node == NOTNODEID else f"from node {q.src_node}")
+        await shrink_signal(k, node_id, badlog)
         if q.src_node == NOTNODEID:
             return
     else:
@@ -150,6 +151,36 @@ async def diq(k: IProc, q: DiReq, body: bytes, node_id: int, din: DLIn,
         await nsend(k, reply, b"", node_id=node_id)
     except NoRoute:
         badlog.warn("route", "dli: no route to node %d for a reply", q.src_node)
+
+
+#: seconds dli waits for kenyad to answer the SIGSHRINK doom
+DOOM_TIMEOUT = 5.0
+
+
+async def shrink_signal(k: IProc, node_id: int, badlog: DropLog) -> None:
+    """``rpdoom(LOCAL, SELECT_APPL, 0, SIGSHRINK)``: the application processes
+    on this node learn that the universe shrank (kenyad's answer awaited,
+    within :data:`DOOM_TIMEOUT`)."""
+    from ..jobs.wire import PQDOOM, SELECT_APPL, PReq
+    from ..kernel.constants import EVKENYAD, KNMSG, SIGSHRINK
+    from ..kernel.kiproc import Event
+    from .nreq import BFQRECV
+    me = -k.pid
+    pq = PReq(src_node=LOCAL, src_event=me, req=PQDOOM, sel_method=SELECT_APPL,
+              signal=SIGSHRINK)
+    await nsend(k, NMsg(node=LOCAL, event=EVKENYAD, type=0, flags=0), pq.pack(),
+                node_id=node_id)
+    bf = NMsg(dl_event=EVBUFFERD, node=LOCAL, event=EVBUFFERD, type=DLCTL,
+              data=data_words(0, 0, BFQRECV, 0, me, 0, 0, 0))
+    t = k.timer(DOOM_TIMEOUT)
+    try:
+        got = await k.wait(k.sr(EVBUFFERD, DLCTL, b"", KNMSG, me, 0, MAXNMSGLEN, KNMSG,
+                                nmsg=bf), t)
+    finally:
+        t.cancel()
+    if isinstance(got, Event):
+        badlog.warn("doom", "dli: kenyad did not answer the SIGSHRINK doom in %.0f s",
+                    DOOM_TIMEOUT)
 
 
 async def _to_dlo(k: IProc, req: int, link: int, body: bytes, node_id: int) -> None:
