@@ -76,7 +76,7 @@ def lamnodes(h: Host) -> list[str]:
     return cp.stdout.splitlines()
 
 
-@pytest.mark.parametrize("layout", ["c,c,c", "py,py,py", "py,c,py", "c,py,c"])
+@pytest.mark.parametrize("layout", ["c,c,c", "py,py,py", "py,c,py", "c,py,py"])
 def test_dead_node_under_x(hosts3: Cluster, lamd_pkg, layout):
     c = hosts3
     n1, n2, n3 = c.hosts

@@ -106,6 +106,7 @@ def test_direq_words():
     q = DiReq.from_words((0, 1, -608, 123, 0, 1, 7, 9))
     assert (q.req, q.src_node, q.src_event, q.link, q.type, q.ncpus) == (0, 1, -608, 123, 0, 1)
     assert DiReq(DIQREMLINK, -1, 0, 4).words() == (2, -1, 0, 4, 0, 1, 0, 0)
+    assert (DIQSETLINK, DIQSANITY, DIQREMLINK) == (0, 1, 2)   # dl_inet.h
 
 
 # ---------------------------------------------------------------------------

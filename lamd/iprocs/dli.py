@@ -37,14 +37,20 @@ import struct
 from ..datalink.frame import DLFrame
 from ..datalink.link import DLIn, Drop
 from ..datalink.linkreq import (
-    DIQREMLINK, DIQSANITY, DIQSETLINK, DOQREMLINK, DOQSETLINK, NOTNODEID, NT_JONES, DiLink,
-    DiReq, LinkReqError,
+    DIQREMLINK, DIQSANITY, DIQSETLINK, DOQREMLINK, DOQSETLINK, MAXLINK, NOTNODEID, NT_JONES,
+    DiLink, DiReq, LinkReqError,
 )
-from ..kernel.constants import EVBUFFERD, EVDL0, EVDLI, MAXNMSGLEN, NHDSIZE, NOTEVENT
-from ..kernel.kiproc import IProc
+from ..jobs.wire import PQDOOM, SELECT_APPL, PReq
+from ..kernel.constants import (
+    EVBUFFERD, EVDL0, EVDLI, EVKENYAD, KNMSG, MAXNMSGLEN, NHDSIZE, NOTEVENT, SIGSHRINK,
+)
+from ..kernel.kiproc import Event, IProc
 from ..kernel.wire import NMsg
 from ..ratelog import RateLog
-from .nreq import DDLI, DLCTL, LOCAL, NOBUF, NoRoute, data_words, dsend, getroute, nrecv, nsend
+from .nreq import (
+    BFQRECV, DDLI, DLCTL, LOCAL, NOBUF, NoRoute, data_words, dsend, getroute, nrecv, nsend,
+)
+from .router import Route
 
 log = logging.getLogger("lamd.iprocs.dli")
 
@@ -106,14 +112,12 @@ async def diq(k: IProc, q: DiReq, body: bytes, node_id: int, din: DLIn,
               badlog: DropLog) -> None:
     """A request to dli (``diqsetlink``, ``diqremlink``; ``DIQSANITY`` needs
     nothing but the frame's ack)."""
-    from .router import Route
     table = k.config.get("route_table")
     if q.req == DIQSANITY:
         return
     if q.req == DIQSETLINK:
         try:
             dil = DiLink.decode(body)
-            from ..datalink.linkreq import MAXLINK
             if dil.link >= MAXLINK:
                 raise LinkReqError(f"link {dil.link} out of range")
         except LinkReqError as e:
@@ -161,10 +165,6 @@ async def shrink_signal(k: IProc, node_id: int, badlog: DropLog) -> None:
     """``rpdoom(LOCAL, SELECT_APPL, 0, SIGSHRINK)``: the application processes
     on this node learn that the universe shrank (kenyad's answer awaited,
     within :data:`DOOM_TIMEOUT`)."""
-    from ..jobs.wire import PQDOOM, SELECT_APPL, PReq
-    from ..kernel.constants import EVKENYAD, KNMSG, SIGSHRINK
-    from ..kernel.kiproc import Event
-    from .nreq import BFQRECV
     me = -k.pid
     pq = PReq(src_node=LOCAL, src_event=me, req=PQDOOM, sel_method=SELECT_APPL,
               signal=SIGSHRINK)

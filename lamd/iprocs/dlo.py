@@ -39,7 +39,6 @@ import errno
 import logging
 import socket
 import struct
-from dataclasses import dataclass
 from typing import Iterable
 
 from ..datalink.frame import DOMAXRESEND, DLFrame
