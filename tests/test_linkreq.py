@@ -7,6 +7,8 @@ between Debian's C lamds during lamgrow and lamshrink.
 booted by ``lamboot``, ``lamgrow -v node3`` run on node2, ``tping`` from
 node3, ``lamshrink n1`` run on node3, ``lamhalt``. Regenerate them with
 ``python3 -m tests.test_linkreq tests/data`` as root.
+``tests/data/c_sanity_node1.pcap``: two C lamds booted with ``lamboot -x``
+left idle past ``LAM_TO_DLO_IDLE`` (``... tests/data sanity``, 2 minutes).
 
 Every ``DIQ*`` frame and every reply in them is decoded, re-encoded byte for
 byte and checked against the rest of the capture: the ``struct dilink`` of
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -285,6 +288,56 @@ def capture_c_grow(c, out: Path) -> list[Path]:
     return files
 
 
+def capture_c_sanity(c, out: Path, idle: float = 130.0) -> Path:
+    """Two C lamds booted with ``lamboot -x`` left idle past
+    ``LAM_TO_DLO_IDLE``: their dlos send each other ``DIQSANITY``. Returns
+    node1's capture."""
+    n1, n2 = c.hosts[:2]
+    f = out / "c_sanity_node1.pcap"
+    err = out / "tcpdump-sanity.err"
+    dump = n1.popen(["tcpdump", "-i", "any", "-U", "-n", "-s", "0", "-Z", "root", "-w", f,
+                     "udp"], user=False, timeout=None, stdout=subprocess.DEVNULL,
+                    stderr=open(err, "w"))
+    deadline = time.monotonic() + 10
+    while "listening on" not in err.read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        cp = n1.run(["lamboot", "-x", c.hostfile([n1, n2])], timeout=60)
+        assert cp.returncode == 0, (cp.stdout, cp.stderr)
+        time.sleep(idle)
+        cp = n1.run(["lamhalt"], timeout=60)
+        assert cp.returncode == 0, (cp.stdout, cp.stderr)
+        time.sleep(0.3)
+    finally:
+        dump.terminate()
+        dump.wait(timeout=10)
+    return f
+
+
+def test_stored_sanity_capture():
+    """The heartbeats of two idle C lamds under -x, and ours: the same
+    frames (a DIQSANITY request to the other node's dli, no NOBUF, no body),
+    byte for byte but for the sequence number."""
+    from lamd.iprocs.dlo import diq_frame
+    udp, _ = pcap.read(DATA / "c_sanity_node1.pcap")
+    sanity = []
+    for d in udp:
+        m = frame.decode(d.payload)
+        if isinstance(m, DLFrame) and m.dlh_event == EVDLI:
+            sanity.append(m)
+    # one each way (the halt's frames come after)
+    assert sorted(m.dlf_src_node for m in sanity) == [0, 1]
+    for m in sanity:
+        head, body = m.to_nmsg()
+        assert DiReq.from_words(head.data).req == DIQSANITY
+        assert m.dlh_flags == DTBO and m.dlh_type == 0 and body == b""
+        ours = replace(diq_frame(m.dlf_src_node, m.dlh_node, DiReq(DIQSANITY)),
+                       dlf_seqnum=m.dlf_seqnum)
+        # C leaves the rest of nh_data uninitialised: compare the request words
+        assert ours.encode()[:32] == m.encode()[:32]
+        assert ours.data_words()[0] == m.data_words()[0] == DIQSANITY
+
+
 @pytest.fixture
 def workdir():
     d = Path(tempfile.mkdtemp(prefix="lamcap-", dir="/tmp"))
@@ -309,8 +362,13 @@ if __name__ == "__main__":  # python3 -m tests.test_linkreq OUTDIR (as root)
     work.chmod(0o755)
     try:
         with Cluster(3) as c:
-            for f in capture_c_grow(c, work):
+            if sys.argv[2:] == ["sanity"]:
+                f = capture_c_sanity(c, work)
                 shutil.copy(f, dest / f.name)
-                print(dest / f.name, check_capture(dest / f.name))
+                print(dest / f.name)
+            else:
+                for f in capture_c_grow(c, work):
+                    shutil.copy(f, dest / f.name)
+                    print(dest / f.name, check_capture(dest / f.name))
     finally:
         shutil.rmtree(work, ignore_errors=True)
