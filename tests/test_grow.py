@@ -158,3 +158,9 @@ def test_lamgrow_lamshrink(hosts3: Cluster, lamd_pkg, layout):
             n1.run(["lamwipe", wipe], timeout=60)
     text = logs(c)
     assert "Traceback" not in text, text
+    # our survivors took lamshrink's request (and kenyad answered the SIGSHRINK doom)
+    for h in (n1, n3):
+        if kinds[h.name] == "py":
+            log = (c.work / f"lamd-{h.name}.log").read_text()
+            assert "dli: node n1 removed (from node 2)" in log, log
+    assert "did not answer the SIGSHRINK doom" not in text, text
