@@ -18,6 +18,9 @@ From two nodes booted by ``lamboot`` (node1, node2):
 * ``lamgrow -n 5 node2`` on node1 adds node2 back as n5 (n3, n4 holes):
   ``lamnodes`` shows the holes, tping reaches all three nodes from each;
 * ``lamhalt`` leaves nothing on any host.
+
+And a universe of one booted node grows to two and shrinks back (C or ours
+on either side).
 """
 
 from __future__ import annotations
@@ -164,3 +167,43 @@ def test_lamgrow_lamshrink(hosts3: Cluster, lamd_pkg, layout):
             log = (c.work / f"lamd-{h.name}.log").read_text()
             assert "dli: node n1 removed (from node 2)" in log, log
     assert "did not answer the SIGSHRINK doom" not in text, text
+
+
+@pytest.mark.parametrize("layout", ["c,c", "py,py", "py,c", "c,py"])
+def test_lamgrow_from_one_node(hosts3: Cluster, lamd_pkg, layout):
+    """A universe of one booted node grows (its dlo has a datalink socket
+    from the start: lamgrow's request to its own dli goes out through it),
+    and shrinks back to one."""
+    c = hosts3
+    n1, n2 = c.hosts[:2]
+    k1, k2 = layout.split(",")
+    pre = prefix_tree(c, lamd_pkg)
+    if k2 == "py":
+        ours_first(n2, pre)
+    hf = c.work / "hostfile1"
+    hf.write_text(f"{n1.name}{f' prefix={pre}' if k1 == 'py' else ''}\n")
+    hf.chmod(0o644)
+    cp = n1.run(["lamboot", hf], timeout=60)
+    assert cp.returncode == 0, show(cp) + logs(c)
+    halted = False
+    try:
+        cp = n1.run(["lamgrow", "-v", "node2"], timeout=60)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        assert spin(cp.stdout) == "update n0 (o)... done", show(cp)
+        assert [daemon_kind(h) for h in (n1, n2)] == [k1, k2], logs(c)
+        names = {0: n1.name, 1: n2.name}
+        check_nodes(c, {0: n1, 1: n2}, names, {1: {0}})
+        cp = n1.run(["lamshrink", "n1"], timeout=60)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        assert gone([n2]) == {n2.name: []}, logs(c)
+        cp = n1.run(["lamnodes"])
+        assert cp.stdout.splitlines() == [f"n0\t{n1.name}:1:origin,this_node"], show(cp)
+        cp = n1.run(["tping", "-c", "1", "N"])
+        assert cp.returncode == 0 and "1 byte from n0 (o): " in cp.stdout, show(cp)
+        cp = n1.run(["lamhalt"], timeout=30)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        halted = True
+        assert gone(c.hosts) == {h.name: [] for h in c.hosts}, logs(c)
+    finally:
+        if not halted:
+            n1.run(["lamwipe", c.hostfile([n1, n2])], timeout=60)
