@@ -13,8 +13,11 @@ Each :class:`Host` is what a cluster node looks like to LAM:
 * an ``sshd`` (host key and configuration in a temporary directory, listening
   only on the host's address, ``UsePAM no``) accepting key login for the LAM
   test user, whose session environment (``SetEnv``) carries the host's own
-  ``LAM_MPI_SESSION_PREFIX``: lamboot pushes a session suffix to the nodes it
-  boots, never a prefix.
+  ``LAM_MPI_SESSION_PREFIX`` (lamboot pushes a session suffix to the nodes it
+  boots, never a prefix) and a ``PATH`` that starts with the host's own,
+  initially empty, directory (:attr:`Host.bindir`): a ``lamd`` put there is
+  what a plain ``hboot`` (lamgrow's, a boot schema line without ``prefix=``)
+  starts on that host, as a user's PATH would choose it.
 
 The sshd is the host's anchor: everything run "on" a host enters that sshd's
 network, UTS and mount namespaces (``nsenter -t PID -n -u -m``). Programs run
@@ -129,6 +132,7 @@ class Host:
     netns: str
     addr: str
     prefix: Path                    # LAM_MPI_SESSION_PREFIX on this host
+    bindir: Path                    # first in PATH of an ssh session on this host
     sshd: subprocess.Popen | None = None
     sshd_log: Path | None = None
 
@@ -231,7 +235,7 @@ class Cluster:
         names = names or [f"node{i}" for i in range(1, n + 1)]
         self.hosts = [
             Host(self, i, names[i - 1], f"{self.tag}-{names[i - 1]}",
-                 f"{subnet}.{i}", self.dir / names[i - 1])
+                 f"{subnet}.{i}", self.dir / names[i - 1], self.dir / f"bin-{names[i - 1]}")
             for i in range(1, n + 1)
         ]
         self._procs: list[subprocess.Popen] = []
@@ -278,6 +282,7 @@ class Cluster:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privsep dir
         for h in self.hosts:
             h.prefix.mkdir()
+            h.bindir.mkdir(mode=0o755)
             self._chown(h.prefix, 0o700)
             etc = ETC_NETNS / h.netns
             etc.mkdir(parents=True, exist_ok=True)
@@ -299,7 +304,8 @@ class Cluster:
                 "PermitRootLogin no\nPrintMotd no\nPrintLastLog no\n"
                 "X11Forwarding no\nAllowTcpForwarding no\nAllowAgentForwarding no\n"
                 "PermitTunnel no\nUseDNS no\nLogLevel ERROR\nMaxStartups 100:30:200\n"
-                f"SetEnv LAM_MPI_SESSION_PREFIX={h.prefix}\n")
+                f"SetEnv LAM_MPI_SESSION_PREFIX={h.prefix} "
+                f"PATH={h.bindir}:/usr/local/bin:/usr/bin:/bin\n")
             h.sshd_log = hd / "sshd.log"
 
     def _network(self) -> None:

@@ -187,6 +187,31 @@ def test_ldogetlinks_segment_exact_bytes():
     assert body[:36] == link and body[36:] == bytes(MAXNMSGLEN - 36)
 
 
+def test_dlo_link_table_requests():
+    """DOQSETLINK (what dli sends for lamgrow's DIQSETLINK) and DOQREMLINK
+    (lamshrink's DIQREMLINK) change what ldogetlinks reports: entries by
+    node id, holes NOTLINKID, the holes at the end trimmed."""
+    from lamd.datalink.linkreq import DOQGETLINKS, DOQREMLINK, DOQSETLINK, DoLink
+    w = world(dli_port=0)
+    c = w.client("c", 903)
+
+    def links() -> list[int]:
+        c.nsend(LOCAL, EVDL0, DLCTL, b"", data=(DOQGETLINKS, 0, -903, 0, 0), flags=NOBUF)
+        head, body = c.nrecv(-903, 0, MAXNMSGLEN)
+        return [DoLink.unpack(body, 36 * i).link for i in range(head.data[1])]
+
+    c.nsend(LOCAL, EVDL0, DLCTL, DoLink(3, "192.0.2.9", 4000).pack(),
+            data=(DOQSETLINK, 0, 0, 3, 0), flags=NOBUF)
+    assert links() == [0, -1, -1, 3]
+    c.nsend(LOCAL, EVDL0, DLCTL, DoLink(1, "192.0.2.8", 4001).pack(),
+            data=(DOQSETLINK, 0, 0, 1, 0), flags=NOBUF)
+    assert links() == [0, 1, -1, 3]
+    c.nsend(LOCAL, EVDL0, DLCTL, b"", data=(DOQREMLINK, 0, 0, 1, 0), flags=NOBUF)
+    assert links() == [0, -1, -1, 3]
+    c.nsend(LOCAL, EVDL0, DLCTL, b"", data=(DOQREMLINK, 0, 0, 3, 0), flags=NOBUF)
+    assert links() == [0]
+
+
 # --- bufferd ---------------------------------------------------------------------
 
 

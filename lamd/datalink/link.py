@@ -20,6 +20,11 @@ LAM's rules, kept:
   pending frame is marked at its first tick and resent, lowest sequence
   number first, at every tick after; with ``-x`` a frame resent more than
   ``DOMAXRESEND`` times makes its link dead;
+* with ``-x`` a link with nothing pending counts idle ticks; at
+  ``DOMAXSTALE`` (``LAM_TO_DLO_IDLE`` worth of ticks), or at the idle
+  timeout when nothing at all is in flight, it is stale and gets a
+  ``DIQSANITY`` frame (the caller makes it), whose resends find a dead node
+  out;
 * dli delivers in order per link; a frame already delivered is acked again
   (its ack was lost) and not delivered twice.
 
@@ -53,6 +58,12 @@ from .frame import (
 LAM_TO_DLO_ACK = 500000
 #: the timer period of dlo, in seconds
 TICK = LAM_TO_DLO_ACK / 1e6
+#: lam_config.h: dlo's idle timeout under -x (seconds; Debian's lamd waits 120 s)
+LAM_TO_DLO_IDLE = 120
+#: the idle timer period of dlo, in seconds
+IDLE = float(LAM_TO_DLO_IDLE)
+#: dl_inet.h: idle ack-timer ticks that make a link stale
+DOMAXSTALE = int(LAM_TO_DLO_IDLE / TICK)
 #: frames dli keeps per sender: the next expected and those less than this far ahead
 DLI_WINDOW = DOSLOTCNT
 
@@ -158,10 +169,11 @@ class Drop:
 @dataclass(slots=True)
 class OutResult:
     """What :class:`DLOut` asks for: datagrams to send (address, bytes),
-    links found dead (``-x``), datagrams dropped."""
+    links found dead and links gone stale (``-x``), datagrams dropped."""
 
     send: list[tuple[Addr, bytes]] = field(default_factory=list)
     dead: list[int] = field(default_factory=list)
+    stale: list[int] = field(default_factory=list)
     drops: list[Drop] = field(default_factory=list)
 
 
@@ -237,7 +249,8 @@ class DLOut:
 
     def tick(self) -> OutResult:
         """``do_timeout_ack``: resend what waited a whole tick; with ``-x``
-        links whose frames were resent more than ``DOMAXRESEND`` times die."""
+        links whose frames were resent more than ``DOMAXRESEND`` times die,
+        and links idle ``DOMAXSTALE`` ticks are stale."""
         r = OutResult()
         for l in list(self.links.values()):
             for s in l.tick():
@@ -247,6 +260,22 @@ class DLOut:
                     break
                 s.resend += 1
                 r.send.append((l.addr, s.datagram))
+        if self.fault_tolerant:
+            for l in self.links.values():
+                if l.npending == 0 and l.link != self.node_id:
+                    l.idle += 1
+                    if l.idle == DOMAXSTALE:
+                        r.stale.append(l.link)
+        return r
+
+    def idle_timeout(self) -> OutResult:
+        """``do_timeout_idle`` (``-x``, nothing in flight for
+        ``LAM_TO_DLO_IDLE`` seconds): every other link is stale."""
+        r = OutResult()
+        for l in self.links.values():
+            if l.link != self.node_id:
+                l.idle += DOMAXSTALE
+                r.stale.append(l.link)
         return r
 
 
@@ -349,4 +378,5 @@ class DLIn:
 
 
 __all__ = ["DLOut", "DLIn", "OutLink", "InLink", "Slot", "Drop", "OutResult",
-           "InResult", "seqdiff", "TICK", "LAM_TO_DLO_ACK", "DLI_WINDOW"]
+           "InResult", "seqdiff", "TICK", "LAM_TO_DLO_ACK", "DLI_WINDOW", "IDLE",
+           "LAM_TO_DLO_IDLE", "DOMAXSTALE"]

@@ -13,8 +13,15 @@ it: the header in host order, ``DDLI`` set, the user part converted back
 (``DTBO`` cleared) when it is for this node; then to bufferd, or with
 ``NOBUF`` straight where the router says (this node's event, or dlo for a
 packet passing through to another node). ``EVDLI`` requests for this node
-(``DIQSETLINK``/``DIQREMLINK`` of lamgrow/lamshrink, ``DIQSANITY``
-heartbeats of ``-x``) are logged and dropped: not supported yet.
+are dli's own (:mod:`lamd.datalink.linkreq`): ``DIQSETLINK`` of lamgrow
+(frames from the new node taken, a route to it through dlo, dlo told with
+``DOQSETLINK``, ``struct direply`` back to the tool), ``DIQREMLINK`` of
+lamshrink or of dlo finding a link dead under ``-x`` (the node out of
+dli's, the router's and dlo's tables, the reply unless the source is
+``NOTNODEID``), ``DIQSANITY`` (dlo's heartbeat: nothing to do). Unlike
+LAM's, a ``DIQ*`` request is taken only from a node of the universe (the
+frame's checks) and a ``DIQSETLINK`` only for an id below
+:data:`lamd.datalink.linkreq.MAXLINK` and an IPv4 address.
 
 Without a datalink socket (a daemon not booted by lamboot) dli waits on
 ``EVDLI`` and drops what comes, as before.
@@ -29,11 +36,21 @@ import struct
 
 from ..datalink.frame import DLFrame
 from ..datalink.link import DLIn, Drop
-from ..kernel.constants import EVBUFFERD, EVDLI, MAXNMSGLEN, NHDSIZE
-from ..kernel.kiproc import IProc
+from ..datalink.linkreq import (
+    DIQREMLINK, DIQSANITY, DIQSETLINK, DOQREMLINK, DOQSETLINK, MAXLINK, NOTNODEID, NT_JONES,
+    DiLink, DiReq, LinkReqError,
+)
+from ..jobs.wire import PQDOOM, SELECT_APPL, PReq
+from ..kernel.constants import (
+    EVBUFFERD, EVDL0, EVDLI, EVKENYAD, KNMSG, MAXNMSGLEN, NHDSIZE, NOTEVENT, SIGSHRINK,
+)
+from ..kernel.kiproc import Event, IProc
 from ..kernel.wire import NMsg
 from ..ratelog import RateLog
-from .nreq import DDLI, LOCAL, NOBUF, NoRoute, dsend, getroute, nrecv
+from .nreq import (
+    BFQRECV, DDLI, DLCTL, LOCAL, NOBUF, NoRoute, data_words, dsend, getroute, nrecv, nsend,
+)
+from .router import Route
 
 log = logging.getLogger("lamd.iprocs.dli")
 
@@ -71,13 +88,13 @@ def incoming(fr: DLFrame, node_id: int) -> tuple[NMsg, bytes]:
     return head, body
 
 
-async def forward(k: IProc, fr: DLFrame, node_id: int, badlog: DropLog) -> None:
+async def forward(k: IProc, fr: DLFrame, node_id: int, badlog: DropLog,
+                  din: DLIn | None = None) -> None:
     """Hand frame *fr* on (LAM's ``di_forward`` after the sequence check)."""
     head, body = incoming(fr, node_id)
     if head.event == EVDLI and head.node in (LOCAL, node_id):
-        badlog.warn("diq", "dli: request %d to dli from node %d dropped (lamgrow, "
-                    "lamshrink and -x heartbeats are not supported yet)",
-                    head.data[0], fr.dlf_src_node)
+        if din is not None:
+            await diq(k, DiReq.from_words(head.data), body, node_id, din, badlog)
         return
     if head.flags & NOBUF:
         try:
@@ -89,6 +106,88 @@ async def forward(k: IProc, fr: DLFrame, node_id: int, badlog: DropLog) -> None:
     else:
         head.dl_event = EVBUFFERD
     await dsend(k, head, body, node_id=node_id)
+
+
+async def diq(k: IProc, q: DiReq, body: bytes, node_id: int, din: DLIn,
+              badlog: DropLog) -> None:
+    """A request to dli (``diqsetlink``, ``diqremlink``; ``DIQSANITY`` needs
+    nothing but the frame's ack)."""
+    table = k.config.get("route_table")
+    if q.req == DIQSANITY:
+        return
+    if q.req == DIQSETLINK:
+        try:
+            dil = DiLink.decode(body)
+            if dil.link >= MAXLINK:
+                raise LinkReqError(f"link {dil.link} out of range")
+        except LinkReqError as e:
+            badlog.warn("diq", "dli: DIQSETLINK from node %d refused: %s", q.src_node, e)
+            return
+        if dil.link == node_id:
+            badlog.warn("diq", "dli: DIQSETLINK for this node (n%d) refused", node_id)
+            return
+        din.set_link(dil.link, dil.addr)
+        if table is not None:
+            table.set(Route(nodeid=dil.link, event=EVDL0, link=dil.link, event2=EVDL0,
+                            link2=dil.link, nodetype=NT_JONES | q.type, ncpus=q.ncpus))
+        await _to_dlo(k, DOQSETLINK, dil.link, dil.dolink().pack(), node_id)
+        log.info("dli: node n%d at %s:%d added (from node %d)", dil.link, dil.addr, dil.port,
+                 q.src_node)
+    elif q.req == DIQREMLINK:
+        if q.link == node_id or q.link < 0:
+            badlog.warn("diq", "dli: DIQREMLINK of node %d refused", q.link)
+            return
+        din.rem_link(q.link)
+        if table is not None:
+            table.remove(q.link)
+        await _to_dlo(k, DOQREMLINK, q.link, b"", node_id)
+        log.info("dli: node n%d removed (%s)", q.link,
+                 "its link is dead" if q.src_node == NOTNODEID else f"from node {q.src_node}")
+        await shrink_signal(k, node_id, badlog)
+        if q.src_node == NOTNODEID:
+            return
+    else:
+        badlog.warn("diq", "dli: request %d to dli from node %d dropped", q.req, q.src_node)
+        return
+    reply = NMsg(node=q.src_node, event=q.src_event, type=0, flags=NOBUF,
+                 data=data_words(0))
+    try:
+        await nsend(k, reply, b"", node_id=node_id)
+    except NoRoute:
+        badlog.warn("route", "dli: no route to node %d for a reply", q.src_node)
+
+
+#: seconds dli waits for kenyad to answer the SIGSHRINK doom
+DOOM_TIMEOUT = 5.0
+
+
+async def shrink_signal(k: IProc, node_id: int, badlog: DropLog) -> None:
+    """``rpdoom(LOCAL, SELECT_APPL, 0, SIGSHRINK)``: the application processes
+    on this node learn that the universe shrank (kenyad's answer awaited,
+    within :data:`DOOM_TIMEOUT`)."""
+    me = -k.pid
+    pq = PReq(src_node=LOCAL, src_event=me, req=PQDOOM, sel_method=SELECT_APPL,
+              signal=SIGSHRINK)
+    await nsend(k, NMsg(node=LOCAL, event=EVKENYAD, type=0, flags=0), pq.pack(),
+                node_id=node_id)
+    bf = NMsg(dl_event=EVBUFFERD, node=LOCAL, event=EVBUFFERD, type=DLCTL,
+              data=data_words(0, 0, BFQRECV, 0, me, 0, 0, 0))
+    t = k.timer(DOOM_TIMEOUT)
+    try:
+        got = await k.wait(k.sr(EVBUFFERD, DLCTL, b"", KNMSG, me, 0, MAXNMSGLEN, KNMSG,
+                                nmsg=bf), t)
+    finally:
+        t.cancel()
+    if isinstance(got, Event):
+        badlog.warn("doom", "dli: kenyad did not answer the SIGSHRINK doom in %.0f s",
+                    DOOM_TIMEOUT)
+
+
+async def _to_dlo(k: IProc, req: int, link: int, body: bytes, node_id: int) -> None:
+    """``ldosetlink``/``ldoremlink``: a ``struct doreq`` to this node's dlo."""
+    head = NMsg(node=LOCAL, event=EVDL0, type=DLCTL, flags=NOBUF,
+                data=data_words(req, node_id, NOTEVENT, link, 0))
+    await nsend(k, head, body, node_id=node_id)
 
 
 async def dli(k: IProc) -> None:
@@ -132,11 +231,11 @@ async def dli(k: IProc) -> None:
                 badlog.drop("dli", d)
             for fr in r.deliver:
                 try:
-                    await forward(k, fr, node_id, badlog)
+                    await forward(k, fr, node_id, badlog, din)
                 except ValueError as e:  # the kernel refused it: that frame only
                     badlog.warn("refused", "dli: a frame from node %d for node %d event %d "
                                 "refused by the kernel: %s", fr.dlf_src_node, fr.dlh_node,
                                 fr.dlh_event, e)
 
 
-__all__ = ["dli", "incoming", "forward", "DropLog"]
+__all__ = ["dli", "incoming", "forward", "diq", "DropLog"]

@@ -10,20 +10,27 @@ it from its own UDP socket to the link's dli port; the protocol is
 8 shared slots, the 0.5 s ack timer, acks on this socket). With every slot
 full dlo takes nothing more from the kernel, so senders block there.
 
-Link-table requests (``ldogetlinks``, ``share/nreq/ldolinks.c``): a
-``DOQGETLINKS`` request (type DLCTL, ``NOBUF``) to ``EVDL0`` for this node
+Link-table requests (``share/nreq/ldolinks.c``, :mod:`lamd.datalink.linkreq`):
+a ``DOQGETLINKS`` request (type DLCTL, ``NOBUF``) to ``EVDL0`` for this node
 with ``struct doreq`` in ``nh_data`` is answered with one ``MAXNMSGLEN``
 reply per segment on ``doq_src_event``: ``struct doreply`` in ``nh_data``
-and as many ``struct dolink`` as fit in the body. ``DOQSETLINK``,
-``DOQREMLINK`` and the valve requests are logged and ignored (lamgrow,
-lamshrink: not yet).
+and as many ``struct dolink`` as fit in the body, holes (``NOTLINKID``)
+included. ``DOQSETLINK`` (a ``struct dolink`` body) and ``DOQREMLINK``
+(``doq_link``) come from dli when lamgrow or lamshrink tell it of a node;
+the valve requests are ignored.
+
+With ``-x`` (``fault_tolerant``) dlo watches its links as LAM's does: a
+frame resent ``DOMAXRESEND`` times makes its link dead, and dlo tells its
+own dli (a ``DIQREMLINK`` frame on the loopback link, source
+``NOTNODEID``, LAM's ``linkdie``), which takes the node out of every
+table; a link idle ``LAM_TO_DLO_IDLE`` seconds gets a ``DIQSANITY`` frame
+(``linksanity``), so a node that died while nobody talked to it is found
+out as well.
 
 Wire formats (``dl_inet.h``, native int4; ``sockaddr_in`` in network order)::
 
     struct doreq   in nh_data: doq_req, doq_src_node, doq_src_event, doq_link, doq_extra
     struct doreply in nh_data: dor_reply, dor_nlinks
-    struct dolink  (36 B):     dol_link, dol_seqgive, dol_seqsend, dol_npending,
-                               dol_idle, struct sockaddr_in dol_addr
 """
 
 from __future__ import annotations
@@ -32,39 +39,25 @@ import errno
 import logging
 import socket
 import struct
-from dataclasses import dataclass
 from typing import Iterable
 
 from ..datalink.frame import DOMAXRESEND, DLFrame
-from ..datalink.link import TICK, DLOut
-from ..kernel.constants import EVDL0, KNMSG, KTRACE, KTRY, MAXNMSGLEN
+from ..datalink.link import IDLE, TICK, DLOut
+from ..datalink.linkreq import (
+    DIQREMLINK, DIQSANITY, DOLINK, DOQGETLINKS, DOQREMLINK, DOQSETLINK, DOQVCLOSE,
+    DOQVOPEN, NOTNODEID, DiReq, DoLink, LinkReqError, LinkTable,
+)
+from ..kernel.constants import EVDL0, EVDLI, KNMSG, KTRACE, KTRY, MAXNMSGLEN
 from ..kernel.kiproc import Event, IProc
 from ..kernel.wire import NMsg
 from .dli import DropLog
 from .netaddr import node_address
-from .nreq import DDLI, DLCTL, LOCAL, NetMsg, data_words, nsend, received
+from .nreq import DDLI, DLCTL, LOCAL, NOBUF, NetMsg, data_words, nsend, received
 
 log = logging.getLogger("lamd.iprocs.dlo")
 
-DOQSETLINK, DOQREMLINK, DOQGETLINKS, DOQVOPEN, DOQVCLOSE = 0, 1, 2, 3, 4
-
-#: ``struct dolink``: five int4 then ``struct sockaddr_in`` (family, port, addr, zero).
-DOLINK = struct.Struct("<5iH2s4s8x")
 #: entries per reply segment (``eps`` in LAM)
 EPS = MAXNMSGLEN // DOLINK.size
-
-
-@dataclass(slots=True, frozen=True)
-class DoLink:
-    """One link: a node id and its dli address."""
-
-    link: int
-    addr: str
-    port: int = 0
-
-    def pack(self) -> bytes:
-        return DOLINK.pack(self.link, 0, 0, 0, 0, socket.AF_INET,
-                           struct.pack("!H", self.port), socket.inet_aton(self.addr))
 
 
 def local_links(config: dict) -> list[DoLink]:
@@ -75,8 +68,7 @@ def local_links(config: dict) -> list[DoLink]:
 
 def links_segment(links: list[DoLink], seg: int) -> bytes:
     """Segment *seg* of the table, zero-padded to ``MAXNMSGLEN`` as LAM sends it."""
-    part = b"".join(l.pack() for l in links[seg * EPS:(seg + 1) * EPS])
-    return part + bytes(MAXNMSGLEN - len(part))
+    return LinkTable(links).segment(seg, MAXNMSGLEN)
 
 
 def _send(sock: socket.socket | None, sends: Iterable[tuple[tuple[str, int], bytes]],
@@ -91,30 +83,70 @@ def _send(sock: socket.socket | None, sends: Iterable[tuple[tuple[str, int], byt
                         e.strerror)
 
 
+def diq_frame(node_id: int, to: int, req: DiReq, flags: int = 0) -> DLFrame:
+    """A request frame for dli on node *to* (``linksanity``, ``linkdie``)."""
+    head = NMsg(node=to, event=EVDLI, type=0, flags=flags, length=0, data=req.words())
+    return DLFrame.from_nmsg(node_id, 0, head, b"")
+
+
 async def dlo(k: IProc) -> None:
     """Send packets for other nodes over UDP and answer link-table requests."""
     node_id = int(k.config.get("node_id", 0))
-    links = list(k.config.get("links") or local_links(k.config))
-    k.config.setdefault("node_addr", links[0].addr)
+    table = LinkTable(list(k.config.get("links") or local_links(k.config)))
+    me = table.get(node_id) or table.valid()[0]
+    k.config.setdefault("node_addr", me.addr)
     badlog = DropLog(log)
-    out = DLOut(node_id, {l.link: (l.addr, l.port) for l in links},
-                fault_tolerant=bool(k.config.get("fault_tolerant")))
+    ft = bool(k.config.get("fault_tolerant"))
+    out = DLOut(node_id, {l.link: (l.addr, l.port) for l in table.valid()}, fault_tolerant=ft)
     sock: socket.socket | None = None
     w = None
-    if len(links) > 1:
+    if len(table.valid()) > 1 or k.config.get("dli_sock") is not None:
+        # booted by lamboot (a universe of one node may grow)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
         sock.set_inheritable(False)
         sock.bind(("0.0.0.0", 0))
         w = k.watch_readable(sock.fileno())
-        log.info("dlo: datalink output from UDP port %d to %s", sock.getsockname()[1],
-                 ", ".join(f"n{l.link} {l.addr}:{l.port}" for l in links if l.link != node_id))
+        log.info("dlo: datalink output from UDP port %d to %s%s", sock.getsockname()[1],
+                 ", ".join(f"n{l.link} {l.addr}:{l.port}" for l in table.valid()
+                           if l.link != node_id) or "no other node",
+                 " (fault tolerant)" if ft else "")
     timer = None
+    idle = None
+
+    def give(link: int, fr: DLFrame) -> None:
+        r = out.outgoing(link, fr)
+        for d in r.drops:
+            badlog.warn("nolink", "dlo: dropped %s", d.why)
+        _send(sock, r.send, badlog)
+
+    def result(r) -> None:
+        _send(sock, r.send, badlog)
+        for link in r.dead:
+            # linkdie: the link's frames are gone; dli (over the loopback
+            # link) takes the node out of the router's, dli's and this table
+            log.error("dlo: node %d does not answer (a frame resent %d times): "
+                      "its link is dead", link, DOMAXRESEND)
+            rt = k.config.get("route_table")
+            if rt is not None:
+                rt.remove(link)
+            give(node_id, diq_frame(node_id, node_id,
+                                    DiReq(DIQREMLINK, NOTNODEID, 0, link), NOBUF))
+        for link in r.stale:  # linksanity, while a slot is free
+            if out.room() and link in out.links:
+                give(link, diq_frame(node_id, link, DiReq(DIQSANITY)))
+
     try:
         while True:
-            if out.busy() and timer is None:
-                timer = k.timer(TICK)
-            watches = tuple(x for x in (w, timer) if x is not None)
+            if out.busy():
+                if idle is not None:
+                    idle.cancel()
+                    idle = None
+                if timer is None:
+                    timer = k.timer(TICK)
+            elif ft and sock is not None and timer is None and idle is None:
+                idle = k.timer(IDLE)
+            watches = tuple(x for x in (w, timer, idle) if x is not None)
             if out.room() and not watches:
                 # one node, nothing in flight: a plain receive, no event
                 # sources (what lets a re-exec find dlo at rest)
@@ -126,21 +158,17 @@ async def dlo(k: IProc) -> None:
             if isinstance(got, Event):
                 if got.watch is timer:
                     timer = None
-                    r = out.tick()
-                    _send(sock, r.send, badlog)
-                    for link in r.dead:
-                        log.error("dlo: node %d does not answer (a frame resent %d times): "
-                                  "its link is dead", link, DOMAXRESEND)
-                        table = k.config.get("route_table")
-                        if table is not None:
-                            table.remove(link)
+                    result(out.tick())
+                elif got.watch is idle:
+                    idle = None
+                    result(out.idle_timeout())
                 elif got.watch is w and sock is not None:
                     _acks(sock, out, badlog)
                 continue
             msg = received(got)
             h = msg.head
             if h.event == EVDL0 and h.node in (LOCAL, node_id):
-                await _request(k, msg, links, node_id)
+                await _request(k, msg, table, out, node_id)
                 continue
             h.flags &= ~(KTRY | DDLI | KTRACE)
             try:
@@ -149,11 +177,10 @@ async def dlo(k: IProc) -> None:
                 badlog.warn("frame", "dlo: a packet for node %d event %d dropped: %s",
                             h.node, h.event, e)
                 continue
-            r = out.outgoing(h.dl_link, fr)
-            for d in r.drops:
-                badlog.warn("nolink", "dlo: dropped %s", d.why)
-            _send(sock, r.send, badlog)
+            give(h.dl_link, fr)
     finally:
+        if idle is not None:
+            idle.cancel()
         if sock is not None:
             sock.close()
 
@@ -175,15 +202,31 @@ def _acks(sock: socket.socket, out: DLOut, badlog: DropLog) -> None:
         _send(sock, r.send, badlog)
 
 
-async def _request(k: IProc, msg: NetMsg, links: list[DoLink], node_id: int) -> None:
+async def _request(k: IProc, msg: NetMsg, table: LinkTable, out: DLOut,
+                   node_id: int) -> None:
     """A request to dlo itself (``request``): the link table."""
     h = msg.head
-    req, src_event, extra = h.data[0], h.data[2], h.data[4]
-    if msg.ktype & DLCTL and req == DOQGETLINKS:
+    req, src_event, link, extra = h.data[0], h.data[2], h.data[3], h.data[4]
+    if not msg.ktype & DLCTL:
+        log.warning("dlo: request %d to dlo dropped", req)
+    elif req == DOQGETLINKS:
         reply = NMsg(node=LOCAL, event=src_event, type=0, flags=0,
-                     data=data_words(0, len(links)))
-        await nsend(k, reply, links_segment(links, max(0, extra)), node_id=node_id)
-    elif msg.ktype & DLCTL and req in (DOQSETLINK, DOQREMLINK, DOQVOPEN, DOQVCLOSE):
-        log.warning("dlo: request %d ignored (lamgrow, lamshrink: not supported yet)", req)
+                     data=data_words(0, len(table)))
+        await nsend(k, reply, table.segment(max(0, extra), MAXNMSGLEN), node_id=node_id)
+    elif req == DOQSETLINK:
+        try:
+            l = DoLink.unpack(msg.body)
+            table.set(l)
+        except (LinkReqError, struct.error) as e:
+            log.warning("dlo: DOQSETLINK refused: %s", e)
+            return
+        out.set_link(l.link, (l.addr, l.port))
+        log.info("dlo: link to n%d at %s:%d", l.link, l.addr, l.port)
+    elif req == DOQREMLINK:
+        table.remove(link)
+        out.rem_link(link)
+        log.info("dlo: link to n%d removed", link)
+    elif req in (DOQVOPEN, DOQVCLOSE):
+        pass  # the valve: nothing in LAM 7.1.4 closes it
     else:
         log.warning("dlo: request %d to dlo dropped", req)

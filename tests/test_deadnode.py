@@ -1,0 +1,204 @@
+"""Issue 11: a node whose daemon dies (``kill -9`` in its namespace), with and
+without ``lamboot -x``, the same checks on C lamds (so they are known to
+encode LAM), on ours and mixed; and ``lamwipe`` across nodes.
+
+Under ``-x`` (fault tolerant) the survivors give the dead node up after
+LAM's retry limit: a frame to it resent ``DOMAXRESEND`` (300) times at
+``LAM_TO_DLO_ACK`` (0.5 s) makes its link dead, about 150 s after the frame
+was first sent (a ``tping`` to it from each survivor is that frame; an idle
+link would first wait ``LAM_TO_DLO_IDLE``, 120 s, for a heartbeat). Then
+``lamnodes`` prints ``n1 invalid node`` on each survivor, ``tping N`` and
+``lamexec N`` work among the survivors, and ``lamhalt`` ends them.
+
+Without ``-x`` the dead node stays in the universe as with the C lamds: a
+``tping`` to it never returns, ``lamnodes`` still lists it, the other nodes
+still answer, and ``lamhalt`` returns after its timeout naming the node that
+did not acknowledge; nothing is left on any host.
+
+``lamwipe`` (tkill over ssh on each host of a boot schema) ends a universe
+of any kind and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from lamd.datalink.frame import DOMAXRESEND
+from lamd.datalink.link import TICK
+
+from .netns import Cluster, Host
+from .test_datalink_multinode import logs
+from .test_grow import daemon_kind, gone
+from .test_multinode import prefix_tree, show
+
+#: how long after its first frame a link is dead under -x: the frame is
+#: marked at the first tick, resent DOMAXRESEND + 1 times, given up at the next
+GIVE_UP = (DOMAXRESEND + 3) * TICK
+
+
+def boot(c: Cluster, lamd_pkg, layout: str, x: bool):
+    kinds = layout.split(",")
+    pre = prefix_tree(c, lamd_pkg)
+    hf = c.work / "hostfile"
+    hf.write_text("".join(f"{h.name}{f' prefix={pre}' if k == 'py' else ''}\n"
+                          for h, k in zip(c.hosts, kinds)))
+    hf.chmod(0o644)
+    cp = c.hosts[0].run(["lamboot", *(["-x"] if x else []), hf], timeout=60)
+    assert cp.returncode == 0, show(cp) + logs(c)
+    assert [daemon_kind(h) for h in c.hosts] == kinds, logs(c)
+    for h in c.hosts:
+        cp = h.run(["tping", "-c", "1", "N"])
+        assert cp.returncode == 0 and "from 2 remote nodes and 1 local node" in cp.stdout, \
+            show(cp) + logs(c)
+    return hf
+
+
+def kill_node(h: Host) -> None:
+    """``kill -9`` everything of LAM's user on *h* (its daemon and, for ours,
+    the jobs process)."""
+    for p in h.user_pids():
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert gone([h], 5) == {h.name: []}
+
+
+def lamnodes(h: Host) -> list[str]:
+    cp = h.run(["lamnodes"])
+    assert cp.returncode == 0, show(cp)
+    return cp.stdout.splitlines()
+
+
+@pytest.mark.parametrize("layout", ["c,c,c", "py,py,py", "py,c,py", "c,py,py"])
+def test_dead_node_under_x(hosts3: Cluster, lamd_pkg, layout):
+    c = hosts3
+    n1, n2, n3 = c.hosts
+    hf = boot(c, lamd_pkg, layout, x=True)
+    halted = False
+    pings = []
+    try:
+        kill_node(n2)
+        t0 = time.monotonic()
+        # a frame to the dead node from each survivor: retried, then given up
+        for h in (n1, n3):
+            pings.append(h.popen(["tping", "-c", "1", "n1"], timeout=GIVE_UP + 60,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        want = {n1.name: ["n0\tnode1:1:origin,this_node", "n1\tinvalid node", "n2\tnode3:1:"],
+                n3.name: ["n0\tnode1:1:origin", "n1\tinvalid node", "n2\tnode3:1:this_node"]}
+        seen: dict[str, float] = {}
+        while len(seen) < 2 and time.monotonic() - t0 < GIVE_UP + 45:
+            for h in (n1, n3):
+                if h.name not in seen and lamnodes(h) == want[h.name]:
+                    seen[h.name] = time.monotonic() - t0
+            time.sleep(1)
+        assert sorted(seen) == [n1.name, n3.name], (seen, logs(c))
+        # LAM's retry limit, not sooner: about DOMAXRESEND ticks
+        for name, t in seen.items():
+            assert GIVE_UP - 10 < t < GIVE_UP + 30, (name, t, GIVE_UP)
+        print(layout, {k: round(v, 1) for k, v in seen.items()})
+        for h in (n1, n3):
+            cp = h.run(["tping", "-c", "1", "N"])
+            assert cp.returncode == 0 and "1 byte from 1 remote node and 1 local node" \
+                in cp.stdout, show(cp) + logs(c)
+            cp = h.run(["lamexec", "N", "hostname"])
+            assert cp.returncode == 0 and sorted(cp.stdout.split()) == [n1.name, n3.name], \
+                show(cp) + logs(c)
+        cp = n1.run(["lamhalt"], timeout=60)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        halted = True
+        assert gone(c.hosts) == {h.name: [] for h in c.hosts}, logs(c)
+    finally:
+        for p in pings:
+            if p.poll() is None:
+                p.kill()
+        if not halted:
+            n1.run(["lamwipe", hf], timeout=60)
+    assert "Traceback" not in logs(c), logs(c)
+
+
+@pytest.mark.parametrize("layout", ["c,c,c", "py,py,py", "c,py,py"])
+def test_dead_node_without_x(hosts3: Cluster, lamd_pkg, layout):
+    c = hosts3
+    n1, n2, n3 = c.hosts
+    hf = boot(c, lamd_pkg, layout, x=False)
+    halted = False
+    try:
+        kill_node(n2)
+        cp = n1.run(["tping", "-c", "1", "n1"], timeout=5)
+        assert cp.returncode in (124, -9, 137) and "byte from" not in cp.stdout, show(cp)
+        assert lamnodes(n1) == ["n0\tnode1:1:origin,this_node", "n1\tnode2:1:",
+                                "n2\tnode3:1:"]
+        for h, to in ((n1, "n2"), (n3, "n0")):
+            cp = h.run(["tping", "-c", "1", to])
+            assert cp.returncode == 0 and f"1 byte from {to}" in cp.stdout, show(cp) + logs(c)
+        t0 = time.monotonic()
+        cp = n1.run(["lamhalt"], timeout=90)
+        took = time.monotonic() - t0
+        assert cp.returncode == 0, show(cp) + logs(c)
+        halted = True
+        # lamhalt waits for the acknowledgements, then names who did not send one
+        assert "LAM did not receive acknowledgements from all the LAM daemons" in cp.stderr, \
+            show(cp)
+        assert "    node2 (n0)" in cp.stderr.splitlines(), show(cp)   # LAM prints n0
+        assert took > 5, took
+        assert gone(c.hosts) == {h.name: [] for h in c.hosts}, logs(c)
+    finally:
+        if not halted:
+            n1.run(["lamwipe", hf], timeout=60)
+    assert "Traceback" not in logs(c), logs(c)
+
+
+def comms(h: Host) -> list[str]:
+    out = []
+    for p in h.user_pids():
+        try:
+            out.append(Path(f"/proc/{p}/comm").read_text().strip())
+        except OSError:
+            pass
+    return sorted(out)
+
+
+def sleeping(h: Host) -> bool:
+    return "sleep" in comms(h)
+
+
+@pytest.mark.parametrize("layout", ["c,c,c", "py,py,py", "c,py,c"])
+def test_lamwipe(hosts3: Cluster, lamd_pkg, layout):
+    """lamwipe from a node that is not the origin ends every node's daemon
+    and its session. A job's process started by ``lamexec`` outlives a C
+    lamd (tkill signals what the kill file lists: the daemon); ours ends it
+    with its jobs process."""
+    c = hosts3
+    n1, n2, n3 = c.hosts
+    kinds = dict(zip((h.name for h in c.hosts), layout.split(",")))
+    hf = boot(c, lamd_pkg, layout, x=False)
+    job = n1.popen(["lamexec", "N", "sleep", "300"], timeout=60,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not all(sleeping(h) for h in c.hosts):
+            time.sleep(0.1)
+        assert all(sleeping(h) for h in c.hosts), logs(c)
+        cp = n3.run(["lamwipe", hf], timeout=60)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        ours = [h for h in c.hosts if kinds[h.name] == "py"]
+        assert gone(ours) == {h.name: [] for h in ours}, logs(c)
+        for h in c.hosts:
+            if kinds[h.name] == "c":
+                deadline = time.monotonic() + 15
+                while (left := comms(h)) != ["sleep"] and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert left == ["sleep"], (h.name, left)
+        for h in c.hosts:
+            assert not (h.prefix / f"lam-{c.pw.pw_name}@{h.name}").exists(), h.name
+        job.wait(timeout=30)   # its iod is gone: lamexec ends
+    finally:
+        if job.poll() is None:
+            job.kill()
