@@ -5,6 +5,12 @@ Fixtures:
                 root; fails if LAM's tools are missing: packaging/setup.sh
                 installs them)
   lamd_pkg      session: a world-readable copy of ``lamd/`` (PYTHONPATH dir)
+  lamd_deb      session: the lamd .deb built from a clean clone of HEAD
+                (``packaging/build-deb.sh``) and installed on the host with
+                ``dpkg -i``; ``LAMD_DEB=FILE`` installs that file instead,
+                ``LAMD_DEB=installed`` uses what is installed. Yields the
+                .deb's path (None for ``installed``). The system tests and
+                tests/test_prefix.py use it.
   kclient       session: tests/c/kclient.c built with mpicc.lam against liblam
   lam_session   per test: an isolated LAM session (``run``/``popen`` as lamtest)
   daemon        per test, params "c" (stock lamd via lamboot) and "py"
@@ -17,6 +23,7 @@ Fixtures:
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -58,6 +65,33 @@ def lamd_pkg(lam_user):
     d = lamenv.copy_package()
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+def package_installed() -> bool:
+    r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", "lamd"], capture_output=True,
+                       text=True, timeout=60)
+    return "install ok installed" in r.stdout
+
+
+@pytest.fixture(scope="session")
+def lamd_deb(tmp_path_factory):
+    setup = "run packaging/setup.sh"
+    deb = os.environ.get("LAMD_DEB")
+    if deb == "installed":
+        assert package_installed(), "LAMD_DEB=installed but package lamd is not installed"
+        yield None
+        return
+    if not deb:
+        assert shutil.which("dpkg-buildpackage"), \
+            f"dpkg-buildpackage missing: cannot build the package: {setup}"
+        out = tmp_path_factory.mktemp("deb")
+        r = subprocess.run([str(HERE.parent / "packaging" / "build-deb.sh"), str(out)],
+                           capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, "package build failed:\n" + (r.stdout + r.stderr)[-3000:]
+        deb = str(next(out.glob("lamd_*.deb")))
+    r = subprocess.run(["dpkg", "-i", deb], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    yield deb
 
 
 @pytest.fixture(scope="session")

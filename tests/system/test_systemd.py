@@ -42,11 +42,6 @@ def host(cmd, timeout=60, check=True, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check, **kw)
 
 
-def package_installed() -> bool:
-    r = host(["dpkg-query", "-W", "-f=${Status}", "lamd"], check=False)
-    return "install ok installed" in r.stdout
-
-
 class Container:
     def __init__(self) -> None:
         self.nspawn: subprocess.Popen | None = None
@@ -121,28 +116,15 @@ class Container:
 
 
 @pytest.fixture(scope="module")
-def ct(tmp_path_factory):
+def ct(lamd_deb):
     for tool, pkg in (("systemd-nspawn", "systemd-container"), ("nsenter", "util-linux"),
                       ("systemd-analyze", "systemd")):
         assert shutil.which(tool), f"{tool} missing ({pkg}): {SETUP_SH}"
-    deb = os.environ.get("LAMD_DEB")
-    if deb == "installed":
-        assert package_installed(), "LAMD_DEB=installed but package lamd is not installed"
-    else:
-        if not deb:
-            assert shutil.which("dpkg-buildpackage"), \
-                f"dpkg-buildpackage missing: cannot build the package: {SETUP_SH}"
-            out = tmp_path_factory.mktemp("deb")
-            r = host([os.path.join(REPO, "packaging", "build-deb.sh"), str(out)],
-                     timeout=900, check=False)
-            assert r.returncode == 0, "package build failed:\n" + (r.stdout + r.stderr)[-3000:]
-            deb = str(next(out.glob("lamd_*.deb")))  # Architecture: any (compiled)
-        r = host(["dpkg", "-i", deb], timeout=300, check=False)
-        assert r.returncode == 0, r.stdout + r.stderr
+    deb = lamd_deb
     if host(["id", USER], check=False).returncode != 0:
         host(["useradd", "--system", "--create-home", "--shell", "/bin/sh", USER])
     c = Container()
-    c.deb = deb if deb != "installed" else None
+    c.deb = deb
     try:
         c.boot()
         c.hostname = c.run(["hostname"]).stdout.strip()

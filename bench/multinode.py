@@ -1,0 +1,227 @@
+#!/usr/bin/python3
+"""Across nodes, ours against Debian's C lamds on the same test hosts (issue 11).
+
+Test hosts are network namespaces on this machine (tests/netns.py: veth pairs
+into a bridge, sshd in each, stock lamboot over ssh), so "across nodes" here
+means through the datalink, the kernel's UDP stack and a bridge, with every
+host sharing this machine's two CPUs: the figures compare the daemons, they
+are not a network's.
+
+Workloads, each in alternating rounds (C universe, ours, C, ours, ...), the
+medians reported:
+
+* two hosts: ``tping -c N n1`` from n0 (LAM's own timing); a 64 B
+  nsend/nrecv round trip between kinit programs on n0 and n1
+  (bench/c/netbench.c); 256 KiB one-way nsend throughput n0 -> n1 (liblam
+  splits it into 8 KiB packets); ``mpirun -ssi rpi lamd`` 64 B ping-pong with
+  one rank on each node (tests/c/mpi/pingpong.c), where it completes;
+* eight hosts: ``lamboot`` wall time of the whole universe (and ``lamhalt``).
+
+Ours is the source tree's daemon (``python3 -m lamd`` in a LAM prefix tree, as
+tests/test_multinode.py builds it), on every node.
+
+    /usr/bin/python3 bench/multinode.py [--rounds N] [--quick] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import lamenv  # noqa: E402
+from tests.netns import Cluster  # noqa: E402
+from tests.test_multinode import prefix_tree  # noqa: E402
+
+EVENT = "31100"
+
+
+def log(msg: str) -> None:
+    print(f"[multinode] {msg}", file=sys.stderr, flush=True)
+
+
+def build(work: Path) -> tuple[Path, Path]:
+    """netbench and the MPI pingpong, readable by the test user."""
+    nb = work / "netbench"
+    subprocess.run(["mpicc.lam", "-O2", "-Wall", "-o", str(nb), str(ROOT / "bench" / "c" / "netbench.c")],
+                   check=True, timeout=120)
+    pp = work / "pp"
+    subprocess.run(["mpicc.lam", "-O2", "-Wall", "-o", str(pp),
+                    str(ROOT / "tests" / "c" / "mpi" / "pingpong.c")], check=True, timeout=120)
+    for p in (nb, pp):
+        p.chmod(0o755)
+    return nb, pp
+
+
+class Universe:
+    """One booted universe on the Cluster *c*: "c" or "ours" on every node."""
+
+    def __init__(self, c: Cluster, kind: str, pre: Path) -> None:
+        self.c, self.kind = c, kind
+        self.hf = c.work / f"hostfile-{kind}"
+        pre = pre if kind == "ours" else None
+        self.hf.write_text("".join(f"{h.name}{f' prefix={pre}' if pre else ''}\n"
+                                   for h in c.hosts))
+        self.hf.chmod(0o644)
+        self.boot_s = 0.0
+
+    def __enter__(self) -> "Universe":
+        h1 = self.c.hosts[0]
+        t0 = time.monotonic()
+        cp = h1.run(["lamboot", str(self.hf)], timeout=120)
+        self.boot_s = time.monotonic() - t0
+        if cp.returncode != 0:
+            raise RuntimeError(f"lamboot ({self.kind}) failed: {cp.stdout}{cp.stderr}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        c = self.c
+        cp = c.hosts[0].run(["lamhalt"], timeout=60)
+        deadline = time.monotonic() + 15
+        while any(h.user_pids() for h in c.hosts) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if cp.returncode != 0 or any(h.user_pids() for h in c.hosts):
+            c.hosts[0].run(["lamwipe", str(self.hf)], timeout=60)
+        for h in c.hosts:  # whatever is left (a failed round) goes too
+            for pid in h.user_pids():
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+
+
+def tping(c: Cluster, n: int) -> float:
+    """Mean round trip: tping's total time over its count (its per-ping
+    figures have millisecond resolution); no delay between pings."""
+    cp = c.hosts[0].run(["tping", "-d", "0", "-c", str(n), "n1"], timeout=120)
+    if cp.returncode != 0:
+        raise RuntimeError(f"tping: {cp.stdout}{cp.stderr}")
+    m = re.search(r"^(\d+) messages?, .*, ([\d.]+) secs", cp.stdout, re.M)
+    if not m:
+        raise RuntimeError(f"tping output: {cp.stdout!r}")
+    return float(m.group(2)) / int(m.group(1)) * 1e6
+
+
+def pair(c: Cluster, exe: Path, back: list[str], front: list[str], timeout: float) -> str:
+    """*back* on n1 in the background, then *front* on n0; *front*'s output."""
+    h0, h1 = c.hosts[0], c.hosts[1]
+    bg = h1.popen([str(exe), *back], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                  text=True, timeout=timeout)
+    try:
+        time.sleep(0.3)
+        cp = h0.run([str(exe), *front], timeout=timeout)
+        out, _ = bg.communicate(timeout=timeout)
+    finally:
+        if bg.poll() is None:
+            bg.kill()
+            bg.wait()
+    if cp.returncode != 0 or not cp.stdout.endswith("OK\n") or not out.endswith("OK\n"):
+        raise RuntimeError(f"{front}: {cp.stdout}{cp.stderr} / {out}")
+    return cp.stdout
+
+
+def nsend_rt(c: Cluster, exe: Path, count: int) -> float:
+    out = pair(c, exe, ["pong", EVENT, "64", str(count)],
+               ["ping", "1", EVENT, "64", str(count)], 120)
+    return float(re.search(r"median_us=([\d.]+)", out).group(1))
+
+
+def nsend_bw(c: Cluster, exe: Path, count: int) -> float:
+    size = 256 * 1024
+    out = pair(c, exe, ["sink", EVENT, str(size), str(count)],
+               ["stream", "1", EVENT, str(size), str(count)], 300)
+    return float(re.search(r"mb_s=([\d.]+)", out).group(1))
+
+
+def mpi_pingpong(c: Cluster, pp: Path, reps: int) -> float | str:
+    cp = c.hosts[0].run(["mpirun", "-np", "2", "-ssi", "rpi", "lamd", str(pp), str(reps), "64"],
+                        timeout=300)
+    m = re.search(r"^PP size=64 reps=\d+ rtt_med_us=([\d.]+)", cp.stdout, re.M)
+    if cp.returncode != 0 or not m:
+        # LAM's MPI library can fail MPI_Init ("Bad address") on either daemon
+        return f"failed (rc {cp.returncode}): {(cp.stdout + cp.stderr).strip()[-300:]}"
+    return float(m.group(1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "multinode.json"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("run as root (network namespaces, the test user)", file=sys.stderr)
+        return 2
+    lamenv.ensure_user()
+    rounds = 1 if args.quick else args.rounds
+    n_ping, n_rt, n_bw, n_mpi = (100, 200, 20, 200) if args.quick else (1000, 2000, 100, 2000)
+    pkgdir = lamenv.copy_package()
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    raw: dict[str, dict[str, list]] = {k: {} for k in ("c", "ours")}
+
+    def note(kind: str, key: str, value) -> None:
+        raw[kind].setdefault(key, []).append(value)
+        log(f"{kind:4} {key}: {value}")
+
+    try:
+        with Cluster(2) as c:
+            nb, pp = build(c.work)
+            pre = prefix_tree(c, pkgdir)
+            for r in range(rounds):
+                for kind in ("c", "ours"):
+                    with Universe(c, kind, pre) as u:
+                        note(kind, "boot2_s", u.boot_s)
+                        note(kind, "tping_us", tping(c, n_ping))
+                        note(kind, "nsend64_rt_us", nsend_rt(c, nb, n_rt))
+                        note(kind, "nsend256k_MBps", nsend_bw(c, nb, n_bw))
+                        note(kind, "mpi_lamd64_rt_us", mpi_pingpong(c, pp, n_mpi))
+        with Cluster(8) as c:
+            pre = prefix_tree(c, pkgdir)
+            for r in range(rounds):
+                for kind in ("c", "ours"):
+                    with Universe(c, kind, pre) as u:
+                        note(kind, "boot8_s", u.boot_s)
+    finally:
+        shutil.rmtree(pkgdir, ignore_errors=True)
+
+    def med(kind: str, key: str):
+        vals = [v for v in raw[kind].get(key, []) if isinstance(v, (int, float))]
+        return statistics.median(vals) if vals else None
+
+    rows = []
+    for key, label, better in (
+            ("tping_us", "tping -d 0 n1 from n0, mean round trip (us)", "lower"),
+            ("nsend64_rt_us", "nsend/nrecv 64 B round trip n0<->n1, median (us)", "lower"),
+            ("nsend256k_MBps", "nsend 256 KiB n0->n1 throughput (MB/s)", "higher"),
+            ("mpi_lamd64_rt_us", "mpirun -ssi rpi lamd 64 B ping-pong across nodes (us)", "lower"),
+            ("boot2_s", "lamboot of 2 hosts (s)", "lower"),
+            ("boot8_s", "lamboot of 8 hosts (s)", "lower")):
+        c_v, o_v = med("c", key), med("ours", key)
+        ratio = (o_v / c_v) if (c_v and o_v) else None
+        rows.append({"metric": key, "label": label, "better": better, "c": c_v, "ours": o_v,
+                     "ratio": ratio})
+    res = {"commit": commit, "rounds": rounds, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "rows": rows, "raw": raw}
+    Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+    print(f"| workload (at {commit}) | C lamds | ours | ours/C |\n|---|---|---|---|")
+    for r in rows:
+        f = lambda v: "—" if v is None else (f"{v:.3f}" if v < 10 else f"{v:.0f}")  # noqa: E731
+        ratio = "—" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        print(f"| {r['label']} | {f(r['c'])} | {f(r['ours'])} | {ratio} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Booting our daemon with stock lamboot from the installed package (issue 11,
+"How users get it").
+
+The package installs a LAM prefix tree, ``/usr/lib/lamd/lam``: ``bin/hboot``,
+``bin/tkill`` and ``bin/lamboot`` are lam-runtime's own (links), ``bin/lamd``
+starts ``/usr/bin/lamd-kernel``, ``etc/lam-conf.lamd`` is LAM's process schema.
+Choosing our daemon on a node is then one word of LAM's own syntax: the boot
+schema line ``HOST prefix=/usr/lib/lamd/lam``, or ``lamboot -prefix
+/usr/lib/lamd/lam`` for every node; lam-runtime's files are not touched, and
+nodes without the word run Debian's C lamd.
+
+Checked on test hosts (tests/netns.py) with the package built from HEAD and
+installed (the ``lamd_deb`` fixture): a mixed universe (C origin, ours on the
+middle node) and an all-ours one by ``-prefix``. Every host's ``lamnodes``,
+``tping`` of every node (the datalink), ``lamexec N hostname``, and
+``lamhalt`` leaving nothing of the test user on any host. That a node runs
+ours is read from its processes: the packaged daemon names itself in its
+proctitle (``lamd: USER, ...``); the C lamd is ``/usr/bin/lamd``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from .netns import Cluster
+from .test_multinode import cmdline, show
+
+PREFIX = Path("/usr/lib/lamd/lam")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_package_installs_a_lam_prefix_tree(lamd_deb):
+    """What lamboot and hboot look for under a prefix, and nothing of
+    lam-runtime's replaced."""
+    assert os.path.realpath(PREFIX / "bin" / "hboot") == "/usr/bin/hboot"
+    assert os.path.realpath(PREFIX / "bin" / "tkill") == "/usr/bin/tkill"
+    assert os.path.realpath(PREFIX / "bin" / "lamboot") == "/usr/bin/lamboot"
+    for name in ("hboot", "tkill", "lamboot", "lamd"):
+        assert os.access(PREFIX / "bin" / name, os.X_OK), name
+    assert "/usr/bin/lamd-kernel" in (PREFIX / "bin" / "lamd").read_text()
+    assert (PREFIX / "etc" / "lam-conf.lamd").read_text() == \
+        (REPO / "packaging" / "lam-prefix" / "etc" / "lam-conf.lamd").read_text()
+    # lam-runtime's lamd and its schema are still the C ones
+    owners = os.popen("dpkg -S /usr/bin/lamd /etc/lam/lam-conf.lamd").read()
+    assert "lam-runtime" in owners and "lamd:" not in owners, owners
+
+
+def _universe(c: Cluster, argv: list, kinds: list[str]) -> None:
+    h1 = c.hosts[0]
+    cp = h1.run(argv, timeout=90)
+    assert cp.returncode == 0, show(cp)
+    n = len(c.hosts)
+    for i, h in enumerate(c.hosts):
+        cp = h.run(["lamnodes"])
+        want = [f"n{j}\t{x.name}:1:" + ",".join(
+                    f for f in ("origin" if j == 0 else "", "this_node" if j == i else "") if f)
+                for j, x in enumerate(c.hosts)]
+        assert (cp.returncode, cp.stdout.splitlines()) == (0, want), show(cp)
+        cp = h.run(["tping", "-c", "1", "N"])
+        assert cp.returncode == 0, show(cp)
+        assert f"1 byte from {n - 1} remote nodes and 1 local node" in cp.stdout, show(cp)
+    cp = h1.run(["lamexec", "N", "hostname"])
+    assert cp.returncode == 0, show(cp)
+    assert sorted(cp.stdout.split()) == sorted(h.name for h in c.hosts), show(cp)
+    for h, kind in zip(c.hosts, kinds):
+        procs = [cmdline(p) for p in h.user_pids()]
+        ours = [a for a in procs if a and a[0].startswith(f"lamd: {c.pw.pw_name}, ")]
+        theirs = [a for a in procs if a[:1] == ["/usr/bin/lamd"]]
+        assert (len(ours), len(theirs)) == ((1, 0) if kind == "ours" else (0, 1)), \
+            (h.name, procs)
+    cp = h1.run(["lamhalt"], timeout=60)
+    assert cp.returncode == 0, show(cp)
+    deadline = time.monotonic() + 15
+    while any(h.user_pids() for h in c.hosts) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert {h.name: [cmdline(p) for p in h.user_pids()] for h in c.hosts} == {
+        h.name: [] for h in c.hosts}
+    for h in c.hosts:
+        assert not (h.prefix / f"lam-{c.pw.pw_name}@{h.name}").exists()
+
+
+def test_boot_schema_prefix_picks_ours_on_one_node(hosts3: Cluster, lamd_deb):
+    c = hosts3
+    kinds = ["c", "ours", "c"]
+    hf = c.work / "hostfile"
+    hf.write_text("".join(f"{h.name}{f' prefix={PREFIX}' if k == 'ours' else ''}\n"
+                          for h, k in zip(c.hosts, kinds)))
+    hf.chmod(0o644)
+    _universe(c, ["lamboot", str(hf)], kinds)
+
+
+def test_lamboot_prefix_picks_ours_everywhere(hosts3: Cluster, lamd_deb):
+    c = hosts3
+    _universe(c, ["lamboot", "-prefix", str(PREFIX), str(c.hostfile())], ["ours"] * 3)
