@@ -14,7 +14,9 @@ and mixed with ours as origin and not, all booted by stock ``lamboot``:
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -212,3 +214,52 @@ def test_datalink_under_spoofed_and_malformed_frames(hosts3: Cluster, lamd_pkg, 
     finally:
         if not halted:
             c.hosts[0].run(["lamwipe", hf], timeout=60)
+
+
+# ---------------------------------------------------------------------------
+# MPI across nodes
+
+
+@pytest.mark.parametrize("layout", ["c,c,c", "py,py,py", "c,py,c"])
+def test_mpirun_across_nodes(hosts3: Cluster, lamd_pkg, layout):
+    """Stock ``mpirun -np 2`` of an MPI program built with mpicc.lam puts
+    rank 0 on n0 and rank 1 on n1 (in ``c,py,c`` a C lamd's node and ours):
+    on the default RPI, TCP and ``lamd`` (every MPI message through both
+    daemons and the datalink) the two ranks bounce messages of 0 B to 16 KiB,
+    every byte checked by the program. Under ``-ssi rpi lamd`` sizes stay
+    below 64 KiB: LAM's MPI library fails larger ones on either daemon
+    (``test_jobs.py``). The program lives in a short path: LAM's MPI_Init
+    faults for long ones on either daemon (``test_long_program_path``)."""
+    c = hosts3
+    d = Path(tempfile.mkdtemp(prefix="pp", dir="/tmp"))
+    try:
+        d.chmod(0o755)
+        exe = d / "pp"
+        cp = subprocess.run(["mpicc.lam", "-O2", "-Wall", "-o", str(exe),
+                             str(Path(__file__).parent / "c" / "mpi" / "pingpong.c")],
+                            capture_output=True, text=True, timeout=120)
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        exe.chmod(0o755)
+        hf = boot(c, lamd_pkg, layout.split(","))
+        halted = False
+        try:
+            for rpi in ([], ["-ssi", "rpi", "tcp"], ["-ssi", "rpi", "lamd"]):
+                cp = c.hosts[0].run(["mpirun", "-np", "2", *rpi, str(exe), "20",
+                                     "0", "64", "8192", "16384"], timeout=120)
+                assert cp.returncode == 0 and cp.stdout.endswith("PP OK\n"), \
+                    f"{rpi}: " + show(cp) + logs(c)
+                assert [ln.split()[1] for ln in cp.stdout.splitlines()
+                        if ln.startswith("PP size=")] == [
+                    "size=0", "size=64", "size=8192", "size=16384"], show(cp)
+            cp = c.hosts[0].run(["lamhalt"], timeout=30)
+            assert cp.returncode == 0, show(cp) + logs(c)
+            halted = True
+            deadline = time.monotonic() + 15
+            while any(h.user_pids() for h in c.hosts) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert {h.name: h.user_pids() for h in c.hosts} == {h.name: [] for h in c.hosts}
+        finally:
+            if not halted:
+                c.hosts[0].run(["lamwipe", hf], timeout=60)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
