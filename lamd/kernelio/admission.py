@@ -136,6 +136,8 @@ class Admission:
         c.mask = select.EPOLLIN
         self.loop.add_reader(c.fd, lambda ev, c=c: self._on_client(c, ev))
         self.kernel.connect(c, pid, uid)
+        if self.crash is not None:
+            self.crash.add(c)  # systemd keeps it across a crash
         self._read(c)  # a client writes its attach right after connecting: it may be here
 
     def _pin(self: "KernelIO", sock: socket.socket, pid: int) -> tuple[int | None, str]:

@@ -30,6 +30,7 @@ from ..session.kkill import KillFile, KillFileWriter, proc_starttime
 from .admission import Admission
 from .handover import DRAIN_TIMEOUT, REEXEC_SIGNAL, safe_point
 from .kio import ConnIO
+from .fdstore import CrashKeeper
 from .loop import EventLoop
 from .transfer import Connection
 from .watches import WatchSet
@@ -74,6 +75,8 @@ class KernelIO(Admission, ConnIO):
             self.killfile_entries)
         self._starttime_due: list[Connection] = []  # attached, start time not yet read
         self._resume_due = False
+        #: the crash state and systemd's descriptor store (:mod:`.fdstore`), under systemd
+        self.crash: "CrashKeeper | None" = None
         self.stopping = False
         #: a re-exec asked for (:mod:`.handover`): no new clients or requests
         #: until every body in flight has moved, then the loop ends
@@ -207,6 +210,8 @@ class KernelIO(Admission, ConnIO):
             self._flush_dirty()
         if self._kill.due:
             self._kill.flush()
+        if self.crash is not None and self.crash.due:
+            self.crash.settle()
 
     def shutdown(self, *, unlink_socket: str | None = None, grace: float = 0.0) -> None:
         """``kio_shutdown``: kkillall, close everything, remove session files.
@@ -228,6 +233,9 @@ class KernelIO(Admission, ConnIO):
         for c in list(self.conns.values()):
             self._close(c, notify_kernel=False)
         self._watches.close()
+        if self.crash is not None:
+            self.crash.close()
+            self.crash = None
         self.loop.remove(self.listener.fileno())
         self.listener.close()
         self._kill.close()
@@ -301,9 +309,12 @@ class KernelIO(Admission, ConnIO):
     # carrying out the kernel's actions
     # ------------------------------------------------------------------
     def _apply(self, actions: list[Any]) -> None:
+        crash = self.crash
         for a in actions:
             t = type(a)
             if t is K.Reply:
+                if crash is not None:
+                    crash.replying(a.conn)  # before a byte of it is written
                 self._queue(a.conn, a.reply.pack())
             elif t is K.Transfer:
                 src, dst = a.src, a.dst
@@ -329,6 +340,8 @@ class KernelIO(Admission, ConnIO):
                     self._start_move(a.src, None, a.length, 0, a.token)
             elif t is K.Signal:
                 self._signal(a)
+                if crash is not None and a.conn is not None:
+                    crash.due.add(a.conn)  # kpreempt: its flags changed
             elif t is K.Close:
                 c = a.conn
                 if not c.closed:

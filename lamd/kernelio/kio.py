@@ -116,6 +116,8 @@ class ConnIO:
                 self._parse(c)
 
     def _handle(self: "KernelIO", c: Connection, req: KReq) -> None:
+        if self.crash is not None:
+            self.crash.pending(c, req)  # a crash from now on: made again for it
         self._apply(self.kernel.request(c, req))
         if self._dirty:
             self._flush_dirty()
@@ -317,6 +319,8 @@ class ConnIO:
             return
         c.closed = True
         self.conns.pop(c.fd, None)
+        if self.crash is not None:
+            self.crash.drop(c)
         if self._refusing:
             self._accepting_again()
         self.loop.handlers.pop(c.fd, None)  # closing the socket takes it out of epoll

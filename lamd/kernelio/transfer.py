@@ -78,7 +78,7 @@ class Connection:
     """One client socket and what is queued on it."""
 
     __slots__ = ("sock", "fd", "pid", "uid", "pidfd", "inbuf", "move", "out", "queued",
-                 "mask", "closing", "closed", "read_paused", "pending", "starttime")
+                 "mask", "closing", "closed", "read_paused", "pending", "starttime", "slot")
 
     def __init__(self, sock: socket.socket, pid: int, uid: int) -> None:
         self.sock = sock
@@ -96,6 +96,7 @@ class Connection:
         self.read_paused = False
         self.pending = False  # in the I/O layer's queue of clients with requests to serve
         self.starttime: int | None = None  # from /proc, once read (for lamd-clients)
+        self.slot = -1  # its name in systemd's descriptor store (lamd.kernelio.fdstore)
 
     def __repr__(self) -> str:
         return f"<conn fd={self.fd} pid={self.pid}>"

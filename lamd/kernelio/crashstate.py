@@ -1,0 +1,184 @@
+"""The state a crash cannot take: one record per client connection in a
+memfd mapping that systemd keeps in its file descriptor store (issue 12).
+
+LAM has no counterpart: the C lamd's clients die with it. A re-exec
+(:mod:`.handover`) has time to write a snapshot; a ``SIGKILL`` or a
+watchdog ``SIGABRT`` has none. So the I/O layer keeps, from the start, what
+a successor needs to serve the clients on, in a shared mapping of a memfd
+stored as ``FDNAME=state`` (:mod:`.fdstore`): plain stores into memory, no
+system call per request. Every client connection is stored beside it as
+``FDNAME=c<slot>``; the record of slot *n* describes the connection stored
+as ``c<n>``.
+
+The mapping: a 64-byte header (magic ``LAMDCRSH``, format version, record
+size, number of slots, the daemon's uid, a BLAKE2b-128 digest of the
+session directory, a CRC-32 of the header), then one fixed-size record per
+slot. A record: whether the slot is in use, whether its process is attached
+and its request state, then pid, uid, index, priority, LAM signal bits,
+kernel flags, attach order, block order, start time, and a whole ``struct
+kreq`` (the request the client waits on, or just its ``fyi`` words), with a
+CRC-32 of the record.
+
+Request states (``req``):
+
+* :data:`REQ_NONE`: the client owes and is owed nothing: idle or computing;
+* :data:`REQ_PENDING`: the client waits for the reply to the stored
+  request, and not one byte of that reply was written: a successor makes
+  the request again for it (a blocked receiver carries on);
+* :data:`REQ_REPLYING`: a reply or a message body is on its way, to or
+  from the client: a successor cannot know where in the stream the client
+  is, so it closes the connection, and liblam reports ``ENOKERNEL``.
+
+:func:`decode` refuses, with one :class:`CrashStateError` line, a mapping
+that is truncated, of another format or record size, another uid or
+session, or has any record that fails its CRC or is inconsistent: the
+daemon then starts clean, never half-restored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from dataclasses import dataclass
+
+from ..kernel.constants import KNFYI, KQATTACH, KQDUMP
+from ..kernel.wire import KREQ_SIZE, KReq
+
+MAGIC = b"LAMDCRSH"
+#: Bumped whenever a record's meaning changes; a daemon reads only its own.
+FORMAT_VERSION = 1
+#: magic, version, record size, slots, uid, session digest, crc of the rest
+HEADER = struct.Struct("<8sIIII16s")
+HEADER_SIZE = 64
+REQ_NONE, REQ_PENDING, REQ_REPLYING = 0, 1, 2
+#: used, attached, req, pad, pid, uid, index, priority, signal, flags,
+#: attach order, block order, start time, the request
+_BODY = struct.Struct(f"<BBBxiIiiiiQQQ{KREQ_SIZE}s")
+_CRC = struct.Struct("<I")
+RECORD_SIZE = _BODY.size + _CRC.size
+_EMPTY = bytes(RECORD_SIZE)
+
+
+class CrashStateError(ValueError):
+    """A crash state that cannot be trusted; the message is one log line."""
+
+
+@dataclass(slots=True)
+class Record:
+    """What a successor learns of one stored connection."""
+
+    slot: int
+    pid: int
+    uid: int
+    attached: bool = False
+    req: int = REQ_NONE
+    index: int = -1
+    priority: int = 0
+    signal: int = 0
+    flags: int = 0
+    seq: int = 0  # attach order (the lists' tie-break, the kill file's order)
+    bseq: int = 0  # block order (a successor makes the requests again in it)
+    starttime: int = 0  # 0: not read yet
+    kreq: bytes = bytes(KREQ_SIZE)  # the pending request, or the process's fyi
+
+    @property
+    def request(self) -> KReq:
+        return KReq.unpack(self.kreq)
+
+
+def session_digest(session: str) -> bytes:
+    return hashlib.blake2b(session.encode(), digest_size=16, person=b"lamd-crash").digest()
+
+
+def size_for(nslots: int) -> int:
+    """Bytes of a mapping with *nslots* records."""
+    return HEADER_SIZE + nslots * RECORD_SIZE
+
+
+def header(nslots: int, *, uid: int, session: str) -> bytes:
+    head = HEADER.pack(MAGIC, FORMAT_VERSION, RECORD_SIZE, nslots, uid, session_digest(session))
+    head += _CRC.pack(zlib.crc32(head))
+    return head + bytes(HEADER_SIZE - len(head))
+
+
+def encode_record(r: Record) -> bytes:
+    """The record bytes of *r* (slot in use)."""
+    if len(r.kreq) != KREQ_SIZE:
+        raise ValueError("a record's request is one struct kreq")
+    body = _BODY.pack(1, 1 if r.attached else 0, r.req, r.pid, r.uid, r.index, r.priority,
+                      r.signal, r.flags, r.seq, r.bseq, r.starttime, r.kreq)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def write_record(buf: bytearray | memoryview, r: Record) -> None:
+    """Store *r* in its slot of *buf* (the mapping): memory stores only."""
+    off = HEADER_SIZE + r.slot * RECORD_SIZE
+    buf[off:off + RECORD_SIZE] = encode_record(r)
+
+
+def clear_record(buf: bytearray | memoryview, slot: int) -> None:
+    off = HEADER_SIZE + slot * RECORD_SIZE
+    buf[off:off + RECORD_SIZE] = _EMPTY
+
+
+def fyi_request(fyi: tuple[int, ...]) -> bytes:
+    """A request field holding only a process's ``fyi`` words (no request)."""
+    return KReq(req=-1, fyi=tuple(fyi)[:KNFYI]).pack()
+
+
+def decode(data: bytes | bytearray | memoryview, *, uid: int, session: str) -> dict[int, Record]:
+    """The records in use in *data*, by slot; raises :class:`CrashStateError`."""
+    data = memoryview(data)
+    if len(data) < HEADER_SIZE:
+        raise CrashStateError(f"crash state truncated: {len(data)} bytes, no header")
+    magic, version, recsize, nslots, s_uid, digest = HEADER.unpack_from(data)
+    (crc,) = _CRC.unpack_from(data, HEADER.size)
+    if magic != MAGIC:
+        raise CrashStateError("crash state: not a lamd crash state (bad magic)")
+    if zlib.crc32(data[:HEADER.size]) != crc:
+        raise CrashStateError("crash state: header fails its checksum")
+    if version != FORMAT_VERSION or recsize != RECORD_SIZE:
+        raise CrashStateError(f"crash state of format {version} (record {recsize} bytes); "
+                              f"this lamd reads format {FORMAT_VERSION} ({RECORD_SIZE} bytes)")
+    if s_uid != uid:
+        raise CrashStateError(f"crash state of uid {s_uid}, not this daemon's uid {uid}")
+    if digest != session_digest(session):
+        raise CrashStateError(f"crash state of another session than {session}")
+    if len(data) < size_for(nslots):
+        raise CrashStateError(f"crash state truncated: {len(data)} bytes for {nslots} slots "
+                              f"({size_for(nslots)} needed)")
+    out: dict[int, Record] = {}
+    indexes: set[int] = set()
+    for slot in range(nslots):
+        off = HEADER_SIZE + slot * RECORD_SIZE
+        rec = data[off:off + RECORD_SIZE]
+        if rec[0] == 0:
+            if rec != _EMPTY:
+                raise CrashStateError(f"crash state: free slot {slot} is not empty")
+            continue
+        (crc,) = _CRC.unpack_from(rec, _BODY.size)
+        if zlib.crc32(rec[:_BODY.size]) != crc:
+            raise CrashStateError(f"crash state: record {slot} fails its checksum")
+        (used, attached, req, pid, r_uid, index, priority, sig, flags, seq, bseq,
+         starttime, kreq) = _BODY.unpack_from(rec)
+        if used != 1 or attached > 1 or req > REQ_REPLYING:
+            raise CrashStateError(f"crash state: record {slot} has bad flags")
+        if r_uid != uid or pid <= 0:
+            raise CrashStateError(f"crash state: record {slot} names pid {pid} uid {r_uid}")
+        if attached:
+            if index < 0 or index in indexes:
+                raise CrashStateError(f"crash state: record {slot} has index {index} "
+                                      "(negative or used twice)")
+            indexes.add(index)
+        elif req == REQ_PENDING and KReq.unpack(kreq).req not in (KQATTACH, KQDUMP):
+            raise CrashStateError(f"crash state: record {slot} waits on a request "
+                                  "but is not attached")
+        out[slot] = Record(slot, pid, r_uid, bool(attached), req, index, priority, sig, flags,
+                           seq, bseq, starttime, bytes(kreq))
+    return out
+
+
+__all__ = ["MAGIC", "FORMAT_VERSION", "HEADER_SIZE", "RECORD_SIZE", "REQ_NONE", "REQ_PENDING",
+           "REQ_REPLYING", "CrashStateError", "Record", "session_digest", "size_for", "header",
+           "encode_record", "write_record", "clear_record", "fyi_request", "decode"]

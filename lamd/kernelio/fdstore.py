@@ -1,0 +1,373 @@
+"""Surviving a crash: every client connection and the crash state in
+systemd's file descriptor store (issue 12; ``docs/restart.md``).
+
+LAM has no counterpart. Under ``lamd@USER.service`` (``FileDescriptorStoreMax=``)
+:class:`CrashKeeper` stores, through sd_notify (``FDSTORE=1``):
+
+* one memfd (``FDNAME=state``), mapped shared in the daemon, holding one
+  :mod:`.crashstate` record per stored connection, rewritten by plain
+  memory stores as the connection's process attaches, blocks, is answered
+  or changes priority: no system call per request;
+* each client connection as it is accepted (``FDNAME=c<slot>``), taken out
+  (``FDSTOREREMOVE=1``) when it goes. PID 1 also drops one whose peer hangs up.
+
+A daemon that ``Restart=on-failure`` starts after a ``SIGKILL`` or a
+watchdog abort gets all of them back (``LISTEN_FDNAMES``) and
+:func:`recover` rebuilds what the records say: each attached process with
+its index, priority, LAM signal bits and flags, in attach order; each
+connection's peer checked again (``SO_PEERCRED`` and a new pidfd); the
+requests the blocked clients wait on, to be made again in the order they
+blocked (:attr:`Recovered.redo`), so a blocked receiver carries on as if
+nothing happened. A connection whose record says a reply or a body was on
+its way (:data:`~.crashstate.REQ_REPLYING`) is closed: where the client is
+in its stream cannot be known, and liblam reports ``ENOKERNEL`` rather than
+hang. What the kernel's internal processes held (bufferd's packets) is lost.
+
+A crash state that is refused (:class:`~.crashstate.CrashStateError`) is
+logged in one line; every stored descriptor is closed and taken out of the
+store, and the daemon starts clean.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import logging
+import mmap
+import os
+import re
+import select
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Protocol
+
+from ..kernel import ksnapshot
+from ..kernel.constants import KMSG2, KQRECV, KQSEND, KQSR, KSRECV, KSSEND
+from ..kernel.kouter import Kernel
+from ..kernel.wire import KReq
+from . import crashstate as cs
+from .transfer import Connection
+
+log = logging.getLogger("lamd.kernelio")
+
+STATE_NAME = "state"
+_CONN_NAME = re.compile(r"c(\d+)\Z")
+_UCRED = struct.Struct("3i")
+_HUNG_UP = select.POLLHUP | select.POLLRDHUP | select.POLLERR
+#: block order of a request read but not yet blocked: made again last
+_NOT_BLOCKED = (1 << 63) - 1
+
+
+class FdStore(Protocol):
+    """What :class:`CrashKeeper` needs of sd_notify (:class:`lamd.service.Notifier`)."""
+
+    def fdstore(self, name: str, fd: int) -> bool: ...
+    def fdstore_remove(self, name: str) -> None: ...
+
+
+def conn_name(slot: int) -> str:
+    return f"c{slot}"
+
+
+def is_stored_name(name: str) -> bool:
+    """True for the names this module stores (the rest is the socket unit's)."""
+    return name == STATE_NAME or _CONN_NAME.match(name) is not None
+
+
+class CrashKeeper:
+    """The crash state of one daemon, and its connections in the store."""
+
+    def __init__(self, kernel: Kernel, store: FdStore, memfd: int, mm: mmap.mmap,
+                 nslots: int, used: Iterable[int] = ()) -> None:
+        self.kernel = kernel
+        self.store = store
+        self.memfd = memfd
+        self.mm = mm
+        self.nslots = nslots
+        used = set(used)
+        self._next = max(used) + 1 if used else 0
+        self._free = [s for s in range(self._next) if s not in used]
+        heapq.heapify(self._free)
+        self.due: set[Connection] = set()  # to bring up to date at the end of the turn
+        self._full_warned = False
+
+    @classmethod
+    def create(cls, kernel: Kernel, store: FdStore, *, uid: int, session: str,
+               nslots: int) -> "CrashKeeper | None":
+        """A fresh crash state stored as ``state``; None (one log line) if it cannot be."""
+        try:
+            memfd = os.memfd_create("lamd-crash-state", os.MFD_CLOEXEC)
+        except OSError as e:
+            log.error("crash state: memfd_create: %s; a crash will lose the clients", e.strerror)
+            return None
+        try:
+            size = cs.size_for(nslots)
+            os.ftruncate(memfd, size)
+            mm = mmap.mmap(memfd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            mm[:cs.HEADER_SIZE] = cs.header(nslots, uid=uid, session=session)
+        except OSError as e:
+            os.close(memfd)
+            log.error("crash state: %s; a crash will lose the clients", e.strerror)
+            return None
+        store.fdstore_remove(STATE_NAME)  # one of a predecessor that was refused
+        if not store.fdstore(STATE_NAME, memfd):
+            mm.close()
+            os.close(memfd)
+            return None
+        return cls(kernel, store, memfd, mm, nslots)
+
+    @classmethod
+    def adopt(cls, kernel: Kernel, store: FdStore, memfd: int,
+              slots: Iterable[int]) -> "CrashKeeper":
+        """The crash state a predecessor of this very process (a re-exec) kept."""
+        size = os.fstat(memfd).st_size
+        mm = mmap.mmap(memfd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        nslots = (size - cs.HEADER_SIZE) // cs.RECORD_SIZE
+        return cls(kernel, store, memfd, mm, nslots, slots)
+
+    # -- connections come and go ------------------------------------------
+    def add(self, c: Connection) -> None:
+        """Store a new connection (its record first, then the descriptor)."""
+        if self._free:
+            slot = heapq.heappop(self._free)
+        elif self._next < self.nslots:
+            slot = self._next
+            self._next += 1
+        else:
+            if not self._full_warned:
+                self._full_warned = True
+                log.warning("crash state full (%d connections): newer clients would not "
+                            "survive a crash", self.nslots)
+            return
+        c.slot = slot
+        cs.write_record(self.mm, cs.Record(slot, c.pid, c.uid))
+        if not self.store.fdstore(conn_name(slot), c.fd):
+            cs.clear_record(self.mm, slot)
+            heapq.heappush(self._free, slot)
+            c.slot = -1
+
+    def drop(self, c: Connection) -> None:
+        """*c* is closed: its record and its stored descriptor go."""
+        slot = c.slot
+        if slot < 0:
+            return
+        c.slot = -1
+        self.due.discard(c)
+        cs.clear_record(self.mm, slot)
+        self.store.fdstore_remove(conn_name(slot))
+        heapq.heappush(self._free, slot)
+
+    def close(self) -> None:
+        """A clean stop: the state is no longer anyone's."""
+        self.store.fdstore_remove(STATE_NAME)
+        self.mm.close()
+        os.close(self.memfd)
+
+    # -- requests and replies -----------------------------------------------
+    def pending(self, c: Connection, req: KReq) -> None:
+        """*c*'s request *req* was read: until it is answered, a successor makes it again."""
+        if c.slot < 0:
+            return
+        p = self.kernel.proc_of(c)
+        self._write(c, p, cs.REQ_PENDING, req.pack(), _NOT_BLOCKED)
+        self.due.add(c)
+
+    def replying(self, c: Connection) -> None:
+        """A reply (and maybe a body) is about to be written to *c*."""
+        if c.slot < 0:
+            return
+        p = self.kernel.proc_of(c)
+        self._write(c, p, cs.REQ_REPLYING, cs.fyi_request(p.fyi if p else ()), 0)
+        self.due.add(c)
+
+    def settle(self) -> None:
+        """End of a turn: every connection touched whose reply and bodies are
+        all written gets the record of its process as the kernel now has it."""
+        for c in list(self.due):
+            if c.closed or c.slot < 0:
+                self.due.discard(c)
+            elif not c.out and c.move is None and not c.closing:
+                self.due.discard(c)
+                self._settle(c)
+
+    def _settle(self, c: Connection) -> None:
+        p = self.kernel.proc_of(c)
+        if p is None or p.state not in (KSSEND, KSRECV):
+            self._write(c, p, cs.REQ_NONE, cs.fyi_request(p.fyi if p else ()), 0)
+            return
+        if p.state == KSRECV:
+            req = KReq(req=KQRECV, index=p.index, pid=p.pid, fyi=p.fyi, msg=p.msg)
+        elif p.flags & KMSG2:
+            req = KReq(req=KQSR, index=p.index, pid=p.pid, fyi=p.fyi, msg=p.msg, msg2=p.msg2)
+        else:
+            req = KReq(req=KQSEND, index=p.index, pid=p.pid, fyi=p.fyi, msg=p.msg)
+        self._write(c, p, cs.REQ_PENDING, req.pack(), p.bkey[1])
+
+    def _write(self, c: Connection, p, req: int, kreq: bytes, bseq: int) -> None:
+        if p is None:
+            r = cs.Record(c.slot, c.pid, c.uid, False, req, kreq=kreq,
+                          starttime=c.starttime or 0)
+        else:
+            r = cs.Record(c.slot, c.pid, c.uid, True, req, p.index, p.priority, p.signal,
+                          p.flags & ~KMSG2, p.seq, bseq, c.starttime or 0, kreq)
+        cs.write_record(self.mm, r)
+
+
+# ---------------------------------------------------------------------------
+# after a crash
+# ---------------------------------------------------------------------------
+@dataclass
+class Recovered:
+    """What a daemon restarted after a crash took back from the store."""
+
+    keeper: CrashKeeper
+    conns: dict[int, Connection] = field(default_factory=dict)  # by descriptor
+    redo: list[tuple[Connection, KReq]] = field(default_factory=list)  # in block order
+    dropped: int = 0
+
+
+def _discard(store: FdStore, name: str, fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    store.fdstore_remove(name)
+
+
+def discard_all(store: FdStore, stored: dict[str, int]) -> None:
+    """Close every stored descriptor and take it out of the store."""
+    for name, fd in stored.items():
+        _discard(store, name, fd)
+
+
+def _peer(fd: int) -> tuple[socket.socket, int, int, int]:
+    """The stored connection *fd* as a socket, its peer's pid and uid, and a
+    pidfd pinning that peer; raises OSError if it cannot be had."""
+    sock = socket.socket(fileno=fd)
+    try:
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            raise OSError(errno.ENOTSOCK, "not a stream socket")
+        pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                       _UCRED.size))
+        pidfd = os.pidfd_open(pid)
+        # the pid is the peer's while the peer holds its end (as in admission)
+        p = select.poll()
+        p.register(fd, select.POLLIN | select.POLLRDHUP)
+        for _fd, ev in p.poll(0):
+            if ev & _HUNG_UP:
+                os.close(pidfd)
+                raise OSError(errno.ECONNRESET, "the client has gone")
+    except OSError:
+        sock.detach()
+        raise
+    return sock, pid, uid, pidfd
+
+
+def recover(stored: dict[str, int], kernel: Kernel, store: FdStore, *, uid: int,
+            session: str) -> Recovered | None:
+    """Take back what a crashed predecessor stored (*stored*: name to
+    descriptor, every name :func:`is_stored_name`), into *kernel* (booted).
+
+    None (one log line, every stored descriptor closed and removed) when
+    the crash state is refused or missing; the caller starts clean.
+    """
+    stored = dict(stored)
+    memfd = stored.pop(STATE_NAME, None)
+    try:
+        if memfd is None:
+            raise cs.CrashStateError(f"{len(stored)} connections stored without a crash state")
+        size = os.fstat(memfd).st_size
+        if size < cs.HEADER_SIZE:
+            raise cs.CrashStateError(f"crash state truncated: {size} bytes, no header")
+        mm = mmap.mmap(memfd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            records = cs.decode(mm, uid=uid, session=session)
+        except cs.CrashStateError:
+            mm.close()
+            raise
+    except (cs.CrashStateError, OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) else str(e)
+        log.error("after a crash: %s: refused, starting clean (%d stored connections closed)",
+                  why, len(stored))
+        if memfd is not None:
+            _discard(store, STATE_NAME, memfd)
+        discard_all(store, stored)
+        return None
+    os.set_inheritable(memfd, False)
+    have_slots = (size - cs.HEADER_SIZE) // cs.RECORD_SIZE
+    keeper = CrashKeeper(kernel, store, memfd, mm, have_slots)
+    out = Recovered(keeper)
+    found: dict[int, tuple[int, str]] = {}
+    for name, fd in stored.items():
+        m = _CONN_NAME.match(name)
+        slot = int(m.group(1)) if m else -1
+        if slot in records and slot not in found:
+            found[slot] = (fd, name)
+        else:
+            _discard(store, name, fd)
+            out.dropped += 1
+    for slot in set(records) - set(found):
+        cs.clear_record(mm, slot)  # its client went while we were down
+    attached: list[tuple[cs.Record, Connection]] = []
+    for slot, (fd, name) in found.items():
+        r = records[slot]
+        why = ""
+        try:
+            sock, pid, p_uid, pidfd = _peer(fd)
+        except OSError as e:
+            why = e.strerror or str(e)
+        else:
+            if (pid, p_uid) != (r.pid, r.uid):
+                why = f"its peer is pid {pid} uid {p_uid}"
+                sock.detach()
+                os.close(pidfd)
+        if not why and r.req == cs.REQ_REPLYING:
+            why = "a reply or a message body was on its way at the crash"
+            sock.detach()
+            os.close(pidfd)
+        if why:
+            log.warning("after a crash: closing the connection of pid %d: %s", r.pid, why,
+                        extra={"LAM_PID": r.pid})
+            cs.clear_record(mm, slot)
+            _discard(store, name, fd)
+            out.dropped += 1
+            continue
+        os.set_inheritable(fd, False)
+        sock.setblocking(False)
+        c = Connection(sock, pid, p_uid)
+        c.pidfd = pidfd
+        c.slot = slot
+        c.starttime = r.starttime or None
+        out.conns[c.fd] = c
+        if r.attached:
+            attached.append((r, c))
+        else:
+            kernel.connect(c, pid, p_uid)
+    attached.sort(key=lambda rc: rc[0].seq)
+    for r, c in attached:
+        fyi = r.request.fyi
+        if not ksnapshot.adopt_process(kernel, c, c.pid, c.uid, index=r.index,
+                                       priority=r.priority, signal=r.signal, flags=r.flags,
+                                       fyi=fyi):
+            log.warning("after a crash: closing the connection of pid %d: its index %d is "
+                        "taken", c.pid, r.index, extra={"LAM_PID": c.pid})
+            del out.conns[c.fd]
+            cs.clear_record(mm, c.slot)
+            store.fdstore_remove(conn_name(c.slot))
+            c.sock.close()
+            os.close(c.pidfd)
+            out.dropped += 1
+    keeper._next = max((c.slot for c in out.conns.values()), default=-1) + 1
+    used = {c.slot for c in out.conns.values()}
+    keeper._free = [s for s in range(keeper._next) if s not in used]
+    heapq.heapify(keeper._free)
+    pending = [(records[c.slot].bseq, records[c.slot].seq, c) for c in out.conns.values()
+               if records[c.slot].req == cs.REQ_PENDING]
+    pending.sort(key=lambda t: (t[0], t[1]))
+    out.redo = [(c, records[c.slot].request) for _b, _s, c in pending]
+    return out
+
+
+__all__ = ["STATE_NAME", "FdStore", "CrashKeeper", "Recovered", "conn_name", "is_stored_name",
+           "discard_all", "recover"]

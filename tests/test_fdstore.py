@@ -1,0 +1,369 @@
+"""A crash keeps the clients (issue 12): the crash state's codec, and a
+daemon SIGKILLed under stock liblam clients and started again with what it
+left in a descriptor store.
+
+The codec (:mod:`lamd.kernelio.crashstate`) is property-tested: records
+round-trip, and a mapping truncated anywhere, with any bit flipped in a
+part that is in use, of another format, uid or session is refused with one
+:class:`CrashStateError` line.
+
+The by-hand tests play systemd's part with :class:`FakeStore`: a notify
+socket that keeps what ``FDSTORE=1`` hands it (and drops what
+``FDSTOREREMOVE=1`` names), and a launcher that passes it to the next
+daemon as ``LISTEN_FDS``/``LISTEN_FDNAMES``, as ``Restart=on-failure``
+does. ``tests/system/test_systemd.py`` runs the same under a real systemd.
+"""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from lamd.kernelio import crashstate as cs
+from lamd.kernel.wire import KREQ_SIZE, KReq, KMsg
+from tests import lamenv
+from tests.test_cclient import Clients, ok
+from tests.test_crash import read_lines, wait_listed
+
+UID, SESSION = 1234, "/tmp/lam-u@h"
+
+# ---------------------------------------------------------------------------
+# the codec
+
+
+records = st.builds(
+    cs.Record, slot=st.integers(0, 15), pid=st.integers(1, 2**31 - 1), uid=st.just(UID),
+    attached=st.just(True), req=st.sampled_from([cs.REQ_NONE, cs.REQ_PENDING, cs.REQ_REPLYING]),
+    index=st.integers(0, 10**6), priority=st.integers(-2**31, 2**31 - 1),
+    signal=st.integers(-2**31, 2**31 - 1), flags=st.integers(-2**31, 2**31 - 1),
+    seq=st.integers(0, 2**64 - 1), bseq=st.integers(0, 2**64 - 1),
+    starttime=st.integers(0, 2**64 - 1), kreq=st.binary(min_size=KREQ_SIZE, max_size=KREQ_SIZE))
+
+
+def vars_(r: cs.Record) -> list:
+    return [getattr(r, f) for f in cs.Record.__slots__]
+
+
+def mapping(recs: list[cs.Record], nslots: int = 16) -> bytearray:
+    buf = bytearray(cs.size_for(nslots))
+    buf[:cs.HEADER_SIZE] = cs.header(nslots, uid=UID, session=SESSION)
+    for r in recs:
+        cs.write_record(buf, r)
+    return buf
+
+
+def distinct(recs: list[cs.Record]) -> list[cs.Record]:
+    by_slot: dict[int, cs.Record] = {}
+    indexes: set[int] = set()
+    for r in recs:
+        if r.slot not in by_slot and r.index not in indexes:
+            by_slot[r.slot] = r
+            indexes.add(r.index)
+    return list(by_slot.values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(records, max_size=16))
+def test_records_round_trip(recs):
+    recs = distinct(recs)
+    buf = mapping(recs)
+    assert cs.decode(buf, uid=UID, session=SESSION) == {r.slot: r for r in recs}
+    for r in recs[:2]:  # a connection that goes leaves a free slot behind
+        cs.clear_record(buf, r.slot)
+    assert cs.decode(buf, uid=UID, session=SESSION) == {r.slot: r for r in recs[2:]}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(records, min_size=1, max_size=4), st.data())
+def test_truncated_or_flipped_is_refused(recs, data):
+    recs = distinct([cs.Record(r.slot % 4, *list(vars_(r))[1:]) for r in recs])
+    buf = mapping(recs, nslots=4)
+    cut = data.draw(st.integers(0, len(buf) - 1))
+    with pytest.raises(cs.CrashStateError):
+        cs.decode(buf[:cut], uid=UID, session=SESSION)
+    # any bit of the header, or of a record in use
+    spans = [(0, cs.HEADER.size + 4)] + [
+        (cs.HEADER_SIZE + r.slot * cs.RECORD_SIZE, cs.HEADER_SIZE + (r.slot + 1) * cs.RECORD_SIZE)
+        for r in recs]
+    lo, hi = data.draw(st.sampled_from(spans))
+    bit = data.draw(st.integers(lo * 8, hi * 8 - 1))
+    flipped = bytearray(buf)
+    flipped[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(cs.CrashStateError):
+        cs.decode(flipped, uid=UID, session=SESSION)
+
+
+def test_other_uid_session_or_version_refused_by_name():
+    buf = mapping([cs.Record(0, 42, UID, True, cs.REQ_NONE, 7)])
+    with pytest.raises(cs.CrashStateError, match="of uid 1234, not this daemon's uid 99"):
+        cs.decode(buf, uid=99, session=SESSION)
+    with pytest.raises(cs.CrashStateError, match="another session"):
+        cs.decode(buf, uid=UID, session="/tmp/lam-v@h")
+    other = bytearray(buf)
+    head = cs.HEADER.pack(cs.MAGIC, cs.FORMAT_VERSION + 1, cs.RECORD_SIZE, 16, UID,
+                          cs.session_digest(SESSION))
+    other[:cs.HEADER.size + 4] = head + cs._CRC.pack(__import__("zlib").crc32(head))
+    with pytest.raises(cs.CrashStateError, match=f"of format {cs.FORMAT_VERSION + 1}"):
+        cs.decode(other, uid=UID, session=SESSION)
+    with pytest.raises(cs.CrashStateError, match="bad magic"):
+        cs.decode(bytes(len(buf)), uid=UID, session=SESSION)
+
+
+def test_inconsistent_records_refused():
+    twice = mapping([cs.Record(0, 42, UID, True, index=7), cs.Record(1, 43, UID, True, index=7)])
+    with pytest.raises(cs.CrashStateError, match="index 7"):
+        cs.decode(twice, uid=UID, session=SESSION)
+    waits = mapping([cs.Record(0, 42, UID, False, cs.REQ_PENDING,
+                               kreq=KReq(req=1, msg=KMsg(event=5)).pack())])
+    with pytest.raises(cs.CrashStateError, match="not attached"):
+        cs.decode(waits, uid=UID, session=SESSION)
+    stranger = mapping([cs.Record(0, 42, UID + 1, True, index=3)])
+    with pytest.raises(cs.CrashStateError, match="uid 1235"):
+        cs.decode(stranger, uid=UID, session=SESSION)
+
+
+# ---------------------------------------------------------------------------
+# by hand, systemd's part played by FakeStore
+
+LAUNCHER = r"""
+import fcntl, os, sys
+fds = [int(x) for x in os.environ.pop("FAKE_FDS").split(",") if x]
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 1000) for fd in fds]
+for fd in fds:
+    os.close(fd)
+for i, fd in enumerate(high):
+    os.dup2(fd, 3 + i)
+    os.close(fd)
+if fds:
+    os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(fds)),
+                      LISTEN_FDNAMES=os.environ.pop("FAKE_NAMES"))
+os.execv(sys.executable, [sys.executable, "-m", "lamd", *sys.argv[1:]])
+"""
+
+
+class FakeStore:
+    """systemd's notify socket and descriptor store, for a daemon run by hand."""
+
+    def __init__(self, work) -> None:
+        self.path = str(work / "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock.bind(self.path)
+        os.chmod(self.path, 0o777)
+        self.sock.settimeout(0.2)
+        self.fds: list[tuple[str, int]] = []
+        self.messages: list[str] = []
+        self.lock = threading.Lock()
+        self.stopped = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped:
+            try:
+                msg, anc, _f, _a = self.sock.recvmsg(4096, socket.CMSG_SPACE(16 * 4))
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            fds = array.array("i")
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(data[:len(data) - len(data) % 4])
+            text = msg.decode(errors="replace")
+            fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+            with self.lock:
+                self.messages.append(text)
+                if fields.get("FDSTORE") == "1":
+                    for fd in fds:
+                        os.set_inheritable(fd, False)
+                        self.fds.append((fields.get("FDNAME", "stored"), fd))
+                    continue
+                if fields.get("FDSTOREREMOVE") == "1":
+                    for name, fd in [x for x in self.fds if x[0] == fields.get("FDNAME")]:
+                        os.close(fd)
+                        self.fds.remove((name, fd))
+            for fd in fds:
+                os.close(fd)
+
+    def names(self) -> list[str]:
+        with self.lock:
+            return [n for n, _ in self.fds]
+
+    def close(self) -> None:
+        self.stopped = True
+        self.thread.join(timeout=5)
+        self.sock.close()
+        for _n, fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+
+class StoredDaemon(lamenv.PyDaemon):
+    """``python3 -m lamd`` started with the store's descriptors, as
+    ``Restart=on-failure`` starts a service with its descriptor store."""
+
+    def __init__(self, session, pkgdir, store: FakeStore, launcher: str) -> None:
+        super().__init__(session, pkgdir)
+        self.store = store
+        self.launcher = launcher
+
+    def start(self, wait_killfile: bool = True) -> None:
+        with self.store.lock:
+            fds = list(self.store.fds)
+        env = dict(self.s.env, PYTHONPATH=str(self.pkgdir), PYTHONDONTWRITEBYTECODE="1",
+                   NOTIFY_SOCKET=self.store.path, FAKE_FDS=",".join(str(fd) for _n, fd in fds),
+                   FAKE_NAMES=":".join(n for n, _fd in fds))
+        self._log = open(self.logfile, "a")
+        self.proc = self.s.popen([lamenv.SYSTEM_PYTHON, "-c", self.launcher, *self.args],
+                                 env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                 pass_fds=[fd for _n, fd in fds])
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"lamd exited:\n{self.log()}"
+            try:
+                if read_lines(self.s.killfile)[:1] == [str(self.proc.pid)]:
+                    return
+            except (FileNotFoundError, AssertionError):
+                pass
+            time.sleep(0.02)
+        pytest.fail(f"lamd did not serve within 15 s:\n{self.log()}")
+
+
+@pytest.fixture
+def store(lam_session):
+    s = FakeStore(lam_session.work)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def stored_daemon(lam_session, lamd_pkg, store):
+    daemons: list[StoredDaemon] = []
+
+    def start() -> StoredDaemon:
+        d = StoredDaemon(lam_session, lamd_pkg, store, LAUNCHER)
+        d.start()
+        daemons.append(d)
+        return d
+
+    yield start
+    for d in daemons:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.terminate()
+            try:
+                d.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                d.proc.kill()
+                d.proc.wait(timeout=10)
+        d._log.close()
+
+
+def log_count(d, pattern: str) -> int:
+    return len(re.findall(pattern, d.logfile.read_text(errors="replace")))
+
+
+def wait_for(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.02)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def sigkill(d) -> None:
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(timeout=10)
+
+
+def test_sigkill_keeps_blocked_and_idle_clients_and_pairs_never_hang(
+        lam_session, stored_daemon, store, kclient):
+    """Blocked receivers, and ping-pong pairs mid-run: SIGKILL, a new daemon
+    with the store. Every blocked receiver stays blocked, listed in the new
+    kill file, and gets its message (every byte checked); every pair
+    completes or errors (a client caught mid-reply or mid-body), none hangs."""
+    d = stored_daemon()
+    k = Clients(d, kclient)
+    base = 400000 + os.getpid() % 1000 * 64
+    blocked = [k.start("block", base + 40 + i, 0, 4096) for i in range(3)]
+    for p in blocked:
+        k.wait_state(p, 2)
+    pairs = []
+    for i in range(6):
+        ev = base + 4 * i
+        pairs.append(k.start("pingpong", "pong", ev, 3000, 64))
+        pairs.append(k.start("pingpong", "ping", ev, 3000, 64))
+    wait_listed(lam_session.killfile, {p.pid for p in pairs + blocked})
+    assert len([n for n in store.names() if n.startswith("c")]) >= len(pairs) + len(blocked)
+    assert "state" in store.names()
+    time.sleep(0.3)
+    assert all(p.poll() is None for p in pairs), "pairs ended before the crash"
+    sigkill(d)
+    d2 = stored_daemon()
+    assert log_count(d2, r"after a crash: took back \d+ clients") == 1, d2.log()
+    assert log_count(d2, "refused") == 0, d2.log()
+    wait_listed(lam_session.killfile, {p.pid for p in blocked})
+    assert read_lines(lam_session.killfile)[0] == str(d2.proc.pid)
+    for i, p in enumerate(blocked):
+        assert p.poll() is None
+        k.wait_state(p, 2)  # blocked in the new daemon, in the same krecv
+        cp, r = k.run("send", base + 40 + i, 0, 4096)
+        ok(cp, r)
+        cp, r = k.finish(p, timeout=30)
+        ok(cp, r)
+    counts = {"completed": 0, "errored": 0, "hung": 0}
+    for p in pairs:
+        try:
+            out, _err = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate(timeout=10)
+            counts["hung"] += 1
+            continue
+        counts["completed" if p.returncode == 0 and "OK" in out else "errored"] += 1
+    print(f"SIGKILL with {len(pairs) // 2} pairs mid-run: {counts}")
+    assert counts["hung"] == 0, counts
+    assert counts["completed"] >= len(pairs) // 2, counts  # most were blocked, not mid-body
+    cp = lam_session.run(["tping", "-c", "2", "N"], timeout=30)
+    assert cp.returncode == 0, cp.stdout + cp.stderr + d2.log()
+
+
+def test_corrupt_crash_state_is_refused_and_the_daemon_starts_clean(
+        lam_session, stored_daemon, store, kclient):
+    """A crash state with one byte changed: one log line, every stored
+    connection closed (the blocked client sees its kernel go: ENOKERNEL),
+    and the daemon serves afresh."""
+    d = stored_daemon()
+    k = Clients(d, kclient)
+    ev = 500000 + os.getpid() % 1000
+    p = k.start("block", ev, 0, 64)
+    k.wait_state(p, 2)
+    sigkill(d)
+    with store.lock:
+        memfd = next(fd for n, fd in store.fds if n == "state")
+    data = bytearray(os.pread(memfd, cs.HEADER_SIZE + 4 * cs.RECORD_SIZE, 0))
+    used = next(i for i in range(4) if data[cs.HEADER_SIZE + i * cs.RECORD_SIZE])
+    off = cs.HEADER_SIZE + used * cs.RECORD_SIZE + 8
+    os.pwrite(memfd, bytes([data[off] ^ 0x40]), off)
+    d2 = stored_daemon()
+    lines = re.findall(r".*after a crash.*", d2.logfile.read_text(errors="replace"))
+    assert len(lines) == 1 and "fails its checksum: refused, starting clean" in lines[0], d2.log()
+    cp, _ = k.finish(p, timeout=15)
+    assert cp.returncode != 0  # its kernel went: liblam gives up, never hangs
+    assert read_lines(lam_session.killfile) == [str(d2.proc.pid)]
+    wait_for(lambda: store.names() == ["state"] or sorted(store.names()).count("state") == 1,
+             5, "the refused descriptors to leave the store")
+    assert not [n for n in store.names() if n.startswith("c")], store.names()
+    cp = lam_session.run(["tping", "-c", "1", "N"], timeout=30)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
