@@ -42,7 +42,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from ..kernel.constants import KNFYI, KQATTACH, KQDUMP
+from ..kernel.constants import KNFYI
 from ..kernel.wire import KREQ_SIZE, KReq
 
 MAGIC = b"LAMDCRSH"
@@ -51,13 +51,22 @@ FORMAT_VERSION = 1
 #: magic, version, record size, slots, uid, session digest, crc of the rest
 HEADER = struct.Struct("<8sIIII16s")
 HEADER_SIZE = 64
-REQ_NONE, REQ_PENDING, REQ_REPLYING = 0, 1, 2
-#: used, attached, req, pad, pid, uid, index, priority, signal, flags,
-#: attach order, block order, start time, the request
-_BODY = struct.Struct(f"<BBBxiIiiiiQQQ{KREQ_SIZE}s")
+REQ_NONE, REQ_PENDING, REQ_REPLYING, REQ_RECEIVING = 0, 1, 2, 3
+#: the part a CRC-32 covers: used, attached, pid, uid, index, priority,
+#: signal, flags, attach order, start time
+_IDENT = struct.Struct("<BBxxiIiiiiQQ")
 _CRC = struct.Struct("<I")
-RECORD_SIZE = _BODY.size + _CRC.size
+#: the part rewritten with every request (no CRC: the request is checked as
+#: any client's is): req, the slot of the other end of the body in flight
+#: (-1: none), block order, then the ``struct kreq``
+_REQ = struct.Struct("<BxxxiQ")
+REQ_AT = _IDENT.size + _CRC.size
+KREQ_AT = REQ_AT + _REQ.size
+RECORD_SIZE = KREQ_AT + KREQ_SIZE
 _EMPTY = bytes(RECORD_SIZE)
+#: ``kq_req`` written before a request is received straight into the record
+#: (:data:`REQ_RECEIVING`): still there, nothing was received
+SENTINEL = struct.pack("<i", 0x7FFFFFFF)
 
 
 class CrashStateError(ValueError):
@@ -81,6 +90,7 @@ class Record:
     bseq: int = 0  # block order (a successor makes the requests again in it)
     starttime: int = 0  # 0: not read yet
     kreq: bytes = bytes(KREQ_SIZE)  # the pending request, or the process's fyi
+    partner: int = -1  # REQ_REPLYING: the other end of the body in flight
 
     @property
     def request(self) -> KReq:
@@ -106,9 +116,37 @@ def encode_record(r: Record) -> bytes:
     """The record bytes of *r* (slot in use)."""
     if len(r.kreq) != KREQ_SIZE:
         raise ValueError("a record's request is one struct kreq")
-    body = _BODY.pack(1, 1 if r.attached else 0, r.req, r.pid, r.uid, r.index, r.priority,
-                      r.signal, r.flags, r.seq, r.bseq, r.starttime, r.kreq)
-    return body + _CRC.pack(zlib.crc32(body))
+    ident = _IDENT.pack(1, 1 if r.attached else 0, r.pid, r.uid, r.index, r.priority,
+                        r.signal, r.flags, r.seq, r.starttime)
+    return ident + _CRC.pack(zlib.crc32(ident)) + _REQ.pack(r.req, r.partner, r.bseq) + r.kreq
+
+
+def record_offset(slot: int) -> int:
+    return HEADER_SIZE + slot * RECORD_SIZE
+
+
+def write_request(buf: bytearray | memoryview, slot: int, req: int, kreq: bytes,
+                  bseq: int = 0) -> None:
+    """Only the request part of a record (the process is unchanged)."""
+    off = record_offset(slot) + REQ_AT
+    buf[off:off + _REQ.size + KREQ_SIZE] = _REQ.pack(req, -1, bseq) + kreq
+
+
+def write_partner(buf: bytearray | memoryview, slot: int, partner: int) -> None:
+    """A body starts between *slot* and *partner* (both REQ_REPLYING already)."""
+    off = record_offset(slot) + REQ_AT + 4
+    buf[off:off + 4] = struct.pack("<i", partner)
+
+
+def arm_receive(buf: bytearray | memoryview, slot: int) -> int:
+    """An idle client's next request is about to be received straight into
+    its record: mark it so, and return the offset of the ``struct kreq`` to
+    receive into. A successor that finds :data:`REQ_RECEIVING` with the
+    :data:`SENTINEL` still there knows nothing came."""
+    off = record_offset(slot)
+    buf[off + REQ_AT] = REQ_RECEIVING
+    buf[off + KREQ_AT:off + KREQ_AT + 4] = SENTINEL
+    return off + KREQ_AT
 
 
 def write_record(buf: bytearray | memoryview, r: Record) -> None:
@@ -124,7 +162,8 @@ def clear_record(buf: bytearray | memoryview, slot: int) -> None:
 
 def fyi_request(fyi: tuple[int, ...]) -> bytes:
     """A request field holding only a process's ``fyi`` words (no request)."""
-    return KReq(req=-1, fyi=tuple(fyi)[:KNFYI]).pack()
+    words = tuple(fyi)[:KNFYI]
+    return KReq(req=-1, fyi=words + (0,) * (KNFYI - len(words))).pack()
 
 
 def decode(data: bytes | bytearray | memoryview, *, uid: int, session: str) -> dict[int, Record]:
@@ -157,13 +196,20 @@ def decode(data: bytes | bytearray | memoryview, *, uid: int, session: str) -> d
             if rec != _EMPTY:
                 raise CrashStateError(f"crash state: free slot {slot} is not empty")
             continue
-        (crc,) = _CRC.unpack_from(rec, _BODY.size)
-        if zlib.crc32(rec[:_BODY.size]) != crc:
+        (crc,) = _CRC.unpack_from(rec, _IDENT.size)
+        if zlib.crc32(rec[:_IDENT.size]) != crc:
             raise CrashStateError(f"crash state: record {slot} fails its checksum")
-        (used, attached, req, pid, r_uid, index, priority, sig, flags, seq, bseq,
-         starttime, kreq) = _BODY.unpack_from(rec)
-        if used != 1 or attached > 1 or req > REQ_REPLYING:
+        (used, attached, pid, r_uid, index, priority, sig, flags, seq,
+         starttime) = _IDENT.unpack_from(rec)
+        req, partner, bseq = _REQ.unpack_from(rec, REQ_AT)
+        kreq = bytes(rec[KREQ_AT:])
+        if (used != 1 or attached > 1 or req > REQ_RECEIVING or any(rec[REQ_AT + 1:REQ_AT + 4])
+                or partner < -1 or partner >= nslots):
             raise CrashStateError(f"crash state: record {slot} has bad flags")
+        if req == REQ_RECEIVING:
+            # the successor's question: did the request arrive before the crash?
+            req = REQ_NONE if kreq[:4] == SENTINEL else REQ_PENDING
+            bseq = (1 << 63) - 1
         if r_uid != uid or pid <= 0:
             raise CrashStateError(f"crash state: record {slot} names pid {pid} uid {r_uid}")
         if attached:
@@ -171,14 +217,11 @@ def decode(data: bytes | bytearray | memoryview, *, uid: int, session: str) -> d
                 raise CrashStateError(f"crash state: record {slot} has index {index} "
                                       "(negative or used twice)")
             indexes.add(index)
-        elif req == REQ_PENDING and KReq.unpack(kreq).req not in (KQATTACH, KQDUMP):
-            raise CrashStateError(f"crash state: record {slot} waits on a request "
-                                  "but is not attached")
         out[slot] = Record(slot, pid, r_uid, bool(attached), req, index, priority, sig, flags,
-                           seq, bseq, starttime, bytes(kreq))
+                           seq, bseq, starttime, kreq, partner)
     return out
 
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "HEADER_SIZE", "RECORD_SIZE", "REQ_NONE", "REQ_PENDING",
-           "REQ_REPLYING", "CrashStateError", "Record", "session_digest", "size_for", "header",
-           "encode_record", "write_record", "clear_record", "fyi_request", "decode"]
+           "REQ_REPLYING", "REQ_RECEIVING", "SENTINEL", "CrashStateError", "Record", "session_digest", "size_for", "header",
+           "encode_record", "record_offset", "write_request", "write_partner", "arm_receive", "write_record", "clear_record", "fyi_request", "decode"]

@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol
 
 from ..kernel import ksnapshot
-from ..kernel.constants import KMSG2, KQRECV, KQSEND, KQSR, KSRECV, KSSEND
+from ..kernel.constants import KMSG2, KQRECV, KQSEND, KQSR, KSREADY, KSRECV, KSSEND
 from ..kernel.kouter import Kernel
-from ..kernel.wire import KReq
+from ..kernel.wire import KREQ_SIZE, KReq
 from . import crashstate as cs
 from .transfer import Connection
 
@@ -90,6 +90,9 @@ class CrashKeeper:
         self._free = [s for s in range(self._next) if s not in used]
         heapq.heapify(self._free)
         self.due: set[Connection] = set()  # to bring up to date at the end of the turn
+        #: senders whose body is not yet all written to its receiver: a crash
+        #: now loses the rest, so both stay REQ_REPLYING until it is
+        self.feeding: dict[Connection, object] = {}
         self._full_warned = False
 
     @classmethod
@@ -154,6 +157,7 @@ class CrashKeeper:
             return
         c.slot = -1
         self.due.discard(c)
+        self.feeding.pop(c, None)
         cs.clear_record(self.mm, slot)
         self.store.fdstore_remove(conn_name(slot))
         heapq.heappush(self._free, slot)
@@ -165,20 +169,35 @@ class CrashKeeper:
         os.close(self.memfd)
 
     # -- requests and replies -----------------------------------------------
+    def idle(self, c: Connection) -> bool:
+        """True if *c*'s record says it owes and is owed nothing (so its next
+        request may be received straight into the record: :meth:`arm`)."""
+        if c.slot < 0 or c in self.due or c.move is not None or c.out or c.inbuf:
+            return False
+        p = self.kernel.proc_of(c)
+        return p is None or p.state == KSREADY
+
+    def arm(self, c: Connection) -> memoryview:
+        """Where to receive *c*'s next request: its record's ``struct kreq``,
+        so that a request is never only in this process's memory."""
+        off = cs.arm_receive(self.mm, c.slot)
+        self.due.add(c)
+        return memoryview(self.mm)[off:off + KREQ_SIZE]
+
     def pending(self, c: Connection, req: KReq) -> None:
         """*c*'s request *req* was read: until it is answered, a successor makes it again."""
         if c.slot < 0:
             return
-        p = self.kernel.proc_of(c)
-        self._write(c, p, cs.REQ_PENDING, req.pack(), _NOT_BLOCKED)
         self.due.add(c)
+        if c in self.feeding:
+            return  # its body is not all delivered: it stays REQ_REPLYING
+        cs.write_request(self.mm, c.slot, cs.REQ_PENDING, req.pack(), _NOT_BLOCKED)
 
     def replying(self, c: Connection) -> None:
         """A reply (and maybe a body) is about to be written to *c*."""
         if c.slot < 0:
             return
-        p = self.kernel.proc_of(c)
-        self._write(c, p, cs.REQ_REPLYING, cs.fyi_request(p.fyi if p else ()), 0)
+        self.mm[cs.record_offset(c.slot) + cs.REQ_AT] = cs.REQ_REPLYING
         self.due.add(c)
 
     def settle(self) -> None:
@@ -187,12 +206,43 @@ class CrashKeeper:
         for c in list(self.due):
             if c.closed or c.slot < 0:
                 self.due.discard(c)
-            elif not c.out and c.move is None and not c.closing:
+            elif not c.out and c.move is None and not c.closing and c not in self.feeding:
                 self.due.discard(c)
                 self._settle(c)
 
+    def settle_one(self, c: Connection) -> None:
+        """*c* may have just become quiet (its reply and bodies all written):
+        its record now, not at the end of the turn."""
+        if (c in self.due and not c.out and c.move is None and not c.closing and not c.closed
+                and c not in self.feeding):
+            self.due.discard(c)
+            self._settle(c)
+
+    def moving(self, src: Connection, dst: Connection, m: object) -> None:
+        """A body starts from *src* to *dst* (both had their replies)."""
+        if src.slot >= 0:
+            self.feeding[src] = m
+            if dst.slot >= 0:
+                cs.write_partner(self.mm, src.slot, dst.slot)
+                cs.write_partner(self.mm, dst.slot, src.slot)
+
+    def delivered(self, m: "object") -> None:
+        """The body *m* is all written to its receiver (or its receiver went)."""
+        src = m.src  # type: ignore[attr-defined]
+        if self.feeding.get(src) is m:
+            del self.feeding[src]
+            self.settle_one(src)
+
     def _settle(self, c: Connection) -> None:
         p = self.kernel.proc_of(c)
+        if c.inbuf:
+            # its next request came with the end of its body and waits its
+            # turn in this process's memory: a successor must make it
+            if len(c.inbuf) == KREQ_SIZE:
+                self._write(c, p, cs.REQ_PENDING, bytes(c.inbuf), _NOT_BLOCKED)
+            else:  # part of one, or more than a synchronous client sends
+                self._write(c, p, cs.REQ_REPLYING, cs.fyi_request(p.fyi if p else ()), 0)
+            return
         if p is None or p.state not in (KSSEND, KSRECV):
             self._write(c, p, cs.REQ_NONE, cs.fyi_request(p.fyi if p else ()), 0)
             return
@@ -264,6 +314,20 @@ def _peer(fd: int) -> tuple[socket.socket, int, int, int]:
     return sock, pid, uid, pidfd
 
 
+def delivered(r: cs.Record, records: dict[int, cs.Record]) -> bool:
+    """True if *r* (REQ_REPLYING) received a body that was all written to it.
+
+    The sender's record is rewritten first (:meth:`CrashKeeper.delivered`),
+    the receiver's next: a crash between the two leaves the receiver saying
+    REQ_REPLYING with a partner that is no longer REQ_REPLYING with it."""
+    if r.partner < 0:
+        return False
+    s = records.get(r.partner)
+    if s is None or s.req == cs.REQ_REPLYING and s.partner == r.slot:
+        return False
+    return True
+
+
 def recover(stored: dict[str, int], kernel: Kernel, store: FdStore, *, uid: int,
             session: str) -> Recovered | None:
     """Take back what a crashed predecessor stored (*stored*: name to
@@ -322,8 +386,16 @@ def recover(stored: dict[str, int], kernel: Kernel, store: FdStore, *, uid: int,
                 why = f"its peer is pid {pid} uid {p_uid}"
                 sock.detach()
                 os.close(pidfd)
+        if not why and r.req == cs.REQ_REPLYING and delivered(r, records):
+            # the receiver of a body its sender saw all written (the sender's
+            # record changed first): only its own record was not rewritten
+            r.req = cs.REQ_NONE
         if not why and r.req == cs.REQ_REPLYING:
             why = "a reply or a message body was on its way at the crash"
+            p = records.get(r.partner)
+            log.debug("after a crash: pid %d (slot %d) was replied to, partner slot %d: %s",
+                      r.pid, slot, r.partner, "none" if p is None else
+                      f"pid {p.pid} req {p.req} partner {p.partner}")
             sock.detach()
             os.close(pidfd)
         if why:

@@ -29,6 +29,7 @@ from .loop import EPOLLERR, EPOLLIN, EPOLLOUT
 from .transfer import BodyMove, Connection
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .fdstore import CrashKeeper
     from .kernelio import KernelIO
 
 log = logging.getLogger("lamd.kernelio")
@@ -60,6 +61,10 @@ class ConnIO:
             # requests are already buffered for its next turn: leave the rest in
             # the socket, so a flooder's backlog stays bounded and it is slowed
             return
+        crash = self.crash
+        if crash is not None and crash.idle(c):
+            self._read_into_record(c, crash)
+            return
         try:
             n = c.sock.recv_into(self._rbuf)
         except (BlockingIOError, InterruptedError):
@@ -81,6 +86,27 @@ class ConnIO:
             return
         else:
             c.inbuf = bytearray(self._rview[:n])
+        self._parse(c)
+
+    def _read_into_record(self: "KernelIO", c: Connection, crash: "CrashKeeper") -> None:
+        """An idle client's next request, received straight into its crash
+        record (:mod:`.fdstore`): a SIGKILL at any moment finds it there."""
+        view = crash.arm(c)
+        try:
+            n = c.sock.recv_into(view, KREQ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(c, "connection error")
+            return
+        if not n:
+            self._drop(c, "closed by client")
+            return
+        if n == KREQ_SIZE and not c.closing:
+            self._handle(c, KReq.unpack(view))
+            return
+        c.inbuf = bytearray(view[:n])
+        crash.settle_one(c)  # part of a request: in this process only, and said so
         self._parse(c)
 
     def _parse(self: "KernelIO", c: Connection) -> None:
@@ -121,6 +147,8 @@ class ConnIO:
         self._apply(self.kernel.request(c, req))
         if self._dirty:
             self._flush_dirty()
+        if self.crash is not None and self.crash.due:
+            self.crash.settle()
 
     def _read_body(self: "KernelIO", c: Connection, m: BodyMove) -> None:
         """Read body bytes from sender *c* into its :class:`BodyMove`."""
@@ -176,6 +204,8 @@ class ConnIO:
             data = bytes(m.collected or b"")
             m.collected = None
             self._apply(self.kernel.body_arrived(m.token, data))
+        if self.crash is not None:
+            self.crash.settle_one(c)
         if c.inbuf and not c.closed:
             self._mark_pending(c)
 
@@ -189,6 +219,8 @@ class ConnIO:
         if dst is not None:
             dst.out.append(m)
             self._dirty.add(dst)
+            if self.crash is not None:
+                self.crash.moving(src, dst, m)
         if m.src_done:
             self._src_finished(m)
         elif m.space() <= 0:
@@ -253,6 +285,8 @@ class ConnIO:
                     m.rpos = m.wpos = 0
                     if m.src_done:
                         out.popleft()
+                        if self.crash is not None:
+                            self.crash.delivered(m)
                         continue
                     if m.src_paused and m.src.move is m:
                         m.src_paused = False
@@ -274,6 +308,8 @@ class ConnIO:
         if c.closing and not out:
             self._close(c, notify_kernel=True)
             return
+        if not out and self.crash is not None:
+            self.crash.settle_one(c)
         want_out = bool(out) and not (type(out[0]) is BodyMove and out[0].rpos >= out[0].wpos)
         if c.read_paused and c.queued <= self.limits.max_queued // 2 and c.move is None:
             self._pause_read(c, False)
@@ -333,6 +369,8 @@ class ConnIO:
             elif m.token is not None and notify_kernel:
                 self._apply(self.kernel.body_failed(m.token))
         for item in c.out:
+            if type(item) is BodyMove and self.crash is not None:
+                self.crash.delivered(item)  # nobody to write the rest to
             if type(item) is BodyMove and item.src.move is item:
                 # we were the receiver: let the sender finish, dropping the rest
                 item.dst = None
