@@ -218,13 +218,17 @@ class CrashKeeper:
             self.due.discard(c)
             self._settle(c)
 
+    def partners(self, src: Connection, dst: Connection) -> None:
+        """A body will go from *src* to *dst* (both being answered)."""
+        if src.slot >= 0 and dst.slot >= 0 and not src.closed and not dst.closed:
+            cs.write_partner(self.mm, src.slot, dst.slot)
+            cs.write_partner(self.mm, dst.slot, src.slot)
+
     def moving(self, src: Connection, dst: Connection, m: object) -> None:
-        """A body starts from *src* to *dst* (both had their replies)."""
+        """A body starts from *src* to *dst*: *src* stays REQ_REPLYING until
+        *dst* has it all (:meth:`delivered`)."""
         if src.slot >= 0:
             self.feeding[src] = m
-            if dst.slot >= 0:
-                cs.write_partner(self.mm, src.slot, dst.slot)
-                cs.write_partner(self.mm, dst.slot, src.slot)
 
     def delivered(self, m: "object") -> None:
         """The body *m* is all written to its receiver (or its receiver went)."""
@@ -346,7 +350,7 @@ def recover(stored: dict[str, int], kernel: Kernel, store: FdStore, *, uid: int,
             raise cs.CrashStateError(f"crash state truncated: {size} bytes, no header")
         mm = mmap.mmap(memfd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         try:
-            records = cs.decode(mm, uid=uid, session=session)
+            records = cs.decode(mm[:], uid=uid, session=session)  # a copy: no view held
         except cs.CrashStateError:
             mm.close()
             raise

@@ -310,11 +310,19 @@ class KernelIO(Admission, ConnIO):
     # ------------------------------------------------------------------
     def _apply(self, actions: list[Any]) -> None:
         crash = self.crash
+        if crash is not None:
+            # every client answered here is marked before a byte is written
+            # to any of them: a SIGKILL in between finds both ends of a
+            # rendezvous marked, never one of them only
+            for a in actions:
+                t = type(a)
+                if t is K.Reply:
+                    crash.replying(a.conn)
+                elif t is K.Transfer:
+                    crash.partners(a.src, a.dst)
         for a in actions:
             t = type(a)
             if t is K.Reply:
-                if crash is not None:
-                    crash.replying(a.conn)  # before a byte of it is written
                 self._queue(a.conn, a.reply.pack())
             elif t is K.Transfer:
                 src, dst = a.src, a.dst
