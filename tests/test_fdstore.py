@@ -392,3 +392,28 @@ def test_corrupt_crash_state_is_refused_and_the_daemon_starts_clean(
     assert not [n for n in store.names() if n.startswith("c")], store.names()
     cp = lam_session.run(["tping", "-c", "1", "N"], timeout=30)
     assert cp.returncode == 0, cp.stdout + cp.stderr
+
+
+def test_a_reexec_hands_the_crash_state_on(lam_session, stored_daemon, store, kclient):
+    """SIGUSR1 (re-exec in place) carries the crash state and the slots of
+    the connections: a SIGKILL after it still finds a blocked receiver, in
+    the same krecv, and nothing left over in the store."""
+    d = stored_daemon()
+    k = Clients(d, kclient)
+    ev = 520000 + os.getpid() % 1000
+    p = k.start("block", ev, 0, 256)
+    k.wait_state(p, 2)
+    names = sorted(store.names())
+    d.proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: log_count(d, r"re-exec: restored") == 1, 20, "the re-exec")
+    k.wait_state(p, 2)
+    assert sorted(store.names()) == names  # the same process: the same store
+    sigkill(d)
+    d2 = stored_daemon()
+    assert log_count(d2, r"after a crash: took back \d+ clients") == 1, d2.log()
+    assert log_count(d2, "closing the connection|refused") == 0, d2.log()
+    k.wait_state(p, 2)
+    cp, r = k.run("send", ev, 0, 256)
+    ok(cp, r)
+    cp, r = k.finish(p, timeout=30)
+    ok(cp, r)
