@@ -276,13 +276,18 @@ def keep_across_crash(io: KernelIO, notifier: "service.Notifier", stored: dict[s
     io.crash = rec.keeper
     handover.adopt_connections(io, rec.conns)
     io._kill.rewrite_due()  # the kill file lists the clients taken back
+    for src, dst, length, skip in rec.resume:  # bodies not a byte of which had moved
+        if not src.closed and not dst.closed:
+            io.crash.due.update((src, dst))
+            io._start_move(src, dst, length, skip)
     for c, req in rec.redo:
         if not c.closed:
             io._handle(c, req)
     io._end_turn()
     log.info("after a crash: took back %d clients (%d processes attached, %d requests made "
-             "again, %d connections closed) in %.0f ms", len(rec.conns), io.kernel.nclients,
-             len(rec.redo), rec.dropped, (time.monotonic() - t0) * 1000)
+             "again, %d message bodies started again, %d connections closed) in %.0f ms",
+             len(rec.conns), io.kernel.nclients, len(rec.redo), len(rec.resume), rec.dropped,
+             (time.monotonic() - t0) * 1000)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -357,7 +357,8 @@ def test_sigkill_keeps_blocked_and_idle_clients_and_pairs_never_hang(
         counts["completed" if done else "errored"] += 1
         if not done:
             bad.append(f"{p.args[2:4]} pid {p.pid} rc {p.returncode}: {out[-200:]} {err[-200:]}")
-    print(f"SIGKILL with {len(pairs) // 2} pairs mid-run: {counts}")
+    print(f"SIGKILL with {len(pairs) // 2} pairs mid-run: {counts}; " +
+          re.findall(r"after a crash: took back.*", d2.logfile.read_text())[0])
     assert counts["hung"] == 0, (counts, bad, d2.log())
     assert counts["completed"] + counts["errored"] == len(pairs), counts
     cp = lam_session.run(["tping", "-c", "2", "N"], timeout=30)

@@ -132,6 +132,52 @@ def write_request(buf: bytearray | memoryview, slot: int, req: int, kreq: bytes,
     buf[off:off + _REQ.size + KREQ_SIZE] = _REQ.pack(req, -1, bseq) + kreq
 
 
+def write_ident(buf: bytearray | memoryview, slot: int, ident: tuple) -> None:
+    """Only the process part of a record: *ident* is (attached, pid, uid,
+    index, priority, signal, flags, attach order, start time)."""
+    off = record_offset(slot)
+    head = _IDENT.pack(1, *ident)
+    buf[off:off + REQ_AT] = head + _CRC.pack(zlib.crc32(head))
+
+
+def write_state(buf: bytearray | memoryview, slot: int, req: int, bseq: int = 0) -> None:
+    """Only the request state and block order (the request stays as it is)."""
+    _REQ.pack_into(buf, record_offset(slot) + REQ_AT, req, -1, bseq)
+
+
+#: A body in flight, in a REQ_REPLYING record's ``struct kreq`` after its
+#: fixed part (``kq_msg`` onwards): role, length, bytes skipped, whether the
+#: receiver had its reply (and padding) all written when the body started,
+#: the request the sender was answered on, and body bytes moved so far
+#: (read from the sender, or written to the receiver)
+MOVE_AT = KREQ_AT + 56
+_MOVE = struct.Struct("<iiiiiQ")
+MOVE_SRC, MOVE_DST = 1, 2
+
+
+@dataclass(slots=True, frozen=True)
+class Move:
+    role: int
+    length: int
+    skip: int
+    ready: int
+    code: int
+    moved: int
+
+
+def write_move(buf: bytearray | memoryview, slot: int, m: Move) -> None:
+    _MOVE.pack_into(buf, record_offset(slot) + MOVE_AT, m.role, m.length, m.skip, m.ready,
+                    m.code, m.moved)
+
+
+def write_moved(buf: bytearray | memoryview, slot: int, moved: int) -> None:
+    struct.pack_into("<Q", buf, record_offset(slot) + MOVE_AT + 20, moved)
+
+
+def read_move(r: "Record") -> Move:
+    return Move(*_MOVE.unpack_from(r.kreq, MOVE_AT - KREQ_AT))
+
+
 def write_partner(buf: bytearray | memoryview, slot: int, partner: int) -> None:
     """A body starts between *slot* and *partner* (both REQ_REPLYING already)."""
     off = record_offset(slot) + REQ_AT + 4
@@ -224,4 +270,4 @@ def decode(data: bytes | bytearray | memoryview, *, uid: int, session: str) -> d
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "HEADER_SIZE", "RECORD_SIZE", "REQ_NONE", "REQ_PENDING",
            "REQ_REPLYING", "REQ_RECEIVING", "SENTINEL", "CrashStateError", "Record", "session_digest", "size_for", "header",
-           "encode_record", "record_offset", "write_request", "write_partner", "arm_receive", "write_record", "clear_record", "fyi_request", "decode"]
+           "encode_record", "record_offset", "write_request", "write_ident", "write_state", "write_partner", "Move", "MOVE_SRC", "MOVE_DST", "write_move", "write_moved", "read_move", "arm_receive", "write_record", "clear_record", "fyi_request", "decode"]

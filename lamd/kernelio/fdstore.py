@@ -47,7 +47,7 @@ from ..kernel.constants import KMSG2, KQRECV, KQSEND, KQSR, KSREADY, KSRECV, KSS
 from ..kernel.kouter import Kernel
 from ..kernel.wire import KREQ_SIZE, KReq
 from . import crashstate as cs
-from .transfer import Connection
+from .transfer import BodyMove, Connection
 
 log = logging.getLogger("lamd.kernelio")
 
@@ -57,6 +57,8 @@ _UCRED = struct.Struct("3i")
 _HUNG_UP = select.POLLHUP | select.POLLRDHUP | select.POLLERR
 #: block order of a request read but not yet blocked: made again last
 _NOT_BLOCKED = (1 << 63) - 1
+#: body bytes moved: being read, how many not yet known
+_UNKNOWN = (1 << 64) - 1
 
 
 class FdStore(Protocol):
@@ -93,6 +95,10 @@ class CrashKeeper:
         #: senders whose body is not yet all written to its receiver: a crash
         #: now loses the rest, so both stay REQ_REPLYING until it is
         self.feeding: dict[Connection, object] = {}
+        #: what each record holds already: its process part, and the code of
+        #: the request in its ``struct kreq`` (None: not the one it is in)
+        self._ident: dict[Connection, tuple] = {}
+        self._last: dict[Connection, int | None] = {}
         self._full_warned = False
 
     @classmethod
@@ -158,6 +164,8 @@ class CrashKeeper:
         c.slot = -1
         self.due.discard(c)
         self.feeding.pop(c, None)
+        self._ident.pop(c, None)
+        self._last.pop(c, None)
         cs.clear_record(self.mm, slot)
         self.store.fdstore_remove(conn_name(slot))
         heapq.heappush(self._free, slot)
@@ -184,14 +192,18 @@ class CrashKeeper:
         self.due.add(c)
         return memoryview(self.mm)[off:off + KREQ_SIZE]
 
-    def pending(self, c: Connection, req: KReq) -> None:
-        """*c*'s request *req* was read: until it is answered, a successor makes it again."""
+    def pending(self, c: Connection, req: KReq, in_record: bool = False) -> None:
+        """*c*'s request *req* was read (*in_record*: received into its record
+        by :meth:`arm`): until it is answered, a successor makes it again."""
         if c.slot < 0:
             return
         self.due.add(c)
         if c in self.feeding:
+            self._last[c] = None
             return  # its body is not all delivered: it stays REQ_REPLYING
-        cs.write_request(self.mm, c.slot, cs.REQ_PENDING, req.pack(), _NOT_BLOCKED)
+        self._last[c] = req.req
+        if not in_record:  # else REQ_RECEIVING with the request says as much
+            cs.write_request(self.mm, c.slot, cs.REQ_PENDING, req.pack(), _NOT_BLOCKED)
 
     def replying(self, c: Connection) -> None:
         """A reply (and maybe a body) is about to be written to *c*."""
@@ -224,11 +236,42 @@ class CrashKeeper:
             cs.write_partner(self.mm, src.slot, dst.slot)
             cs.write_partner(self.mm, dst.slot, src.slot)
 
-    def moving(self, src: Connection, dst: Connection, m: object) -> None:
-        """A body starts from *src* to *dst*: *src* stays REQ_REPLYING until
-        *dst* has it all (:meth:`delivered`)."""
-        if src.slot >= 0:
-            self.feeding[src] = m
+    def moving(self, src: Connection, dst: Connection, m: "BodyMove") -> None:
+        """A body starts from *src* to *dst* (before a byte of it is read):
+        *src* stays REQ_REPLYING until *dst* has it all (:meth:`delivered`);
+        both records say where the body is, for a successor to start it
+        again if not a byte of it had moved (:func:`recover`)."""
+        if src.slot < 0:
+            return
+        self.feeding[src] = m
+        if dst.slot < 0:
+            return
+        code = self._last.get(src)
+        code = -1 if code is None else code
+        ready = 0 if dst.out else 1  # its reply and padding are all written
+        moved = _UNKNOWN if src.inbuf else 0  # what it holds may be body already
+        cs.write_move(self.mm, src.slot, cs.Move(cs.MOVE_SRC, m.remaining, m.skip, 1, code,
+                                                 moved))
+        cs.write_move(self.mm, dst.slot, cs.Move(cs.MOVE_DST, m.remaining, m.skip, ready,
+                                                 code, 0))
+
+    def reading(self, m: "BodyMove") -> None:
+        """Body bytes are about to be read from *m*'s sender: until
+        :meth:`consumed` says how many, nobody knows."""
+        src = m.src
+        if src.slot >= 0 and m.dst is not None:
+            cs.write_moved(self.mm, src.slot, _UNKNOWN)
+
+    def consumed(self, m: "BodyMove") -> None:
+        """Body bytes were read from *m*'s sender."""
+        src = m.src
+        if src.slot >= 0 and m.dst is not None:
+            cs.write_moved(self.mm, src.slot, m.total - m.remaining - m.skip)
+
+    def sent(self, m: "BodyMove", dst: Connection) -> None:
+        """Body bytes were written to *m*'s receiver *dst*."""
+        if dst.slot >= 0:
+            cs.write_moved(self.mm, dst.slot, m.sent)
 
     def delivered(self, m: "object") -> None:
         """The body *m* is all written to its receiver (or its receiver went)."""
@@ -239,33 +282,45 @@ class CrashKeeper:
 
     def _settle(self, c: Connection) -> None:
         p = self.kernel.proc_of(c)
+        self._write_ident(c, p)
+        slot = c.slot
         if c.inbuf:
             # its next request came with the end of its body and waits its
             # turn in this process's memory: a successor must make it
             if len(c.inbuf) == KREQ_SIZE:
-                self._write(c, p, cs.REQ_PENDING, bytes(c.inbuf), _NOT_BLOCKED)
+                cs.write_request(self.mm, slot, cs.REQ_PENDING, bytes(c.inbuf), _NOT_BLOCKED)
+                self._last[c] = KReq.unpack(c.inbuf).req
             else:  # part of one, or more than a synchronous client sends
-                self._write(c, p, cs.REQ_REPLYING, cs.fyi_request(p.fyi if p else ()), 0)
+                cs.write_state(self.mm, slot, cs.REQ_REPLYING)
             return
         if p is None or p.state not in (KSSEND, KSRECV):
-            self._write(c, p, cs.REQ_NONE, cs.fyi_request(p.fyi if p else ()), 0)
+            cs.write_state(self.mm, slot, cs.REQ_NONE)
             return
         if p.state == KSRECV:
-            req = KReq(req=KQRECV, index=p.index, pid=p.pid, fyi=p.fyi, msg=p.msg)
+            code = KQRECV
         elif p.flags & KMSG2:
+            code = KQSR
+        else:
+            code = KQSEND
+        if self._last.get(c) == code:  # the record holds the very request
+            cs.write_state(self.mm, slot, cs.REQ_PENDING, p.bkey[1])
+            return
+        if code == KQSR:
             req = KReq(req=KQSR, index=p.index, pid=p.pid, fyi=p.fyi, msg=p.msg, msg2=p.msg2)
-        else:
-            req = KReq(req=KQSEND, index=p.index, pid=p.pid, fyi=p.fyi, msg=p.msg)
-        self._write(c, p, cs.REQ_PENDING, req.pack(), p.bkey[1])
+        else:  # a send-receive now in its receive half, or the like
+            req = KReq(req=code, index=p.index, pid=p.pid, fyi=p.fyi, msg=p.msg)
+        cs.write_request(self.mm, slot, cs.REQ_PENDING, req.pack(), p.bkey[1])
+        self._last[c] = code
 
-    def _write(self, c: Connection, p, req: int, kreq: bytes, bseq: int) -> None:
+    def _write_ident(self, c: Connection, p) -> None:
         if p is None:
-            r = cs.Record(c.slot, c.pid, c.uid, False, req, kreq=kreq,
-                          starttime=c.starttime or 0)
+            ident = (0, c.pid, c.uid, -1, 0, 0, 0, 0, c.starttime or 0)
         else:
-            r = cs.Record(c.slot, c.pid, c.uid, True, req, p.index, p.priority, p.signal,
-                          p.flags & ~KMSG2, p.seq, bseq, c.starttime or 0, kreq)
-        cs.write_record(self.mm, r)
+            ident = (1, c.pid, c.uid, p.index, p.priority, p.signal, p.flags & ~KMSG2, p.seq,
+                     c.starttime or 0)
+        if self._ident.get(c) != ident:
+            cs.write_ident(self.mm, c.slot, ident)
+            self._ident[c] = ident
 
 
 # ---------------------------------------------------------------------------
@@ -278,6 +333,8 @@ class Recovered:
     keeper: CrashKeeper
     conns: dict[int, Connection] = field(default_factory=dict)  # by descriptor
     redo: list[tuple[Connection, KReq]] = field(default_factory=list)  # in block order
+    #: bodies to move again from the start: sender, receiver, length, skip
+    resume: list[tuple[Connection, Connection, int, int]] = field(default_factory=list)
     dropped: int = 0
 
 
@@ -332,6 +389,31 @@ def delivered(r: cs.Record, records: dict[int, cs.Record]) -> bool:
     return True
 
 
+def resumable(records: dict[int, cs.Record], found: dict) -> dict[int, int]:
+    """Bodies in flight at the crash that can go on (sender slot to receiver
+    slot): every byte read from the sender had been written to the receiver
+    (nothing was only in the dead daemon's buffer), the receiver had its
+    whole reply, and the rest of the body is still in the sender's socket
+    (or yet to be written). Only a plain send (KQSEND) without bytes to
+    skip: a send-receive's receive half is not in the record."""
+    out: dict[int, int] = {}
+    for slot, r in records.items():
+        if r.req != cs.REQ_REPLYING or r.partner < 0 or slot not in found:
+            continue
+        d = records.get(r.partner)
+        if (d is None or d.req != cs.REQ_REPLYING or d.partner != slot
+                or r.partner not in found):
+            continue
+        ms, md = cs.read_move(r), cs.read_move(d)
+        if (ms.role == cs.MOVE_SRC and md.role == cs.MOVE_DST and ms.moved == md.moved
+                and md.ready == 1 and ms.code == KQSEND and ms.skip == md.skip == 0
+                and ms.length == md.length and 0 <= ms.moved < ms.length):
+            # (all of it read: what the sender wrote after it, its next
+            # request, may have been read too and is lost: not resumable)
+            out[slot] = r.partner
+    return out
+
+
 def recover(stored: dict[str, int], kernel: Kernel, store: FdStore, *, uid: int,
             session: str) -> Recovered | None:
     """Take back what a crashed predecessor stored (*stored*: name to
@@ -377,6 +459,7 @@ def recover(stored: dict[str, int], kernel: Kernel, store: FdStore, *, uid: int,
             out.dropped += 1
     for slot in set(records) - set(found):
         cs.clear_record(mm, slot)  # its client went while we were down
+    resume = resumable(records, found)
     attached: list[tuple[cs.Record, Connection]] = []
     for slot, (fd, name) in found.items():
         r = records[slot]
@@ -394,6 +477,8 @@ def recover(stored: dict[str, int], kernel: Kernel, store: FdStore, *, uid: int,
             # the receiver of a body its sender saw all written (the sender's
             # record changed first): only its own record was not rewritten
             r.req = cs.REQ_NONE
+        if not why and r.req == cs.REQ_REPLYING and (slot in resume or slot in resume.values()):
+            r.req = cs.REQ_NONE  # the body starts again (Recovered.resume)
         if not why and r.req == cs.REQ_REPLYING:
             why = "a reply or a message body was on its way at the crash"
             p = records.get(r.partner)
@@ -434,6 +519,23 @@ def recover(stored: dict[str, int], kernel: Kernel, store: FdStore, *, uid: int,
             c.sock.close()
             os.close(c.pidfd)
             out.dropped += 1
+    by_slot = {c.slot: c for c in out.conns.values()}
+    for s_slot, d_slot in resume.items():
+        src, dst = by_slot.get(s_slot), by_slot.get(d_slot)
+        if src is not None and dst is not None:
+            mv = cs.read_move(records[s_slot])
+            out.resume.append((src, dst, mv.length - mv.moved, 0))
+        else:  # one end is gone: the other cannot be served either
+            for c in (src, dst):
+                if c is not None:
+                    log.warning("after a crash: closing the connection of pid %d: the other "
+                                "end of its message is gone", c.pid, extra={"LAM_PID": c.pid})
+                    del out.conns[c.fd]
+                    cs.clear_record(mm, c.slot)
+                    store.fdstore_remove(conn_name(c.slot))
+                    c.sock.close()
+                    os.close(c.pidfd)
+                    out.dropped += 1
     keeper._next = max((c.slot for c in out.conns.values()), default=-1) + 1
     used = {c.slot for c in out.conns.values()}
     keeper._free = [s for s in range(keeper._next) if s not in used]

@@ -103,7 +103,7 @@ class ConnIO:
             self._drop(c, "closed by client")
             return
         if n == KREQ_SIZE and not c.closing:
-            self._handle(c, KReq.unpack(view))
+            self._handle(c, KReq.unpack(view), True)
             return
         c.inbuf = bytearray(view[:n])
         crash.settle_one(c)  # part of a request: in this process only, and said so
@@ -141,9 +141,9 @@ class ConnIO:
             if not c.closed and c.move is None:
                 self._parse(c)
 
-    def _handle(self: "KernelIO", c: Connection, req: KReq) -> None:
+    def _handle(self: "KernelIO", c: Connection, req: KReq, in_record: bool = False) -> None:
         if self.crash is not None:
-            self.crash.pending(c, req)  # a crash from now on: made again for it
+            self.crash.pending(c, req, in_record)  # a crash from now on: made again for it
         self._apply(self.kernel.request(c, req))
         if self._dirty:
             self._flush_dirty()
@@ -156,6 +156,8 @@ class ConnIO:
         if space <= 0:
             self._pause_read(c, True)
             return
+        if self.crash is not None and m.dst is not None:
+            self.crash.reading(m)
         try:
             if m.dst is not None and not m.skip and len(m.buf) - m.wpos < m.remaining:
                 # a large body: straight into its buffer, no further than it holds
@@ -173,6 +175,8 @@ class ConnIO:
                     if used < n:
                         c.inbuf += self._rview[used:n]
         except (BlockingIOError, InterruptedError):
+            if self.crash is not None and m.dst is not None:
+                self.crash.consumed(m)  # nothing read after all
             return
         except OSError:
             self._drop(c, "connection error mid-body")
@@ -186,6 +190,8 @@ class ConnIO:
 
     def _after_src_progress(self: "KernelIO", m: BodyMove) -> None:
         c = m.src
+        if self.crash is not None and m.dst is not None:
+            self.crash.consumed(m)
         if m.src_done:
             self._src_finished(m)
         elif m.dst is not None and m.space() <= 0:
@@ -213,14 +219,17 @@ class ConnIO:
                     skip: int, token: Any = None) -> BodyMove:
         m = BodyMove(src, dst, length, skip, self.limits.move_buffer, token)
         src.move = m
+        crash = self.crash if dst is not None else None
+        if crash is not None:
+            crash.moving(src, dst, m)  # before a byte of it moves
         if src.inbuf:
             used = m.feed(memoryview(src.inbuf))
             del src.inbuf[:used]
+            if crash is not None and used:
+                crash.consumed(m)
         if dst is not None:
             dst.out.append(m)
             self._dirty.add(dst)
-            if self.crash is not None:
-                self.crash.moving(src, dst, m)
         if m.src_done:
             self._src_finished(m)
         elif m.space() <= 0:
@@ -280,6 +289,9 @@ class ConnIO:
                     if m.rpos < m.wpos:
                         n = send(memoryview(m.buf)[m.rpos:m.wpos])
                         m.rpos += n
+                        m.sent += n
+                        if self.crash is not None:
+                            self.crash.sent(m, c)
                         if m.rpos < m.wpos:
                             break
                     m.rpos = m.wpos = 0

@@ -24,7 +24,7 @@ class BodyMove:
     """
 
     __slots__ = ("src", "dst", "skip", "remaining", "buf", "rpos", "wpos",
-                 "token", "collected", "src_paused")
+                 "token", "collected", "src_paused", "total", "sent")
 
     def __init__(self, src: "Connection", dst: "Connection | None", length: int,
                  skip: int, bufsize: int, token: Any = None) -> None:
@@ -38,6 +38,8 @@ class BodyMove:
         self.rpos = 0
         self.wpos = 0
         self.src_paused = False
+        self.total = length + skip  # bytes to read from the sender
+        self.sent = 0  # body bytes written to the receiver
 
     @property
     def src_done(self) -> bool:
