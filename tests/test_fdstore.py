@@ -308,8 +308,8 @@ def sigkill(d) -> None:
 
 def test_sigkill_keeps_blocked_and_idle_clients_and_pairs_never_hang(
         lam_session, stored_daemon, store, kclient):
-    """Blocked receivers, and ping-pong pairs mid-run: SIGKILL, a new daemon
-    with the store. Every blocked receiver stays blocked, listed in the new
+    """Blocked receivers, six 64 B ping-pong pairs and one of 1 MiB mid-run:
+    SIGKILL, a new daemon with the store. Every blocked receiver stays blocked, listed in the new
     kill file, and gets its message (every byte checked); every pair
     completes or errors (a client caught mid-reply or mid-body), none hangs."""
     d = stored_daemon()
@@ -323,6 +323,9 @@ def test_sigkill_keeps_blocked_and_idle_clients_and_pairs_never_hang(
         ev = base + 4 * i
         pairs.append(k.start("pingpong", "pong", ev, 3000, 64))
         pairs.append(k.start("pingpong", "ping", ev, 3000, 64))
+    ev = base + 30  # and one 1 MiB pair: bodies through the move buffer
+    pairs.append(k.start("pingpong", "pong", ev, 150, 1 << 20))
+    pairs.append(k.start("pingpong", "ping", ev, 150, 1 << 20))
     wait_listed(lam_session.killfile, {p.pid for p in pairs + blocked})
     wait_for(lambda: len([n for n in store.names() if n.startswith("c")])
              >= len(pairs) + len(blocked), 5, "every connection in the store")
