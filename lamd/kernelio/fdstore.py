@@ -454,6 +454,9 @@ def recover(stored: dict[str, int], kernel: Kernel, store: FdStore, *, uid: int,
         slot = int(m.group(1)) if m else -1
         if slot in records and slot not in found:
             found[slot] = (fd, name)
+        elif slot in found:  # a second one by that name: the first stays stored
+            os.close(fd)
+            out.dropped += 1
         else:
             _discard(store, name, fd)
             out.dropped += 1
