@@ -88,7 +88,8 @@ def one(n: int, exes: dict[str, Path]) -> dict:
             time.sleep(0.01)
         stall = time.monotonic() - t0
         m = re.search(r"took back (\d+) clients \((\d+) processes attached, (\d+) requests made "
-                      r"again, (\d+) connections closed\) in (\d+) ms", text)
+                      r"again, \d+ message bodies started again, (\d+) connections closed\) "
+                      r"in (\d+) ms", text)
         assert m, text
         for i, p in enumerate(blocked):
             cp = s.run([exes["kclient"], "send", ev + i, 0, 4096], timeout=60)
