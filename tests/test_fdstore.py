@@ -17,7 +17,6 @@ does. ``tests/system/test_systemd.py`` runs the same under a real systemd.
 from __future__ import annotations
 
 import array
-import fcntl
 import os
 import re
 import signal
@@ -190,7 +189,7 @@ class FakeStore:
         while not self.stopped:
             try:
                 msg, anc, _f, _a = self.sock.recvmsg(4096, socket.CMSG_SPACE(16 * 4))
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

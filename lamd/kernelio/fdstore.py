@@ -40,7 +40,7 @@ import select
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol
+from typing import Iterable, Protocol
 
 from ..kernel import ksnapshot
 from ..kernel.constants import KMSG2, KQRECV, KQSEND, KQSR, KSREADY, KSRECV, KSSEND
