@@ -13,11 +13,14 @@ as ``c<n>``.
 The mapping: a 64-byte header (magic ``LAMDCRSH``, format version, record
 size, number of slots, the daemon's uid, a BLAKE2b-128 digest of the
 session directory, a CRC-32 of the header), then one fixed-size record per
-slot. A record: whether the slot is in use, whether its process is attached
-and its request state, then pid, uid, index, priority, LAM signal bits,
-kernel flags, attach order, block order, start time, and a whole ``struct
-kreq`` (the request the client waits on, or just its ``fyi`` words), with a
-CRC-32 of the record.
+slot. A record has two parts. The process part, with a CRC-32: whether the
+slot is in use, whether its process is attached, pid, uid, index,
+priority, LAM signal bits, kernel flags, attach order, start time. The
+request part, rewritten with every request and not covered by the CRC (a
+request read back from it is checked by the kernel as any client's is):
+the request state, the slot of the other end of a body in flight, the
+block order, and a whole ``struct kreq`` (the request the client waits on;
+while a body is in flight, its :class:`Move` from ``kq_msg`` on).
 
 Request states (``req``):
 
@@ -26,13 +29,17 @@ Request states (``req``):
   request, and not one byte of that reply was written: a successor makes
   the request again for it (a blocked receiver carries on);
 * :data:`REQ_REPLYING`: a reply or a message body is on its way, to or
-  from the client: a successor cannot know where in the stream the client
-  is, so it closes the connection, and liblam reports ``ENOKERNEL``.
+  from the client: unless the body can go on (:class:`Move`), a successor
+  cannot know where in the stream the client is, so it closes the
+  connection, and liblam reports LAM's error rather than hang;
+* :data:`REQ_RECEIVING`: an idle client's next request is being received
+  straight into the record (:func:`arm_receive`): pending if it came.
 
 :func:`decode` refuses, with one :class:`CrashStateError` line, a mapping
 that is truncated, of another format or record size, another uid or
-session, or has any record that fails its CRC or is inconsistent: the
-daemon then starts clean, never half-restored.
+session, or has any record whose process part fails its CRC or that is
+inconsistent (bad flags, an index used twice): the daemon then starts
+clean, never half-restored.
 """
 
 from __future__ import annotations
