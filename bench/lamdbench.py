@@ -81,13 +81,22 @@ def build(work: Path) -> Path:
     pkg.mkdir()
     # the committed daemon (HEAD), never half-edited files in the work tree
     rev = os.environ.get("LAMDBENCH_REV", "HEAD")
-    tar = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "lamd"],
+    compiled = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{rev}:setup.py"],
+                              capture_output=True).returncode == 0
+    paths = ["lamd", "setup.py"] if compiled else ["lamd"]
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, *paths],
                          check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(pkg)], input=tar, check=True)
     global LAMD_COMMIT
     LAMD_COMMIT = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev],
                                  capture_output=True, text=True).stdout.strip()
-    log(f"daemon under test: lamd/ at {rev} = {LAMD_COMMIT}")
+    if compiled and os.environ.get("LAMD_PURE", "") in ("", "0"):
+        # the hot path as the package ships it (mypyc, issue 13)
+        log("compiling the hot path (setup.py build_ext --inplace)")
+        subprocess.run([PY, "setup.py", "build_ext", "--inplace"], cwd=pkg, check=True,
+                       stdout=subprocess.DEVNULL)
+    log(f"daemon under test: lamd/ at {rev} = {LAMD_COMMIT}"
+        f" ({'compiled' if list(pkg.glob('lamd/*__mypyc*.so')) else 'pure Python'})")
     for p in [work, *work.rglob("*")]:
         p.chmod(p.stat().st_mode | 0o055)
     return exe
@@ -308,6 +317,83 @@ class OurDaemon(Daemon):
         shutil.rmtree(self.prefix, ignore_errors=True)
 
 
+# ------------------------------------------------------------ start-up -----
+def startup_c(d: "CDaemon", exe: str) -> dict:
+    """``lamboot`` (hboot starts the C lamd and waits for it), then one client
+    attaches: launch to first reply."""
+    t0 = time.perf_counter()
+    d.start()
+    try:
+        first = d.run([exe, "first"], 60)
+        wall = time.perf_counter() - t0
+    finally:
+        d.stop()
+    return {"launch_to_first_reply_ms": wall * 1e3, "first_reply_ms": first["first_reply_ms"]}
+
+
+def startup_ours(d: "OurDaemon", exe: str) -> dict:
+    """Ours twice: launched by hand (``python3 -m lamd``, the client connecting
+    as soon as the socket is there), and under socket activation
+    (``systemd-socket-activate``, as ``lamd@.socket`` does: the daemon is
+    started by the first connection, which the client times to its reply).
+    Both with the package's .pyc files written (warm)."""
+    out: dict = {}
+    # by hand
+    d._mkprefix()
+    env = {**d.env(), "PYTHONPATH": str(d.work / "pkg")}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([PY, "-m", "lamd", "--log-level", "warning"], user=d.user.pw_uid,
+                            group=d.user.pw_gid, extra_groups=[], env=env, cwd="/tmp",
+                            stdin=subprocess.DEVNULL, stdout=open(d.work / "ours.log", "a"),
+                            stderr=subprocess.STDOUT)
+    try:
+        end = time.time() + 20
+        while not os.path.exists(d.socket_path()):
+            if time.time() > end or proc.poll() is not None:
+                raise RuntimeError("ours: no socket after start")
+            time.sleep(0.001)
+        d.run([exe, "first"], 60)
+        out["launch_to_first_reply_ms"] = (time.perf_counter() - t0) * 1e3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        shutil.rmtree(d.prefix, ignore_errors=True)
+    # socket activation
+    d._mkprefix()
+    sdir = os.path.dirname(d.socket_path())
+    os.mkdir(sdir, 0o700)
+    os.chown(sdir, d.user.pw_uid, d.user.pw_gid)
+    proc = subprocess.Popen(["systemd-socket-activate", "-E", "PYTHONPATH", "-l", d.socket_path(),
+                             PY, "-m", "lamd", "--log-level", "warning", "--jobs=external"],
+                            user=d.user.pw_uid, group=d.user.pw_gid, extra_groups=[], env=env,
+                            cwd="/tmp", stdin=subprocess.DEVNULL,
+                            stdout=open(d.work / "ours.log", "a"), stderr=subprocess.STDOUT)
+    try:
+        end = time.time() + 20
+        while not os.path.exists(d.socket_path()):
+            if time.time() > end or proc.poll() is not None:
+                raise RuntimeError("systemd-socket-activate: no socket")
+            time.sleep(0.01)
+        time.sleep(0.2)  # listening, nothing started yet
+        out["activation_first_reply_ms"] = d.run([exe, "first"], 60)["first_reply_ms"]
+    finally:
+        proc.send_signal(signal.SIGTERM)  # it exec'd the daemon: same pid
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(d.prefix, ignore_errors=True)
+    return out
+
+
+def warm_pyc(pkg: Path) -> None:
+    """Write the package's .pyc files, readable by the benchmark user."""
+    subprocess.run([PY, "-m", "compileall", "-q", str(pkg)], check=True)
+    for p in [pkg, *pkg.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o055)
+
+
 # ------------------------------------------------------------ workloads ----
 class Workloads:
     def __init__(self, exe: Path, quick: bool) -> None:
@@ -320,6 +406,7 @@ class Workloads:
                          MIB: 50 if q else 200}
         self.stream = {MIB: 100 if q else 400, 16 * MIB: 8 if q else 40}
         self.attach_iters = 300 if q else 2000
+        self.routed_iters = {64: 300 if q else 2000, 64 * KIB: 100 if q else 500}
         self.pair_secs = 1.0 if q else 3.0
         self.idle_iters = 1000 if q else 5000
         self.hostile_secs = 1.0 if q else 3.0
@@ -338,6 +425,16 @@ class Workloads:
 
     def attach(self, d: Daemon) -> dict:
         return d.run([self.exe, "attach", str(self.attach_iters)], 600)
+
+    ROUTED_SIZES = (64, 64 * KIB)
+
+    def routed(self, d: Daemon) -> dict:
+        """kinit clients ping-pong with nsend/nrecv through the router and bufferd."""
+        out = {}
+        for s in self.ROUTED_SIZES:
+            n = self.routed_iters[s]
+            out[str(s)] = d.run([self.exe, "npingpong", str(s), str(n), str(max(5, n // 10))], 600)
+        return out
 
     def pairs(self, d: Daemon, n: int) -> dict:
         seen: dict[str, int] = {}
@@ -463,8 +560,8 @@ def main() -> int:
     ap.add_argument("--pairs-ours", help="pair counts run on ours alone (default 250,1000,2500; quick 250,1000)")
     ap.add_argument("--idle-both", default="0,250", help="idle attached clients beside one pair, both daemons")
     ap.add_argument("--idle-ours", help="idle attached clients, ours alone (default 1000,5000; quick 1000)")
-    ap.add_argument("--only", help="comma list of workloads: pingpong,stream,attach,pairs,idle,"
-                    "capacity,hostile,mpirun,mpilat,mpibw")
+    ap.add_argument("--only", help="comma list of workloads: pingpong,stream,attach,routed,startup,"
+                    "pairs,idle,capacity,hostile,mpirun,mpilat,mpibw")
     ap.add_argument("--out", default=str(BENCH / "results" / "latest.json"))
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/performance.md")
     ap.add_argument("--report-only", action="store_true",
@@ -492,7 +589,8 @@ def main() -> int:
     rounds = a.rounds or (2 if a.quick else 3)
     pairs_both = [int(x) for x in a.pairs_both.split(",") if x]
     pairs_ours = [int(x) for x in (a.pairs_ours or ("250,1000" if a.quick else "250,1000,2500")).split(",") if x]
-    only = set(a.only.split(",")) if a.only else {"pingpong", "stream", "attach", "pairs", "idle",
+    only = set(a.only.split(",")) if a.only else {"pingpong", "stream", "attach", "routed",
+                                                  "startup", "pairs", "idle",
                                                   "capacity", "hostile", "mpirun", "mpilat", "mpibw"}
     idle_both = [int(x) for x in a.idle_both.split(",") if x]
     idle_ours = [int(x) for x in (a.idle_ours or ("1000" if a.quick else "1000,5000")).split(",") if x]
@@ -545,6 +643,15 @@ def main() -> int:
         ab("stream", W.streams)
     if "attach" in only:
         ab("attach", W.attach)
+    if "routed" in only:
+        ab("routed", W.routed)
+    if "startup" in only:
+        warm_pyc(work / "pkg")
+        raw["startup"] = {d.name: [] for d in daemons}
+        for r in range(rounds):
+            raw["startup"]["C"].append({"result": startup_c(daemons[0], W.exe)})
+            raw["startup"]["ours"].append({"result": startup_ours(daemons[1], W.exe)})
+        log(f"startup: {raw['startup']}")
     if "pairs" in only:
         for n in pairs_both:
             ab(f"pairs-{n}", W.pairs, n)
@@ -656,6 +763,9 @@ def machine_info() -> dict:
 def analyse(raw: dict, W: Workloads, rounds: int, pairs_both: list[int], pairs_ours: list[int],
             idles: list[int]) -> dict:
     rows: list[dict] = []
+    raw = dict(raw)  # a view with the activation rows on their own (ours only)
+    if "startup" in raw:
+        raw["startup-activation"] = {"ours": raw["startup"].get("ours", [])}
 
     def add(group: str, label: str, unit: str, better: str, getter, key: str) -> None:
         if key not in raw:
@@ -682,6 +792,15 @@ def analyse(raw: dict, W: Workloads, rounds: int, pairs_both: list[int], pairs_o
             lambda r, s=s: r["result"][str(s)]["MBps"], "stream")
     add("attach+detach", "connect, attach, detach, close", "per s", "higher",
         lambda r: r["result"]["per_s"], "attach")
+    for s in W.ROUTED_SIZES:
+        for q in ("p50", "p99"):
+            add("routed round trip (kinit, nsend/nrecv via router and bufferd)",
+                f"routed {fmt_size(s)} {q}", "µs", "lower",
+                lambda r, s=s, q=q: r["result"][str(s)][f"{q}_us"], "routed")
+    add("start-up", "launch to first reply (C: lamboot; ours: python3 -m lamd)", "ms", "lower",
+        lambda r: r["result"]["launch_to_first_reply_ms"], "startup")
+    add("start-up", "socket activation: connect to first reply (warm)", "ms", "lower",
+        lambda r: r["result"]["activation_first_reply_ms"], "startup-activation")
     for n in pairs_both + pairs_ours:
         k = f"pairs-{n}"
         add("many pairs (64 B)", f"{n} pairs: messages/s", "msg/s", "higher",
@@ -883,6 +1002,14 @@ def targets(rows, pairs_both, pairs_ours, idles) -> list[dict]:
     if r and "ratio" in r:
         t.append({"target": "attach rate ≥ 1.0× C lamd", "value": f"{r['ratio']:.2f}×",
                   "holds": r["ratio"] >= 1.0})
+    r = find(rows, "routed 64 B p50")
+    if r and "ratio" in r:
+        t.append({"target": "routed 64 B round trip ≤ 1.0× C lamd", "value": f"{r['ratio']:.2f}×",
+                  "holds": r["ratio"] <= 1.0})
+    r = find(rows, "socket activation: connect to first reply (warm)")
+    if r and "ours" in r:
+        t.append({"target": "socket activation, connect to first reply ≤ 40 ms (ours)",
+                  "value": f"{r['ours']['median']:.0f} ms", "holds": r["ours"]["median"] <= 40})
     for key, label, ok in JOB_TARGETS:
         r = find(rows, JOB_ROWS[key])
         if r and "ratio" in r:
@@ -1067,6 +1194,18 @@ answer exits non-zero and aborts the run.
   16 MiB (LAM's kernel rendezvous: each send waits for the receive); the
   timer stops at the receiver's 0-byte acknowledgement.
 * **attach+detach**: one process loops new connection, `kattach`, `kdetach`, close.
+* **routed round trip**: one pair of `kinit(PRCMD)` clients (kattach, then
+  `rversion` through the router to versiond, as every LAM tool starts)
+  ping-pong with `nsend`/`nrecv` to their own node, through the router and
+  bufferd (8 KiB packets, `NMORE`), 64 B and 64 KiB, every byte checked;
+  p50/p99 after a 10 % warm-up.
+* **start-up**: launch to the first client's attach reply: the C lamd by
+  `lamboot` (its wall time, then one attach), ours by `python3 -m lamd`
+  (the client attaches as soon as the socket exists); and ours under socket
+  activation (`systemd-socket-activate -l SOCKET python3 -m lamd
+  --jobs=external`, as `lamd@.socket` runs it): from the client's connect,
+  which starts the daemon, to its attach reply. The package's `.pyc` files
+  are written first (warm).
 * **many pairs**: N pairs (2N processes) attach, wait at a barrier, then all
   ping-pong 64 B for {m['pair_seconds']} s; aggregate messages/s and p50/p99
   over every round trip (up to 4,000 samples per pair). 2, 16 and 128 pairs

@@ -9,3 +9,8 @@ __version__ = "0.1.0"
 
 #: The LAM release whose wire protocol and behaviour this daemon implements.
 LAM_VERSION = "7.1.4"
+
+# the compiled hot path, or its .py files (LAMD_PURE=1, or a stale build)
+from . import _pure
+
+_pure.install()

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from . import LAM_VERSION, __version__, service
+from . import LAM_VERSION, __version__, _pure, service
 from .boot.agent import BootArgs, BootError, Booted, boot_agent
 from .boot.agent import links as boot_links, routes as boot_routes
 from .iprocs import BootConfigError, boot_table, parse_external, with_stubs
@@ -493,10 +493,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         reload_status("given-up")
 
     io.on_handover_given_up = given_up
-    service.set_proctitle(service.proctitle(user, 0))
+    # setproctitle costs about 13 ms (it moves the environment): after the
+    # first turn, whose clients (socket activation) are waiting already
+    io.loop.call_later(0.0, lambda: service.set_proctitle(service.proctitle(user, 0)))
     log.info("lamd %s serving %s (pid %d; RLIMIT_NOFILE %d allows %d clients, "
-             "two descriptors each; --max-procs %d)", __version__, session.socket_path,
-             os.getpid(), nofile, max(0, (nofile - 32) // 2), args.max_procs)
+             "two descriptors each; --max-procs %d; hot path %s)", __version__,
+             session.socket_path, os.getpid(), nofile, max(0, (nofile - 32) // 2),
+             args.max_procs, "compiled" if _pure.compiled() else "pure Python")
     reload_status("ok" if restored is not None else "started")
     notifier.ready()
     notifier.status(f"{kernel.nclients} clients attached")

@@ -241,6 +241,106 @@ def test_direct_delivery_sends_the_senders_header_and_body_byte_by_byte():
     assert raw == want
 
 
+def test_bufferd_relays_client_packets_without_a_coroutine_turn():
+    """Every message a client sends bufferd is taken at once (IProc.take):
+    its coroutine is not resumed, a packet whose receiver waits is never
+    kept, and bufferd is back in its receive after each."""
+    w = world()
+    a, b = w.client("a", 1001), w.client("b", 1002)
+    bufd = w.kernel.kpfind(100001)
+    turns = []
+
+    class Counting:
+        def __init__(self, coro):
+            self.coro = coro
+
+        def send(self, value):
+            turns.append(value)
+            return self.coro.send(value)
+
+        def close(self):
+            self.coro.close()
+
+    bufd.coro = Counting(bufd.coro)
+    daemon = bufd.iproc.take.__self__
+    msg = os.urandom(3 * MAXNMSGLEN + 5)
+    for _ in range(2):
+        b.bfrecv_start(55, 0, MAXNMSGLEN)  # waits first: packets go straight to it
+        assert b.front().reply == 0 and b.blocked()
+        a.nsend(0, 55, 9, b"direct")
+        assert b.packet()[2] == b"direct" and daemon.buf.count() == 0
+        a.nsend(0, 55, 9, msg)  # kept, then fetched packet by packet
+        assert daemon.buf.count() == 4
+        assert b.nrecv(55, 0, len(msg))[1] == msg
+        assert daemon.buf.count() == 0 and daemon.buf.nspace == 0
+    assert turns == []
+    assert bufd.state == KSRECV and bufd.msg.event == EVBUFFERD
+    w.kernel.check_invariants()
+
+
+def _bfrecv_request(b, event: int, type_: int, length: int):
+    """bfrecv's dsfr as its two parts: the kreq, then the header it writes
+    once the send half is answered (what the kernel reads in between)."""
+    from lamd.kernel.constants import KQSR
+    from lamd.kernel.wire import KMsg
+    from lamd.iprocs.nreq import BFQRECV
+    head = NMsg(dl_event=EVBUFFERD, node=LOCAL, event=EVBUFFERD, type=DLCTL,
+                data=data_words(0, 0, BFQRECV, 0, event, type_, 0, 0))
+    req = KReq(req=KQSR, index=b.index, msg=KMsg(EVBUFFERD, DLCTL, 0, KNMSG),
+               msg2=KMsg(event, type_, length, KNMSG))
+    return req, head
+
+
+def test_nrecv_of_a_kept_packet_is_answered_before_its_request_is_read():
+    """bufferd's peek: the moment an nrecv's dsfr meets bufferd (its BFQRECV
+    header not read yet), the kept packet that request will ask for goes to
+    its receive half; the header, read later, finds it done."""
+    from lamd.kernel import CollectBody, Reply, SendBody
+    w = world()
+    a, b = w.client("a", 1001), w.client("b", 1002)
+    a.nsend(0, 55, 9, b"first")
+    a.nsend(0, 55, 9, b"second")
+    daemon = w.kernel.kpfind(100001).iproc.take.__self__
+    assert daemon.buf.count() == 2
+    req, head = _bfrecv_request(b, 55, 0, 64)
+    acts = w.kernel.request("b", req)
+    assert [type(x) for x in acts] == [Reply, CollectBody, Reply, SendBody]
+    assert acts[0].reply.length == 0  # the send half: only the header to come
+    assert (acts[2].reply.type, acts[2].reply.length) == (9, 5)
+    assert acts[3].data[NMSG_SIZE:] == b"first"
+    assert daemon.buf.count() == 1  # "second" stays for the next nrecv
+    w.run(w.kernel.body_arrived(acts[1].token, head.pack()))
+    assert daemon.buf.count() == 1 and daemon.peek_misses == 0
+    bufd = w.kernel.kpfind(100001)
+    assert bufd.state == KSRECV and bufd.msg.event == EVBUFFERD
+    assert b.nrecv(55, 0, 64)[1] == b"second"
+    w.kernel.check_invariants()
+
+
+def test_a_request_unlike_its_receive_half_is_served_as_sent_and_logged(caplog):
+    """A dsfr whose header asks for another point than its receive half (no
+    LAM library sends one): the packet peek gave its receive half stays
+    given, the request is then served as written, one warning says so."""
+    from lamd.kernel import CollectBody
+    w = world()
+    a, b = w.client("a", 1001), w.client("b", 1002)
+    a.nsend(0, 55, 9, b"kept")
+    a.nsend(0, 56, 9, b"other")
+    daemon = w.kernel.kpfind(100001).iproc.take.__self__
+    req, _ = _bfrecv_request(b, 55, 0, 64)
+    _, head = _bfrecv_request(b, 56, 0, 64)
+    acts = w.kernel.request("b", req)
+    assert any(isinstance(x, CollectBody) for x in acts)
+    w.conns["b"].outbox += head.pack()  # the header comes after the send half's reply
+    w.run(acts)
+    assert daemon.peek_misses == 1 and "did not match" in caplog.text
+    assert daemon.buf.count() == 1  # "other" stays kept: the receiver was served
+    assert b.reply().length == 0  # the send half's reply
+    assert b.packet()[2] == b"kept"
+    assert b.nrecv(56, 0, 64)[1] == b"other"
+    w.kernel.check_invariants()
+
+
 def test_type_matching_and_fifo_order():
     w = world()
     a, b = w.client("a", 1001), w.client("b", 1002)
@@ -518,15 +618,29 @@ def test_node_address_with_only_loopback_is_127_0_0_1(netns):
 
 
 def test_node_address_falls_back_to_loopback(monkeypatch, caplog):
-    import pyroute2
+    def broken(*a, **kw):
+        raise OSError("netlink refused")
 
-    class Broken:
-        def __init__(self, *a, **kw):
-            raise OSError("netlink refused")
-
-    monkeypatch.setattr(pyroute2, "IPRoute", Broken)
+    monkeypatch.setattr(netaddr, "_dump", broken)
     with caplog.at_level(logging.WARNING, logger="lamd.iprocs.netaddr"):
         assert netaddr.node_address() == "127.0.0.1"
     assert [r.getMessage() for r in caplog.records] == [
         "cannot read the default route over netlink (netlink refused); "
         "node address is 127.0.0.1"]
+
+
+def test_node_address_matches_pyroute2_here():
+    """Differential: the hand-read netlink answer is pyroute2's on this host."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        routes = sorted(ipr.get_default_routes(family=socket.AF_INET),
+                        key=lambda r: r.get_attr("RTA_PRIORITY") or 0)
+        want = "127.0.0.1"
+        for r in routes:
+            oif = r.get_attr("RTA_OIF")
+            addrs = [a for a in ipr.get_addr(family=socket.AF_INET, index=oif)
+                     if not a.get("flags", 0) & 1] if oif is not None else []
+            if addrs:
+                want = r.get_attr("RTA_PREFSRC") or addrs[0].get_attr("IFA_LOCAL")
+                break
+    assert netaddr.node_address() == want

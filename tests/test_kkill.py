@@ -107,3 +107,25 @@ def test_leavers_before_the_tail_and_priority_changes_rewrite(t: Turns) -> None:
     t.attach("e", 504)
     assert t.heard["e"] == [KPID, 501, 502, 503, 504]
     assert t.turn() == [KPID, 501, 502, 503, 504]
+
+
+def test_a_pid_that_leaves_and_comes_back_in_one_turn_costs_no_write(t: Turns, monkeypatch) -> None:
+    """LAM's tools attach, work and detach in a loop: when the leaver is seen
+    first (the listener is served last in a turn) its line lists the newcomer,
+    and the file is neither cut nor appended to."""
+    t.attach("a", 500)
+    assert t.turn() == [KPID, 500]
+    calls: list[str] = []
+    for name in ("write", "ftruncate"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda *a, _n=name, _r=real: (calls.append(_n), _r(*a))[1])
+    for conn in ("b", "c", "d"):
+        t.detach("a" if conn == "b" else prev)
+        t.attach(conn, 500)
+        assert t.heard[conn] == [KPID, 500]  # listed before it hears back
+        assert t.turn() == [KPID, 500]
+        prev = conn
+    assert calls == []
+    monkeypatch.undo()
+    t.detach(prev)  # a real leave still cuts its line
+    assert t.turn() == [KPID]

@@ -267,27 +267,28 @@ def test_wait_with_an_event_already_queued_returns_without_the_request() -> None
 
     w, p = boot(main)
     t = held["t"]
-    issued: list[int] = []  # the events of the requests the process makes
-    kqsync = w.kernel._kqsync
-
-    def spy(q: KProc, req: KReq) -> None:
-        if q is p:
-            issued.append(req.msg.event)
-        kqsync(q, req)
-
-    w.kernel._kqsync = spy  # type: ignore[method-assign]
+    # a sender already blocked on EV_X: a receive made even for a moment
+    # would take its message (no spy: the compiled kernel's calls to its own
+    # methods cannot be intercepted)
+    bait = w.client("bait", 701)
+    bait.ksend(EV_X, 0, b"bait")
+    assert bait.blocked()
     w.fire(t.id)  # while busy: queued
     cl = w.client("cl", 700)
     go(w, cl)
     assert seen == [Event(t)]
-    assert issued == [EV_Y]  # the receive on EV_X was never made, not even for a moment
+    assert bait.blocked() and w.conns["bait"].outbox == b"bait"  # never received
     blocked = w.kernel.blocked_list()
-    assert [(q.pid, q.state, q.msg.event) for q in blocked] == [(IPROC, KSSEND, EV_Y)]
+    assert sorted((q.pid, q.state, q.msg.event) for q in blocked) == [
+        (701, KSSEND, EV_X), (IPROC, KSSEND, EV_Y)]
     cl.ksend(EV_X, 0, b"x", KTRY)
     assert cl.reply().reply == errno.EWOULDBLOCK
     cl.krecv(EV_Y, 0, 64)
     assert cl.reply().length == 5 and cl.read(5) == b"never"
     assert len(seen) == 2 and seen[1].length == 5
+    cl.krecv(EV_X, 0, 64)  # the bait's message is still there, whole
+    assert cl.reply().length == 4 and cl.read(4) == b"bait"
+    assert bait.reply().length == 4
     w.kernel.check_invariants()
 
 
@@ -415,6 +416,107 @@ def test_event_during_a_lost_body_interrupts_the_wait() -> None:
     assert c2.reply().reply == errno.EWOULDBLOCK
 
 
+# -- try_send and take: a relay that costs no coroutine turn (bufferd) ---------
+
+
+class CountingCoro:
+    """A process's coroutine, counting how often the kernel resumes it."""
+
+    def __init__(self, coro: Any) -> None:
+        self.coro, self.turns = coro, 0
+
+    def send(self, value: Any) -> Any:
+        self.turns += 1
+        return self.coro.send(value)
+
+    def close(self) -> None:
+        self.coro.close()
+
+
+def test_try_send_delivers_to_a_blocked_receiver_at_once_or_says_ewouldblock() -> None:
+    """k.try_send: LAM's dtry_send from an internal process, no await: the
+    outcome is known before it returns, and the sender's coroutine is not
+    resumed for it."""
+    got: list[int] = []
+
+    async def main(k: IProc) -> None:
+        while True:
+            await k.recv(EV_GO, 0, 64)
+            for _ in range(2):
+                got.append(k.try_send(EV_X, 7, b"payload").reply)
+
+    w, p = boot(main)
+    a, b = w.client("a", 700), w.client("b", 701)
+    go(w, a)
+    assert got == [errno.EWOULDBLOCK, errno.EWOULDBLOCK]  # nobody waits on EV_X
+    b.krecv(EV_X, 0, 64)
+    assert b.blocked()
+    go(w, a)
+    assert got[2:] == [0, errno.EWOULDBLOCK]  # delivered once, then nobody waits again
+    rep = b.reply()
+    assert (rep.reply, rep.type, rep.length) == (0, 7, 7) and b.read(7) == b"payload"
+    assert p.state == KSRECV and p.msg == KMsg(EV_GO, 0, 64, 0)  # back in its receive
+    with pytest.raises(ValueError):
+        p.iproc.kernel.ksend_now(p, KReq(req=KQSEND, msg=KMsg(EV_X, 0, 1, 0)), b"x", None)
+    w.kernel.check_invariants()
+
+
+def test_take_handles_client_messages_without_resuming_the_coroutine() -> None:
+    """k.take: each message a client sends to the plain receive is handed to
+    it (header, body) as soon as its body is read; the process waits in the
+    receive take names, and its coroutine is never resumed for it."""
+    seen: list[tuple[int, bytes]] = []
+
+    async def main(k: IProc) -> None:
+        def take(head: Any, body: Any, ktype: int, peeked: Any) -> KMsg | None:
+            seen.append((ktype, bytes(body)))
+            if bytes(body) == b"coro":
+                return None  # the coroutine has it, as usual
+            k.try_send(EV_Y, ktype, bytes(body).upper())
+            return KMsg(EV_GO, 0, 64, 0)
+        k.take = take
+        while True:
+            r = await k.recv(EV_GO, 0, 64)
+            seen.append((-1, r.body))
+
+    w, p = boot(main)
+    p.coro = counter = CountingCoro(p.coro)
+    a, b = w.client("a", 700), w.client("b", 701)
+    b.krecv(EV_Y, 0, 64)
+    for i, word in enumerate([b"one", b"two", b"three"]):
+        a.ksend(EV_GO, i + 1, word)
+        assert a.reply().reply == 0
+    assert counter.turns == 0
+    assert seen == [(1, b"one"), (2, b"two"), (3, b"three")]
+    rep = b.reply()
+    assert (rep.type, b.read(rep.length)) == (1, b"ONE")  # the one b waited for
+    assert p.state == KSRECV and p.msg == KMsg(EV_GO, 0, 64, 0)
+    a.ksend(EV_GO, 9, b"coro")  # take declines: the coroutine is resumed with it
+    assert a.reply().reply == 0
+    assert counter.turns == 1 and seen[-2:] == [(9, b"coro"), (-1, b"coro")]
+    assert p.state == KSRECV
+    w.kernel.check_invariants()
+
+
+def test_a_take_that_fails_detaches_its_process_and_the_kernel_serves_on(caplog) -> None:
+    async def main(k: IProc) -> None:
+        def take(head: Any, body: Any, ktype: int, peeked: Any) -> KMsg | None:
+            raise RuntimeError("bug in take")
+        k.take = take
+        while True:
+            await k.recv(EV_GO, 0, 64)
+
+    w, p = boot(main)
+    a = w.client("a", 700)
+    a.ksend(EV_GO, 0, b"boom")
+    assert a.reply().reply == 0
+    assert "failed on a message" in caplog.text and "bug in take" in caplog.text
+    assert w.kernel.kpfind(IPROC) is None  # detached, as a failing coroutine is
+    a.ksend(EV_GO, 0, b"again", KTRY)
+    assert a.reply().reply == errno.EWOULDBLOCK  # nobody receives; nothing hangs
+    w.kernel.check_invariants()
+
+
 # =============================================================================
 # real I/O: KernelIO in this (main) thread, clients in a helper thread
 # =============================================================================
@@ -434,13 +536,16 @@ class Live:
         # no kill file and no ticks: nothing opens a descriptor behind the test's back
         self.io = KernelIO(self.kernel, lsock, tick_interval=3600.0)
         self.fired: list[tuple[int, Any]] = []  # every report the I/O layer makes
-        event = self.kernel.event
+        # counted where the watches report (the compiled I/O layer's call of
+        # kernel.event cannot be intercepted; the interpreted WatchSet's can)
+        watches = self.io._watches
+        fire = watches.fire
 
-        def counting(wid: int, value: Any = None) -> list[Any]:
+        def counting(wid: int, value: Any = None) -> None:
             self.fired.append((wid, value))
-            return event(wid, value)
+            fire(wid, value)
 
-        self.kernel.event = counting  # type: ignore[method-assign]
+        watches.fire = counting
         self.opened: list[KernelClient] = []
         self.io.boot(table)
 

@@ -2,7 +2,9 @@
  * lambench: benchmark clients for a LAM 7.1.4 kernel (the C lamd or ours).
  *
  * Built with mpicc.lam against Debian's liblam; speaks only kernel calls
- * (no router, no versiond): _cipc_init, kattach(PRCMD), ksend/krecv, kdetach.
+ * (no router, no versiond): _cipc_init, kattach(PRCMD), ksend/krecv, kdetach,
+ * except npingpong (kinit, nsend/nrecv: the routed path of LAM's tools and of
+ * -ssi rpi lamd).
  * Every payload byte is checked with memcmp against a locally built copy of
  * what the peer must have sent (a per-pair pattern with the sequence number
  * stamped in), and every length is checked, so a fast wrong answer fails.
@@ -17,6 +19,13 @@
  *                                           one pair ping-pongs; its p50/p99
  *   lambench capacity MAX                   attach up to MAX processes; prints
  *                                           how many the kernel accepted
+ *   lambench npingpong SIZE ITERS WARMUP    one pair of kinit(PRCMD) clients (kattach,
+ *                                           then rversion through the router to
+ *                                           versiond) ping-pong with nsend/nrecv
+ *                                           to this node (router and bufferd; 8 KiB
+ *                                           packets, NMORE); latency summary
+ *   lambench first                          time from connect to the attach reply
+ *                                           of one client (start-up workloads)
  *   lambench hostile MODE SECS GRACE SIZE N BIG
  *                                           one pair ping-pongs SIZE bytes for
  *                                           SECS while hostile clients run:
@@ -655,6 +664,108 @@ static int cmd_hostile(const char *mode, double seconds, double grace, int size,
     return 0;
 }
 
+/* ---- routed messages: kinit clients, nsend/nrecv through bufferd ---------- */
+static void nset(struct nmsg *n, int node, int event, int type, int len, void *buf)
+{
+    memset(n, 0, sizeof(*n));
+    n->nh_node = node;
+    n->nh_event = event;
+    n->nh_type = type;
+    n->nh_length = len;
+    n->nh_msg = buf;
+}
+
+/* Receive a routed message on `event` (any type); checks its length unless
+ * it is T_STOP; returns the type. */
+static int do_nrecv(int node, int event, void *buf, int cap, int want_len)
+{
+    struct nmsg n;
+    nset(&n, node, event, 0, cap, buf);
+    if (nrecv(&n)) die("nrecv");
+    if (n.nh_type == T_STOP) return T_STOP;
+    if (n.nh_type != T_DATA || n.nh_length != want_len) {
+        fprintf(stderr, "routed: type %d length %d, want %d %d\n", (int) n.nh_type,
+                (int) n.nh_length, T_DATA, want_len);
+        fail("routed message header");
+    }
+    return T_DATA;
+}
+
+static void do_nsend(int node, int event, int type, void *buf, int len)
+{
+    struct nmsg n;
+    nset(&n, node, event, type, len, buf);
+    if (nsend(&n)) die("nsend");
+}
+
+static int cmd_npingpong(int size, long iters, long warmup)
+{
+    int ev_ping = EV_BASE, ev_pong = EV_BASE + 1;
+    pid_t pid = fork();
+    if (pid < 0) die("fork");
+    if (pid == 0) {
+        alarm(600);
+        if (kinit(PRCMD)) die("kinit");
+        int node = getnodeid();
+        unsigned char *rx = malloc(size + 1), *want = malloc(size + 1), *tx = malloc(size + 1);
+        if (!rx || !want || !tx) die("malloc");
+        fill(want, size, 0);
+        fill(tx, size, 100000);
+        for (uint64_t seq = 0;; seq++) {
+            if (do_nrecv(node, ev_ping, rx, size, size) == T_STOP) break;
+            stamp(want, size, seq);
+            if (size && memcmp(rx, want, size)) fail("routed ping payload");
+            stamp(tx, size, seq | PONG_MARK);
+            do_nsend(node, ev_pong, T_DATA, tx, size);
+        }
+        kexit(0);
+    }
+    alarm(600);
+    if (kinit(PRCMD)) die("kinit");
+    int node = getnodeid();
+    unsigned char *rx = malloc(size + 1), *want = malloc(size + 1), *tx = malloc(size + 1);
+    long total = warmup + iters;
+    double *s = malloc(sizeof(double) * (total + 1));
+    if (!rx || !want || !tx || !s) die("malloc");
+    fill(tx, size, 0);
+    fill(want, size, 100000);
+    for (long seq = 0; seq < total; seq++) {
+        stamp(tx, size, (uint64_t) seq);
+        double t0 = now();
+        do_nsend(node, ev_ping, T_DATA, tx, size);
+        do_nrecv(node, ev_pong, rx, size, size);
+        s[seq] = now() - t0;
+        stamp(want, size, (uint64_t) seq | PONG_MARK);
+        if (size && memcmp(rx, want, size)) fail("routed pong payload");
+    }
+    do_nsend(node, ev_ping, T_STOP, NULL, 0);
+    int st;
+    if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st)) fail("routed ponger exit");
+    double *m = s + warmup;
+    long n = iters;
+    qsort(m, n, sizeof(double), cmp_dbl);
+    double sum = 0;
+    for (long i = 0; i < n; i++) sum += m[i];
+    printf("{\"size\": %d, \"n\": %ld, \"p50_us\": %.3f, \"p99_us\": %.3f, "
+           "\"min_us\": %.3f, \"mean_us\": %.3f}\n", size, n, pct(m, n, .5) * 1e6,
+           pct(m, n, .99) * 1e6, m[0] * 1e6, sum / n * 1e6);
+    kexit(0);
+    return 0;
+}
+
+/* One client: connect and attach, timed (the first reply of a daemon that
+ * socket activation starts on this very connection). */
+static int cmd_first(void)
+{
+    alarm(60);
+    double t0 = now();
+    attach();
+    double dt = now() - t0;
+    detach();
+    printf("{\"first_reply_ms\": %.3f}\n", dt * 1e3);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -668,6 +779,10 @@ int main(int argc, char **argv)
         return cmd_pairs(atoi(argv[2]), atof(argv[3]), atoi(argv[4]));
     if (argc >= 5 && !strcmp(argv[1], "idle"))
         return cmd_idle(atoi(argv[2]), atol(argv[3]), atoi(argv[4]));
+    if (argc >= 5 && !strcmp(argv[1], "npingpong"))
+        return cmd_npingpong(atoi(argv[2]), atol(argv[3]), atol(argv[4]));
+    if (argc >= 2 && !strcmp(argv[1], "first"))
+        return cmd_first();
     if (argc >= 3 && !strcmp(argv[1], "capacity"))
         return cmd_capacity(atoi(argv[2]));
     if (argc >= 8 && !strcmp(argv[1], "hostile"))
@@ -675,6 +790,7 @@ int main(int argc, char **argv)
                            atol(argv[7]));
     fprintf(stderr, "usage: lambench pingpong SIZE ITERS WARMUP | stream SIZE COUNT | "
             "attach ITERS | pairs NPAIRS SECONDS SIZE | idle NIDLE ITERS SIZE | capacity MAX | "
+            "npingpong SIZE ITERS WARMUP | first | "
             "hostile baseline|flood|stall SECS GRACE SIZE NFLOOD BIG\n");
     return 2;
 }

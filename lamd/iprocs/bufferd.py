@@ -13,6 +13,16 @@ client's ``nsend``) are just packets in order on the same event.
 ``BFQPROBE`` answers ``nprobe``/``ntry_recv`` with a ``struct bfreply`` in
 ``nh_data`` (``bfr_index`` 0 if something matches, -1 if not).
 
+Every packet and request is handled at once, as LAM's bufferd (a function
+the C kernel calls per message) handles it: its deliveries are KTRY sends
+that never block (``dtry_send``), so none needs a coroutine turn. A message
+a client sends is taken by :meth:`BufferDaemon.take` the moment its body has
+been read (``IProc.take``), straight from the bytes the kernel read: a
+packet whose receiver is already blocked on its event (``nrecv``'s
+``BFQRECV`` came first) goes on to it with one copy and is never kept. An
+``nrecv`` whose packet is kept is answered when its ``dsfr`` meets bufferd,
+one round trip before its ``BFQRECV`` is read (:meth:`BufferDaemon.peek`).
+
 Memory is bounded as LAM bounds it: when less than one more frame fits in
 ``maxspace`` (``BFDEFSPACE``, 8 MiB, or ``config["bufferd_space"]``), bufferd
 receives only control messages (type DLCTL), so senders block in the kernel
@@ -29,15 +39,15 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..kernel.constants import (
-    EVBFORWARD, EVBUFFERD, KNMSG, KSYNCSQL, KTRACE, KTRY, MAXNMSGLEN,
+    EVBFORWARD, EVBUFFERD, KNMSG, KPROBE, KSYNCSQL, KTRACE, KTRY, MAXNMSGLEN,
 )
 from ..kernel.kiproc import IProc
 from ..kernel.kinner import ksync_type, ksync_type_sql
-from ..kernel.wire import NMSG_SIZE, NMsg
+from ..kernel.wire import NMSG_SIZE, KMsg, NMsg
 from .nreq import (
     BFDEFSPACE, BFQLOOK, BFQPROBE, BFQRECV, BFQSPACE, BFQSTATE, BFQSWEEP,
     BFQSWEEP1, BFQWIPE, BFSTATUS, BFSYNC, DDLI, DINT4MSG, DLCTL,
-    DMSKDATA, DMSKMSG, LOCAL, NMORE, NetMsg, data_words, dsend, received,
+    DMSKDATA, DMSKMSG, LOCAL, NMORE, data_words, dtry_send, received,
     route_local,
 )
 
@@ -121,12 +131,12 @@ class Buffers:
         return self.maxspace < self.nspace + MAXNMSGLEN + NMSG_SIZE
 
 
-def sync_points(msg: NetMsg, event: int, type_: int) -> list[tuple[int, int]]:
+def sync_points(body: "bytes | memoryview", event: int, type_: int) -> list[tuple[int, int]]:
     """The request's synchronization points: the body's bfsync list, if any."""
-    n = len(msg.body) // BFSYNC.size
-    if not msg.body or n == 0:
+    n = len(body) // BFSYNC.size
+    if n == 0:
         return [(event, type_)]
-    return [BFSYNC.unpack_from(msg.body, i * BFSYNC.size) for i in range(n)]
+    return [BFSYNC.unpack_from(body, i * BFSYNC.size) for i in range(n)]
 
 
 class BufferDaemon:
@@ -141,24 +151,77 @@ class BufferDaemon:
                                int(k.config.get("bufferd_space_limit") or 8 * BFDEFSPACE))
         self.filter = 0
         self.dropped = 0
+        self.peek_misses = 0
 
     # -- the main loop ------------------------------------------------------
     async def run(self) -> None:
+        """Wait for messages forever. Those clients send are taken by
+        :meth:`take` without resuming this loop; those of other internal
+        processes (dli, nsend inside the daemon) come here."""
         k = self.k
+        k.take = self.take
+        k.peek = self.peek
         while True:
-            self.check_space()
-            got = await k.recv(EVBUFFERD, self.filter, MAXNMSGLEN, KNMSG)
+            m = self.next_recv()
+            got = await k.recv(m.event, m.type, m.length, m.flags)
             msg = received(got)
-            head = msg.head
-            if head.event == EVBUFFERD and head.node in (LOCAL, self.node_id):
-                await self.request(msg)
-            elif route_local(head, self.node_id):
-                await self.buffer(head, msg.body)
-            else:
-                # another node's (a frame passing through): kept for
-                # bforward, which sends it to dlo (bufferd never blocks there)
-                head.dl_event = EVBFORWARD
-                await self.buffer(head, msg.body)
+            self.handle(msg.head, msg.body)
+
+    def next_recv(self) -> KMsg:
+        """The receive bufferd waits in: every message, or only control
+        messages while the space is full (LAM's ``filter``)."""
+        self.check_space()
+        return KMsg(EVBUFFERD, self.filter, MAXNMSGLEN, KNMSG)
+
+    def take(self, head: NMsg | None, body: "bytes | memoryview", ktype: int,
+             peeked: tuple[int, int, int] | None = None) -> KMsg:
+        """``IProc.take``: one message from a client, handled at once. An
+        ``nrecv`` that :meth:`peek` has served already is done."""
+        if head is None:
+            head = NMsg()
+        if peeked is not None:
+            d = head.data
+            if (len(body) == 0 and d[2] == BFQRECV and head.event == EVBUFFERD
+                    and head.node in (LOCAL, self.node_id)
+                    and (d[4], d[5], d[7] & ~KNMSG) == peeked):
+                return self.next_recv()
+            self.peek_misses += 1
+            if self.peek_misses == 1:
+                log.warning("bufferd: a client's receive half (event %d type %d) did not "
+                            "match the request it sent after it; it may have had a "
+                            "kept packet its request did not ask for", peeked[0], peeked[1])
+        self.handle(head, body)
+        return self.next_recv()
+
+    def peek(self, smsg: KMsg, rmsg: KMsg, pid: int) -> tuple[int, int, int] | None:
+        """``IProc.peek``: a client's ``dsfr`` has just met bufferd's receive
+        and waits in its receive half, its request not read yet. When it is
+        what ``bfrecv`` sends (a header-only control message, then a receive
+        for one point on an event of its own that is no reply event), its
+        ``BFQRECV`` will ask for exactly that receive half's point: answer
+        it now, as that request will find it (the first kept packet that
+        matches), one round trip early. :meth:`take` then checks that the
+        request was that one. Returns the point answered, or None."""
+        if (smsg.event != EVBUFFERD or smsg.type != DLCTL or smsg.length != 0
+                or not smsg.flags & KNMSG or not rmsg.flags & KNMSG
+                or rmsg.flags & (KPROBE | KTRY) or rmsg.length <= 0 or rmsg.event == -pid):
+            return None
+        point = (rmsg.event, rmsg.type, rmsg.flags & ~KNMSG)
+        if self.buf.events:
+            self.bfqrecv(b"", point[0], point[1], point[2])
+        return point
+
+    def handle(self, head: NMsg, body: "bytes | memoryview") -> None:
+        """One message: a request to bufferd, or a packet to pass on or keep."""
+        if head.event == EVBUFFERD and head.node in (LOCAL, self.node_id):
+            self.request(head, body)
+        elif route_local(head, self.node_id):
+            self.buffer(head, body)
+        else:
+            # another node's (a frame passing through): kept for
+            # bforward, which sends it to dlo (bufferd never blocks there)
+            head.dl_event = EVBFORWARD
+            self.buffer(head, body)
 
     def check_space(self) -> None:
         was = self.filter
@@ -172,17 +235,17 @@ class BufferDaemon:
                      self.buf.nspace, self.buf.maxspace)
 
     # -- delivery -------------------------------------------------------------
-    async def try_send(self, head: NMsg, body: bytes) -> bool:
+    def try_send(self, head: NMsg, body: "bytes | memoryview") -> bool:
         """``dtry_send``: deliver now if the receiver waits; True if delivered."""
         out = NMsg(head.dl_event, head.dl_link, head.node, head.event, head.type,
                    len(body), head.flags | KTRY, head.data, head.msg)
-        rep = await dsend(self.k, out, body, node_id=self.node_id)
+        rep = dtry_send(self.k, out, body, node_id=self.node_id)
         return rep.reply != errno.EWOULDBLOCK
 
-    async def buffer(self, head: NMsg, body: bytes) -> None:
+    def buffer(self, head: NMsg, body: "bytes | memoryview") -> None:
         """LAM's ``buffer``: pass the packet on, or keep it."""
         head.flags &= ~(KTRY | DDLI | KTRACE)
-        if await self.try_send(head, body):
+        if self.try_send(head, body):
             return
         if self.buf.nspace + NMSG_SIZE + len(body) > self.buf.maxspace + MAXNMSGLEN + NMSG_SIZE:
             self.dropped += 1
@@ -191,37 +254,37 @@ class BufferDaemon:
                       self.buf.nspace, self.buf.maxspace, len(body), head.event, self.dropped)
             return
         head.flags &= ~KTRY
-        self.buf.keep(head, body)
+        self.buf.keep(head, bytes(body))
 
-    async def send_msg(self, head: NMsg, body: bytes = b"") -> None:
+    def send_msg(self, head: NMsg, body: bytes = b"") -> None:
         """LAM's ``send_msg``: a reply, delivered or kept like any packet;
         one for another node kept for bforward."""
         head.dl_event = head.event if head.node in (LOCAL, self.node_id) else EVBFORWARD
-        await self.buffer(head, body)
+        self.buffer(head, body)
 
     # -- requests ---------------------------------------------------------------
-    async def request(self, msg: NetMsg) -> None:
-        d = msg.data
+    def request(self, head: NMsg, body: "bytes | memoryview") -> None:
+        d = head.data
         src_node, src_event, req = d[0], d[1], d[2]
         event, type_, maxtbl, flags = d[4], d[5], d[6], d[7]
         if req == BFQRECV:
-            await self.bfqrecv(msg, event, type_, flags)
+            self.bfqrecv(body, event, type_, flags)
         elif req == BFQPROBE:
-            await self.bfqprobe(msg, src_event, event, type_, flags)
+            self.bfqprobe(body, src_event, event, type_, flags)
         elif req in (BFQWIPE, BFQSWEEP):
             self.buf.sweep()
         elif req == BFQSWEEP1:
             self.buf.sweep(event)
         elif req == BFQSPACE:
-            await self.bfqspace(src_node, src_event, maxspace=d[3])
+            self.bfqspace(src_node, src_event, maxspace=d[3])
         elif req == BFQSTATE:
-            await self.bfqstate(src_node, src_event, maxtbl)
+            self.bfqstate(src_node, src_event, maxtbl)
         elif req == BFQLOOK:
-            await self.bfqlook(src_node, src_event, seq=event)
+            self.bfqlook(src_node, src_event, seq=event)
         else:
             log.warning("bufferd: unknown request %d from event %d ignored", req, src_event)
 
-    async def bfqspace(self, src_node: int, src_event: int, maxspace: int) -> None:
+    def bfqspace(self, src_node: int, src_event: int, maxspace: int) -> None:
         """``rbfparms``: a new space limit, refused (ENOMEM) above the ceiling."""
         code = 0
         if maxspace < 0 or maxspace > self.space_limit:
@@ -230,19 +293,21 @@ class BufferDaemon:
                         maxspace, self.space_limit)
         else:
             self.buf.maxspace = maxspace
-        await self.send_msg(NMsg(node=src_node, event=src_event, data=data_words(code)))
+        self.send_msg(NMsg(node=src_node, event=src_event, data=data_words(code)))
 
-    async def bfqrecv(self, msg: NetMsg, event: int, type_: int, flags: int) -> None:
-        hit = self.buf.find(sync_points(msg, event, type_), flags)
+    def bfqrecv(self, body: "bytes | memoryview", event: int, type_: int, flags: int) -> None:
+        if not self.buf.events:
+            return  # nothing kept: the receiver stays blocked; the packet will come to it
+        hit = self.buf.find(sync_points(body, event, type_), flags)
         if hit is None:
-            return  # the receiver stays blocked; the packet will come to it
+            return
         _, ev, b = hit
-        if await self.try_send(b.head, b.body):
+        if self.try_send(b.head, b.body):
             self.buf.remove(ev, b)
 
-    async def bfqprobe(self, msg: NetMsg, src_event: int, event: int, type_: int,
-                       flags: int) -> None:
-        hit = self.buf.find(sync_points(msg, event, type_), flags)
+    def bfqprobe(self, body: "bytes | memoryview", src_event: int, event: int, type_: int,
+                 flags: int) -> None:
+        hit = self.buf.find(sync_points(body, event, type_), flags)
         if hit is None:
             words = data_words(0, 0, 0, 0, 0, 0, 0, -1)
         else:
@@ -252,13 +317,13 @@ class BufferDaemon:
             words = data_words(0, h.type, 0, length, h.flags, h.data[0], h.data[1], i)
         reply = NMsg(dl_event=src_event, node=LOCAL, event=src_event, type=0,
                      flags=KTRY, data=words)
-        await dsend(self.k, reply, b"", node_id=self.node_id)  # dtry_send
+        dtry_send(self.k, reply, b"", node_id=self.node_id)
 
-    async def bfqstate(self, src_node: int, src_event: int, maxtbl: int) -> None:
+    def bfqstate(self, src_node: int, src_event: int, maxtbl: int) -> None:
         """``rbfstate``: a summary reply, then the status table in packets."""
         nbf = self.buf.count()
         words = data_words(0, 0, self.buf.maxspace, 0, 0, self.buf.nspace, nbf, 0)
-        await self.send_msg(NMsg(node=src_node, event=src_event, flags=DINT4MSG, data=words))
+        self.send_msg(NMsg(node=src_node, event=src_event, flags=DINT4MSG, data=words))
         rows: list[bytes] = []
         for q in list(self.buf.events.values()):
             for b in q:
@@ -269,21 +334,21 @@ class BufferDaemon:
                                           self.buf.seq_of(b), *tuple(h.data)))
         per = MAXNMSGLEN // BFSTATUS.size
         for i in range(0, len(rows), per):
-            await self.send_msg(NMsg(node=src_node, event=src_event, flags=DINT4MSG),
-                                b"".join(rows[i:i + per]))
+            self.send_msg(NMsg(node=src_node, event=src_event, flags=DINT4MSG),
+                          b"".join(rows[i:i + per]))
 
-    async def bfqlook(self, src_node: int, src_event: int, seq: int) -> None:
+    def bfqlook(self, src_node: int, src_event: int, seq: int) -> None:
         """``rbflook``: the header, then the body, of the packet with *seq*."""
         found = next((b for q in self.buf.events.values() for b in q if b.seq == seq), None)
         if found is None:
-            await self.send_msg(NMsg(node=src_node, event=src_event,
-                                     data=data_words(errno.EWOULDBLOCK)))
+            self.send_msg(NMsg(node=src_node, event=src_event,
+                               data=data_words(errno.EWOULDBLOCK)))
             return
-        await self.send_msg(NMsg(node=src_node, event=src_event,
-                                 data=data_words(0, found.head.type)))
+        self.send_msg(NMsg(node=src_node, event=src_event,
+                           data=data_words(0, found.head.type)))
         h = found.head
-        await self.send_msg(NMsg(node=src_node, event=src_event,
-                                 flags=h.flags & (DMSKDATA | DMSKMSG), data=h.data), found.body)
+        self.send_msg(NMsg(node=src_node, event=src_event,
+                           flags=h.flags & (DMSKDATA | DMSKMSG), data=h.data), found.body)
 
 
 async def bufferd(k: IProc) -> None:

@@ -112,17 +112,30 @@ def dsend(k: IProc, head: NMsg, body: bytes = b"", *, node_id: int = 0) -> Await
     packet for a datalink process (bufferd, dlo) is typed DLUSR/DLSYS and
     keeps only KTRY/KTRACE, exactly as ``share/nreq/dsend.c`` codes it.
     """
+    ktype, kflags = _dsend_kmsg(head, node_id)
+    return k.send(head.dl_event, ktype, body, kflags, nmsg=head, length=len(body))
+
+
+def dtry_send(k: IProc, head: NMsg, body: "bytes | memoryview" = b"", *,
+              node_id: int = 0) -> KReply:
+    """LAM's ``dtry_send``: :func:`dsend` with KTRY, made at once
+    (:meth:`IProc.try_send`): the reply's ``reply`` is EWOULDBLOCK when
+    nobody is blocked on ``nh_dl_event``."""
+    ktype, kflags = _dsend_kmsg(head, node_id)
+    return k.try_send(head.dl_event, ktype, body, kflags | KTRY, nmsg=head)
+
+
+def _dsend_kmsg(head: NMsg, node_id: int) -> tuple[int, int]:
+    """``dsend``'s kernel type and flags for *head* (clears DDLI as it does)."""
     my_node = LOCAL if head.node == LOCAL else node_id
     if head.dl_event == head.event and head.node == my_node:
-        ktype = head.type
-        kflags = KNMSG | head.flags
-    else:
-        ktype = DLUSR if head.event >= 0 else DLSYS
-        kflags = KNMSG | (head.flags & (KTRY | KTRACE))
-        if head.flags & DDLI:
-            ktype |= DLI
-            head.flags &= ~DDLI
-    return k.send(head.dl_event, ktype, body, kflags, nmsg=head, length=len(body))
+        return head.type, KNMSG | head.flags
+    ktype = DLUSR if head.event >= 0 else DLSYS
+    kflags = KNMSG | (head.flags & (KTRY | KTRACE))
+    if head.flags & DDLI:
+        ktype |= DLI
+        head.flags &= ~DDLI
+    return ktype, kflags
 
 
 class NoRoute(LookupError):
@@ -226,6 +239,6 @@ __all__ = [
     "NOBUF", "N2ND", "NREEL", "NMORE", "DDLI", "DINT4MSG",
     "DLUSR", "DLSYS", "DLI", "DLCTL",
     "BFQRECV", "BFQPROBE", "BFQSTATE", "BFQSWEEP", "BFQSWEEP1", "BFQSPACE",
-    "BFQLOOK", "BFDEFSPACE", "NetMsg", "nsend", "nrecv", "dsend", "data_words",
+    "BFQLOOK", "BFDEFSPACE", "NetMsg", "nsend", "nrecv", "dsend", "dtry_send", "data_words",
     "int4", "route_local", "getroute", "NoRoute",
 ]

@@ -6,7 +6,9 @@
 * :mod:`.kinner`: matching, the blocked list, rendezvous and transfer
   (``kinner.c``);
 * :mod:`.kiproc`: internal processes as coroutines and their wait API
-  (``otb/sys/lamd/kiproc.c``, ``kio_intr``/``kio_to``);
+  (``kio_intr``/``kio_to``); :mod:`.kidriver`: ``kboot`` and the driver
+  that runs them in the kernel (``otb/sys/lamd/kiproc.c``);
+* :mod:`.kbase`: what those three halves of the kernel share;
 * :mod:`.kactions`: what the kernel asks of the I/O layer (the ``kio_*`` calls).
 
 Nothing here touches a socket, a file or the clock except through values

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import signal
+from typing import Final
 
 # --- kreq.h: request codes -------------------------------------------------
 
@@ -26,9 +27,16 @@ class KQ(enum.IntEnum):
     DUMP = 8
 
 
-KQSEND, KQRECV, KQSTATE, KQDOOM, KQSR = 0, 1, 2, 3, 4
-KQATTACH, KQSURRENDER, KQDETACH, KQDUMP = 5, 6, 7, 8
-KQMAX = 7  # number of client requests dispatched through the kq[] table
+KQSEND: Final = 0
+KQRECV: Final = 1
+KQSTATE: Final = 2
+KQDOOM: Final = 3
+KQSR: Final = 4
+KQATTACH: Final = 5
+KQSURRENDER: Final = 6
+KQDETACH: Final = 7
+KQDUMP: Final = 8
+KQMAX: Final = 7  # number of client requests dispatched through the kq[] table
 
 
 class KS(enum.IntEnum):
@@ -40,74 +48,85 @@ class KS(enum.IntEnum):
     FREE = 3
 
 
-KSREADY, KSSEND, KSRECV, KSFREE = 0, 1, 2, 3
+KSREADY: Final = 0
+KSSEND: Final = 1
+KSRECV: Final = 2
+KSFREE: Final = 3
 
 # kreq.h: process flags (kp_flags)
-KSURRENDER = 0x02  # process should surrender
-KIPROC = 0x10  # internal process
-KMSG2 = 0x20  # send-blocked process is a KQSR
+KSURRENDER: Final = 0x02  # process should surrender
+KIPROC: Final = 0x10  # internal process
+KMSG2: Final = 0x20  # send-blocked process is a KQSR
 
 # kreq.h: message flags (k_flags), shared with nh_flags
-KSYNCSQL = 0x01  # use SQL rules for sync
-KTRY = 0x02  # error if the request would block
-KNMSG = 0x04  # k_msg is a struct nmsg
-KPROBE = 0x08  # KQRECV is a probe only
-KTRACE = 0x20  # time kernel operations
+KSYNCSQL: Final = 0x01  # use SQL rules for sync
+KTRY: Final = 0x02  # error if the request would block
+KNMSG: Final = 0x04  # k_msg is a struct nmsg
+KPROBE: Final = 0x08  # KQRECV is a probe only
+KTRACE: Final = 0x20  # time kernel operations
 
 # kreq.h: sync masks
-KTYPEHI = 0xFFFF0000
-KTYPELO = 0x0000FFFF
-KEVENTHI = 0x7FFF0000
+KTYPEHI: Final = 0xFFFF0000
+KTYPELO: Final = 0x0000FFFF
+KEVENTHI: Final = 0x7FFF0000
 
-KPMAX = 256 + 32  # the C kernel's fixed process table size (we have no such cap)
-KNFYI = 9  # debugging info words
-MAXNMSGLEN = 8192  # net.h: maximum network frame size
-NHDSIZE = 8  # net.h: data words in a network message header
+KPMAX: Final = 256 + 32  # the C kernel's fixed process table size (we have no such cap)
+KNFYI: Final = 9  # debugging info words
+MAXNMSGLEN: Final = 8192  # net.h: maximum network frame size
+NHDSIZE: Final = 8  # net.h: data words in a network message header
 
 # --- priority.h --------------------------------------------------------------
-PRMAX = 1500
-PRROUTER = 1400
-PRBUFFERD = 1100
-PRCMD = 1095
-PRDOOM = 1095
-PRLAMHALT = 1094  # never written to the kill file (kkill.c)
-PRDLO = 1090
-PRDLI = 1087
-PRDAEMON = 1085
-PRDIED = 1084
-PRECHOD = PRDAEMON
-PRLOADD = PRDAEMON
-PRFILED = PRDAEMON
-PRBFORWARD = PRDAEMON
-PRHALTD = PRDAEMON
-PRVERSIOND = PRDAEMON
+PRMAX: Final = 1500
+PRROUTER: Final = 1400
+PRBUFFERD: Final = 1100
+PRCMD: Final = 1095
+PRDOOM: Final = 1095
+PRLAMHALT: Final = 1094  # never written to the kill file (kkill.c)
+PRDLO: Final = 1090
+PRDLI: Final = 1087
+PRDAEMON: Final = 1085
+PRDIED: Final = 1084
+PRECHOD: Final = PRDAEMON
+PRLOADD: Final = PRDAEMON
+PRFILED: Final = PRDAEMON
+PRBFORWARD: Final = PRDAEMON
+PRHALTD: Final = PRDAEMON
+PRVERSIOND: Final = PRDAEMON
 
 # --- events.h ----------------------------------------------------------------
-LAM_BASE_EVENT = 0x40000000
-NOTEVENT = LAM_BASE_EVENT + 2
-EVROUTER = LAM_BASE_EVENT + 3
-EVBOOTD = LAM_BASE_EVENT + 4
-EVDLOINIT = LAM_BASE_EVENT + 5
-EVDLI = LAM_BASE_EVENT + 6
-EVFILED = LAM_BASE_EVENT + 7
-EVLOADD = LAM_BASE_EVENT + 8
-EVBFORWARD = LAM_BASE_EVENT + 9
-EVKENYAD = LAM_BASE_EVENT + 10
-EVIOD = LAM_BASE_EVENT + 11
-EVECHOD = LAM_BASE_EVENT + 12
-EVBUFFERD = LAM_BASE_EVENT + 13
-EVFLATD = LAM_BASE_EVENT + 14
-EVTRACED = LAM_BASE_EVENT + 15
-EVHALTD = LAM_BASE_EVENT + 16
-EVPAUSE = LAM_BASE_EVENT + 17
-EVSTOP = LAM_BASE_EVENT + 18
-EVDL0 = LAM_BASE_EVENT + 19
-EVVERSIOND = LAM_BASE_EVENT + 24
+LAM_BASE_EVENT: Final = 0x40000000
+NOTEVENT: Final = LAM_BASE_EVENT + 2
+EVROUTER: Final = LAM_BASE_EVENT + 3
+EVBOOTD: Final = LAM_BASE_EVENT + 4
+EVDLOINIT: Final = LAM_BASE_EVENT + 5
+EVDLI: Final = LAM_BASE_EVENT + 6
+EVFILED: Final = LAM_BASE_EVENT + 7
+EVLOADD: Final = LAM_BASE_EVENT + 8
+EVBFORWARD: Final = LAM_BASE_EVENT + 9
+EVKENYAD: Final = LAM_BASE_EVENT + 10
+EVIOD: Final = LAM_BASE_EVENT + 11
+EVECHOD: Final = LAM_BASE_EVENT + 12
+EVBUFFERD: Final = LAM_BASE_EVENT + 13
+EVFLATD: Final = LAM_BASE_EVENT + 14
+EVTRACED: Final = LAM_BASE_EVENT + 15
+EVHALTD: Final = LAM_BASE_EVENT + 16
+EVPAUSE: Final = LAM_BASE_EVENT + 17
+EVSTOP: Final = LAM_BASE_EVENT + 18
+EVDL0: Final = LAM_BASE_EVENT + 19
+EVVERSIOND: Final = LAM_BASE_EVENT + 24
 
 # --- ksignal.h -------------------------------------------------------------
-TNSIG = 10
-SIGTRACE, SIGC, SIGARECV, SIGUDIE, SIGARREST = 1, 2, 3, 4, 5
-SIGRELEASE, SIGA, SIGB, SIGFUSE, SIGSHRINK = 6, 7, 8, 9, 10
+TNSIG: Final = 10
+SIGTRACE: Final = 1
+SIGC: Final = 2
+SIGARECV: Final = 3
+SIGUDIE: Final = 4
+SIGARREST: Final = 5
+SIGRELEASE: Final = 6
+SIGA: Final = 7
+SIGB: Final = 8
+SIGFUSE: Final = 9
+SIGSHRINK: Final = 10
 
 
 def sigmask(signo: int) -> int:
@@ -117,10 +136,10 @@ def sigmask(signo: int) -> int:
 
 #: The Unix signal the kernel uses to preempt a ready client
 #: (``LAM_SIGUSR`` in Debian's ``/usr/include/lam/lam_config.h``).
-LAM_SIGUSR = signal.SIGUSR2
+LAM_SIGUSR: Final = signal.SIGUSR2
 
 # --- terror.h (Unix build: LAM_ERR_BASE 0x400) --------------------------------
-LAM_ERR_BASE = 0x400
+LAM_ERR_BASE: Final = 0x400
 
 
 class LamErrno(enum.IntEnum):
@@ -166,19 +185,19 @@ class LamErrno(enum.IntEnum):
     ENOT_IMPLEMENTED = 261 + LAM_ERR_BASE
 
 
-EUNKNOWN = LamErrno.EUNKNOWN
-EFULL = LamErrno.EFULL
-ENOTPROCESS = LamErrno.ENOTPROCESS
-EBADREQUEST = LamErrno.EBADREQUEST
-ESERVICE = LamErrno.ESERVICE
-ENOKERNEL = LamErrno.ENOKERNEL
-ENOTATTACHED = LamErrno.ENOTATTACHED
-EMSGLEN = LamErrno.EMSGLEN
-EEOF = LamErrno.EEOF
-EBADNODE = LamErrno.EBADNODE
-ENOKDESCRIPTORS = LamErrno.ENOKDESCRIPTORS
-ENOBFDESCRIPTORS = LamErrno.ENOBFDESCRIPTORS
-ENOT_IMPLEMENTED = LamErrno.ENOT_IMPLEMENTED
+EUNKNOWN: Final = LamErrno.EUNKNOWN
+EFULL: Final = LamErrno.EFULL
+ENOTPROCESS: Final = LamErrno.ENOTPROCESS
+EBADREQUEST: Final = LamErrno.EBADREQUEST
+ESERVICE: Final = LamErrno.ESERVICE
+ENOKERNEL: Final = LamErrno.ENOKERNEL
+ENOTATTACHED: Final = LamErrno.ENOTATTACHED
+EMSGLEN: Final = LamErrno.EMSGLEN
+EEOF: Final = LamErrno.EEOF
+EBADNODE: Final = LamErrno.EBADNODE
+ENOKDESCRIPTORS: Final = LamErrno.ENOKDESCRIPTORS
+ENOBFDESCRIPTORS: Final = LamErrno.ENOBFDESCRIPTORS
+ENOT_IMPLEMENTED: Final = LamErrno.ENOT_IMPLEMENTED
 
 
 def strerror(code: int) -> str:

@@ -13,6 +13,12 @@ carries them out in order:
 * ``Watch``/``Unwatch``/``Rearm`` carry out internal processes' event
   sources (``kio_to``, ``kio_intr``, child exits, signals) and ``Resume``
   asks to be called again next turn; ``Halt`` ends the daemon.
+
+The three made for every message (``Reply``, ``SendBody``, ``Transfer``)
+are not frozen and spell their ``__init__`` out: compiled (``setup.py``), a
+dataclass's generated ``__init__`` runs as interpreted Python, ten times
+slower than one mypyc compiles, and a frozen one cannot be written by hand
+the same way compiled and pure. Nothing changes them once made.
 """
 
 from __future__ import annotations
@@ -25,23 +31,31 @@ from .wire import KReply
 Conn = Hashable  # whatever the I/O layer uses to name a connection
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass
 class Reply:
     """Write ``struct kreply`` *reply* to *conn*."""
 
     conn: Conn
     reply: KReply
 
+    def __init__(self, conn: Conn, reply: KReply) -> None:
+        self.conn = conn
+        self.reply = reply
 
-@dataclass(slots=True, frozen=True)
+
+@dataclass
 class SendBody:
     """Write *data* (a body from an internal process) to *conn*, after its reply."""
 
     conn: Conn
     data: bytes
 
+    def __init__(self, conn: Conn, data: bytes) -> None:
+        self.conn = conn
+        self.data = data
 
-@dataclass(slots=True, frozen=True)
+
+@dataclass
 class Transfer:
     """Move a message body from *src* to *dst* (LAM's ``kio_transfer``).
 
@@ -56,8 +70,15 @@ class Transfer:
     skip: int = 0
     pad: int = 0
 
+    def __init__(self, src: Conn, dst: Conn, length: int, skip: int = 0, pad: int = 0) -> None:
+        self.src = src
+        self.dst = dst
+        self.length = length
+        self.skip = skip
+        self.pad = pad
 
-@dataclass(slots=True, frozen=True)
+
+@dataclass(frozen=True)
 class CollectBody:
     """Read *length* body bytes from *src* and hand them to
     :meth:`Kernel.body_arrived` (a body for an internal process, ``kio_recv``)."""
@@ -67,7 +88,7 @@ class CollectBody:
     token: Any
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class Signal:
     """Send Unix signal *signo* to the process attached on *conn*."""
 
@@ -76,7 +97,7 @@ class Signal:
     signo: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class Close:
     """Close *conn* once everything queued for it has been written."""
 
@@ -84,7 +105,7 @@ class Close:
     reason: str = ""
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class KillAppend:
     """``kkillwrite``: list client *pid* (on *conn*) in the kill file now,
     before the attach reply that follows this action is written."""
@@ -93,20 +114,20 @@ class KillAppend:
     pid: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class KillRemove:
     """Client *pid*, listed in the kill file, has left: unlist it (this turn)."""
 
     pid: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class KillRewrite:
     """``kkillrewrite``: write the kill file afresh from
     :meth:`Kernel.killfile_entries` (a priority moved a client in or out)."""
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class Watch:
     """Start event source *id* of an internal process: *kind* is ``timer``
     (*arg* seconds, once), ``readable`` (*arg* a descriptor, reported once
@@ -118,27 +139,27 @@ class Watch:
     arg: Any
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class Unwatch:
     """Stop event source *id* (cancelled, or its process ended)."""
 
     id: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class Rearm:
     """The readiness of ``readable`` source *id* was taken: report the next one."""
 
     id: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class Resume:
     """Call :meth:`Kernel.wake` again after serving clients (internal
     processes still have work: a turn's budget ran out)."""
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class Halt:
     """Shut the daemon down (haltd): kkillall, remove session files, exit."""
 

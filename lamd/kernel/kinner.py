@@ -19,13 +19,16 @@ from __future__ import annotations
 import bisect
 import errno
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING
+
+from mypy_extensions import trait
 
 from .constants import (
     ENOTPROCESS, ESERVICE, KEVENTHI, KMSG2, KNMSG, KPROBE, KQRECV, KQSR, KSREADY, KSRECV,
     KSSEND, KSYNCSQL, KTRACE, KTRY, KTYPEHI, KTYPELO,
 )
 from .kactions import CollectBody, Reply, SendBody, Transfer
+from .kbase import KBase
 from .kiproc import Received
 from .wire import NMSG_SIZE, KMsg, KReply, KReq, NMsg
 
@@ -62,7 +65,7 @@ def ksync_event_sql(a: int, b: int) -> bool:
             or (a & KEVENTHI) == (b & KEVENTHI))
 
 
-def ksync_cmp(blocked: Any, msg: KMsg) -> bool:
+def ksync_cmp(blocked: KProc, msg: KMsg) -> bool:
     """``ksync_cmp``: does *msg* meet the blocked process's message?
 
     The blocked process's own KSYNCSQL flag chooses the rules, as in LAM.
@@ -86,11 +89,11 @@ class BlockedList:
     """
 
     def __init__(self) -> None:
-        self.by_event: dict[tuple[int, int], list[Any]] = {}
-        self.sql: dict[int, list[Any]] = {KSSEND: [], KSRECV: []}
+        self.by_event: dict[tuple[int, int], list[KProc]] = {}
+        self.sql: dict[int, list[KProc]] = {KSSEND: [], KSRECV: []}
         self.count = 0
 
-    def find(self, syncstate: int, msg: KMsg) -> Any:
+    def find(self, syncstate: int, msg: KMsg) -> KProc | None:
         """The first blocked process in LAM order that *msg* synchronizes with."""
         best = None
         lst = self.by_event.get((syncstate, msg.event))
@@ -111,7 +114,7 @@ class BlockedList:
                     break
         return best
 
-    def insert(self, p: Any) -> None:
+    def insert(self, p: KProc) -> None:
         """``kpinsert(&pblock, p)``: *p* (state and bkey set) joins the list."""
         if p.msg.flags & KSYNCSQL:
             lst = self.sql[p.state]
@@ -123,7 +126,7 @@ class BlockedList:
             bisect.insort(lst, p, key=_bkey)
         self.count += 1
 
-    def delete(self, p: Any) -> None:
+    def delete(self, p: KProc) -> None:
         """``kpdelete(&pblock, p)``: *p* (state and msg unchanged) leaves it."""
         if p.msg.flags & KSYNCSQL:
             lst = self.sql[p.state]
@@ -144,7 +147,7 @@ class BlockedList:
         if key is not None and not lst:
             del self.by_event[key]
 
-    def members(self) -> list[Any]:
+    def members(self) -> list[KProc]:
         return ([p for lst in self.by_event.values() for p in lst]
                 + [p for lst in self.sql.values() for p in lst])
 
@@ -163,17 +166,11 @@ class BlockedList:
             assert [p.bkey for p in lst] == sorted(p.bkey for p in lst), "order"
 
 
-class KInner:
+@trait
+class KInner(KBase):
     """The rendezvous half of :class:`~lamd.kernel.Kernel` (``kinner.c``):
     every method here works on the process table and the blocked list the
     kernel owns, and appends what must happen to ``self._out``."""
-
-    # provided by Kernel and KIProcDriver
-    pblock: BlockedList
-    max_msg_len: int
-    clock: Callable[[], float]
-    _out: list[Any]
-    _collects: dict[int, Any]
 
     def ksync(self, msg: KMsg, req: int) -> bool:
         """``ksync``: would *msg* (a KQSEND or KQRECV) meet a blocked process?"""
@@ -321,19 +318,19 @@ class KInner:
         from_rep = KReply(length=n, blktime=pfrom.blktime)
         if pfrom.internal:
             hdr = pfrom.nmsg
-            body = pfrom.body[:n]
+            body = pfrom.body[:n]  # bytes, or a read-only view (IProc.try_send)
             if len(body) < n:
-                body += bytes(n - len(body))
+                body = bytes(body) + bytes(n - len(body))
             pfrom.body, pfrom.nmsg = b"", None
             self.stats.messages += 1
             self.stats.bytes += n
             if pto.internal:
                 if r_hdr and hdr is None:
                     hdr = NMsg()
-                self._resume(pto, Received(to_rep, body, hdr if (r_hdr or s_hdr) else None))
+                self._resume(pto, Received(to_rep, bytes(body), hdr if (r_hdr or s_hdr) else None))
             else:
                 self._out.append(Reply(pto.conn, to_rep))
-                data = ((hdr or NMsg()).pack() + body) if r_hdr else body
+                data = ((hdr or NMsg()).pack() + body) if r_hdr else bytes(body)
                 if data:
                     self._out.append(SendBody(pto.conn, data))
             if pfrom.call != KQSR:  # a send-receive resumes after its receive half
@@ -343,6 +340,7 @@ class KInner:
             token = self._next_collect()
             self._collects[token] = (pto, pfrom, smsg)
             self._out.append(CollectBody(pfrom.conn, s_hdr + n, token))
+            self._collect_started(pto, pfrom, token)
         else:
             self.stats.messages += 1
             self.stats.bytes += n
@@ -375,5 +373,5 @@ class KInner:
 
 
 
-def _bkey(p: Any) -> tuple[int, int]:
+def _bkey(p: KProc) -> tuple[int, int]:
     return p.bkey

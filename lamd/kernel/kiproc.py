@@ -7,7 +7,7 @@ external client writes, and wait on descriptors and timeouts through
 taking an :class:`IProc` handle; every ``await`` on it issues one kernel
 request or waits for events, and the kernel resumes the coroutine when that
 completes. No asyncio is involved: the kernel drives the coroutines itself
-(:class:`KIProcDriver`), so internal processes are as deterministic as the
+(:class:`~lamd.kernel.kidriver.KIProcDriver`), so internal processes are as deterministic as the
 kernel and are tested without sockets.
 
 An internal process looks like this::
@@ -37,6 +37,26 @@ request:
   which case the request was cancelled as ``kqdoom`` interrupts a blocked
   process (taken off the blocked list; nothing was transferred).
 
+Three hooks make a process that only relays packets (bufferd) cost no
+coroutine turn per message, as LAM's C internal processes are plain
+functions called per message:
+
+* ``k.try_send(...)``: a KTRY send completed at once (LAM's ``dtry_send``):
+  the message is delivered if a receiver is blocked on its event, else the
+  reply says EWOULDBLOCK; it never blocks, so it needs no ``await``;
+* ``k.take``: a function the kernel calls with a message a client sent to
+  the process's plain receive (``take(head, body, ktype, peeked)``, *body*
+  a read-only view of the bytes read), instead of resuming the coroutine.
+  It returns the :class:`~lamd.kernel.wire.KMsg` of the receive to wait in
+  next (the coroutine stays suspended in its ``recv``), or None to have the
+  coroutine resumed with the message as usual;
+* ``k.peek``: with ``take``, a function the kernel calls the moment a
+  client's send-receive has met that receive, before its body is read:
+  ``peek(smsg, rmsg, pid)`` with the send half's and the receive half's
+  descriptors (the client now waits in the receive half). What it returns
+  is handed to ``take`` as *peeked* when the body has been read (None
+  otherwise). bufferd uses it to answer an ``nrecv`` one round trip early.
+
 Every watch of a process is cancelled when the process ends. Message bodies
 are Python bytes; for KNMSG messages the network header is an
 :class:`~lamd.kernel.wire.NMsg` passed (and received) beside the body, as the
@@ -49,11 +69,16 @@ import logging
 import signal as _signal
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Iterable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator
 
-from .constants import KIPROC, KMSG2, KNMSG, KQDOOM, KQRECV, KQSEND, KQSR, KQSTATE, KSRECV, KSREADY, KSSEND
-from .kactions import Halt, Rearm, Resume, Unwatch, Watch as WatchAction
-from .wire import NMSG_SIZE, KMsg, KReply, KReq, NMsg
+from .constants import KQDOOM, KQRECV, KQSEND, KQSR, KQSTATE, KTRY
+from .wire import KMsg, KReply, KReq, NMsg
+
+#: what :attr:`IProc.take` is: (header, body, kernel type, what peek said) -> the
+#: receive to wait in next, or None to resume the coroutine with the message instead
+TakeFn = Callable[["NMsg | None", "bytes | memoryview", int, Any], "KMsg | None"]
+#: what :attr:`IProc.peek` is: (send half, receive half, pid) -> handed to take
+PeekFn = Callable[[KMsg, KMsg, int], Any]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kouter import Kernel, KProc
@@ -70,7 +95,8 @@ TIMER = "timer"
 READABLE = "readable"
 CHILD = "child"
 SIGNAL = "signal"
-_ONE_SHOT = (TIMER, CHILD)
+#: the kinds of watch that fire once
+ONE_SHOT = (TIMER, CHILD)
 #: The daemon's own stop signals (kio_shutdown): never an internal process's.
 STOP_SIGNALS = frozenset({_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP})
 
@@ -182,6 +208,10 @@ class IProc:
     config: dict[str, Any] = field(default_factory=dict)
     carry: "Callable[[], bytes] | None" = None
     restored: bytes | None = None
+    #: takes messages from clients in place of the coroutine (see the module doc)
+    take: "TakeFn | None" = None
+    #: sees a client's send-receive before its body is read (see the module doc)
+    peek: "PeekFn | None" = None
 
     @property
     def pid(self) -> int:
@@ -197,6 +227,15 @@ class IProc:
         """
         n = len(body) if length is None else length
         return KCall(KQSEND, KReq(req=KQSEND, msg=KMsg(event, type, n, flags)), body, nmsg)
+
+    def try_send(self, event: int, type: int, body: "bytes | memoryview" = b"", flags: int = 0,
+                 nmsg: NMsg | None = None) -> KReply:
+        """A KTRY send made at once, without a coroutine turn (``dtry_send``):
+        delivered if a receiver is blocked on *event* (the reply's ``reply``
+        is 0), else nothing happened (EWOULDBLOCK)."""
+        assert self.kernel is not None and self.proc is not None
+        req = KReq(req=KQSEND, msg=KMsg(event, type, len(body), flags | KTRY))
+        return self.kernel.ksend_now(self.proc, req, body, nmsg)
 
     def recv(self, event: int, type: int, length: int, flags: int = 0) -> Awaitable[Received]:
         """krecv(): blocks until a sender matches; returns body and header."""
@@ -289,7 +328,7 @@ class KBoot:
     """One row of the boot table (LAM's ``kboottbl[]`` in ``kiproc.c``).
 
     ``row`` fixes the pid (100000 + row) when rows are left out of a boot;
-    None means the position in the table given to :meth:`KIProcDriver.boot`.
+    None means the position in the table given to :meth:`~lamd.kernel.kidriver.KIProcDriver.boot`.
     """
 
     name: str
@@ -313,255 +352,6 @@ def take_queued(mailbox: deque[Event], watches: tuple[Watch, ...]) -> Event | No
     return None
 
 
-class KIProcDriver:
-    """The part of :class:`~lamd.kernel.Kernel` that runs internal processes
-    (``kboot``, ``kiproc``): coroutines resumed with request results, bodies
-    collected from clients, and events of their watches."""
-
-    # provided by Kernel
-    procs: dict[int, "KProc"]
-    _out: list[Any]
-
-    def _init_iprocs(self) -> None:
-        self._runq: deque[tuple[KProc, Any]] = deque()
-        self._watch_seq = 0
-        self._watches: dict[int, Watch] = {}
-        self._collect_seq = 0
-        self._collects: dict[int, tuple[KProc, KProc, KMsg]] = {}
-
-    # ------------------------------------------------------------------
-    # entry points (the I/O layer calls these)
-    # ------------------------------------------------------------------
-    def boot(self, table: Iterable[KBoot], config: dict[str, Any] | None = None) -> list[Any]:
-        """Boot internal processes (LAM's ``kboot``): pid 100000 + row."""
-        for pos, kb in enumerate(table):
-            row = pos if kb.row is None else kb.row
-            p = self._alloc(IPROC_PID_BASE + row, kb.priority, None)
-            p.flags = KIPROC
-            h = IProc(kb.name, self, p, dict(config or {}))  # type: ignore[arg-type]
-            p.iproc = h
-            p.coro = kb.main(h)
-            self._runq.append((p, None))
-        self._run_iprocs()
-        return self._take()
-
-    def event(self, watch_id: int, value: Any = None) -> list[Any]:
-        """A watch the I/O layer carries out fired (a timer, a readable fd, a
-        child's exit, a signal)."""
-        w = self._watches.get(watch_id)
-        if w is not None and w.active:
-            if w.kind in _ONE_SHOT:
-                self._forget(w)
-            self._deliver(w.proc, Event(w, value))
-        self._run_iprocs()
-        return self._take()
-
-    def wake(self) -> list[Any]:
-        """Carry on with internal processes left runnable (after :class:`Resume`)."""
-        self._run_iprocs()
-        return self._take()
-
-    def body_arrived(self, token: int, data: bytes) -> list[Any]:
-        """The body a :class:`CollectBody` asked for has been read."""
-        entry = self._collects.pop(token, None)
-        if entry is not None:
-            pto, pfrom, smsg = entry
-            hdr = None
-            if smsg.flags & KNMSG:
-                hdr = NMsg.unpack(data)
-                data = data[NMSG_SIZE:]
-            elif pto.msg.flags & KNMSG:
-                hdr = NMsg()
-            rep = KReply(type=smsg.type, length=len(data), blktime=pto.blktime)
-            self.stats.messages += 1  # type: ignore[attr-defined]
-            self.stats.bytes += len(data)  # type: ignore[attr-defined]
-            self._resume(pto, Received(rep, bytes(data), hdr))
-        self._run_iprocs()
-        return self._take()
-
-    def end_iprocs(self) -> list[Any]:
-        """The daemon stops: end every internal process, so that what each
-        made (a socket, files in the session directory, descriptors) goes
-        with it (its coroutine is closed: its ``finally`` blocks run)."""
-        for p in [p for p in self.procs.values() if p.internal]:
-            try:
-                self._knuke(p)  # type: ignore[attr-defined]
-            except Exception:  # a finally that awaits: nothing more to do for it
-                log.exception("internal process %s (pid %d) did not end cleanly",
-                              p.iproc.name if p.iproc else "?", p.pid)
-        return self._take()
-
-    def body_failed(self, token: int) -> list[Any]:
-        """The sender of a :class:`CollectBody` vanished before finishing."""
-        self._collect_lost(token)
-        self._run_iprocs()
-        return self._take()
-
-    # ------------------------------------------------------------------
-    # watches
-    # ------------------------------------------------------------------
-    def watch(self, p: "KProc", kind: str, arg: Any) -> Watch:
-        """A new event source for internal process *p* (see :class:`IProc`)."""
-        self._watch_seq += 1
-        w = Watch(self._watch_seq, kind, arg, p)
-        self._watches[w.id] = w
-        p.watches[w.id] = w
-        self._out.append(WatchAction(w.id, kind, arg))
-        return w
-
-    def unwatch(self, w: Watch) -> None:
-        """Cancel *w*: the I/O layer stops it, its queued events go (also
-        those of a one-shot that has fired, and so is already inactive)."""
-        if w.active:
-            self._forget(w)
-            self._out.append(Unwatch(w.id))
-        mb = w.proc.mailbox
-        if mb:
-            w.proc.mailbox = deque(ev for ev in mb if ev.watch is not w)
-
-    def _forget(self, w: Watch) -> None:
-        w.active = False
-        self._watches.pop(w.id, None)
-        w.proc.watches.pop(w.id, None)
-
-    def _end_watches(self, p: "KProc") -> None:
-        """A process ends: every watch it had ends with it."""
-        for w in list(p.watches.values()):
-            self.unwatch(w)
-        p.mailbox.clear()
-
-    def _deliver(self, p: "KProc", ev: Event) -> None:
-        """Hand *ev* to *p* if it waits for it, else keep it in its mailbox."""
-        if p.coro is None:
-            return
-        wanted = p.wanted
-        if wanted is not None and (not wanted or ev.watch in wanted):
-            if p.call == WAIT_EVENT:
-                self._take_event(p, ev)
-                return
-            if p.state in (KSSEND, KSRECV):
-                # interrupt the blocked request, as kqdoom's EINTR path does
-                self._unblock(p)  # type: ignore[attr-defined]
-                p.state = KSREADY
-                p.flags &= ~KMSG2
-                p.body, p.nmsg = b"", None
-                self._take_event(p, ev)
-                return
-        p.mailbox.append(ev)
-
-    def _take_event(self, p: "KProc", ev: Event) -> None:
-        p.wanted = None
-        p.call = -1
-        if ev.watch.kind == READABLE and ev.watch.active:
-            self._out.append(Rearm(ev.watch.id))  # taken: report the next readiness
-        self._resume(p, ev)
-
-    def _queued_event(self, p: "KProc", watches: tuple[Watch, ...]) -> Event | None:
-        return take_queued(p.mailbox, watches)
-
-    # ------------------------------------------------------------------
-    # running the coroutines
-    # ------------------------------------------------------------------
-    def _resume(self, p: "KProc", value: Any) -> None:
-        self._runq.append((p, value))
-
-    def _run_iprocs(self) -> None:
-        """Run internal processes until none has a completed request pending."""
-        runq = self._runq
-        budget = IPROC_TURN_BUDGET
-        while runq:
-            budget -= 1
-            if budget < 0:
-                # an internal process that never blocks (a KTRY loop): let the
-                # I/O layer serve clients, then carry on
-                self._out.append(Resume())
-                return
-            p, value = runq.popleft()
-            if p.coro is None or p.index not in self.procs:
-                continue
-            try:
-                call = p.coro.send(value)
-            except StopIteration:
-                log.info("internal process %s (pid %d) ended", p.iproc.name if p.iproc else "?", p.pid)
-                self._knuke(p)  # type: ignore[attr-defined]
-                continue
-            except Exception:  # an internal process must never take the kernel down
-                log.exception("internal process %s (pid %d) failed; detached",
-                              p.iproc.name if p.iproc else "?", p.pid)
-                p.coro = None
-                self._knuke(p)  # type: ignore[attr-defined]
-                continue
-            self._iproc_call(p, call)
-
-    def _iproc_call(self, p: "KProc", call: KCall) -> None:
-        kind = call.kind
-        if kind == WAIT_EVENT or call.interruptible:
-            ev = self._queued_event(p, call.watches)
-            if ev is not None:
-                self._take_event(p, ev)
-                return
-            p.wanted = call.watches
-            if kind == WAIT_EVENT:
-                p.call = WAIT_EVENT
-                return
-        else:
-            p.wanted = None
-        if kind == WAIT_HALT:
-            self._out.append(Halt(call.arg, f"halt requested by {p.iproc.name if p.iproc else p.pid}"))
-            return
-        req = call.req
-        if req is None:
-            self._resume(p, ValueError(f"unknown internal call {kind!r}"))
-            return
-        req.index = p.index
-        p.call = kind
-        if kind in (KQSEND, KQSR):
-            p.body, p.nmsg = call.body, call.nmsg
-        if kind == KQSTATE:
-            p.wanted = None
-            self._resume(p, self.ksnap(req.pid))  # type: ignore[attr-defined]
-        elif kind == KQDOOM:
-            p.wanted = None
-            self._kqdoom(p, req)  # type: ignore[attr-defined]
-        elif kind in (KQSEND, KQRECV, KQSR):
-            bad = self._bad_lengths(req)  # type: ignore[attr-defined]
-            if bad:
-                p.wanted = None
-                self._resume(p, ValueError(bad))
-            else:
-                self._kqsync(p, req)  # type: ignore[attr-defined]
-                if p.state == KSREADY:
-                    p.wanted = None  # it did not block: nothing left to interrupt
-        else:
-            p.wanted = None
-            self._resume(p, ValueError(f"internal processes cannot make request {kind}"))
-
-    # ------------------------------------------------------------------
-    # bodies between clients and internal processes
-    # ------------------------------------------------------------------
-    def _next_collect(self) -> int:
-        self._collect_seq += 1
-        return self._collect_seq
-
-    def _collect_lost(self, token: int) -> None:
-        """A body for an internal receiver never came: it waits again, unharmed."""
-        entry = self._collects.pop(token, None)
-        if entry is None:
-            return
-        pto = entry[0]
-        if pto.index in self.procs and pto.state == KSREADY:
-            # an interruptible receive whose event fired meanwhile ends with it
-            ev = self._queued_event(pto, pto.wanted) if pto.wanted is not None else None
-            if ev is not None:
-                self._take_event(pto, ev)
-            else:
-                self._block(pto, KSRECV)  # type: ignore[attr-defined]
-
-    def _take(self) -> list[Any]:
-        out, self._out = self._out, []
-        return out
-
-
-__all__ = ["IPROC_PID_BASE", "IProc", "IProcMain", "KBoot", "KCall", "Received", "Watch",
-           "Event", "ChildExit", "KIProcDriver", "TIMER", "READABLE", "CHILD", "SIGNAL",
+__all__ = ["IPROC_PID_BASE", "IProc", "IProcMain", "KBoot", "KCall", "Received", "Watch", "TakeFn", "PeekFn",
+           "Event", "ChildExit", "TIMER", "READABLE", "CHILD", "SIGNAL", "ONE_SHOT",
            "STOP_SIGNALS", "WAIT_EVENT", "WAIT_HALT", "take_queued"]

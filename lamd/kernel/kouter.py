@@ -8,7 +8,7 @@ bodies to move, signals to send, connections to close, kill-file changes,
 event sources of internal processes. This module holds the table and the
 dispatch (attach, detach, surrender, dump, ``knuke``, ``kpreempt``,
 ``kkillall``); the rendezvous is :class:`~lamd.kernel.kinner.KInner`, the
-internal processes :class:`~lamd.kernel.kiproc.KIProcDriver`.
+internal processes :class:`~lamd.kernel.kidriver.KIProcDriver`.
 
 What differs from C on purpose:
 
@@ -40,7 +40,8 @@ from .constants import (
 )
 from .kactions import Action, Close, Conn, KillAppend, KillRemove, KillRewrite, Reply, Signal
 from .kinner import BlockedList, KInner
-from .kiproc import Event, IProc, KIProcDriver, Watch
+from .kidriver import KIProcDriver
+from .kiproc import Event, IProc, Watch
 from .wire import KMsg, KReply, KReq, NMsg
 
 log = logging.getLogger("lamd.kernel")
@@ -55,7 +56,7 @@ _REQUEST_NAMES = {KQSEND: "SEND", KQRECV: "RECV", KQSTATE: "STATE", KQDOOM: "DOO
 # --- the process table --------------------------------------------------------
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(eq=False)
 class KProc:
     """``struct kproc``: one kernel process descriptor."""
 
@@ -75,12 +76,43 @@ class KProc:
     # internal processes only
     iproc: IProc | None = None
     coro: Any = None
-    body: bytes = b""  # outgoing body of a blocked internal sender
+    body: bytes | memoryview = b""  # outgoing body of an internal sender (a view: IProc.try_send)
     nmsg: NMsg | None = None
     call: int | str = -1  # the request (or wait) an internal process is in
     watches: dict[int, Watch] = field(default_factory=dict)  # its event sources
     mailbox: deque[Event] = field(default_factory=deque)  # events not yet taken
     wanted: tuple[Watch, ...] | None = None  # events that end its wait (() any)
+
+    # spelled out, as wire's structs are: compiled, a generated one runs interpreted
+    def __init__(self, index: int, pid: int, priority: int, conn: Conn | None = None,
+                 state: int = KSREADY, signal: int = 0, flags: int = 0,
+                 fyi: tuple[int, ...] = (0,) * KNFYI, msg: KMsg | None = None,
+                 msg2: KMsg | None = None, blktime: float = 0.0, seq: int = 0,
+                 bkey: tuple[int, int] = (0, 0), iproc: IProc | None = None, coro: Any = None,
+                 body: bytes | memoryview = b"", nmsg: NMsg | None = None, call: int | str = -1,
+                 watches: dict[int, Watch] | None = None, mailbox: deque[Event] | None = None,
+                 wanted: tuple[Watch, ...] | None = None) -> None:
+        self.index = index
+        self.pid = pid
+        self.priority = priority
+        self.conn = conn
+        self.state = state
+        self.signal = signal
+        self.flags = flags
+        self.fyi = fyi
+        self.msg = KMsg() if msg is None else msg
+        self.msg2 = KMsg() if msg2 is None else msg2
+        self.blktime = blktime
+        self.seq = seq
+        self.bkey = bkey
+        self.iproc = iproc
+        self.coro = coro
+        self.body = body
+        self.nmsg = nmsg
+        self.call = call
+        self.watches = {} if watches is None else watches
+        self.mailbox = deque() if mailbox is None else mailbox
+        self.wanted = wanted
 
     @property
     def internal(self) -> bool:
@@ -90,7 +122,10 @@ class KProc:
         return f"<KProc {self.index} pid={self.pid} pri={self.priority} st={self.state}>"
 
 
-@dataclass(slots=True)
+_NO_MAILBOX: deque[Event] = deque(maxlen=0)
+
+
+@dataclass
 class KernelStats:
     """Counters kept for status lines and benchmarks."""
 
@@ -245,9 +280,9 @@ class Kernel(KInner, KIProcDriver):
         return sorted((p for p in self.procs.values() if p.state in (KSSEND, KSRECV)),
                       key=lambda p: p.bkey)
 
-    def kkillall(self) -> list[Action]:
+    def kkillall(self) -> list[Signal]:
         """``kkillall``: SIGCONT then SIGHUP to every attached external client."""
-        out: list[Action] = []
+        out: list[Signal] = []
         for p in self.ready_list() + self.blocked_list():
             # lamhalt (PRLAMHALT) is never in the kill file, so never killed
             if not p.internal and p.conn is not None and p.priority != PRLAMHALT:
@@ -329,8 +364,9 @@ class Kernel(KInner, KIProcDriver):
         self.stats.attaches += 1
         if p.priority != PRLAMHALT:
             self._out.append(KillAppend(conn, pid))  # kkillwrite: listed before it hears back
-        log.debug("kouter: attached process pid=%d pri=%d index=%d", pid, req.priority,
-                  p.index, extra={"LAM_PID": pid, "LAM_REQUEST": "ATTACH"})
+        if self.debug:
+            log.debug("kouter: attached process pid=%d pri=%d index=%d", pid, req.priority,
+                      p.index, extra={"LAM_PID": pid, "LAM_REQUEST": "ATTACH"})
         self._out.append(Reply(conn, KReply(index=p.index)))
 
     def _kqattach_again(self, p: KProc, req: KReq) -> None:
@@ -351,7 +387,8 @@ class Kernel(KInner, KIProcDriver):
                         extra={"LAM_PID": p.pid, "LAM_REQUEST": "DETACH"})
             self.stats.refused += 1
             return
-        log.debug("kouter: detached process pid=%d", p.pid, extra={"LAM_PID": p.pid})
+        if self.debug:
+            log.debug("kouter: detached process pid=%d", p.pid, extra={"LAM_PID": p.pid})
         self._knuke(p)
         self._out.append(Close(conn, "detached"))
 
@@ -413,7 +450,10 @@ class Kernel(KInner, KIProcDriver):
         else:
             index = self._next_index
             self._next_index += 1
-        p = KProc(index=index, pid=pid, priority=priority, conn=conn, seq=next(self._seq))
+        # a client never has events queued (only internal processes watch
+        # anything): a shared deque that holds nothing, not 760 bytes each
+        p = KProc(index=index, pid=pid, priority=priority, conn=conn, seq=next(self._seq),
+                  mailbox=_NO_MAILBOX if conn is not None else None)
         self.procs[index] = p
         self._by_pid.setdefault(pid, []).append(p)
         if conn is not None:

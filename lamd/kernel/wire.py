@@ -16,13 +16,17 @@ layouts below are proven against the C compiler by ``tests/test_layout.py``.
 
 Pointers (``k_msg``, ``nh_msg``) are client addresses: meaningless to the
 kernel, carried through untouched.
+
+The structs made for every message (``KMsg``, ``KReq``, ``KReply``) spell
+their ``__init__`` out: compiled (``setup.py``), a dataclass's generated
+``__init__`` would run as interpreted Python, ten times slower than one
+mypyc compiles; the dataclass still gives them ``__eq__`` and ``__repr__``.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from .constants import KNFYI, NHDSIZE
 
@@ -62,7 +66,7 @@ SIZES = {"kmsg": KMSG_SIZE, "kreq": KREQ_SIZE, "kreply": KREPLY_SIZE, "nmsg": NM
 _ZERO_FYI: tuple[int, ...] = (0,) * KNFYI
 
 
-@dataclass(slots=True)
+@dataclass
 class KMsg:
     """``struct kmsg``: a message descriptor (event, type, length, flags)."""
 
@@ -72,11 +76,19 @@ class KMsg:
     flags: int = 0
     msg: int = 0  # the client's k_msg pointer, opaque
 
+    def __init__(self, event: int = 0, type: int = 0, length: int = 0, flags: int = 0,
+                 msg: int = 0) -> None:
+        self.event = event
+        self.type = type
+        self.length = length
+        self.flags = flags
+        self.msg = msg
+
     def pack(self) -> bytes:
         return KMSG_STRUCT.pack(self.event, self.type, self.length, self.flags, self.msg)
 
 
-@dataclass(slots=True)
+@dataclass
 class KReq:
     """``struct kreq``: one kernel request as a client writes it."""
 
@@ -89,7 +101,17 @@ class KReq:
     msg: KMsg = field(default_factory=KMsg)
     msg2: KMsg = field(default_factory=KMsg)
 
-    SIZE: ClassVar[int] = KREQ_SIZE
+    def __init__(self, req: int = 0, index: int = -1, pid: int = 0, priority: int = 0,
+                 signal: int = 0, fyi: tuple[int, ...] = _ZERO_FYI, msg: KMsg | None = None,
+                 msg2: KMsg | None = None) -> None:
+        self.req = req
+        self.index = index
+        self.pid = pid
+        self.priority = priority
+        self.signal = signal
+        self.fyi = fyi
+        self.msg = KMsg() if msg is None else msg
+        self.msg2 = KMsg() if msg2 is None else msg2
 
     def pack(self) -> bytes:
         m, m2 = self.msg, self.msg2
@@ -102,14 +124,14 @@ class KReq:
     @classmethod
     def unpack(cls, buf: bytes | bytearray | memoryview, offset: int = 0) -> "KReq":
         v = KREQ_STRUCT.unpack_from(buf, offset)
-        return cls(
+        return KReq(
             v[0], v[1], v[2], v[3], v[4], v[5:14],
             KMsg(v[14], v[15], v[16], v[17], v[18]),
             KMsg(v[19], v[20], v[21], v[22], v[23]),
         )
 
 
-@dataclass(slots=True)
+@dataclass
 class KReply:
     """``struct kreply``: the kernel's answer to one request."""
 
@@ -125,7 +147,20 @@ class KReply:
     fyi: tuple[int, ...] = _ZERO_FYI
     blktime: float = 0.0
 
-    SIZE: ClassVar[int] = KREPLY_SIZE
+    def __init__(self, reply: int = 0, signal: int = 0, length: int = 0, event: int = 0,
+                 type: int = 0, state: int = 0, priority: int = 0, index: int = 0,
+                 sigs: int = 0, fyi: tuple[int, ...] = _ZERO_FYI, blktime: float = 0.0) -> None:
+        self.reply = reply
+        self.signal = signal
+        self.length = length
+        self.event = event
+        self.type = type
+        self.state = state
+        self.priority = priority
+        self.index = index
+        self.sigs = sigs
+        self.fyi = fyi
+        self.blktime = blktime
 
     def pack(self) -> bytes:
         return KREPLY_STRUCT.pack(
@@ -137,10 +172,10 @@ class KReply:
     @classmethod
     def unpack(cls, buf: bytes | bytearray | memoryview, offset: int = 0) -> "KReply":
         v = KREPLY_STRUCT.unpack_from(buf, offset)
-        return cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9:18], v[18])
+        return KReply(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9:18], v[18])
 
 
-@dataclass(slots=True)
+@dataclass
 class NMsg:
     """``struct nmsg``: the network message header that precedes KNMSG bodies."""
 
@@ -154,8 +189,6 @@ class NMsg:
     data: tuple[int, ...] = (0,) * NHDSIZE
     msg: int = 0  # the sender's nh_msg pointer, opaque
 
-    SIZE: ClassVar[int] = NMSG_SIZE
-
     def pack(self) -> bytes:
         data = tuple(self.data) + (0,) * (NHDSIZE - len(self.data))
         return NMSG_STRUCT.pack(
@@ -166,4 +199,4 @@ class NMsg:
     @classmethod
     def unpack(cls, buf: bytes | bytearray | memoryview, offset: int = 0) -> "NMsg":
         v = NMSG_STRUCT.unpack_from(buf, offset)
-        return cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7:15], v[15])
+        return NMsg(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7:15], v[15])

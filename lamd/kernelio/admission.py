@@ -17,35 +17,46 @@ refused with a log line; none is ever admitted without a pidfd.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import logging
 import os
 import select
 import socket
 import struct
-from typing import TYPE_CHECKING
+from functools import partial
 
+from mypy_extensions import trait
+
+from .kiobase import KIOBase
 from .transfer import Connection
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .kernelio import KernelIO
 
 log = logging.getLogger("lamd.kernelio")
 
 _UCRED = struct.Struct("3i")
+_UCRED_SIZE = _UCRED.size
+_AF_UNIX = socket.AF_UNIX
+_SOCK_STREAM = socket.SOCK_STREAM
+_SOL_SOCKET = socket.SOL_SOCKET
+_SO_PEERCRED = socket.SO_PEERCRED
+_EPOLLIN = select.EPOLLIN
+_POLLIN = select.POLLIN
 #: ``SO_PEERPIDFD`` (asm-generic/socket.h; Linux 6.5)
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 _NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _HUNG_UP = select.POLLHUP | select.POLLRDHUP | select.POLLERR
 
 
-class Admission:
+@trait
+class Admission(KIOBase):
     """The part of :class:`~lamd.kernelio.KernelIO` that takes new clients."""
 
-    def _on_accept(self: "KernelIO", _ev: int) -> None:
+    def _on_accept(self, _ev: int) -> None:
         """One client per event: epoll is level-triggered, the next comes next turn."""
         try:
-            fd, _addr = self.listener._accept()  # a bare fd: no getsockname, no ioctl
+            # a bare fd: no getsockname, no ioctl (socket.socket's own accept
+            # calls it too; typeshed does not list it)
+            fd, _addr = getattr(self.listener, "_accept")()
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
@@ -54,9 +65,12 @@ class Admission:
             elif e.errno not in (errno.ECONNABORTED, errno.EPROTO):
                 raise
             return
-        self._admit(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd))
+        # the C socket type, not socket.socket: no Python-level __init__ or close
+        # per client (measured: a raw accept4(SOCK_NONBLOCK) through ctypes and
+        # getsockopt through ctypes cost more CPU than they save in system calls)
+        self._admit(_socket.socket(_AF_UNIX, _SOCK_STREAM, 0, fd))
 
-    def _out_of_descriptors(self: "KernelIO", e: OSError, spare_used: bool = True) -> None:
+    def _out_of_descriptors(self, e: OSError, spare_used: bool = True) -> None:
         """No descriptor for a new client: refuse it at once, never spin.
 
         The spare descriptor kept for this is given up to accept the client
@@ -84,7 +98,7 @@ class Admission:
         self.loop.remove(self.listener.fileno())
         self.loop.call_later(0.1, self._relisten)
 
-    def _relisten(self: "KernelIO") -> None:
+    def _relisten(self) -> None:
         fd = self.listener.fileno()
         if fd not in self.loop.handlers:
             try:
@@ -92,7 +106,7 @@ class Admission:
             except OSError:
                 pass
 
-    def _accepting_again(self: "KernelIO") -> None:
+    def _accepting_again(self) -> None:
         """A client left while we were refusing: take new ones again."""
         self._refusing = False
         log.info("a client left: accepting clients again (%d attached)", len(self.conns))
@@ -100,11 +114,11 @@ class Admission:
             self._spare_fd = _spare()
         self._relisten()
 
-    def _admit(self: "KernelIO", sock: socket.socket) -> None:
-        sock.setblocking(False)  # accept4 gave a blocking socket: one fcntl
+    def _admit(self, sock: _socket.socket) -> None:
+        sock.setblocking(False)  # accept4 gave a blocking socket: one ioctl
         try:
             pid, uid, _gid = _UCRED.unpack(
-                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+                sock.getsockopt(_SOL_SOCKET, _SO_PEERCRED, _UCRED_SIZE))
         except OSError:
             sock.close()
             return
@@ -133,20 +147,21 @@ class Admission:
         c = Connection(sock, pid, uid)
         c.pidfd = pidfd
         self.conns[c.fd] = c
-        c.mask = select.EPOLLIN
-        self.loop.add_reader(c.fd, lambda ev, c=c: self._on_client(c, ev))
+        c.mask = _EPOLLIN
+        # a partial, not a lambda: one Python frame less per event, and smaller
+        self.loop.add_reader(c.fd, partial(self._on_client, c))
         self.kernel.connect(c, pid, uid)
         if self.crash is not None:
             self.crash.add(c)  # systemd keeps it across a crash
         self._read(c)  # a client writes its attach right after connecting: it may be here
 
-    def _pin(self: "KernelIO", sock: socket.socket, pid: int) -> tuple[int | None, str]:
+    def _pin(self, sock: _socket.socket, pid: int) -> tuple[int | None, str]:
         """A pidfd for the process that connected on *sock*, or (None, why).
 
         Raises OSError when no descriptor is left for the pidfd."""
         if self._peerpidfd:
             try:
-                pidfd = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+                pidfd = sock.getsockopt(_SOL_SOCKET, SO_PEERPIDFD)
             except OSError as e:
                 if e.errno in (errno.ENOPROTOOPT, errno.EINVAL):
                     self._peerpidfd = False  # an older kernel: pidfd_open below
@@ -161,7 +176,7 @@ class Admission:
                 # (newer kernels hand one out for a reaped peer too): one that
                 # died in the backlog must not be listed, its pid may be reused
                 p = select.poll()
-                p.register(pidfd, select.POLLIN)  # a pidfd polls readable once its process exited
+                p.register(pidfd, _POLLIN)  # a pidfd polls readable once its process exited
                 if p.poll(0):
                     os.close(pidfd)
                     return None, "it exited before it was accepted"

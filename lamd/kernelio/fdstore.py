@@ -40,9 +40,9 @@ import select
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
-from ..kernel import ksnapshot
+from ..kernel import kactions as K, ksnapshot
 from ..kernel.constants import KMSG2, KQRECV, KQSEND, KQSR, KSREADY, KSRECV, KSSEND
 from ..kernel.kouter import Kernel
 from ..kernel.wire import KREQ_SIZE, KReq
@@ -59,6 +59,7 @@ _HUNG_UP = select.POLLHUP | select.POLLRDHUP | select.POLLERR
 _NOT_BLOCKED = (1 << 63) - 1
 #: body bytes moved: being read, how many not yet known
 _UNKNOWN = (1 << 64) - 1
+_Reply, _Transfer = K.Reply, K.Transfer
 
 
 class FdStore(Protocol):
@@ -204,6 +205,16 @@ class CrashKeeper:
         self._last[c] = req.req
         if not in_record:  # else REQ_RECEIVING with the request says as much
             cs.write_request(self.mm, c.slot, cs.REQ_PENDING, req.pack(), _NOT_BLOCKED)
+
+    def answering(self, actions: list[Any]) -> None:
+        """Before any of *actions* is carried out: mark every client answered
+        in them (a reply, or a body that starts between two of them)."""
+        for a in actions:
+            t = type(a)
+            if t is _Reply:
+                self.replying(a.conn)
+            elif t is _Transfer:
+                self.partners(a.src, a.dst)
 
     def replying(self, c: Connection) -> None:
         """A reply (and maybe a body) is about to be written to *c*."""

@@ -286,7 +286,7 @@ def adopt_connections(io: "KernelIO", conns: dict[int, Connection]) -> None:
         if c.starttime is None:
             io._starttime_due.append(c)
         if c.out:
-            io._dirty.add(c)
+            io._dirty[c] = None
         if len(c.inbuf) >= KREQ_SIZE:
             io._mark_pending(c)
 

@@ -21,7 +21,7 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from ..kernel import kactions as K
 from ..kernel.kiproc import STOP_SIGNALS
@@ -29,13 +29,16 @@ from ..kernel.kouter import Kernel
 from ..session.kkill import KillFile, KillFileWriter, proc_starttime
 from .admission import Admission
 from .handover import DRAIN_TIMEOUT, REEXEC_SIGNAL, safe_point
-from .kio import ConnIO
 from .fdstore import CrashKeeper
-from .loop import EventLoop
-from .transfer import Connection
+from .kio import ConnIO
+from .loop import EventLoop, Timer
+from .transfer import BodyMove, Connection
 from .watches import WatchSet
 
 log = logging.getLogger("lamd.kernelio")
+
+_Reply, _Transfer, _KillAppend, _KillRemove = K.Reply, K.Transfer, K.KillAppend, K.KillRemove
+_Close, _SendBody, _CollectBody, _Signal = K.Close, K.SendBody, K.CollectBody, K.Signal
 
 
 @dataclass(slots=True)
@@ -45,6 +48,9 @@ class IOLimits:
     move_buffer: int = 256 * 1024  # bytes held per body in flight
     max_queued: int = 1 << 20  # reply bytes queued to one client before we stop reading it
     requests_per_turn: int = 32  # requests served from one client before the next one's turn
+    #: seconds a sender may take to write a body an internal process waits for
+    #: (bufferd serves the whole session: it must not wait on one client for long)
+    collect_timeout: float = 5.0
 
 
 class KernelIO(Admission, ConnIO):
@@ -67,7 +73,10 @@ class KernelIO(Admission, ConnIO):
         self._watches = WatchSet(self.loop, self._fire)  # internal processes' event sources
         self.conns: dict[int, Connection] = {}
         self._pending: deque[Connection] = deque()  # clients with unparsed requests
-        self._dirty: set[Connection] = set()  # clients with output to flush
+        #: clients with output to flush, in the order they got it (a dict as
+        #: an ordered set): the client waiting first gets its bytes first
+        self._dirty: dict[Connection, None] = {}
+        self._collect_timers: dict[BodyMove, Timer] = {}  # bodies internal processes wait for
         # the kill file: the kernel's KillAppend/KillRemove/KillRewrite, carried out
         self._kill = KillFileWriter(
             KillFile(killfile, clients_file or killfile + ".clients",
@@ -98,6 +107,7 @@ class KernelIO(Admission, ConnIO):
         self._rview = memoryview(self._rbuf)
         listener.setblocking(False)
         self.loop.add_reader(listener.fileno(), self._on_accept)
+        self.loop.last_fd = listener.fileno()
 
     # ------------------------------------------------------------------
     # the loop
@@ -210,8 +220,9 @@ class KernelIO(Admission, ConnIO):
             self._flush_dirty()
         if self._kill.due:
             self._kill.flush()
-        if self.crash is not None and self.crash.due:
-            self.crash.settle()
+        crash = self.crash
+        if crash is not None and crash.due:
+            crash.settle()
 
     def shutdown(self, *, unlink_socket: str | None = None, grace: float = 0.0) -> None:
         """``kio_shutdown``: kkillall, close everything, remove session files.
@@ -233,9 +244,10 @@ class KernelIO(Admission, ConnIO):
         for c in list(self.conns.values()):
             self._close(c, notify_kernel=False)
         self._watches.close()
-        if self.crash is not None:
-            self.crash.close()
+        crash = self.crash
+        if crash is not None:
             self.crash = None
+            crash.close()
         self.loop.remove(self.listener.fileno())
         self.listener.close()
         self._kill.close()
@@ -259,7 +271,9 @@ class KernelIO(Admission, ConnIO):
     # ------------------------------------------------------------------
     def killfile_entries(self) -> list[tuple[int, int | None]]:
         """(pid, start time) of every client the kernel lists."""
-        return [(pid, conn.starttime) for pid, conn in self.kernel.killfile_entries()]
+        # the kernel's connections are the Connections this layer gave it
+        return [(pid, cast(Connection, conn).starttime)
+                for pid, conn in self.kernel.killfile_entries()]
 
     def write_killfile(self, *, strict: bool = False) -> None:
         """``kkillrewrite``: bring the kill file up to date with the table.
@@ -314,17 +328,32 @@ class KernelIO(Admission, ConnIO):
             # every client answered here is marked before a byte is written
             # to any of them: a SIGKILL in between finds both ends of a
             # rendezvous marked, never one of them only
-            for a in actions:
-                t = type(a)
-                if t is K.Reply:
-                    crash.replying(a.conn)
-                elif t is K.Transfer:
-                    crash.partners(a.src, a.dst)
-        for a in actions:
+            crash.answering(actions)
+        # the most frequent actions first; names bound at import, not looked up in K
+        skip_next = False
+        for i, a in enumerate(actions):
+            if skip_next:
+                skip_next = False
+                continue
             t = type(a)
-            if t is K.Reply:
-                self._queue(a.conn, a.reply.pack())
-            elif t is K.Transfer:
+            if t is _Reply:
+                c = a.conn
+                nxt = actions[i + 1] if i + 1 < len(actions) else None
+                tn = type(nxt)
+                if tn is _Transfer and nxt.dst is c and not c.out and not c.closed:
+                    # a receiver's reply waits for the first bytes of its body and
+                    # leaves with them in one sendmsg (it could do nothing with
+                    # the reply alone but wait for the body: one wake-up, one send)
+                    data = a.reply.pack()
+                    c.out.append(bytearray(data))
+                    c.queued += len(data)
+                    self._dirty[c] = None
+                elif tn is _SendBody and nxt.conn is c:
+                    self._queue(c, a.reply.pack() + nxt.data)  # reply and body: one send
+                    skip_next = True
+                else:
+                    self._queue(c, a.reply.pack())
+            elif t is _Transfer:
                 src, dst = a.src, a.dst
                 if dst.closed:
                     dst = None
@@ -335,26 +364,29 @@ class KernelIO(Admission, ConnIO):
                         self._drop(dst, "its sender vanished before the body")
                     continue
                 self._start_move(src, dst, a.length, a.skip)
-            elif t is K.KillAppend:
+            elif t is _KillAppend:
                 self._kill_append(a.conn, a.pid)
-            elif t is K.KillRemove:
+            elif t is _KillRemove:
                 self._kill.remove(a.pid)
-            elif t is K.SendBody:
+            elif t is _Close:
+                c = a.conn
+                if not c.closed:
+                    if not c.out:
+                        self._close(c, notify_kernel=True)  # nothing owed: at once
+                    else:
+                        c.closing = True  # after what it is owed
+                        self._dirty[c] = None
+            elif t is _SendBody:
                 self._queue(a.conn, a.data)
-            elif t is K.CollectBody:
+            elif t is _CollectBody:
                 if a.src.closed:
                     self._apply(self.kernel.body_failed(a.token))
                 else:
                     self._start_move(a.src, None, a.length, 0, a.token)
-            elif t is K.Signal:
+            elif t is _Signal:
                 self._signal(a)
                 if crash is not None and a.conn is not None:
                     crash.due.add(a.conn)  # kpreempt: its flags changed
-            elif t is K.Close:
-                c = a.conn
-                if not c.closed:
-                    c.closing = True
-                    self._dirty.add(c)
             elif t is K.KillRewrite:
                 self._kill.rewrite_due()
             elif t is K.Watch:
@@ -369,7 +401,7 @@ class KernelIO(Admission, ConnIO):
                 self.halted = not self.stopping
                 self.stop(a.status, a.reason)
 
-    def _eof_first(self, hangups: list[Any], grace: float) -> None:
+    def _eof_first(self, hangups: list[K.Signal], grace: float) -> None:
         """Shut every client's socket (the peer reads EOF) and wait up to
         *grace* seconds for the clients kkillall would hang up to exit."""
         for c in list(self.conns.values()):
@@ -380,7 +412,7 @@ class KernelIO(Admission, ConnIO):
         p = select.poll()
         waiting = set()
         for a in hangups:
-            c = a.conn
+            c = cast(Connection, a.conn)
             if not c.closed and c.pidfd is not None and c.pid != os.getpid():
                 p.register(c.pidfd, select.POLLIN)  # readable once the process exited
                 waiting.add(c.pidfd)
@@ -394,7 +426,7 @@ class KernelIO(Admission, ConnIO):
                 waiting.discard(fd)
 
     def _signal(self, a: K.Signal, drop_on_failure: bool = True) -> None:
-        c: Connection = a.conn
+        c = cast(Connection, a.conn)
         if c.closed or c.pidfd is None or c.pid == os.getpid():
             return  # never signal ourselves (an embedded client, in tests)
         try:

@@ -21,24 +21,26 @@ Every socket is non-blocking and nothing here waits on one peer:
 from __future__ import annotations
 
 import logging
+from functools import partial
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from mypy_extensions import trait
 
 from ..kernel.wire import KREQ_SIZE, KReq
+from .fdstore import CrashKeeper
+from .kiobase import KIOBase
 from .loop import EPOLLERR, EPOLLIN, EPOLLOUT
 from .transfer import BodyMove, Connection
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .fdstore import CrashKeeper
-    from .kernelio import KernelIO
 
 log = logging.getLogger("lamd.kernelio")
 
 
-class ConnIO:
+@trait
+class ConnIO(KIOBase):
     """The part of :class:`~lamd.kernelio.KernelIO` that talks to clients."""
 
-    def _on_client(self: "KernelIO", c: Connection, ev: int) -> None:
+    def _on_client(self, c: Connection, ev: int) -> None:
         if c.closed:
             return
         if ev & EPOLLOUT:
@@ -48,7 +50,7 @@ class ConnIO:
         if ev & (EPOLLIN | EPOLLERR):
             self._read(c)
 
-    def _read(self: "KernelIO", c: Connection) -> None:
+    def _read(self, c: Connection) -> None:
         m = c.move
         if m is not None:
             self._read_body(c, m)
@@ -88,7 +90,7 @@ class ConnIO:
             c.inbuf = bytearray(self._rview[:n])
         self._parse(c)
 
-    def _read_into_record(self: "KernelIO", c: Connection, crash: "CrashKeeper") -> None:
+    def _read_into_record(self, c: Connection, crash: CrashKeeper) -> None:
         """An idle client's next request, received straight into its crash
         record (:mod:`.fdstore`): a SIGKILL at any moment finds it there."""
         view = crash.arm(c)
@@ -109,7 +111,7 @@ class ConnIO:
         crash.settle_one(c)  # part of a request: in this process only, and said so
         self._parse(c)
 
-    def _parse(self: "KernelIO", c: Connection) -> None:
+    def _parse(self, c: Connection) -> None:
         """Serve complete requests buffered for *c*, a bounded number per turn."""
         budget = self.limits.requests_per_turn
         buf = c.inbuf
@@ -126,14 +128,14 @@ class ConnIO:
                 and not c.read_paused and not self.handing_over):
             self._mark_pending(c)
 
-    def _mark_pending(self: "KernelIO", c: Connection) -> None:
+    def _mark_pending(self, c: Connection) -> None:
         """*c* has requests buffered: serve them this turn, once (the budget of
         ``requests_per_turn`` holds because a connection is queued at most once)."""
         if not c.pending:
             c.pending = True
             self._pending.append(c)
 
-    def _serve_pending(self: "KernelIO") -> None:
+    def _serve_pending(self) -> None:
         pending = self._pending
         for _ in range(len(pending)):
             c = pending.popleft()
@@ -141,16 +143,17 @@ class ConnIO:
             if not c.closed and c.move is None:
                 self._parse(c)
 
-    def _handle(self: "KernelIO", c: Connection, req: KReq, in_record: bool = False) -> None:
-        if self.crash is not None:
-            self.crash.pending(c, req, in_record)  # a crash from now on: made again for it
+    def _handle(self, c: Connection, req: KReq, in_record: bool = False) -> None:
+        crash = self.crash
+        if crash is not None:
+            crash.pending(c, req, in_record)  # a crash from now on: made again for it
         self._apply(self.kernel.request(c, req))
         if self._dirty:
             self._flush_dirty()
-        if self.crash is not None and self.crash.due:
-            self.crash.settle()
+        if crash is not None and crash.due:
+            crash.settle()
 
-    def _read_body(self: "KernelIO", c: Connection, m: BodyMove) -> None:
+    def _read_body(self, c: Connection, m: BodyMove) -> None:
         """Read body bytes from sender *c* into its :class:`BodyMove`."""
         space = m.space()
         if space <= 0:
@@ -188,7 +191,7 @@ class ConnIO:
             return
         self._after_src_progress(m)
 
-    def _after_src_progress(self: "KernelIO", m: BodyMove) -> None:
+    def _after_src_progress(self, m: BodyMove) -> None:
         c = m.src
         if self.crash is not None and m.dst is not None:
             self.crash.consumed(m)
@@ -200,13 +203,16 @@ class ConnIO:
         if m.dst is not None:
             self._flush(m.dst)
 
-    def _src_finished(self: "KernelIO", m: BodyMove) -> None:
+    def _src_finished(self, m: BodyMove) -> None:
         c = m.src
         c.move = None
         if m.src_paused or c.read_paused:
             m.src_paused = False
             self._pause_read(c, False)
         if m.token is not None:
+            t = self._collect_timers.pop(m, None)
+            if t is not None:
+                t.cancel()
             data = bytes(m.collected or b"")
             m.collected = None
             self._apply(self.kernel.body_arrived(m.token, data))
@@ -215,12 +221,14 @@ class ConnIO:
         if c.inbuf and not c.closed:
             self._mark_pending(c)
 
-    def _start_move(self: "KernelIO", src: Connection, dst: Connection | None, length: int,
+    def _start_move(self, src: Connection, dst: Connection | None, length: int,
                     skip: int, token: Any = None) -> BodyMove:
         m = BodyMove(src, dst, length, skip, self.limits.move_buffer, token)
         src.move = m
-        crash = self.crash if dst is not None else None
-        if crash is not None:
+        crash = self.crash
+        if dst is None:
+            crash = None  # a body to an internal process: in this process only
+        elif crash is not None:
             crash.moving(src, dst, m)  # before a byte of it moves
         if src.inbuf:
             used = m.feed(memoryview(src.inbuf))
@@ -229,7 +237,7 @@ class ConnIO:
                 crash.consumed(m)
         if dst is not None:
             dst.out.append(m)
-            self._dirty.add(dst)
+            self._dirty[dst] = None
         if m.src_done:
             self._src_finished(m)
         elif m.space() <= 0:
@@ -238,12 +246,32 @@ class ConnIO:
         else:
             # the sender has had its reply for a moment: its body may be here
             self._read_body(src, m)
+        if token is not None and not m.src_done and not src.closed:
+            # an internal receiver (bufferd, ...) waits for this body and
+            # nothing else: a sender that stops half-way is given a deadline
+            self._collect_timers[m] = self.loop.call_later(
+                self.limits.collect_timeout, partial(self._collect_overdue, m))
         return m
+
+    def _collect_overdue(self, m: BodyMove) -> None:
+        """A sender did not finish a body an internal process waits for within
+        ``collect_timeout``: it is dropped (its connection closed: liblam's
+        ENOKERNEL, never silence), so that the internal process, which serves
+        every client of the session, receives again."""
+        self._collect_timers.pop(m, None)
+        c = m.src
+        if c.closed or c.move is not m:
+            return
+        log.warning("pid %d did not write the message body an internal process waits for "
+                    "within %g s (%d bytes missing): dropping it", c.pid,
+                    self.limits.collect_timeout, m.remaining + m.skip,
+                    extra={"LAM_PID": c.pid})
+        self._drop(c, "stalled mid-body to an internal process")
 
     # ------------------------------------------------------------------
     # writing
     # ------------------------------------------------------------------
-    def _queue(self: "KernelIO", c: Connection, data: bytes) -> None:
+    def _queue(self, c: Connection, data: bytes) -> None:
         if c.closed:
             return
         out = c.out
@@ -254,7 +282,7 @@ class ConnIO:
             except (BlockingIOError, InterruptedError):
                 n = 0
             except OSError:
-                self._dirty.add(c)  # the flush will find the error and drop it
+                self._dirty[c] = None  # the flush will find the error and drop it
                 n = 0
             if n == len(data):
                 return
@@ -264,30 +292,38 @@ class ConnIO:
         else:
             out.append(bytearray(data))
         c.queued += len(data)
-        self._dirty.add(c)
+        self._dirty[c] = None
         if c.queued > self.limits.max_queued and not c.read_paused:
             log.warning("pid %d does not read its replies (%d bytes queued, limit %d): "
                         "not reading its requests until it does", c.pid, c.queued,
                         self.limits.max_queued, extra={"LAM_PID": c.pid})
             self._pause_read(c, True)
 
-    def _flush_dirty(self: "KernelIO") -> None:
-        while self._dirty:
-            c = self._dirty.pop()
-            if not c.closed:
-                self._flush(c)
+    def _flush_dirty(self) -> None:
+        dirty = self._dirty
+        while dirty:
+            batch = list(dirty)  # in order: first come, first served
+            dirty.clear()
+            for c in batch:
+                if not c.closed:
+                    self._flush(c)
 
-    def _flush(self: "KernelIO", c: Connection) -> None:
-        """Write what is queued for *c* until the socket would block."""
+    def _flush(self, c: Connection) -> None:
+        """Write what is queued for *c* until the socket would block.
+
+        A reply followed by its body leaves with the body's first bytes in one
+        ``sendmsg``; until the body's first bytes are here the reply is held.
+        """
         out = c.out
-        send = c.sock.send
+        sock = c.sock
+        held = False
         try:
             while out:
                 item = out[0]
                 if type(item) is BodyMove:
                     m = item
                     if m.rpos < m.wpos:
-                        n = send(memoryview(m.buf)[m.rpos:m.wpos])
+                        n = sock.send(memoryview(m.buf)[m.rpos:m.wpos])
                         m.rpos += n
                         m.sent += n
                         if self.crash is not None:
@@ -296,7 +332,7 @@ class ConnIO:
                             break
                     m.rpos = m.wpos = 0
                     if m.src_done:
-                        out.popleft()
+                        del out[0]
                         if self.crash is not None:
                             self.crash.delivered(m)
                         continue
@@ -304,12 +340,32 @@ class ConnIO:
                         m.src_paused = False
                         self._pause_read(m.src, False)
                     break
-                n = send(item)
+                if len(out) > 1 and type(out[1]) is BodyMove:
+                    m = out[1]
+                    if m.rpos < m.wpos:
+                        # the reply and the body's first bytes: one sendmsg
+                        k = len(item)
+                        n = sock.sendmsg([item, memoryview(m.buf)[m.rpos:m.wpos]])
+                        if n < k:
+                            c.queued -= n
+                            out[0] = memoryview(item)[n:] if type(item) is bytearray else item[n:]
+                            break
+                        c.queued -= k
+                        del out[0]
+                        m.rpos += n - k
+                        m.sent += n - k
+                        if self.crash is not None:
+                            self.crash.sent(m, c)
+                        continue  # the rest of the body, as above
+                    if m.remaining > 0 and m.src.move is m:
+                        held = True  # no body byte yet: the reply waits for it
+                        break
+                n = sock.send(item)
                 c.queued -= n
                 if n < len(item):
                     out[0] = memoryview(item)[n:] if type(item) is bytearray else item[n:]
                     break
-                out.popleft()
+                del out[0]
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
@@ -322,14 +378,15 @@ class ConnIO:
             return
         if not out and self.crash is not None:
             self.crash.settle_one(c)
-        want_out = bool(out) and not (type(out[0]) is BodyMove and out[0].rpos >= out[0].wpos)
+        want_out = bool(out) and not held and not (type(out[0]) is BodyMove
+                                                   and out[0].rpos >= out[0].wpos)
         if c.read_paused and c.queued <= self.limits.max_queued // 2 and c.move is None:
             self._pause_read(c, False)
             if c.inbuf:
                 self._mark_pending(c)
         self._set_mask(c, want_out=want_out)
 
-    def _set_mask(self: "KernelIO", c: Connection, *, want_out: bool) -> None:
+    def _set_mask(self, c: Connection, *, want_out: bool) -> None:
         """Listen for what *c* needs; nothing at all while it is paused, so a
         hung-up peer (EPOLLHUP is always reported) cannot make the loop spin."""
         mask = (0 if c.read_paused or c.closing else EPOLLIN) | (EPOLLOUT if want_out else 0)
@@ -346,7 +403,7 @@ class ConnIO:
             pass
         c.mask = mask
 
-    def _pause_read(self: "KernelIO", c: Connection, paused: bool) -> None:
+    def _pause_read(self, c: Connection, paused: bool) -> None:
         if c.read_paused != paused:
             c.read_paused = paused
             want_out = bool(c.mask & EPOLLOUT)
@@ -355,14 +412,14 @@ class ConnIO:
     # ------------------------------------------------------------------
     # losing clients
     # ------------------------------------------------------------------
-    def _drop(self: "KernelIO", c: Connection, why: str) -> None:
+    def _drop(self, c: Connection, why: str) -> None:
         """*c* is gone or unusable: clean up both sides of what it was part of."""
         if c.closed:
             return
         log.debug("dropping pid %d: %s", c.pid, why, extra={"LAM_PID": c.pid})
         self._close(c, notify_kernel=True)
 
-    def _close(self: "KernelIO", c: Connection, *, notify_kernel: bool) -> None:
+    def _close(self, c: Connection, *, notify_kernel: bool) -> None:
         if c.closed:
             return
         c.closed = True
@@ -378,8 +435,13 @@ class ConnIO:
         if m is not None:
             if m.dst is not None and not m.dst.closed:
                 victims.append(m.dst)  # its body can never be completed
-            elif m.token is not None and notify_kernel:
-                self._apply(self.kernel.body_failed(m.token))
+            elif m.token is not None:
+                # the kernel's disconnect below ends the collect: after it has
+                # forgotten this sender, so that the receive the internal
+                # process makes again cannot meet one more send of it
+                t = self._collect_timers.pop(m, None)
+                if t is not None:
+                    t.cancel()
         for item in c.out:
             if type(item) is BodyMove and self.crash is not None:
                 self.crash.delivered(item)  # nobody to write the rest to

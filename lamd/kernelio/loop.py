@@ -57,6 +57,10 @@ class EventLoop:
         self._signal_handlers: dict[int, Callable[[int], None]] = {}
         self._signal_defaults: dict[int, Any] = {}
         self._signals_installed = False
+        #: served after every other descriptor ready in the same turn (the
+        #: listener: a client that detached and connects again is seen leaving
+        #: before it arrives, so its kill-file line need not be cut and rewritten)
+        self.last_fd = -1
 
     # -- descriptors ------------------------------------------------------------
     def add_reader(self, fd: int, callback: Callable[[int], None], mask: int = EPOLLIN) -> None:
@@ -152,10 +156,19 @@ class EventLoop:
         except InterruptedError:
             return
         handlers = self.handlers
+        last = self.last_fd
+        deferred = 0
         for fd, ev in events:
+            if fd == last:
+                deferred = ev
+                continue
             h = handlers.get(fd)
             if h is not None:
                 h(ev)
+        if deferred:
+            h = handlers.get(last)
+            if h is not None:
+                h(deferred)
 
     def close(self, ignore: Iterable[int] = ()) -> None:
         """Close the loop; signals it handled get their old disposition back,

@@ -182,6 +182,15 @@ class KillFile:
         self._lines += [(pid, len(line)) for (pid, _), line in zip(entries, lines)]
         self._size += len(data)
 
+    def append_pid(self, pid: int) -> None:
+        """``kkillwrite`` of one client: :meth:`append` without the lists."""
+        if self._kill is None:
+            raise OSError("kill file not open: rewrite() first")
+        line = b"%d\n" % pid
+        os.write(self._kill.live, line)
+        self._lines.append((pid, len(line)))
+        self._size += len(line)
+
     def append_clients(self, entries: Iterable[tuple[int, int | None]]) -> None:
         """Record (pid, start time) of newly attached clients in the sidecar."""
         entries = list(entries)
@@ -196,6 +205,15 @@ class KillFile:
         """Clients *pids* left: cut them off the end (True), or rewrite the
         file from *entries*() (False)."""
         k = len(pids)
+        lines = self._lines
+        if k == 1 and self._kill is not None and lines and lines[-1][0] == pids[0]:
+            # the common case: the last client listed left (a tool that attached,
+            # worked and detached)
+            n = lines[-1][1]
+            os.ftruncate(self._kill.live, self._size - n)
+            lines.pop()
+            self._size -= n
+            return True
         if (self._kill is not None and 0 < k <= len(self._lines)
                 and sorted(pid for pid, _ in self._lines[-k:]) == sorted(pids)):
             cut = sum(n for _, n in self._lines[-k:])
@@ -258,11 +276,18 @@ class KillFileWriter:
         """``KillAppend`` (``kkillwrite``): list a new client now."""
         if self.file is None:
             return
+        removed = self.removed
+        if pid in removed and not self.dirty:
+            # a client of this pid left earlier in this turn and its line is
+            # still there: it lists the newcomer (the same live process, pinned
+            # by its pidfd), so neither the cut nor the append is written
+            removed.remove(pid)
+            return
         if self.due and self.flush():
             return  # rewritten from the table, which already lists it
         # (leavers cut off the tail are not the newcomer: it still needs its line)
         try:
-            self.file.append([(pid, None)])
+            self.file.append_pid(pid)
         except OSError as e:
             log.error("cannot append to kill file %s: %s", self.file.killfile,
                       e.strerror or e, extra={"LAM_ERROR": e.errno})

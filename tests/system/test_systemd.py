@@ -136,7 +136,7 @@ def ct(tmp_path_factory):
             r = host([os.path.join(REPO, "packaging", "build-deb.sh"), str(out)],
                      timeout=900, check=False)
             assert r.returncode == 0, "package build failed:\n" + (r.stdout + r.stderr)[-3000:]
-            deb = str(next(out.glob("lamd_*_all.deb")))
+            deb = str(next(out.glob("lamd_*.deb")))  # Architecture: any (compiled)
         r = host(["dpkg", "-i", deb], timeout=300, check=False)
         assert r.returncode == 0, r.stdout + r.stderr
     if host(["id", USER], check=False).returncode != 0:
@@ -876,7 +876,8 @@ def build_newer_deb(out) -> str:
     r = host([os.path.join(work, "packaging", "build-deb.sh"), debs], timeout=900, check=False)
     assert r.returncode == 0, "newer package build failed:\n" + (r.stdout + r.stderr)[-3000:]
     return next(p for p in (os.path.join(debs, n) for n in os.listdir(debs))
-                if p.endswith("_all.deb") and NEWER in p)
+                if os.path.basename(p).startswith("lamd_") and p.endswith(".deb")
+                and NEWER in p)
 
 
 def test_package_upgrade_reloads_running_instances(ct, tmp_path):

@@ -1,0 +1,126 @@
+"""The compiled hot path and its pure-Python fallback (issue 13).
+
+The modules in :data:`COMPILED` are compiled with mypyc by ``setup.py`` (the
+Debian package and ``pip install .`` build them; ``packaging/setup.sh``
+builds them in place for the tests) into one shared library,
+:data:`SHARED_LIB`, and one small extension per module beside its .py file.
+Python imports an extension before a .py of the same name; :func:`install`
+(run by ``lamd/__init__.py``) turns that around, so the .py files are
+imported instead, when
+
+* ``LAMD_PURE=1`` is set (the pure-Python build, on purpose), or
+* a compiled module's .py is not the one it was compiled from (a checkout
+  edited after its last build: the extension would run the old code; the
+  build records each source's digest in :data:`MANIFEST`), in which case it
+  also warns.
+
+Either way all the modules of the list go pure together: the compiled ones
+call each other natively and cannot be mixed with interpreted copies.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import warnings
+import zlib
+from importlib.machinery import ModuleSpec
+from typing import Sequence
+
+#: the codec, the kernel's dispatch and rendezvous, the I/O dispatch
+COMPILED = (
+    "lamd.kernel.wire",
+    "lamd.kernel.kactions",
+    "lamd.kernel.kbase",
+    "lamd.kernel.kinner",
+    "lamd.kernel.kouter",
+    "lamd.kernel.kidriver",
+    "lamd.kernelio.loop",
+    "lamd.kernelio.transfer",
+    "lamd.kernelio.kiobase",
+    "lamd.kernelio.kio",
+    "lamd.kernelio.admission",
+    "lamd.kernelio.kernelio",
+)
+#: mypyc's runtime and the compiled code, one library inside the package
+SHARED_LIB = "lamd._hotpath"
+#: written by the build beside the library: "module digest" per compiled module
+MANIFEST = "_hotpath.sources"
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _shared_lib_file() -> str | None:
+    prefix = SHARED_LIB.rsplit(".", 1)[1] + "__mypyc"
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(_HERE, prefix + suffix)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def _source_file(name: str) -> str:
+    return os.path.join(os.path.dirname(_HERE), *name.split(".")) + ".py"
+
+
+def source_digest(path: str) -> str:
+    """What the build records of a source file (cheap enough for every start)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return f"{len(data)}-{zlib.crc32(data):08x}"
+
+
+def stale() -> list[str]:
+    """The compiled modules whose .py is not the one the build compiled
+    (all of them when the build recorded nothing)."""
+    if _shared_lib_file() is None:
+        return []
+    built: dict[str, str] = {}
+    try:
+        with open(os.path.join(_HERE, MANIFEST)) as f:
+            for line in f:
+                name, _, digest = line.strip().partition(" ")
+                built[name] = digest
+    except OSError:
+        pass
+    return [m for m in COMPILED
+            if os.path.exists(_source_file(m)) and built.get(m) != source_digest(_source_file(m))]
+
+
+class _SourceFirst:
+    """A meta path finder that gives the .py file of a compiled module."""
+
+    @staticmethod
+    def find_spec(name: str, path: Sequence[str] | None = None,
+                  target: object = None) -> ModuleSpec | None:
+        if name not in COMPILED:
+            return None
+        src = _source_file(name)
+        if not os.path.exists(src):
+            return None
+        return importlib.util.spec_from_file_location(name, src)
+
+
+def install() -> None:
+    """Import the .py files of :data:`COMPILED` instead of their extensions
+    when ``LAMD_PURE=1`` is set or the build is stale (see above)."""
+    if os.environ.get("LAMD_PURE", "") not in ("", "0"):
+        want = True
+    else:
+        old = stale()
+        if old:
+            warnings.warn(f"lamd: {', '.join(old)} changed since the compiled build "
+                          f"({_shared_lib_file()}): running pure Python; rebuild with "
+                          "'python3 setup.py build_ext --inplace'", RuntimeWarning, stacklevel=2)
+        want = bool(old)
+    if want and not any(isinstance(f, _SourceFirst) for f in sys.meta_path):
+        sys.meta_path.insert(0, _SourceFirst())
+
+
+def compiled() -> bool:
+    """Whether the running hot path is the compiled one."""
+    import lamd.kernel.kouter as kouter
+
+    return not (kouter.__file__ or "").endswith(".py")
