@@ -39,6 +39,8 @@ COMPILED = (
     "lamd.kernel.kidriver",
     "lamd.kernelio.loop",
     "lamd.kernelio.transfer",
+    "lamd.kernelio.crashstate",
+    "lamd.kernelio.fdstore",
     "lamd.kernelio.kiobase",
     "lamd.kernelio.kio",
     "lamd.kernelio.admission",

@@ -247,17 +247,12 @@ def keep_across_crash(io: KernelIO, notifier: "service.Notifier", stored: dict[s
         slots = restored.snap.extra.get("crash_slots")
         if type(memfd) is int and isinstance(slots, dict):
             try:
-                keeper = fdstore.CrashKeeper.adopt(io.kernel, notifier, memfd, [])
+                keeper = fdstore.CrashKeeper.adopt(io.kernel, notifier, memfd,
+                                                   io.conns.values(), slots)
             except (OSError, ValueError) as e:
                 log.error("re-exec: crash state not taken back (%s): starting a new one", e)
             else:
                 os.set_inheritable(memfd, False)
-                for c in io.conns.values():
-                    slot = slots.get(str(c.fd))
-                    c.slot = slot if type(slot) is int and 0 <= slot < keeper.nslots else -1
-                used = {c.slot for c in io.conns.values() if c.slot >= 0}
-                keeper.__init__(io.kernel, notifier, memfd, keeper.mm, keeper.nslots, used)
-                keeper.due.update(c for c in io.conns.values() if c.slot >= 0)
                 io.crash = keeper
                 return
     nslots = max(64, min(nofile, 1 << 16))

@@ -17,6 +17,7 @@ does. ``tests/system/test_systemd.py`` runs the same under a real systemd.
 from __future__ import annotations
 
 import array
+import dataclasses
 import os
 import re
 import signal
@@ -50,7 +51,7 @@ records = st.builds(
 
 
 def vars_(r: cs.Record) -> list:
-    return [getattr(r, f) for f in cs.Record.__slots__]
+    return [getattr(r, f.name) for f in dataclasses.fields(cs.Record)]
 
 
 def mapping(recs: list[cs.Record], nslots: int = 16) -> bytearray:

@@ -45,35 +45,45 @@ clean, never half-restored.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Final
 
 from ..kernel.constants import KNFYI
 from ..kernel.wire import KREQ_SIZE, KReq
 
-MAGIC = b"LAMDCRSH"
+MAGIC: Final = b"LAMDCRSH"
 #: Bumped whenever a record's meaning changes; a daemon reads only its own.
-FORMAT_VERSION = 1
+FORMAT_VERSION: Final = 1
 #: magic, version, record size, slots, uid, session digest, crc of the rest
-HEADER = struct.Struct("<8sIIII16s")
-HEADER_SIZE = 64
-REQ_NONE, REQ_PENDING, REQ_REPLYING, REQ_RECEIVING = 0, 1, 2, 3
+HEADER: Final = struct.Struct("<8sIIII16s")
+HEADER_SIZE: Final = 64
+REQ_NONE: Final = 0
+REQ_PENDING: Final = 1
+REQ_REPLYING: Final = 2
+REQ_RECEIVING: Final = 3
 #: the part a CRC-32 covers: used, attached, pid, uid, index, priority,
 #: signal, flags, attach order, start time
-_IDENT = struct.Struct("<BBxxiIiiiiQQ")
-_CRC = struct.Struct("<I")
+_IDENT: Final = struct.Struct("<BBxxiIiiiiQQ")
+_CRC: Final = struct.Struct("<I")
 #: the part rewritten with every request (no CRC: the request is checked as
 #: any client's is): req, the slot of the other end of the body in flight
 #: (-1: none), block order, then the ``struct kreq``
-_REQ = struct.Struct("<BxxxiQ")
-REQ_AT = _IDENT.size + _CRC.size
-KREQ_AT = REQ_AT + _REQ.size
-RECORD_SIZE = KREQ_AT + KREQ_SIZE
-_EMPTY = bytes(RECORD_SIZE)
+_REQ: Final = struct.Struct("<BxxxiQ")
+REQ_AT: Final = 48  # _IDENT.size + _CRC.size (checked below)
+KREQ_AT: Final = REQ_AT + 16  # + _REQ.size
+RECORD_SIZE: Final = KREQ_AT + KREQ_SIZE
+assert REQ_AT == _IDENT.size + _CRC.size and KREQ_AT == REQ_AT + _REQ.size
+_EMPTY: Final = bytes(RECORD_SIZE)
 #: ``kq_req`` written before a request is received straight into the record
 #: (:data:`REQ_RECEIVING`): still there, nothing was received
-SENTINEL = struct.pack("<i", 0x7FFFFFFF)
+SENTINEL: Final = struct.pack("<i", 0x7FFFFFFF)
+
+
+#: what records are written into: the mapping, or a copy
+Buf = bytearray | memoryview | mmap.mmap
 
 
 class CrashStateError(ValueError):
@@ -132,14 +142,14 @@ def record_offset(slot: int) -> int:
     return HEADER_SIZE + slot * RECORD_SIZE
 
 
-def write_request(buf: bytearray | memoryview, slot: int, req: int, kreq: bytes,
+def write_request(buf: Buf, slot: int, req: int, kreq: bytes,
                   bseq: int = 0) -> None:
     """Only the request part of a record (the process is unchanged)."""
     off = record_offset(slot) + REQ_AT
     buf[off:off + _REQ.size + KREQ_SIZE] = _REQ.pack(req, -1, bseq) + kreq
 
 
-def write_ident(buf: bytearray | memoryview, slot: int, ident: tuple) -> None:
+def write_ident(buf: Buf, slot: int, ident: tuple) -> None:
     """Only the process part of a record: *ident* is (attached, pid, uid,
     index, priority, signal, flags, attach order, start time)."""
     off = record_offset(slot)
@@ -147,7 +157,7 @@ def write_ident(buf: bytearray | memoryview, slot: int, ident: tuple) -> None:
     buf[off:off + REQ_AT] = head + _CRC.pack(zlib.crc32(head))
 
 
-def write_state(buf: bytearray | memoryview, slot: int, req: int, bseq: int = 0) -> None:
+def write_state(buf: Buf, slot: int, req: int, bseq: int = 0) -> None:
     """Only the request state and block order (the request stays as it is)."""
     _REQ.pack_into(buf, record_offset(slot) + REQ_AT, req, -1, bseq)
 
@@ -157,9 +167,12 @@ def write_state(buf: bytearray | memoryview, slot: int, req: int, bseq: int = 0)
 #: receiver had its reply (and padding) all written when the body started,
 #: the request the sender was answered on, and body bytes moved so far
 #: (read from the sender, or written to the receiver)
-MOVE_AT = KREQ_AT + 56
-_MOVE = struct.Struct("<iiiiiQ")
-MOVE_SRC, MOVE_DST = 1, 2
+MOVE_AT: Final = KREQ_AT + 56
+_MOVE: Final = struct.Struct("<iiiiiQ")
+_MOVED: Final = struct.Struct("<Q")  # the last field of _MOVE, at MOVE_AT + 20
+_I32: Final = struct.Struct("<i")
+MOVE_SRC: Final = 1
+MOVE_DST: Final = 2
 
 
 @dataclass(slots=True, frozen=True)
@@ -172,26 +185,31 @@ class Move:
     moved: int
 
 
-def write_move(buf: bytearray | memoryview, slot: int, m: Move) -> None:
-    _MOVE.pack_into(buf, record_offset(slot) + MOVE_AT, m.role, m.length, m.skip, m.ready,
-                    m.code, m.moved)
+def write_move(buf: Buf, slot: int, m: Move) -> None:
+    write_move_of(buf, slot, m.role, m.length, m.skip, m.ready, m.code, m.moved)
 
 
-def write_moved(buf: bytearray | memoryview, slot: int, moved: int) -> None:
-    struct.pack_into("<Q", buf, record_offset(slot) + MOVE_AT + 20, moved)
+def write_move_of(buf: Buf, slot: int, role: int, length: int, skip: int, ready: int,
+                  code: int, moved: int) -> None:
+    """:func:`write_move` without a :class:`Move` (once per body)."""
+    _MOVE.pack_into(buf, HEADER_SIZE + slot * RECORD_SIZE + MOVE_AT, role, length, skip, ready,
+                    code, moved)
+
+
+def write_moved(buf: Buf, slot: int, moved: int) -> None:
+    _MOVED.pack_into(buf, HEADER_SIZE + slot * RECORD_SIZE + MOVE_AT + 20, moved)
 
 
 def read_move(r: "Record") -> Move:
     return Move(*_MOVE.unpack_from(r.kreq, MOVE_AT - KREQ_AT))
 
 
-def write_partner(buf: bytearray | memoryview, slot: int, partner: int) -> None:
+def write_partner(buf: Buf, slot: int, partner: int) -> None:
     """A body starts between *slot* and *partner* (both REQ_REPLYING already)."""
-    off = record_offset(slot) + REQ_AT + 4
-    buf[off:off + 4] = struct.pack("<i", partner)
+    _I32.pack_into(buf, HEADER_SIZE + slot * RECORD_SIZE + REQ_AT + 4, partner)
 
 
-def arm_receive(buf: bytearray | memoryview, slot: int) -> int:
+def arm_receive(buf: Buf, slot: int) -> int:
     """An idle client's next request is about to be received straight into
     its record: mark it so, and return the offset of the ``struct kreq`` to
     receive into. A successor that finds :data:`REQ_RECEIVING` with the
@@ -202,13 +220,13 @@ def arm_receive(buf: bytearray | memoryview, slot: int) -> int:
     return off + KREQ_AT
 
 
-def write_record(buf: bytearray | memoryview, r: Record) -> None:
+def write_record(buf: Buf, r: Record) -> None:
     """Store *r* in its slot of *buf* (the mapping): memory stores only."""
     off = HEADER_SIZE + r.slot * RECORD_SIZE
     buf[off:off + RECORD_SIZE] = encode_record(r)
 
 
-def clear_record(buf: bytearray | memoryview, slot: int) -> None:
+def clear_record(buf: Buf, slot: int) -> None:
     off = HEADER_SIZE + slot * RECORD_SIZE
     buf[off:off + RECORD_SIZE] = _EMPTY
 

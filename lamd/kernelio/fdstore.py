@@ -40,7 +40,7 @@ import select
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Final, Iterable, Protocol
 
 from ..kernel import kactions as K, ksnapshot
 from ..kernel.constants import KMSG2, KQRECV, KQSEND, KQSR, KSREADY, KSRECV, KSSEND
@@ -51,14 +51,14 @@ from .transfer import BodyMove, Connection
 
 log = logging.getLogger("lamd.kernelio")
 
-STATE_NAME = "state"
+STATE_NAME: Final = "state"
 _CONN_NAME = re.compile(r"c(\d+)\Z")
 _UCRED = struct.Struct("3i")
 _HUNG_UP = select.POLLHUP | select.POLLRDHUP | select.POLLERR
 #: block order of a request read but not yet blocked: made again last
-_NOT_BLOCKED = (1 << 63) - 1
+_NOT_BLOCKED: Final = (1 << 63) - 1
 #: body bytes moved: being read, how many not yet known
-_UNKNOWN = (1 << 64) - 1
+_UNKNOWN: Final = (1 << 64) - 1
 _Reply, _Transfer = K.Reply, K.Transfer
 
 
@@ -87,6 +87,7 @@ class CrashKeeper:
         self.store = store
         self.memfd = memfd
         self.mm = mm
+        self.view = memoryview(mm)  # released before the mapping is closed
         self.nslots = nslots
         used = set(used)
         self._next = max(used) + 1 if used else 0
@@ -128,13 +129,23 @@ class CrashKeeper:
         return cls(kernel, store, memfd, mm, nslots)
 
     @classmethod
-    def adopt(cls, kernel: Kernel, store: FdStore, memfd: int,
-              slots: Iterable[int]) -> "CrashKeeper":
-        """The crash state a predecessor of this very process (a re-exec) kept."""
+    def adopt(cls, kernel: Kernel, store: FdStore, memfd: int, conns: Iterable[Connection],
+              slots: dict[str, object]) -> "CrashKeeper":
+        """The crash state a predecessor of this very process (a re-exec) kept:
+        each of *conns* gets its slot back from *slots* (descriptor, as a
+        string, to slot); every one of them is to be brought up to date."""
         size = os.fstat(memfd).st_size
         mm = mmap.mmap(memfd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         nslots = (size - cs.HEADER_SIZE) // cs.RECORD_SIZE
-        return cls(kernel, store, memfd, mm, nslots, slots)
+        kept = []
+        for c in conns:
+            slot = slots.get(str(c.fd))
+            c.slot = slot if type(slot) is int and 0 <= slot < nslots else -1
+            if c.slot >= 0:
+                kept.append(c)
+        keeper = cls(kernel, store, memfd, mm, nslots, [c.slot for c in kept])
+        keeper.due.update(kept)
+        return keeper
 
     # -- connections come and go ------------------------------------------
     def add(self, c: Connection) -> None:
@@ -174,6 +185,7 @@ class CrashKeeper:
     def close(self) -> None:
         """A clean stop: the state is no longer anyone's."""
         self.store.fdstore_remove(STATE_NAME)
+        self.view.release()
         self.mm.close()
         os.close(self.memfd)
 
@@ -191,7 +203,7 @@ class CrashKeeper:
         so that a request is never only in this process's memory."""
         off = cs.arm_receive(self.mm, c.slot)
         self.due.add(c)
-        return memoryview(self.mm)[off:off + KREQ_SIZE]
+        return self.view[off:off + KREQ_SIZE]
 
     def pending(self, c: Connection, req: KReq, in_record: bool = False) -> None:
         """*c*'s request *req* was read (*in_record*: received into its record
@@ -261,10 +273,8 @@ class CrashKeeper:
         code = -1 if code is None else code
         ready = 0 if dst.out else 1  # its reply and padding are all written
         moved = _UNKNOWN if src.inbuf else 0  # what it holds may be body already
-        cs.write_move(self.mm, src.slot, cs.Move(cs.MOVE_SRC, m.remaining, m.skip, 1, code,
-                                                 moved))
-        cs.write_move(self.mm, dst.slot, cs.Move(cs.MOVE_DST, m.remaining, m.skip, ready,
-                                                 code, 0))
+        cs.write_move_of(self.mm, src.slot, cs.MOVE_SRC, m.remaining, m.skip, 1, code, moved)
+        cs.write_move_of(self.mm, dst.slot, cs.MOVE_DST, m.remaining, m.skip, ready, code, 0)
 
     def reading(self, m: "BodyMove") -> None:
         """Body bytes are about to be read from *m*'s sender: until
@@ -406,7 +416,12 @@ def resumable(records: dict[int, cs.Record], found: dict) -> dict[int, int]:
     (nothing was only in the dead daemon's buffer), the receiver had its
     whole reply, and the rest of the body is still in the sender's socket
     (or yet to be written). Only a plain send (KQSEND) without bytes to
-    skip: a send-receive's receive half is not in the record."""
+    skip: a send-receive's receive half is not in the record.
+
+    The receiver's reply is usually held until the body's first bytes and
+    leaves with them (:meth:`ConnIO._flush`), so its record says the reply
+    was not all written when the body started (``ready`` 0); body bytes
+    written to it say the reply (and padding, ahead of them) was."""
     out: dict[int, int] = {}
     for slot, r in records.items():
         if r.req != cs.REQ_REPLYING or r.partner < 0 or slot not in found:
@@ -417,12 +432,24 @@ def resumable(records: dict[int, cs.Record], found: dict) -> dict[int, int]:
             continue
         ms, md = cs.read_move(r), cs.read_move(d)
         if (ms.role == cs.MOVE_SRC and md.role == cs.MOVE_DST and ms.moved == md.moved
-                and md.ready == 1 and ms.code == KQSEND and ms.skip == md.skip == 0
+                and (md.ready == 1 or md.moved > 0) and ms.code == KQSEND and ms.skip == md.skip == 0
                 and ms.length == md.length and 0 <= ms.moved < ms.length):
             # (all of it read: what the sender wrote after it, its next
             # request, may have been read too and is lost: not resumable)
             out[slot] = r.partner
     return out
+
+
+def _give_up(out: Recovered, mm: mmap.mmap, store: FdStore, c: Connection) -> None:
+    """Close *c*, taken back a moment ago, and forget it."""
+    del out.conns[c.fd]
+    cs.clear_record(mm, c.slot)
+    store.fdstore_remove(conn_name(c.slot))
+    c.sock.close()
+    pidfd = c.pidfd
+    if pidfd is not None:
+        os.close(pidfd)
+    out.dropped += 1
 
 
 def recover(stored: dict[str, int], kernel: Kernel, store: FdStore, *, uid: int,
@@ -527,12 +554,7 @@ def recover(stored: dict[str, int], kernel: Kernel, store: FdStore, *, uid: int,
                                        fyi=fyi):
             log.warning("after a crash: closing the connection of pid %d: its index %d is "
                         "taken", c.pid, r.index, extra={"LAM_PID": c.pid})
-            del out.conns[c.fd]
-            cs.clear_record(mm, c.slot)
-            store.fdstore_remove(conn_name(c.slot))
-            c.sock.close()
-            os.close(c.pidfd)
-            out.dropped += 1
+            _give_up(out, mm, store, c)
     by_slot = {c.slot: c for c in out.conns.values()}
     for s_slot, d_slot in resume.items():
         src, dst = by_slot.get(s_slot), by_slot.get(d_slot)
@@ -540,16 +562,12 @@ def recover(stored: dict[str, int], kernel: Kernel, store: FdStore, *, uid: int,
             mv = cs.read_move(records[s_slot])
             out.resume.append((src, dst, mv.length - mv.moved, 0))
         else:  # one end is gone: the other cannot be served either
-            for c in (src, dst):
-                if c is not None:
+            for end in (src, dst):
+                if end is not None:
                     log.warning("after a crash: closing the connection of pid %d: the other "
-                                "end of its message is gone", c.pid, extra={"LAM_PID": c.pid})
-                    del out.conns[c.fd]
-                    cs.clear_record(mm, c.slot)
-                    store.fdstore_remove(conn_name(c.slot))
-                    c.sock.close()
-                    os.close(c.pidfd)
-                    out.dropped += 1
+                                "end of its message is gone", end.pid,
+                                extra={"LAM_PID": end.pid})
+                    _give_up(out, mm, store, end)
     keeper._next = max((c.slot for c in out.conns.values()), default=-1) + 1
     used = {c.slot for c in out.conns.values()}
     keeper._free = [s for s in range(keeper._next) if s not in used]
