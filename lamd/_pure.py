@@ -29,7 +29,7 @@ import zlib
 from importlib.machinery import ModuleSpec
 from typing import Sequence
 
-#: the codec, the kernel's dispatch and rendezvous, the I/O dispatch
+#: the codec, the kernel's dispatch and rendezvous, the I/O dispatch, the crash state
 COMPILED = (
     "lamd.kernel.wire",
     "lamd.kernel.kactions",
