@@ -151,6 +151,54 @@ def test_a_request_received_into_the_record_is_found_after_a_crash():
     assert cs.decode(buf, uid=UID, session=SESSION)[2].req == cs.REQ_REPLYING
 
 
+class _KeepAll:
+    """systemd's descriptor store for a CrashKeeper in process: keeps nothing."""
+
+    def fdstore(self, name: str, fd: int) -> bool:
+        return True
+
+    def fdstore_remove(self, name: str) -> None:
+        pass
+
+
+def test_a_sender_gone_mid_body_never_leaves_its_receiver_delivered():
+    """A sender that closes once its whole body is read, the rest of it still
+    in the daemon's buffer for the receiver: a crash then must close the
+    receiver (its record must not read as delivered because its partner's
+    slot now holds another client's record), never leave it waiting for
+    bytes that are lost."""
+    from lamd.kernel import Kernel
+    from lamd.kernelio import fdstore
+    from lamd.kernelio.transfer import BodyMove, Connection
+
+    socks = socket.socketpair() + socket.socketpair()
+    k = fdstore.CrashKeeper.create(Kernel(kernel_pid=os.getpid()), _KeepAll(), uid=UID,
+                                   session=SESSION, nslots=8)
+    assert k is not None
+    try:
+        src, dst = Connection(socks[0], 4201, UID), Connection(socks[2], 4202, UID)
+        k.add(src)
+        k.add(dst)
+        k.replying(src)
+        k.replying(dst)
+        k.partners(src, dst)
+        k.moving(src, dst, BodyMove(src, dst, 1 << 20, 0, 1 << 16))
+        src_slot = src.slot
+        k.drop(src)  # all read, not all written: the sender went
+        new = Connection(socks[1], 4203, UID)
+        k.add(new)  # a new client in the sender's slot
+        assert new.slot == src_slot
+        records = cs.decode(k.mm[:], uid=UID, session=SESSION)
+        r = records[dst.slot]
+        assert r.req == cs.REQ_REPLYING
+        assert not fdstore.delivered(r, records)
+        assert not fdstore.resumable(records, {dst.slot: None})
+    finally:
+        k.close()
+        for s_ in socks:
+            s_.close()
+
+
 # ---------------------------------------------------------------------------
 # by hand, systemd's part played by FakeStore
 

@@ -96,7 +96,7 @@ class CrashKeeper:
         self.due: set[Connection] = set()  # to bring up to date at the end of the turn
         #: senders whose body is not yet all written to its receiver: a crash
         #: now loses the rest, so both stay REQ_REPLYING until it is
-        self.feeding: dict[Connection, object] = {}
+        self.feeding: dict[Connection, BodyMove] = {}
         #: what each record holds already: its process part, and the code of
         #: the request in its ``struct kreq`` (None: not the one it is in)
         self._ident: dict[Connection, tuple] = {}
@@ -175,7 +175,15 @@ class CrashKeeper:
             return
         c.slot = -1
         self.due.discard(c)
-        self.feeding.pop(c, None)
+        m = self.feeding.pop(c, None)
+        if m is not None:
+            # a sender gone with its body not all written to its receiver:
+            # the receiver's record must not read as delivered (its partner's
+            # record gone, or another connection's in its slot) if a crash
+            # comes before the rest is written
+            dst = m.dst
+            if dst is not None and dst.slot >= 0 and not dst.closed:
+                cs.write_partner(self.mm, dst.slot, -1)
         self._ident.pop(c, None)
         self._last.pop(c, None)
         cs.clear_record(self.mm, slot)
@@ -294,9 +302,9 @@ class CrashKeeper:
         if dst.slot >= 0:
             cs.write_moved(self.mm, dst.slot, m.sent)
 
-    def delivered(self, m: "object") -> None:
+    def delivered(self, m: BodyMove) -> None:
         """The body *m* is all written to its receiver (or its receiver went)."""
-        src = m.src  # type: ignore[attr-defined]
+        src = m.src
         if self.feeding.get(src) is m:
             del self.feeding[src]
             self.settle_one(src)
