@@ -12,7 +12,9 @@ Prints each run and the medians. As root::
     bench/abdaemon.py /tmp/lambench 3 C=C compiled=/tmp/tree1 pure=/tmp/tree1:pure old=/tmp/tree2
 
 A tree is a directory holding ``lamd/`` (world-readable: the daemon runs as
-``lamtest``); ``:pure`` runs it with ``LAMD_PURE=1``; ``C`` is Debian's lamd
+``lamtest``); ``:pure`` runs it with ``LAMD_PURE=1``, ``:store`` with the
+crash state on (a descriptor store: ``tests/test_fdstore.py``'s ``FakeStore``
+as ``NOTIFY_SOCKET``, as under systemd), ``:pure+store`` both; ``C`` is Debian's lamd
 (``lamboot``). On a shared 2-core machine the numbers are indicative only.
 """
 
@@ -38,12 +40,23 @@ def proc_cpu(pid: int) -> float:
 
 def one(exe: str, pw, tree: str) -> dict[str, float]:
     s = lamenv.Session(pw)
+    store = None
     if tree == "C":
         d: lamenv.Daemon = lamenv.CDaemon(s)
     else:
         path, _, mode = tree.partition(":")
-        d = lamenv.PyDaemon(s, Path(path), args=["--log-level", "warning", "--no-jobs"],
-                            env={"LAMD_PURE": "1" if mode == "pure" else ""})
+        modes = set(mode.split("+"))
+        pure = {"LAMD_PURE": "1" if "pure" in modes else ""}
+        if "store" in modes:
+            from tests.test_fdstore import LAUNCHER, FakeStore, StoredDaemon
+
+            store = FakeStore(s.work)
+            s.env.update(pure)
+            d = StoredDaemon(s, Path(path), store, LAUNCHER)
+            d.args = ["--log-level", "info", "--no-jobs"]  # it waits for "serving"
+        else:
+            d = lamenv.PyDaemon(s, Path(path), args=["--log-level", "warning", "--no-jobs"],
+                                env=pure)
     d.start()
     try:
         def run(args: list[str]) -> dict:
@@ -60,6 +73,8 @@ def one(exe: str, pw, tree: str) -> dict[str, float]:
                 "MBps": st["MBps"]}
     finally:
         d.stop()
+        if store is not None:
+            store.close()
         s.close()
 
 

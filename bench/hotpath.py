@@ -14,7 +14,10 @@ few repeats is stable:
   clients, timed around the loop's turns only (the clients' side is not
   counted);
 * ``io-1MiB``: the same for a 1 MiB body (moved through the bounded buffer
-  in several turns).
+  in several turns);
+* ``io-crash``: ``io`` with the crash state on (issue 12: the records of
+  :mod:`lamd.kernelio.fdstore` kept as under systemd, a store that keeps
+  nothing standing in for systemd's).
 
 Usage: ``bench/hotpath.py [ROUNDS]`` runs each case in a fresh interpreter,
 compiled then ``LAMD_PURE=1``, alternating, and prints µs per message (the
@@ -71,7 +74,17 @@ def bench_kernel(n: int) -> float:
     return best
 
 
-def bench_io(n: int, size: int) -> float:
+class _NoStore:
+    """systemd's descriptor store, for :class:`CrashKeeper`: keeps nothing."""
+
+    def fdstore(self, name: str, fd: int) -> bool:
+        return True
+
+    def fdstore_remove(self, name: str) -> None:
+        pass
+
+
+def bench_io(n: int, size: int, crash: bool = False) -> float:
     """µs of the daemon's loop per message of *size* bytes, in process."""
     import tempfile
 
@@ -86,6 +99,12 @@ def bench_io(n: int, size: int) -> float:
     lsock.bind(path)
     lsock.listen(8)
     io = KernelIO(Kernel(kernel_pid=os.getpid()), lsock, tick_interval=3600.0)
+    if crash:
+        from lamd.kernelio.fdstore import CrashKeeper
+
+        io.crash = CrashKeeper.create(io.kernel, _NoStore(), uid=os.getuid(), session=d,
+                                      nslots=64)
+        assert io.crash is not None
     spent = 0.0
 
     def turn() -> None:  # one turn of KernelIO.run, timed
@@ -183,6 +202,8 @@ def child(case: str) -> None:
         v = bench_kernel(20000)
     elif case == "io":
         v = bench_io(5000, 64)
+    elif case == "io-crash":
+        v = bench_io(5000, 64, crash=True)
     else:
         v = bench_io(100, 1 << 20)
     print(json.dumps({"case": case, "compiled": pure.compiled(), "us": v}))
@@ -195,7 +216,7 @@ def main() -> int:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     best: dict[tuple[str, bool], float] = {}
     for _ in range(rounds):
-        for case in ("kernel", "io", "io-1MiB"):
+        for case in ("kernel", "io", "io-crash", "io-1MiB"):
             for pure in ("", "1"):
                 env = dict(os.environ, PYTHONPATH=ROOT, LAMD_PURE=pure)
                 out = subprocess.run([sys.executable, __file__, "--child", case], env=env,

@@ -29,7 +29,7 @@ import zlib
 from importlib.machinery import ModuleSpec
 from typing import Sequence
 
-#: the codec, the kernel's dispatch and rendezvous, the I/O dispatch
+#: the codec, the kernel's dispatch and rendezvous, the I/O dispatch, the crash state
 COMPILED = (
     "lamd.kernel.wire",
     "lamd.kernel.kactions",
@@ -39,6 +39,8 @@ COMPILED = (
     "lamd.kernel.kidriver",
     "lamd.kernelio.loop",
     "lamd.kernelio.transfer",
+    "lamd.kernelio.crashstate",
+    "lamd.kernelio.fdstore",
     "lamd.kernelio.kiobase",
     "lamd.kernelio.kio",
     "lamd.kernelio.admission",

@@ -40,7 +40,7 @@ from . import LAM_VERSION, __version__, _pure, service
 from .iprocs import JOB_SERVICES, BootConfigError, boot_table, parse_external, with_stubs
 from .iprocs.carried import with_carry
 from .kernel import Kernel, MAX_MSG_LEN
-from .kernelio import IOLimits, KernelIO, handover
+from .kernelio import IOLimits, KernelIO, fdstore, handover
 from .limits import raise_nofile_limit
 from .session import Session, SessionError
 
@@ -262,6 +262,10 @@ def reexec(io: KernelIO, session: Session, owned_socket: str | None, jobs: "Jobs
     from .kernel import ksnapshot
     extra = {"owned_socket": owned_socket, "jobs_pid": jobs.pid if jobs is not None else None,
              "reloads": reloads}
+    if io.crash is not None:  # the same process keeps the same descriptor store
+        os.set_inheritable(io.crash.memfd, True)
+        extra["crash_memfd"] = io.crash.memfd
+        extra["crash_slots"] = {str(c.fd): c.slot for c in io.conns.values() if c.slot >= 0}
     try:
         fd = handover.write_handover(io, uid=os.getuid(), session=session.directory,
                                      extra=extra)
@@ -282,6 +286,58 @@ def reexec(io: KernelIO, session: Session, owned_socket: str | None, jobs: "Jobs
         handover.uninherit(io)
         notifier.ready()
         io.resume_serving()
+
+
+def keep_across_crash(io: KernelIO, notifier: "service.Notifier", stored: dict[str, int],
+                      session: Session, nofile: int, restored: Restored | None) -> None:
+    """Under systemd, keep every client connection and the crash state in
+    the descriptor store (:mod:`lamd.kernelio.fdstore`); after a crash, take
+    back what a predecessor kept there first."""
+    if not notifier.enabled:
+        fdstore.discard_all(notifier, stored)
+        return
+    uid = os.getuid()
+    if restored is not None:  # a re-exec: the store is this process's already
+        memfd = restored.snap.extra.get("crash_memfd")
+        slots = restored.snap.extra.get("crash_slots")
+        if type(memfd) is int and isinstance(slots, dict):
+            try:
+                keeper = fdstore.CrashKeeper.adopt(io.kernel, notifier, memfd,
+                                                   io.conns.values(), slots)
+            except (OSError, ValueError) as e:
+                log.error("re-exec: crash state not taken back (%s): starting a new one", e)
+            else:
+                os.set_inheritable(memfd, False)
+                io.crash = keeper
+                return
+    nslots = max(64, min(nofile, 1 << 16))
+    rec = None
+    if stored:
+        t0 = time.monotonic()
+        rec = fdstore.recover(stored, io.kernel, notifier, uid=uid, session=session.directory)
+    if rec is None:
+        io.crash = fdstore.CrashKeeper.create(io.kernel, notifier, uid=uid,
+                                              session=session.directory, nslots=nslots)
+        if io.crash is not None:  # re-exec'ed clients, not stored yet
+            for c in io.conns.values():
+                io.crash.add(c)
+                io.crash.due.add(c)
+        return
+    io.crash = rec.keeper
+    handover.adopt_connections(io, rec.conns)
+    io._kill.rewrite_due()  # the kill file lists the clients taken back
+    for src, dst, length, skip in rec.resume:  # bodies not a byte of which had moved
+        if not src.closed and not dst.closed:
+            io.crash.due.update((src, dst))
+            io._start_move(src, dst, length, skip)
+    for c, req in rec.redo:
+        if not c.closed:
+            io._handle(c, req)
+    io._end_turn()
+    log.info("after a crash: took back %d clients (%d processes attached, %d requests made "
+             "again, %d message bodies started again, %d connections closed) in %.0f ms",
+             len(rec.conns), io.kernel.nclients, len(rec.redo), len(rec.resume), rec.dropped,
+             (time.monotonic() - t0) * 1000)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -324,8 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     restored = None
     if args.restore_fd is not None:
         restored = restore_handover(args)  # None: refused, start clean
+    stored: dict[str, int] = {}  # systemd's descriptor store, after a crash
     try:
-        listener = service.adopt_listen_socket() if restored is None else restored.listener
+        listener = (service.adopt_listen_socket(stored, fdstore.is_stored_name)
+                    if restored is None else restored.listener)
     except service.ServiceError as e:
         log.error("%s", e)
         return getattr(e, "exit_code", EXIT_SETUP)
@@ -474,6 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # after the first turn: a client that connected while we
                 # started is answered before the fork and exec (issue 13)
                 io.loop.call_later(0.0, jobs.start)
+    keep_across_crash(io, notifier, stored, session, nofile, restored)
     # ExecReload= waits for this file to change (lamd.service.reload)
     reloads = 0
     if restored is not None and type(restored.snap.extra.get("reloads")) is int:

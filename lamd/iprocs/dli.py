@@ -40,7 +40,6 @@ from ..datalink.linkreq import (
     DIQREMLINK, DIQSANITY, DIQSETLINK, DOQREMLINK, DOQSETLINK, MAXLINK, NOTNODEID, NT_JONES,
     DiLink, DiReq, LinkReqError,
 )
-from ..jobs.wire import PQDOOM, SELECT_APPL, PReq
 from ..kernel.constants import (
     EVBUFFERD, EVDL0, EVDLI, EVKENYAD, KNMSG, MAXNMSGLEN, NHDSIZE, NOTEVENT, SIGSHRINK,
 )
@@ -165,6 +164,7 @@ async def shrink_signal(k: IProc, node_id: int, badlog: DropLog) -> None:
     """``rpdoom(LOCAL, SELECT_APPL, 0, SIGSHRINK)``: the application processes
     on this node learn that the universe shrank (kenyad's answer awaited,
     within :data:`DOOM_TIMEOUT`)."""
+    from ..jobs.wire import PQDOOM, SELECT_APPL, PReq  # a shrink only: off the start-up path
     me = -k.pid
     pq = PReq(src_node=LOCAL, src_event=me, req=PQDOOM, sel_method=SELECT_APPL,
               signal=SIGSHRINK)

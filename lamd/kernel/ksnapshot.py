@@ -493,4 +493,32 @@ def _restore(k: Kernel, s: KernelState, conns: Mapping[int, Conn], rows: dict[st
 
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "SnapshotError", "NotAtRest", "ConnState", "ProcRecord",
-           "KernelState", "Snapshot", "capture", "encode", "decode", "restore"]
+           "KernelState", "Snapshot", "capture", "encode", "decode", "restore", "adopt_process"]
+
+
+def adopt_process(k: Kernel, conn: Conn, pid: int, uid: int, *, index: int, priority: int,
+                  signal: int = 0, flags: int = 0, fyi: tuple[int, ...] = (0,) * KNFYI) -> bool:
+    """Put back an external process a crashed daemon had attached (its index
+    kept: the client's library sends it with every request), ready, on
+    *conn*; False if *index* is taken (by an internal process of another boot
+    table, or twice). The crash state (``lamd.kernelio.crashstate``) is what
+    the caller read this from; call in attach order, after :meth:`Kernel.boot`."""
+    if index < 0 or index in k.procs or len(k.procs) >= k.max_procs:
+        return False
+    if index >= k._next_index:
+        for i in range(k._next_index, index):
+            heapq.heappush(k._free_indexes, i)
+        k._next_index = index + 1
+    else:
+        try:
+            k._free_indexes.remove(index)
+        except ValueError:
+            return False
+        heapq.heapify(k._free_indexes)
+    k._peers[conn] = (pid, uid)
+    p = KProc(index=index, pid=pid, priority=priority, conn=conn, seq=next(k._seq),
+              signal=signal, flags=flags & ~(KMSG2 | KIPROC), fyi=tuple(fyi)[:KNFYI])
+    k.procs[index] = p
+    k._by_pid.setdefault(pid, []).append(p)
+    k._by_conn[conn] = p
+    return True

@@ -151,6 +151,8 @@ class Admission(KIOBase):
         # a partial, not a lambda: one Python frame less per event, and smaller
         self.loop.add_reader(c.fd, partial(self._on_client, c))
         self.kernel.connect(c, pid, uid)
+        if self.crash is not None:
+            self.crash.add(c)  # systemd keeps it across a crash
         self._read(c)  # a client writes its attach right after connecting: it may be here
 
     def _pin(self, sock: _socket.socket, pid: int) -> tuple[int | None, str]:

@@ -29,6 +29,7 @@ from ..kernel.kouter import Kernel
 from ..session.kkill import KillFile, KillFileWriter, proc_starttime
 from .admission import Admission
 from .handover import DRAIN_TIMEOUT, REEXEC_SIGNAL, safe_point
+from .fdstore import CrashKeeper
 from .kio import ConnIO
 from .loop import EventLoop, Timer
 from .transfer import BodyMove, Connection
@@ -83,6 +84,8 @@ class KernelIO(Admission, ConnIO):
             self.killfile_entries)
         self._starttime_due: list[Connection] = []  # attached, start time not yet read
         self._resume_due = False
+        #: the crash state and systemd's descriptor store (:mod:`.fdstore`), under systemd
+        self.crash: "CrashKeeper | None" = None
         self.stopping = False
         #: a re-exec asked for (:mod:`.handover`): no new clients or requests
         #: until every body in flight has moved, then the loop ends
@@ -217,6 +220,9 @@ class KernelIO(Admission, ConnIO):
             self._flush_dirty()
         if self._kill.due:
             self._kill.flush()
+        crash = self.crash
+        if crash is not None and crash.due:
+            crash.settle()
 
     def shutdown(self, *, unlink_socket: str | None = None, grace: float = 0.0) -> None:
         """``kio_shutdown``: kkillall, close everything, remove session files.
@@ -238,6 +244,10 @@ class KernelIO(Admission, ConnIO):
         for c in list(self.conns.values()):
             self._close(c, notify_kernel=False)
         self._watches.close()
+        crash = self.crash
+        if crash is not None:
+            self.crash = None
+            crash.close()
         self.loop.remove(self.listener.fileno())
         self.listener.close()
         self._kill.close()
@@ -313,6 +323,12 @@ class KernelIO(Admission, ConnIO):
     # carrying out the kernel's actions
     # ------------------------------------------------------------------
     def _apply(self, actions: list[Any]) -> None:
+        crash = self.crash
+        if crash is not None:
+            # every client answered here is marked before a byte is written
+            # to any of them: a SIGKILL in between finds both ends of a
+            # rendezvous marked, never one of them only
+            crash.answering(actions)
         # the most frequent actions first; names bound at import, not looked up in K
         skip_next = False
         for i, a in enumerate(actions):
@@ -369,6 +385,8 @@ class KernelIO(Admission, ConnIO):
                     self._start_move(a.src, None, a.length, 0, a.token)
             elif t is _Signal:
                 self._signal(a)
+                if crash is not None and a.conn is not None:
+                    crash.due.add(a.conn)  # kpreempt: its flags changed
             elif t is K.KillRewrite:
                 self._kill.rewrite_due()
             elif t is K.Watch:

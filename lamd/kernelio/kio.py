@@ -28,6 +28,7 @@ from typing import Any
 from mypy_extensions import trait
 
 from ..kernel.wire import KREQ_SIZE, KReq
+from .fdstore import CrashKeeper
 from .kiobase import KIOBase
 from .loop import EPOLLERR, EPOLLIN, EPOLLOUT
 from .transfer import BodyMove, Connection
@@ -62,6 +63,10 @@ class ConnIO(KIOBase):
             # requests are already buffered for its next turn: leave the rest in
             # the socket, so a flooder's backlog stays bounded and it is slowed
             return
+        crash = self.crash
+        if crash is not None and crash.idle(c):
+            self._read_into_record(c, crash)
+            return
         try:
             n = c.sock.recv_into(self._rbuf)
         except (BlockingIOError, InterruptedError):
@@ -83,6 +88,27 @@ class ConnIO(KIOBase):
             return
         else:
             c.inbuf = bytearray(self._rview[:n])
+        self._parse(c)
+
+    def _read_into_record(self, c: Connection, crash: CrashKeeper) -> None:
+        """An idle client's next request, received straight into its crash
+        record (:mod:`.fdstore`): a SIGKILL at any moment finds it there."""
+        view = crash.arm(c)
+        try:
+            n = c.sock.recv_into(view, KREQ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(c, "connection error")
+            return
+        if not n:
+            self._drop(c, "closed by client")
+            return
+        if n == KREQ_SIZE and not c.closing:
+            self._handle(c, KReq.unpack(view), True)
+            return
+        c.inbuf = bytearray(view[:n])
+        crash.settle_one(c)  # part of a request: in this process only, and said so
         self._parse(c)
 
     def _parse(self, c: Connection) -> None:
@@ -117,10 +143,15 @@ class ConnIO(KIOBase):
             if not c.closed and c.move is None:
                 self._parse(c)
 
-    def _handle(self, c: Connection, req: KReq) -> None:
+    def _handle(self, c: Connection, req: KReq, in_record: bool = False) -> None:
+        crash = self.crash
+        if crash is not None:
+            crash.pending(c, req, in_record)  # a crash from now on: made again for it
         self._apply(self.kernel.request(c, req))
         if self._dirty:
             self._flush_dirty()
+        if crash is not None and crash.due:
+            crash.settle()
 
     def _read_body(self, c: Connection, m: BodyMove) -> None:
         """Read body bytes from sender *c* into its :class:`BodyMove`."""
@@ -128,6 +159,8 @@ class ConnIO(KIOBase):
         if space <= 0:
             self._pause_read(c, True)
             return
+        if self.crash is not None and m.dst is not None:
+            self.crash.reading(m)
         try:
             if m.dst is not None and not m.skip and len(m.buf) - m.wpos < m.remaining:
                 # a large body: straight into its buffer, no further than it holds
@@ -145,6 +178,8 @@ class ConnIO(KIOBase):
                     if used < n:
                         c.inbuf += self._rview[used:n]
         except (BlockingIOError, InterruptedError):
+            if self.crash is not None and m.dst is not None:
+                self.crash.consumed(m)  # nothing read after all
             return
         except OSError:
             self._drop(c, "connection error mid-body")
@@ -158,6 +193,8 @@ class ConnIO(KIOBase):
 
     def _after_src_progress(self, m: BodyMove) -> None:
         c = m.src
+        if self.crash is not None and m.dst is not None:
+            self.crash.consumed(m)
         if m.src_done:
             self._src_finished(m)
         elif m.dst is not None and m.space() <= 0:
@@ -179,6 +216,8 @@ class ConnIO(KIOBase):
             data = bytes(m.collected or b"")
             m.collected = None
             self._apply(self.kernel.body_arrived(m.token, data))
+        if self.crash is not None:
+            self.crash.settle_one(c)
         if c.inbuf and not c.closed:
             self._mark_pending(c)
 
@@ -186,9 +225,16 @@ class ConnIO(KIOBase):
                     skip: int, token: Any = None) -> BodyMove:
         m = BodyMove(src, dst, length, skip, self.limits.move_buffer, token)
         src.move = m
+        crash = self.crash
+        if dst is None:
+            crash = None  # a body to an internal process: in this process only
+        elif crash is not None:
+            crash.moving(src, dst, m)  # before a byte of it moves
         if src.inbuf:
             used = m.feed(memoryview(src.inbuf))
             del src.inbuf[:used]
+            if crash is not None and used:
+                crash.consumed(m)
         if dst is not None:
             dst.out.append(m)
             self._dirty[dst] = None
@@ -279,11 +325,16 @@ class ConnIO(KIOBase):
                     if m.rpos < m.wpos:
                         n = sock.send(memoryview(m.buf)[m.rpos:m.wpos])
                         m.rpos += n
+                        m.sent += n
+                        if self.crash is not None:
+                            self.crash.sent(m, c)
                         if m.rpos < m.wpos:
                             break
                     m.rpos = m.wpos = 0
                     if m.src_done:
                         del out[0]
+                        if self.crash is not None:
+                            self.crash.delivered(m)
                         continue
                     if m.src_paused and m.src.move is m:
                         m.src_paused = False
@@ -302,6 +353,9 @@ class ConnIO(KIOBase):
                         c.queued -= k
                         del out[0]
                         m.rpos += n - k
+                        m.sent += n - k
+                        if self.crash is not None:
+                            self.crash.sent(m, c)
                         continue  # the rest of the body, as above
                     if m.remaining > 0 and m.src.move is m:
                         held = True  # no body byte yet: the reply waits for it
@@ -322,6 +376,8 @@ class ConnIO(KIOBase):
         if c.closing and not out:
             self._close(c, notify_kernel=True)
             return
+        if not out and self.crash is not None:
+            self.crash.settle_one(c)
         want_out = bool(out) and not held and not (type(out[0]) is BodyMove
                                                    and out[0].rpos >= out[0].wpos)
         if c.read_paused and c.queued <= self.limits.max_queued // 2 and c.move is None:
@@ -368,6 +424,8 @@ class ConnIO(KIOBase):
             return
         c.closed = True
         self.conns.pop(c.fd, None)
+        if self.crash is not None:
+            self.crash.drop(c)
         if self._refusing:
             self._accepting_again()
         self.loop.handlers.pop(c.fd, None)  # closing the socket takes it out of epoll
@@ -385,6 +443,8 @@ class ConnIO(KIOBase):
                 if t is not None:
                     t.cancel()
         for item in c.out:
+            if type(item) is BodyMove and self.crash is not None:
+                self.crash.delivered(item)  # nobody to write the rest to
             if type(item) is BodyMove and item.src.move is item:
                 # we were the receiver: let the sender finish, dropping the rest
                 item.dst = None

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from mypy_extensions import trait
 
 from ..kernel.kouter import Kernel
+from .fdstore import CrashKeeper
 from .loop import EventLoop, Timer
 from .transfer import BodyMove, Connection
 
@@ -46,6 +47,7 @@ class KIOBase:
     _peerpidfd: bool
     refused_uid: int
     refused_unpinned: int
+    crash: CrashKeeper | None  # the crash state (:mod:`.fdstore`), under systemd
 
     # the loop (kernelio)
     def _apply(self, actions: list[Any]) -> None:

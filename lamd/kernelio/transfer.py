@@ -24,7 +24,7 @@ class BodyMove:
     """
 
     __slots__ = ("src", "dst", "skip", "remaining", "buf", "rpos", "wpos",
-                 "token", "collected", "src_paused")
+                 "token", "collected", "src_paused", "total", "sent")
 
     def __init__(self, src: "Connection", dst: "Connection | None", length: int,
                  skip: int, bufsize: int, token: Any = None) -> None:
@@ -38,6 +38,8 @@ class BodyMove:
         self.rpos = 0
         self.wpos = 0
         self.src_paused = False
+        self.total = length + skip  # bytes to read from the sender
+        self.sent = 0  # body bytes written to the receiver
 
     @property
     def src_done(self) -> bool:
@@ -78,7 +80,7 @@ class Connection:
     """One client socket and what is queued on it."""
 
     __slots__ = ("sock", "fd", "pid", "uid", "pidfd", "inbuf", "move", "out", "queued",
-                 "mask", "closing", "closed", "read_paused", "pending", "starttime")
+                 "mask", "closing", "closed", "read_paused", "pending", "starttime", "slot")
 
     def __init__(self, sock: "socket.socket | _socket.socket", pid: int, uid: int) -> None:
         self.sock = sock
@@ -99,6 +101,7 @@ class Connection:
         self.read_paused = False
         self.pending = False  # in the I/O layer's queue of clients with requests to serve
         self.starttime: int | None = None  # from /proc, once read (for lamd-clients)
+        self.slot = -1  # its name in systemd's descriptor store (lamd.kernelio.fdstore)
 
     def __repr__(self) -> str:
         return f"<conn fd={self.fd} pid={self.pid}>"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+from typing import Callable
 
 from .errors import ServiceError
 
@@ -17,26 +18,22 @@ def under_systemd() -> bool:
     return bool(os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"))
 
 
-def _listen_fds() -> list[int]:
-    """The descriptors systemd passed, honouring LISTEN_PID; unsets the env."""
-    try:
-        from systemd import daemon as sd_daemon
-    except ImportError:  # pragma: no cover - python3-systemd is a Depends
-        sd_daemon = None
-    if sd_daemon is not None:
-        return list(sd_daemon.listen_fds(True))
-    # Fallback: sd_listen_fds(3) by hand.
+def _listen_fds() -> list[tuple[int, str]]:
+    """The descriptors systemd passed and their names (``LISTEN_FDNAMES``),
+    honouring LISTEN_PID; unsets the env."""
     try:
         pid = int(os.environ.get("LISTEN_PID", ""))
         n = int(os.environ.get("LISTEN_FDS", ""))
     except ValueError:
         return []
     finally:
+        names = os.environ.get("LISTEN_FDNAMES", "").split(":")
         for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
             os.environ.pop(var, None)
     if pid != os.getpid() or n <= 0:
         return []
-    return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + n))
+    names += ["unknown"] * (n - len(names))
+    return [(SD_LISTEN_FDS_START + i, names[i]) for i in range(n)]
 
 
 def _describe_fd(fd: int) -> str:
@@ -87,15 +84,27 @@ def check_listen_socket(fd: int) -> socket.socket:
     return s
 
 
-def adopt_listen_socket() -> socket.socket | None:
+def adopt_listen_socket(stored: dict[str, int] | None = None,
+                        is_stored: Callable[[str], bool] = lambda _name: False
+                        ) -> socket.socket | None:
     """The listening socket passed by systemd (LISTEN_FDS), or None.
+
+    Descriptors whose name *is_stored* (what the daemon put in systemd's
+    descriptor store before a crash, ``lamd.kernelio.fdstore``) are put in
+    *stored* (name to descriptor), close-on-exec, and are not the listener.
 
     None means "not socket-activated": the daemon binds its own socket. The
     returned socket belongs to systemd: the daemon must never unlink its path.
     Anything but exactly one listening AF_UNIX stream socket raises
     :class:`ServiceError` with a message saying what was passed instead.
     """
-    fds = _listen_fds()
+    fds = []
+    for fd, name in _listen_fds():
+        if stored is not None and is_stored(name):
+            os.set_inheritable(fd, False)
+            stored[name] = fd
+        else:
+            fds.append(fd)
     if not fds:
         return None
     if len(fds) != 1:

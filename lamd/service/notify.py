@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 import time
@@ -21,6 +22,7 @@ class Notifier:
         self._sender = None
         self._last_status: str | None = None
         self._warned = False
+        self._fd_warned = False
         self.sent: list[str] = []   # last few messages, for tests/debugging
         if self.enabled:
             try:
@@ -64,6 +66,33 @@ class Notifier:
         """RELOADING=1 (re-exec in place): READY=1 from the new image ends it."""
         self._notify("RELOADING=1\nMONOTONIC_USEC=%d" % (time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000))
 
+    def fdstore(self, name: str, fd: int) -> bool:
+        """``FDSTORE=1`` with ``FDNAME=`` *name*: systemd keeps a duplicate of
+        *fd* for the next start of the service (``FileDescriptorStoreMax=``)."""
+        if not self.enabled:
+            return False
+        try:
+            _raw_notify(f"FDSTORE=1\nFDNAME={name}", [fd])
+        except OSError as e:
+            self._fd_warn(e)
+            return False
+        return True
+
+    def fdstore_remove(self, name: str) -> None:
+        """``FDSTOREREMOVE=1``: systemd closes what it keeps as *name*."""
+        if not self.enabled:
+            return
+        try:
+            _raw_notify(f"FDSTOREREMOVE=1\nFDNAME={name}")
+        except OSError as e:
+            self._fd_warn(e)
+
+    def _fd_warn(self, e: OSError) -> None:
+        if not self._fd_warned:
+            self._fd_warned = True
+            logging.getLogger("lamd.service").warning(
+                "sd_notify(FDSTORE) failed: %s: a crash would lose the clients", e)
+
     def watchdog(self) -> None:
         if self._watchdog_usec:
             self._notify("WATCHDOG=1")
@@ -99,8 +128,13 @@ def _notify_address() -> str:
 _raw_sock: socket.socket | None = None
 
 
-def _raw_notify(msg: str) -> None:
+def _raw_notify(msg: str, fds: list[int] | None = None) -> None:
     global _raw_sock
     if _raw_sock is None:
         _raw_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    _raw_sock.sendto(msg.encode(), _notify_address())
+    if fds:
+        _raw_sock.sendmsg([msg.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                            array.array("i", fds).tobytes())],
+                          0, _notify_address())
+    else:
+        _raw_sock.sendto(msg.encode(), _notify_address())
