@@ -663,3 +663,25 @@ def test_hostile_identity_requests_over_sockets(daemon: Daemon) -> None:
     assert rep.reply == EBADREQUEST
     assert len(daemon.kernel.clients()) == 2
     daemon.kernel.check_invariants()
+
+
+def test_signal_dispatched_without_the_python_level_handler() -> None:
+    """A signal reaches its callback from the byte CPython's C-level handler
+    writes to the wakeup descriptor, even if the Python-level handler never
+    ran: compiled code busy with clients may not let it run for a long time
+    (a SIGUSR1 re-exec was once left undelivered for 25 s under systemd)."""
+    import signal as _signal
+
+    from lamd.kernelio.loop import EventLoop
+
+    loop = EventLoop()
+    got: list[int] = []
+    try:
+        loop.add_signal(_signal.SIGUSR2, got.append)
+        os.write(loop._wake_w.fileno(), bytes([_signal.SIGUSR2]))  # what the C handler writes
+        loop.wakeup()  # and a plain wake-up (0) is no signal
+        loop.poll(1.0)
+        assert got == [_signal.SIGUSR2]
+    finally:
+        loop.remove_signal(_signal.SIGUSR2)
+        loop.close()

@@ -16,7 +16,6 @@ import select
 import signal
 import socket
 import time
-from collections import deque
 from typing import Any, Callable, Iterable
 
 EPOLLIN = select.EPOLLIN
@@ -53,7 +52,6 @@ class EventLoop:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.add_reader(self._wake_r.fileno(), self._on_wakeup)
-        self._signals: deque[int] = deque()
         self._signal_handlers: dict[int, Callable[[int], None]] = {}
         self._signal_defaults: dict[int, Any] = {}
         self._signals_installed = False
@@ -127,19 +125,27 @@ class EventLoop:
             signal.signal(signo, self._signal_defaults.pop(signo, signal.SIG_DFL))
 
     def _on_signal(self, signo: int, _frame: Any) -> None:
-        self._signals.append(signo)
+        """Nothing: the signal is dispatched from the byte CPython's C-level
+        handler writes to the wakeup descriptor (:meth:`_on_wakeup`). This
+        Python-level handler runs only when the interpreter next checks for
+        signals, which compiled code (mypyc) busy with clients may not do for
+        a long time: a SIGUSR1 (re-exec) was once left undelivered for 25 s."""
 
     def _on_wakeup(self, _ev: int) -> None:
+        got = bytearray()
         try:
-            while self._wake_r.recv(4096):
-                pass
+            while True:
+                b = self._wake_r.recv(4096)
+                if not b:
+                    break
+                got += b
         except BlockingIOError:
             pass
-        while self._signals:
-            signo = self._signals.popleft()
-            cb = self._signal_handlers.get(signo)
-            if cb is not None:
-                cb(signo)
+        for signo in got:  # one byte per delivery; 0 is wakeup()
+            if signo:
+                cb = self._signal_handlers.get(signo)
+                if cb is not None:
+                    cb(signo)
 
     def wakeup(self) -> None:
         """Interrupt a ``poll`` from another thread."""
