@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests import lamenv  # noqa: E402
-from tests.netns import Cluster  # noqa: E402
+from tests.netns import Cluster, gone  # noqa: E402
 from tests.test_multinode import prefix_tree  # noqa: E402
 
 EVENT = "31100"
@@ -88,10 +88,7 @@ class Universe:
     def __exit__(self, *exc) -> None:
         c = self.c
         cp = c.hosts[0].run(["lamhalt"], timeout=60)
-        deadline = time.monotonic() + 15
-        while any(h.user_pids() for h in c.hosts) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if cp.returncode != 0 or any(h.user_pids() for h in c.hosts):
+        if cp.returncode != 0 or any(gone(c.hosts).values()):
             c.hosts[0].run(["lamwipe", str(self.hf)], timeout=60)
         for h in c.hosts:  # whatever is left (a failed round) goes too
             for pid in h.user_pids():

@@ -409,3 +409,12 @@ def unlock_for_keys(user: str) -> None:
                                    capture_output=True, timeout=30)
                 return
     raise RuntimeError(f"{user} not in /etc/shadow")
+
+
+def gone(hosts: list["Host"], timeout: float = 15.0) -> dict[str, list[int]]:
+    """Wait up to *timeout* s for the test user's processes on *hosts* to end;
+    what is left, by host name (every list empty: all gone)."""
+    deadline = time.monotonic() + timeout
+    while any(h.user_pids() for h in hosts) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {h.name: h.user_pids() for h in hosts}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .netns import Cluster
+from .netns import Cluster, gone
 from .test_datalink import build_netclient
 from .test_multinode import prefix_tree, show
 
@@ -254,10 +254,7 @@ def test_mpirun_across_nodes(hosts3: Cluster, lamd_pkg, layout):
             cp = c.hosts[0].run(["lamhalt"], timeout=30)
             assert cp.returncode == 0, show(cp) + logs(c)
             halted = True
-            deadline = time.monotonic() + 15
-            while any(h.user_pids() for h in c.hosts) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert {h.name: h.user_pids() for h in c.hosts} == {h.name: [] for h in c.hosts}
+            assert gone(c.hosts) == {h.name: [] for h in c.hosts}
         finally:
             if not halted:
                 c.hosts[0].run(["lamwipe", hf], timeout=60)

@@ -34,7 +34,8 @@ from lamd.datalink.link import TICK
 
 from .netns import Cluster, Host
 from .test_datalink_multinode import logs
-from .test_grow import daemon_kind, gone
+from .netns import gone
+from .test_grow import daemon_kind
 from .test_multinode import prefix_tree, show
 
 #: how long after its first frame a link is dead under -x: the frame is

@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 
 import pytest
 
-from .netns import Cluster, Host
+from .netns import Cluster, Host, gone
 from .test_datalink_multinode import logs
 from .test_multinode import prefix_tree, show
 
@@ -69,13 +68,6 @@ def check_nodes(c: Cluster, on: dict[int, Host], names: dict[int, str],
 def spin(out: str) -> str:
     """nodespin's progress line without its backspaces."""
     return re.sub(r"\s+", " ", out.replace("\b", "")).strip()
-
-
-def gone(hosts: list[Host], timeout: float = 15.0) -> dict[str, list[int]]:
-    deadline = time.monotonic() + timeout
-    while any(h.user_pids() for h in hosts) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return {h.name: h.user_pids() for h in hosts}
 
 
 def daemon_kind(h: Host) -> str:
