@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
 from .netns import Cluster, gone
 from .test_multinode import cmdline, show
 
