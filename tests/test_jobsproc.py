@@ -623,6 +623,44 @@ def test_jobs_process_waits_for_a_kernel(lam_session, lamd_pkg, lamd_by_hand):
         log.close()
 
 
+@pytest.mark.parametrize("end", ["lamhalt", "SIGTERM", "SIGKILL"])
+def test_jobs_process_status_tells_a_stop_from_a_lost_kernel(lam_session, lamd_pkg,
+                                                             lamd_by_hand, end):
+    """A jobs process of --jobs=external (as lamd-jobs@.service runs it)
+    exits 0 when the kernel stops (lamhalt, SIGTERM: the kernel hangs it up
+    before its connections close, lamhalt's clients-see-EOF-first grace
+    included) and 1 when the kernel is lost without a stop (SIGKILL by
+    hand; under systemd a crash state the successor refused): then the
+    unit's Restart=on-failure attaches a new one to the kernel serving now."""
+    s = lam_session
+    env = dict(s.env, PYTHONPATH=str(lamd_pkg), PYTHONDONTWRITEBYTECODE="1")
+    d = lamd_by_hand(lamd_pkg, "--jobs=external")
+    log = open(s.work / "jobs.log", "w")
+    jp = s.popen([lamenv.SYSTEM_PYTHON, "-m", "lamd.jobs", "--wait", "20"], env=env,
+                 stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert wait_until(lambda: killfile(s)[1:].count(jp.pid) == len(JOB_SERVICES), TIMEOUT), \
+            (s.work / "jobs.log").read_text()
+        d.expect_exit = True
+        if end == "lamhalt":
+            assert s.run(["lamhalt"], timeout=30).returncode == 0
+        else:
+            os.kill(d.pid, getattr(signal, end))
+        assert jp.wait(TIMEOUT) == (1 if end == "SIGKILL" else 0), \
+            (s.work / "jobs.log").read_text()
+        if end == "SIGKILL":  # what a killed daemon leaves is the test's to clear
+            d.proc.wait(TIMEOUT)
+            shutil.rmtree(s.session_dir)
+            d.stop()
+            assert d.stop_problems == ["exit status -9"], d.stop_problems
+            d.stop_problems.clear()
+    finally:
+        if jp.poll() is None:
+            jp.kill()
+            jp.wait()
+        log.close()
+
+
 def test_a_jobs_process_that_keeps_dying_is_given_up_for_the_stubs(lamd_by_hand, lamd_pkg):
     """Five starts in a minute, then the kernel boots the ESERVICE stubs for
     the job rows: lamexec fails at once instead of waiting for kenyad."""

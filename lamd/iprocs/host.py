@@ -359,10 +359,13 @@ class ServiceHost:
 
     def __init__(self, socket_path: str, names: Sequence[str | KBoot],
                  config: dict[str, Any] | None = None, *, check_internal: bool = True,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, gone_status: int = EXIT_OK) -> None:
         """*names*: services of the boot table (checked as ``--external`` is),
         or :class:`KBoot` rows of one's own (tests); a row with ``row`` None
-        is not looked for among the kernel's internal processes."""
+        is not looked for among the kernel's internal processes.
+        *gone_status*: the exit status when the kernel closes the connections
+        without a stop signal first (a stop of the kernel hangs us up: that
+        is :data:`EXIT_OK`)."""
         extra = [n for n in names if isinstance(n, KBoot)]
         listed = parse_external([n for n in names if isinstance(n, str)])
         if not listed and not extra:
@@ -370,6 +373,7 @@ class ServiceHost:
         self.socket_path = socket_path
         self.check_internal = check_internal
         self.connect_timeout = connect_timeout
+        self.gone_status = gone_status
         self.loop = EventLoop()
         rows = {name: row for row, name in enumerate(BY_NAME)}
         cfg = dict(config or {})
@@ -488,8 +492,11 @@ class ServiceHost:
                       svc.name, why)
             self.stop(EXIT_FAILED, "attach refused")
             return
+        # a stop hangs us up before it closes (kkillall, tkill): that
+        # signal, already delivered, comes first
+        self.loop.dispatch_signals()
         log.info("host: the kernel closed %s's connection (%s): exiting", svc.name, why)
-        self.stop(EXIT_OK, "the kernel went away")
+        self.stop(self.gone_status, "the kernel went away")
 
     def _on_io(self, svc: _Service, s: socket.socket, ev: int) -> None:
         if svc.sock is not s:
@@ -809,7 +816,7 @@ class ServiceHost:
             self._connect(svc)
         except HostError as e:
             log.info("host: %s", e)
-            self.stop(EXIT_OK, "the kernel went away")
+            self.stop(self.gone_status, "the kernel went away")
             return
         self._start_attach(svc, False)
 

@@ -22,7 +22,8 @@ is, with what a process that starts jobs needs on top:
   process group per job. The :class:`~lamd.jobs.cgroups.JobControl` is
   ``cgroups.get()`` and also ``k.config["jobs"]`` for every service.
 * **The end.** The host exits when the kernel goes (end of file on its
-  connections), on SIGTERM/SIGINT/SIGHUP (``lamhalt``, ``tkill`` and the
+  connections, status 1: under systemd the unit's ``Restart=`` then
+  attaches a new jobs process to the kernel serving now), on SIGTERM/SIGINT/SIGHUP (``lamhalt``, ``tkill`` and the
   kernel's own stop hang up every kill-file pid, us included), or when every
   service has ended; then it kills every job (``kill_all``: the job cgroups,
   or process groups) besides the children the services watched.
@@ -228,7 +229,11 @@ class JobsProcess:
             log.info("jobs: %s not implemented yet: served by stubs (ESERVICE)", ", ".join(stubs))
         config = boot_config({"session": self.session.directory, "jobs": self.jobs,
                               "node_id": self.node_id}, kernel_side=False)
-        host = self.host = ServiceHost(path, rows, config)
+        # A kernel that closes our connections without hanging us up first
+        # (a crash state its successor refused, a crash by hand) is a
+        # failure: under systemd Restart=on-failure starts us again, to
+        # attach to the kernel serving now. A stop hangs us up (EXIT_OK).
+        host = self.host = ServiceHost(path, rows, config, gone_status=EXIT_FAILED)
         host.install_signal_handlers()
         user = current_user()
         set_proctitle(f"lamd-jobs: {user}")

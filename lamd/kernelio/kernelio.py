@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, cast
 
 from ..kernel import kactions as K
+from ..kernel.constants import PRLAMHALT
 from ..kernel.kiproc import STOP_SIGNALS
 from ..kernel.kouter import Kernel
 from ..session.kkill import KillFile, KillFileWriter, proc_starttime
@@ -238,6 +239,15 @@ class KernelIO(Admission, ConnIO):
         self._apply(self.kernel.end_iprocs())  # iod's socket, flatd's files go
         hangups = self.kernel.kkillall()
         if grace > 0:
+            # LAM's separate daemons attached at a daemon's priority (the jobs
+            # process's services) are the daemon's own, not its clients: hung
+            # up before the rest see the kernel go, they stop as at any stop
+            # (status 0), not as at a kernel lost without one (status 1:
+            # systemd would start them again)
+            own = [a for a in hangups if self._daemon_priority(a.conn)]
+            for a in own:
+                self._signal(a, drop_on_failure=False)
+            hangups = [a for a in hangups if a not in own]
             self._eof_first(hangups, grace)
         for a in hangups:
             self._signal(a, drop_on_failure=False)
@@ -424,6 +434,10 @@ class KernelIO(Admission, ConnIO):
             for fd, _ev in p.poll(left * 1000):
                 p.unregister(fd)
                 waiting.discard(fd)
+
+    def _daemon_priority(self, conn: Any) -> bool:
+        p = self.kernel.proc_of(conn)
+        return p is not None and p.priority < PRLAMHALT
 
     def _signal(self, a: K.Signal, drop_on_failure: bool = True) -> None:
         c = cast(Connection, a.conn)

@@ -147,6 +147,11 @@ class EventLoop:
                 if cb is not None:
                     cb(signo)
 
+    def dispatch_signals(self) -> None:
+        """Dispatch now the signals delivered so far, before whatever else
+        this turn has ready (a signal sent before a close is seen first)."""
+        self._on_wakeup(0)
+
     def wakeup(self) -> None:
         """Interrupt a ``poll`` from another thread."""
         try:
