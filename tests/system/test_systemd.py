@@ -642,12 +642,28 @@ def test_sigkilled_daemon_never_blocks_next_client(ct):
 
 
 def test_restart(ct):
+    """`systemctl restart`: a new kernel, and a new jobs process attached to
+    it (the old one, hung up by the stop, exits 0; its unit's Restart=
+    finds the kernel up again: lamd-jobs@.service); then `systemctl stop`
+    leaves both down, the jobs unit's Restart= finding the kernel down
+    (ExecCondition=), and the next client starts both."""
     lamnodes(ct)
+    jobs = wait_jobs(ct)
     old = ct.show(ct.service, "MainPID")["MainPID"]
     r = ct.run(["systemctl", "restart", ct.service], timeout=60)
     assert r.returncode == 0, r.stderr
     wait_mainpid_change(ct, old)
     assert lamnodes(ct).returncode == 0
+    wait_jobs(ct, not_pid=jobs)
+    assert ct.show(ct.jobs, "Result")["Result"] == "success"
+    r = ct.run(["systemctl", "stop", ct.service], timeout=60)
+    assert r.returncode == 0, r.stderr
+    time.sleep(3)  # past the jobs unit's RestartSec=
+    p = ct.show(ct.jobs, "ActiveState", "ConditionResult")
+    assert p == {"ActiveState": "inactive", "ConditionResult": "no"}, p
+    assert ct.show(ct.service, "ActiveState")["ActiveState"] == "inactive"
+    assert lamnodes(ct).returncode == 0
+    wait_jobs(ct)
 
 
 # What the documentation promises for `systemd-analyze security`: each place
@@ -754,22 +770,28 @@ def test_crash_is_restarted_up_to_the_start_limit(ct):
         pid = ct.show(ct.service, "MainPID")["MainPID"]
         assert ct.show(ct.service, "NRestarts")["NRestarts"] == "0"
         daemons = [pid]
-        jobs = None
+        jobs = wait_jobs(ct)
         for k in range(1, burst):
             assert int(pid) > 1, pid
-            # the jobs unit comes back with each start, and is attached (a
-            # kernel killed while it connects leaves a connection queued on
-            # the socket, which activates the service once more)
-            jobs = wait_jobs(ct, not_pid=jobs)
+            # the jobs process lives on across every crash, attached (its
+            # connections wait in the descriptor store)
+            assert wait_jobs(ct) == jobs
             ct.run(["kill", "-SEGV", pid])
             pid = wait_mainpid_change(ct, pid)
             daemons.append(pid)
             assert ct.show(ct.service, "NRestarts")["NRestarts"] == str(k)
         assert int(pid) > 1, pid
-        wait_jobs(ct, not_pid=jobs)
+        assert wait_jobs(ct) == jobs
         ct.run(["kill", "-SEGV", pid])  # one start too many for the minute
         ct.wait_for(lambda: ct.show(ct.service, "ActiveState")["ActiveState"] == "failed",
                     30, "the service to fail")
+        # the kernel is down for good: systemd emptied its store, so the
+        # jobs process saw its connections end and exited; its unit's
+        # Restart= finds the kernel down (ExecCondition=) and starts nothing,
+        # which would have started the kernel again through its socket
+        ct.wait_for(lambda: not alive(ct, jobs), 15, "the jobs process to end")
+        ct.wait_for(lambda: ct.show(ct.jobs, "ActiveState")["ActiveState"] == "inactive", 15,
+                    "the jobs unit to stay down")
         time.sleep(3)  # past RestartSec: nothing more is started
         p = ct.show(ct.service, "ActiveState", "Result", "NRestarts", "ExecMainCode",
                     "ExecMainStatus", "MainPID")
@@ -777,6 +799,7 @@ def test_crash_is_restarted_up_to_the_start_limit(ct):
                      "ExecMainCode": "2", "ExecMainStatus": "11", "MainPID": "0"}, p
         assert len(set(daemons)) == burst
         assert journal_count(ct, ct.service, "Start request repeated too quickly") == too_quick + 1
+        assert ct.show(ct.jobs, "ActiveState")["ActiveState"] == "inactive"
     finally:
         ct.run(["systemctl", "reset-failed", ct.socket, ct.service, ct.jobs])
         ct.run(["systemctl", "start", ct.socket])
