@@ -260,7 +260,9 @@ def test_jobs_unit_starts_with_the_kernel_in_a_delegated_cgroup(ct):
 def test_stop_ends_every_job_process_and_descendant(ct):
     """Processes in a job cgroup of the jobs unit (one daemonised: setsid,
     double fork, reparented) and one in the unit's own cgroup: `systemctl
-    stop lamd@U.service` stops the jobs unit (PartOf=) and none is left."""
+    stop lamd@U.service` ends the jobs unit (the kernel's ExecStop= hangs up
+    the jobs process; its Restart= then finds the kernel down) and none is
+    left."""
     assert lamnodes(ct).returncode == 0
     pid = wait_jobs(ct)
     root = ct.run(["sh", "-c", "grep ' - cgroup2 ' /proc/self/mountinfo | cut -d' ' -f5"]).stdout.split()[0]
@@ -287,7 +289,8 @@ def test_stop_ends_every_job_process_and_descendant(ct):
     assert set(pids) | {loose} <= set(procs), procs
     r = ct.run(["systemctl", "stop", ct.service], timeout=60)
     assert r.returncode == 0, r.stderr
-    assert ct.show(ct.jobs, "ActiveState")["ActiveState"] == "inactive"
+    ct.wait_for(lambda: ct.show(ct.jobs, "ActiveState")["ActiveState"] == "inactive", 15,
+                "the jobs unit to stop")
     for p in [*pids, loose, pid]:
         ct.wait_for(lambda: "No such process" in ct.run(["kill", "-0", p]).stderr, 10,
                     f"pid {p} to die")
