@@ -12,7 +12,7 @@ next daemon gets it as ``LISTEN_FDS``, as ``Restart=on-failure`` gives it).
 For each count N: our daemon with N idle clients attached (``lambench idle
 N``) and three stock clients blocked in ``krecv`` (``tests/c/kclient.c``);
 SIGKILL, then the next daemon started at once (under systemd add
-``RestartSec=``, 2 s in ``lamd@.service``). Reported: SIGKILL to the new
+``RestartSec=``, 100 ms in ``lamd@.service``). Reported: SIGKILL to the new
 daemon's "took back" line (polled every 10 ms), the recovery itself as the
 daemon logs it, how many connections came back and were closed, and that
 each blocked receiver then gets a message sent to it (every byte checked).
