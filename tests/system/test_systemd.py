@@ -946,8 +946,8 @@ def test_reload_reexecs_in_place_under_running_clients(ct):
     """`systemctl reload`: ExecReload= re-executes the daemon in place (the
     unit goes reloading, then active; same main pid, no restart), the
     syscall filter allowing memfd_create and execve; a stock client blocked
-    in the kernel stays blocked and listed, ten 64 B ping-pong pairs and two
-    1 MiB ones running through the reload all complete with every byte
+    in the kernel stays blocked and listed, 18 64 B ping-pong pairs and two
+    1 MiB ones (20 pairs) running through the reload all complete with every byte
     checked (none errored, none hung), and tping works afterwards."""
     assert lamnodes(ct).returncode == 0
     wait_jobs(ct)
@@ -959,7 +959,7 @@ def test_reload_reexecs_in_place_under_running_clients(ct):
     restored = journal_count(ct, ct.service, "re-exec: restored")
     reloaded = journal_count(ct, ct.service, "Reloaded ")
     cpid = start_blocked(ct, "reload")
-    start_pairs(ct, "reload", 10, iters=4000)
+    start_pairs(ct, "reload", 18, iters=4000)
     start_pairs(ct, "reload-big", 2, iters=300, size=1 << 20, event=PAIR_EVENT + 100)
     states: list[str] = []
     done: dict = {}
@@ -972,7 +972,7 @@ def test_reload_reexecs_in_place_under_running_clients(ct):
     r = done["r"]
     assert r.returncode == 0, r.stderr + ct.run(
         ["journalctl", "-u", ct.service, "--no-pager", "-n", "30"]).stdout
-    assert pairs_ended(ct, "reload", 10) == 0, "the pairs did not span the reload"
+    assert pairs_ended(ct, "reload", 18) == 0, "the pairs did not span the reload"
     assert pairs_ended(ct, "reload-big", 2) == 0, "the 1 MiB pairs did not span the reload"
     assert "reloading" in states, states
     assert ct.run(["systemctl", "is-active", ct.service]).stdout.strip() == "active"
@@ -985,9 +985,9 @@ def test_reload_reexecs_in_place_under_running_clients(ct):
     assert ct.run(["test", "-e", "/var/tmp/blocked-reload.rc"]).returncode == 1
     r = ct.as_user(["tping", "-c", "3", "N"], timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
-    counts, bad = pair_results(ct, "reload", 10)
-    print(f"reload with 10 pairs of 64 B: {counts}")
-    assert counts == {"completed": 10, "errored": 0, "hung": 0}, bad
+    counts, bad = pair_results(ct, "reload", 18)
+    print(f"reload with 18 pairs of 64 B: {counts}")
+    assert counts == {"completed": 18, "errored": 0, "hung": 0}, bad
     counts, bad = pair_results(ct, "reload-big", 2)
     print(f"reload with 2 pairs of 1 MiB: {counts}")
     assert counts == {"completed": 2, "errored": 0, "hung": 0}, bad
