@@ -14,8 +14,8 @@ carries them out in order:
   sources (``kio_to``, ``kio_intr``, child exits, signals) and ``Resume``
   asks to be called again next turn; ``Halt`` ends the daemon.
 
-The three made for every message (``Reply``, ``SendBody``, ``Transfer``)
-are not frozen and spell their ``__init__`` out: compiled (``setup.py``), a
+The four made for every message (``Reply``, ``SendBody``, ``Transfer``,
+``CollectBody``) are not frozen and spell their ``__init__`` out: compiled (``setup.py``), a
 dataclass's generated ``__init__`` runs as interpreted Python, ten times
 slower than one mypyc compiles, and a frozen one cannot be written by hand
 the same way compiled and pure. Nothing changes them once made.
@@ -78,14 +78,22 @@ class Transfer:
         self.pad = pad
 
 
-@dataclass(frozen=True)
+@dataclass
 class CollectBody:
     """Read *length* body bytes from *src* and hand them to
-    :meth:`Kernel.body_arrived` (a body for an internal process, ``kio_recv``)."""
+    :meth:`Kernel.body_arrived` (a body for an internal process, ``kio_recv``).
+
+    Made for every routed message (a client's ``nsend`` to bufferd): not
+    frozen, ``__init__`` spelt out, as ``Reply`` is."""
 
     src: Conn
     length: int
     token: Any
+
+    def __init__(self, src: Conn, length: int, token: Any) -> None:
+        self.src = src
+        self.length = length
+        self.token = token
 
 
 @dataclass(frozen=True)

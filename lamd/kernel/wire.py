@@ -17,7 +17,7 @@ layouts below are proven against the C compiler by ``tests/test_layout.py``.
 Pointers (``k_msg``, ``nh_msg``) are client addresses: meaningless to the
 kernel, carried through untouched.
 
-The structs made for every message (``KMsg``, ``KReq``, ``KReply``) spell
+The structs made for every message (``KMsg``, ``KReq``, ``KReply``, ``NMsg``) spell
 their ``__init__`` out: compiled (``setup.py``), a dataclass's generated
 ``__init__`` would run as interpreted Python, ten times slower than one
 mypyc compiles; the dataclass still gives them ``__eq__`` and ``__repr__``.
@@ -64,6 +64,10 @@ OFFSETS: dict[str, dict[str, int]] = {
 SIZES = {"kmsg": KMSG_SIZE, "kreq": KREQ_SIZE, "kreply": KREPLY_SIZE, "nmsg": NMSG_SIZE}
 
 _ZERO_FYI: tuple[int, ...] = (0,) * KNFYI
+_ZERO_DATA: tuple[int, ...] = (0,) * NHDSIZE
+#: ``struct kreply`` whose ``kr_fyi`` is all zeros (nearly every reply): no
+#: tuple to unpack into the call, the padding bytes are the zeros
+_KREPLY_NOFYI = struct.Struct("<9i%dxd" % (4 * KNFYI))
 
 
 @dataclass
@@ -163,6 +167,11 @@ class KReply:
         self.blktime = blktime
 
     def pack(self) -> bytes:
+        if self.fyi is _ZERO_FYI:
+            return _KREPLY_NOFYI.pack(
+                self.reply, self.signal, self.length, self.event, self.type,
+                self.state, self.priority, self.index, self.sigs, self.blktime,
+            )
         return KREPLY_STRUCT.pack(
             self.reply, self.signal, self.length, self.event, self.type,
             self.state, self.priority, self.index, self.sigs, *self.fyi,
@@ -186,14 +195,30 @@ class NMsg:
     type: int = 0
     length: int = 0
     flags: int = 0
-    data: tuple[int, ...] = (0,) * NHDSIZE
+    data: tuple[int, ...] = _ZERO_DATA
     msg: int = 0  # the sender's nh_msg pointer, opaque
 
+    def __init__(self, dl_event: int = 0, dl_link: int = 0, node: int = 0, event: int = 0,
+                 type: int = 0, length: int = 0, flags: int = 0,
+                 data: tuple[int, ...] = _ZERO_DATA, msg: int = 0) -> None:
+        self.dl_event = dl_event
+        self.dl_link = dl_link
+        self.node = node
+        self.event = event
+        self.type = type
+        self.length = length
+        self.flags = flags
+        self.data = data
+        self.msg = msg
+
     def pack(self) -> bytes:
-        data = tuple(self.data) + (0,) * (NHDSIZE - len(self.data))
+        data = self.data
+        if len(data) != NHDSIZE:
+            data = (tuple(data) + (0,) * NHDSIZE)[:NHDSIZE]
         return NMSG_STRUCT.pack(
             self.dl_event, self.dl_link, self.node, self.event, self.type,
-            self.length, self.flags, *data[:NHDSIZE], self.msg,
+            self.length, self.flags, data[0], data[1], data[2], data[3], data[4], data[5],
+            data[6], data[7], self.msg,
         )
 
     @classmethod
