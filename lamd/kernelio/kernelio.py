@@ -218,8 +218,11 @@ class KernelIO(Admission, ConnIO):
     def _end_turn(self) -> None:
         if self._dirty:
             self._flush_dirty()
-        if self._kill.due:
-            self._kill.flush()
+        kill = self._kill
+        # KillFileWriter.due spelt out: it is interpreted (lamd.session), and a
+        # property call is a Python frame in every turn
+        if kill.dirty or kill.removed:
+            kill.flush()
         crash = self.crash
         if crash is not None and crash.due:
             crash.settle()
