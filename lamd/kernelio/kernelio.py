@@ -332,47 +332,57 @@ class KernelIO(Admission, ConnIO):
             # to any of them: a SIGKILL in between finds both ends of a
             # rendezvous marked, never one of them only
             crash.answering(actions)
-        # the most frequent actions first; names bound at import, not looked up in K
+        # the most frequent actions first; names bound at import, not looked up in
+        # K; each cast to its class once its type is known, so that compiled, its
+        # fields are read natively (not by a generic getattr on an Any)
         skip_next = False
-        for i, a in enumerate(actions):
+        n = len(actions)
+        for i in range(n):
             if skip_next:
                 skip_next = False
                 continue
+            a = actions[i]
             t = type(a)
             if t is _Reply:
-                c = a.conn
-                nxt = actions[i + 1] if i + 1 < len(actions) else None
+                r = cast(K.Reply, a)
+                c = cast(Connection, r.conn)
+                nxt = actions[i + 1] if i + 1 < n else None
                 tn = type(nxt)
-                if tn is _Transfer and nxt.dst is c and not c.out and not c.closed:
+                if (tn is _Transfer and cast(K.Transfer, nxt).dst is c and not c.out
+                        and not c.closed):
                     # a receiver's reply waits for the first bytes of its body and
                     # leaves with them in one sendmsg (it could do nothing with
                     # the reply alone but wait for the body: one wake-up, one send)
-                    data = a.reply.pack()
+                    data = r.reply.pack()
                     c.out.append(bytearray(data))
                     c.queued += len(data)
                     self._dirty[c] = None
-                elif tn is _SendBody and nxt.conn is c:
-                    self._queue(c, a.reply.pack() + nxt.data)  # reply and body: one send
+                elif tn is _SendBody and cast(K.SendBody, nxt).conn is c:
+                    # reply and body: one send
+                    self._queue(c, r.reply.pack() + cast(K.SendBody, nxt).data)
                     skip_next = True
                 else:
-                    self._queue(c, a.reply.pack())
+                    self._queue(c, r.reply.pack())
             elif t is _Transfer:
-                src, dst = a.src, a.dst
-                if dst.closed:
+                tr = cast(K.Transfer, a)
+                src = cast(Connection, tr.src)
+                dst: Connection | None = cast(Connection, tr.dst)
+                if dst is not None and dst.closed:
                     dst = None
-                if a.pad and dst is not None:
-                    self._queue(dst, bytes(a.pad))
+                if tr.pad and dst is not None:
+                    self._queue(dst, bytes(tr.pad))
                 if src.closed:
                     if dst is not None:
                         self._drop(dst, "its sender vanished before the body")
                     continue
-                self._start_move(src, dst, a.length, a.skip)
+                self._start_move(src, dst, tr.length, tr.skip)
             elif t is _KillAppend:
-                self._kill_append(a.conn, a.pid)
+                ka = cast(K.KillAppend, a)
+                self._kill_append(cast(Connection, ka.conn), ka.pid)
             elif t is _KillRemove:
-                self._kill.remove(a.pid)
+                self._kill.remove(cast(K.KillRemove, a).pid)
             elif t is _Close:
-                c = a.conn
+                c = cast(Connection, cast(K.Close, a).conn)
                 if not c.closed:
                     if not c.out:
                         self._close(c, notify_kernel=True)  # nothing owed: at once
@@ -380,12 +390,15 @@ class KernelIO(Admission, ConnIO):
                         c.closing = True  # after what it is owed
                         self._dirty[c] = None
             elif t is _SendBody:
-                self._queue(a.conn, a.data)
+                sb = cast(K.SendBody, a)
+                self._queue(cast(Connection, sb.conn), sb.data)
             elif t is _CollectBody:
-                if a.src.closed:
-                    self._apply(self.kernel.body_failed(a.token))
+                cb = cast(K.CollectBody, a)
+                csrc = cast(Connection, cb.src)
+                if csrc.closed:
+                    self._apply(self.kernel.body_failed(cb.token))
                 else:
-                    self._start_move(a.src, None, a.length, 0, a.token)
+                    self._start_move(csrc, None, cb.length, 0, cb.token)
             elif t is _Signal:
                 self._signal(a)
                 if crash is not None and a.conn is not None:
