@@ -21,25 +21,28 @@ The structs made for every message (``KMsg``, ``KReq``, ``KReply``, ``NMsg``) sp
 their ``__init__`` out: compiled (``setup.py``), a dataclass's generated
 ``__init__`` would run as interpreted Python, ten times slower than one
 mypyc compiles; the dataclass still gives them ``__eq__`` and ``__repr__``.
+The structs and sizes are ``Final``: compiled, a module global that is not
+is looked up in the module's dict at every use.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Final
 
 from .constants import KNFYI, NHDSIZE
 
 _KMSG = "4iQ"
-KREQ_STRUCT = struct.Struct("<5i9i" + _KMSG + _KMSG)
-KREPLY_STRUCT = struct.Struct("<18id")
-NMSG_STRUCT = struct.Struct("<7i8i4xQ")
-KMSG_STRUCT = struct.Struct("<" + _KMSG)
+KREQ_STRUCT: Final = struct.Struct("<5i9i" + _KMSG + _KMSG)
+KREPLY_STRUCT: Final = struct.Struct("<18id")
+NMSG_STRUCT: Final = struct.Struct("<7i8i4xQ")
+KMSG_STRUCT: Final = struct.Struct("<" + _KMSG)
 
-KREQ_SIZE = KREQ_STRUCT.size  # 104
-KREPLY_SIZE = KREPLY_STRUCT.size  # 80
-NMSG_SIZE = NMSG_STRUCT.size  # 72
-KMSG_SIZE = KMSG_STRUCT.size  # 24
+KREQ_SIZE: Final[int] = KREQ_STRUCT.size  # 104
+KREPLY_SIZE: Final[int] = KREPLY_STRUCT.size  # 80
+NMSG_SIZE: Final[int] = NMSG_STRUCT.size  # 72
+KMSG_SIZE: Final[int] = KMSG_STRUCT.size  # 24
 
 assert (KREQ_SIZE, KREPLY_SIZE, NMSG_SIZE, KMSG_SIZE) == (104, 80, 72, 24)
 
@@ -63,11 +66,11 @@ OFFSETS: dict[str, dict[str, int]] = {
 }
 SIZES = {"kmsg": KMSG_SIZE, "kreq": KREQ_SIZE, "kreply": KREPLY_SIZE, "nmsg": NMSG_SIZE}
 
-_ZERO_FYI: tuple[int, ...] = (0,) * KNFYI
-_ZERO_DATA: tuple[int, ...] = (0,) * NHDSIZE
+_ZERO_FYI: Final[tuple[int, ...]] = (0,) * KNFYI
+_ZERO_DATA: Final[tuple[int, ...]] = (0,) * NHDSIZE
 #: ``struct kreply`` whose ``kr_fyi`` is all zeros (nearly every reply): no
 #: tuple to unpack into the call, the padding bytes are the zeros
-_KREPLY_NOFYI = struct.Struct("<9i%dxd" % (4 * KNFYI))
+_KREPLY_NOFYI: Final = struct.Struct("<9i%dxd" % (4 * KNFYI))
 
 
 @dataclass

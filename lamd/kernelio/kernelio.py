@@ -37,8 +37,14 @@ from .watches import WatchSet
 
 log = logging.getLogger("lamd.kernelio")
 
-_Reply, _Transfer, _KillAppend, _KillRemove = K.Reply, K.Transfer, K.KillAppend, K.KillRemove
-_Close, _SendBody, _CollectBody, _Signal = K.Close, K.SendBody, K.CollectBody, K.Signal
+# the classes themselves (compiled: static type objects, not module globals
+# looked up in a dict at every action)
+from ..kernel.kactions import (  # noqa: E402
+    Close as _Close, CollectBody as _CollectBody, Halt as _Halt, KillAppend as _KillAppend,
+    KillRemove as _KillRemove, KillRewrite as _KillRewrite, Rearm as _Rearm, Reply as _Reply,
+    Resume as _Resume, SendBody as _SendBody, Signal as _Signal, Transfer as _Transfer,
+    Unwatch as _Unwatch, Watch as _Watch,
+)
 
 
 @dataclass(slots=True)
@@ -403,19 +409,21 @@ class KernelIO(Admission, ConnIO):
                 self._signal(a)
                 if crash is not None and a.conn is not None:
                     crash.due.add(a.conn)  # kpreempt: its flags changed
-            elif t is K.KillRewrite:
+            elif t is _KillRewrite:
                 self._kill.rewrite_due()
-            elif t is K.Watch:
-                self._watches.start(a.id, a.kind, a.arg)
-            elif t is K.Unwatch:
-                self._watches.stop(a.id)
-            elif t is K.Rearm:
-                self._watches.rearm(a.id)
-            elif t is K.Resume:
+            elif t is _Watch:
+                w = cast(K.Watch, a)
+                self._watches.start(w.id, w.kind, w.arg)
+            elif t is _Unwatch:
+                self._watches.stop(cast(K.Unwatch, a).id)
+            elif t is _Rearm:
+                self._watches.rearm(cast(K.Rearm, a).id)
+            elif t is _Resume:
                 self._resume_due = True
-            elif t is K.Halt:
+            elif t is _Halt:
+                h = cast(K.Halt, a)
                 self.halted = not self.stopping
-                self.stop(a.status, a.reason)
+                self.stop(h.status, h.reason)
 
     def _eof_first(self, hangups: list[K.Signal], grace: float) -> None:
         """Shut every client's socket (the peer reads EOF) and wait up to
