@@ -202,7 +202,7 @@ class KernelIO(Admission, ConnIO):
                 if t is not None and t < deadline:
                     deadline = t
                 timeout = max(0.0, deadline - time.monotonic())
-            loop.poll(timeout)
+            self.poll_once(timeout)
             if self._pending:
                 self._serve_pending()
             if self._resume_due:
@@ -220,6 +220,36 @@ class KernelIO(Admission, ConnIO):
                 if self.on_tick is not None:
                     self.on_tick(self)
         return self.exit_status
+
+    def poll_once(self, timeout: float) -> None:
+        """:meth:`EventLoop.poll <.loop.EventLoop.poll>`, with a client's
+        events handed straight to ``_on_client`` (compiled, a native call,
+        not a ``partial`` through the loop's table of handlers); every other
+        descriptor through that table, the listener last, as there."""
+        loop = self.loop
+        try:
+            events = loop.ep.poll(timeout)
+        except InterruptedError:
+            return
+        conns = self.conns
+        handlers = loop.handlers
+        last = loop.last_fd
+        deferred = 0
+        for fd, ev in events:
+            if fd == last:
+                deferred = ev
+                continue
+            c = conns.get(fd)
+            if c is not None:
+                self._on_client(c, ev)
+                continue
+            h = handlers.get(fd)
+            if h is not None:
+                h(ev)
+        if deferred:
+            h = handlers.get(last)
+            if h is not None:
+                h(deferred)
 
     def _end_turn(self) -> None:
         if self._dirty:
