@@ -82,7 +82,10 @@ class KernelIO(Admission, ConnIO):
         #: clients with output to flush, in the order they got it (a dict as
         #: an ordered set): the client waiting first gets its bytes first
         self._dirty: dict[Connection, None] = {}
-        self._collect_timers: dict[BodyMove, Timer] = {}  # bodies internal processes wait for
+        #: bodies internal processes wait for, and by when (monotonic); one
+        #: timer for all of them, at the earliest (ConnIO._collect_check)
+        self._collect_deadlines: dict[BodyMove, float] = {}
+        self._collect_timer: Timer | None = None
         # the kill file: the kernel's KillAppend/KillRemove/KillRewrite, carried out
         self._kill = KillFileWriter(
             KillFile(killfile, clients_file or killfile + ".clients",
