@@ -11,6 +11,12 @@ Prints each run and the medians. As root::
     mpicc.lam -O2 -o /tmp/lambench bench/c/lambench.c
     bench/abdaemon.py /tmp/lambench 3 C=C compiled=/tmp/tree1 pure=/tmp/tree1:pure old=/tmp/tree2
 
+``--workload pingpong|attach|npingpong|mpilat`` (anywhere in the arguments)
+runs that one workload instead, with the daemon's CPU per round trip or
+cycle: ``mpilat`` is stock ``mpirun -ssi rpi lamd`` of ``tests/c/mpi/pingpong.c``
+(built with ``mpicc.lam``, path in ``$MPIPP``, default ``/tmp/pingpong``),
+and ours then runs jobs.
+
 A tree is a directory holding ``lamd/`` (world-readable: the daemon runs as
 ``lamtest``); ``:pure`` runs it with ``LAMD_PURE=1``, ``:store`` with the
 crash state on (a descriptor store: ``tests/test_fdstore.py``'s ``FakeStore``
@@ -38,7 +44,44 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def one(exe: str, pw, tree: str) -> dict[str, float]:
+#: --workload W: (warm-up argv, measured argv, messages or cycles it makes);
+#: "mpirun" argv run the stock mpirun (the daemon then runs jobs)
+WORKLOADS: dict[str, tuple[list[str], list[str], int]] = {
+    "pingpong": (["pingpong", "64", "500", "50"], ["pingpong", "64", "5000", "100"], 5100),
+    "attach": (["attach", "300"], ["attach", "3000"], 3000),
+    "npingpong": (["npingpong", "64", "500", "50"], ["npingpong", "64", "4000", "100"], 4100),
+    "mpilat": (["mpirun", "-np", "2", "-ssi", "rpi", "lamd", "MPIPP", "100", "64"],
+               ["mpirun", "-np", "2", "-ssi", "rpi", "lamd", "MPIPP", "2000", "64"], 2000),
+}
+
+
+def _workload(s, d, exe: str, workload: str, run) -> dict[str, float]:
+    """One workload of :data:`WORKLOADS`: its numbers, and the daemon's CPU
+    per round trip or cycle (for mpilat: the whole mpirun's, start-up included)."""
+    warm, argv, n = WORKLOADS[workload]
+
+    def go(a: list[str]) -> dict:
+        if a[0] != "mpirun":
+            return run(a)
+        import re
+
+        a = [os.environ.get("MPIPP", "/tmp/pingpong") if x == "MPIPP" else x for x in a]
+        cp = s.run(a, timeout=300)
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        m = re.search(r"rtt_med_us=([\d.]+) rtt_min_us=([\d.]+)", cp.stdout)
+        assert m, cp.stdout
+        return {"p50_us": float(m.group(1)), "min_us": float(m.group(2))}
+
+    go(warm)
+    c0 = proc_cpu(d.pid)
+    r = go(argv)
+    c1 = proc_cpu(d.pid)
+    out = {k: float(v) for k, v in r.items() if k in ("p50_us", "min_us", "per_s")}
+    out["cpu_us"] = (c1 - c0) / n * 1e6
+    return out
+
+
+def one(exe: str, pw, tree: str, workload: str = "default") -> dict[str, float]:
     s = lamenv.Session(pw)
     store = None
     if tree == "C":
@@ -55,7 +98,8 @@ def one(exe: str, pw, tree: str) -> dict[str, float]:
             d = StoredDaemon(s, Path(path), store, LAUNCHER)
             d.args = ["--log-level", "info", "--no-jobs"]  # it waits for "serving"
         else:
-            d = lamenv.PyDaemon(s, Path(path), args=["--log-level", "warning", "--no-jobs"],
+            jobs = [] if workload.startswith("mpi") else ["--no-jobs"]
+            d = lamenv.PyDaemon(s, Path(path), args=["--log-level", "warning", *jobs],
                                 env=pure)
     d.start()
     try:
@@ -64,6 +108,8 @@ def one(exe: str, pw, tree: str) -> dict[str, float]:
             assert cp.returncode == 0, cp.stderr
             return json.loads(cp.stdout.strip().splitlines()[-1])
 
+        if workload != "default":
+            return _workload(s, d, exe, workload, run)
         run(["pingpong", "64", "500", "50"])  # warm up
         c0 = proc_cpu(d.pid)
         pp = run(["pingpong", "64", str(PINGPONG), "100"])
@@ -79,13 +125,20 @@ def one(exe: str, pw, tree: str) -> dict[str, float]:
 
 
 def main() -> int:
-    exe, rounds = sys.argv[1], int(sys.argv[2])
-    trees = [a.split("=", 1) for a in sys.argv[3:]]
+    args = sys.argv[1:]
+    workload = "default"
+    if "--workload" in args:
+        i = args.index("--workload")
+        workload = args[i + 1]
+        del args[i:i + 2]
+        assert workload in WORKLOADS, f"--workload: one of {', '.join(WORKLOADS)}"
+    exe, rounds = args[0], int(args[1])
+    trees = [a.split("=", 1) for a in args[2:]]
     pw = lamenv.ensure_user()
     res: dict[str, list[dict[str, float]]] = {n: [] for n, _ in trees}
     for r in range(rounds):
         for name, tree in (trees if r % 2 == 0 else trees[::-1]):
-            x = one(exe, pw, tree)
+            x = one(exe, pw, tree, workload)
             res[name].append(x)
             print(name, {k: round(v, 1) for k, v in x.items()}, flush=True)
     print("medians:")

@@ -13,16 +13,24 @@ few repeats is stable:
   path, written to real Unix sockets) for a 64 B ping-pong between two
   clients, timed around the loop's turns only (the clients' side is not
   counted);
-* ``io-1MiB``: the same for a 1 MiB body (moved through the bounded buffer
+* ``attach``: the loop's work per attach cycle (connect, ``kattach``,
+  ``kdetach``, the daemon's close);
+* ``routed``: the loop's work per routed 64 B message: two ``kinit``
+  clients ping-pong with ``nsend``/``nrecv`` through bufferd (booted as
+  the daemon boots it), written as liblam writes them;
+* ``io-1MiB``: the same as ``io`` for a 1 MiB body (moved through the bounded buffer
   in several turns);
 * ``io-crash``: ``io`` with the crash state on (issue 12: the records of
   :mod:`lamd.kernelio.fdstore` kept as under systemd, a store that keeps
   nothing standing in for systemd's).
 
-Usage: ``bench/hotpath.py [ROUNDS]`` runs each case in a fresh interpreter,
-compiled then ``LAMD_PURE=1``, alternating, and prints µs per message (the
-minimum over rounds of the best of five runs in each), from the checkout it is in (build the extension first:
-``python3 setup.py build_ext --inplace``).
+Usage: ``bench/hotpath.py [ROUNDS] [--cases kernel,io,...]`` runs each case
+in a fresh interpreter, compiled then ``LAMD_PURE=1``, alternating, and
+prints µs per message (the minimum over rounds of the best of five runs in
+each), from the checkout it is in (build the extension first: ``python3
+setup.py build_ext --inplace``). ``--ab TREE`` compares this checkout's
+compiled build against another built checkout's instead (A/B of a change:
+keep a copy of the base tree, built, elsewhere).
 """
 
 from __future__ import annotations
@@ -107,10 +115,12 @@ def bench_io(n: int, size: int, crash: bool = False) -> float:
         assert io.crash is not None
     spent = 0.0
 
+    poll = getattr(io, "poll_once", io.loop.poll)  # KernelIO.run's dispatch
+
     def turn() -> None:  # one turn of KernelIO.run, timed
         nonlocal spent
         t = time.perf_counter()
-        io.loop.poll(0)
+        poll(0)
         if io._pending:
             io._serve_pending()
         io._end_turn()
@@ -158,13 +168,15 @@ def bench_io(n: int, size: int, crash: bool = False) -> float:
         src.setblocking(False)
         rs = reply(src)
         assert rs.length == size, rs
-        rd = reply(dst)
-        assert rd.length == size, rd
         if size > 65536:
+            # the receiver's reply is held until the body's first bytes come
+            # (one sendmsg): read it with the body, as liblam would block in it
             view = memoryview(payload)
             sent = 0
             got = 0
-            while got < size:
+            want = KREPLY_SIZE + size
+            head = b""
+            while got < want:
                 if sent < size:
                     try:
                         sent += src.send(view[sent:sent + 262144])
@@ -172,10 +184,16 @@ def bench_io(n: int, size: int, crash: bool = False) -> float:
                         pass
                 turn()
                 try:
-                    got += len(dst.recv(1 << 20))
+                    data = dst.recv(1 << 20)
                 except BlockingIOError:
-                    pass
+                    continue
+                if len(head) < KREPLY_SIZE:
+                    head += data[:KREPLY_SIZE - len(head)]
+                got += len(data)
+            assert KReply.unpack(head).length == size
         else:
+            rd = reply(dst)
+            assert rd.length == size, rd
             body(dst, size)
 
     for _ in range(20):  # warm up
@@ -195,6 +213,173 @@ def bench_io(n: int, size: int, crash: bool = False) -> float:
     return per
 
 
+class _Harness:
+    """A :class:`KernelIO` on a Unix socket in this process, and blocking-style
+    clients whose waits turn the daemon's loop; only the loop's turns are timed."""
+
+    def __init__(self, boot: bool = False) -> None:
+        import tempfile
+
+        from lamd.kernel import Kernel
+        from lamd.kernelio import KernelIO
+
+        self.dir = tempfile.mkdtemp(prefix="lamd-hotpath-")
+        self.path = os.path.join(self.dir, "sock")
+        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lsock.bind(self.path)
+        lsock.listen(64)
+        self.io = KernelIO(Kernel(kernel_pid=os.getpid()), lsock, tick_interval=3600.0)
+        if boot:  # LAM's internal processes (router, bufferd, ...), as the daemon boots them
+            from lamd.iprocs import boot_table, with_stubs, JOB_SERVICES
+
+            cfg: dict = {"node_addr": "192.0.2.2", "node_id": 0}
+            self.io.boot(with_stubs(boot_table(cfg), JOB_SERVICES), cfg)
+        self.spent = 0.0
+        self.poll = getattr(self.io, "poll_once", self.io.loop.poll)  # KernelIO.run's dispatch
+
+    def turn(self) -> None:  # one turn of KernelIO.run, timed
+        io = self.io
+        t = time.perf_counter()
+        self.poll(0)
+        if io._pending:
+            io._serve_pending()
+        if io._resume_due:
+            io._resume_due = False
+            io._apply(io.kernel.wake())
+        io._end_turn()
+        self.spent += time.perf_counter() - t
+
+    def read(self, s: socket.socket, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            self.turn()
+            try:
+                got = s.recv(n - len(buf))
+            except BlockingIOError:
+                continue
+            if not got:
+                raise EOFError
+            buf += got
+        return buf
+
+    def eof(self, s: socket.socket) -> None:
+        while True:
+            self.turn()
+            try:
+                if not s.recv(1):
+                    return
+            except BlockingIOError:
+                pass
+
+    def call(self, s: socket.socket, req: bytes):
+        from lamd.kernel.wire import KREPLY_SIZE, KReply
+
+        s.sendall(req)
+        return KReply.unpack(self.read(s, KREPLY_SIZE))
+
+    def attach(self, priority: int) -> tuple[socket.socket, int]:
+        from lamd.kernel.constants import KQATTACH
+
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(self.path)
+        s.setblocking(False)
+        rep = self.call(s, _req(KQATTACH, -1, os.getpid(), priority=priority))
+        assert rep.reply == 0, rep
+        return s, rep.index
+
+    def close(self) -> None:
+        self.io.shutdown(unlink_socket=self.path)
+        os.rmdir(self.dir)
+
+
+def bench_attach(n: int) -> float:
+    """µs of the daemon's loop per attach cycle: connect, ``kattach``,
+    ``kdetach``, close (the daemon closes; the client reads EOF)."""
+    from lamd.kernel.constants import KQDETACH, PRCMD
+
+    h = _Harness()
+    detach = _req(KQDETACH, 0, os.getpid())
+
+    def cycle() -> None:
+        s, _ = h.attach(PRCMD)
+        s.sendall(detach)
+        h.eof(s)
+        s.close()
+
+    for _ in range(50):
+        cycle()
+    per = float("inf")
+    for _ in range(5):
+        h.spent = 0.0
+        for _ in range(n // 5):
+            cycle()
+        per = min(per, h.spent / (n // 5) * 1e6)
+    h.close()
+    return per
+
+
+def bench_routed(n: int, size: int = 64) -> float:
+    """µs of the daemon's loop per routed 64 B message: two ``kinit``
+    clients ping-pong with ``nsend``/``nrecv`` through bufferd, written as
+    liblam writes them (``dsend``: KQSEND to EVBUFFERD, then the
+    ``struct nmsg`` and body; ``bfrecv``: a KQSR whose send half is the
+    BFQRECV header to EVBUFFERD, then the reply, header and body)."""
+    from lamd.iprocs.nreq import BFQRECV, DLCTL, DLUSR, LOCAL, data_words
+    from lamd.kernel.constants import EVBUFFERD, KNMSG, KQSEND, KQSR, PRCMD
+    from lamd.kernel.wire import NMSG_SIZE, KMsg, KReq, NMsg
+
+    h = _Harness(boot=True)
+    (a, ia), (b, ib) = h.attach(PRCMD), h.attach(PRCMD)
+    pid = os.getpid()
+    payload = bytes(size)
+
+    def nsend(s: socket.socket, index: int, event: int) -> None:
+        hdr = NMsg(dl_event=EVBUFFERD, node=0, event=event, type=1, length=size)
+        req = KReq(req=KQSEND, index=index, pid=pid,
+                   msg=KMsg(EVBUFFERD, DLUSR, size, KNMSG)).pack()
+        rep = h.call(s, req)
+        assert rep.reply == 0, rep
+        s.setblocking(True)
+        s.sendall(hdr.pack() + payload)
+        s.setblocking(False)
+
+    def bfrecv_start(s: socket.socket, index: int, event: int) -> None:
+        bf = NMsg(dl_event=EVBUFFERD, node=LOCAL, event=EVBUFFERD, type=DLCTL,
+                  data=data_words(0, 0, BFQRECV, 0, event, 1, 0, 0))
+        req = KReq(req=KQSR, index=index, pid=pid, msg=KMsg(EVBUFFERD, DLCTL, 0, KNMSG),
+                   msg2=KMsg(event, 1, size, KNMSG)).pack()
+        front = h.call(s, req)
+        assert front.reply == 0, front
+        s.sendall(bf.pack())
+
+    def packet(s: socket.socket) -> None:
+        from lamd.kernel.wire import KREPLY_SIZE, KReply
+
+        rep = KReply.unpack(h.read(s, KREPLY_SIZE))
+        assert rep.reply == 0 and rep.length == size, rep
+        h.read(s, NMSG_SIZE + size)
+
+    def one_way(src, isrc, dst, idst, event) -> None:
+        bfrecv_start(dst, idst, event)
+        nsend(src, isrc, event)
+        packet(dst)
+
+    for _ in range(20):
+        one_way(a, ia, b, ib, 1000)
+        one_way(b, ib, a, ia, 1001)
+    per = float("inf")
+    for _ in range(5):
+        h.spent = 0.0
+        for _ in range(n // 5):
+            one_way(a, ia, b, ib, 1000)
+            one_way(b, ib, a, ia, 1001)
+        per = min(per, h.spent / (2 * (n // 5)) * 1e6)
+    a.close()
+    b.close()
+    h.close()
+    return per
+
+
 def child(case: str) -> None:
     import lamd._pure as pure
 
@@ -202,6 +387,10 @@ def child(case: str) -> None:
         v = bench_kernel(20000)
     elif case == "io":
         v = bench_io(5000, 64)
+    elif case == "attach":
+        v = bench_attach(5000)
+    elif case == "routed":
+        v = bench_routed(5000)
     elif case == "io-crash":
         v = bench_io(5000, 64, crash=True)
     else:
@@ -209,28 +398,52 @@ def child(case: str) -> None:
     print(json.dumps({"case": case, "compiled": pure.compiled(), "us": v}))
 
 
+CASES = ("kernel", "io", "attach", "routed", "io-crash", "io-1MiB")
+
+
+def _run(tree: str, case: str, pure: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=tree, LAMD_PURE=pure)
+    out = subprocess.run([sys.executable, os.path.join(tree, "bench", "hotpath.py"), "--child",
+                          case], env=env, check=True, capture_output=True, text=True,
+                         timeout=600)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+    import argparse
+
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
         child(sys.argv[2])
         return 0
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    best: dict[tuple[str, bool], float] = {}
-    for _ in range(rounds):
-        for case in ("kernel", "io", "io-crash", "io-1MiB"):
-            for pure in ("", "1"):
-                env = dict(os.environ, PYTHONPATH=ROOT, LAMD_PURE=pure)
-                out = subprocess.run([sys.executable, __file__, "--child", case], env=env,
-                                     check=True, capture_output=True, text=True, timeout=600)
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                key = (case, r["compiled"])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("rounds", nargs="?", type=int, default=3)
+    ap.add_argument("--cases", default=",".join(CASES), help="comma-separated, of " + ", ".join(CASES))
+    ap.add_argument("--ab", metavar="TREE",
+                    help="compare the compiled build of this checkout against TREE's "
+                         "(another checkout, built), alternating, instead of compiled against pure")
+    args = ap.parse_args()
+    cases = [c for c in args.cases.split(",") if c]
+    if args.ab:
+        runs = [("base", os.path.abspath(args.ab), ""), ("new", ROOT, "")]
+    else:
+        runs = [("compiled", ROOT, ""), ("pure", ROOT, "1")]
+    best: dict[tuple[str, str], float] = {}
+    for _ in range(args.rounds):
+        for case in cases:
+            for label, tree, pure in runs:
+                r = _run(tree, case, pure)
+                if r["compiled"] != (pure == ""):
+                    print(f"{label}: compiled={r['compiled']} (stale build?)", file=sys.stderr)
+                key = (case, label)
                 best[key] = min(best.get(key, float("inf")), r["us"])
-    print(f"{'case':10s} {'pure µs':>9s} {'compiled µs':>12s} {'ratio':>6s}")
-    for case in ("kernel", "io", "io-1MiB"):
-        p, c = best.get((case, False)), best.get((case, True))
-        if p is None or c is None:
-            print(f"{case:10s} missing (is the extension built?)")
+    a, b = runs[1][0], runs[0][0]
+    print(f"{'case':10s} {b + ' µs':>12s} {a + ' µs':>12s} {'ratio':>6s}")
+    for case in cases:
+        x, y = best.get((case, b)), best.get((case, a))
+        if x is None or y is None:
+            print(f"{case:10s} missing")
             continue
-        print(f"{case:10s} {p:9.2f} {c:12.2f} {c / p:6.2f}")
+        print(f"{case:10s} {x:12.2f} {y:12.2f} {y / x:6.2f}")
     return 0
 
 

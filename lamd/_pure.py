@@ -29,7 +29,8 @@ import zlib
 from importlib.machinery import ModuleSpec
 from typing import Sequence
 
-#: the codec, the kernel's dispatch and rendezvous, the I/O dispatch, the crash state
+#: the codec, the kernel's dispatch and rendezvous, the I/O dispatch, the crash state,
+#: bufferd and the nreq calls it makes
 COMPILED = (
     "lamd.kernel.wire",
     "lamd.kernel.kactions",
@@ -45,6 +46,9 @@ COMPILED = (
     "lamd.kernelio.kio",
     "lamd.kernelio.admission",
     "lamd.kernelio.kernelio",
+    # every routed message (nsend/nrecv, rpi lamd) goes through bufferd's take
+    "lamd.iprocs.nreq",
+    "lamd.iprocs.bufferd",
 )
 #: mypyc's runtime and the compiled code, one library inside the package
 SHARED_LIB = "lamd._hotpath"

@@ -45,7 +45,7 @@ from lamd.jobs import srfd
 from lamd.iprocs.nreq import BFQRECV, DLCTL, DLUSR, LOCAL, NREEL, data_words
 from lamd.kernel import Kernel
 from lamd.kernel.constants import (
-    ESERVICE, EVBUFFERD, EVFILED, EVKENYAD, KNMSG, KQATTACH, KQDUMP, KQSEND, KQSR, KQSTATE,
+    ESERVICE, EVBUFFERD, EVECHOD, EVFILED, EVKENYAD, KNMSG, KQATTACH, KQDUMP, KQSEND, KQSR, KQSTATE,
     PRCMD,
     LamErrno,
 )
@@ -542,8 +542,9 @@ def stub_error(service: str, msg) -> int:  # type: ignore[no-untyped-def]
 # and then drops it, and bufferd takes up the queued sends at once.
 
 
-def _midbody_sender(d: "InProcDaemon", sr: bool) -> socket.socket:
-    """A raw client whose send to bufferd is matched, then writes no body."""
+def _midbody_sender(d: "InProcDaemon", sr: bool, event: int = EVBUFFERD) -> socket.socket:
+    """A raw client whose send to bufferd (or the internal process on
+    *event*) is matched, then writes no body."""
     raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     raw.settimeout(TIMEOUT)
     raw.connect(d.path)
@@ -553,7 +554,7 @@ def _midbody_sender(d: "InProcDaemon", sr: bool) -> socket.socket:
         req = KReq(req=KQSR, index=idx, pid=os.getpid(), msg=KMsg(EVBUFFERD, DLCTL, 0, KNMSG),
                    msg2=KMsg(99, 0, 100, KNMSG))
     else:
-        req = KReq(req=KQSEND, index=idx, pid=os.getpid(), msg=KMsg(EVBUFFERD, DLUSR, 8, KNMSG))
+        req = KReq(req=KQSEND, index=idx, pid=os.getpid(), msg=KMsg(event, DLUSR, 8, KNMSG))
     raw.sendall(req.pack())
     rep = raw.recv(80, socket.MSG_WAITALL)
     assert int.from_bytes(rep[:4], "little", signed=True) == 0, rep  # go ahead: write the body
@@ -587,6 +588,39 @@ def test_sender_stopping_mid_body_does_not_stall_bufferd(tmp_path, caplog, sr, h
         for i in range(3):  # and bufferd serves as before
             nsend(a, 78, bytes([i]) * 5)
             assert nrecv(b, 78).body[:5] == bytes([i]) * 5
+    finally:
+        d.stop()
+
+
+def test_stalled_senders_to_internal_processes_each_dropped_at_their_own_deadline(
+        tmp_path, caplog):
+    """All the bodies internal processes wait for share one timer, set for
+    the earliest deadline and set again after each firing: a sender that
+    stalls on bufferd and another that stalls on echod half a second later
+    are each dropped ``collect_timeout`` after their own send was matched
+    (nothing else would ever wake the loop for the second), and bufferd
+    serves on."""
+    d = InProcDaemon(str(tmp_path), iprocs=True)
+    d.io.limits.collect_timeout = 1.0
+    try:
+        a, b = d.client(), d.client()
+        t0 = time.monotonic()
+        first = _midbody_sender(d, False)
+        time.sleep(0.5)
+        second = _midbody_sender(d, False, EVECHOD)
+        t1 = time.monotonic()
+        assert first.recv(80) == b""  # dropped: liblam sees ENOKERNEL
+        dropped1 = time.monotonic() - t0
+        assert second.recv(80) == b""  # not at the first's deadline: at its own
+        dropped2 = time.monotonic() - t1
+        assert 0.9 < dropped1 < 3, dropped1
+        assert 0.9 < dropped2 < 3, dropped2
+        assert dropped2 + (t1 - t0) > dropped1 + 0.3, (dropped1, dropped2)
+        nsend(a, 79, b"bufferd serves")
+        assert nrecv(b, 79).body[:14] == b"bufferd serves"
+        assert caplog.text.count("did not write the message body an internal process waits for") == 2
+        first.close()
+        second.close()
     finally:
         d.stop()
 

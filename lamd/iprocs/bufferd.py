@@ -136,7 +136,7 @@ def sync_points(body: "bytes | memoryview", event: int, type_: int) -> list[tupl
     n = len(body) // BFSYNC.size
     if n == 0:
         return [(event, type_)]
-    return [BFSYNC.unpack_from(body, i * BFSYNC.size) for i in range(n)]
+    return [(v[0], v[1]) for v in (BFSYNC.unpack_from(body, i * BFSYNC.size) for i in range(n))]
 
 
 class BufferDaemon:

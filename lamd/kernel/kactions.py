@@ -14,8 +14,10 @@ carries them out in order:
   sources (``kio_to``, ``kio_intr``, child exits, signals) and ``Resume``
   asks to be called again next turn; ``Halt`` ends the daemon.
 
-The three made for every message (``Reply``, ``SendBody``, ``Transfer``)
-are not frozen and spell their ``__init__`` out: compiled (``setup.py``), a
+The four made for every message (``Reply``, ``SendBody``, ``Transfer``,
+``CollectBody``) and the three made for every attach and detach (``Close``,
+``KillAppend``, ``KillRemove``: still hashable, ``unsafe_hash``) are not
+frozen and spell their ``__init__`` out: compiled (``setup.py``), a
 dataclass's generated ``__init__`` runs as interpreted Python, ten times
 slower than one mypyc compiles, and a frozen one cannot be written by hand
 the same way compiled and pure. Nothing changes them once made.
@@ -78,14 +80,22 @@ class Transfer:
         self.pad = pad
 
 
-@dataclass(frozen=True)
+@dataclass
 class CollectBody:
     """Read *length* body bytes from *src* and hand them to
-    :meth:`Kernel.body_arrived` (a body for an internal process, ``kio_recv``)."""
+    :meth:`Kernel.body_arrived` (a body for an internal process, ``kio_recv``).
+
+    Made for every routed message (a client's ``nsend`` to bufferd): not
+    frozen, ``__init__`` spelt out, as ``Reply`` is."""
 
     src: Conn
     length: int
     token: Any
+
+    def __init__(self, src: Conn, length: int, token: Any) -> None:
+        self.src = src
+        self.length = length
+        self.token = token
 
 
 @dataclass(frozen=True)
@@ -97,15 +107,19 @@ class Signal:
     signo: int
 
 
-@dataclass(frozen=True)
+@dataclass(unsafe_hash=True)
 class Close:
     """Close *conn* once everything queued for it has been written."""
 
     conn: Conn
     reason: str = ""
 
+    def __init__(self, conn: Conn, reason: str = "") -> None:
+        self.conn = conn
+        self.reason = reason
 
-@dataclass(frozen=True)
+
+@dataclass(unsafe_hash=True)
 class KillAppend:
     """``kkillwrite``: list client *pid* (on *conn*) in the kill file now,
     before the attach reply that follows this action is written."""
@@ -113,12 +127,19 @@ class KillAppend:
     conn: Conn
     pid: int
 
+    def __init__(self, conn: Conn, pid: int) -> None:
+        self.conn = conn
+        self.pid = pid
 
-@dataclass(frozen=True)
+
+@dataclass(unsafe_hash=True)
 class KillRemove:
     """Client *pid*, listed in the kill file, has left: unlist it (this turn)."""
 
     pid: int
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
 
 
 @dataclass(frozen=True)

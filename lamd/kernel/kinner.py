@@ -5,7 +5,7 @@ The ``ksync_*`` functions are LAM's matching macros: a receive and a send
 synchronize when their events are equal and their types share a bit (or
 either is 0), or, for a process blocked with KSYNCSQL, by the SQL-like
 wildcard rules. :class:`BlockedList` holds the blocked processes in LAM's
-order with an index by event, so finding a partner never scans them all.
+order with an index by state and event, so finding a partner never scans them all.
 :class:`KInner` is the part of the kernel that uses them: ``kqsync``,
 ``kqstate``/``ksnap``, ``kqdoom`` and ``transfer``.
 
@@ -82,21 +82,22 @@ class BlockedList:
     LAM keeps one list ordered by priority, then by time of blocking, and a
     request takes the first process in it that synchronizes. Here each
     process carries that position as ``bkey`` = (-priority, arrival), and the
-    list is kept as one sorted list per (state, event) for the exact-match
+    list is kept as one sorted list per state and event for the exact-match
     rules, plus one per state for processes blocked with KSYNCSQL (whose
     events match by pattern). Finding a partner looks at one event's list
     and the SQL list, in LAM's order.
     """
 
     def __init__(self) -> None:
-        self.by_event: dict[tuple[int, int], list[KProc]] = {}
+        #: state -> event -> its processes (no tuple key made and hashed per lookup)
+        self.by_event: dict[int, dict[int, list[KProc]]] = {KSSEND: {}, KSRECV: {}}
         self.sql: dict[int, list[KProc]] = {KSSEND: [], KSRECV: []}
         self.count = 0
 
     def find(self, syncstate: int, msg: KMsg) -> KProc | None:
         """The first blocked process in LAM order that *msg* synchronizes with."""
         best = None
-        lst = self.by_event.get((syncstate, msg.event))
+        lst = self.by_event[syncstate].get(msg.event)
         if lst:
             t = msg.type
             for p in lst:
@@ -119,7 +120,13 @@ class BlockedList:
         if p.msg.flags & KSYNCSQL:
             lst = self.sql[p.state]
         else:
-            lst = self.by_event.setdefault((p.state, p.msg.event), [])
+            events = self.by_event[p.state]
+            got = events.get(p.msg.event)
+            if got is None:
+                events[p.msg.event] = [p]
+                self.count += 1
+                return
+            lst = got
         if not lst or lst[-1].bkey < p.bkey:
             lst.append(p)
         else:
@@ -128,38 +135,44 @@ class BlockedList:
 
     def delete(self, p: KProc) -> None:
         """``kpdelete(&pblock, p)``: *p* (state and msg unchanged) leaves it."""
+        events: dict[int, list[KProc]] | None = None
         if p.msg.flags & KSYNCSQL:
             lst = self.sql[p.state]
-            key = None
         else:
-            key = (p.state, p.msg.event)
-            lst = self.by_event.get(key, [])
-        i = bisect.bisect_left(lst, p.bkey, key=_bkey)
-        if i < len(lst) and lst[i] is p:
-            del lst[i]
+            events = self.by_event[p.state]
+            lst = events.get(p.msg.event) or []
+        if lst and lst[0] is p:
+            del lst[0]  # the first blocked is the first met, mostly
             self.count -= 1
-        else:  # pragma: no cover - defensive
-            try:
-                lst.remove(p)
+        else:
+            i = bisect.bisect_left(lst, p.bkey, key=_bkey)
+            if i < len(lst) and lst[i] is p:
+                del lst[i]
                 self.count -= 1
-            except ValueError:
-                pass
-        if key is not None and not lst:
-            del self.by_event[key]
+            else:  # pragma: no cover - defensive
+                try:
+                    lst.remove(p)
+                    self.count -= 1
+                except ValueError:
+                    pass
+        if events is not None and not lst:
+            events.pop(p.msg.event, None)
 
     def members(self) -> list[KProc]:
-        return ([p for lst in self.by_event.values() for p in lst]
+        return ([p for events in self.by_event.values() for lst in events.values() for p in lst]
                 + [p for lst in self.sql.values() for p in lst])
 
     def check(self) -> None:
         """Assert the index is consistent (tests, fuzzing)."""
         members = self.members()
         assert len(members) == len(set(map(id, members))) == self.count, "blocked index"
-        for (state, event), lst in self.by_event.items():
-            assert lst, "empty list kept"
-            for p in lst:
-                assert p.state == state and p.msg.event == event and not p.msg.flags & KSYNCSQL
-            assert [p.bkey for p in lst] == sorted(p.bkey for p in lst), "order"
+        for state, events in self.by_event.items():
+            for event, lst in events.items():
+                assert lst, "empty list kept"
+                for p in lst:
+                    assert (p.state == state and p.msg.event == event
+                            and not p.msg.flags & KSYNCSQL)
+                assert [p.bkey for p in lst] == sorted(p.bkey for p in lst), "order"
         for state, lst in self.sql.items():
             for p in lst:
                 assert p.state == state and p.msg.flags & KSYNCSQL

@@ -30,7 +30,7 @@ import signal as _signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Final
 
 from .constants import (
     EBADREQUEST, EMSGLEN, ENOKDESCRIPTORS, ENOTATTACHED, KIPROC, KMSG2, KNFYI,
@@ -122,7 +122,7 @@ class KProc:
         return f"<KProc {self.index} pid={self.pid} pri={self.priority} st={self.state}>"
 
 
-_NO_MAILBOX: deque[Event] = deque(maxlen=0)
+_NO_MAILBOX: Final[deque[Event]] = deque(maxlen=0)
 
 
 @dataclass

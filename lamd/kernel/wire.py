@@ -17,29 +17,32 @@ layouts below are proven against the C compiler by ``tests/test_layout.py``.
 Pointers (``k_msg``, ``nh_msg``) are client addresses: meaningless to the
 kernel, carried through untouched.
 
-The structs made for every message (``KMsg``, ``KReq``, ``KReply``) spell
+The structs made for every message (``KMsg``, ``KReq``, ``KReply``, ``NMsg``) spell
 their ``__init__`` out: compiled (``setup.py``), a dataclass's generated
 ``__init__`` would run as interpreted Python, ten times slower than one
 mypyc compiles; the dataclass still gives them ``__eq__`` and ``__repr__``.
+The structs and sizes are ``Final``: compiled, a module global that is not
+is looked up in the module's dict at every use.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Final
 
 from .constants import KNFYI, NHDSIZE
 
 _KMSG = "4iQ"
-KREQ_STRUCT = struct.Struct("<5i9i" + _KMSG + _KMSG)
-KREPLY_STRUCT = struct.Struct("<18id")
-NMSG_STRUCT = struct.Struct("<7i8i4xQ")
-KMSG_STRUCT = struct.Struct("<" + _KMSG)
+KREQ_STRUCT: Final = struct.Struct("<5i9i" + _KMSG + _KMSG)
+KREPLY_STRUCT: Final = struct.Struct("<18id")
+NMSG_STRUCT: Final = struct.Struct("<7i8i4xQ")
+KMSG_STRUCT: Final = struct.Struct("<" + _KMSG)
 
-KREQ_SIZE = KREQ_STRUCT.size  # 104
-KREPLY_SIZE = KREPLY_STRUCT.size  # 80
-NMSG_SIZE = NMSG_STRUCT.size  # 72
-KMSG_SIZE = KMSG_STRUCT.size  # 24
+KREQ_SIZE: Final[int] = KREQ_STRUCT.size  # 104
+KREPLY_SIZE: Final[int] = KREPLY_STRUCT.size  # 80
+NMSG_SIZE: Final[int] = NMSG_STRUCT.size  # 72
+KMSG_SIZE: Final[int] = KMSG_STRUCT.size  # 24
 
 assert (KREQ_SIZE, KREPLY_SIZE, NMSG_SIZE, KMSG_SIZE) == (104, 80, 72, 24)
 
@@ -63,7 +66,11 @@ OFFSETS: dict[str, dict[str, int]] = {
 }
 SIZES = {"kmsg": KMSG_SIZE, "kreq": KREQ_SIZE, "kreply": KREPLY_SIZE, "nmsg": NMSG_SIZE}
 
-_ZERO_FYI: tuple[int, ...] = (0,) * KNFYI
+_ZERO_FYI: Final[tuple[int, ...]] = (0,) * KNFYI
+_ZERO_DATA: Final[tuple[int, ...]] = (0,) * NHDSIZE
+#: ``struct kreply`` whose ``kr_fyi`` is all zeros (nearly every reply): no
+#: tuple to unpack into the call, the padding bytes are the zeros
+_KREPLY_NOFYI: Final = struct.Struct("<9i%dxd" % (4 * KNFYI))
 
 
 @dataclass
@@ -163,6 +170,11 @@ class KReply:
         self.blktime = blktime
 
     def pack(self) -> bytes:
+        if self.fyi is _ZERO_FYI:
+            return _KREPLY_NOFYI.pack(
+                self.reply, self.signal, self.length, self.event, self.type,
+                self.state, self.priority, self.index, self.sigs, self.blktime,
+            )
         return KREPLY_STRUCT.pack(
             self.reply, self.signal, self.length, self.event, self.type,
             self.state, self.priority, self.index, self.sigs, *self.fyi,
@@ -186,14 +198,30 @@ class NMsg:
     type: int = 0
     length: int = 0
     flags: int = 0
-    data: tuple[int, ...] = (0,) * NHDSIZE
+    data: tuple[int, ...] = _ZERO_DATA
     msg: int = 0  # the sender's nh_msg pointer, opaque
 
+    def __init__(self, dl_event: int = 0, dl_link: int = 0, node: int = 0, event: int = 0,
+                 type: int = 0, length: int = 0, flags: int = 0,
+                 data: tuple[int, ...] = _ZERO_DATA, msg: int = 0) -> None:
+        self.dl_event = dl_event
+        self.dl_link = dl_link
+        self.node = node
+        self.event = event
+        self.type = type
+        self.length = length
+        self.flags = flags
+        self.data = data
+        self.msg = msg
+
     def pack(self) -> bytes:
-        data = tuple(self.data) + (0,) * (NHDSIZE - len(self.data))
+        data = self.data
+        if len(data) != NHDSIZE:
+            data = (tuple(data) + (0,) * NHDSIZE)[:NHDSIZE]
         return NMSG_STRUCT.pack(
             self.dl_event, self.dl_link, self.node, self.event, self.type,
-            self.length, self.flags, *data[:NHDSIZE], self.msg,
+            self.length, self.flags, data[0], data[1], data[2], data[3], data[4], data[5],
+            data[6], data[7], self.msg,
         )
 
     @classmethod

@@ -25,6 +25,7 @@ import select
 import socket
 import struct
 from functools import partial
+from typing import Final
 
 from mypy_extensions import trait
 
@@ -33,17 +34,18 @@ from .transfer import Connection
 
 log = logging.getLogger("lamd.kernelio")
 
-_UCRED = struct.Struct("3i")
-_UCRED_SIZE = _UCRED.size
-_AF_UNIX = socket.AF_UNIX
-_SOCK_STREAM = socket.SOCK_STREAM
-_SOL_SOCKET = socket.SOL_SOCKET
-_SO_PEERCRED = socket.SO_PEERCRED
-_EPOLLIN = select.EPOLLIN
-_POLLIN = select.POLLIN
+# Final: compiled, a plain module global is a dict lookup at every use
+_UCRED: Final = struct.Struct("3i")
+_UCRED_SIZE: Final[int] = _UCRED.size
+_AF_UNIX: Final[int] = socket.AF_UNIX
+_SOCK_STREAM: Final[int] = socket.SOCK_STREAM
+_SOL_SOCKET: Final[int] = socket.SOL_SOCKET
+_SO_PEERCRED: Final[int] = socket.SO_PEERCRED
+_EPOLLIN: Final[int] = select.EPOLLIN
+_POLLIN: Final[int] = select.POLLIN
 #: ``SO_PEERPIDFD`` (asm-generic/socket.h; Linux 6.5)
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
-_NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_NO_DESCRIPTORS: Final = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _HUNG_UP = select.POLLHUP | select.POLLRDHUP | select.POLLERR
 
 

@@ -38,8 +38,14 @@ from .watches import WatchSet
 
 log = logging.getLogger("lamd.kernelio")
 
-_Reply, _Transfer, _KillAppend, _KillRemove = K.Reply, K.Transfer, K.KillAppend, K.KillRemove
-_Close, _SendBody, _CollectBody, _Signal = K.Close, K.SendBody, K.CollectBody, K.Signal
+# the classes themselves (compiled: static type objects, not module globals
+# looked up in a dict at every action)
+from ..kernel.kactions import (  # noqa: E402
+    Close as _Close, CollectBody as _CollectBody, Halt as _Halt, KillAppend as _KillAppend,
+    KillRemove as _KillRemove, KillRewrite as _KillRewrite, Rearm as _Rearm, Reply as _Reply,
+    Resume as _Resume, SendBody as _SendBody, Signal as _Signal, Transfer as _Transfer,
+    Unwatch as _Unwatch, Watch as _Watch,
+)
 
 
 @dataclass(slots=True)
@@ -77,7 +83,10 @@ class KernelIO(Admission, ConnIO):
         #: clients with output to flush, in the order they got it (a dict as
         #: an ordered set): the client waiting first gets its bytes first
         self._dirty: dict[Connection, None] = {}
-        self._collect_timers: dict[BodyMove, Timer] = {}  # bodies internal processes wait for
+        #: bodies internal processes wait for, and by when (monotonic); one
+        #: timer for all of them, at the earliest (ConnIO._collect_check)
+        self._collect_deadlines: dict[BodyMove, float] = {}
+        self._collect_timer: Timer | None = None
         # the kill file: the kernel's KillAppend/KillRemove/KillRewrite, carried out
         self._kill = KillFileWriter(
             KillFile(killfile, clients_file or killfile + ".clients",
@@ -197,7 +206,7 @@ class KernelIO(Admission, ConnIO):
                 if t is not None and t < deadline:
                     deadline = t
                 timeout = max(0.0, deadline - time.monotonic())
-            loop.poll(timeout)
+            self.poll_once(timeout)
             if self._pending:
                 self._serve_pending()
             if self._resume_due:
@@ -216,11 +225,44 @@ class KernelIO(Admission, ConnIO):
                     self.on_tick(self)
         return self.exit_status
 
+    def poll_once(self, timeout: float) -> None:
+        """:meth:`EventLoop.poll <.loop.EventLoop.poll>`, with a client's
+        events handed straight to ``_on_client`` (compiled, a native call,
+        not a ``partial`` through the loop's table of handlers); every other
+        descriptor through that table, the listener last, as there."""
+        loop = self.loop
+        try:
+            events = loop.ep.poll(timeout)
+        except InterruptedError:
+            return
+        conns = self.conns
+        handlers = loop.handlers
+        last = loop.last_fd
+        deferred = 0
+        for fd, ev in events:
+            if fd == last:
+                deferred = ev
+                continue
+            c = conns.get(fd)
+            if c is not None:
+                self._on_client(c, ev)
+                continue
+            h = handlers.get(fd)
+            if h is not None:
+                h(ev)
+        if deferred:
+            h = handlers.get(last)
+            if h is not None:
+                h(deferred)
+
     def _end_turn(self) -> None:
         if self._dirty:
             self._flush_dirty()
-        if self._kill.due:
-            self._kill.flush()
+        kill = self._kill
+        # KillFileWriter.due spelt out: it is interpreted (lamd.session), and a
+        # property call is a Python frame in every turn
+        if kill.dirty or kill.removed:
+            kill.flush()
         crash = self.crash
         if crash is not None and crash.due:
             crash.settle()
@@ -339,47 +381,57 @@ class KernelIO(Admission, ConnIO):
             # to any of them: a SIGKILL in between finds both ends of a
             # rendezvous marked, never one of them only
             crash.answering(actions)
-        # the most frequent actions first; names bound at import, not looked up in K
+        # the most frequent actions first; names bound at import, not looked up in
+        # K; each cast to its class once its type is known, so that compiled, its
+        # fields are read natively (not by a generic getattr on an Any)
         skip_next = False
-        for i, a in enumerate(actions):
+        n = len(actions)
+        for i in range(n):
             if skip_next:
                 skip_next = False
                 continue
+            a = actions[i]
             t = type(a)
             if t is _Reply:
-                c = a.conn
-                nxt = actions[i + 1] if i + 1 < len(actions) else None
+                r = cast(K.Reply, a)
+                c = cast(Connection, r.conn)
+                nxt = actions[i + 1] if i + 1 < n else None
                 tn = type(nxt)
-                if tn is _Transfer and nxt.dst is c and not c.out and not c.closed:
+                if (tn is _Transfer and cast(K.Transfer, nxt).dst is c and not c.out
+                        and not c.closed):
                     # a receiver's reply waits for the first bytes of its body and
                     # leaves with them in one sendmsg (it could do nothing with
                     # the reply alone but wait for the body: one wake-up, one send)
-                    data = a.reply.pack()
+                    data = r.reply.pack()
                     c.out.append(bytearray(data))
                     c.queued += len(data)
                     self._dirty[c] = None
-                elif tn is _SendBody and nxt.conn is c:
-                    self._queue(c, a.reply.pack() + nxt.data)  # reply and body: one send
+                elif tn is _SendBody and cast(K.SendBody, nxt).conn is c:
+                    # reply and body: one send
+                    self._queue(c, r.reply.pack() + cast(K.SendBody, nxt).data)
                     skip_next = True
                 else:
-                    self._queue(c, a.reply.pack())
+                    self._queue(c, r.reply.pack())
             elif t is _Transfer:
-                src, dst = a.src, a.dst
-                if dst.closed:
+                tr = cast(K.Transfer, a)
+                src = cast(Connection, tr.src)
+                dst: Connection | None = cast(Connection, tr.dst)
+                if dst is not None and dst.closed:
                     dst = None
-                if a.pad and dst is not None:
-                    self._queue(dst, bytes(a.pad))
+                if tr.pad and dst is not None:
+                    self._queue(dst, bytes(tr.pad))
                 if src.closed:
                     if dst is not None:
                         self._drop(dst, "its sender vanished before the body")
                     continue
-                self._start_move(src, dst, a.length, a.skip)
+                self._start_move(src, dst, tr.length, tr.skip)
             elif t is _KillAppend:
-                self._kill_append(a.conn, a.pid)
+                ka = cast(K.KillAppend, a)
+                self._kill_append(cast(Connection, ka.conn), ka.pid)
             elif t is _KillRemove:
-                self._kill.remove(a.pid)
+                self._kill.remove(cast(K.KillRemove, a).pid)
             elif t is _Close:
-                c = a.conn
+                c = cast(Connection, cast(K.Close, a).conn)
                 if not c.closed:
                     if not c.out:
                         self._close(c, notify_kernel=True)  # nothing owed: at once
@@ -387,29 +439,34 @@ class KernelIO(Admission, ConnIO):
                         c.closing = True  # after what it is owed
                         self._dirty[c] = None
             elif t is _SendBody:
-                self._queue(a.conn, a.data)
+                sb = cast(K.SendBody, a)
+                self._queue(cast(Connection, sb.conn), sb.data)
             elif t is _CollectBody:
-                if a.src.closed:
-                    self._apply(self.kernel.body_failed(a.token))
+                cb = cast(K.CollectBody, a)
+                csrc = cast(Connection, cb.src)
+                if csrc.closed:
+                    self._apply(self.kernel.body_failed(cb.token))
                 else:
-                    self._start_move(a.src, None, a.length, 0, a.token)
+                    self._start_move(csrc, None, cb.length, 0, cb.token)
             elif t is _Signal:
                 self._signal(a)
                 if crash is not None and a.conn is not None:
                     crash.due.add(a.conn)  # kpreempt: its flags changed
-            elif t is K.KillRewrite:
+            elif t is _KillRewrite:
                 self._kill.rewrite_due()
-            elif t is K.Watch:
-                self._watches.start(a.id, a.kind, a.arg)
-            elif t is K.Unwatch:
-                self._watches.stop(a.id)
-            elif t is K.Rearm:
-                self._watches.rearm(a.id)
-            elif t is K.Resume:
+            elif t is _Watch:
+                w = cast(K.Watch, a)
+                self._watches.start(w.id, w.kind, w.arg)
+            elif t is _Unwatch:
+                self._watches.stop(cast(K.Unwatch, a).id)
+            elif t is _Rearm:
+                self._watches.rearm(cast(K.Rearm, a).id)
+            elif t is _Resume:
                 self._resume_due = True
-            elif t is K.Halt:
+            elif t is _Halt:
+                h = cast(K.Halt, a)
                 self.halted = not self.stopping
-                self.stop(a.status, a.reason)
+                self.stop(h.status, h.reason)
 
     def _eof_first(self, hangups: list[K.Signal], grace: float) -> None:
         """Shut every client's socket (the peer reads EOF) and wait up to

@@ -21,8 +21,8 @@ Every socket is non-blocking and nothing here waits on one peer:
 from __future__ import annotations
 
 import logging
-from functools import partial
 import os
+import time
 from typing import Any
 
 from mypy_extensions import trait
@@ -210,9 +210,7 @@ class ConnIO(KIOBase):
             m.src_paused = False
             self._pause_read(c, False)
         if m.token is not None:
-            t = self._collect_timers.pop(m, None)
-            if t is not None:
-                t.cancel()
+            self._collect_deadlines.pop(m, None)
             data = bytes(m.collected or b"")
             m.collected = None
             self._apply(self.kernel.body_arrived(m.token, data))
@@ -249,16 +247,41 @@ class ConnIO(KIOBase):
         if token is not None and not m.src_done and not src.closed:
             # an internal receiver (bufferd, ...) waits for this body and
             # nothing else: a sender that stops half-way is given a deadline
-            self._collect_timers[m] = self.loop.call_later(
-                self.limits.collect_timeout, partial(self._collect_overdue, m))
+            timeout = self.limits.collect_timeout
+            deadline = time.monotonic() + timeout
+            self._collect_deadlines[m] = deadline
+            t = self._collect_timer
+            if t is None or t.cancelled or t.when > deadline:
+                if t is not None:
+                    self.loop.cancel(t)
+                self._collect_timer = self.loop.call_later(timeout, self._collect_check)
         return m
+
+    def _collect_check(self) -> None:
+        """The one timer of all collect deadlines (not one per body: a routed
+        message would make and cancel one each) fired: drop the senders whose
+        deadline has passed, then wait for the next deadline."""
+        deadlines = self._collect_deadlines
+        now = time.monotonic()
+        for m in [m for m, d in deadlines.items() if d <= now]:
+            self._collect_overdue(m)  # may start the next collect (and a timer)
+        t = self._collect_timer
+        if t is not None and t.cancelled:  # the one firing now (a fired timer is cancelled)
+            t = self._collect_timer = None
+        if deadlines:
+            first = min(deadlines.values())
+            if t is None or t.when > first:
+                if t is not None:
+                    self.loop.cancel(t)
+                self._collect_timer = self.loop.call_later(max(0.0, first - now),
+                                                           self._collect_check)
 
     def _collect_overdue(self, m: BodyMove) -> None:
         """A sender did not finish a body an internal process waits for within
         ``collect_timeout``: it is dropped (its connection closed: liblam's
         ENOKERNEL, never silence), so that the internal process, which serves
         every client of the session, receives again."""
-        self._collect_timers.pop(m, None)
+        self._collect_deadlines.pop(m, None)
         c = m.src
         if c.closed or c.move is not m:
             return
@@ -439,9 +462,7 @@ class ConnIO(KIOBase):
                 # the kernel's disconnect below ends the collect: after it has
                 # forgotten this sender, so that the receive the internal
                 # process makes again cannot meet one more send of it
-                t = self._collect_timers.pop(m, None)
-                if t is not None:
-                    t.cancel()
+                self._collect_deadlines.pop(m, None)
         for item in c.out:
             if type(item) is BodyMove and self.crash is not None:
                 self.crash.delivered(item)  # nobody to write the rest to

@@ -38,7 +38,8 @@ class KIOBase:
     conns: dict[int, Connection]
     _pending: deque[Connection]  # clients with unparsed requests
     _dirty: dict[Connection, None]  # clients with output to flush, first come first
-    _collect_timers: dict[BodyMove, Timer]  # bodies internal processes wait for
+    _collect_deadlines: dict[BodyMove, float]  # bodies internal processes wait for, by when
+    _collect_timer: Timer | None  # the one timer of those deadlines (the earliest)
     _rbuf: bytearray  # requests are read into this, then decoded
     _rview: memoryview
     handing_over: bool

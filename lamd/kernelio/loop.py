@@ -16,12 +16,13 @@ import select
 import signal
 import socket
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Final, Iterable
 
-EPOLLIN = select.EPOLLIN
-EPOLLOUT = select.EPOLLOUT
-EPOLLERR = select.EPOLLERR | select.EPOLLHUP
-EPOLLONESHOT = select.EPOLLONESHOT
+# Final: compiled, a plain module global is a dict lookup at every use
+EPOLLIN: Final[int] = select.EPOLLIN
+EPOLLOUT: Final[int] = select.EPOLLOUT
+EPOLLERR: Final[int] = select.EPOLLERR | select.EPOLLHUP
+EPOLLONESHOT: Final[int] = select.EPOLLONESHOT
 
 
 class Timer:
