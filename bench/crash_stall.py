@@ -45,7 +45,7 @@ from bench.reexec_stall import build  # noqa: E402
 def one(n: int, exes: dict[str, Path]) -> dict:
     pw = lamenv.ensure_user()
     s = lamenv.Session(pw)
-    pkg = lamenv.copy_package()
+    pkg = lamenv.copy_package(pyc=True)
     store = FakeStore(s.work)
     daemons: list[StoredDaemon] = []
     idle = None

@@ -163,7 +163,7 @@ def main() -> int:
     lamenv.ensure_user()
     rounds = 1 if args.quick else args.rounds
     n_ping, n_rt, n_bw, n_mpi = (100, 200, 20, 200) if args.quick else (1000, 2000, 100, 2000)
-    pkgdir = lamenv.copy_package()
+    pkgdir = lamenv.copy_package(pyc=True)
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     raw: dict[str, dict[str, list]] = {k: {} for k in ("c", "ours")}

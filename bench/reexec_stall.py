@@ -50,7 +50,7 @@ def build(work: Path) -> dict[str, Path]:
 def one(n: int, exes: dict[str, Path]) -> dict:
     pw = lamenv.ensure_user()
     s = lamenv.Session(pw)
-    pkg = lamenv.copy_package()
+    pkg = lamenv.copy_package(pyc=True)
     d = lamenv.PyDaemon(s, pkg, ["--log-level", "info"])
     idle = pair = None
     try:

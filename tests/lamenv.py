@@ -82,8 +82,13 @@ def make_user_dir(pw: pwd.struct_passwd, prefix: str, mode: int = 0o700) -> Path
     return d
 
 
-def copy_package(src: Path = REPO / "lamd") -> Path:
-    """A world-readable copy of the ``lamd`` package; returns the PYTHONPATH dir."""
+def copy_package(src: Path = REPO / "lamd", *, pyc: bool = False) -> Path:
+    """A world-readable copy of the ``lamd`` package; returns the PYTHONPATH dir.
+
+    *pyc*: with its ``.pyc`` files written (:func:`warm_pyc`), as an
+    installed package has them: what a benchmark of start-up must run (the
+    daemons run with ``PYTHONDONTWRITEBYTECODE``, so without them every
+    start compiles every module from source)."""
     top = Path(tempfile.mkdtemp(prefix="lamd-pkg-", dir="/tmp"))
     top.chmod(0o755)
     shutil.copytree(src, top / "lamd",
@@ -92,7 +97,18 @@ def copy_package(src: Path = REPO / "lamd") -> Path:
         os.chmod(dirpath, 0o755)
         for f in filenames:
             os.chmod(os.path.join(dirpath, f), 0o644)
+    if pyc:
+        warm_pyc(top / "lamd")
     return top
+
+
+def warm_pyc(pkg: Path) -> None:
+    """Write the ``.pyc`` files of the package in *pkg*, readable by the
+    benchmark user."""
+    subprocess.run([SYSTEM_PYTHON, "-m", "compileall", "-q", str(pkg)], check=True,
+                   timeout=300)
+    for p in [pkg, *pkg.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o055)
 
 
 def clean_env(pw: pwd.struct_passwd, prefix: Path, extra: dict | None = None) -> dict:
