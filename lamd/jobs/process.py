@@ -52,6 +52,8 @@ from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
 from ..iprocs import BY_NAME, JOB_SERVICES, boot_config
+from ..iprocs.router import nodeid_watch
+from ..kernel.constants import PRDAEMON
 from ..kernel.kiproc import KBoot
 from ..session import LAM_PREFIX_ENV, LAM_SUFFIX_ENV, Session, lam_get_batchid
 from . import cgroups
@@ -228,6 +230,10 @@ class JobsProcess:
             log.info("jobs: %s not implemented yet: served by stubs (ESERVICE)", ", ".join(stubs))
         config = boot_config({"session": self.session.directory, "jobs": self.jobs,
                               "node_id": self.node_id}, kernel_side=False)
+        # getnodeid(): kenyad's replies and LAMWORLD carry this node's id,
+        # which a datalink process outside the kernel gives the router after
+        # we may have started (lamd.datalink); the router tells us
+        rows.append(KBoot("nodeid", PRDAEMON, nodeid_watch))
         host = self.host = ServiceHost(path, rows, config)
         host.install_signal_handlers()
         user = current_user()

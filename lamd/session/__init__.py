@@ -30,6 +30,14 @@ LAM_SOCKET = "lam-kernel-socket"
 LAMD_CLIENTS = "lamd-clients"
 #: Under systemd: the outcome of the daemon's last reload (lamd.service.reload).
 LAMD_RELOAD = "lamd-reload"
+#: A datalink process outside the kernel (lamd.datalink) is starting or runs:
+#: "PID STARTTIME", written before it first connects to the kernel, removed
+#: when it exits; a kernel that starts meanwhile leaves dli, dlo and
+#: bforward out of its boot (``--datalink=auto``).
+LAMD_DATALINK = "lamd-datalink"
+#: Under systemd: lamd-dl@.socket, where LAM's prefix tree hands hboot's
+#: arguments to the datalink service (its presence is how it knows).
+LAMD_DATALINK_SOCKET = "lamd-datalink-socket"
 LAM_PREFIX_ENV = "LAM_MPI_SESSION_PREFIX"
 LAM_SUFFIX_ENV = "LAM_MPI_SESSION_SUFFIX"
 
@@ -147,3 +155,23 @@ class Session:
                                    "fix or remove it")
         finally:
             os.close(fd)
+
+
+def datalink_announced(directory: str) -> int | None:
+    """The pid of the datalink process the session's :data:`LAMD_DATALINK`
+    file names, if that process still runs (same start time) and is ours;
+    else None (no file, a stale one, unreadable)."""
+    from .kkill import read_proc_stat
+    path = os.path.join(directory, LAMD_DATALINK)
+    try:
+        with open(path, "rb") as f:
+            fields = f.read(64).split()
+        pid, start = int(fields[0]), int(fields[1])
+        if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+            return None
+        st = read_proc_stat(pid)
+    except (OSError, ValueError, IndexError):
+        return None
+    if st is None or st[1] != start or st[0] == "Z":
+        return None
+    return pid
