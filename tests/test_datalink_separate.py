@@ -221,3 +221,154 @@ def test_separate_datalink_mpirun_lamwipe_and_boot_again(hosts3: Cluster, lamd_p
                 c.hosts[0].run(["lamwipe", hf], timeout=60)
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# the package's prefix tree on a node whose sockets are "systemd's"
+
+
+def systemd_like_tree(c: Cluster, pkgdir: Path) -> Path:
+    """The package's prefix tree (packaging/lam-prefix: bin/lamd and bin/tkill
+    as shipped), with the installed commands swapped for the source tree's."""
+    src = Path(__file__).resolve().parent.parent / "packaging" / "lam-prefix"
+    pre = c.dir / "pkglam"
+    (pre / "bin").mkdir(parents=True)
+    (pre / "etc").mkdir()
+    os.symlink("/usr/bin/hboot", pre / "bin" / "hboot")
+    py = f"env PYTHONPATH={pkgdir} PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3"
+    for name in ("lamd", "tkill"):
+        text = (src / "bin" / name).read_text()
+        text = (text.replace("/usr/bin/python3 -I", py)
+                .replace("exec systemd-cat --identifier=lamd /usr/bin/lamd-kernel",
+                         f"exec {py} -m lamd")
+                .replace("exec /usr/bin/lamd-kernel", f"exec {py} -m lamd")
+                .replace("exec /usr/bin/lamd-tkill", f"exec {py} -m lamd.tools.tkill"))
+        assert "/usr/bin/lamd-" not in text, text
+        (pre / "bin" / name).write_text(text)
+        (pre / "bin" / name).chmod(0o755)
+    shutil.copy(src / "etc" / "lam-conf.lamd", pre / "etc" / "lam-conf.lamd")
+    for p in (pre, pre / "bin", pre / "etc"):
+        p.chmod(0o755)
+    (pre / "etc" / "lam-conf.lamd").chmod(0o644)
+    return pre
+
+
+class SocketUnits:
+    """lamd@USER.socket and lamd-dl@USER.socket by hand on host *h*
+    (tests/sockact.py): the kernel and the datalink process started by a
+    connection to their socket, again after each exit, as systemd's."""
+
+    def __init__(self, c: Cluster, h, pkgdir: Path) -> None:
+        self.c, self.h = c, h
+        self.dir = h.prefix / f"lam-{c.pw.pw_name}@{h.name}"
+        cp = h.run(["mkdir", "-p", "-m", "700", self.dir])
+        assert cp.returncode == 0, show(cp)
+        act = Path(__file__).resolve().parent / "sockact.py"
+        env = h.env({"PYTHONPATH": str(pkgdir), "PYTHONDONTWRITEBYTECODE": "1"})
+        self.procs = []
+        for sock, cmd, log in (
+                ("lam-kernel-socket", "-m lamd", f"lamd-{h.name}.log"),
+                ("lamd-datalink-socket", "-m lamd.datalink", f"lamd-dl-{h.name}.log")):
+            sh = f"exec /usr/bin/python3 {cmd} 2>>{c.work}/{log}"
+            self.procs.append(h.popen(["/usr/bin/python3", act, self.dir / sock,
+                                       "/bin/sh", "-c", sh], timeout=None, env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 10
+        while not all((self.dir / s).is_socket() for s in
+                      ("lam-kernel-socket", "lamd-datalink-socket")):
+            assert time.monotonic() < deadline, "sockact did not listen"
+            time.sleep(0.05)
+        self.pids = {p.pid for p in self.procs}
+
+    def user_pids(self) -> list[int]:
+        """The test user's processes on the host but the socket holders
+        (and their nsenter/setpriv wrappers)."""
+        out = []
+        for p in self.h.user_pids():
+            a = cmdline(p)
+            if not any(x.endswith("sockact.py") for x in a):
+                out.append(p)
+        return out
+
+    def close(self) -> None:
+        for p in self.procs:
+            for q in self.h.user_pids():
+                if any(x.endswith("sockact.py") for x in cmdline(q)):
+                    os.kill(q, 15)
+            p.wait(10)
+
+
+def test_package_prefix_with_systemd_sockets(hosts3: Cluster, lamd_pkg):
+    """The package's prefix tree on a node where the user's lamd@.socket and
+    lamd-dl@.socket listen (here by hand, tests/sockact.py; under systemd
+    see tests/system): stock lamboot's hboot runs the tree's tkill (ours,
+    keeping the sockets) and lamd (the arguments handed to the datalink
+    socket); the datalink process calls lamboot back and its connect starts
+    the kernel, which leaves the datalink to it. The universe works from
+    every host; a second boot request meanwhile is refused with a status;
+    a second lamboot while the first universe is up replaces it; lamhalt
+    leaves nothing but the sockets, and lamboot works again; lamwipe too."""
+    c = hosts3
+    h = c.hosts[1]
+    exe = build_netclient(c.work)
+    units = SocketUnits(c, h, lamd_pkg)
+    pre = systemd_like_tree(c, lamd_pkg)
+    ptree = prefix_tree(c, lamd_pkg)
+    hf = c.work / "hostfile"
+    hf.write_text(f"{c.hosts[0].name}\n{h.name} prefix={pre}\n{c.hosts[2].name} prefix={ptree}\n")
+    hf.chmod(0o644)
+
+    def universe() -> None:
+        check_separate(c, 1)
+        for i, x in enumerate(c.hosts):
+            cp = x.run(["lamnodes"])
+            assert cp.returncode == 0 and len(cp.stdout.splitlines()) == 3, show(cp) + logs(c)
+            assert cp.stdout.splitlines()[i].endswith("this_node"), show(cp)
+            cp = x.run(["tping", "-c", "1", "N"], timeout=30)
+            assert cp.returncode == 0, f"from n{i}: " + show(cp) + logs(c)
+        cp = c.hosts[0].run(["lamexec", "N", "hostname"], timeout=30)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        assert sorted(cp.stdout.split()) == sorted(x.name for x in c.hosts), show(cp)
+
+    def nothing_left() -> None:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            left = {x.name: (units.user_pids() if x is h else x.user_pids()) for x in c.hosts}
+            if not any(left.values()):
+                break
+            time.sleep(0.1)
+        assert not any(left.values()), ({k: [cmdline(p) for p in v] for k, v in left.items()},
+                                         logs(c))
+        # the sockets are systemd's: they stay, and nothing else
+        assert sorted(p.name for p in units.dir.iterdir()) == [
+            "lam-kernel-socket", "lamd-datalink-socket"]
+
+    try:
+        cp = c.hosts[0].run(["lamboot", hf], timeout=90)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        universe()
+        for src, dst in ((1, 0), (2, 1)):
+            exchange(c, exe, src, dst, "n")
+        # a boot request while the universe is served: refused, honestly
+        cp = h.run(["env", f"PYTHONPATH={lamd_pkg}", "/usr/bin/python3", "-m",
+                    "lamd.datalink.handoff", "-H", c.hosts[0].addr, "-P", "1", "-n", "1"])
+        assert cp.returncode == 1 and "in a universe already" in cp.stderr, show(cp)
+        # lamboot again while it is up: hboot -t's tkill ends it, then a new one
+        first = [p for p in units.user_pids()]
+        cp = c.hosts[0].run(["lamboot", hf], timeout=90)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        assert not set(first) & set(units.user_pids())
+        universe()
+        cp = c.hosts[0].run(["lamhalt"], timeout=30)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        nothing_left()
+        cp = c.hosts[0].run(["lamboot", hf], timeout=90)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        universe()
+        cp = c.hosts[0].run(["lamwipe", hf], timeout=60)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        nothing_left()
+    finally:
+        c.hosts[0].run(["lamwipe", hf], timeout=60)
+        units.close()
+    assert gone(c.hosts) == {x.name: [] for x in c.hosts}

@@ -60,6 +60,7 @@ from ..iprocs.router import RouteTable
 from ..kernel.kiproc import IPROC_PID_BASE
 from ..session import LAMD_DATALINK, Session, SessionError
 from ..session.kkill import read_proc_stat
+from .handoff import CALLED_BACK, ERROR, MAGIC, OK, encode_request
 
 log = logging.getLogger("lamd.datalink")
 
@@ -67,23 +68,12 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-#: What the prefix tree's ``bin/lamd`` writes first on the datalink socket.
-MAGIC = b"LAMD-DATALINK 1\n"
 #: Longest request (hboot's arguments, NUL-terminated, then an empty one).
 MAX_REQUEST = 16 * 1024
-#: Status lines the service answers with.
-CALLED_BACK = "called-back"
-OK = "ok"
-ERROR = "error"
 #: How long the service waits for the request on its first connection.
 REQUEST_TIMEOUT = 10.0
 #: How long it retries the kernel's socket (under systemd: the kernel's start).
 DEFAULT_WAIT = 30.0
-
-
-def encode_request(argv: Sequence[str]) -> bytes:
-    """hboot's arguments as the datalink socket takes them."""
-    return MAGIC + b"".join(a.encode() + b"\0" for a in argv) + b"\0"
 
 
 def read_request(conn: socket.socket, timeout: float = REQUEST_TIMEOUT) -> list[str]:
@@ -249,6 +239,10 @@ class DatalinkProcess:
             except OSError:
                 return
             with conn:
+                try:
+                    read_request(conn, 1.0)  # whole, so that the answer is read
+                except (OSError, ValueError):
+                    pass
                 try:
                     conn.settimeout(1.0)
                     conn.sendall(f"{ERROR} this node (n{node_id}) is in a universe "
