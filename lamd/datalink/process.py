@@ -98,26 +98,34 @@ def read_request(conn: socket.socket, timeout: float = REQUEST_TIMEOUT) -> list[
     return [a.decode("utf-8", "surrogateescape") for a in body.split(b"\0")[:-1]] if body else []
 
 
-def announce(directory: str) -> str:
-    """Write the session's :data:`~lamd.session.LAMD_DATALINK` file; its path."""
+def announce(directory: str) -> tuple[str, int]:
+    """Write the session's :data:`~lamd.session.LAMD_DATALINK` file ("PID
+    STARTTIME") and lock it for this process's life (the lock is what says
+    it runs: :func:`lamd.session.datalink_announced`); (its path, the
+    descriptor holding the lock)."""
+    import fcntl
     st = read_proc_stat(os.getpid())
     path = os.path.join(directory, LAMD_DATALINK)
     tmp = f"{path}.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(f"{os.getpid()} {st[1] if st else 0}\n")
-    os.replace(tmp, path)
-    return path
-
-
-def withdraw(path: str) -> None:
-    """Remove the announcement if it is still ours."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        with open(path) as f:
-            mine = f.read().split()[:1] == [str(os.getpid())]
-        if mine:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{os.getpid()} {st[1] if st else 0}\n".encode())
+        os.replace(tmp, path)
+    except OSError:
+        os.close(fd)
+        raise
+    return path, fd
+
+
+def withdraw(path: str, fd: int) -> None:
+    """Remove the announcement if it is still ours, and let go of its lock."""
+    try:
+        if os.path.samestat(os.fstat(fd), os.stat(path)):
             os.unlink(path)
     except OSError:
         pass
+    os.close(fd)
 
 
 def kernel_datalink(path: str, timeout: float = 10.0) -> list[str]:
@@ -169,7 +177,7 @@ class DatalinkProcess:
             return self.fail("refusing to run as root (as LAM's daemons do)")
         notifier = Notifier()
         try:
-            marker = announce(self.session.directory)
+            marker, lock = announce(self.session.directory)
         except OSError as e:
             return self.fail(f"cannot write {LAMD_DATALINK} in {self.session.directory}: "
                              f"{e.strerror}")
@@ -223,7 +231,7 @@ class DatalinkProcess:
             notifier.stopping()
             return status
         finally:
-            withdraw(marker)
+            withdraw(marker, lock)
             if booted is not None:
                 booted.dli_sock.close()
 

@@ -157,21 +157,41 @@ class Session:
             os.close(fd)
 
 
-def datalink_announced(directory: str) -> int | None:
-    """The pid of the datalink process the session's :data:`LAMD_DATALINK`
-    file names, if that process still runs (same start time) and is ours;
-    else None (no file, a stale one, unreadable)."""
-    from .kkill import read_proc_stat
+def datalink_announced(directory: str, *, check_start: bool = False) -> int | None:
+    """The pid the session's :data:`LAMD_DATALINK` file names if a process
+    still holds its lock (the datalink process locks it for its whole life:
+    no need to see that process in ``/proc``, which a kernel in another
+    unit's user namespace cannot); else None (no file, a stale one).
+
+    *check_start*: also that the pid is still that process (its start time,
+    from ``/proc``), for a caller that will signal it."""
+    import fcntl
     path = os.path.join(directory, LAMD_DATALINK)
     try:
-        with open(path, "rb") as f:
-            fields = f.read(64).split()
-        pid, start = int(fields[0]), int(fields[1])
-        if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # held: the process that wrote it runs
+        except OSError:
             return None
-        st = read_proc_stat(pid)
+        else:
+            return None  # nobody holds it: stale
+        fields = os.read(fd, 64).split()
+        pid, start = int(fields[0]), int(fields[1])
     except (OSError, ValueError, IndexError):
         return None
-    if st is None or st[1] != start or st[0] == "Z":
-        return None
+    finally:
+        os.close(fd)
+    if check_start:
+        from .kkill import read_proc_stat
+        try:
+            st = read_proc_stat(pid)
+        except OSError:
+            return None
+        if st is None or st[1] != start or st[0] == "Z":
+            return None
     return pid

@@ -525,7 +525,7 @@ def stop_datalink(directory: str, timeout: float, verbose: bool) -> None:
     (:func:`lamd.session.datalink_announced`: only if it is still that
     process, and ours): one still waiting for lamboot's universe is not
     attached, so the kill file does not list it."""
-    pid = datalink_announced(directory)
+    pid = datalink_announced(directory, check_start=True)
     if pid is None:
         return
     try:
@@ -533,7 +533,7 @@ def stop_datalink(directory: str, timeout: float, verbose: bool) -> None:
     except OSError:
         return
     try:
-        if datalink_announced(directory) != pid:  # the same process, now pinned
+        if datalink_announced(directory, check_start=True) != pid:  # still it, now pinned
             return
         signal.pidfd_send_signal(fd, signal.SIGTERM)
         if select.select([fd], [], [], timeout)[0]:

@@ -43,7 +43,15 @@ def host(cmd, timeout=60, check=True, **kw):
 
 
 class Container:
-    def __init__(self) -> None:
+    def __init__(self, machine: str = MACHINE, extra: tuple[str, ...] = (),
+                 init: tuple[str, ...] = ()) -> None:
+        """*machine*: the container's name; *extra*: more systemd-nspawn
+        options, *init*: more arguments for its systemd
+        (tests/system/test_lamboot_nspawn.py: binds, a test host's network
+        namespace, ``systemd.hostname=``)."""
+        self.machine = machine
+        self.extra = tuple(extra)
+        self.init = tuple(init)
         self.nspawn: subprocess.Popen | None = None
         self.init_pid: int | None = None
         self.init_pidfd: int | None = None  # pins the container's pid 1 for stop()
@@ -51,8 +59,8 @@ class Container:
     def boot(self) -> None:
         self.nspawn = subprocess.Popen(
             ["systemd-nspawn", "-D", "/", "--volatile=yes", "--bind-ro=/etc",
-             "--register=no", "--keep-unit", "-M", MACHINE, "--console=passive",
-             "-b", "systemd.firstboot=off"],
+             "--register=no", "--keep-unit", "-M", self.machine, "--console=passive",
+             *self.extra, "-b", "systemd.firstboot=off", *self.init],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
