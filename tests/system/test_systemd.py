@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -55,27 +56,36 @@ class Container:
         self.nspawn: subprocess.Popen | None = None
         self.init_pid: int | None = None
         self.init_pidfd: int | None = None  # pins the container's pid 1 for stop()
+        self.errlog = tempfile.TemporaryFile()  # nspawn's own messages
 
     def boot(self) -> None:
         self.nspawn = subprocess.Popen(
             ["systemd-nspawn", "-D", "/", "--volatile=yes", "--bind-ro=/etc",
              "--register=no", "--keep-unit", "-M", self.machine, "--console=passive",
              *self.extra, "-b", "systemd.firstboot=off", *self.init],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=self.errlog, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            kids = host(["pgrep", "-P", str(self.nspawn.pid)], check=False).stdout.split()
+            # the container's pid 1, not a short-lived helper of nspawn's
+            kids = host(["pgrep", "-P", str(self.nspawn.pid), "-x", "systemd"],
+                        check=False).stdout.split()
             if kids:
                 if self.init_pid is None:
+                    try:
+                        self.init_pidfd = os.pidfd_open(int(kids[0]))
+                    except ProcessLookupError:
+                        time.sleep(0.1)
+                        continue
                     self.init_pid = int(kids[0])
-                    self.init_pidfd = os.pidfd_open(self.init_pid)
                 r = self.run(["systemctl", "is-system-running", "--wait"], timeout=60, check=False)
                 if r.stdout.strip() in ("running", "degraded"):
                     return
             if self.nspawn.poll() is not None:
                 break
             time.sleep(0.2)
-        raise RuntimeError("the nspawn container did not boot")
+        self.errlog.seek(0)
+        raise RuntimeError("the nspawn container did not boot: "
+                           + self.errlog.read().decode(errors="replace")[-2000:])
 
     def run(self, cmd, timeout=30, check=False, input=None):
         assert self.init_pid
