@@ -220,10 +220,11 @@ def test_show_notify_watchdog_status(ct):
     assert p["WatchdogUSec"] == "10s"
     assert p["User"] == USER
     # STATUS= follows the kernel's counters (once a second): lamnodes' requests show;
-    # the clients attached are the jobs process's five services
+    # the clients attached are the jobs process's five services and its
+    # node-id watch
     wait_jobs(ct)
     status = ct.wait_for(lambda: re.fullmatch(
-        r"5 clients attached, [1-9]\d* messages, \d+ bytes moved",
+        r"6 clients attached, [1-9]\d* messages, \d+ bytes moved",
         ct.show(ct.service, "StatusText")["StatusText"]), 5, "STATUS= with lamnodes' messages")
     assert status
 
@@ -236,15 +237,15 @@ def test_proctitle_shows_user_and_clients(ct):
 
 
 def wait_jobs(ct, not_pid: str | None = None) -> str:
-    """The jobs unit active, its process attached (five kill-file lines, one
-    per service, and a sixth once it has used its waker: lamd.iprocs.host);
-    returns its MainPID."""
+    """The jobs unit active, its process attached (six kill-file lines, one
+    per service and one for its node-id watch, and a seventh once it has
+    used its waker: lamd.iprocs.host); returns its MainPID."""
     def up():
         p = ct.show(ct.jobs, "ActiveState", "MainPID")
         if p["ActiveState"] != "active" or p["MainPID"] in ("0", not_pid):
             return None
         kf = ct.run(["cat", f"{ct.sdir}/lam-killfile"]).stdout.split()
-        return p["MainPID"] if kf[1:].count(p["MainPID"]) in (5, 6) else None
+        return p["MainPID"] if kf[1:].count(p["MainPID"]) in (6, 7) else None
     return ct.wait_for(up, 30, f"{ct.jobs} attached")
 
 
