@@ -267,8 +267,10 @@ class DatalinkProcess:
 # the command
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser(cls: type[argparse.ArgumentParser] = argparse.ArgumentParser
+                 ) -> argparse.ArgumentParser:
+    """The command's options; *cls* :class:`_Parser` for a request's."""
+    p = cls(
         prog="python3 -m lamd.datalink",
         description="The datalink of a LAM universe outside the kernel: the boot callback "
                     "to lamboot, then dli_inet, dlo_inet and bforward attached to this "
@@ -329,9 +331,7 @@ def _from_socket(args: argparse.Namespace) -> int:
     with conn:
         try:
             argv = read_request(conn)
-            p = build_parser()
-            p.__class__ = _Parser
-            req = p.parse_args(argv)
+            req = build_parser(_Parser).parse_args(argv)
             boot = boot_args_of(req)
             if boot is None:
                 raise ValueError("no -H/-P/-n: not hboot's arguments")
