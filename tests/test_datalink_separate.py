@@ -17,7 +17,9 @@ datalink inside (``py``):
 * ``mpirun`` across a ``sep`` node and another on the default, TCP and
   ``lamd`` RPIs;
 * ``lamhalt`` leaves nothing on any host, and so does ``lamwipe``; a second
-  lamboot then works.
+  lamboot then works;
+* under ``lamboot -x`` a killed node is given up by the separate datalinks;
+* the package's prefix scripts with the sockets held as systemd would.
 """
 
 from __future__ import annotations
@@ -372,3 +374,66 @@ def test_package_prefix_with_systemd_sockets(hosts3: Cluster, lamd_pkg):
         c.hosts[0].run(["lamwipe", hf], timeout=60)
         units.close()
     assert gone(c.hosts) == {x.name: [] for x in c.hosts}
+
+
+def test_separate_datalink_gives_a_dead_node_up_under_x(hosts3: Cluster, lamd_pkg):
+    """``lamboot -x`` of sep,py,sep, the middle node killed: each separate
+    datalink's dlo finds its link dead after LAM's retry limit and tells its
+    dli, which takes the node out of the kernel's router (RQREMROUTE) and
+    signals the node's programs (SIGSHRINK through kenyad in the jobs
+    process); lamnodes then prints it invalid, the survivors go on, lamhalt
+    ends them."""
+    from .test_deadnode import GIVE_UP, kill_node, lamnodes
+    c = hosts3
+    trees = {"py": prefix_tree(c, lamd_pkg), "sep": separate_tree(c, lamd_pkg)}
+    kinds = ["sep", "py", "sep"]
+    hf = c.work / "hostfile"
+    hf.write_text("".join(f"{h.name} prefix={trees[k]}\n" for h, k in zip(c.hosts, kinds)))
+    hf.chmod(0o644)
+    cp = c.hosts[0].run(["lamboot", "-x", hf], timeout=60)
+    assert cp.returncode == 0, show(cp) + logs(c)
+    a, dead, b = c.hosts
+    halted = False
+    pings = []
+    try:
+        check_separate(c, 0)
+        check_separate(c, 2)
+        kill_node(dead)
+        t0 = time.monotonic()
+        for h in (a, b):
+            pings.append(h.popen(["tping", "-c", "1", "n1"], timeout=GIVE_UP + 60,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        want = {a.name: [f"n0\t{a.name}:1:origin,this_node", "n1\tinvalid node",
+                         f"n2\t{b.name}:1:"],
+                b.name: [f"n0\t{a.name}:1:origin", "n1\tinvalid node",
+                         f"n2\t{b.name}:1:this_node"]}
+        seen: dict[str, float] = {}
+        while len(seen) < 2 and time.monotonic() - t0 < GIVE_UP + 45:
+            for h in (a, b):
+                if h.name not in seen and lamnodes(h) == want[h.name]:
+                    seen[h.name] = time.monotonic() - t0
+            time.sleep(1)
+        assert sorted(seen) == sorted([a.name, b.name]), (seen, logs(c))
+        for name, t in seen.items():
+            assert GIVE_UP - 10 < t < GIVE_UP + 30, (name, t, GIVE_UP)
+        for h in (a, b):
+            cp = h.run(["tping", "-c", "1", "N"])
+            assert cp.returncode == 0 and "1 byte from 1 remote node and 1 local node" \
+                in cp.stdout, show(cp) + logs(c)
+            cp = h.run(["lamexec", "N", "hostname"])
+            assert cp.returncode == 0 and sorted(cp.stdout.split()) == sorted(
+                [a.name, b.name]), show(cp) + logs(c)
+        dlog = (c.work / f"lamd-dl-{a.name}.log").read_text()
+        assert "dli: node n1 removed (its link is dead)" in dlog, dlog
+        cp = a.run(["lamhalt"], timeout=60)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        halted = True
+        assert gone(c.hosts) == {h.name: [] for h in c.hosts}, logs(c)
+    finally:
+        for p in pings:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if not halted:
+            a.run(["lamwipe", hf], timeout=60)
+    assert "Traceback" not in logs(c), logs(c)
