@@ -17,6 +17,13 @@ medians reported:
   one rank on each node (tests/c/mpi/pingpong.c), where it completes;
 * eight hosts: ``lamboot`` wall time of the whole universe (and ``lamhalt``).
 
+``--hop``: the extra hop of a datalink outside the kernel (what
+``lamd-dl@.service`` runs beside the sandboxed kernel): on two hosts,
+ours with the datalink inside the kernel process against ours with it in
+``python3 -m lamd.datalink`` (tests/test_datalink_separate.py's tree),
+tping and the 64 B round trip, alternating rounds; to
+``bench/results/multinode-hop.json``.
+
 Ours is the source tree's daemon (``python3 -m lamd`` in a LAM prefix tree, as
 tests/test_multinode.py builds it), on every node.
 
@@ -42,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests import lamenv  # noqa: E402
 from tests.netns import Cluster, gone  # noqa: E402
+from tests.test_datalink_separate import separate_tree  # noqa: E402
 from tests.test_multinode import prefix_tree  # noqa: E402
 
 EVENT = "31100"
@@ -67,10 +75,10 @@ def build(work: Path) -> tuple[Path, Path]:
 class Universe:
     """One booted universe on the Cluster *c*: "c" or "ours" on every node."""
 
-    def __init__(self, c: Cluster, kind: str, pre: Path) -> None:
+    def __init__(self, c: Cluster, kind: str, pre: Path | None) -> None:
         self.c, self.kind = c, kind
         self.hf = c.work / f"hostfile-{kind}"
-        pre = pre if kind == "ours" else None
+        pre = pre if kind != "c" else None
         self.hf.write_text("".join(f"{h.name}{f' prefix={pre}' if pre else ''}\n"
                                    for h in c.hosts))
         self.hf.chmod(0o644)
@@ -155,12 +163,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "multinode.json"))
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--hop", action="store_true",
+                    help="the datalink inside the kernel process against outside it")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("run as root (network namespaces, the test user)", file=sys.stderr)
         return 2
     lamenv.ensure_user()
+    if args.hop:
+        return hop(args)
+    args.out = args.out or str(ROOT / "bench" / "results" / "multinode.json")
     rounds = 1 if args.quick else args.rounds
     n_ping, n_rt, n_bw, n_mpi = (100, 200, 20, 200) if args.quick else (1000, 2000, 100, 2000)
     pkgdir = lamenv.copy_package(pyc=True)
@@ -217,6 +230,44 @@ def main() -> int:
         f = lambda v: "—" if v is None else (f"{v:.3f}" if v < 10 else f"{v:.0f}")  # noqa: E731
         ratio = "—" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         print(f"| {r['label']} | {f(r['c'])} | {f(r['ours'])} | {ratio} |")
+    return 0
+
+
+def hop(args: argparse.Namespace) -> int:
+    """``--hop``: ours, the datalink in the kernel process ("inside") or in
+    python3 -m lamd.datalink ("separate"), alternating rounds, medians."""
+    rounds = 1 if args.quick else args.rounds
+    n_ping, n_rt = (200, 400) if args.quick else (1000, 2000)
+    pkgdir = lamenv.copy_package()
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    raw: dict[str, dict[str, list]] = {"inside": {}, "separate": {}}
+    try:
+        with Cluster(2) as c:
+            nb, _pp = build(c.work)
+            trees = {"inside": prefix_tree(c, pkgdir), "separate": separate_tree(c, pkgdir)}
+            for _ in range(rounds):
+                for kind in ("inside", "separate"):
+                    with Universe(c, kind, trees[kind]):
+                        time.sleep(0.5)  # the separate datalink gives the router the universe
+                        for key, v in (("tping_us", tping(c, n_ping)),
+                                       ("nsend64_rt_us", nsend_rt(c, nb, n_rt))):
+                            raw[kind].setdefault(key, []).append(v)
+                            log(f"{kind:8} {key}: {v}")
+    finally:
+        shutil.rmtree(pkgdir, ignore_errors=True)
+    rows = []
+    for key, label in (("tping_us", "tping -d 0 n1 from n0, mean round trip (us)"),
+                       ("nsend64_rt_us", "nsend/nrecv 64 B round trip n0<->n1, median (us)")):
+        i, s = (statistics.median(raw[k][key]) for k in ("inside", "separate"))
+        rows.append({"metric": key, "label": label, "inside": i, "separate": s, "ratio": s / i})
+    out = args.out or str(ROOT / "bench" / "results" / "multinode-hop.json")
+    Path(out).write_text(json.dumps({"commit": commit, "rounds": rounds, "when": time.strftime(
+        "%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows, "raw": raw}, indent=1) + "\n")
+    print(f"| workload (at {commit}) | datalink in the kernel process | in lamd.datalink | "
+          "separate/inside |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['label']} | {r['inside']:.0f} | {r['separate']:.0f} | {r['ratio']:.2f}x |")
     return 0
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from . import LAM_VERSION, __version__, _pure, service
-from .iprocs import JOB_SERVICES, BootConfigError, boot_table, parse_external, with_stubs
+from .iprocs import DATALINK_SERVICES, JOB_SERVICES, BootConfigError, boot_table, parse_external, with_stubs
 from .iprocs.carried import with_carry
 from .kernel import Kernel, MAX_MSG_LEN
 from .kernelio import IOLimits, KernelIO, fdstore, handover
@@ -62,6 +62,7 @@ EXIT_USAGE = 2
 EXIT_SETUP = service.EX_CONFIG
 
 JOBS_MODES = ("child", "external", "none")
+DATALINK_MODES = ("auto", "internal", "external")
 #: lamhalt: how long clients have to leave on EOF before they are hung up
 #: (LAM's haltd gives them a moment too, ``sleep(1)`` before its tkill)
 HALT_GRACE = 1.0
@@ -106,17 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "or child)")
     p.add_argument("--no-jobs", dest="jobs", action="store_const", const="none",
                    help="the same as --jobs=none")
+    p.add_argument("--datalink", choices=DATALINK_MODES, default=None,
+                   help="where dli_inet, dlo_inet and bforward run: 'internal' (in the "
+                        "daemon), 'external' (a datalink process attached as a client: "
+                        "python3 -m lamd.datalink, lamd-dl@.service), 'auto' (external if a "
+                        "datalink process has announced itself in the session directory, "
+                        "else internal: the default) (default: $LAMD_DATALINK or auto)")
     p.add_argument("--no-iprocs", action="store_true", help=argparse.SUPPRESS)
-    b = p.add_argument_group(
-        "booted by lamboot", "what LAM's hboot passes ($inet_topo of the boot configuration): "
-        "the daemon calls lamboot back and receives the universe before it serves anything")
-    b.add_argument("-H", dest="boot_addr", metavar="ADDR", help="lamboot's address (the origin)")
-    b.add_argument("-P", dest="boot_port", type=int, metavar="PORT", help="lamboot's port")
-    b.add_argument("-n", dest="node_id", type=int, metavar="NODE", help="this node's id")
-    b.add_argument("-o", dest="origin", type=int, default=0, metavar="NODE",
-                   help="the origin node's id (default 0)")
-    b.add_argument("-x", dest="fault_tolerant", action="store_true",
-                   help="fault tolerant: keep going when a node dies")
+    from .boot.agent import add_hboot_options
+    add_hboot_options(p, "the daemon calls lamboot back and receives the universe before "
+                         "it serves anything")
     # a re-exec in place (SIGUSR1): the snapshot's memfd (lamd.kernelio.handover)
     p.add_argument(handover.RESTORE_OPTION, dest="restore_fd", type=int, help=argparse.SUPPRESS)
     return p
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: locale, shutil for the help's width, building the parser); anything else,
 #: ``--help`` and every mistake included, goes through :func:`build_parser`.
 _QUICK_VALUES = {"--log-level": ("log_level", ("debug", "info", "warning", "error")),
-                 "--jobs": ("jobs", JOBS_MODES)}
+                 "--jobs": ("jobs", JOBS_MODES), "--datalink": ("datalink", DATALINK_MODES)}
 _QUICK_FLAGS = {"-d": ("debug", True), "--debug": ("debug", True), "--no-jobs": ("jobs", "none")}
 
 
@@ -144,7 +144,7 @@ def quick_args(argv: Sequence[str]) -> "argparse.Namespace | None":
             max_msg_len=int(os.environ.get("LAMD_MAX_MSG_LEN", MAX_MSG_LEN)),
             move_buffer=int(os.environ.get("LAMD_MOVE_BUFFER", 256 * 1024)),
             max_queued=int(os.environ.get("LAMD_MAX_QUEUED", 1 << 20)), external=None,
-            jobs=None, no_iprocs=False, boot_addr=None, boot_port=None, node_id=None,
+            jobs=None, datalink=None, no_iprocs=False, boot_addr=None, boot_port=None, node_id=None,
             origin=0, fault_tolerant=False, restore_fd=None)
     except ValueError:
         return None  # argparse reports it (as before)
@@ -347,12 +347,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     service.setup_logging("debug" if args.debug else args.log_level)
     boot_args = None
     if args.boot_addr is not None or args.boot_port is not None:
-        if args.boot_addr is None or args.boot_port is None or args.node_id is None:
-            log.error("-H, -P and -n go together (what hboot passes for lamboot)")
+        from .boot.agent import boot_args_of
+        try:
+            boot_args = boot_args_of(args)
+        except ValueError as e:
+            log.error("%s", e)
             return EXIT_USAGE
-        from .boot.agent import BootArgs
-        boot_args = BootArgs(args.boot_addr, args.boot_port, args.node_id, args.origin,
-                             args.fault_tolerant)
     try:
         external = parse_external(args.external if args.external is not None
                                   else os.environ.get("LAMD_EXTERNAL", ""))
@@ -406,6 +406,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SessionError as e:
         log.error("%s", e)
         return EXIT_SETUP
+    dl_mode = args.datalink or os.environ.get("LAMD_DATALINK", "") or "auto"
+    if dl_mode not in DATALINK_MODES:
+        log.error("LAMD_DATALINK: %r is not one of %s", dl_mode, ", ".join(DATALINK_MODES))
+        return EXIT_USAGE
+    if dl_mode == "auto":
+        from .session import datalink_announced
+        dl_pid = datalink_announced(session.directory) if boot_args is None else None
+        dl_mode = "internal" if dl_pid is None else "external"
+        if dl_pid is not None:
+            log.info("datalink: process %d announced itself: dli_inet, dlo_inet and "
+                     "bforward are left to it", dl_pid)
+    if dl_mode == "external":
+        if boot_args is not None:
+            log.error("-H/-P/-n: the boot callback is the datalink's (--datalink=external "
+                      "leaves it to python3 -m lamd.datalink)")
+            return EXIT_USAGE
+        if not args.no_iprocs:
+            external = parse_external(external + list(DATALINK_SERVICES))
     nofile_before = resource.getrlimit(resource.RLIMIT_NOFILE)  # the jobs' limit
     nofile = raise_nofile_limit()
     kernel_args = dict(max_procs=args.max_procs, max_msg_len=args.max_msg_len,
@@ -565,9 +583,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = io.run()
         if not io.handover_due:
             break
-        if booted is not None:  # the universe lamboot sent is not carried yet
+        ident = config.get("identity")
+        rt = config.get("route_table")
+        learnt = ident is not None and (ident.node_id != 0 or (rt is not None and len(rt.routes) > 1))
+        if booted is not None or learnt:  # the universe lamboot sent is not carried yet
             log.error("re-exec refused: a daemon booted by lamboot (node %d) cannot hand "
-                      "its universe on yet; serving on", booted.node_id)
+                      "its universe on yet; serving on",
+                      booted.node_id if booted is not None else ident.node_id)
             handover.uninherit(io)
             io.resume_serving()
             continue

@@ -48,6 +48,9 @@ from .test_stock_tools import show, wait_until
 
 TIMEOUT = 10.0
 MOUNT = cgroup2_mount()
+#: kernel connections of an attached jobs process: its five services and
+#: the node-id watch (lamd.iprocs.router.nodeid_watch)
+JOBS_CONNECTIONS = len(JOB_SERVICES) + 1
 
 
 def running(pid: int) -> bool:
@@ -447,12 +450,13 @@ def killfile(s: lamenv.Session) -> list[int]:
 
 
 def wait_jobs_process(d: lamenv.PyDaemon, not_pid: int | None = None) -> int:
-    """The jobs process, attached: its five services in the kill file."""
+    """The jobs process, attached: its five services and its node-id watch
+    (``nodeid``: the router's RQWAITNODE) in the kill file."""
     found: list[int] = []
 
     def attached() -> bool:
         found[:] = [p for p in jobs_children(d) if p != not_pid]
-        return len(found) == 1 and killfile(d.s)[1:].count(found[0]) == len(JOB_SERVICES)
+        return len(found) == 1 and killfile(d.s)[1:].count(found[0]) == JOBS_CONNECTIONS
 
     assert wait_until(attached, TIMEOUT), (found, killfile(d.s), d.log())
     return found[0]
@@ -609,7 +613,7 @@ def test_jobs_process_waits_for_a_kernel(lam_session, lamd_pkg, lamd_by_hand):
         time.sleep(0.5)
         assert jp.poll() is None
         d = lamd_by_hand(lamd_pkg, "--jobs=external")
-        assert wait_until(lambda: killfile(s)[1:].count(jp.pid) == len(JOB_SERVICES), TIMEOUT), \
+        assert wait_until(lambda: killfile(s)[1:].count(jp.pid) == JOBS_CONNECTIONS, TIMEOUT), \
             (s.work / "jobs.log").read_text()
         assert "jobs: flatd, loadd, kenyad, filed, iod expected from the jobs process" \
             in d.log(), d.log()

@@ -1,9 +1,12 @@
 """Booting our daemon with stock lamboot from the installed package (issue 11,
 "How users get it").
 
-The package installs a LAM prefix tree, ``/usr/lib/lamd/lam``: ``bin/hboot``,
-``bin/tkill`` and ``bin/lamboot`` are lam-runtime's own (links), ``bin/lamd``
-starts ``/usr/bin/lamd-kernel``, ``etc/lam-conf.lamd`` is LAM's process schema.
+The package installs a LAM prefix tree, ``/usr/lib/lamd/lam``: ``bin/hboot``
+and ``bin/lamboot`` are lam-runtime's own (links), ``bin/lamd`` starts
+``/usr/bin/lamd-kernel`` (or, where the user's ``lamd-dl@.socket`` listens,
+hands hboot's arguments to it), ``bin/tkill`` runs lam-runtime's
+``/usr/bin/tkill`` (or there ``lamd-tkill --keep-socket``),
+``etc/lam-conf.lamd`` is LAM's process schema.
 Choosing our daemon on a node is then one word of LAM's own syntax: the boot
 schema line ``HOST prefix=/usr/lib/lamd/lam``, or ``lamboot -prefix
 /usr/lib/lamd/lam`` for every node; lam-runtime's files are not touched, and
@@ -34,7 +37,10 @@ def test_the_package_installs_a_lam_prefix_tree(lamd_deb):
     """What lamboot and hboot look for under a prefix, and nothing of
     lam-runtime's replaced."""
     assert os.path.realpath(PREFIX / "bin" / "hboot") == "/usr/bin/hboot"
-    assert os.path.realpath(PREFIX / "bin" / "tkill") == "/usr/bin/tkill"
+    # ours, running lam-runtime's tkill unless systemd's sockets are there
+    assert (PREFIX / "bin" / "tkill").read_text() == \
+        (REPO / "packaging" / "lam-prefix" / "bin" / "tkill").read_text()
+    assert "exec /usr/bin/tkill \"$@\"" in (PREFIX / "bin" / "tkill").read_text()
     assert os.path.realpath(PREFIX / "bin" / "lamboot") == "/usr/bin/lamboot"
     for name in ("hboot", "tkill", "lamboot", "lamd"):
         assert os.access(PREFIX / "bin" / name, os.X_OK), name

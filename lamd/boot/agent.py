@@ -26,6 +26,10 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import argparse
 
 from ..iprocs.nreq import NOTLINKID, NT_ME, NT_ORIGIN
 from ..kernel.constants import EVDL0, NOTEVENT
@@ -72,6 +76,32 @@ class Booted:
         return None
 
 
+def add_hboot_options(p: "argparse.ArgumentParser", what: str) -> None:
+    """What hboot passes a lamd (``$inet_topo`` of the boot configuration),
+    as options of *p* (the daemon's, the datalink process's)."""
+    b = p.add_argument_group(
+        "booted by lamboot", "what LAM's hboot passes ($inet_topo of the boot configuration): "
+        + what)
+    b.add_argument("-H", dest="boot_addr", metavar="ADDR", help="lamboot's address (the origin)")
+    b.add_argument("-P", dest="boot_port", type=int, metavar="PORT", help="lamboot's port")
+    b.add_argument("-n", dest="node_id", type=int, metavar="NODE", help="this node's id")
+    b.add_argument("-o", dest="origin", type=int, default=0, metavar="NODE",
+                   help="the origin node's id (default 0)")
+    b.add_argument("-x", dest="fault_tolerant", action="store_true",
+                   help="fault tolerant: keep going when a node dies")
+
+
+def boot_args_of(ns: "argparse.Namespace") -> "BootArgs | None":
+    """:class:`BootArgs` from parsed :func:`add_hboot_options`; None if no
+    ``-H``/``-P`` was given. Raises ValueError if ``-H``, ``-P`` and ``-n``
+    are not all there."""
+    if ns.boot_addr is None and ns.boot_port is None:
+        return None
+    if ns.boot_addr is None or ns.boot_port is None or ns.node_id is None:
+        raise ValueError("-H, -P and -n go together (what hboot passes for lamboot)")
+    return BootArgs(ns.boot_addr, ns.boot_port, ns.node_id, ns.origin, ns.fault_tolerant)
+
+
 def _resolve(addr: str) -> str:
     """``gethaddr``: dotted decimal, else a host name (lamboot -l)."""
     try:
@@ -81,10 +111,11 @@ def _resolve(addr: str) -> str:
 
 
 def boot_agent(args: BootArgs, timeout: float = 300.0,
-               connect_timeout: float = 30.0) -> Booted:
+               connect_timeout: float = 30.0,
+               called_back: Callable[[CltCoord], None] | None = None) -> Booted:
     """Call lamboot back and receive the universe (blocking, bounded by
     *timeout* overall: lamboot sends the universe only once every node has
-    booted)."""
+    booted). *called_back* is told once the coordinates are sent."""
     deadline = time.monotonic() + timeout
     agent = _resolve(args.agent_addr)
     dli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -103,6 +134,8 @@ def boot_agent(args: BootArgs, timeout: float = 300.0,
                  agent, args.agent_port, args.node_id, coord.boot_port, coord.dli_port)
         with socket.create_connection((agent, args.agent_port), timeout=connect_timeout) as c:
             c.sendall(coord.encode())
+        if called_back is not None:
+            called_back(coord)
         universe = _receive_universe(srv, agent, deadline)
         log.info("boot: universe of %d nodes: %s", len(universe.links), ", ".join(
             f"n{l.link} {l.addr or l.hostname}:{l.port}" if l.link != NOTLINKID else "invalid"

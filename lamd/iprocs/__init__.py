@@ -42,6 +42,7 @@ from .dlo import dlo
 from .echod import echod
 from .haltd import haltd
 from .netaddr import node_address
+from .nreq import Identity
 from .router import route_table, router
 from .stubs import died
 from .traced import traced
@@ -83,6 +84,10 @@ loadd = _Lazy("..jobs.loadd", "loadd")
 #: The boot-table rows the jobs process serves, in LAM's table order
 #: (:mod:`lamd.jobs.process`).
 JOB_SERVICES = ("flatd", "loadd", "kenyad", "filed", "iod")
+
+#: The rows a datalink process outside the kernel serves (:mod:`lamd.datalink`:
+#: LAM's separate ``lamd_dli_inet``, ``lamd_dlo_inet`` and bforward).
+DATALINK_SERVICES = ("dli_inet", "dlo_inet", "bforward")
 
 #: LAM's kboottbl[], in order.
 BOOT_TABLE: list[KBoot] = [
@@ -149,13 +154,20 @@ def parse_external(spec: str | Iterable[str] | None) -> list[str]:
 
 
 def boot_config(config: dict[str, Any], kernel_side: bool = True) -> dict[str, Any]:
-    """Fill ``config["node_addr"]`` (netlink), ``node_id`` and, for the
+    """Fill ``config["node_addr"]`` (netlink), ``node_id``, ``identity``
+    (:class:`~.nreq.Identity`, shared by every process booted with *config*:
+    the router changes it when it learns a universe) and, for the
     daemon's own processes (*kernel_side*), the router's table they share
     (``route_table``) if missing. A separate process (the jobs process)
     has no table of its own: its ``getroute`` asks the router."""
     if not config.get("node_addr"):
         config["node_addr"] = node_address()
     config.setdefault("node_id", 0)
+    ident = config.get("identity")
+    if ident is None:
+        config["identity"] = Identity(int(config["node_id"]), int(config.get("origin", 0)))
+    else:  # booted again (lamboot's universe after the defaults): one object still
+        ident.node_id, ident.origin = int(config["node_id"]), int(config.get("origin", 0))
     if kernel_side and config.get("route_table") is None:
         config["route_table"] = route_table(config)
     return config
@@ -184,5 +196,5 @@ def with_stubs(table: Iterable[KBoot], names: Iterable[str]) -> list[KBoot]:
             for kb in table]
 
 
-__all__ = ["BOOT_TABLE", "JOB_SERVICES", "BY_NAME", "KERNEL_SIDE", "EXTERNAL_OK", "BootConfigError",
+__all__ = ["BOOT_TABLE", "JOB_SERVICES", "DATALINK_SERVICES", "BY_NAME", "KERNEL_SIDE", "EXTERNAL_OK", "BootConfigError",
            "parse_external", "boot_config", "boot_table", "with_stubs"]

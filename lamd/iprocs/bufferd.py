@@ -47,7 +47,7 @@ from ..kernel.wire import NMSG_SIZE, KMsg, NMsg
 from .nreq import (
     BFDEFSPACE, BFQLOOK, BFQPROBE, BFQRECV, BFQSPACE, BFQSTATE, BFQSWEEP,
     BFQSWEEP1, BFQWIPE, BFSTATUS, BFSYNC, DDLI, DINT4MSG, DLCTL,
-    DMSKDATA, DMSKMSG, LOCAL, NMORE, data_words, dtry_send, received,
+    DMSKDATA, DMSKMSG, LOCAL, NMORE, Identity, data_words, dtry_send, received,
     route_local,
 )
 
@@ -144,7 +144,8 @@ class BufferDaemon:
 
     def __init__(self, k: IProc) -> None:
         self.k = k
-        self.node_id = int(k.config.get("node_id", 0))
+        self.ident: Identity = k.config.get("identity") or Identity(
+            int(k.config.get("node_id", 0)))
         self.buf = Buffers(maxspace=int(k.config.get("bufferd_space") or BFDEFSPACE))
         #: what a client may raise the space to with rbfparms (LAM: what malloc gives)
         self.space_limit = max(self.buf.maxspace,
@@ -182,7 +183,7 @@ class BufferDaemon:
         if peeked is not None:
             d = head.data
             if (len(body) == 0 and d[2] == BFQRECV and head.event == EVBUFFERD
-                    and head.node in (LOCAL, self.node_id)
+                    and head.node in (LOCAL, self.ident.node_id)
                     and (d[4], d[5], d[7] & ~KNMSG) == peeked):
                 return self.next_recv()
             self.peek_misses += 1
@@ -213,9 +214,9 @@ class BufferDaemon:
 
     def handle(self, head: NMsg, body: "bytes | memoryview") -> None:
         """One message: a request to bufferd, or a packet to pass on or keep."""
-        if head.event == EVBUFFERD and head.node in (LOCAL, self.node_id):
+        if head.event == EVBUFFERD and head.node in (LOCAL, self.ident.node_id):
             self.request(head, body)
-        elif route_local(head, self.node_id):
+        elif route_local(head, self.ident.node_id):
             self.buffer(head, body)
         else:
             # another node's (a frame passing through): kept for
@@ -239,7 +240,7 @@ class BufferDaemon:
         """``dtry_send``: deliver now if the receiver waits; True if delivered."""
         out = NMsg(head.dl_event, head.dl_link, head.node, head.event, head.type,
                    len(body), head.flags | KTRY, head.data, head.msg)
-        rep = dtry_send(self.k, out, body, node_id=self.node_id)
+        rep = dtry_send(self.k, out, body, node_id=self.ident.node_id)
         return rep.reply != errno.EWOULDBLOCK
 
     def buffer(self, head: NMsg, body: "bytes | memoryview") -> None:
@@ -259,7 +260,7 @@ class BufferDaemon:
     def send_msg(self, head: NMsg, body: bytes = b"") -> None:
         """LAM's ``send_msg``: a reply, delivered or kept like any packet;
         one for another node kept for bforward."""
-        head.dl_event = head.event if head.node in (LOCAL, self.node_id) else EVBFORWARD
+        head.dl_event = head.event if head.node in (LOCAL, self.ident.node_id) else EVBFORWARD
         self.buffer(head, body)
 
     # -- requests ---------------------------------------------------------------
@@ -317,7 +318,7 @@ class BufferDaemon:
             words = data_words(0, h.type, 0, length, h.flags, h.data[0], h.data[1], i)
         reply = NMsg(dl_event=src_event, node=LOCAL, event=src_event, type=0,
                      flags=KTRY, data=words)
-        dtry_send(self.k, reply, b"", node_id=self.node_id)
+        dtry_send(self.k, reply, b"", node_id=self.ident.node_id)
 
     def bfqstate(self, src_node: int, src_event: int, maxtbl: int) -> None:
         """``rbfstate``: a summary reply, then the status table in packets."""

@@ -49,7 +49,7 @@ from ..ratelog import RateLog
 from .nreq import (
     BFQRECV, DDLI, DLCTL, LOCAL, NOBUF, NoRoute, data_words, dsend, getroute, nrecv, nsend,
 )
-from .router import Route
+from .router import Route, initrouter, rrremrent, rrsetrents
 
 log = logging.getLogger("lamd.iprocs.dli")
 
@@ -126,9 +126,12 @@ async def diq(k: IProc, q: DiReq, body: bytes, node_id: int, din: DLIn,
             badlog.warn("diq", "dli: DIQSETLINK for this node (n%d) refused", node_id)
             return
         din.set_link(dil.link, dil.addr)
+        route = Route(nodeid=dil.link, event=EVDL0, link=dil.link, event2=EVDL0,
+                      link2=dil.link, nodetype=NT_JONES | q.type, ncpus=q.ncpus)
         if table is not None:
-            table.set(Route(nodeid=dil.link, event=EVDL0, link=dil.link, event2=EVDL0,
-                            link2=dil.link, nodetype=NT_JONES | q.type, ncpus=q.ncpus))
+            table.set(route)
+        if k.config.get("router_remote"):  # outside the kernel: its router too
+            await rrsetrents(k, [route])
         await _to_dlo(k, DOQSETLINK, dil.link, dil.dolink().pack(), node_id)
         log.info("dli: node n%d at %s:%d added (from node %d)", dil.link, dil.addr, dil.port,
                  q.src_node)
@@ -139,6 +142,8 @@ async def diq(k: IProc, q: DiReq, body: bytes, node_id: int, din: DLIn,
         din.rem_link(q.link)
         if table is not None:
             table.remove(q.link)
+        if k.config.get("router_remote"):
+            await rrremrent(k, q.link)
         await _to_dlo(k, DOQREMLINK, q.link, b"", node_id)
         log.info("dli: node n%d removed (%s)", q.link,
                  "its link is dead" if q.src_node == NOTNODEID else f"from node {q.src_node}")
@@ -199,6 +204,14 @@ async def dli(k: IProc) -> None:
             msg = await nrecv(k, EVDLI, 0, MAXNMSGLEN, NOBUF)
             log.warning("dli: dropped a packet (event %d type %d): no datalink",
                         msg.head.event, msg.head.type)
+    if k.config.get("router_remote"):
+        # outside the kernel (lamd.datalink), as LAM's separate dli_inet's
+        # di_init: the universe to the kernel's router (initrouter)
+        await initrouter(k, list(k.config.get("routes") or ()))
+        log.info("dli: the kernel's router has the universe (this node n%d)", node_id)
+        ready = k.config.get("on_router_ready")
+        if ready is not None:
+            ready()
     din = DLIn(node_id, {l.link: l.addr for l in k.config.get("links") or ()})
     badlog = DropLog(log)
     sock.setblocking(False)

@@ -15,15 +15,14 @@ from __future__ import annotations
 from ..kernel.constants import EVECHOD, MAXNMSGLEN
 from ..kernel.kiproc import IProc
 from ..kernel.wire import NMsg
-from .nreq import NREEL, nrecv, nsend
+from .nreq import NREEL, my_nodeid, nrecv, nsend
 
 
 async def echod(k: IProc) -> None:
     """Echo every message received on ``EVECHOD`` to its sender."""
-    node_id = int(k.config.get("node_id", 0))
     while True:
         msg = await nrecv(k, EVECHOD, 0, MAXNMSGLEN)
         h = msg.head
         eq_node, eq_event = h.data[0], h.data[1]
         reply = NMsg(node=eq_node, event=eq_event, type=h.type, flags=NREEL, data=h.data)
-        await nsend(k, reply, msg.body, node_id=node_id)
+        await nsend(k, reply, msg.body, node_id=my_nodeid(k))

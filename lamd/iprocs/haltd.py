@@ -21,7 +21,7 @@ import logging
 from ..kernel.constants import EVHALTD, MAXNMSGLEN
 from ..kernel.kiproc import IProc
 from ..kernel.wire import NMsg
-from .nreq import data_words, nrecv, nsend
+from .nreq import data_words, my_nodeid, nrecv, nsend
 
 log = logging.getLogger("lamd.iprocs.haltd")
 
@@ -31,9 +31,9 @@ LAM_HALT_DIE = 2
 
 async def haltd(k: IProc) -> None:
     """ACK halt pings; halt the daemon on a halt-die message."""
-    node_id = int(k.config.get("node_id", 0))
     while True:
         msg = await nrecv(k, EVHALTD, 0, MAXNMSGLEN)
+        node_id = my_nodeid(k)
         h = msg.head
         hq_node, hq_event, hq_index, hq_pid = h.data[0], h.data[1], h.data[2], h.data[3]
         if h.type == LAM_HALT_PING:

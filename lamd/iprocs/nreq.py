@@ -54,6 +54,28 @@ DMSKMSG = 0x1F00000
 # datalink message types (k_type of a forwarded network message)
 DLALL, DLUSR, DLSYS, DLI, DLCTL = 0, 1, 2, 4, 8
 
+
+@dataclass(slots=True)
+class Identity:
+    """This node's id and its origin's, as LAM's ``getnodeid``/``getorigin``
+    find them: the router's ``NT_ME`` and ``NT_ORIGIN`` entries. One object
+    is shared (``config["identity"]``) by every process of one kernel, and
+    by the services of one separate process, so that a universe the router
+    learns after boot (a separate datalink process's ``RQSETROUTES``, LAM's
+    ``initrouter``) changes it for all of them at once."""
+
+    node_id: int = 0
+    origin: int = 0
+
+
+def my_nodeid(k: IProc) -> int:
+    """``getnodeid()``: this node's id, as the router's table says now."""
+    ident = k.config.get("identity")
+    if ident is not None:
+        return ident.node_id
+    return int(k.config.get("node_id", 0))
+
+
 # --- bfreq.h --------------------------------------------------------------
 BFQWIPE, BFQRECV, BFQPROBE, BFQSTATE = 0, 1, 2, 3
 BFQSWEEP, BFQSWEEP1, BFQSPACE, BFQLOOK = 4, 5, 6, 7
@@ -240,5 +262,5 @@ __all__ = [
     "DLUSR", "DLSYS", "DLI", "DLCTL",
     "BFQRECV", "BFQPROBE", "BFQSTATE", "BFQSWEEP", "BFQSWEEP1", "BFQSPACE",
     "BFQLOOK", "BFDEFSPACE", "NetMsg", "nsend", "nrecv", "dsend", "dtry_send", "data_words",
-    "int4", "route_local", "getroute", "NoRoute",
+    "int4", "route_local", "getroute", "NoRoute", "Identity", "my_nodeid",
 ]

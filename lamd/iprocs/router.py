@@ -32,12 +32,14 @@ import logging
 import struct
 from dataclasses import dataclass
 
-from ..kernel.constants import EBADNODE, EBADREQUEST, EVROUTER, KTRY, NOTEVENT
+from ..kernel.constants import (
+    EBADNODE, EBADREQUEST, EVROUTER, KNMSG, KTRY, MAXNMSGLEN, NOTEVENT,
+)
 from ..kernel.kiproc import IProc
 from ..kernel.wire import NMsg
 from .nreq import (
-    DINT4MSG, LOCAL, NOBUF, NT_CAST, NT_ME, NT_ORIGIN, NOTNODEID, NetMsg,
-    data_words, dsend, nrecv,
+    DINT4MSG, LOCAL, NOBUF, NT_CAST, NT_ME, NT_ORIGIN, NOTNODEID, Identity, NetMsg,
+    data_words, dsend, nrecv, nsend,
 )
 
 log = logging.getLogger("lamd.iprocs.router")
@@ -48,6 +50,16 @@ RQGETROUTE, RQSETSMART, RQSETROUTES, RQGETNODES = 0, 1, 2, 3
 RQREMROUTE, RQGETSMART, RQGETNTYPE = 4, 5, 6
 RQMAX = 7
 RDUMB, RSMART = 1, 2
+#: Ours, not in LAM 7.1.4's rreq.h: "answer once this node's id is not
+#: ``rq_nodeid``" (at once if it already is not). A separate process that
+#: needs the node id (the jobs process: kenyad's replies, ``LAMWORLD``)
+#: learns the universe a separate datalink process gives the router after
+#: boot. The answer is an ``rreply`` with ``rr_link`` the node id and
+#: ``rr_link2`` the origin's, sent to ``rq_src_event`` with ``rq_nodetype``
+#: as its type (so that it never meets another reply on that event).
+RQWAITNODE = 64
+#: RQWAITNODE requests kept at once (the oldest go first)
+MAXWAITERS = 64
 
 ROUTE = struct.Struct("<7i")
 
@@ -95,6 +107,16 @@ class RouteTable:
         want = nodetype & typemask
         return [r.nodeid for r in self.routes.values() if (r.nodetype & typemask) == want]
 
+    def me(self) -> tuple[int, int] | None:
+        """(this node's id, the origin's) from the ``NT_ME`` and ``NT_ORIGIN``
+        entries (LAM's ``getnodeid``/``getorigin``: the first of each), or
+        None if no entry is ``NT_ME``."""
+        me = next((r.nodeid for r in self.routes.values() if r.nodetype & NT_ME), None)
+        if me is None:
+            return None
+        origin = next((r.nodeid for r in self.routes.values() if r.nodetype & NT_ORIGIN), me)
+        return me, origin
+
     def set(self, route: Route) -> None:
         if route.nodeid != NOTNODEID:
             self.routes[route.nodeid] = route
@@ -138,10 +160,29 @@ def answer(table: RouteTable, req: NetMsg) -> tuple[tuple[int, ...], bytes] | No
     if request == RQREMROUTE:
         table.remove(nodeid)
         return None
-    if request in (RQSETSMART, RQGETSMART):
+    if request in (RQSETSMART, RQGETSMART, RQWAITNODE):
         return None
     log.error("router: bad request code %d from event %d", request, d[0])
     return rreply(EBADREQUEST), b""
+
+
+def sync_identity(table: RouteTable, ident: Identity) -> bool:
+    """Make *ident* what the table says (its ``NT_ME`` and ``NT_ORIGIN``
+    entries); True if it changed."""
+    me = table.me()
+    if me is None or (ident.node_id, ident.origin) == me:
+        return False
+    log.info("router: this node is now n%d (origin n%d; was n%d)", me[0], me[1], ident.node_id)
+    ident.node_id, ident.origin = me
+    return True
+
+
+async def _reply(k: IProc, src_event: int, words: tuple[int, ...], body: bytes = b"",
+                 type: int = 0) -> None:
+    head = NMsg(dl_event=src_event, node=LOCAL, event=src_event, type=type,
+                flags=DINT4MSG | KTRY, length=len(body), data=words)
+    # dtry_send: a client that is not waiting for its reply loses it
+    await dsend(k, head, body)
 
 
 async def router(k: IProc) -> None:
@@ -152,19 +193,124 @@ async def router(k: IProc) -> None:
     if table is None:
         table = route_table(k.config)
     k.config.setdefault("node_id", 0)
+    ident = k.config.get("identity")
+    if ident is None:
+        ident = k.config["identity"] = Identity(int(k.config["node_id"]),
+                                                int(k.config.get("origin", 0)))
+    waiters: list[tuple[int, int]] = []  # RQWAITNODE: (src_event, type)
     while True:
         req = await nrecv(k, EVROUTER, 0, ROUTE.size * RNRENT, NOBUF)
+        d = req.data
+        if d[1] == RQWAITNODE:
+            if ident.node_id != d[2]:
+                await _reply(k, d[0], rreply(0, link=ident.node_id, link2=ident.origin),
+                             type=d[6])
+            else:  # a separate process that restarts often leaves a few behind
+                waiters = waiters[-(MAXWAITERS - 1):] + [(d[0], d[6])]
+            continue
         out = answer(table, req)
+        if d[1] in (RQSETROUTES, RQREMROUTE) and sync_identity(table, ident):
+            ready, waiters = waiters, []
+            for src_event, typ in ready:
+                await _reply(k, src_event, rreply(0, link=ident.node_id, link2=ident.origin),
+                             type=typ)
         if out is None:
             continue
         words, body = out
-        src_event = req.data[0]
-        head = NMsg(dl_event=src_event, node=LOCAL, event=src_event, type=0,
-                    flags=DINT4MSG | KTRY, length=len(body), data=words)
-        # dtry_send: a client that is not waiting for its reply loses it
-        await dsend(k, head, body)
+        await _reply(k, d[0], words, body)
 
 
-__all__ = ["router", "Route", "RouteTable", "local_route", "route_table", "answer",
+# ---------------------------------------------------------------------------
+# the router's clients outside the kernel (share/rreq/: rrsetrents, ...)
+
+#: ``rq_src_event`` of :func:`wait_nodeid`'s request is ``(-pid) & ~bit 28``:
+#: not a pid's event (``-pid``), nor kenyad's (bit 29 cleared) or a
+#: launcher's wait event (bit 30), so its answer meets no other reply of a
+#: process whose services share one pid (a service host).
+WAITNODE_EVENT_BASE = 0x10000000
+
+
+def _rreq(src_event: int, request: int, nodeid: int = 0, nrents: int = 0,
+          nodetype: int = 0, typemask: int = 0) -> NMsg:
+    return NMsg(dl_event=EVROUTER, node=LOCAL, event=EVROUTER, type=0, flags=NOBUF,
+                data=data_words(src_event, request, nodeid, nrents, 0, 0, nodetype, typemask))
+
+
+async def rrsetrents(k: IProc, routes: list[Route]) -> None:
+    """``rrsetrents(LOCAL, ...)``: *routes* into the router's table, at most
+    ``RNRENT`` per request (no reply)."""
+    for i in range(0, len(routes), RNRENT):
+        chunk = routes[i:i + RNRENT]
+        await nsend(k, _rreq(-k.pid, RQSETROUTES, nrents=len(chunk)),
+                    b"".join(r.pack() for r in chunk))
+
+
+async def rrremrent(k: IProc, nodeid: int) -> None:
+    """``rrremrent(LOCAL, nodeid)``: a node out of the router's table (no reply)."""
+    await nsend(k, _rreq(-k.pid, RQREMROUTE, nodeid=nodeid))
+
+
+async def rrgetnodes(k: IProc, nodetype: int = 0, typemask: int = 0) -> list[int]:
+    """``getnodes``: the ids whose type matches (all of them by default)."""
+    me = -k.pid
+    got = await k.sr(EVROUTER, 0, b"", KNMSG, me, 0, MAXNMSGLEN, KNMSG,
+                     nmsg=_rreq(me, RQGETNODES, nodetype=nodetype, typemask=typemask))
+    if got.reply.reply:
+        raise OSError(got.reply.reply, "getnodes")
+    n = len(got.body) // 4
+    return list(struct.unpack(f"<{n}i", got.body[:4 * n]))
+
+
+async def initrouter(k: IProc, routes: list[Route]) -> None:
+    """LAM's ``initrouter`` for a datalink outside the kernel: the router's
+    table becomes *routes* (the universe lamboot sent). Nodes it no longer
+    has go first; the ``NT_ME`` entry is set last, so that the router sees
+    one node as this one at every step (:func:`sync_identity`)."""
+    keep = {r.nodeid for r in routes}
+    for nodeid in await rrgetnodes(k):
+        if nodeid not in keep:
+            await rrremrent(k, nodeid)
+    await rrsetrents(k, [r for r in routes if not r.nodetype & NT_ME])
+    await rrsetrents(k, [r for r in routes if r.nodetype & NT_ME])
+    await nsend(k, _rreq(-k.pid, RQSETSMART))
+
+
+async def wait_nodeid(k: IProc, known: int) -> tuple[int, int]:
+    """Block until the router's node id is not *known* (at once if it
+    already is not); (node id, origin). Raises OSError if the router
+    refuses (one that is not ours: ``EBADREQUEST``)."""
+    ev = -(WAITNODE_EVENT_BASE + k.pid)
+    got = await k.sr(EVROUTER, 0, b"", KNMSG, ev, 0, 0, KNMSG,
+                     nmsg=_rreq(ev, RQWAITNODE, nodeid=known))
+    d = got.nmsg.data if got.nmsg is not None else (0,) * 8
+    if got.reply.reply or d[0]:
+        raise OSError(got.reply.reply or d[0], "router: RQWAITNODE")
+    return d[6], d[5]
+
+
+async def nodeid_watch(k: IProc) -> None:
+    """A service of a separate process (the jobs process): keeps
+    ``config["identity"]`` what the kernel's router says, so its other
+    services learn a universe given to the router after they started."""
+    ident = k.config.get("identity")
+    if ident is None:
+        return
+    known = -3  # no node's id: the first answer is at once
+    while True:
+        try:
+            node, origin = await wait_nodeid(k, known)
+        except OSError as e:
+            log.warning("router: cannot follow this node's id (%s); keeping n%d",
+                        e, ident.node_id)
+            return
+        if (node, origin) != (ident.node_id, ident.origin):
+            log.info("this node is n%d (origin n%d)", node, origin)
+        ident.node_id, ident.origin = node, origin
+        known = node
+
+
+__all__ = ["router", "rrsetrents", "rrremrent", "rrgetnodes", "initrouter", "wait_nodeid",
+           "nodeid_watch",  "Route", "RouteTable", "local_route", "route_table", "answer",
            "RQGETROUTE", "RQGETNODES", "RQGETNTYPE", "RQSETROUTES",
-           "RQREMROUTE", "RQSETSMART", "RQGETSMART", "RSMART", "RDUMB"]
+           "RQREMROUTE", "RQSETSMART", "RQGETSMART", "RQWAITNODE", "RSMART", "RDUMB",
+           "sync_identity"]

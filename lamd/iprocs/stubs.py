@@ -53,7 +53,7 @@ from ..kernel.kiproc import IProc, IProcMain
 from ..kernel.wire import NMsg
 from ..jobs import srfd
 from ..jobs.srfd import fd_server_allowed
-from .nreq import NMORE, NOBUF, NREEL, NetMsg, data_words, int4, nrecv, nsend
+from .nreq import NMORE, NOBUF, NREEL, NetMsg, data_words, int4, my_nodeid, nrecv, nsend
 
 log = logging.getLogger("lamd.iprocs.stubs")
 
@@ -135,7 +135,6 @@ def make_stub(name: str, event: int,
     """An internal process answering every request on *event* with ESERVICE."""
 
     async def stub(k: IProc) -> None:
-        node_id = int(k.config.get("node_id", 0))
         session = k.config.get("session")
         while True:
             msg = await nrecv(k, event, 0, MAXNMSGLEN)
@@ -154,7 +153,7 @@ def make_stub(name: str, event: int,
                     log.warning("%s: not connecting to fd server %r outside the "
                                 "session directory", name, r.fd_server)
             head = NMsg(node=r.node, event=r.event, type=0, flags=r.flags, data=r.data)
-            await nsend(k, head, r.body, node_id=node_id)
+            await nsend(k, head, r.body, node_id=my_nodeid(k))
 
     stub.__name__ = stub.__qualname__ = name
     stub.__doc__ = f"{name}: not available; answers ESERVICE (see lamd.iprocs.stubs)."
@@ -195,7 +194,7 @@ async def died(k: IProc) -> None:
 
 filed = make_stub("filed", EVFILED, lambda m, k: filed_reply(m))
 kenyad = make_stub("kenyad", EVKENYAD, lambda m, k: kenyad_reply(
-    m, k.config.get("session"), int(k.config.get("node_id", 0))))
+    m, k.config.get("session"), my_nodeid(k)))
 loadd = make_stub("loadd", EVLOADD, lambda m, k: loadd_reply(m))
 flatd = make_stub("flatd", EVFLATD, lambda m, k: flatd_reply(m))
 iod = make_idle("iod", EVIOD)

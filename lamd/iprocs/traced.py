@@ -74,7 +74,7 @@ from ..jobs.trreq import (
     TRANYLIST, TRANYPID, TRMAXSPACE, TRNAMELIST, TRQCLEANOBJS, TRQFORGET, TRQGET, TRQMAX,
     TRQNAMEDEL, TRQNAMEGET, TRQNAMEPUB, TRQSTORE, TRQSWEEP, TRQUDIE, TRQWIPE,
 )
-from .nreq import LOCAL, NMORE, NetMsg, data_words, dsend, nrecv
+from .nreq import LOCAL, NMORE, NetMsg, data_words, dsend, my_nodeid, nrecv
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..jobs.wire import TrReply, TrReq
@@ -320,7 +320,6 @@ class TraceDaemon:
     def __init__(self, k: IProc) -> None:
         self.k = k
         cfg = k.config
-        self.node_id = int(cfg.get("node_id", 0))
         self.session: str | None = cfg.get("session")
         self.send_timeout = float(cfg.get("traced_send_timeout", SEND_TIMEOUT))
         self.store = TraceStore(int(cfg.get("traced_space_limit") or SPACE_LIMIT),
@@ -407,16 +406,16 @@ class TraceDaemon:
         """``trsendr``: one reply (``struct trreply`` in nh_data) through
         bufferd, given ``send_timeout``; False (logged) if it did not leave."""
         st = self.store
-        if q.src_node not in (LOCAL, self.node_id):
+        if q.src_node not in (LOCAL, my_nodeid(self.k)):
             st.badlog.warn("node", "traced: no reply to node %d event %d: this universe "
-                           "has only node %d", q.src_node, q.src_event, self.node_id)
+                           "has only node %d", q.src_node, q.src_event, my_nodeid(self.k))
             return False
         head = NMsg(dl_event=EVBUFFERD, node=q.src_node, event=q.src_event, type=0,
                     flags=0, length=len(body), data=data_words(*r.data()))
         k = self.k
         t = k.timer(self.send_timeout)
         try:
-            got = await k.wait(dsend(k, head, body, node_id=self.node_id), t)
+            got = await k.wait(dsend(k, head, body, node_id=my_nodeid(self.k)), t)
         finally:
             t.cancel()
         if isinstance(got, Event) or got.reply:

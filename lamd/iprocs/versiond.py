@@ -19,7 +19,7 @@ from __future__ import annotations
 from ..kernel.constants import EVVERSIOND
 from ..kernel.kiproc import IProc
 from ..kernel.wire import NMsg
-from .nreq import nrecv, nsend
+from .nreq import my_nodeid, nrecv, nsend
 
 LAM_VERSION = "7.1.4"
 LAM_MAJOR_VERSION, LAM_MINOR_VERSION, LAM_RELEASE_VERSION = 7, 1, 4
@@ -37,11 +37,10 @@ def vreply(request_data: tuple[int, ...]) -> tuple[int, ...]:
 
 async def versiond(k: IProc) -> None:
     """Answer every version request with LAM 7.1.4's version."""
-    node_id = int(k.config.get("node_id", 0))
     while True:
         msg = await nrecv(k, EVVERSIOND, 0, 0)
         h = msg.head
         vq_node, vq_event = h.data[0], h.data[1]
         reply = NMsg(node=vq_node, event=vq_event, type=h.type, flags=0,
                      data=vreply(h.data))
-        await nsend(k, reply, VERSION_BODY, node_id=node_id)
+        await nsend(k, reply, VERSION_BODY, node_id=my_nodeid(k))

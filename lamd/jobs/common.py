@@ -26,7 +26,7 @@ import os
 from typing import Iterable
 
 from ..iprocs.nreq import (
-    BFQRECV, BFQSWEEP1, DLCTL, LOCAL, NetMsg, NoRoute, data_words, nrecv, nsend, received,
+    BFQRECV, BFQSWEEP1, DLCTL, LOCAL, NetMsg, NoRoute, data_words, my_nodeid, nrecv, nsend, received,
 )
 from ..kernel.constants import EVBUFFERD, KNMSG, MAXNMSGLEN
 from ..kernel.kiproc import IPROC_PID_BASE, Event, IProc, Watch
@@ -40,7 +40,8 @@ IPROC_PID_SPAN = 64
 
 
 def node_id(k: IProc) -> int:
-    return int(k.config.get("node_id", 0))
+    """``getnodeid()`` (:func:`lamd.iprocs.nreq.my_nodeid`)."""
+    return my_nodeid(k)
 
 
 def is_local(node: int, k: IProc) -> bool:

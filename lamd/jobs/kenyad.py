@@ -108,7 +108,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ..ratelog import RateLog
 from ..iprocs.nreq import (
     BFQRECV, BFQSWEEP1, DLCTL, LOCAL, NMORE, NOTNODEID, NREEL, NetMsg, data_words,
-    NoRoute, dsend, getroute, received,
+    NoRoute, dsend, getroute, my_nodeid, received,
 )
 from ..kernel.constants import (
     EVBUFFERD, EVFLATD, EVKENYAD, KNMSG, KSFREE, MAXNMSGLEN, NOTEVENT, LamErrno, sigmask,
@@ -451,10 +451,15 @@ def _wipe_at_exit() -> None:  # pragma: no cover - interpreter exit
 class Kenyad:
     """kenyad's table and its handling of each request (one per coroutine)."""
 
+    @property
+    def node_id(self) -> int:
+        """``getnodeid()``: what the router says now (a universe may be
+        learnt after the jobs process started: :mod:`lamd.jobs.process`)."""
+        return my_nodeid(self.k)
+
     def __init__(self, k: IProc) -> None:
         self.k = k
         cfg = k.config
-        self.node_id = int(cfg.get("node_id", 0))
         self.session: str | None = cfg.get("session")
         self.max_procs = int(cfg.get("kenyad_max_procs")
                              or os.environ.get("LAMD_KENYAD_MAX_PROCS") or MAX_PROCS)

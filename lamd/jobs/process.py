@@ -53,6 +53,8 @@ from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
 from ..iprocs import BY_NAME, JOB_SERVICES, boot_config
+from ..iprocs.router import nodeid_watch
+from ..kernel.constants import PRDAEMON
 from ..kernel.kiproc import KBoot
 from ..session import LAM_PREFIX_ENV, LAM_SUFFIX_ENV, Session, lam_get_batchid
 from . import cgroups
@@ -229,9 +231,13 @@ class JobsProcess:
             log.info("jobs: %s not implemented yet: served by stubs (ESERVICE)", ", ".join(stubs))
         config = boot_config({"session": self.session.directory, "jobs": self.jobs,
                               "node_id": self.node_id}, kernel_side=False)
+        # getnodeid(): kenyad's replies and LAMWORLD carry this node's id,
+        # which a datalink process outside the kernel gives the router after
+        # we may have started (lamd.datalink); the router tells us
+        rows.append(KBoot("nodeid", PRDAEMON, nodeid_watch))
         # A kernel that closes our connections without hanging us up first
         # (a crash state its successor refused, a crash by hand) is a
-        # failure: under systemd Restart=on-failure starts us again, to
+        # failure: under systemd the unit's Restart= starts us again, to
         # attach to the kernel serving now. A stop hangs us up (EXIT_OK).
         host = self.host = ServiceHost(path, rows, config, gone_status=EXIT_FAILED)
         host.install_signal_handlers()

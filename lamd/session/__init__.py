@@ -30,6 +30,14 @@ LAM_SOCKET = "lam-kernel-socket"
 LAMD_CLIENTS = "lamd-clients"
 #: Under systemd: the outcome of the daemon's last reload (lamd.service.reload).
 LAMD_RELOAD = "lamd-reload"
+#: A datalink process outside the kernel (lamd.datalink) is starting or runs:
+#: "PID STARTTIME", written before it first connects to the kernel, removed
+#: when it exits; a kernel that starts meanwhile leaves dli, dlo and
+#: bforward out of its boot (``--datalink=auto``).
+LAMD_DATALINK = "lamd-datalink"
+#: Under systemd: lamd-dl@.socket, where LAM's prefix tree hands hboot's
+#: arguments to the datalink service (its presence is how it knows).
+LAMD_DATALINK_SOCKET = "lamd-datalink-socket"
 LAM_PREFIX_ENV = "LAM_MPI_SESSION_PREFIX"
 LAM_SUFFIX_ENV = "LAM_MPI_SESSION_SUFFIX"
 
@@ -147,3 +155,43 @@ class Session:
                                    "fix or remove it")
         finally:
             os.close(fd)
+
+
+def datalink_announced(directory: str, *, check_start: bool = False) -> int | None:
+    """The pid the session's :data:`LAMD_DATALINK` file names if a process
+    still holds its lock (the datalink process locks it for its whole life:
+    no need to see that process in ``/proc``, which a kernel in another
+    unit's user namespace cannot); else None (no file, a stale one).
+
+    *check_start*: also that the pid is still that process (its start time,
+    from ``/proc``), for a caller that will signal it."""
+    import fcntl
+    path = os.path.join(directory, LAMD_DATALINK)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # held: the process that wrote it runs
+        except OSError:
+            return None
+        else:
+            return None  # nobody holds it: stale
+        fields = os.read(fd, 64).split()
+        pid, start = int(fields[0]), int(fields[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    finally:
+        os.close(fd)
+    if check_start:
+        from .kkill import read_proc_stat
+        try:
+            st = read_proc_stat(pid)
+        except OSError:
+            return None
+        if st is None or st[1] != start or st[0] == "Z":
+            return None
+    return pid

@@ -23,10 +23,15 @@ signalled, or that outlives SIGKILL, is never passed over: the exit status
 is 3 and one line says how many were left and why; the kill file is then
 kept for another try.
 
-Two modes:
+Three modes:
 
-* by hand (default): also stops the daemon (SIGTERM, then SIGKILL), removes
-  a socket nobody listens on and the empty session directory;
+* by hand (default): also stops the daemon (SIGTERM, then SIGKILL) and a
+  datalink process the session announces (``lamd-datalink``: one still
+  waiting for lamboot is not in the kill file), removes a socket nobody
+  listens on and the empty session directory;
+* ``--keep-socket`` (the LAM prefix tree's ``tkill`` where the session is
+  systemd's: ``hboot -t``, ``lamwipe``): as by hand, but the socket and the
+  directory stay, for ``lamd@.socket`` and ``lamd-dl@.socket``;
 * ``--systemd`` (``ExecStop=``/``ExecStopPost=`` of ``lamd@.service``):
   leaves the daemon to systemd and the socket and directory to
   ``lamd@.socket``, which keeps listening. systemd runs both after a crash
@@ -52,7 +57,11 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from ..limits import raise_nofile_limit
-from ..session import LAM_KILLFILE, LAM_SOCKET, LAMD_CLIENTS, LAMD_RELOAD, Session
+from ..session import (
+    LAM_KILLFILE, LAM_SOCKET, LAMD_CLIENTS, LAMD_DATALINK, LAMD_DATALINK_SOCKET, LAMD_RELOAD,
+    Session,
+    datalink_announced,
+)
 from ..session.kkill import read_clients, read_killfile, read_proc_stat
 
 PROG = "lamd-tkill"
@@ -459,6 +468,8 @@ def remove_session_files(killfile: str, *, keep_socket: bool, verbose: bool) -> 
     _unlink(killfile, verbose)
     _unlink(os.path.join(directory, LAMD_CLIENTS), verbose)
     _unlink(os.path.join(directory, LAMD_RELOAD), verbose)
+    if datalink_announced(directory) is None:  # a stale announcement
+        _unlink(os.path.join(directory, LAMD_DATALINK), verbose)
     try:
         for name in os.listdir(directory):   # spares and leftovers of atomic rewrites
             if name.startswith((LAM_KILLFILE + ".", LAMD_CLIENTS + ".", LAMD_RELOAD + ".")):
@@ -509,13 +520,49 @@ def report_left(left: list[Target]) -> None:
         + "; ".join(f"{_some(pids)} {reason}" for reason, pids in why.items()))
 
 
+def stop_datalink(directory: str, timeout: float, verbose: bool) -> None:
+    """SIGTERM the datalink process the session announces
+    (:func:`lamd.session.datalink_announced`: only if it is still that
+    process, and ours): one still waiting for lamboot's universe is not
+    attached, so the kill file does not list it."""
+    pid = datalink_announced(directory, check_start=True)
+    if pid is None:
+        return
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        if datalink_announced(directory, check_start=True) != pid:  # still it, now pinned
+            return
+        signal.pidfd_send_signal(fd, signal.SIGTERM)
+        if select.select([fd], [], [], timeout)[0]:
+            if verbose:
+                say(f"datalink process {pid} ended")
+            return
+        say(f"datalink process {pid} ignored SIGTERM; sending SIGKILL")
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        select.select([fd], [], [], timeout)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def tkill(killfile: str, *, systemd: bool = False, timeout: float = 2.0,
-          pretend: bool = False, verbose: bool = False, kill_wait: float = 2.0) -> int:
+          pretend: bool = False, verbose: bool = False, kill_wait: float = 2.0,
+          keep_socket: bool = False, quiet: bool = False) -> int:
     """End the session of *killfile*; an exit status (EXIT_*).
 
     *timeout*: how long clients get after SIGHUP (and the daemon, plus 3 s,
     after SIGTERM) before SIGKILL; *kill_wait*: how long after SIGKILL.
+    *keep_socket*: the daemon is stopped, but the socket and the directory
+    are systemd's (``lamd@.socket``, ``lamd-dl@.socket``) and stay.
+    *quiet*: nothing on stderr but problems, as stock tkill (lamboot takes
+    any output of it for a failure).
     """
+    if not systemd and not pretend:
+        stop_datalink(os.path.dirname(killfile) or ".", timeout, verbose)
     try:
         st = os.stat(killfile)
         pids = read_killfile(killfile)
@@ -523,7 +570,7 @@ def tkill(killfile: str, *, systemd: bool = False, timeout: float = 2.0,
         if verbose:
             say(f"nothing to kill: {killfile} does not exist")
         if not systemd and not pretend:
-            remove_session_files(killfile, keep_socket=False, verbose=verbose)
+            remove_session_files(killfile, keep_socket=keep_socket, verbose=verbose)
         return EXIT_OK
     except OSError as e:
         say(f"cannot read kill file {killfile}: {e.strerror}")
@@ -579,7 +626,7 @@ def tkill(killfile: str, *, systemd: bool = False, timeout: float = 2.0,
         msg = f"signalled {_clients(n)}"
         if daemon and daemon.signals:
             msg += f" and daemon {daemon.pid}"
-        if n or verbose or (daemon and daemon.signals):
+        if verbose or (not quiet and (n or (daemon and daemon.signals))):
             say(msg)
         if left:
             report_left(left)
@@ -591,7 +638,7 @@ def tkill(killfile: str, *, systemd: bool = False, timeout: float = 2.0,
     if left or daemon_left:
         say(f"keeping {killfile} for another try")
         return EXIT_LEFT
-    remove_session_files(killfile, keep_socket=systemd, verbose=verbose)
+    remove_session_files(killfile, keep_socket=systemd or keep_socket, verbose=verbose)
     return EXIT_OK
 
 
@@ -636,6 +683,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--systemd", action="store_true",
                    help="ExecStop= mode: leave the daemon, the socket and the "
                         "directory to systemd")
+    p.add_argument("--keep-socket", action="store_true",
+                   help="stop the daemon too, but leave the socket and the directory "
+                        "if the session's lamd-datalink-socket says they are systemd's "
+                        "(what LAM's prefix tree's tkill runs, for hboot -t and lamwipe)")
     return p
 
 
@@ -655,8 +706,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         say(f"kill file {killfile}; RLIMIT_NOFILE {nofile}")
     try:
+        # only a session whose datalink socket is there is systemd's
+        keep = args.keep_socket and os.path.exists(
+            os.path.join(os.path.dirname(killfile) or ".", LAMD_DATALINK_SOCKET))
         return tkill(killfile, systemd=args.systemd, timeout=max(0.0, args.timeout),
-                     pretend=args.pretend, verbose=args.verbose)
+                     pretend=args.pretend, verbose=args.verbose, keep_socket=keep,
+                     quiet=args.keep_socket)
     except KeyboardInterrupt:
         return 130
 

@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -43,31 +44,48 @@ def host(cmd, timeout=60, check=True, **kw):
 
 
 class Container:
-    def __init__(self) -> None:
+    def __init__(self, machine: str = MACHINE, extra: tuple[str, ...] = (),
+                 init: tuple[str, ...] = ()) -> None:
+        """*machine*: the container's name; *extra*: more systemd-nspawn
+        options, *init*: more arguments for its systemd
+        (tests/system/test_lamboot_nspawn.py: binds, a test host's network
+        namespace, ``systemd.hostname=``)."""
+        self.machine = machine
+        self.extra = tuple(extra)
+        self.init = tuple(init)
         self.nspawn: subprocess.Popen | None = None
         self.init_pid: int | None = None
         self.init_pidfd: int | None = None  # pins the container's pid 1 for stop()
+        self.errlog = tempfile.TemporaryFile()  # nspawn's own messages
 
     def boot(self) -> None:
         self.nspawn = subprocess.Popen(
             ["systemd-nspawn", "-D", "/", "--volatile=yes", "--bind-ro=/etc",
-             "--register=no", "--keep-unit", "-M", MACHINE, "--console=passive",
-             "-b", "systemd.firstboot=off"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+             "--register=no", "--keep-unit", "-M", self.machine, "--console=passive",
+             *self.extra, "-b", "systemd.firstboot=off", *self.init],
+            stdout=subprocess.DEVNULL, stderr=self.errlog, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            kids = host(["pgrep", "-P", str(self.nspawn.pid)], check=False).stdout.split()
+            # the container's pid 1, not a short-lived helper of nspawn's
+            kids = host(["pgrep", "-P", str(self.nspawn.pid), "-x", "systemd"],
+                        check=False).stdout.split()
             if kids:
                 if self.init_pid is None:
+                    try:
+                        self.init_pidfd = os.pidfd_open(int(kids[0]))
+                    except ProcessLookupError:
+                        time.sleep(0.1)
+                        continue
                     self.init_pid = int(kids[0])
-                    self.init_pidfd = os.pidfd_open(self.init_pid)
                 r = self.run(["systemctl", "is-system-running", "--wait"], timeout=60, check=False)
                 if r.stdout.strip() in ("running", "degraded"):
                     return
             if self.nspawn.poll() is not None:
                 break
             time.sleep(0.2)
-        raise RuntimeError("the nspawn container did not boot")
+        self.errlog.seek(0)
+        raise RuntimeError("the nspawn container did not boot: "
+                           + self.errlog.read().decode(errors="replace")[-2000:])
 
     def run(self, cmd, timeout=30, check=False, input=None):
         assert self.init_pid
@@ -202,10 +220,11 @@ def test_show_notify_watchdog_status(ct):
     assert p["WatchdogUSec"] == "10s"
     assert p["User"] == USER
     # STATUS= follows the kernel's counters (once a second): lamnodes' requests show;
-    # the clients attached are the jobs process's five services
+    # the clients attached are the jobs process's five services and its
+    # node-id watch
     wait_jobs(ct)
     status = ct.wait_for(lambda: re.fullmatch(
-        r"5 clients attached, [1-9]\d* messages, \d+ bytes moved",
+        r"6 clients attached, [1-9]\d* messages, \d+ bytes moved",
         ct.show(ct.service, "StatusText")["StatusText"]), 5, "STATUS= with lamnodes' messages")
     assert status
 
@@ -218,15 +237,15 @@ def test_proctitle_shows_user_and_clients(ct):
 
 
 def wait_jobs(ct, not_pid: str | None = None) -> str:
-    """The jobs unit active, its process attached (five kill-file lines, one
-    per service, and a sixth once it has used its waker: lamd.iprocs.host);
-    returns its MainPID."""
+    """The jobs unit active, its process attached (six kill-file lines, one
+    per service and one for its node-id watch, and a seventh once it has
+    used its waker: lamd.iprocs.host); returns its MainPID."""
     def up():
         p = ct.show(ct.jobs, "ActiveState", "MainPID")
         if p["ActiveState"] != "active" or p["MainPID"] in ("0", not_pid):
             return None
         kf = ct.run(["cat", f"{ct.sdir}/lam-killfile"]).stdout.split()
-        return p["MainPID"] if kf[1:].count(p["MainPID"]) in (5, 6) else None
+        return p["MainPID"] if kf[1:].count(p["MainPID"]) in (6, 7) else None
     return ct.wait_for(up, 30, f"{ct.jobs} attached")
 
 

@@ -1,0 +1,381 @@
+"""The datalink process: dli_inet, dlo_inet and bforward outside the kernel,
+and the boot callback (LAM's separate ``lamd_dli_inet``/``lamd_dlo_inet`` of
+``etc/lam-conf.separate``; ``otb/sys/dli_inet/dli_inet.c``: ``di_init``).
+
+The kernel under systemd (``lamd@USER.service``) has no network at all
+(``PrivateNetwork=yes``, ``RestrictAddressFamilies=AF_UNIX``). What a
+universe needs from the network, the boot callback to lamboot and the UDP
+datalink, is done here, in a process of its own attached to the kernel as
+a client, as LAM's separate daemons are: the very
+:class:`~lamd.iprocs.host.ServiceHost` of ``python3 -m lamd.iprocs.host``
+and of the jobs process, serving the very coroutines of :mod:`lamd.iprocs.dli`,
+:mod:`~lamd.iprocs.dlo` and :mod:`~lamd.iprocs.bforward`. In order:
+
+1. **Announce.** ``lamd-datalink`` in the session directory ("PID
+   STARTTIME"): a kernel that starts from now on (``--datalink=auto``, its
+   default) leaves dli, dlo and bforward out of its boot table.
+2. **The kernel.** Connect to the session socket (under systemd the connect
+   starts ``lamd@USER.service``), retrying for ``--wait`` seconds, and make
+   sure the kernel does not run the datalink itself (one started before the
+   announcement: then nothing is done, and the status says to halt it).
+3. **The boot callback** (:func:`lamd.boot.agent.boot_agent`): the node's
+   coordinates to lamboot, the universe back.
+4. **Serve.** dli first gives the kernel's router the universe (LAM's
+   ``initrouter``: ``RQSETROUTES``; the router's ``NT_ME`` entry makes the
+   node id every process of the kernel and the jobs process uses), then
+   reads the datalink socket; dlo sends; bforward forwards. This process
+   keeps a copy of the routes (``getroute`` without a round trip), and
+   lamgrow's and lamshrink's changes go to both.
+5. **The end**, as every separate daemon's: the kernel going away (lamhalt,
+   ``tkill``: end of file), SIGHUP (the kill file lists this process),
+   SIGTERM or SIGINT. The announcement is removed.
+
+How it is started:
+
+* by hand, with hboot's arguments: ``python3 -m lamd.datalink -H ADDR -P
+  PORT -n NODE -o ORIGIN [-x] [-d] [-sessionprefix DIR] [-sessionsuffix S]``;
+* under systemd, by ``lamd-dl@USER.socket`` (:data:`LAMD_DATALINK_SOCKET`
+  in the session directory): the prefix tree's ``bin/lamd``
+  (:mod:`lamd.datalink.handoff`) connects and writes hboot's arguments
+  (:func:`encode_request`); the service reads them from the first
+  connection and answers with status lines (:data:`CALLED_BACK`, then
+  :data:`OK` or :data:`ERROR`). Connections that come while a universe is
+  served are answered :data:`ERROR` at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import time
+from typing import Callable, Sequence
+
+from ..boot.agent import BootArgs, BootError, add_hboot_options, boot_agent, boot_args_of
+from ..boot.agent import links as boot_links, routes as boot_routes
+from ..iprocs import DATALINK_SERVICES, BY_NAME, boot_config
+from ..iprocs.router import RouteTable
+from ..kernel.kiproc import IPROC_PID_BASE
+from ..session import LAMD_DATALINK, Session, SessionError
+from ..session.kkill import read_proc_stat
+from .handoff import CALLED_BACK, ERROR, MAGIC, OK, encode_request
+
+log = logging.getLogger("lamd.datalink")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+#: Longest request (hboot's arguments, NUL-terminated, then an empty one).
+MAX_REQUEST = 16 * 1024
+#: How long the service waits for the request on its first connection.
+REQUEST_TIMEOUT = 10.0
+#: How long it retries the kernel's socket (under systemd: the kernel's start).
+DEFAULT_WAIT = 30.0
+
+
+def read_request(conn: socket.socket, timeout: float = REQUEST_TIMEOUT) -> list[str]:
+    """The arguments of one request (ValueError if malformed, late or too long)."""
+    deadline = time.monotonic() + timeout
+    buf = bytearray()
+    while not (buf.startswith(MAGIC) and (buf.endswith(b"\0\0") or buf == MAGIC + b"\0")):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ValueError("no request in time")
+        conn.settimeout(left)
+        try:
+            data = conn.recv(4096)
+        except TimeoutError:
+            raise ValueError("no request in time") from None
+        if not data:
+            raise ValueError("end of file before the whole request")
+        buf += data
+        if len(buf) > MAX_REQUEST or not MAGIC.startswith(bytes(buf[:len(MAGIC)])):
+            raise ValueError("not a datalink request")
+    body = bytes(buf[len(MAGIC):-1])
+    return [a.decode("utf-8", "surrogateescape") for a in body.split(b"\0")[:-1]] if body else []
+
+
+def announce(directory: str) -> tuple[str, int]:
+    """Write the session's :data:`~lamd.session.LAMD_DATALINK` file ("PID
+    STARTTIME") and lock it for this process's life (the lock is what says
+    it runs: :func:`lamd.session.datalink_announced`); (its path, the
+    descriptor holding the lock)."""
+    import fcntl
+    st = read_proc_stat(os.getpid())
+    path = os.path.join(directory, LAMD_DATALINK)
+    tmp = f"{path}.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{os.getpid()} {st[1] if st else 0}\n".encode())
+        os.replace(tmp, path)
+    except OSError:
+        os.close(fd)
+        raise
+    return path, fd
+
+
+def withdraw(path: str, fd: int) -> None:
+    """Remove the announcement if it is still ours, and let go of its lock."""
+    try:
+        if os.path.samestat(os.fstat(fd), os.stat(path)):
+            os.unlink(path)
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def kernel_datalink(path: str, timeout: float = 10.0) -> list[str]:
+    """The datalink rows the kernel at *path* runs itself (kstate of LAM's
+    pids 100000 + row)."""
+    from ..client import KernelClient, LamError
+    rows = {name: row for row, name in enumerate(BY_NAME)}
+    inside = []
+    with KernelClient.connect(path, timeout=timeout) as c:
+        c.attach()
+        try:
+            for n in DATALINK_SERVICES:
+                try:
+                    c.state(IPROC_PID_BASE + rows[n])
+                except LamError:
+                    continue  # no such process: not in the kernel
+                inside.append(n)
+        finally:
+            c.detach()
+    return inside
+
+
+class DatalinkProcess:
+    """One universe's datalink: announce, find the kernel, call lamboot
+    back, serve. *say* gets the status lines (the datalink socket's client)."""
+
+    def __init__(self, session: Session, boot: BootArgs, *, wait: float = DEFAULT_WAIT,
+                 boot_timeout: float = 300.0, say: Callable[[str], None] | None = None,
+                 listener: socket.socket | None = None) -> None:
+        self.session = session
+        self.boot = boot
+        self.wait = wait
+        self.boot_timeout = boot_timeout
+        self.say = say or (lambda _line: None)
+        self.listener = listener
+        self.host = None
+
+    def fail(self, why: str) -> int:
+        log.error("datalink: %s", why)
+        self.say(f"{ERROR} {why}")
+        return EXIT_FAILED
+
+    def run(self) -> int:
+        from ..iprocs.host import ServiceHost
+        from ..jobs.process import wait_for_kernel
+        from ..service import Notifier, set_proctitle
+
+        if os.getuid() == 0:
+            return self.fail("refusing to run as root (as LAM's daemons do)")
+        notifier = Notifier()
+        try:
+            marker, lock = announce(self.session.directory)
+        except OSError as e:
+            return self.fail(f"cannot write {LAMD_DATALINK} in {self.session.directory}: "
+                             f"{e.strerror}")
+        booted = None
+        try:
+            path = self.session.socket_path
+            if not wait_for_kernel(path, self.wait):
+                return self.fail(f"no kernel at {path} after {self.wait:.0f} s")
+            try:
+                inside = kernel_datalink(path)
+            except OSError as e:
+                return self.fail(f"the kernel at {path}: {e}")
+            if inside:
+                return self.fail(f"the kernel runs {', '.join(inside)} itself (it started "
+                                 "before this process announced itself): lamhalt or tkill "
+                                 "it first")
+            try:
+                booted = boot_agent(self.boot, timeout=self.boot_timeout, called_back=lambda c: (
+                    self.say(f"{CALLED_BACK} n{c.node_id} boot port {c.boot_port} "
+                             f"datalink port {c.dli_port}")))
+            except BootError as e:
+                return self.fail(str(e))
+            me = booted.my_link()
+            routes = boot_routes(booted.universe, booted.node_id, booted.origin)
+            config = {"session": self.session.directory, "node_id": booted.node_id,
+                      "origin": booted.origin, "routes": routes,
+                      "links": boot_links(booted.universe), "dli_port": booted.dli_port,
+                      "dli_sock": booted.dli_sock, "fault_tolerant": self.boot.fault_tolerant,
+                      # getroute from this copy; lamgrow/lamshrink change both
+                      "route_table": RouteTable(list(routes)), "router_remote": True}
+            if me is not None and me.addr:
+                config["node_addr"] = me.addr
+            nodes = len(routes)
+
+            def router_ready() -> None:
+                log.info("datalink: serving node n%d of %d for %s (pid %d)", booted.node_id,
+                         nodes, self.session.directory, os.getpid())
+                self.say(f"{OK} n{booted.node_id} of {nodes} nodes")
+                notifier.ready()
+                notifier.status(f"node n{booted.node_id} of {nodes}, datalink port "
+                                f"{booted.dli_port}")
+
+            config["on_router_ready"] = router_ready
+            host = self.host = ServiceHost(path, list(DATALINK_SERVICES),
+                                           boot_config(config, kernel_side=False))
+            host.install_signal_handlers()
+            if self.listener is not None:
+                self._refuse_more(host, booted.node_id)
+            set_proctitle(f"lamd-datalink: n{booted.node_id}")
+            status = host.run()
+            notifier.stopping()
+            return status
+        finally:
+            withdraw(marker, lock)
+            if booted is not None:
+                booted.dli_sock.close()
+
+    def _refuse_more(self, host, node_id: int) -> None:
+        """Requests that come while this universe is served: refused at once."""
+        lst = self.listener
+        assert lst is not None
+        lst.setblocking(False)
+
+        def accept(_ev: int) -> None:
+            try:
+                conn, _ = lst.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    read_request(conn, 1.0)  # whole, so that the answer is read
+                except (OSError, ValueError):
+                    pass
+                try:
+                    conn.settimeout(1.0)
+                    conn.sendall(f"{ERROR} this node (n{node_id}) is in a universe "
+                                 "already: lamhalt, or tkill, first\n".encode())
+                except OSError:
+                    pass
+            log.warning("datalink: a boot request refused: node n%d is in a universe",
+                        node_id)
+
+        host.loop.add_reader(lst.fileno(), accept)
+
+
+# ---------------------------------------------------------------------------
+# the command
+
+
+def build_parser(cls: type[argparse.ArgumentParser] = argparse.ArgumentParser
+                 ) -> argparse.ArgumentParser:
+    """The command's options; *cls* :class:`_Parser` for a request's."""
+    p = cls(
+        prog="python3 -m lamd.datalink",
+        description="The datalink of a LAM universe outside the kernel: the boot callback "
+                    "to lamboot, then dli_inet, dlo_inet and bforward attached to this "
+                    "user's lamd as a client (lamd --datalink=external, or auto).")
+    p.add_argument("--log-level", default=os.environ.get("LAMD_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"])
+    p.add_argument("-d", "--debug", action="store_true", help="--log-level debug (hboot's -d)")
+    p.add_argument("-sessionprefix", "--session-prefix", dest="prefix", metavar="DIR")
+    p.add_argument("-sessionsuffix", "--session-suffix", dest="suffix", metavar="SUFFIX")
+    p.add_argument("--session-dir", metavar="DIR", help="the session directory itself")
+    p.add_argument("--wait", type=float, default=DEFAULT_WAIT, metavar="SECONDS",
+                   help=f"how long to wait for the kernel (default {DEFAULT_WAIT:.0f})")
+    add_hboot_options(p, "with them the process calls lamboot back; without them it "
+                         "takes them from the first connection on the socket systemd passes "
+                         "(lamd-dl@.socket)")
+    return p
+
+
+class _Usage(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting (a request's arguments)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _Usage(message)
+
+
+def _from_socket(args: argparse.Namespace) -> int:
+    """Under systemd: the listening socket, its first request, the answer."""
+    from ..service import ServiceError
+    from ..service.activation import _listen_fds, check_listen_socket
+    fds = [fd for fd, _name in _listen_fds()]
+    if len(fds) != 1:
+        log.error("datalink: no hboot arguments and %d sockets from systemd (lamd-dl@.socket "
+                  "passes one)", len(fds))
+        return EXIT_USAGE
+    try:
+        lst = check_listen_socket(fds[0])
+    except ServiceError as e:
+        log.error("datalink: %s", e)
+        return EXIT_USAGE
+    os.set_inheritable(lst.fileno(), False)
+    lst.settimeout(REQUEST_TIMEOUT)
+    try:
+        conn, _ = lst.accept()
+    except TimeoutError:
+        log.error("datalink: started, but no request came in %.0f s", REQUEST_TIMEOUT)
+        return EXIT_FAILED
+
+    def say(line: str) -> None:
+        try:
+            conn.sendall(line.encode() + b"\n")
+        except OSError:
+            pass  # the client gave up: the log has it
+
+    with conn:
+        try:
+            argv = read_request(conn)
+            req = build_parser(_Parser).parse_args(argv)
+            boot = boot_args_of(req)
+            if boot is None:
+                raise ValueError("no -H/-P/-n: not hboot's arguments")
+        except (ValueError, _Usage) as e:
+            log.error("datalink: bad request: %s", e)
+            say(f"{ERROR} bad request: {e}")
+            return EXIT_FAILED
+        if req.debug:
+            logging.getLogger().setLevel(logging.DEBUG)
+        dirname = os.path.dirname(lst.getsockname())
+        if (req.prefix and os.path.normpath(req.prefix) != os.path.dirname(dirname)) or req.suffix:
+            say(f"{ERROR} this socket serves the session {dirname}, not the one the "
+                "session prefix/suffix name")
+            return EXIT_FAILED
+        log.info("datalink: boot request: %s", " ".join(argv))
+        dp = DatalinkProcess(Session(dirname), boot, wait=args.wait, say=say, listener=lst)
+        return dp.run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..service import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging("debug" if args.debug else args.log_level)
+    try:
+        boot = boot_args_of(args)
+    except ValueError as e:
+        log.error("%s", e)
+        return EXIT_USAGE
+    if boot is None:
+        return _from_socket(args)
+    try:
+        session = (Session(args.session_dir) if args.session_dir
+                   else Session.for_user(prefix=args.prefix, suffix=args.suffix))
+        session.ensure_directory()
+    except SessionError as e:
+        log.error("%s", e)
+        return EXIT_FAILED
+    return DatalinkProcess(session, boot, wait=args.wait,
+                           say=lambda line: log.info("datalink: %s", line)).run()
+
+
+__all__ = ["DatalinkProcess", "encode_request", "read_request", "announce", "withdraw",
+           "kernel_datalink", "main", "MAGIC", "OK", "ERROR", "CALLED_BACK"]
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""System test: stock ``lamboot`` boots the systemd-managed daemon of a node.
+
+Two test hosts (tests/netns.py): node1 runs Debian's C lamd (the origin,
+where ``lamboot`` runs); node2's network namespace also holds a
+``systemd-nspawn`` container booting a real systemd (the installed package's
+units; ``--network-namespace-path=`` node2's, its hostname ``node2``, its
+``/tmp`` node2's session prefix) with ``lamd@lamtest.socket`` and
+``lamd-dl@lamtest.socket`` enabled. The boot schema names the package's
+prefix tree for node2: node2's sshd runs stock hboot, whose ``tkill`` and
+``lamd`` are the tree's; the arguments reach ``lamd-dl@lamtest.socket``, and
+from then on everything on node2 is the container's systemd's:
+``lamd-dl@lamtest.service`` calls lamboot back and starts
+``lamd@lamtest.service`` (no network of its own) and ``lamd-jobs@``.
+
+Checked: the three units active, the kernel in a network namespace of its own
+and the datalink in node2's; ``lamnodes`` and ``tping -c 1 N`` from both
+nodes (on node2 inside the container: its kernel takes clients of its own pid
+namespace only); ``lamexec N hostname`` across the nodes; ``lamhalt``: every
+unit of the user inactive but the two sockets, which listen on, and no
+process of the user on either node; then ``lamboot`` again works.
+
+Needs both locks: ``flock /tmp/lamd-netns.lock flock /tmp/lamd-systest.lock``.
+
+    sudo /usr/bin/python3 -m pytest tests/system/test_lamboot_nspawn.py
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from ..netns import Cluster, gone
+from ..test_multinode import show
+from .test_systemd import USER, Container, host
+
+pytestmark = pytest.mark.system
+
+PREFIX_TREE = "/usr/lib/lamd/lam"
+UNITS = ("lamd@{u}.service", "lamd-dl@{u}.service", "lamd-jobs@{u}.service")
+SOCKETS = ("lamd@{u}.socket", "lamd-dl@{u}.socket")
+
+
+def active(ct: Container, unit: str) -> str:
+    return ct.run(["systemctl", "is-active", unit.format(u=USER)]).stdout.strip()
+
+
+def main_pid(ct: Container, unit: str) -> int:
+    return int(ct.show(unit.format(u=USER), "MainPID").get("MainPID", "0"))
+
+
+def netns_of(ct: Container, pid: int) -> str:
+    r = ct.run(["readlink", f"/proc/{pid}/ns/net"])
+    return r.stdout.strip()
+
+
+def journal(ct: Container) -> str:
+    r = ct.run(["journalctl", "--no-pager", "-o", "cat", "-n", "200",
+                *[f"-u{u.format(u=USER)}" for u in UNITS + SOCKETS]], timeout=30)
+    return "\n--- journal (container) ---\n" + r.stdout[-8000:]
+
+
+def test_lamboot_boots_the_systemd_managed_daemon(lamd_deb, lam_user):
+    with Cluster(2) as c:
+        h1, h2 = c.hosts
+        ct = Container(machine=h2.name, extra=(
+            f"--network-namespace-path=/run/netns/{h2.netns}",
+            f"--bind={h2.prefix}:/tmp"), init=(f"systemd.hostname={h2.name}",))
+        try:
+            ct.boot()
+            assert ct.run(["hostname"]).stdout.strip() == h2.name
+            r = ct.run(["systemctl", "enable", "--runtime", "--now",
+                        *[s.format(u=USER) for s in SOCKETS]])
+            assert r.returncode == 0, r.stdout + r.stderr
+            sdir = h2.prefix / f"lam-{USER}@{h2.name}"
+            for name in ("lam-kernel-socket", "lamd-datalink-socket"):
+                assert (sdir / name).is_socket(), sorted(os.listdir(sdir))
+            hf = c.work / "hostfile"
+            hf.write_text(f"{h1.name}\n{h2.name} prefix={PREFIX_TREE}\n")
+            hf.chmod(0o644)
+
+            for attempt in ("first", "again"):
+                t0 = time.monotonic()
+                cp = h1.run(["lamboot", hf], timeout=120)
+                assert cp.returncode == 0, attempt + show(cp) + journal(ct)
+                boot_s = time.monotonic() - t0
+                ct.wait_for(lambda: all(active(ct, u) == "active" for u in UNITS), 30,
+                            "the kernel, datalink and jobs units active")
+                kpid, dpid = main_pid(ct, UNITS[0]), main_pid(ct, UNITS[1])
+                # the kernel has no network; the datalink has node2's
+                assert netns_of(ct, dpid) == netns_of(ct, 1)
+                assert netns_of(ct, kpid) != netns_of(ct, 1)
+                want = [f"n0\t{h1.name}:1:origin", f"n1\t{h2.name}:1:"]
+                cp = h1.run(["lamnodes"])
+                assert cp.returncode == 0 and cp.stdout.splitlines() == [
+                    want[0] + ",this_node", want[1]], show(cp) + journal(ct)
+                # the container's /etc/hosts is the machine's (bind-ro): it
+                # does not name the test hosts, so lamnodes there prints
+                # their addresses
+                r = ct.as_user(["lamnodes"], timeout=20)
+                assert r.returncode == 0 and r.stdout.splitlines() == [
+                    f"n0\t{h1.addr}:1:origin", f"n1\t{h2.addr}:1:this_node"], \
+                    r.stdout + r.stderr + journal(ct)
+                cp = h1.run(["tping", "-c", "1", "N"], timeout=30)
+                assert cp.returncode == 0 and "1 remote node and 1 local node" in cp.stdout, \
+                    show(cp) + journal(ct)
+                r = ct.as_user(["tping", "-c", "1", "N"], timeout=30)
+                assert r.returncode == 0 and "1 remote node and 1 local node" in r.stdout, \
+                    r.stdout + r.stderr + journal(ct)
+                cp = h1.run(["lamexec", "N", "hostname"], timeout=30)
+                assert cp.returncode == 0 and sorted(cp.stdout.split()) == [h1.name, h2.name], \
+                    show(cp) + journal(ct)
+                cp = h1.run(["lamhalt"], timeout=30)
+                assert cp.returncode == 0, show(cp) + journal(ct)
+                ct.wait_for(lambda: all(active(ct, u) == "inactive" for u in UNITS), 30,
+                            "every unit of the user inactive after lamhalt")
+                assert [active(ct, s) for s in SOCKETS] == ["active", "active"]
+                left = ct.run(["pgrep", "-u", USER, "-a"]).stdout
+                assert left == "", left
+                assert gone([h1]) == {h1.name: []}
+                # the sockets, and the kernel's reload status (lamd-reload: a
+                # systemd kernel keeps it for ExecReload=, as before)
+                assert sorted(set(os.listdir(sdir)) - {"lamd-reload"}) == [
+                    "lam-kernel-socket", "lamd-datalink-socket"]
+                print(f"{attempt} lamboot with a systemd node: {boot_s:.2f} s")
+        finally:
+            try:
+                h1.run(["lamwipe", c.work / "hostfile"], timeout=60)
+            except Exception:  # noqa: BLE001 - teardown goes on
+                pass
+            ct.stop()
+    host(["true"])

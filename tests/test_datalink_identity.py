@@ -1,0 +1,185 @@
+"""The node id learnt after boot (a datalink outside the kernel, issue 11),
+through the sans-IO kernel (no sockets): LAM's ``initrouter`` requests
+(``RQSETROUTES``) from a client make the router's ``NT_ME`` entry this
+node's id for every internal process (``Identity``), and a separate
+process's ``RQWAITNODE`` is answered when it changes. Also the datalink
+socket's request format and the announcement the kernel looks for."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lamd.datalink import handoff
+from lamd.datalink.process import announce, read_request, withdraw
+from lamd.iprocs.nreq import LOCAL, NOBUF, NT_ME, NT_ORIGIN, data_words
+from lamd.iprocs.router import (
+    RQGETNODES, RQREMROUTE, RQSETROUTES, RQWAITNODE, Route, RouteTable, sync_identity,
+)
+from lamd.iprocs.nreq import Identity
+from lamd.kernel.constants import EVDL0, EVECHOD, EVHALTD, EVROUTER, KNMSG, NOTEVENT
+from lamd.kernel.wire import KMsg, NMsg
+from lamd.session import LAMD_DATALINK, datalink_announced
+
+from lamd.iprocs import boot_table
+
+from .lamclient import World
+from .test_iprocs import ADDR, I4, rreq
+
+UNIVERSE = [Route(0, EVDL0, 0, EVDL0, 0, NT_ORIGIN, 1),
+            Route(1, NOTEVENT, 1, NOTEVENT, 1, NT_ME, 1),
+            Route(2, EVDL0, 2, EVDL0, 2, 0, 1)]
+
+
+def set_routes(c, routes) -> None:
+    """What lamd.iprocs.router.rrsetrents sends: NOBUF to the router."""
+    c.nsend(LOCAL, EVROUTER, 0, b"".join(r.pack() for r in routes),
+            data=(-c.pid, RQSETROUTES, 0, len(routes)), flags=NOBUF)
+
+
+def test_route_table_me_and_sync_identity():
+    t = RouteTable([Route(0, nodetype=NT_ME | NT_ORIGIN)])
+    ident = Identity(0, 0)
+    assert t.me() == (0, 0) and not sync_identity(t, ident)
+    t.set(UNIVERSE[0])  # node 0 is the origin only now: nobody is this node
+    assert t.me() is None and not sync_identity(t, ident) and ident == Identity(0, 0)
+    t.set(UNIVERSE[1])
+    assert t.me() == (1, 0) and sync_identity(t, ident) and ident == Identity(1, 0)
+
+
+def test_initrouter_from_a_client_makes_this_node_n1_for_every_process():
+    # as the daemon boots: one config, filled by boot_table (the shared
+    # route table and Identity), given to every internal process
+    cfg = {"node_addr": ADDR}
+    w = World(boot_table(cfg), cfg)
+    c = w.client("dl", 4100)
+    # a separate process waiting for the node id (the jobs process's watch)
+    wev = -(0x10000000 + 4200)
+    j = w.client("jobs", 4200)
+    _, head, _ = j.dsfr(NMsg(dl_event=EVROUTER, node=LOCAL, event=EVROUTER, type=0,
+                             flags=NOBUF, data=data_words(wev, RQWAITNODE, -3)), wev, 0)
+    assert head.data[6] == 0 and head.data[5] == 0  # at once: n0 is not "-3"
+    # again, knowing n0: it waits in the router
+    j.ksr(KMsg(EVROUTER, 0, 0, KNMSG | NOBUF), b"",
+          NMsg(dl_event=EVROUTER, node=LOCAL, event=EVROUTER, type=0, flags=NOBUF,
+               data=data_words(wev, RQWAITNODE, 0)),
+          KMsg(wev, 0, 0, KNMSG))
+    assert j.front().reply == 0
+    assert j.blocked()
+    # LAM's initrouter, as lamd.datalink's dli sends it: others first, NT_ME last
+    set_routes(c, [UNIVERSE[0], UNIVERSE[2]])
+    assert j.blocked()  # no node is NT_ME in between: nothing changed yet
+    set_routes(c, [UNIVERSE[1]])
+    assert not j.blocked()
+    rep, head, _ = j.packet()
+    assert rep.reply == 0 and (head.data[0], head.data[6], head.data[5]) == (0, 1, 0)
+    # getnodeid(): the router's NT_ME entry
+    _, _, body = c.dsfr(rreq(4100, RQGETNODES, nodetype=NT_ME, typemask=NT_ME), -4100, 4)
+    assert body == I4.pack(1)
+    # haltd and echod answer as n1; bufferd takes node 1 for local
+    h = w.client("h", 1100, priority=1085)
+    h.nsend(1, EVHALTD, 1, b"", data=(1, -1100, 0, 1100))  # LAM_HALT_PING to node 1
+    head, _ = h.nrecv(-1100, 0, 0)
+    assert head.data[:3] == (1, 0, 0)  # hq_node: this node's id
+    h.nsend(1, EVECHOD, 3, b"hello", data=(1, -1100))
+    head, body = h.nrecv(-1100, 3, 64)
+    assert body == b"hello"
+    # nodes not in the universe go (RQREMROUTE), this one stays
+    c.nsend(LOCAL, EVROUTER, 0, data=(-4100, RQREMROUTE, 2), flags=NOBUF)
+    _, _, body = c.dsfr(rreq(4100, RQGETNODES), -4100, 64)
+    assert sorted(struct.unpack(f"<{len(body) // 4}i", body)) == [0, 1]
+
+
+def test_request_format_round_trip():
+    argv = ["-H", "10.1.2.3", "-P", "4711", "-n", "3", "-o", "0", "-x", "-d",
+            "-sessionsuffix", "é"]
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(handoff.encode_request(argv))
+        assert read_request(b, 2.0) == argv
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        with pytest.raises(ValueError):
+            read_request(b, 2.0)
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(handoff.MAGIC + b"-H\0")  # never finished
+        with pytest.raises(ValueError):
+            read_request(b, 0.3)
+
+
+def test_announcement_is_alive_while_its_lock_is_held(tmp_path):
+    d = str(tmp_path)
+    assert datalink_announced(d) is None
+    path, fd = announce(d)
+    assert datalink_announced(d) == os.getpid()
+    assert datalink_announced(d, check_start=True) == os.getpid()
+    # a stale file (the process died: its lock went with it)
+    os.close(os.dup(fd))
+    withdraw(path, fd)
+    assert not os.path.exists(path)
+    with open(os.path.join(d, LAMD_DATALINK), "w") as f:
+        f.write(f"{os.getpid()} 1\n")
+    assert datalink_announced(d) is None
+    # held by another process whose start time is not the file's: alive for
+    # the kernel (which only needs to know), not for tkill (which signals)
+    p = subprocess.Popen([sys.executable, "-c",
+                          "import fcntl, os, sys, time\n"
+                          "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+                          "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True)\n"
+                          "time.sleep(30)", os.path.join(d, LAMD_DATALINK)],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "held\n"
+        assert datalink_announced(d) == os.getpid()
+        assert datalink_announced(d, check_start=True) is None
+    finally:
+        p.kill()
+        p.wait(5)
+
+
+def test_handoff_without_a_datalink_socket_says_not_here(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAM_MPI_SESSION_PREFIX", str(tmp_path))
+    assert handoff.main(["-H", "127.0.0.1", "-P", "1", "-n", "0"]) == handoff.EXIT_NOT_HERE
+    # a socket file nobody listens on: not here either (bin/lamd boots by hand)
+    from lamd.session import LAMD_DATALINK_SOCKET, Session
+    sess = Session.for_user()
+    os.makedirs(sess.directory, mode=0o700)
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(os.path.join(sess.directory, LAMD_DATALINK_SOCKET))
+    s.close()
+    t0 = time.monotonic()
+    assert handoff.main(["-H", "127.0.0.1", "-P", "1", "-n", "0"]) == handoff.EXIT_NOT_HERE
+    assert time.monotonic() - t0 < 2
+
+
+def test_handoff_reports_the_services_answers(tmp_path):
+    path = str(tmp_path / "dl")
+    lst = socket.socket(socket.AF_UNIX)
+    lst.bind(path)
+    lst.listen(1)
+    import threading
+
+    def serve(lines):
+        conn, _ = lst.accept()
+        with conn:
+            read_request(conn, 2.0)
+            for ln in lines:
+                conn.sendall(ln.encode() + b"\n")
+
+    for lines, want in ((["called-back n1 ...", "ok n1 of 2 nodes"], 0),
+                        (["called-back n1 ...", "error no universe from lamboot in time"], 1),
+                        ([], 1)):
+        t = threading.Thread(target=serve, args=(lines,))
+        t.start()
+        rc, line = handoff.handoff(path, ["-H", "x"], callback_timeout=5, boot_timeout=5)
+        t.join()
+        assert rc == want, (lines, rc, line)
+    lst.close()

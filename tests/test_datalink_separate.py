@@ -1,0 +1,439 @@
+"""Issue 11, the datalink outside the kernel (``python3 -m lamd.datalink``,
+what ``lamd-dl@.service`` runs beside the sandboxed kernel): on test hosts
+(tests/netns.py) booted by stock ``lamboot``, nodes whose prefix tree starts
+a kernel by hand with ``--datalink=external`` and the datalink process with
+hboot's arguments (``sep``), beside C lamds (``c``) and ours with the
+datalink inside (``py``):
+
+* the kernel of a ``sep`` node has no datalink of its own (no
+  ``dli_inet``/``dlo_inet``/``bforward`` rows, no UDP socket) and the
+  datalink process is attached to it, the boot callback its own;
+* ``lamnodes`` from every host prints the universe as the C lamds do (the
+  router learnt it from the datalink process: ``RQSETROUTES``);
+* ``tping`` every node from every host; ``nsend``/``nrecv`` 0 B to 300 KiB
+  every byte checked between a ``sep`` node and the others, through bufferd
+  and ``NOBUF``; ``lamexec N hostname`` from every host (the jobs process
+  knows the node id the router learnt after it started);
+* ``mpirun`` across a ``sep`` node and another on the default, TCP and
+  ``lamd`` RPIs;
+* ``lamhalt`` leaves nothing on any host, and so does ``lamwipe``; a second
+  lamboot then works;
+* under ``lamboot -x`` a killed node is given up by the separate datalinks;
+* the package's prefix scripts with the sockets held as systemd would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from .netns import Cluster, gone
+from .test_datalink import build_netclient
+from .test_datalink_multinode import exchange
+from .test_multinode import cmdline, prefix_tree, show
+
+DATALINK_ROWS = ("dli_inet", "dlo_inet", "bforward")
+
+
+def separate_tree(c: Cluster, pkgdir: Path) -> Path:
+    """A LAM prefix tree whose ``lamd`` runs the kernel by hand without its
+    datalink, and ``python3 -m lamd.datalink`` with hboot's arguments (what
+    the package's tree hands to lamd-dl@.socket under systemd)."""
+    pre = c.dir / "seplam"
+    (pre / "bin").mkdir(parents=True)
+    (pre / "etc").mkdir()
+    os.symlink("/usr/bin/hboot", pre / "bin" / "hboot")
+    os.symlink("/usr/bin/tkill", pre / "bin" / "tkill")
+    (pre / "bin" / "lamd").write_text(
+        "#!/bin/sh\n"
+        f"export PYTHONPATH={pkgdir} PYTHONDONTWRITEBYTECODE=1\n"
+        "sess=''; prev=''\n"
+        "for a in \"$@\"; do case \"$prev\" in -sessionprefix|-sessionsuffix) "
+        "sess=\"$sess $prev $a\";; esac; prev=$a; done\n"
+        "/usr/bin/python3 -m lamd --datalink=external $sess </dev/null "
+        f"2>>{c.work}/lamd-$(hostname).log &\n"
+        "exec /usr/bin/python3 -m lamd.datalink \"$@\" "
+        f"2>>{c.work}/lamd-dl-$(hostname).log\n")
+    (pre / "etc" / "lam-conf.lamd").write_text(
+        "lamd $inet_topo $debug $session_prefix $session_suffix\n")
+    for p in (pre, pre / "bin", pre / "etc", pre / "bin" / "lamd"):
+        p.chmod(0o755)
+    (pre / "etc" / "lam-conf.lamd").chmod(0o644)
+    return pre
+
+
+def logs(c: Cluster) -> str:
+    return "".join(f"\n--- {p.name}\n{p.read_text()[-5000:]}"
+                   for p in sorted(c.work.glob("lamd-*.log")))
+
+
+def boot(c: Cluster, pkgdir: Path, kinds: list[str]) -> Path:
+    trees = {"py": prefix_tree(c, pkgdir) if "py" in kinds else None,
+             "sep": separate_tree(c, pkgdir) if "sep" in kinds else None}
+    hf = c.work / "hostfile"
+    hf.write_text("".join(f"{h.name}{f' prefix={trees[k]}' if trees.get(k) else ''}\n"
+                          for h, k in zip(c.hosts, kinds)))
+    hf.chmod(0o644)
+    cp = c.hosts[0].run(["lamboot", hf], timeout=60)
+    assert cp.returncode == 0, show(cp) + logs(c)
+    return hf
+
+
+def udp_inodes(netns_pid: int) -> set[str]:
+    """Socket inodes of the UDP sockets in the network namespace of *netns_pid*."""
+    out = set()
+    for name in ("udp", "udp6"):
+        try:
+            lines = Path(f"/proc/{netns_pid}/net/{name}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        out.update(ln.split()[9] for ln in lines if len(ln.split()) > 9)
+    return out
+
+
+def socket_inodes(pid: int) -> set[str]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            t = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        m = re.fullmatch(r"socket:\[(\d+)\]", t)
+        if m:
+            out.add(m.group(1))
+    return out
+
+
+def check_separate(c: Cluster, i: int) -> None:
+    """Node *i*'s kernel has no datalink; its datalink process has it."""
+    h = c.hosts[i]
+    # lamboot is done once it has sent every node the universe; the router
+    # has it a moment later (LAM's dli_inet: initrouter after the universe)
+    dlog_path = c.work / f"lamd-dl-{h.name}.log"
+    deadline = time.monotonic() + 10
+    while (f"serving node n{i} of" not in dlog_path.read_text()
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+    procs = {p: cmdline(p) for p in h.user_pids()}
+    kernels = [p for p, a in procs.items() if a[:1] and a[0].startswith(f"lamd: {c.pw.pw_name}")]
+    dls = [p for p, a in procs.items() if a[:1] and a[0].startswith("lamd-datalink: ")]
+    assert len(kernels) == 1 and len(dls) == 1, (h.name, procs)
+    assert procs[dls[0]][0] == f"lamd-datalink: n{i}", procs
+    udp = udp_inodes(h.anchor)
+    assert not socket_inodes(kernels[0]) & udp, "the kernel has a UDP socket"
+    assert len(socket_inodes(dls[0]) & udp) == 2, "dli's and dlo's sockets"
+    klog = (c.work / f"lamd-{h.name}.log").read_text()
+    m = re.findall(r"boot table: internal (.*)", klog)
+    assert m and not set(DATALINK_ROWS) & set(m[-1].split(", ")), klog
+    dlog = (c.work / f"lamd-dl-{h.name}.log").read_text()
+    assert f"calling lamboot back at {c.hosts[0].addr}:" in dlog, dlog
+    assert re.search(rf"serving node n{i} of {len(c.hosts)}", dlog), dlog
+    assert re.search(rf"router: this node is now n{i}", klog) or i == 0, klog
+
+
+@pytest.mark.parametrize("layout", ["sep,sep,sep", "c,sep,py", "sep,c,py"])
+def test_separate_datalink_universe(hosts3: Cluster, lamd_pkg, layout):
+    c = hosts3
+    kinds = layout.split(",")
+    exe = build_netclient(c.work)
+    hf = boot(c, lamd_pkg, kinds)
+    halted = False
+    try:
+        for i, k in enumerate(kinds):
+            if k == "sep":
+                check_separate(c, i)
+        for i, h in enumerate(c.hosts):
+            cp = h.run(["lamnodes"])
+            want = []
+            for j, x in enumerate(c.hosts):
+                flags = ",".join(f for f in ("origin" if j == 0 else "",
+                                              "this_node" if j == i else "") if f)
+                want.append(f"n{j}\t{x.name}:1:{flags}")
+            assert cp.returncode == 0 and cp.stdout.splitlines() == want, show(cp) + logs(c)
+            cp = h.run(["tping", "-c", "1", "N"], timeout=30)
+            assert cp.returncode == 0, f"from n{i}: " + show(cp) + logs(c)
+            assert "1 byte from 2 remote nodes and 1 local node" in cp.stdout, show(cp)
+            cp = h.run(["lamexec", "N", "hostname"], timeout=30)
+            assert cp.returncode == 0, f"from n{i}: " + show(cp) + logs(c)
+            assert sorted(cp.stdout.split()) == sorted(x.name for x in c.hosts), show(cp)
+        sep = kinds.index("sep")
+        other = (sep + 1) % 3
+        for src, dst in ((sep, other), (other, sep)):
+            exchange(c, exe, src, dst, "n")
+            exchange(c, exe, src, dst, "nobuf")
+        cp = c.hosts[0].run(["lamhalt"], timeout=30)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        halted = True
+        assert gone(c.hosts) == {h.name: [] for h in c.hosts}, logs(c)
+        for h in c.hosts:
+            d = h.prefix / f"lam-{c.pw.pw_name}@{h.name}"
+            assert not d.exists(), (d, list(d.iterdir()))
+    finally:
+        if not halted:
+            c.hosts[0].run(["lamwipe", hf], timeout=60)
+
+
+def test_separate_datalink_mpirun_lamwipe_and_boot_again(hosts3: Cluster, lamd_pkg):
+    """mpirun across a sep node (n0, the origin) and a C lamd's (n1) on the
+    default, TCP and lamd RPIs; lamwipe (stock tkill over ssh: the kill
+    file's processes, the datalink process among them) leaves nothing, and
+    the next lamboot of the same hosts works."""
+    c = hosts3
+    d = Path(tempfile.mkdtemp(prefix="pp", dir="/tmp"))
+    try:
+        d.chmod(0o755)
+        exe = d / "pp"
+        cp = subprocess.run(["mpicc.lam", "-O2", "-Wall", "-o", str(exe),
+                             str(Path(__file__).parent / "c" / "mpi" / "pingpong.c")],
+                            capture_output=True, text=True, timeout=120)
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        exe.chmod(0o755)
+        kinds = ["sep", "c", "sep"]
+        hf = boot(c, lamd_pkg, kinds)
+        wiped = False
+        try:
+            for rpi in ([], ["-ssi", "rpi", "tcp"], ["-ssi", "rpi", "lamd"]):
+                cp = c.hosts[0].run(["mpirun", "-np", "2", *rpi, str(exe), "20",
+                                     "0", "64", "8192", "16384"], timeout=120)
+                assert cp.returncode == 0 and cp.stdout.endswith("PP OK\n"), \
+                    f"{rpi}: " + show(cp) + logs(c)
+            cp = c.hosts[0].run(["lamwipe", hf], timeout=60)
+            assert cp.returncode == 0, show(cp)
+            wiped = True
+            assert gone(c.hosts) == {h.name: [] for h in c.hosts}, logs(c)
+            cp = c.hosts[0].run(["lamboot", hf], timeout=60)
+            assert cp.returncode == 0, show(cp) + logs(c)
+            wiped = False
+            check_separate(c, 2)
+            cp = c.hosts[2].run(["tping", "-c", "1", "N"], timeout=30)
+            assert cp.returncode == 0, show(cp) + logs(c)
+            cp = c.hosts[0].run(["lamhalt"], timeout=30)
+            assert cp.returncode == 0, show(cp) + logs(c)
+            wiped = True
+            assert gone(c.hosts) == {h.name: [] for h in c.hosts}, logs(c)
+        finally:
+            if not wiped:
+                c.hosts[0].run(["lamwipe", hf], timeout=60)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# the package's prefix tree on a node whose sockets are "systemd's"
+
+
+def systemd_like_tree(c: Cluster, pkgdir: Path) -> Path:
+    """The package's prefix tree (packaging/lam-prefix: bin/lamd and bin/tkill
+    as shipped), with the installed commands swapped for the source tree's."""
+    src = Path(__file__).resolve().parent.parent / "packaging" / "lam-prefix"
+    pre = c.dir / "pkglam"
+    (pre / "bin").mkdir(parents=True)
+    (pre / "etc").mkdir()
+    os.symlink("/usr/bin/hboot", pre / "bin" / "hboot")
+    py = f"env PYTHONPATH={pkgdir} PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3"
+    for name in ("lamd", "tkill"):
+        text = (src / "bin" / name).read_text()
+        text = (text.replace("/usr/bin/python3 -I", py)
+                .replace("exec systemd-cat --identifier=lamd /usr/bin/lamd-kernel",
+                         f"exec {py} -m lamd")
+                .replace("exec /usr/bin/lamd-kernel", f"exec {py} -m lamd")
+                .replace("exec /usr/bin/lamd-tkill", f"exec {py} -m lamd.tools.tkill"))
+        assert "/usr/bin/lamd-" not in text, text
+        (pre / "bin" / name).write_text(text)
+        (pre / "bin" / name).chmod(0o755)
+    shutil.copy(src / "etc" / "lam-conf.lamd", pre / "etc" / "lam-conf.lamd")
+    for p in (pre, pre / "bin", pre / "etc"):
+        p.chmod(0o755)
+    (pre / "etc" / "lam-conf.lamd").chmod(0o644)
+    return pre
+
+
+class SocketUnits:
+    """lamd@USER.socket and lamd-dl@USER.socket by hand on host *h*
+    (tests/sockact.py): the kernel and the datalink process started by a
+    connection to their socket, again after each exit, as systemd's."""
+
+    def __init__(self, c: Cluster, h, pkgdir: Path) -> None:
+        self.c, self.h = c, h
+        self.dir = h.prefix / f"lam-{c.pw.pw_name}@{h.name}"
+        cp = h.run(["mkdir", "-p", "-m", "700", self.dir])
+        assert cp.returncode == 0, show(cp)
+        act = Path(__file__).resolve().parent / "sockact.py"
+        env = h.env({"PYTHONPATH": str(pkgdir), "PYTHONDONTWRITEBYTECODE": "1"})
+        self.procs = []
+        for sock, cmd, log in (
+                ("lam-kernel-socket", "-m lamd", f"lamd-{h.name}.log"),
+                ("lamd-datalink-socket", "-m lamd.datalink", f"lamd-dl-{h.name}.log")):
+            sh = f"exec /usr/bin/python3 {cmd} 2>>{c.work}/{log}"
+            self.procs.append(h.popen(["/usr/bin/python3", act, self.dir / sock,
+                                       "/bin/sh", "-c", sh], timeout=None, env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 10
+        while not all((self.dir / s).is_socket() for s in
+                      ("lam-kernel-socket", "lamd-datalink-socket")):
+            assert time.monotonic() < deadline, "sockact did not listen"
+            time.sleep(0.05)
+        self.pids = {p.pid for p in self.procs}
+
+    def user_pids(self) -> list[int]:
+        """The test user's processes on the host but the socket holders
+        (and their nsenter/setpriv wrappers)."""
+        out = []
+        for p in self.h.user_pids():
+            a = cmdline(p)
+            if not any(x.endswith("sockact.py") for x in a):
+                out.append(p)
+        return out
+
+    def close(self) -> None:
+        for p in self.procs:
+            for q in self.h.user_pids():
+                if any(x.endswith("sockact.py") for x in cmdline(q)):
+                    os.kill(q, 15)
+            p.wait(10)
+
+
+def test_package_prefix_with_systemd_sockets(hosts3: Cluster, lamd_pkg):
+    """The package's prefix tree on a node where the user's lamd@.socket and
+    lamd-dl@.socket listen (here by hand, tests/sockact.py; under systemd
+    see tests/system): stock lamboot's hboot runs the tree's tkill (ours,
+    keeping the sockets) and lamd (the arguments handed to the datalink
+    socket); the datalink process calls lamboot back and its connect starts
+    the kernel, which leaves the datalink to it. The universe works from
+    every host; a second boot request meanwhile is refused with a status;
+    a second lamboot while the first universe is up replaces it; lamhalt
+    leaves nothing but the sockets, and lamboot works again; lamwipe too."""
+    c = hosts3
+    h = c.hosts[1]
+    exe = build_netclient(c.work)
+    units = SocketUnits(c, h, lamd_pkg)
+    pre = systemd_like_tree(c, lamd_pkg)
+    ptree = prefix_tree(c, lamd_pkg)
+    hf = c.work / "hostfile"
+    hf.write_text(f"{c.hosts[0].name}\n{h.name} prefix={pre}\n{c.hosts[2].name} prefix={ptree}\n")
+    hf.chmod(0o644)
+
+    def universe() -> None:
+        check_separate(c, 1)
+        for i, x in enumerate(c.hosts):
+            cp = x.run(["lamnodes"])
+            assert cp.returncode == 0 and len(cp.stdout.splitlines()) == 3, show(cp) + logs(c)
+            assert cp.stdout.splitlines()[i].endswith("this_node"), show(cp)
+            cp = x.run(["tping", "-c", "1", "N"], timeout=30)
+            assert cp.returncode == 0, f"from n{i}: " + show(cp) + logs(c)
+        cp = c.hosts[0].run(["lamexec", "N", "hostname"], timeout=30)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        assert sorted(cp.stdout.split()) == sorted(x.name for x in c.hosts), show(cp)
+
+    def nothing_left() -> None:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            left = {x.name: (units.user_pids() if x is h else x.user_pids()) for x in c.hosts}
+            if not any(left.values()):
+                break
+            time.sleep(0.1)
+        assert not any(left.values()), ({k: [cmdline(p) for p in v] for k, v in left.items()},
+                                         logs(c))
+        # the sockets are systemd's: they stay, and nothing else
+        assert sorted(p.name for p in units.dir.iterdir()) == [
+            "lam-kernel-socket", "lamd-datalink-socket"]
+
+    try:
+        cp = c.hosts[0].run(["lamboot", hf], timeout=90)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        universe()
+        for src, dst in ((1, 0), (2, 1)):
+            exchange(c, exe, src, dst, "n")
+        # a boot request while the universe is served: refused, honestly
+        cp = h.run(["env", f"PYTHONPATH={lamd_pkg}", "/usr/bin/python3", "-m",
+                    "lamd.datalink.handoff", "-H", c.hosts[0].addr, "-P", "1", "-n", "1"])
+        assert cp.returncode == 1 and "in a universe already" in cp.stderr, show(cp)
+        # lamboot again while it is up: hboot -t's tkill ends it, then a new one
+        first = [p for p in units.user_pids()]
+        cp = c.hosts[0].run(["lamboot", hf], timeout=90)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        assert not set(first) & set(units.user_pids())
+        universe()
+        cp = c.hosts[0].run(["lamhalt"], timeout=30)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        nothing_left()
+        cp = c.hosts[0].run(["lamboot", hf], timeout=90)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        universe()
+        cp = c.hosts[0].run(["lamwipe", hf], timeout=60)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        nothing_left()
+    finally:
+        c.hosts[0].run(["lamwipe", hf], timeout=60)
+        units.close()
+    assert gone(c.hosts) == {x.name: [] for x in c.hosts}
+
+
+def test_separate_datalink_gives_a_dead_node_up_under_x(hosts3: Cluster, lamd_pkg):
+    """``lamboot -x`` of sep,py,sep, the middle node killed: each separate
+    datalink's dlo finds its link dead after LAM's retry limit and tells its
+    dli, which takes the node out of the kernel's router (RQREMROUTE) and
+    signals the node's programs (SIGSHRINK through kenyad in the jobs
+    process); lamnodes then prints it invalid, the survivors go on, lamhalt
+    ends them."""
+    from .test_deadnode import GIVE_UP, kill_node, lamnodes
+    c = hosts3
+    trees = {"py": prefix_tree(c, lamd_pkg), "sep": separate_tree(c, lamd_pkg)}
+    kinds = ["sep", "py", "sep"]
+    hf = c.work / "hostfile"
+    hf.write_text("".join(f"{h.name} prefix={trees[k]}\n" for h, k in zip(c.hosts, kinds)))
+    hf.chmod(0o644)
+    cp = c.hosts[0].run(["lamboot", "-x", hf], timeout=60)
+    assert cp.returncode == 0, show(cp) + logs(c)
+    a, dead, b = c.hosts
+    halted = False
+    pings = []
+    try:
+        check_separate(c, 0)
+        check_separate(c, 2)
+        kill_node(dead)
+        t0 = time.monotonic()
+        for h in (a, b):
+            pings.append(h.popen(["tping", "-c", "1", "n1"], timeout=GIVE_UP + 60,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        want = {a.name: [f"n0\t{a.name}:1:origin,this_node", "n1\tinvalid node",
+                         f"n2\t{b.name}:1:"],
+                b.name: [f"n0\t{a.name}:1:origin", "n1\tinvalid node",
+                         f"n2\t{b.name}:1:this_node"]}
+        seen: dict[str, float] = {}
+        while len(seen) < 2 and time.monotonic() - t0 < GIVE_UP + 45:
+            for h in (a, b):
+                if h.name not in seen and lamnodes(h) == want[h.name]:
+                    seen[h.name] = time.monotonic() - t0
+            time.sleep(1)
+        assert sorted(seen) == sorted([a.name, b.name]), (seen, logs(c))
+        for name, t in seen.items():
+            assert GIVE_UP - 10 < t < GIVE_UP + 30, (name, t, GIVE_UP)
+        for h in (a, b):
+            cp = h.run(["tping", "-c", "1", "N"])
+            assert cp.returncode == 0 and "1 byte from 1 remote node and 1 local node" \
+                in cp.stdout, show(cp) + logs(c)
+            cp = h.run(["lamexec", "N", "hostname"])
+            assert cp.returncode == 0 and sorted(cp.stdout.split()) == sorted(
+                [a.name, b.name]), show(cp) + logs(c)
+        dlog = (c.work / f"lamd-dl-{a.name}.log").read_text()
+        assert "dli: node n1 removed (its link is dead)" in dlog, dlog
+        cp = a.run(["lamhalt"], timeout=60)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        halted = True
+        assert gone(c.hosts) == {h.name: [] for h in c.hosts}, logs(c)
+    finally:
+        for p in pings:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if not halted:
+            a.run(["lamwipe", hf], timeout=60)
+    assert "Traceback" not in logs(c), logs(c)
