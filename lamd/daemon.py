@@ -583,13 +583,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = io.run()
         if not io.handover_due:
             break
-        ident = config.get("identity")
-        rt = config.get("route_table")
-        learnt = ident is not None and (ident.node_id != 0 or (rt is not None and len(rt.routes) > 1))
-        if booted is not None or learnt:  # the universe lamboot sent is not carried yet
-            log.error("re-exec refused: a daemon booted by lamboot (node %d) cannot hand "
-                      "its universe on yet; serving on",
-                      booted.node_id if booted is not None else ident.node_id)
+        # the router carries a universe a separate datalink process gave it
+        # (lamd.iprocs.router.pack_state); the datalink inside this process
+        # (its socket, every link's window) is not carried yet
+        if booted is not None:
+            log.error("re-exec refused: a daemon booted by lamboot with its datalink inside "
+                      "(node %d) cannot hand its links on yet; serving on", booted.node_id)
             handover.uninherit(io)
             io.resume_serving()
             continue

@@ -29,7 +29,7 @@ from lamd.session import LAMD_DATALINK, datalink_announced
 
 from lamd.iprocs import boot_table
 
-from .lamclient import World
+from .lamclient import Client, World
 from .test_iprocs import ADDR, I4, rreq
 
 UNIVERSE = [Route(0, EVDL0, 0, EVDL0, 0, NT_ORIGIN, 1),
@@ -183,3 +183,58 @@ def test_handoff_reports_the_services_answers(tmp_path):
         t.join()
         assert rc == want, (lines, rc, line)
     lst.close()
+
+
+def test_the_learnt_universe_and_its_waiters_survive_a_reexec():
+    """A re-exec (issue 12) on a node whose separate datalink gave the router
+    its universe: the router carries its table and the RQWAITNODE waiters
+    (lamd.iprocs.router.pack_state); the restored kernel's processes are
+    n1 at once, the table answers as before, and a waiter still gets its
+    answer when the id changes afterwards. Damaged carried state is refused."""
+    from lamd.iprocs.router import pack_state, unpack_state
+    from lamd.kernel import ksnapshot as S
+
+    def table(cfg):  # the kernel's own rows (the job services are a separate process's)
+        return [kb for kb in boot_table(cfg) if kb.name in ("router", "bufferd", "echod")]
+
+    cfg = {"node_addr": ADDR}
+    w = World(table(cfg), cfg)
+    c = w.client("dl", 4100)
+    j = w.client("jobs", 4200)
+    set_routes(c, [UNIVERSE[0], UNIVERSE[2], UNIVERSE[1]])
+    assert cfg["identity"] == Identity(1, 0)
+    wev = -(0x10000000 + 4200)
+    j.ksr(KMsg(EVROUTER, 0, 0, KNMSG | NOBUF), b"",
+          NMsg(dl_event=EVROUTER, node=LOCAL, event=EVROUTER, type=0, flags=NOBUF,
+               data=data_words(wev, RQWAITNODE, 1)),
+          KMsg(wev, 0, 0, KNMSG))
+    assert j.front().reply == 0 and j.blocked()
+    state = S.capture(w.kernel, {"dl": 1, "jobs": 2}.__getitem__)
+    (rec,) = [r for r in state.procs if r.iproc == "router"]
+    routes, waiters = unpack_state(rec.carried)
+    assert [r.nodeid for r in routes] == [0, 2, 1] and waiters == [(wev, 0)]
+    snap = S.decode(S.encode(state, uid=1000, session="s"), uid=1000, session="s")
+    cfg2 = {"node_addr": ADDR}
+    k2, actions = S.restore(snap.kernel, {1: "dl", 2: "jobs"}, table(cfg2), cfg2,
+                            clock=lambda: 0.0)
+    w.kernel = k2
+    w.run(actions)
+    assert cfg2["identity"] == Identity(1, 0)  # before any request
+    c2 = Client(w, "dl", 4100)
+    c2.index = k2.proc_of("dl").index
+    _, _, body = c2.dsfr(rreq(4100, RQGETNODES), -4100, 64)
+    assert sorted(struct.unpack(f"<{len(body) // 4}i", body)) == [0, 1, 2]
+    _, _, body = c2.dsfr(rreq(4100, RQGETNODES, nodetype=NT_ME, typemask=NT_ME), -4100, 4)
+    assert body == I4.pack(1)
+    # lamgrow-like change of this node's id: the carried waiter is answered
+    j2 = Client(w, "jobs", 4200)
+    j2.index = k2.proc_of("jobs").index
+    assert j2.blocked()
+    set_routes(c2, [Route(1, EVDL0, 1, EVDL0, 1, 0, 1), Route(3, NOTEVENT, 3, NOTEVENT, 3, NT_ME, 1)])
+    assert not j2.blocked()
+    rep, head, _ = j2.packet()
+    assert rep.reply == 0 and (head.data[6], head.data[5]) == (3, 0)
+    raw = pack_state(RouteTable(UNIVERSE), [(wev, 0)])
+    for bad in (raw[:-1], raw + b"\0", b"ROUTER02" + raw[8:], raw[:10]):
+        with pytest.raises(ValueError):
+            unpack_state(bad)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -138,6 +139,30 @@ def check_separate(c: Cluster, i: int) -> None:
     assert re.search(rf"router: this node is now n{i}", klog) or i == 0, klog
 
 
+def reexec_keeps_the_universe(c: Cluster, i: int) -> None:
+    """SIGUSR1 to node *i*'s kernel (its datalink a separate process): the
+    re-exec (what `systemctl reload` and a package upgrade do, issue 12)
+    carries the universe the datalink gave the router, so the node is still
+    n*i* of the universe: lamnodes there, tping from there and to it."""
+    h = c.hosts[i]
+    klog = c.work / f"lamd-{h.name}.log"
+    before = klog.read_text().count("re-exec: restored")
+    procs = {p: cmdline(p) for p in h.user_pids()}
+    (kpid,) = [p for p, a in procs.items() if a[:1] and a[0].startswith(f"lamd: {c.pw.pw_name}")]
+    os.kill(kpid, signal.SIGUSR1)
+    deadline = time.monotonic() + 20
+    while klog.read_text().count("re-exec: restored") == before:
+        assert time.monotonic() < deadline, klog.read_text()[-3000:]
+        time.sleep(0.05)
+    assert "re-exec refused" not in klog.read_text()
+    cp = h.run(["lamnodes"])
+    assert cp.returncode == 0 and f"n{i}\t{h.name}:1:this_node" in cp.stdout.splitlines(), \
+        show(cp) + logs(c)
+    for x in (h, c.hosts[0]):
+        cp = x.run(["tping", "-c", "1", "N"], timeout=30)
+        assert cp.returncode == 0 and "2 remote nodes" in cp.stdout, show(cp) + logs(c)
+
+
 @pytest.mark.parametrize("layout", ["sep,sep,sep", "c,sep,py", "sep,c,py"])
 def test_separate_datalink_universe(hosts3: Cluster, lamd_pkg, layout):
     c = hosts3
@@ -204,6 +229,10 @@ def test_separate_datalink_mpirun_lamwipe_and_boot_again(hosts3: Cluster, lamd_p
                                      "0", "64", "8192", "16384"], timeout=120)
                 assert cp.returncode == 0 and cp.stdout.endswith("PP OK\n"), \
                     f"{rpi}: " + show(cp) + logs(c)
+            reexec_keeps_the_universe(c, 2)
+            cp = c.hosts[0].run(["mpirun", "n0,2", "-ssi", "rpi", "lamd", str(exe), "20",
+                                 "0", "64", "8192"], timeout=120)
+            assert cp.returncode == 0 and cp.stdout.endswith("PP OK\n"), show(cp) + logs(c)
             cp = c.hosts[0].run(["lamwipe", hf], timeout=60)
             assert cp.returncode == 0, show(cp)
             wiped = True

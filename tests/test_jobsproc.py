@@ -643,7 +643,7 @@ def test_jobs_process_status_tells_a_stop_from_a_lost_kernel(lam_session, lamd_p
     jp = s.popen([lamenv.SYSTEM_PYTHON, "-m", "lamd.jobs", "--wait", "20"], env=env,
                  stdout=log, stderr=subprocess.STDOUT)
     try:
-        assert wait_until(lambda: killfile(s)[1:].count(jp.pid) == len(JOB_SERVICES), TIMEOUT), \
+        assert wait_until(lambda: killfile(s)[1:].count(jp.pid) == JOBS_CONNECTIONS, TIMEOUT), \
             (s.work / "jobs.log").read_text()
         d.expect_exit = True
         if end == "lamhalt":

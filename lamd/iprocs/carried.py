@@ -11,8 +11,9 @@ A re-executed ``lamd`` boots its internal processes afresh
 
 :func:`with_carry` puts these rows in a boot table; they run the very same
 code (:class:`~lamd.iprocs.bufferd.BufferDaemon`) around what they carry.
-The router's table is not carried yet: on one node it is rebuilt the same
-from the daemon's settings.
+The router carries its own (:func:`lamd.iprocs.router.pack_state`): its
+table, which a separate datalink process (``lamd.datalink``) gave it after
+boot, and the separate processes waiting for this node's id.
 """
 
 from __future__ import annotations

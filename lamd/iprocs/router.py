@@ -28,6 +28,7 @@ Wire formats (``rreq.h``, native int4)::
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 from dataclasses import dataclass
@@ -177,6 +178,39 @@ def sync_identity(table: RouteTable, ident: Identity) -> bool:
     return True
 
 
+#: the router's carried state (a re-exec: ``IProc.carry``): magic, routes,
+#: RQWAITNODE waiters; then the routes, then (src_event, type) per waiter
+_CARRY = struct.Struct("<8sII")
+_CARRY_MAGIC = b"ROUTER01"
+_WAITER = struct.Struct("<ii")
+
+
+def pack_state(table: RouteTable, waiters: list[tuple[int, int]]) -> bytes:
+    """What the router carries across a re-exec: its table (the universe a
+    separate datalink gave it after boot, lamgrow's and lamshrink's
+    changes) and the separate processes waiting for this node's id."""
+    return b"".join([_CARRY.pack(_CARRY_MAGIC, len(table.routes), len(waiters)),
+                     *(r.pack() for r in table.routes.values()),
+                     *(_WAITER.pack(ev, typ) for ev, typ in waiters)])
+
+
+def unpack_state(data: bytes) -> tuple[list[Route], list[tuple[int, int]]]:
+    """:func:`pack_state`'s routes and waiters; ValueError for anything else."""
+    try:
+        magic, nroutes, nwaiters = _CARRY.unpack_from(data)
+    except struct.error:
+        raise ValueError("the router's carried state is truncated") from None
+    if magic != _CARRY_MAGIC or nwaiters > MAXWAITERS:
+        raise ValueError("not the router's carried state")
+    if len(data) != _CARRY.size + nroutes * ROUTE.size + nwaiters * _WAITER.size:
+        raise ValueError("the router's carried state has the wrong length")
+    off = _CARRY.size
+    routes = [Route.unpack(data, off + i * ROUTE.size) for i in range(nroutes)]
+    off += nroutes * ROUTE.size
+    waiters = [_WAITER.unpack_from(data, off + i * _WAITER.size) for i in range(nwaiters)]
+    return routes, [(ev, typ) for ev, typ in waiters]
+
+
 async def _reply(k: IProc, src_event: int, words: tuple[int, ...], body: bytes = b"",
                  type: int = 0) -> None:
     head = NMsg(dl_event=src_event, node=LOCAL, event=src_event, type=type,
@@ -198,6 +232,11 @@ async def router(k: IProc) -> None:
         ident = k.config["identity"] = Identity(int(k.config["node_id"]),
                                                 int(k.config.get("origin", 0)))
     waiters: list[tuple[int, int]] = []  # RQWAITNODE: (src_event, type)
+    if k.restored is not None:  # a re-exec (issue 12): the table a datalink gave us
+        routes, waiters[:] = unpack_state(k.restored)
+        table.routes = {r.nodeid: r for r in routes}
+        sync_identity(table, ident)
+    k.carry = functools.partial(pack_state, table, waiters)
     while True:
         req = await nrecv(k, EVROUTER, 0, ROUTE.size * RNRENT, NOBUF)
         d = req.data
@@ -206,11 +245,12 @@ async def router(k: IProc) -> None:
                 await _reply(k, d[0], rreply(0, link=ident.node_id, link2=ident.origin),
                              type=d[6])
             else:  # a separate process that restarts often leaves a few behind
-                waiters = waiters[-(MAXWAITERS - 1):] + [(d[0], d[6])]
+                waiters[:] = waiters[-(MAXWAITERS - 1):] + [(d[0], d[6])]
             continue
         out = answer(table, req)
         if d[1] in (RQSETROUTES, RQREMROUTE) and sync_identity(table, ident):
-            ready, waiters = waiters, []
+            ready = waiters[:]
+            del waiters[:]
             for src_event, typ in ready:
                 await _reply(k, src_event, rreply(0, link=ident.node_id, link2=ident.origin),
                              type=typ)
