@@ -139,3 +139,48 @@ def test_boot_arguments_go_together(argv):
                         text=True, timeout=30, cwd=str(REPO))
     assert cp.returncode == 2, cp.stderr
     assert "-H, -P and -n go together" in cp.stderr
+
+
+def test_the_lamd_command_calls_back_before_it_imports_the_daemon(monkeypatch):
+    """lamd.boot.early (the lamd command's first step under hboot): the
+    callback is made with nothing of the daemon imported; boot_agent then
+    finishes that very callback (the same ports) instead of making another,
+    and a callback made for other arguments is closed, not used."""
+    from lamd.boot import early
+    code = ("import sys; from lamd.boot.early import main_early; main_early(sys.argv[1:]); "
+            "print(sorted(m for m in sys.modules if m.startswith('lamd.') "
+            "and m not in ('lamd._pure', 'lamd.boot', 'lamd.boot.early', "
+            "'lamd.boot.callback')))")
+    lb = FakeLamboot(three, send=False)
+    cp = subprocess.run([SYSTEM_PYTHON, "-c", code, "-H", "127.0.0.1", "-P", str(lb.port),
+                         "-n", "1", "-o", "0"], capture_output=True, text=True, timeout=30,
+                        cwd=str(REPO))
+    lb.close()
+    assert cp.returncode == 0 and cp.stdout.strip() == "[]", cp.stdout + cp.stderr
+    assert callback.decode_coord(lb.coord_raw).node_id == 1
+    # in process: boot_agent takes the early callback over
+    assert early.hboot_args(["-H", "a", "-P", "x", "-n", "1"]) is None
+    assert early.hboot_args(["-H", "a", "-P", "5", "-n", "1", "-H", "b"]) is None
+    lb = FakeLamboot(three)
+    early.main_early(["-d", "-H", "127.0.0.1", "-P", str(lb.port), "-n", "1"])
+    pending = early.PENDING
+    assert pending is not None and pending.coord.node_id == 1
+    booted = boot_agent(BootArgs("127.0.0.1", lb.port, node_id=1), timeout=10)
+    lb.close()
+    try:
+        assert not lb.errors and early.PENDING is None
+        assert booted.dli_sock is pending.dli and booted.dli_port == pending.coord.dli_port
+    finally:
+        booted.dli_sock.close()
+    # made for other arguments (node 2): closed, and the daemon calls back itself
+    lb = FakeLamboot(three)
+    other = early.call_back("127.0.0.1", lb.port, 2)
+    monkeypatch.setattr(early, "PENDING", other)
+    lb.close()
+    assert early.take("127.0.0.1", lb.port, 1) is None and other.dli.fileno() == -1
+    # nobody listening: nothing pending, no exception
+    s = socket.create_server(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    early.main_early(["-H", "127.0.0.1", "-P", str(port), "-n", "0"])
+    assert early.PENDING is None

@@ -11,7 +11,9 @@ Started by hboot with ``-H <origin addr> -P <lamboot's port> -n <node id>
    back, reads the universe (:class:`Universe`) and closes both.
 
 As in LAM this happens once, at start, before the daemon serves anything
-else; unlike LAM every step has a deadline, the listener accepts lamboot
+else; steps 1 and 2 even before the daemon imports its kernel when the
+``lamd`` command is started by hboot (:mod:`.early`: lamboot waits for each
+callback before it boots the next node). Unlike LAM every step has a deadline, the listener accepts lamboot
 only from the origin's address (``-H``) and the universe is read with the
 bounded incremental decoder of :mod:`.callback`.
 
@@ -21,7 +23,6 @@ bounded incremental decoder of :mod:`.callback`.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import time
@@ -34,11 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
 from ..iprocs.nreq import NOTLINKID, NT_ME, NT_ORIGIN
 from ..kernel.constants import EVDL0, NOTEVENT
 from .callback import BootProtocolError, CltCoord, Universe, universe_reader
+from .early import Called, call_back, resolve as _resolve, take
 
 log = logging.getLogger("lamd.boot")
-
-#: the datalink input socket's receive buffer (di_bootagent: 3 whole frames)
-DLI_RCVBUF = 3 * (60 + 8192)
 
 
 class BootError(RuntimeError):
@@ -102,56 +101,49 @@ def boot_args_of(ns: "argparse.Namespace") -> "BootArgs | None":
     return BootArgs(ns.boot_addr, ns.boot_port, ns.node_id, ns.origin, ns.fault_tolerant)
 
 
-def _resolve(addr: str) -> str:
-    """``gethaddr``: dotted decimal, else a host name (lamboot -l)."""
-    try:
-        return str(ipaddress.IPv4Address(addr))
-    except ValueError:
-        return socket.gethostbyname(addr)
-
-
 def boot_agent(args: BootArgs, timeout: float = 300.0,
                connect_timeout: float = 30.0,
                called_back: Callable[[CltCoord], None] | None = None) -> Booted:
     """Call lamboot back and receive the universe (blocking, bounded by
     *timeout* overall: lamboot sends the universe only once every node has
-    booted). *called_back* is told once the coordinates are sent."""
-    deadline = time.monotonic() + timeout
-    agent = _resolve(args.agent_addr)
-    dli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    booted). *called_back* is told once the coordinates are sent. A
+    callback :mod:`lamd.boot.early` already made for these arguments (the
+    ``lamd`` command makes it before it imports the daemon) is finished
+    here, not made again."""
+    called: Called | None = take(args.agent_addr, args.agent_port, args.node_id)
+    where = f"{args.agent_addr}:{args.agent_port}"
+    try:
+        if called is None:
+            called = call_back(args.agent_addr, args.agent_port, args.node_id,
+                               timeout=timeout, connect_timeout=connect_timeout)
+            when = ""
+        else:
+            when = ", before the daemon's imports"
+        where = f"{called.agent}:{args.agent_port}"
+        log.info("boot: calling lamboot back at %s as n%d (boot port %d, datalink port %d%s)",
+                 where, args.node_id, called.coord.boot_port, called.coord.dli_port, when)
+    except OSError as e:
+        raise BootError(f"boot callback to {where}: {e}") from e
     ok = False
     try:
-        for s in (dli, srv):
-            s.set_inheritable(False)
-        dli.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DLI_RCVBUF)
-        dli.bind(("0.0.0.0", 0))
-        srv.bind(("0.0.0.0", 0))
-        srv.listen(4)
-        coord = CltCoord(node_id=args.node_id, boot_port=srv.getsockname()[1],
-                         dli_port=dli.getsockname()[1], num_cpus=-1)
-        log.info("boot: calling lamboot back at %s:%d as n%d (boot port %d, datalink port %d)",
-                 agent, args.agent_port, args.node_id, coord.boot_port, coord.dli_port)
-        with socket.create_connection((agent, args.agent_port), timeout=connect_timeout) as c:
-            c.sendall(coord.encode())
         if called_back is not None:
-            called_back(coord)
-        universe = _receive_universe(srv, agent, deadline)
+            called_back(called.coord)
+        universe = _receive_universe(called.srv, called.agent, called.deadline)
         log.info("boot: universe of %d nodes: %s", len(universe.links), ", ".join(
             f"n{l.link} {l.addr or l.hostname}:{l.port}" if l.link != NOTLINKID else "invalid"
             for l in universe.links))
         if not any(l.link == args.node_id for l in universe.links):
             raise BootError(f"the universe has no node n{args.node_id}")
         ok = True
-        return Booted(dli, universe, args.node_id, args.origin)
+        return Booted(called.dli, universe, args.node_id, args.origin)
     except BootError:
         raise
     except (OSError, BootProtocolError) as e:
-        raise BootError(f"boot callback to {agent}:{args.agent_port}: {e}") from e
+        raise BootError(f"boot callback to {where}: {e}") from e
     finally:
-        srv.close()
+        called.srv.close()
         if not ok:
-            dli.close()
+            called.dli.close()
 
 
 def _receive_universe(srv: socket.socket, agent: str, deadline: float) -> Universe:

@@ -42,7 +42,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Generic, TypeVar
 
-from ..iprocs.nreq import NOTLINKID
+#: ``net.h``'s invalid link (as :data:`lamd.iprocs.nreq.NOTLINKID`): spelt
+#: out here so that the codec imports nothing of the daemon (lamd.boot.early)
+NOTLINKID = -1
 
 INT4 = struct.Struct(">i")
 INT4_NIL = 0

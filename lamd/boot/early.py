@@ -1,0 +1,139 @@
+"""The boot callback as early as a lamd started by hboot can make it.
+
+lamboot boots one node at a time: it waits for each new lamd's callback
+(:class:`~lamd.boot.callback.CltCoord`) before it runs hboot on the next
+node, and sends every node the universe only once all have called back.
+So the time from hboot's ``exec`` to the callback is on lamboot's path once
+per node, while whatever the daemon does after it overlaps the other nodes'
+boots. The C lamd calls back a few milliseconds after it starts; a Python
+daemon that first imported its kernel would call back tens of
+milliseconds later, on every node.
+
+:func:`main_early` runs before anything else of the daemon is imported (the
+``lamd`` command's entry point, :mod:`lamd.launch`): if the arguments carry
+hboot's ``-H -P -n``, it opens the datalink's UDP socket and the boot
+listener, sends lamboot the coordinates and keeps the result in
+:data:`PENDING`, which :func:`lamd.boot.agent.boot_agent` then finishes
+(it receives the universe). Only ``socket``, ``struct``, ``time`` and this
+package's codec are imported here. Anything unexpected leaves
+:data:`PENDING` empty, and the daemon calls back itself as before (and
+reports what went wrong).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from .callback import CltCoord
+
+#: the datalink input socket's receive buffer (di_bootagent: 3 whole frames)
+DLI_RCVBUF = 3 * (60 + 8192)
+
+
+@dataclass
+class Called:
+    """A callback made: the sockets the coordinates named, lamboot's address
+    (the only one the universe is taken from) and the overall deadline."""
+
+    agent_addr: str  # as hboot passed it
+    agent_port: int
+    node_id: int
+    agent: str  # resolved
+    dli: socket.socket
+    srv: socket.socket
+    coord: CltCoord
+    deadline: float
+
+    def matches(self, agent_addr: str, agent_port: int, node_id: int) -> bool:
+        return (self.agent_addr, self.agent_port, self.node_id) == (agent_addr, agent_port,
+                                                                    node_id)
+
+    def close(self) -> None:
+        self.dli.close()
+        self.srv.close()
+
+
+#: the callback :func:`main_early` made, for the daemon to finish
+PENDING: Called | None = None
+
+
+def resolve(addr: str) -> str:
+    """``gethaddr``: dotted decimal, else a host name (lamboot -l)."""
+    try:
+        return str(ipaddress.IPv4Address(addr))
+    except ValueError:
+        return socket.gethostbyname(addr)
+
+
+def call_back(agent_addr: str, agent_port: int, node_id: int, *, timeout: float = 300.0,
+              connect_timeout: float = 30.0) -> Called:
+    """Open the datalink socket and the boot listener on ephemeral ports and
+    send lamboot their ports (``lam_ssi_boot_base_send_lamd_info``). Raises
+    OSError; closes what it opened then."""
+    deadline = time.monotonic() + timeout
+    agent = resolve(agent_addr)
+    dli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        for s in (dli, srv):
+            s.set_inheritable(False)
+        dli.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DLI_RCVBUF)
+        dli.bind(("0.0.0.0", 0))
+        srv.bind(("0.0.0.0", 0))
+        srv.listen(4)
+        coord = CltCoord(node_id=node_id, boot_port=srv.getsockname()[1],
+                         dli_port=dli.getsockname()[1], num_cpus=-1)
+        with socket.create_connection((agent, agent_port), timeout=connect_timeout) as c:
+            c.sendall(coord.encode())
+    except BaseException:
+        dli.close()
+        srv.close()
+        raise
+    return Called(agent_addr, agent_port, node_id, agent, dli, srv, coord, deadline)
+
+
+def hboot_args(argv: Sequence[str]) -> tuple[str, int, int] | None:
+    """``-H ADDR -P PORT -n NODE`` among *argv* (what hboot passes), or None
+    if any is missing, repeated or malformed (the daemon's parser reports it)."""
+    seen: dict[str, str] = {}
+    for i, a in enumerate(argv[:-1]):
+        if a in ("-H", "-P", "-n"):
+            if a in seen:
+                return None
+            seen[a] = argv[i + 1]
+    try:
+        return seen["-H"], int(seen["-P"]), int(seen["-n"])
+    except (KeyError, ValueError):
+        return None
+
+
+def main_early(argv: Sequence[str]) -> None:
+    """Call lamboot back now if *argv* are hboot's; never raises."""
+    global PENDING
+    if "-H" not in argv or "--help" in argv or "-h" in argv:
+        return
+    got = hboot_args(argv)
+    if got is None:
+        return
+    try:
+        PENDING = call_back(*got)
+    except (OSError, ValueError):
+        PENDING = None  # the daemon tries again, and says why it fails
+
+
+def take(agent_addr: str, agent_port: int, node_id: int) -> Called | None:
+    """The callback already made for these arguments, if any (once)."""
+    global PENDING
+    called, PENDING = PENDING, None
+    if called is not None and not called.matches(agent_addr, agent_port, node_id):
+        called.close()
+        return None
+    return called
+
+
+__all__ = ["Called", "PENDING", "DLI_RCVBUF", "call_back", "hboot_args", "main_early",
+           "resolve", "take"]
