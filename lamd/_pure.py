@@ -21,13 +21,13 @@ call each other natively and cannot be mixed with interpreted copies.
 from __future__ import annotations
 
 import importlib.machinery
-import importlib.util
 import os
 import sys
-import warnings
 import zlib
-from importlib.machinery import ModuleSpec
-from typing import Sequence
+
+# Imported by every start of every lamd process, before anything else:
+# typing (about 4 ms), importlib.util and warnings are left to where they
+# are needed (annotations are not evaluated).
 
 #: the codec, the kernel's dispatch and rendezvous, the I/O dispatch, the crash state,
 #: bufferd and the nreq calls it makes
@@ -99,13 +99,15 @@ class _SourceFirst:
     """A meta path finder that gives the .py file of a compiled module."""
 
     @staticmethod
-    def find_spec(name: str, path: Sequence[str] | None = None,
-                  target: object = None) -> ModuleSpec | None:
+    def find_spec(name: str, path: "list[str] | None" = None,
+                  target: object = None) -> "importlib.machinery.ModuleSpec | None":
         if name not in COMPILED:
             return None
         src = _source_file(name)
         if not os.path.exists(src):
             return None
+        import importlib.util
+
         return importlib.util.spec_from_file_location(name, src)
 
 
@@ -117,6 +119,8 @@ def install() -> None:
     else:
         old = stale()
         if old:
+            import warnings
+
             warnings.warn(f"lamd: {', '.join(old)} changed since the compiled build "
                           f"({_shared_lib_file()}): running pure Python; rebuild with "
                           "'python3 setup.py build_ext --inplace'", RuntimeWarning, stacklevel=2)

@@ -149,14 +149,14 @@ def test_the_lamd_command_calls_back_before_it_imports_the_daemon(monkeypatch):
     from lamd.boot import early
     code = ("import sys; from lamd.boot.early import main_early; main_early(sys.argv[1:]); "
             "print(sorted(m for m in sys.modules if m.startswith('lamd.') "
-            "and m not in ('lamd._pure', 'lamd.boot', 'lamd.boot.early', "
-            "'lamd.boot.callback')))")
+            "and m not in ('lamd._pure', 'lamd.boot', 'lamd.boot.early')), "
+            "'dataclasses' in sys.modules)")
     lb = FakeLamboot(three, send=False)
     cp = subprocess.run([SYSTEM_PYTHON, "-c", code, "-H", "127.0.0.1", "-P", str(lb.port),
                          "-n", "1", "-o", "0"], capture_output=True, text=True, timeout=30,
                         cwd=str(REPO))
     lb.close()
-    assert cp.returncode == 0 and cp.stdout.strip() == "[]", cp.stdout + cp.stderr
+    assert cp.returncode == 0 and cp.stdout.strip() == "[] False", cp.stdout + cp.stderr
     assert callback.decode_coord(lb.coord_raw).node_id == 1
     # in process: boot_agent takes the early callback over
     assert early.hboot_args(["-H", "a", "-P", "x", "-n", "1"]) is None
@@ -164,12 +164,12 @@ def test_the_lamd_command_calls_back_before_it_imports_the_daemon(monkeypatch):
     lb = FakeLamboot(three)
     early.main_early(["-d", "-H", "127.0.0.1", "-P", str(lb.port), "-n", "1"])
     pending = early.PENDING
-    assert pending is not None and pending.coord.node_id == 1
+    assert pending is not None and pending.node_id == 1
     booted = boot_agent(BootArgs("127.0.0.1", lb.port, node_id=1), timeout=10)
     lb.close()
     try:
         assert not lb.errors and early.PENDING is None
-        assert booted.dli_sock is pending.dli and booted.dli_port == pending.coord.dli_port
+        assert booted.dli_sock is pending.dli and booted.dli_port == pending.dli_port
     finally:
         booted.dli_sock.close()
     # made for other arguments (node 2): closed, and the daemon calls back itself

@@ -121,13 +121,13 @@ def boot_agent(args: BootArgs, timeout: float = 300.0,
             when = ", before the daemon's imports"
         where = f"{called.agent}:{args.agent_port}"
         log.info("boot: calling lamboot back at %s as n%d (boot port %d, datalink port %d%s)",
-                 where, args.node_id, called.coord.boot_port, called.coord.dli_port, when)
+                 where, args.node_id, called.boot_port, called.dli_port, when)
     except OSError as e:
         raise BootError(f"boot callback to {where}: {e}") from e
     ok = False
     try:
         if called_back is not None:
-            called_back(called.coord)
+            called_back(CltCoord(args.node_id, called.boot_port, called.dli_port))
         universe = _receive_universe(called.srv, called.agent, called.deadline)
         log.info("boot: universe of %d nodes: %s", len(universe.links), ", ".join(
             f"n{l.link} {l.addr or l.hostname}:{l.port}" if l.link != NOTLINKID else "invalid"

@@ -42,8 +42,10 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Generic, TypeVar
 
+from .early import pack_coord
+
 #: ``net.h``'s invalid link (as :data:`lamd.iprocs.nreq.NOTLINKID`): spelt
-#: out here so that the codec imports nothing of the daemon (lamd.boot.early)
+#: out here so that the codec imports nothing of the daemon's processes
 NOTLINKID = -1
 
 INT4 = struct.Struct(">i")
@@ -70,8 +72,7 @@ class CltCoord:
     def encode(self) -> bytes:
         if self.status != INT4_NIL:
             return INT4.pack(self.status)
-        return struct.pack(">5i", INT4_NIL, self.node_id, self.boot_port,
-                           self.dli_port, self.num_cpus)
+        return pack_coord(self.node_id, self.boot_port, self.dli_port, self.num_cpus)
 
 
 @dataclass(frozen=True)

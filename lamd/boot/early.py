@@ -14,39 +14,46 @@ milliseconds later, on every node.
 hboot's ``-H -P -n``, it opens the datalink's UDP socket and the boot
 listener, sends lamboot the coordinates and keeps the result in
 :data:`PENDING`, which :func:`lamd.boot.agent.boot_agent` then finishes
-(it receives the universe). Only ``socket``, ``struct``, ``time`` and this
-package's codec are imported here. Anything unexpected leaves
+(it receives the universe). Only ``socket``, ``struct`` and ``time`` are
+imported here (the callback's codec, :mod:`lamd.boot.callback`, takes its
+coordinates' format from this module). Anything unexpected leaves
 :data:`PENDING` empty, and the daemon calls back itself as before (and
 reports what went wrong).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import socket
+import struct
 import time
-from dataclasses import dataclass
-from typing import Sequence
-
-from .callback import CltCoord
 
 #: the datalink input socket's receive buffer (di_bootagent: 3 whole frames)
 DLI_RCVBUF = 3 * (60 + 8192)
+#: ``writecltcoord`` + num_cpus: status (``INT4_NIL``), node id, boot port,
+#: datalink port, CPUs, big-endian (:class:`lamd.boot.callback.CltCoord`)
+_COORD = struct.Struct(">5i")
 
 
-@dataclass
+def pack_coord(node_id: int, boot_port: int, dli_port: int, num_cpus: int = -1) -> bytes:
+    """A lamd's coordinates as lamboot reads them (status ``INT4_NIL``)."""
+    return _COORD.pack(0, node_id, boot_port, dli_port, num_cpus)
+
+
 class Called:
     """A callback made: the sockets the coordinates named, lamboot's address
-    (the only one the universe is taken from) and the overall deadline."""
+    (the only one the universe is taken from) and the overall deadline.
+    (A plain class: ``dataclasses`` alone would double this module's import
+    time, which is on lamboot's path.)"""
 
-    agent_addr: str  # as hboot passed it
-    agent_port: int
-    node_id: int
-    agent: str  # resolved
-    dli: socket.socket
-    srv: socket.socket
-    coord: CltCoord
-    deadline: float
+    __slots__ = ("agent_addr", "agent_port", "node_id", "agent", "dli", "srv", "boot_port",
+                 "dli_port", "deadline")
+
+    def __init__(self, agent_addr: str, agent_port: int, node_id: int, agent: str,
+                 dli: socket.socket, srv: socket.socket, deadline: float) -> None:
+        self.agent_addr, self.agent_port, self.node_id = agent_addr, agent_port, node_id
+        self.agent, self.dli, self.srv, self.deadline = agent, dli, srv, deadline
+        self.boot_port: int = srv.getsockname()[1]
+        self.dli_port: int = dli.getsockname()[1]
 
     def matches(self, agent_addr: str, agent_port: int, node_id: int) -> bool:
         return (self.agent_addr, self.agent_port, self.node_id) == (agent_addr, agent_port,
@@ -64,8 +71,8 @@ PENDING: Called | None = None
 def resolve(addr: str) -> str:
     """``gethaddr``: dotted decimal, else a host name (lamboot -l)."""
     try:
-        return str(ipaddress.IPv4Address(addr))
-    except ValueError:
+        return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, addr))
+    except OSError:
         return socket.gethostbyname(addr)
 
 
@@ -85,18 +92,17 @@ def call_back(agent_addr: str, agent_port: int, node_id: int, *, timeout: float 
         dli.bind(("0.0.0.0", 0))
         srv.bind(("0.0.0.0", 0))
         srv.listen(4)
-        coord = CltCoord(node_id=node_id, boot_port=srv.getsockname()[1],
-                         dli_port=dli.getsockname()[1], num_cpus=-1)
+        called = Called(agent_addr, agent_port, node_id, agent, dli, srv, deadline)
         with socket.create_connection((agent, agent_port), timeout=connect_timeout) as c:
-            c.sendall(coord.encode())
+            c.sendall(pack_coord(node_id, called.boot_port, called.dli_port))
     except BaseException:
         dli.close()
         srv.close()
         raise
-    return Called(agent_addr, agent_port, node_id, agent, dli, srv, coord, deadline)
+    return called
 
 
-def hboot_args(argv: Sequence[str]) -> tuple[str, int, int] | None:
+def hboot_args(argv: list[str]) -> tuple[str, int, int] | None:
     """``-H ADDR -P PORT -n NODE`` among *argv* (what hboot passes), or None
     if any is missing, repeated or malformed (the daemon's parser reports it)."""
     seen: dict[str, str] = {}
@@ -111,7 +117,7 @@ def hboot_args(argv: Sequence[str]) -> tuple[str, int, int] | None:
         return None
 
 
-def main_early(argv: Sequence[str]) -> None:
+def main_early(argv: list[str]) -> None:
     """Call lamboot back now if *argv* are hboot's; never raises."""
     global PENDING
     if "-H" not in argv or "--help" in argv or "-h" in argv:
@@ -136,4 +142,4 @@ def take(agent_addr: str, agent_port: int, node_id: int) -> Called | None:
 
 
 __all__ = ["Called", "PENDING", "DLI_RCVBUF", "call_back", "hboot_args", "main_early",
-           "resolve", "take"]
+           "pack_coord", "resolve", "take"]
