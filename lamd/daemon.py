@@ -289,13 +289,14 @@ def reexec(io: KernelIO, session: Session, owned_socket: str | None, jobs: "Jobs
 
 
 def keep_across_crash(io: KernelIO, notifier: "service.Notifier", stored: dict[str, int],
-                      session: Session, nofile: int, restored: Restored | None) -> None:
+                      session: Session, nofile: int, restored: Restored | None) -> bool:
     """Under systemd, keep every client connection and the crash state in
     the descriptor store (:mod:`lamd.kernelio.fdstore`); after a crash, take
-    back what a predecessor kept there first."""
+    back what a predecessor kept there first. True if a predecessor's
+    crash state was refused (its clients closed)."""
     if not notifier.enabled:
         fdstore.discard_all(notifier, stored)
-        return
+        return False
     uid = os.getuid()
     if restored is not None:  # a re-exec: the store is this process's already
         memfd = restored.snap.extra.get("crash_memfd")
@@ -309,7 +310,7 @@ def keep_across_crash(io: KernelIO, notifier: "service.Notifier", stored: dict[s
             else:
                 os.set_inheritable(memfd, False)
                 io.crash = keeper
-                return
+                return False
     nslots = max(64, min(nofile, 1 << 16))
     rec = None
     if stored:
@@ -322,7 +323,7 @@ def keep_across_crash(io: KernelIO, notifier: "service.Notifier", stored: dict[s
             for c in io.conns.values():
                 io.crash.add(c)
                 io.crash.due.add(c)
-        return
+        return bool(stored)
     io.crash = rec.keeper
     handover.adopt_connections(io, rec.conns)
     io._kill.rewrite_due()  # the kill file lists the clients taken back
@@ -338,6 +339,7 @@ def keep_across_crash(io: KernelIO, notifier: "service.Notifier", stored: dict[s
              "again, %d message bodies started again, %d connections closed) in %.0f ms",
              len(rec.conns), io.kernel.nclients, len(rec.redo), len(rec.resume), rec.dropped,
              (time.monotonic() - t0) * 1000)
+    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -429,6 +431,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     kernel_args = dict(max_procs=args.max_procs, max_msg_len=args.max_msg_len,
                        kernel_pid=os.getpid())
     config: dict = {"session": session.directory}
+    notifier = service.Notifier()
+    iproc_states = None
+    if notifier.enabled and not args.no_iprocs:
+        # what internal processes keep across a crash (the router's table:
+        # lamd.kernelio.iprocstate); after one, what they kept
+        from .kernelio.iprocstate import IprocStates
+        iproc_states = IprocStates(notifier, uid=os.getuid(), session=session.directory)
+        config["crash_restored"] = iproc_states.take(stored)
+        config["keep_state"] = iproc_states.keep
     table = []
     if not args.no_iprocs:
         table = boot_table(config, external)
@@ -456,7 +467,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             handover.keep(restored.listener, restored.conns)
     if restored is None:
         kernel = Kernel(**kernel_args)
-    notifier = service.Notifier()
     limits = IOLimits(move_buffer=max(4096, args.move_buffer),
                       max_queued=max(64 * 1024, args.max_queued))
     wd = notifier.watchdog_period()
@@ -550,7 +560,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # after the first turn: a client that connected while we
                 # started is answered before the fork and exec (issue 13)
                 io.loop.call_later(0.0, jobs.start)
-    keep_across_crash(io, notifier, stored, session, nofile, restored)
+    refused = keep_across_crash(io, notifier, stored, session, nofile, restored)
+    if refused and iproc_states is not None and config.get("crash_restored"):
+        # the clients are gone (the datalink process among them): what the
+        # internal processes kept for them does not hold either
+        from .iprocs.router import forget_universe
+        forget_universe(config)
+        for name in list(config["crash_restored"]):
+            iproc_states.forget(name)
     # ExecReload= waits for this file to change (lamd.service.reload)
     reloads = 0
     if restored is not None and type(restored.snap.extra.get("reloads")) is int:

@@ -238,3 +238,73 @@ def test_the_learnt_universe_and_its_waiters_survive_a_reexec():
     for bad in (raw[:-1], raw + b"\0", b"ROUTER02" + raw[8:], raw[:10]):
         with pytest.raises(ValueError):
             unpack_state(bad)
+
+
+class _Store:
+    """What IprocStates needs of sd_notify: FDSTORE and FDSTOREREMOVE by name."""
+
+    def __init__(self) -> None:
+        self.fds: dict[str, int] = {}
+
+    def fdstore(self, name: str, fd: int) -> bool:
+        self.fds[name] = os.dup(fd)
+        return True
+
+    def fdstore_remove(self, name: str) -> None:
+        fd = self.fds.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+
+
+def test_the_learnt_universe_survives_a_crash_in_the_descriptor_store(caplog):
+    """After a crash (issue 12): the router kept its table and its waiters in
+    a memfd of the descriptor store (lamd.kernelio.iprocstate), written when
+    they changed; a new kernel given that store is n1 of the same universe
+    before any request. A damaged, foreign or torn state is refused with one
+    line and the router starts from the boot table."""
+    from lamd.kernelio import iprocstate as ips
+
+    def table(cfg):
+        return [kb for kb in boot_table(cfg) if kb.name in ("router", "bufferd", "echod")]
+
+    store = _Store()
+    states = ips.IprocStates(store, uid=1000, session="/tmp/s")
+    cfg = {"node_addr": ADDR, "keep_state": states.keep}
+    w = World(table(cfg), cfg)
+    assert store.fds == {}  # nothing to keep yet
+    c = w.client("dl", 4100)
+    set_routes(c, [UNIVERSE[0], UNIVERSE[2], UNIVERSE[1]])
+    assert list(store.fds) == ["iproc-router"]
+    # the crash: a new daemon gets the store's descriptors
+    stored = {"iproc-router": os.dup(store.fds["iproc-router"]), "c3": -1}
+    states2 = ips.IprocStates(store, uid=1000, session="/tmp/s")
+    kept = states2.take(stored)
+    assert stored == {"c3": -1} and list(kept) == ["router"]
+    cfg2 = {"node_addr": ADDR, "crash_restored": kept, "keep_state": states2.keep}
+    w2 = World(table(cfg2), cfg2)
+    assert cfg2["identity"] == Identity(1, 0)
+    c2 = w2.client("x", 4300)
+    _, _, body = c2.dsfr(rreq(4300, RQGETNODES), -4300, 64)
+    assert sorted(struct.unpack(f"<{len(body) // 4}i", body)) == [0, 1, 2]
+    # refused: another user's, another session's, torn (data changed under
+    # its header), truncated, not ours at all
+    raw = os.pread(store.fds["iproc-router"], 1 << 16, 0)
+    for bad, why in ((ips.encode(b"x", uid=1001, session="/tmp/s"), "uid 1001"),
+                     (ips.encode(b"x", uid=1000, session="/tmp/t"), "another session"),
+                     (raw[:-1] + bytes([raw[-1] ^ 1]), "fail their header"),
+                     (raw[:20], "truncated"), (b"GIF89a" + raw[6:], "bad magic")):
+        fd = os.memfd_create("t")
+        os.write(fd, bad)
+        caplog.clear()
+        got = ips.IprocStates(_Store(), uid=1000, session="/tmp/s").take({"iproc-router": fd})
+        assert got == {}, why
+        errs = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errs) == 1 and errs[0].startswith(
+            "after a crash: router's state refused, it starts afresh: ") and why in errs[0], errs
+    # the router itself refuses bytes that are not its state
+    cfg3 = {"node_addr": ADDR, "crash_restored": {"router": b"nonsense"}}
+    World(table(cfg3), cfg3)
+    assert cfg3["identity"] == Identity(0, 0)
+    assert "router: kept state refused" in caplog.text
+    for fd in store.fds.values():
+        os.close(fd)

@@ -32,6 +32,7 @@ import functools
 import logging
 import struct
 from dataclasses import dataclass
+from typing import Callable
 
 from ..kernel.constants import (
     EBADNODE, EBADREQUEST, EVROUTER, KNMSG, KTRY, MAXNMSGLEN, NOTEVENT,
@@ -194,6 +195,25 @@ def pack_state(table: RouteTable, waiters: list[tuple[int, int]]) -> bytes:
                      *(_WAITER.pack(ev, typ) for ev, typ in waiters)])
 
 
+def _keep(keep: Callable[[str, bytes], None], table: RouteTable,
+          waiters: list[tuple[int, int]]) -> None:
+    keep("router", pack_state(table, waiters))
+
+
+def forget_universe(config: dict) -> None:
+    """The one-node table again (what boot makes), this node n0: the
+    universe kept across a crash went with the clients when the crash state
+    was refused (the datalink process's connections closed)."""
+    table = config.get("route_table")
+    ident = config.get("identity")
+    if table is None or ident is None:
+        return
+    local = local_route(config)
+    table.routes = {local.nodeid: local}
+    ident.node_id, ident.origin = local.nodeid, local.nodeid
+    log.info("router: the universe kept across the crash is forgotten: one node again")
+
+
 def unpack_state(data: bytes) -> tuple[list[Route], list[tuple[int, int]]]:
     """:func:`pack_state`'s routes and waiters; ValueError for anything else."""
     try:
@@ -232,11 +252,27 @@ async def router(k: IProc) -> None:
         ident = k.config["identity"] = Identity(int(k.config["node_id"]),
                                                 int(k.config.get("origin", 0)))
     waiters: list[tuple[int, int]] = []  # RQWAITNODE: (src_event, type)
-    if k.restored is not None:  # a re-exec (issue 12): the table a datalink gave us
-        routes, waiters[:] = unpack_state(k.restored)
-        table.routes = {r.nodeid: r for r in routes}
-        sync_identity(table, ident)
+    # what a re-exec (IProc.restored) or a crash (the descriptor store:
+    # lamd.kernelio.iprocstate) kept of the table a datalink process gave
+    # us and of the processes waiting for this node's id (issue 12)
+    kept = k.restored
+    if kept is None:
+        kept = (k.config.get("crash_restored") or {}).get("router")
+    if kept is not None:
+        try:
+            routes, waiters[:] = unpack_state(kept)
+        except ValueError as e:
+            log.error("router: kept state refused, starting with the boot table: %s", e)
+        else:
+            table.routes = {r.nodeid: r for r in routes}
+            sync_identity(table, ident)
+            if k.restored is None:
+                log.info("router: after a crash: this node n%d of %d again",
+                         ident.node_id, len(table.routes))
     k.carry = functools.partial(pack_state, table, waiters)
+    keep = k.config.get("keep_state")
+    save = (functools.partial(_keep, keep, table, waiters) if keep is not None
+            else (lambda: None))
     while True:
         req = await nrecv(k, EVROUTER, 0, ROUTE.size * RNRENT, NOBUF)
         d = req.data
@@ -246,11 +282,15 @@ async def router(k: IProc) -> None:
                              type=d[6])
             else:  # a separate process that restarts often leaves a few behind
                 waiters[:] = waiters[-(MAXWAITERS - 1):] + [(d[0], d[6])]
+                save()
             continue
         out = answer(table, req)
-        if d[1] in (RQSETROUTES, RQREMROUTE) and sync_identity(table, ident):
-            ready = waiters[:]
-            del waiters[:]
+        if d[1] in (RQSETROUTES, RQREMROUTE):
+            changed = sync_identity(table, ident)
+            ready = waiters[:] if changed else []
+            if changed:
+                del waiters[:]
+            save()
             for src_event, typ in ready:
                 await _reply(k, src_event, rreply(0, link=ident.node_id, link2=ident.origin),
                              type=typ)

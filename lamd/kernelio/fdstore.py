@@ -74,8 +74,9 @@ def conn_name(slot: int) -> str:
 
 
 def is_stored_name(name: str) -> bool:
-    """True for the names this module stores (the rest is the socket unit's)."""
-    return name == STATE_NAME or _CONN_NAME.match(name) is not None
+    """True for the names this module and :mod:`.iprocstate` store (the rest
+    is the socket unit's)."""
+    return name == STATE_NAME or _CONN_NAME.match(name) is not None or name.startswith("iproc-")
 
 
 class CrashKeeper:

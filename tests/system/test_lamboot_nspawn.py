@@ -17,7 +17,8 @@ and the datalink in node2's; ``lamnodes`` and ``tping -c 1 N`` from both
 nodes (on node2 inside the container: its kernel takes clients of its own pid
 namespace only); ``lamexec N hostname`` across the nodes; ``lamhalt``: every
 unit of the user inactive but the two sockets, which listen on, and no
-process of the user on either node; then ``lamboot`` again works.
+process of the user on either node; then ``lamboot`` again works. Between
+the two, a SIGKILL of node2's kernel: the node stays n1 of the universe.
 
 Needs both locks: ``flock /tmp/lamd-netns.lock flock /tmp/lamd-systest.lock``.
 
@@ -59,6 +60,33 @@ def journal(ct: Container) -> str:
     r = ct.run(["journalctl", "--no-pager", "-o", "cat", "-n", "200",
                 *[f"-u{u.format(u=USER)}" for u in UNITS + SOCKETS]], timeout=30)
     return "\n--- journal (container) ---\n" + r.stdout[-8000:]
+
+
+def crash_keeps_the_node(ct: Container, h1, h2, kpid: int, dpid: int) -> None:
+    """SIGKILL of node2's kernel (issue 12 on a node of a universe): systemd
+    restarts it with its clients from the descriptor store, the datalink
+    process among them (its unit untouched: not PartOf= the kernel's), and
+    the router's table from its own memfd there (lamd.kernelio.iprocstate):
+    node2 is n1 of the same universe at once, both ways."""
+    took = ct.run(["journalctl", "--no-pager", "-o", "cat", f"-ulamd@{USER}.service"]
+                  ).stdout.count("router: after a crash: this node n1 of 2 again")
+    ct.run(["kill", "-KILL", str(kpid)])
+    ct.wait_for(lambda: main_pid(ct, UNITS[0]) not in (0, kpid)
+                and active(ct, UNITS[0]) == "active", 30, "the kernel restarted")
+    assert main_pid(ct, UNITS[1]) == dpid and active(ct, UNITS[1]) == "active", journal(ct)
+    log = ct.run(["journalctl", "--no-pager", "-o", "cat", f"-ulamd@{USER}.service"]).stdout
+    assert log.count("router: after a crash: this node n1 of 2 again") == took + 1, journal(ct)
+    assert "after a crash: took back" in log, journal(ct)
+    r = ct.as_user(["lamnodes"], timeout=20)
+    assert r.returncode == 0 and r.stdout.splitlines() == [
+        f"n0\t{h1.addr}:1:origin", f"n1\t{h2.addr}:1:this_node"], r.stdout + r.stderr + journal(ct)
+    for run in (lambda a: h1.run(a, timeout=30), lambda a: ct.as_user(a, timeout=30)):
+        cp = run(["tping", "-c", "1", "N"])
+        assert cp.returncode == 0 and "1 remote node and 1 local node" in cp.stdout, \
+            cp.stdout + cp.stderr + journal(ct)
+    cp = h1.run(["lamexec", "N", "hostname"], timeout=30)
+    assert cp.returncode == 0 and sorted(cp.stdout.split()) == [h1.name, h2.name], \
+        show(cp) + journal(ct)
 
 
 def test_lamboot_boots_the_systemd_managed_daemon(lamd_deb, lam_user):
@@ -111,6 +139,8 @@ def test_lamboot_boots_the_systemd_managed_daemon(lamd_deb, lam_user):
                 cp = h1.run(["lamexec", "N", "hostname"], timeout=30)
                 assert cp.returncode == 0 and sorted(cp.stdout.split()) == [h1.name, h2.name], \
                     show(cp) + journal(ct)
+                if attempt == "first":
+                    crash_keeps_the_node(ct, h1, h2, kpid, dpid)
                 cp = h1.run(["lamhalt"], timeout=30)
                 assert cp.returncode == 0, show(cp) + journal(ct)
                 ct.wait_for(lambda: all(active(ct, u) == "inactive" for u in UNITS), 30,
