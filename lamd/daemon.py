@@ -42,7 +42,7 @@ from .iprocs.carried import with_carry
 from .kernel import Kernel, MAX_MSG_LEN
 from .kernelio import IOLimits, KernelIO, fdstore, handover
 from .limits import raise_nofile_limit
-from .session import Session, SessionError
+from .session import Session, SessionError, bind_session_socket
 
 # Imported where they are used, off the first reply's path (issue 13): the
 # boot agent (-H only), the snapshot (a re-exec), the jobs process launcher
@@ -169,38 +169,6 @@ def quick_args(argv: Sequence[str]) -> "argparse.Namespace | None":
         setattr(ns, dest, value)
         i += 1
     return ns  # type: ignore[return-value]
-
-
-def bind_session_socket(session: Session) -> socket.socket:
-    """Bind the session socket, replacing a stale one, never a live one."""
-    path = session.socket_path
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(2.0)
-    try:
-        probe.connect(path)
-    except FileNotFoundError:
-        pass
-    except (ConnectionRefusedError, OSError) as e:
-        if isinstance(e, ConnectionRefusedError) or e.errno in (errno.ECONNREFUSED, errno.ENOTSOCK):
-            log.info("removing stale socket %s left by a dead daemon", path)
-            os.unlink(path)
-        elif e.errno != errno.ENOENT:
-            raise SessionError(f"cannot probe {path}: {e.strerror}") from e
-    else:
-        raise SessionError(f"a live daemon already serves {path}; not taking it over")
-    finally:
-        probe.close()
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        s.bind(path)
-    except OSError as e:
-        s.close()
-        raise SessionError(f"cannot bind {path}: {e.strerror}") from e
-    finally:
-        os.umask(old)
-    s.listen(4096)
-    return s
 
 
 def remove_stale_socket(path: str) -> None:
@@ -403,7 +371,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             session = Session.for_user(prefix=args.prefix, suffix=args.suffix)
             session.ensure_directory()
-            listener = bind_session_socket(session)
+            listener = None
+            if boot_args is not None:  # bound before the boot callback (lamd.boot.early)
+                from .boot.early import take_listener
+                listener = take_listener(session.directory)
+            if listener is None:
+                listener = bind_session_socket(session)
             owned_socket = session.socket_path
     except SessionError as e:
         log.error("%s", e)

@@ -6,6 +6,7 @@ test hosts is in tests/test_multinode.py."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import threading
@@ -28,13 +29,15 @@ class FakeLamboot:
     (a stranger the lamd must drop)."""
 
     def __init__(self, universe_for=None, send_from: str | None = None,
-                 send: bool = True):
+                 send: bool = True, on_coord=None):
         self.srv = socket.create_server(("127.0.0.1", 0))
         self.srv.settimeout(10)
         self.port = self.srv.getsockname()[1]
         self.universe_for = universe_for
         self.send_from = send_from
         self.send = send
+        self.on_coord = on_coord  # called once the coordinates are in
+        self.seen = None
         self.coord_raw = b""
         self.errors: list[BaseException] = []
         self.t = threading.Thread(target=self._run, daemon=True)
@@ -51,6 +54,8 @@ class FakeLamboot:
                         break
                     self.coord_raw += b
             coord = callback.decode_coord(self.coord_raw)
+            if self.on_coord is not None:
+                self.seen = self.on_coord()
             if not self.send:
                 return
             if self.send_from:
@@ -141,30 +146,40 @@ def test_boot_arguments_go_together(argv):
     assert "-H, -P and -n go together" in cp.stderr
 
 
-def test_the_lamd_command_calls_back_before_it_imports_the_daemon(monkeypatch):
+def test_the_lamd_command_calls_back_before_it_imports_the_daemon(monkeypatch, tmp_path):
     """lamd.boot.early (the lamd command's first step under hboot): the
-    callback is made with nothing of the daemon imported; boot_agent then
-    finishes that very callback (the same ports) instead of making another,
-    and a callback made for other arguments is closed, not used."""
+    session socket is bound, then the callback made, with nothing of the
+    daemon imported but the session's paths (lamboot must not return
+    before every node's kernel socket exists); boot_agent then finishes
+    that very callback (the same ports) instead of making another, and a
+    callback made for other arguments is closed, not used."""
     from lamd.boot import early
+    from lamd.session import Session
     code = ("import sys; from lamd.boot.early import main_early; main_early(sys.argv[1:]); "
             "print(sorted(m for m in sys.modules if m.startswith('lamd.') "
-            "and m not in ('lamd._pure', 'lamd.boot', 'lamd.boot.early')), "
-            "'dataclasses' in sys.modules)")
-    lb = FakeLamboot(three, send=False)
+            "and m not in ('lamd._pure', 'lamd.boot', 'lamd.boot.early')))")
+    session = Session.for_user(prefix=str(tmp_path))
+    lb = FakeLamboot(three, send=False, on_coord=lambda: os.path.exists(session.socket_path))
     cp = subprocess.run([SYSTEM_PYTHON, "-c", code, "-H", "127.0.0.1", "-P", str(lb.port),
-                         "-n", "1", "-o", "0"], capture_output=True, text=True, timeout=30,
-                        cwd=str(REPO))
+                         "-n", "1", "-o", "0", "-sessionprefix", str(tmp_path)],
+                        capture_output=True, text=True, timeout=30, cwd=str(REPO))
     lb.close()
-    assert cp.returncode == 0 and cp.stdout.strip() == "[] False", cp.stdout + cp.stderr
+    assert cp.returncode == 0 and cp.stdout.strip() == "['lamd.session']", \
+        cp.stdout + cp.stderr
     assert callback.decode_coord(lb.coord_raw).node_id == 1
+    assert lb.seen is True  # bound before lamboot heard from us
+    os.unlink(session.socket_path)  # (what that process left)
     # in process: boot_agent takes the early callback over
     assert early.hboot_args(["-H", "a", "-P", "x", "-n", "1"]) is None
     assert early.hboot_args(["-H", "a", "-P", "5", "-n", "1", "-H", "b"]) is None
     lb = FakeLamboot(three)
-    early.main_early(["-d", "-H", "127.0.0.1", "-P", str(lb.port), "-n", "1"])
+    early.main_early(["-d", "-H", "127.0.0.1", "-P", str(lb.port), "-n", "1",
+                      "-sessionprefix", str(tmp_path)])
     pending = early.PENDING
     assert pending is not None and pending.node_id == 1
+    listener = early.take_listener(session.directory)
+    assert listener is not None and listener.getsockname() == session.socket_path
+    listener.close()
     booted = boot_agent(BootArgs("127.0.0.1", lb.port, node_id=1), timeout=10)
     lb.close()
     try:
@@ -182,5 +197,9 @@ def test_the_lamd_command_calls_back_before_it_imports_the_daemon(monkeypatch):
     s = socket.create_server(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    early.main_early(["-H", "127.0.0.1", "-P", str(port), "-n", "0"])
+    early.main_early(["-H", "127.0.0.1", "-P", str(port), "-n", "0",
+                      "-sessionprefix", str(tmp_path)])
     assert early.PENDING is None
+    listener = early.take_listener(session.directory)
+    assert listener is not None
+    listener.close()

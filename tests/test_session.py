@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from lamd.daemon import bind_session_socket
+from lamd.session import bind_session_socket
 from lamd.session import Session, SessionError
 
 

@@ -14,9 +14,11 @@ milliseconds later, on every node.
 hboot's ``-H -P -n``, it opens the datalink's UDP socket and the boot
 listener, sends lamboot the coordinates and keeps the result in
 :data:`PENDING`, which :func:`lamd.boot.agent.boot_agent` then finishes
-(it receives the universe). Only ``socket``, ``struct`` and ``time`` are
-imported here (the callback's codec, :mod:`lamd.boot.callback`, takes its
-coordinates' format from this module). Anything unexpected leaves
+(it receives the universe). Before it, the session socket is bound, so that
+lamboot never returns before every node's kernel socket exists. Only
+``socket``, ``struct``, ``time`` and :mod:`lamd.session` are imported here
+(the callback's codec, :mod:`lamd.boot.callback`, takes its coordinates'
+format from this module). Anything unexpected leaves
 :data:`PENDING` empty, and the daemon calls back itself as before (and
 reports what went wrong).
 """
@@ -66,6 +68,8 @@ class Called:
 
 #: the callback :func:`main_early` made, for the daemon to finish
 PENDING: Called | None = None
+#: the session socket it bound first: (session directory, listening socket)
+LISTENER: tuple[str, socket.socket] | None = None
 
 
 def resolve(addr: str) -> str:
@@ -117,18 +121,57 @@ def hboot_args(argv: list[str]) -> tuple[str, int, int] | None:
         return None
 
 
+def _option(argv: list[str], name: str) -> str | None:
+    for i, a in enumerate(argv[:-1]):
+        if a == name:
+            return argv[i + 1]
+    return None
+
+
 def main_early(argv: list[str]) -> None:
-    """Call lamboot back now if *argv* are hboot's; never raises."""
-    global PENDING
+    """Call lamboot back now if *argv* are hboot's; never raises.
+
+    The session socket is bound first (:func:`lamd.session.bind_session_socket`,
+    kept in :data:`LISTENER` for the daemon): lamboot returns as soon as it
+    has sent the last node its universe, and a LAM command run right after
+    it must find every node's kernel socket, as with the C lamd (a client
+    then waits in the listen queue until the daemon serves, a few tens of
+    milliseconds). Anything the session refuses (a live daemon, a wrong
+    directory) is left to the daemon to report: no early callback then."""
+    global PENDING, LISTENER
     if "-H" not in argv or "--help" in argv or "-h" in argv:
         return
     got = hboot_args(argv)
     if got is None:
         return
     try:
+        from ..session import Session, SessionError, bind_session_socket
+    except ImportError:  # pragma: no cover - a broken install: the daemon says so
+        return
+    try:
+        session = Session.for_user(prefix=_option(argv, "-sessionprefix"),
+                                   suffix=_option(argv, "-sessionsuffix"))
+        session.ensure_directory()
+        listener = bind_session_socket(session)
+    except (SessionError, OSError):
+        return
+    LISTENER = (session.directory, listener)
+    try:
         PENDING = call_back(*got)
     except (OSError, ValueError):
         PENDING = None  # the daemon tries again, and says why it fails
+
+
+def take_listener(directory: str) -> socket.socket | None:
+    """The session socket :func:`main_early` bound for *directory*, if any (once)."""
+    global LISTENER
+    got, LISTENER = LISTENER, None
+    if got is None:
+        return None
+    if got[0] != directory:
+        got[1].close()
+        return None
+    return got[1]
 
 
 def take(agent_addr: str, agent_port: int, node_id: int) -> Called | None:
@@ -141,5 +184,5 @@ def take(agent_addr: str, agent_port: int, node_id: int) -> Called | None:
     return called
 
 
-__all__ = ["Called", "PENDING", "DLI_RCVBUF", "call_back", "hboot_args", "main_early",
-           "pack_coord", "resolve", "take"]
+__all__ = ["Called", "PENDING", "LISTENER", "DLI_RCVBUF", "call_back", "hboot_args",
+           "main_early", "pack_coord", "resolve", "take", "take_listener"]

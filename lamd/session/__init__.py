@@ -15,6 +15,8 @@ user; LAM clients remove and recreate anything else.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import pwd
 import socket
@@ -195,3 +197,38 @@ def datalink_announced(directory: str, *, check_start: bool = False) -> int | No
         if st is None or st[1] != start or st[0] == "Z":
             return None
     return pid
+
+
+def bind_session_socket(session: Session) -> socket.socket:
+    """Bind the session socket, replacing a stale one, never a live one."""
+    path = session.socket_path
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(path)
+    except FileNotFoundError:
+        pass
+    except (ConnectionRefusedError, OSError) as e:
+        if isinstance(e, ConnectionRefusedError) or e.errno in (errno.ECONNREFUSED, errno.ENOTSOCK):
+            logging.getLogger("lamd").info("removing stale socket %s left by a dead daemon",
+                                           path)
+            os.unlink(path)
+        elif e.errno != errno.ENOENT:
+            raise SessionError(f"cannot probe {path}: {e.strerror}") from e
+    else:
+        raise SessionError(f"a live daemon already serves {path}; not taking it over")
+    finally:
+        probe.close()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        s.bind(path)
+    except OSError as e:
+        s.close()
+        raise SessionError(f"cannot bind {path}: {e.strerror}") from e
+    finally:
+        os.umask(old)
+    s.listen(4096)
+    return s
+
+
