@@ -177,8 +177,12 @@ def test_datalink_under_spoofed_and_malformed_frames(hosts3: Cluster, lamd_pkg, 
     halted = False
     try:
         log1 = c.work / f"lamd-{c.hosts[1].name}.log"
-        m = re.search(r"dli: datalink input on UDP port (\d+)", log1.read_text())
-        assert m, log1.read_text()
+        # lamboot returns once it has sent the last node its universe, as
+        # with the C lamd: that node's dli may boot a moment later
+        deadline = time.monotonic() + 10
+        while not (m := re.search(r"dli: datalink input on UDP port (\d+)", log1.read_text())):
+            assert time.monotonic() < deadline, log1.read_text()
+            time.sleep(0.02)
         script = c.work / "sprayer.py"
         script.write_text(SPRAYER)
         spray = c.hosts[2].popen(["/usr/bin/python3", script, c.hosts[1].addr, m.group(1),
