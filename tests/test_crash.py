@@ -14,6 +14,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import time
 
@@ -186,3 +187,33 @@ def test_session_directory_with_wrong_mode_is_refused(lam_session, lamd_pkg):
     assert cp.returncode == 78, cp.stdout + cp.stderr
     assert "0755" in cp.stderr and "0700" in cp.stderr
     assert not os.path.exists(lam_session.socket)
+
+
+def test_a_stopping_daemon_leaves_its_successors_files_alone(lam_session, py_daemon):
+    """lamboot over a running universe: hboot -t's tkill hangs the daemon up
+    and starts the next one at once, which binds the session socket and
+    writes its kill file (before it even imports its kernel: lamd.boot.early)
+    while the first may still be going. The first removes only what is
+    still its own: here a successor's socket file and kill file (another
+    pid first) survive its SIGTERM."""
+    d = py_daemon(["--log-level", "info", "--no-jobs"])
+    sock, kf = lam_session.socket, lam_session.killfile
+    os.unlink(sock)
+    successor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        successor.bind(str(sock))
+        successor.listen(4)
+        with open(kf, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(timeout=10) == 0, d.log()
+        assert os.path.exists(sock), "the successor's socket was removed"
+        with open(kf) as f:
+            assert f.read() == f"{os.getpid()}\n", "the successor's kill file was touched"
+    finally:
+        successor.close()
+        for p in (sock, kf):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass

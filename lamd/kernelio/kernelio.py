@@ -60,6 +60,32 @@ class IOLimits:
     collect_timeout: float = 5.0
 
 
+def _node_of_path(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _node_of(listener: socket.socket) -> tuple[int, int] | None:
+    try:
+        path = listener.getsockname()
+    except OSError:
+        return None
+    return _node_of_path(path) if isinstance(path, str) and path else None
+
+
+def _killfile_pid(path: str) -> int | None:
+    """The daemon pid a kill file names first (None: none, or unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(64)
+        return int(first)
+    except (OSError, ValueError):
+        return None
+
+
 class KernelIO(Admission, ConnIO):
     """The epoll loop around one :class:`Kernel` and one listening socket."""
 
@@ -72,6 +98,9 @@ class KernelIO(Admission, ConnIO):
         self.listener = listener
         self.killfile = killfile
         self.clients_file = clients_file
+        #: the socket file we listen on (device, inode): at the end it is
+        #: removed only if it is still ours, not a successor's bound since
+        self._socket_node = _node_of(listener)
         self.limits = limits or IOLimits()
         self.on_tick = on_tick
         self.tick_interval = tick_interval
@@ -303,14 +332,25 @@ class KernelIO(Admission, ConnIO):
         self.loop.remove(self.listener.fileno())
         self.listener.close()
         self._kill.close()
-        for path in (unlink_socket, self.killfile, self.clients_file):
-            if path:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-                except OSError as e:
-                    log.warning("cannot remove %s: %s", path, e.strerror)
+        # only what is still ours: a daemon started for the same session
+        # while we were going (lamboot again: hboot -t's tkill hangs us up
+        # and starts the next at once) may have bound its socket and written
+        # its kill file already
+        paths: list[str] = []
+        if unlink_socket and _node_of_path(unlink_socket) == self._socket_node:
+            paths.append(unlink_socket)
+        if self.killfile and _killfile_pid(self.killfile) in (
+                None, self.kernel.kernel_pid or os.getpid()):
+            paths.append(self.killfile)
+            if self.clients_file:
+                paths.append(self.clients_file)
+        for path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("cannot remove %s: %s", path, e.strerror)
         if self._spare_fd is not None:
             os.close(self._spare_fd)
             self._spare_fd = None

@@ -29,6 +29,7 @@ class Notifier:
                 import sdnotify
                 # debug=True: raise on failure instead of silently dropping.
                 self._sender = sdnotify.SystemdNotifier(debug=True)
+                self._sender.socket.settimeout(SEND_TIMEOUT)
             except Exception:  # ImportError, or the socket is not there (yet)
                 self._sender = None
         # WATCHDOG_USEC is honoured only if WATCHDOG_PID is absent or ours.
@@ -126,12 +127,20 @@ def _notify_address() -> str:
 
 
 _raw_sock: socket.socket | None = None
+#: The longest one notification may hold the daemon (seconds): a datagram
+#: socket blocks the sender while the receiver's queue is full
+#: (``net.unix.max_dgram_qlen``, 10 by default), and a manager slow to read
+#: (or a test's socket nobody reads) must not stall every client. A send
+#: that times out fails like any other (``STATUS=`` is dropped, an
+#: ``FDSTORE=1`` warns that a crash would lose that client).
+SEND_TIMEOUT = 0.1
 
 
 def _raw_notify(msg: str, fds: list[int] | None = None) -> None:
     global _raw_sock
     if _raw_sock is None:
         _raw_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        _raw_sock.settimeout(SEND_TIMEOUT)
     if fds:
         _raw_sock.sendmsg([msg.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                             array.array("i", fds).tobytes())],
