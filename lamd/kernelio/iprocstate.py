@@ -33,7 +33,7 @@ import zlib
 from typing import Final
 
 from .crashstate import session_digest
-from .fdstore import FdStore
+from .fdstore import FdStore, _discard
 
 log = logging.getLogger("lamd.kernelio")
 
@@ -100,7 +100,7 @@ class IprocStates:
             except (OSError, ValueError) as e:
                 why = e.strerror if isinstance(e, OSError) else str(e)
                 log.error("after a crash: %s's state refused, it starts afresh: %s", name, why)
-                self._drop(fdname, fd)
+                _discard(self.store, fdname, fd)
                 continue
             os.set_inheritable(fd, False)
             self._fds[name] = fd
@@ -128,20 +128,13 @@ class IprocStates:
         """Out of the store (the state no longer holds)."""
         fd = self._fds.pop(name, None)
         if fd is not None:
-            self._drop(PREFIX + name, fd)
+            _discard(self.store, PREFIX + name, fd)
 
     def _write(self, fd: int, data: bytes) -> None:
         raw = encode(data, uid=self.uid, session=self.session)
         os.pwrite(fd, raw[_HEAD.size:], _HEAD.size)
         os.ftruncate(fd, len(raw))
         os.pwrite(fd, raw[:_HEAD.size], 0)
-
-    def _drop(self, fdname: str, fd: int) -> None:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-        self.store.fdstore_remove(fdname)
 
 
 __all__ = ["PREFIX", "MAGIC", "FORMAT_VERSION", "MAX_DATA", "IprocStates", "decode", "encode"]
