@@ -22,6 +22,7 @@ of any kind and leaves nothing behind.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -44,19 +45,21 @@ GIVE_UP = (DOMAXRESEND + 3) * TICK
 
 
 def boot(c: Cluster, lamd_pkg, layout: str, x: bool, hosts: list[Host] | None = None,
-         pre: Path | None = None, name: str = "hostfile"):
+         pre: Path | None = None, name: str = "hostfile", sep: Path | None = None):
     """Boot *layout* on *hosts* (default: all of *c*'s), ours from the prefix
-    tree *pre* (made if not given); the boot schema's path."""
+    tree *pre* (made if not given), "sep" nodes (ours with the datalink in
+    its own process) from the tree *sep*; the boot schema's path."""
     hosts = c.hosts if hosts is None else hosts
     kinds = layout.split(",")
     pre = prefix_tree(c, lamd_pkg) if pre is None else pre
+    trees = {"py": pre, "sep": sep}
     hf = c.work / name
-    hf.write_text("".join(f"{h.name}{f' prefix={pre}' if k == 'py' else ''}\n"
+    hf.write_text("".join(f"{h.name}{f' prefix={trees[k]}' if k in trees else ''}\n"
                           for h, k in zip(hosts, kinds)))
     hf.chmod(0o644)
     cp = hosts[0].run(["lamboot", *(["-x"] if x else []), hf], timeout=60)
     assert cp.returncode == 0, show(cp) + logs(c)
-    assert [daemon_kind(h) for h in hosts] == kinds, logs(c)
+    assert [daemon_kind(h) for h in hosts] == [k.replace("sep", "py") for k in kinds], logs(c)
     for h in hosts:
         cp = h.run(["tping", "-c", "1", "N"])
         assert cp.returncode == 0 and "from 2 remote nodes and 1 local node" in cp.stdout, \
@@ -81,18 +84,30 @@ def lamnodes(h: Host) -> list[str]:
     return cp.stdout.splitlines()
 
 
-X_LAYOUTS = ["c,c,c", "py,py,py", "py,c,py", "c,py,py"]
+#: "sep": ours with the datalink in its own process (lamd.datalink, what
+#: lamd-dl@.service runs): its dlo finds the link dead and tells its dli,
+#: which takes the node out of the kernel's router (RQREMROUTE) and signals
+#: the node's programs (SIGSHRINK through kenyad in the jobs process)
+X_LAYOUTS = ["c,c,c", "py,py,py", "py,c,py", "c,py,py", "sep,py,sep"]
 
 
 def test_dead_node_under_x(lam_user, lamd_pkg):
-    """Every layout at once, each a universe of three of twelve test hosts,
+    """Every layout at once, each a universe of three of fifteen test hosts,
     its middle node killed at the same moment: LAM's retry limit (about
     150 s) is waited for once, not once per layout."""
+    from .test_datalink_separate import DATALINK_ROWS, separate_tree
     with Cluster(3 * len(X_LAYOUTS)) as c:
-        pre = prefix_tree(c, lamd_pkg)
+        pre, sep = prefix_tree(c, lamd_pkg), separate_tree(c, lamd_pkg)
         groups = [c.hosts[3 * i:3 * i + 3] for i in range(len(X_LAYOUTS))]
-        hfs = [boot(c, lamd_pkg, layout, True, g, pre, f"hostfile{i}")
+        hfs = [boot(c, lamd_pkg, layout, True, g, pre, f"hostfile{i}", sep)
                for i, (layout, g) in enumerate(zip(X_LAYOUTS, groups))]
+        for layout, g in zip(X_LAYOUTS, groups):
+            for h, k in zip(g, layout.split(",")):
+                if k == "sep":  # the datalink in its own process, not in the kernel
+                    rows = re.findall(r"boot table: internal (.*)",
+                                      (c.work / f"lamd-{h.name}.log").read_text())
+                    assert rows and not set(DATALINK_ROWS) & set(rows[-1].split(", ")), logs(c)
+                    assert "calling lamboot back" in (c.work / f"lamd-dl-{h.name}.log").read_text()
         halted: set[int] = set()
         pings = []
         try:
@@ -132,6 +147,9 @@ def test_dead_node_under_x(lam_user, lamd_pkg):
                     cp = h.run(["lamexec", "N", "hostname"])
                     assert cp.returncode == 0 and sorted(cp.stdout.split()) == sorted(
                         [a.name, b.name]), layout + show(cp) + logs(c)
+                if layout.startswith("sep"):
+                    dlog = (c.work / f"lamd-dl-{a.name}.log").read_text()
+                    assert "dli: node n1 removed (its link is dead)" in dlog, dlog
                 cp = a.run(["lamhalt"], timeout=60)
                 assert cp.returncode == 0, layout + show(cp) + logs(c)
                 halted.add(i)
@@ -147,36 +165,53 @@ def test_dead_node_under_x(lam_user, lamd_pkg):
         assert "Traceback" not in logs(c), logs(c)
 
 
-@pytest.mark.parametrize("layout", ["c,c,c", "py,py,py", "c,py,py"])
-def test_dead_node_without_x(hosts3: Cluster, lamd_pkg, layout):
-    c = hosts3
-    n1, n2, n3 = c.hosts
-    hf = boot(c, lamd_pkg, layout, x=False)
-    halted = False
-    try:
-        kill_node(n2)
-        cp = n1.run(["tping", "-c", "1", "n1"], timeout=5)
-        assert cp.returncode in (124, -9, 137) and "byte from" not in cp.stdout, show(cp)
-        assert lamnodes(n1) == ["n0\tnode1:1:origin,this_node", "n1\tnode2:1:",
-                                "n2\tnode3:1:"]
-        for h, to in ((n1, "n2"), (n3, "n0")):
-            cp = h.run(["tping", "-c", "1", to])
-            assert cp.returncode == 0 and f"1 byte from {to}" in cp.stdout, show(cp) + logs(c)
-        t0 = time.monotonic()
-        cp = n1.run(["lamhalt"], timeout=90)
-        took = time.monotonic() - t0
-        assert cp.returncode == 0, show(cp) + logs(c)
-        halted = True
-        # lamhalt waits for the acknowledgements, then names who did not send one
-        assert "LAM did not receive acknowledgements from all the LAM daemons" in cp.stderr, \
-            show(cp)
-        assert "    node2 (n0)" in cp.stderr.splitlines(), show(cp)   # LAM prints n0
-        assert took > 5, took
-        assert gone(c.hosts) == {h.name: [] for h in c.hosts}, logs(c)
-    finally:
-        if not halted:
-            n1.run(["lamwipe", hf], timeout=60)
-    assert "Traceback" not in logs(c), logs(c)
+WITHOUT_X_LAYOUTS = ["c,c,c", "py,py,py", "c,py,py"]
+
+
+def _dead_node_without_x(c: Cluster, layout: str, g: list[Host], hf: Path) -> None:
+    n1, n2, n3 = g
+    kill_node(n2)
+    cp = n1.run(["tping", "-c", "1", "n1"], timeout=5)
+    assert cp.returncode in (124, -9, 137) and "byte from" not in cp.stdout, layout + show(cp)
+    assert lamnodes(n1) == [f"n0\t{n1.name}:1:origin,this_node", f"n1\t{n2.name}:1:",
+                            f"n2\t{n3.name}:1:"], layout
+    for h, to in ((n1, "n2"), (n3, "n0")):
+        cp = h.run(["tping", "-c", "1", to])
+        assert cp.returncode == 0 and f"1 byte from {to}" in cp.stdout, \
+            layout + show(cp) + logs(c)
+    t0 = time.monotonic()
+    cp = n1.run(["lamhalt"], timeout=90)
+    took = time.monotonic() - t0
+    assert cp.returncode == 0, layout + show(cp) + logs(c)
+    # lamhalt waits for the acknowledgements, then names who did not send one
+    assert "LAM did not receive acknowledgements from all the LAM daemons" in cp.stderr, \
+        layout + show(cp)
+    assert f"    {n2.name} (n0)" in cp.stderr.splitlines(), layout + show(cp)  # LAM prints n0
+    assert took > 5, (layout, took)
+    assert gone(g) == {h.name: [] for h in g}, layout + logs(c)
+
+
+def test_dead_node_without_x(lam_user, lamd_pkg):
+    """Every layout at once, each a universe of three of nine test hosts
+    (lamhalt's wait for the dead node's acknowledgement, LAM's timeout, runs
+    once, not once per layout)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with Cluster(3 * len(WITHOUT_X_LAYOUTS)) as c:
+        pre = prefix_tree(c, lamd_pkg)
+        groups = [c.hosts[3 * i:3 * i + 3] for i in range(len(WITHOUT_X_LAYOUTS))]
+        hfs = [boot(c, lamd_pkg, layout, False, g, pre, f"hostfile{i}")
+               for i, (layout, g) in enumerate(zip(WITHOUT_X_LAYOUTS, groups))]
+        try:
+            with ThreadPoolExecutor(len(groups)) as pool:
+                runs = [pool.submit(_dead_node_without_x, c, layout, g, hf)
+                        for layout, g, hf in zip(WITHOUT_X_LAYOUTS, groups, hfs)]
+                for r in runs:
+                    r.result()
+        finally:
+            for hf, g in zip(hfs, groups):
+                if any(gone(g, 0).values()):
+                    g[0].run(["lamwipe", hf], timeout=60)
+        assert "Traceback" not in logs(c), logs(c)
 
 
 def comms(h: Host) -> list[str]:
