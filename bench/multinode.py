@@ -24,10 +24,10 @@ ours with the datalink inside the kernel process against ours with it in
 tping and the 64 B round trip, alternating rounds; to
 ``bench/results/multinode-hop.json``.
 
-Ours is the source tree's daemon (``python3 -m lamd`` in a LAM prefix tree, as
+Ours is the source tree's daemon (``lamd.launch`` without site.py in a LAM prefix tree, as
 tests/test_multinode.py builds it), on every node.
 
-    /usr/bin/python3 bench/multinode.py [--rounds N] [--quick] [--out FILE]
+    /usr/bin/python3 bench/multinode.py [--rounds N] [--quick] [--boot-only] [--out FILE]
 """
 
 from __future__ import annotations
@@ -159,11 +159,29 @@ def mpi_pingpong(c: Cluster, pp: Path, reps: int) -> float | str:
     return float(m.group(1))
 
 
+
+def two_hosts(args: argparse.Namespace, rounds: int, pkgdir: Path, note, counts) -> None:
+    """The two-host workloads, C universe and ours in alternating rounds."""
+    n_ping, n_rt, n_bw, n_mpi = counts
+    with Cluster(2) as c:
+        nb, pp = build(c.work)
+        pre = prefix_tree(c, pkgdir)
+        for r in range(rounds):
+            for kind in ("c", "ours"):
+                with Universe(c, kind, pre) as u:
+                    note(kind, "boot2_s", u.boot_s)
+                    note(kind, "tping_us", tping(c, n_ping))
+                    note(kind, "nsend64_rt_us", nsend_rt(c, nb, n_rt))
+                    note(kind, "nsend256k_MBps", nsend_bw(c, nb, n_bw))
+                    note(kind, "mpi_lamd64_rt_us", mpi_pingpong(c, pp, n_mpi))
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--boot-only", action="store_true",
+                    help="only the lamboot of 8 hosts (to bench/results/multinode-boot.json)")
     ap.add_argument("--hop", action="store_true",
                     help="the datalink inside the kernel process against outside it")
     args = ap.parse_args()
@@ -173,7 +191,8 @@ def main() -> int:
     lamenv.ensure_user()
     if args.hop:
         return hop(args)
-    args.out = args.out or str(ROOT / "bench" / "results" / "multinode.json")
+    args.out = args.out or str(ROOT / "bench" / "results" /
+                               ("multinode-boot.json" if args.boot_only else "multinode.json"))
     rounds = 1 if args.quick else args.rounds
     n_ping, n_rt, n_bw, n_mpi = (100, 200, 20, 200) if args.quick else (1000, 2000, 100, 2000)
     pkgdir = lamenv.copy_package(pyc=True)
@@ -186,17 +205,8 @@ def main() -> int:
         log(f"{kind:4} {key}: {value}")
 
     try:
-        with Cluster(2) as c:
-            nb, pp = build(c.work)
-            pre = prefix_tree(c, pkgdir)
-            for r in range(rounds):
-                for kind in ("c", "ours"):
-                    with Universe(c, kind, pre) as u:
-                        note(kind, "boot2_s", u.boot_s)
-                        note(kind, "tping_us", tping(c, n_ping))
-                        note(kind, "nsend64_rt_us", nsend_rt(c, nb, n_rt))
-                        note(kind, "nsend256k_MBps", nsend_bw(c, nb, n_bw))
-                        note(kind, "mpi_lamd64_rt_us", mpi_pingpong(c, pp, n_mpi))
+        if not args.boot_only:
+            two_hosts(args, rounds, pkgdir, note, (n_ping, n_rt, n_bw, n_mpi))
         with Cluster(8) as c:
             pre = prefix_tree(c, pkgdir)
             for r in range(rounds):

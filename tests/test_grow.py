@@ -83,7 +83,8 @@ def daemon_kind(h: Host) -> str:
         if os.path.basename(exe) == "lamd":
             kinds.add("c")
         elif os.path.basename(exe).startswith("python3") and (
-                argv[0].startswith(b"lamd: ") or argv[1:3] == [b"-m", b"lamd"]):
+                argv[0].startswith(b"lamd: ") or argv[1:3] == [b"-m", b"lamd"]
+                or any(b"from lamd.launch import" in a for a in argv[1:5])):
             kinds.add("py")   # our daemon, titled or not yet (not the jobs process)
     return ",".join(sorted(kinds))
 
