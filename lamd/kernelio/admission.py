@@ -4,15 +4,44 @@
 Identity comes from the socket, never from what a client writes:
 SO_PEERCRED gives the pid and uid (a connection from another uid is refused)
 and a pidfd pins the process, so every signal later goes to the process
-that connected and never to a process that reused its pid. The pidfd is
-the socket's own (``SO_PEERPIDFD``, Linux 6.5) where the kernel has it,
-checked afterwards for a peer that has already exited (newer kernels hand
-out a pidfd even for a reaped peer); elsewhere ``pidfd_open`` of the peer's
-pid, checked afterwards: the peer's end of the socket must still be open,
-since a pid can only have been reused if the peer died in the listen
-backlog, and then its end is closed. A client that died before it was
-accepted, or that cannot be pinned (no descriptor left for its pidfd), is
-refused with a log line; none is ever admitted without a pidfd.
+that connected and never to a process that reused its pid. A client that
+died before it was accepted, or that cannot be pinned (no descriptor left
+for its pidfd), is refused with a log line; none is ever admitted without a
+pidfd. How the pidfd is had (:meth:`Admission._pin`):
+
+* Linux >= 6.5: ``SO_PEERPIDFD``, the socket's own pidfd. Exact: the socket
+  holds a reference to the process that called ``connect()`` (the one whose
+  credentials SO_PEERCRED reports), so the pidfd names that process and no
+  other, whatever happened to its pid since. Newer kernels hand one out even
+  for a peer that has exited (or been reaped), so a pidfd that already polls
+  readable (its process exited) is refused: its pid may name another
+  process by now, and the kill file and ``lamd-clients`` list pids.
+* Older kernels: ``pidfd_open`` of SO_PEERCRED's pid, then a check that the
+  peer's end of the socket is still open (no POLLHUP/POLLRDHUP). Exact
+  whenever the connecting process is alive at ``pidfd_open``: a living (or
+  zombie) process's pid cannot be reused, so the pidfd is that process's.
+  If it died before, and its end of the socket was its alone, its end is
+  closed by then and the client is refused; a zombie is refused the same
+  way. This is issue 9's start-time check done another way: instead of
+  comparing the pinned process's start time with the connection's, it
+  proves the connecting process was alive when pinned.
+
+  What remains, on these kernels only: the connecting process forks (or
+  passes the socket with SCM_RIGHTS) while its connection still waits in
+  the listen backlog, dies and is reaped, and its pid is reused by a new
+  process before the daemon accepts; the other holder keeps the peer's end
+  open, so the check passes and the pidfd pins the new process. A start-time
+  check cannot close this: the impostor started after the connection was
+  made but may well have started before the accept, and the kernel records
+  no connect time for a Unix socket (comparing with the accept time only
+  catches a reuse in the microseconds between accept and ``pidfd_open``).
+  Closing it needs the peer's identity from the socket, which is what
+  SO_PEERPIDFD added. It is accepted because it needs a client that forks
+  before it is accepted (liblam writes its attach at once, from the process
+  that connected), the whole pid space (``kernel.pid_max``) to wrap round
+  within the milliseconds a connection waits (the daemon accepts one client
+  every turn), and because the daemon runs as the user: a wrong pidfd can
+  only ever signal one of that user's own processes, never another user's.
 """
 
 from __future__ import annotations
@@ -160,7 +189,12 @@ class Admission(KIOBase):
     def _pin(self, sock: _socket.socket, pid: int) -> tuple[int | None, str]:
         """A pidfd for the process that connected on *sock*, or (None, why).
 
-        Raises OSError when no descriptor is left for the pidfd."""
+        *pid* is SO_PEERCRED's. With SO_PEERPIDFD the pidfd is exact; with
+        ``pidfd_open`` it is exact unless the connecting process handed its
+        end of the socket on before dying in the backlog and its pid was
+        reused (the module's docstring says why that is left open on kernels
+        older than 6.5). Raises OSError when no descriptor is left for the
+        pidfd."""
         if self._peerpidfd:
             try:
                 pidfd = sock.getsockopt(_SOL_SOCKET, SO_PEERPIDFD)
