@@ -41,6 +41,7 @@ from .iprocs import DATALINK_SERVICES, JOB_SERVICES, BootConfigError, boot_table
 from .iprocs.carried import with_carry
 from .kernel import Kernel, MAX_MSG_LEN
 from .kernelio import IOLimits, KernelIO, fdstore, handover
+from .kernelio.kernelio import SPLICE_MIN
 from .limits import raise_nofile_limit
 from .session import Session, SessionError, bind_session_socket
 
@@ -169,6 +170,13 @@ def quick_args(argv: Sequence[str]) -> "argparse.Namespace | None":
         setattr(ns, dest, value)
         i += 1
     return ns  # type: ignore[return-value]
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
 
 
 def remove_stale_socket(path: str) -> None:
@@ -441,7 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if restored is None:
         kernel = Kernel(**kernel_args)
     limits = IOLimits(move_buffer=max(4096, args.move_buffer),
-                      max_queued=max(64 * 1024, args.max_queued))
+                      max_queued=max(64 * 1024, args.max_queued),
+                      splice_min=_env_int("LAMD_SPLICE_MIN", SPLICE_MIN))
     wd = notifier.watchdog_period()
     tick = min(1.0, wd) if wd else 1.0
     user = service.current_user()
