@@ -500,7 +500,9 @@ class ConnIO(KIOBase):
     # ------------------------------------------------------------------
     def _take_pipe(self) -> tuple[int, int] | None:
         """An empty pipe holding ``move_buffer`` bytes, or None (then the body
-        is copied: out of descriptors, or over the user's pipe allowance)."""
+        is copied: out of descriptors, or over the user's allowance of pipe
+        pages, ``/proc/sys/fs/pipe-user-pages-soft``, where a new pipe gets
+        two pages and cannot grow)."""
         spare = self._pipes
         if spare:
             return spare.pop()
@@ -511,7 +513,9 @@ class ConnIO(KIOBase):
         try:
             fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, self.limits.move_buffer)
         except OSError:
-            pass  # the default size: the pieces it holds bound it, the count of bytes too
+            os.close(r)
+            os.close(w)
+            return None
         return r, w
 
     def _give_pipe(self, m: BodyMove) -> None:
