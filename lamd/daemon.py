@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "processes), serving this user's LAM session socket.",
         epilog="Limits also come from the environment (the service's /etc/default/lamd): "
                "LAMD_LOG_LEVEL, LAMD_MAX_PROCS, LAMD_MAX_MSG_LEN, LAMD_MOVE_BUFFER, LAMD_MAX_QUEUED, "
-               "LAMD_EXTERNAL, LAMD_JOBS.")
+               "LAMD_EXTERNAL, LAMD_JOBS; LAMD_SPLICE_MIN: bodies this long or longer "
+               "are spliced through a pipe, not copied (default 65536; -1: never).")
     p.add_argument("--version", action="version",
                    version=f"lamd {__version__} (LAM/MPI {LAM_VERSION} protocol)")
     p.add_argument("-d", "--debug", action="store_true", help="log every request (same as --log-level debug)")
