@@ -8,8 +8,8 @@ Every socket is non-blocking and nothing here waits on one peer:
   ``requests_per_turn`` requests before the next client's turn;
 * a message body moves between two clients through a
   :class:`~lamd.kernelio.transfer.BodyMove`, a bounded buffer (or, for a
-  large body, a pipe spliced to from the sender and from to the receiver,
-  bounded the same way): when it is full the sender is no longer read, when
+  large body, a pipe the sender's socket is spliced into and the receiver's
+  socket from, bounded the same way): when it is full the sender is no longer read, when
   it is empty the receiver is no longer written, and every other client
   keeps being served;
 * replies are written straight through and queued when the socket is full;
