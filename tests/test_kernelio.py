@@ -392,6 +392,29 @@ def test_large_body_crosses_spliced(daemon: Daemon) -> None:
     raw.close()
 
 
+@pytest.mark.parametrize("splice_min", [-1, 0], ids=["copied", "spliced"])
+def test_body_bytes_with_the_request_beyond_the_move_buffer(tmp_path, splice_min: int) -> None:
+    """A request and its 10 KiB body in one write, to a daemon that holds
+    4 KiB per body: the body bytes read with the request all go first (they
+    used to be left behind the buffer, and the body never completed)."""
+    d = Daemon(str(tmp_path), move_buffer=4096, splice_min=splice_min)
+    try:
+        b = d.client()
+        raw, idx = d.raw_attached()
+        for i in range(3):
+            big = pattern(10240 + i, i)
+            ms: list = []
+            tr = run_thread(lambda: ms.append(b.recv(90, 0, len(big))))
+            wait_until(lambda: any(p.state == 2 for p in d.kernel.clients()))  # KSRECV
+            raw.sendall(KReq(req=0, index=idx, msg=KMsg(90, 0, len(big), 0)).pack() + big)
+            assert int.from_bytes(raw.recv(80, socket.MSG_WAITALL)[8:12], "little") == len(big)
+            join_ok(tr)
+            assert ms[0].body == big, i
+        raw.close()
+    finally:
+        d.stop()
+
+
 def test_splice_refused_falls_back_to_copying(tmp_path, monkeypatch, caplog) -> None:
     """A kernel that refuses ``splice`` (EINVAL) at the first call, or half
     way through a body with bytes in the pipe: the body arrives whole, copied,

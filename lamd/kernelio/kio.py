@@ -254,17 +254,21 @@ class ConnIO(KIOBase):
     def _start_move(self, src: Connection, dst: Connection | None, length: int,
                     skip: int, token: Any = None) -> BodyMove:
         bufsize = self.limits.move_buffer
+        # body bytes that came with the request: the buffer takes them all (they
+        # are in memory already; a buffer smaller than them would leave the
+        # rest in inbuf, behind what is read next), then shrinks to bufsize
+        inbody = min(length, max(0, len(src.inbuf) - skip))
         pipe = None
         if (dst is not None and not skip and length >= self.limits.splice_min
-                and self._splice_ok and length > len(src.inbuf)):
+                and self._splice_ok and length > inbody):
             pipe = self._take_pipe()
         if pipe is not None:
             # spliced: the buffer holds only the body bytes that came with the request
-            m = BodyMove(src, dst, length, skip, max(1, min(bufsize, len(src.inbuf))), token)
+            m = BodyMove(src, dst, length, skip, max(1, inbody), token)
             m.pr, m.pw = pipe
-            m.cap = bufsize
         else:
-            m = BodyMove(src, dst, length, skip, bufsize, token)
+            m = BodyMove(src, dst, length, skip, max(bufsize, inbody), token)
+        m.cap = bufsize
         src.move = m
         crash = self.crash
         if dst is None:
@@ -397,6 +401,10 @@ class ConnIO(KIOBase):
                         if m.rpos < m.wpos:
                             break
                     m.rpos = m.wpos = 0
+                    if len(m.buf) > m.cap or (m.pr >= 0 and m.buf):
+                        # it took more than it may hold (body bytes that came with
+                        # the request), or those were a spliced body's: no longer
+                        m.buf = bytearray(0 if m.pr >= 0 else max(1, min(m.cap, m.remaining)))
                     if m.piped > 0:
                         try:
                             n = os.splice(  # type: ignore[attr-defined]
