@@ -21,7 +21,8 @@ A tree is a directory holding ``lamd/`` (world-readable: the daemon runs as
 ``lamtest``); ``:pure`` runs it with ``LAMD_PURE=1``, ``:store`` with the
 crash state on (a descriptor store: ``tests/test_fdstore.py``'s ``FakeStore``
 as ``NOTIFY_SOCKET``, as under systemd), ``:pure+store`` both; ``C`` is Debian's lamd
-(``lamboot``). On a shared 2-core machine the numbers are indicative only.
+(``lamboot``). ``:NAME=VALUE`` (joined with ``+``) sets a variable in the
+daemon's environment, e.g. ``big=/tmp/tree1:LAMD_MOVE_BUFFER=1048576``. On a shared 2-core machine the numbers are indicative only.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def proc_cpu(pid: int) -> float:
 WORKLOADS: dict[str, tuple[list[str], list[str], int]] = {
     "pingpong": (["pingpong", "64", "500", "50"], ["pingpong", "64", "5000", "100"], 5100),
     "attach": (["attach", "300"], ["attach", "3000"], 3000),
+    # one-way streams of one body size (MB/s), e.g. around IOLimits.splice_min
+    "stream16k": (["stream", "16384", "500"], ["stream", "16384", "20000"], 20000),
+    "stream64k": (["stream", "65536", "200"], ["stream", "65536", "6000"], 6000),
+    "stream256k": (["stream", "262144", "50"], ["stream", "262144", "1600"], 1600),
+    "stream1m": (["stream", "1048576", "20"], ["stream", "1048576", "400"], 400),
     "npingpong": (["npingpong", "64", "500", "50"], ["npingpong", "64", "4000", "100"], 4100),
     "mpilat": (["mpirun", "-np", "2", "-ssi", "rpi", "lamd", "MPIPP", "100", "64"],
                ["mpirun", "-np", "2", "-ssi", "rpi", "lamd", "MPIPP", "2000", "64"], 2000),
@@ -76,7 +82,7 @@ def _workload(s, d, exe: str, workload: str, run) -> dict[str, float]:
     c0 = proc_cpu(d.pid)
     r = go(argv)
     c1 = proc_cpu(d.pid)
-    out = {k: float(v) for k, v in r.items() if k in ("p50_us", "min_us", "per_s")}
+    out = {k: float(v) for k, v in r.items() if k in ("p50_us", "min_us", "per_s", "MBps")}
     out["cpu_us"] = (c1 - c0) / n * 1e6
     return out
 
@@ -90,6 +96,7 @@ def one(exe: str, pw, tree: str, workload: str = "default") -> dict[str, float]:
         path, _, mode = tree.partition(":")
         modes = set(mode.split("+"))
         pure = {"LAMD_PURE": "1" if "pure" in modes else ""}
+        pure.update(m.split("=", 1) for m in modes if "=" in m)  # NAME=VALUE: environment
         if "store" in modes:
             from tests.test_fdstore import LAUNCHER, FakeStore, StoredDaemon
 

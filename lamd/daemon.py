@@ -41,6 +41,7 @@ from .iprocs import DATALINK_SERVICES, JOB_SERVICES, BootConfigError, boot_table
 from .iprocs.carried import with_carry
 from .kernel import Kernel, MAX_MSG_LEN
 from .kernelio import IOLimits, KernelIO, fdstore, handover
+from .kernelio.kernelio import SPLICE_MIN
 from .limits import raise_nofile_limit
 from .session import Session, SessionError, bind_session_socket
 
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "processes), serving this user's LAM session socket.",
         epilog="Limits also come from the environment (the service's /etc/default/lamd): "
                "LAMD_LOG_LEVEL, LAMD_MAX_PROCS, LAMD_MAX_MSG_LEN, LAMD_MOVE_BUFFER, LAMD_MAX_QUEUED, "
-               "LAMD_EXTERNAL, LAMD_JOBS.")
+               "LAMD_EXTERNAL, LAMD_JOBS; LAMD_SPLICE_MIN: bodies this long or longer "
+               "are spliced through a pipe, not copied (default 65536; -1: never).")
     p.add_argument("--version", action="version",
                    version=f"lamd {__version__} (LAM/MPI {LAM_VERSION} protocol)")
     p.add_argument("-d", "--debug", action="store_true", help="log every request (same as --log-level debug)")
@@ -169,6 +171,13 @@ def quick_args(argv: Sequence[str]) -> "argparse.Namespace | None":
         setattr(ns, dest, value)
         i += 1
     return ns  # type: ignore[return-value]
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
 
 
 def remove_stale_socket(path: str) -> None:
@@ -441,7 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if restored is None:
         kernel = Kernel(**kernel_args)
     limits = IOLimits(move_buffer=max(4096, args.move_buffer),
-                      max_queued=max(64 * 1024, args.max_queued))
+                      max_queued=max(64 * 1024, args.max_queued),
+                      splice_min=_env_int("LAMD_SPLICE_MIN", SPLICE_MIN))
     wd = notifier.watchdog_period()
     tick = min(1.0, wd) if wd else 1.0
     user = service.current_user()

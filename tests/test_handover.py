@@ -23,6 +23,7 @@ from lamd.kernel import ksnapshot
 from lamd.kernel.constants import KQRECV, KQSTATE, PRCMD
 from lamd.kernel.wire import KREPLY_SIZE, KREQ_SIZE, KMsg, KReply, KReq
 from lamd.kernelio import IOLimits, KernelIO, handover
+from lamd.kernelio.transfer import BodyMove
 from lamd.session.kkill import read_killfile
 from tests.test_kernelio import TIMEOUT, Daemon, join_ok, pattern, run_thread, wait_until
 
@@ -183,3 +184,30 @@ def test_not_at_rest_hands_nothing_over(daemon: Daemon, monkeypatch) -> None:
     assert c.state(os.getpid()).reply == 0
     assert read_body(b, len(big)) == big  # and the stalled body goes on
     join_ok(t_a)
+
+
+def test_the_end_of_a_spliced_body_in_its_pipe_is_carried(tmp_path) -> None:
+    """A spliced body all read from its sender, its end still in the pipe
+    (the receiver not reading): the handover does not wait for it, the bytes
+    in the pipe are carried in the snapshot, and the receiver gets the body
+    whole from the new loop."""
+    d = Daemon(str(tmp_path), move_buffer=256 * 1024)
+    try:
+        a = d.client()
+        b = KernelClient(d.raw(), timeout=TIMEOUT)
+        b.attach(PRCMD)
+        big = pattern(384 * 1024, 7)
+        ask_recv(b, 610, len(big))
+        assert a.send(610, 0, big) == len(big)  # all read from the sender
+        conns = list(d.io.conns.values())
+        wait_until(lambda: all(c.move is None for c in conns))
+        in_pipe = [m.piped for c in conns for m in c.out if type(m) is BodyMove]
+        assert len(in_pipe) == 1 and in_pipe[0] > 0, in_pipe
+        _, _, size = hand_over(d)
+        assert size > in_pipe[0]  # the snapshot holds them
+        assert read_body(b, len(big)) == big
+        ask_recv(b, 611, 10)  # and both carry on
+        a.send(611, 0, b"0123456789")
+        assert read_body(b, 10) == b"0123456789"
+    finally:
+        d.stop()

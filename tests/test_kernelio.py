@@ -23,6 +23,7 @@ from lamd.client import KernelClient, KernelGone, LamError
 from lamd.kernel.constants import EBADREQUEST, KNMSG, KQDETACH, KQSTATE, KTRY, PRCMD
 from lamd.kernel import Kernel
 from lamd.kernelio import IOLimits, KernelIO
+from lamd.kernelio.kernelio import SPLICE_MIN
 from lamd.session.kkill import proc_starttime, read_clients, read_killfile
 from lamd.kernel.wire import KREQ_SIZE, KMsg, KReq, NMsg
 
@@ -253,15 +254,48 @@ def write_until_stalled(s: socket.socket, data: "bytes | memoryview",
     return sent
 
 
-@pytest.mark.parametrize("move_buffer", [64 * 1024, 256 * 1024])
-def test_stalled_receiver_stalls_only_its_own_transfer(tmp_path, move_buffer: int) -> None:
+def bytes_in_pipes(pid: int) -> list[int]:
+    """Bytes queued in each pipe process *pid* has open (not its stdin,
+    stdout, stderr): read through /proc (FIONREAD on the same pipe), each
+    pipe once (its two ends are two descriptors)."""
+    import fcntl
+    import termios
+    out = []
+    seen = set()
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        if int(name) <= 2:
+            continue
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except FileNotFoundError:
+            continue
+        if not target.startswith("pipe:") or target in seen:
+            continue
+        seen.add(target)
+        fd = os.open(f"/proc/{pid}/fd/{name}", os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            out.append(int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4), "little"))
+        finally:
+            os.close(fd)
+    return out
+
+
+@pytest.mark.parametrize("move_buffer,splice_min", [(64 * 1024, 64 * 1024),
+                                                    (256 * 1024, 64 * 1024),
+                                                    (256 * 1024, -1)],
+                         ids=["64k-spliced", "256k-spliced", "256k-copied"])
+def test_stalled_receiver_stalls_only_its_own_transfer(tmp_path, move_buffer: int,
+                                                       splice_min: int) -> None:
     """A receiver that never reads its 8 MiB body: the daemon holds at most
     ``move_buffer`` bytes of it (measured: the bytes the sender wrote, less
     the socket queues on both sides; and the daemon's resident memory), the
     sender stops, and every other pair keeps its full speed. When the
-    receiver goes, the rest of the body is drained and the sender finishes."""
+    receiver goes, the rest of the body is drained and the sender finishes.
+    Spliced, what it holds is in a pipe (each pipe read through /proc), so
+    the pipe is bounded too; copied, no pipe is used."""
     size = 8 << 20
-    with daemon_process(str(tmp_path), move_buffer=move_buffer) as (pid, path):
+    with daemon_process(str(tmp_path), move_buffer=move_buffer,
+                        splice_min=splice_min) as (pid, path):
         slow_r, ridx = raw_attached_to(path)
         slow_r.sendall(KReq(req=1, index=ridx, msg=KMsg(50, 0, size, 0)).pack())
         time.sleep(0.05)
@@ -285,6 +319,12 @@ def test_stalled_receiver_stalls_only_its_own_transfer(tmp_path, move_buffer: in
             raise AssertionError("the transfer never stalled")
         assert written < size, "the daemon took the whole body from a stalled transfer"
         assert 0 < held <= move_buffer, (held, move_buffer)
+        in_pipes = bytes_in_pipes(pid)
+        if splice_min >= 0:
+            # the body half in the pipe: all the daemon holds is there
+            assert sum(in_pipes) == held, (in_pipes, held)
+        else:
+            assert in_pipes == []
         grew = rss_bytes(pid) - rss_before
         # about move_buffer (it is allocated and filled); the whole body would be 8 MiB
         assert grew <= move_buffer + (256 << 10), f"daemon RSS grew {grew} bytes"
@@ -312,6 +352,115 @@ def test_stalled_receiver_stalls_only_its_own_transfer(tmp_path, move_buffer: in
         sender.sendall(KReq(req=2, index=sidx, pid=os.getpid()).pack())  # KQSTATE
         assert int.from_bytes(sender.recv(80, socket.MSG_WAITALL)[:4], "little") == 0
         sender.close()
+
+
+def spare_pipes(d: Daemon) -> int:
+    return len(d.io._pipes)
+
+
+def test_large_body_crosses_spliced(daemon: Daemon) -> None:
+    """A body of ``splice_min`` bytes or more goes through a pipe (kept for
+    the next one afterwards), every byte in order, also with body bytes
+    that came with the request; a smaller body is copied (no pipe)."""
+    a, b = daemon.client(), daemon.client()
+    small = pattern(SPLICE_MIN - 1, 3)
+    t = run_thread(lambda: a.send(80, 0, small))
+    assert b.recv(80, 0, len(small)).body == small
+    join_ok(t)
+    assert spare_pipes(daemon) == 0
+    for i, size in enumerate([SPLICE_MIN, 1 << 20, (3 << 20) + 7]):
+        big = pattern(size, i)
+        t = run_thread(lambda: a.send(81, 0, big))
+        m = b.recv(81, 0, size)
+        join_ok(t)
+        assert m.length == size and m.body == big, i
+        wait_until(lambda: spare_pipes(daemon) == 1)  # one pipe, used again
+    # the request and the body in one write, not waiting for the reply: the
+    # body bytes read with the request go first (from the buffer, with the
+    # receiver's reply), the rest through the pipe
+    raw, idx = daemon.raw_attached()
+    big = pattern(1 << 20, 9)
+    ms: list = []
+    tr = run_thread(lambda: ms.append(b.recv(82, 0, len(big))))
+    wait_until(lambda: any(p.state == 2 for p in daemon.kernel.clients()))  # KSRECV
+    tw = run_thread(lambda: raw.sendall(KReq(req=0, index=idx,
+                                             msg=KMsg(82, 0, len(big), 0)).pack() + big))
+    assert int.from_bytes(raw.recv(80, socket.MSG_WAITALL)[8:12], "little") == len(big)
+    join_ok(tw)
+    join_ok(tr)
+    assert ms[0].body == big
+    raw.close()
+
+
+@pytest.mark.parametrize("splice_min", [-1, 0], ids=["copied", "spliced"])
+def test_body_bytes_with_the_request_beyond_the_move_buffer(tmp_path, splice_min: int) -> None:
+    """A request and its 10 KiB body in one write, to a daemon that holds
+    4 KiB per body: the body bytes read with the request all go first (they
+    used to be left behind the buffer, and the body never completed)."""
+    d = Daemon(str(tmp_path), move_buffer=4096, splice_min=splice_min)
+    try:
+        b = d.client()
+        raw, idx = d.raw_attached()
+        for i in range(3):
+            big = pattern(10240 + i, i)
+            ms: list = []
+            tr = run_thread(lambda: ms.append(b.recv(90, 0, len(big))))
+            wait_until(lambda: any(p.state == 2 for p in d.kernel.clients()))  # KSRECV
+            raw.sendall(KReq(req=0, index=idx, msg=KMsg(90, 0, len(big), 0)).pack() + big)
+            assert int.from_bytes(raw.recv(80, socket.MSG_WAITALL)[8:12], "little") == len(big)
+            join_ok(tr)
+            assert ms[0].body == big, i
+        raw.close()
+    finally:
+        d.stop()
+
+
+def test_splice_refused_falls_back_to_copying(tmp_path, monkeypatch, caplog) -> None:
+    """A kernel that refuses ``splice`` (EINVAL) at the first call, or half
+    way through a body with bytes in the pipe: the body arrives whole, copied,
+    every later body is copied, and it is said once."""
+    real = os.splice
+    calls = [0]
+
+    def failing_after(n: int):  # type: ignore[no-untyped-def]
+        def splice(*args, **kw):  # type: ignore[no-untyped-def]
+            calls[0] += 1
+            if calls[0] > n:
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            return real(*args, **kw)
+        return splice
+
+    for n in (0, 3):  # refused at once; refused with a body half in the pipe
+        calls[0] = 0
+        monkeypatch.setattr(os, "splice", failing_after(n))
+        (tmp_path / str(n)).mkdir()
+        pipes_before = own_pipes()
+        d = Daemon(str(tmp_path / str(n)))
+        try:
+            a, b = d.client(), d.client()
+            with caplog.at_level("WARNING", logger="lamd.kernelio"):
+                for i in range(3):
+                    big = pattern((2 << 20) + i, i)
+                    t = run_thread(lambda: a.send(83, 0, big))
+                    m = b.recv(83, 0, len(big))
+                    join_ok(t)
+                    assert m.body == big, (n, i)
+            assert calls[0] == n + 1  # the refusal, and no splice after it
+            assert not d.io._splice_ok and spare_pipes(d) == 0
+            said = [r for r in caplog.records if "cannot splice" in r.getMessage()]
+            assert len(said) == 1, said
+            caplog.clear()
+        finally:
+            d.stop()
+        assert own_pipes() == pipes_before  # none left open
+
+
+def own_pipes() -> int:
+    n = 0
+    for f in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            n += os.readlink(f"/proc/self/fd/{f}").startswith("pipe:")
+    return n
 
 
 def test_sender_that_never_writes_its_body(daemon: Daemon) -> None:

@@ -80,6 +80,8 @@ def conn_states(io: "KernelIO") -> list[ConnState]:
         pending = bytearray()
         for item in c.out:
             if type(item) is BodyMove:
+                if item.pr >= 0:
+                    item.unpipe(0)  # the end of a spliced body: out of its pipe
                 pending += item.buf[item.rpos:item.wpos]  # the end of a finished body
             else:
                 pending += item

@@ -48,6 +48,10 @@ from ..kernel.kactions import (  # noqa: E402
 )
 
 
+#: bodies this long or longer are spliced by default (shorter ones cost less copied)
+SPLICE_MIN = 64 * 1024
+
+
 @dataclass(slots=True)
 class IOLimits:
     """Bounds that keep one client from costing the others."""
@@ -58,6 +62,9 @@ class IOLimits:
     #: seconds a sender may take to write a body an internal process waits for
     #: (bufferd serves the whole session: it must not wait on one client for long)
     collect_timeout: float = 5.0
+    #: bodies this long or longer are spliced through a pipe, not copied
+    #: through this process (0: all of them; -1: none)
+    splice_min: int = SPLICE_MIN
 
 
 def _node_of_path(path: str) -> tuple[int, int] | None:
@@ -116,6 +123,8 @@ class KernelIO(Admission, ConnIO):
         #: timer for all of them, at the earliest (ConnIO._collect_check)
         self._collect_deadlines: dict[BodyMove, float] = {}
         self._collect_timer: Timer | None = None
+        self._pipes: list[tuple[int, int]] = []  # empty pipes for the next spliced bodies
+        self._splice_ok = self.limits.splice_min >= 0
         # the kill file: the kernel's KillAppend/KillRemove/KillRewrite, carried out
         self._kill = KillFileWriter(
             KillFile(killfile, clients_file or killfile + ".clients",
@@ -324,6 +333,10 @@ class KernelIO(Admission, ConnIO):
             self._signal(a, drop_on_failure=False)
         for c in list(self.conns.values()):
             self._close(c, notify_kernel=False)
+        for r, w in self._pipes:
+            os.close(r)
+            os.close(w)
+        self._pipes.clear()
         self._watches.close()
         crash = self.crash
         if crash is not None:

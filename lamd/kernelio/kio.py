@@ -7,9 +7,11 @@ Every socket is non-blocking and nothing here waits on one peer:
 * requests are read into one buffer and decoded; a client is served at most
   ``requests_per_turn`` requests before the next client's turn;
 * a message body moves between two clients through a
-  :class:`~lamd.kernelio.transfer.BodyMove`, a bounded buffer: when it is
-  full the sender is no longer read, when it is empty the receiver is no
-  longer written, and every other client keeps being served;
+  :class:`~lamd.kernelio.transfer.BodyMove`, a bounded buffer (or, for a
+  large body, a pipe the sender's socket is spliced into and the receiver's
+  socket from, bounded the same way): when it is full the sender is no longer read, when
+  it is empty the receiver is no longer written, and every other client
+  keeps being served;
 * replies are written straight through and queued when the socket is full;
   a client that stops reading its replies stops being read (``max_queued``);
 * a peer that disappears mid-transfer is cleaned up on both sides: a
@@ -20,6 +22,8 @@ Every socket is non-blocking and nothing here waits on one peer:
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 import time
@@ -31,9 +35,15 @@ from ..kernel.wire import KREQ_SIZE, KReq
 from .fdstore import CrashKeeper
 from .kiobase import KIOBase
 from .loop import EPOLLERR, EPOLLIN, EPOLLOUT
-from .transfer import BodyMove, Connection
+from .transfer import SPLICE_FLAGS, BodyMove, Connection
 
 log = logging.getLogger("lamd.kernelio")
+
+#: what ``splice`` says where it cannot be used (an old kernel, a socket
+#: family without it): bodies are copied from then on
+_NO_SPLICE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
+#: empty pipes kept for the next spliced body (two descriptors each)
+_SPARE_PIPES = 4
 
 
 @trait
@@ -162,7 +172,29 @@ class ConnIO(KIOBase):
         if self.crash is not None and m.dst is not None:
             self.crash.reading(m)
         try:
-            if m.dst is not None and not m.skip and len(m.buf) - m.wpos < m.remaining:
+            if m.pr >= 0 and m.dst is not None and not m.skip:
+                # a spliced body: into its pipe, no further than it may hold
+                try:
+                    n = os.splice(  # type: ignore[attr-defined]
+                        c.fd, m.pw, space, None, None, SPLICE_FLAGS)
+                except BlockingIOError:
+                    if m.piped > 0:
+                        # the pipe may be full (a pipe holds a bounded number
+                        # of pieces, however small): wait until it is emptied,
+                        # not for the sender, who may be readable all along
+                        self._pause_read(c, True)
+                        m.src_paused = True
+                    raise
+                except OSError as e:
+                    if e.errno not in _NO_SPLICE:
+                        raise
+                    self._cannot_splice(m, e)
+                    self._read_body(c, m)  # copied this time
+                    return
+                if n:
+                    m.piped += n
+                    m.remaining -= n
+            elif m.dst is not None and not m.skip and len(m.buf) - m.wpos < m.remaining:
                 # a large body: straight into its buffer, no further than it holds
                 view = memoryview(m.buf)[m.wpos:m.wpos + space]
                 n = c.sock.recv_into(view)
@@ -221,7 +253,22 @@ class ConnIO(KIOBase):
 
     def _start_move(self, src: Connection, dst: Connection | None, length: int,
                     skip: int, token: Any = None) -> BodyMove:
-        m = BodyMove(src, dst, length, skip, self.limits.move_buffer, token)
+        bufsize = self.limits.move_buffer
+        # body bytes that came with the request: the buffer takes them all (they
+        # are in memory already; a buffer smaller than them would leave the
+        # rest in inbuf, behind what is read next), then shrinks to bufsize
+        inbody = min(length, max(0, len(src.inbuf) - skip))
+        pipe = None
+        if (dst is not None and not skip and length >= self.limits.splice_min
+                and self._splice_ok and length > inbody):
+            pipe = self._take_pipe()
+        if pipe is not None:
+            # spliced: the buffer holds only the body bytes that came with the request
+            m = BodyMove(src, dst, length, skip, max(1, inbody), token)
+            m.pr, m.pw = pipe
+        else:
+            m = BodyMove(src, dst, length, skip, max(bufsize, inbody), token)
+        m.cap = bufsize
         src.move = m
         crash = self.crash
         if dst is None:
@@ -354,8 +401,31 @@ class ConnIO(KIOBase):
                         if m.rpos < m.wpos:
                             break
                     m.rpos = m.wpos = 0
+                    if len(m.buf) > m.cap or (m.pr >= 0 and m.buf):
+                        # it took more than it may hold (body bytes that came with
+                        # the request), or those were a spliced body's: no longer
+                        m.buf = bytearray(0 if m.pr >= 0 else max(1, min(m.cap, m.remaining)))
+                    if m.piped > 0:
+                        try:
+                            n = os.splice(  # type: ignore[attr-defined]
+                                m.pr, c.fd, m.piped, None, None, SPLICE_FLAGS)
+                        except BlockingIOError:
+                            raise
+                        except OSError as e:
+                            if e.errno not in _NO_SPLICE:
+                                raise
+                            self._cannot_splice(m, e)
+                            continue  # copied this time
+                        m.piped -= n
+                        m.sent += n
+                        if self.crash is not None:
+                            self.crash.sent(m, c)
+                        if m.piped > 0:
+                            break
                     if m.src_done:
                         del out[0]
+                        if m.pr >= 0:
+                            self._give_pipe(m)
                         if self.crash is not None:
                             self.crash.delivered(m)
                         continue
@@ -380,7 +450,7 @@ class ConnIO(KIOBase):
                         if self.crash is not None:
                             self.crash.sent(m, c)
                         continue  # the rest of the body, as above
-                    if m.remaining > 0 and m.src.move is m:
+                    if m.remaining > 0 and m.src.move is m and m.piped == 0:
                         held = True  # no body byte yet: the reply waits for it
                         break
                 n = sock.send(item)
@@ -402,7 +472,8 @@ class ConnIO(KIOBase):
         if not out and self.crash is not None:
             self.crash.settle_one(c)
         want_out = bool(out) and not held and not (type(out[0]) is BodyMove
-                                                   and out[0].rpos >= out[0].wpos)
+                                                   and out[0].rpos >= out[0].wpos
+                                                   and out[0].piped == 0)
         if c.read_paused and c.queued <= self.limits.max_queued // 2 and c.move is None:
             self._pause_read(c, False)
             if c.inbuf:
@@ -431,6 +502,48 @@ class ConnIO(KIOBase):
             c.read_paused = paused
             want_out = bool(c.mask & EPOLLOUT)
             self._set_mask(c, want_out=want_out)
+
+    # ------------------------------------------------------------------
+    # pipes of spliced bodies
+    # ------------------------------------------------------------------
+    def _take_pipe(self) -> tuple[int, int] | None:
+        """An empty pipe holding ``move_buffer`` bytes, or None (then the body
+        is copied: out of descriptors, or over the user's allowance of pipe
+        pages, ``/proc/sys/fs/pipe-user-pages-soft``, where a new pipe gets
+        two pages and cannot grow)."""
+        spare = self._pipes
+        if spare:
+            return spare.pop()
+        try:
+            r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, self.limits.move_buffer)
+        except OSError:
+            os.close(r)
+            os.close(w)
+            return None
+        return r, w
+
+    def _give_pipe(self, m: BodyMove) -> None:
+        """*m* is all written: keep its (empty) pipe for the next body."""
+        if m.piped == 0 and len(self._pipes) < _SPARE_PIPES:
+            self._pipes.append((m.pr, m.pw))
+            m.pr = m.pw = -1
+        else:
+            m.close_pipe()
+
+    def _cannot_splice(self, m: BodyMove, e: OSError) -> None:
+        """``splice`` is refused here: copy *m* and every body after it."""
+        if self._splice_ok:
+            log.warning("cannot splice message bodies (%s): copying them instead", e.strerror)
+        self._splice_ok = False
+        m.unpipe(self.limits.move_buffer)
+        for r, w in self._pipes:
+            os.close(r)
+            os.close(w)
+        self._pipes.clear()
 
     # ------------------------------------------------------------------
     # losing clients
@@ -464,6 +577,8 @@ class ConnIO(KIOBase):
                 # process makes again cannot meet one more send of it
                 self._collect_deadlines.pop(m, None)
         for item in c.out:
+            if type(item) is BodyMove and item.pr >= 0:
+                item.close_pipe()  # what it holds has nowhere to go
             if type(item) is BodyMove and self.crash is not None:
                 self.crash.delivered(item)  # nobody to write the rest to
             if type(item) is BodyMove and item.src.move is item:

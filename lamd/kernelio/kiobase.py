@@ -49,6 +49,8 @@ class KIOBase:
     refused_uid: int
     refused_unpinned: int
     crash: CrashKeeper | None  # the crash state (:mod:`.fdstore`), under systemd
+    _pipes: list[tuple[int, int]]  # empty pipes for the next spliced bodies
+    _splice_ok: bool  # False once splice was refused: bodies are copied
 
     # the loop (kernelio)
     def _apply(self, actions: list[Any]) -> None:

@@ -5,14 +5,27 @@ writes to the receiver through one 8 KiB buffer. Here a :class:`BodyMove`
 holds a bounded buffer between two non-blocking sockets: the connection I/O
 (:mod:`lamd.kernelio.kio`) fills it from the sender while there is room and drains
 it to the receiver while it accepts, so neither side can hold the kernel up.
+
+A large body (``IOLimits.splice_min`` bytes or more) goes through a pipe
+instead of the buffer: ``splice`` from the sender's socket into the pipe,
+then from the pipe into the receiver's socket, so its bytes never pass
+through this process (on Linux >= 6.5 the pipe's pages are handed to the
+receiver's socket as they are). The pipe is bounded the same way as the
+buffer: no more than ``move_buffer`` bytes are spliced into it before they
+have left (``piped`` counts them).
 A :class:`Connection` is one client socket with what it owes and is owed.
 """
 
 from __future__ import annotations
 
 import _socket
+import os
 import socket
 from typing import Any
+
+#: how a body is spliced: never waiting on the pipe (the sockets are non-blocking too)
+#: (os.splice is Python 3.10's; this mypy's typeshed does not know it yet)
+SPLICE_FLAGS: int = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK  # type: ignore[attr-defined]
 
 
 class BodyMove:
@@ -21,10 +34,14 @@ class BodyMove:
     ``dst`` is the receiving :class:`Connection`, or None while collecting a
     body for an internal process (``token`` set) or dropping the rest of a body
     whose receiver has gone.
+
+    A spliced body has a pipe (``pr``, ``pw``; -1 otherwise) holding
+    ``piped`` bytes; its ``buf`` holds only the body bytes that came with the
+    request (written first), and ``cap`` bounds the two together.
     """
 
     __slots__ = ("src", "dst", "skip", "remaining", "buf", "rpos", "wpos",
-                 "token", "collected", "src_paused", "total", "sent")
+                 "token", "collected", "src_paused", "total", "sent", "pr", "pw", "piped", "cap")
 
     def __init__(self, src: "Connection", dst: "Connection | None", length: int,
                  skip: int, bufsize: int, token: Any = None) -> None:
@@ -40,6 +57,48 @@ class BodyMove:
         self.src_paused = False
         self.total = length + skip  # bytes to read from the sender
         self.sent = 0  # body bytes written to the receiver
+        self.pr = -1  # the pipe of a spliced body: its read end,
+        self.pw = -1  # its write end,
+        self.piped = 0  # and the body bytes in it
+        self.cap = bufsize  # body bytes held at most (buffer and pipe)
+
+    @property
+    def held(self) -> int:
+        """Body bytes read from the sender and not yet written to the receiver."""
+        return self.wpos - self.rpos + self.piped
+
+    def unpipe(self, bufsize: int) -> None:
+        """Stop splicing: what the pipe holds moves into the buffer, after what
+        the buffer holds, and the pipe is closed; the buffer keeps room for
+        up to *bufsize* bytes held."""
+        pending = bytearray(memoryview(self.buf)[self.rpos:self.wpos])
+        left = self.piped
+        while left > 0:
+            try:
+                data = os.read(self.pr, left)
+            except (BlockingIOError, InterruptedError):
+                break  # cannot happen: the bytes counted are in the pipe
+            if not data:
+                break
+            pending += data
+            left -= len(data)
+        self.close_pipe()
+        n = len(pending)
+        self.buf = bytearray(max(1, n, min(bufsize, n + self.remaining)))
+        self.buf[:n] = pending
+        self.rpos = 0
+        self.wpos = n
+
+    def close_pipe(self) -> None:
+        """Close the pipe, dropping what it holds."""
+        for fd in (self.pr, self.pw):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.pr = self.pw = -1
+        self.piped = 0
 
     @property
     def src_done(self) -> bool:
@@ -51,6 +110,8 @@ class BodyMove:
             return self.skip
         if self.dst is None:
             return self.remaining
+        if self.pr >= 0:
+            return min(self.cap - self.piped - (self.wpos - self.rpos), self.remaining)
         return min(len(self.buf) - self.wpos, self.remaining)
 
     def feed(self, data: memoryview) -> int:
