@@ -149,7 +149,8 @@ def test_boot_arguments_go_together(argv):
 def test_the_lamd_command_calls_back_before_it_imports_the_daemon(monkeypatch, tmp_path):
     """lamd.boot.early (the lamd command's first step under hboot): the
     session socket is bound, then the callback made, with nothing of the
-    daemon imported but the session's paths (lamboot must not return
+    daemon imported but the session's paths, and no logging, typing or
+    dataclasses either (lamboot must not return
     before every node's kernel socket exists); boot_agent then finishes
     that very callback (the same ports) instead of making another, and a
     callback made for other arguments is closed, not used."""
@@ -157,14 +158,19 @@ def test_the_lamd_command_calls_back_before_it_imports_the_daemon(monkeypatch, t
     from lamd.session import Session
     code = ("import sys; from lamd.boot.early import main_early; main_early(sys.argv[1:]); "
             "print(sorted(m for m in sys.modules if m.startswith('lamd.') "
-            "and m not in ('lamd._pure', 'lamd.boot', 'lamd.boot.early')))")
+            "and m not in ('lamd._pure', 'lamd.boot', 'lamd.boot.early'))); "
+            "print(sorted(m for m in ('logging', 'dataclasses', 'typing', 'argparse', 're') "
+            "if m in sys.modules))")
     session = Session.for_user(prefix=str(tmp_path))
     lb = FakeLamboot(three, send=False, on_coord=lambda: os.path.exists(session.socket_path))
-    cp = subprocess.run([SYSTEM_PYTHON, "-c", code, "-H", "127.0.0.1", "-P", str(lb.port),
+    # as the prefix tree's bin/lamd starts it: without site.py
+    cp = subprocess.run([SYSTEM_PYTHON, "-S", "-c", code, "-H", "127.0.0.1", "-P", str(lb.port),
                          "-n", "1", "-o", "0", "-sessionprefix", str(tmp_path)],
                         capture_output=True, text=True, timeout=30, cwd=str(REPO))
     lb.close()
-    assert cp.returncode == 0 and cp.stdout.strip() == "['lamd.session']", \
+    # and none of the standard library's heavier modules (each costs
+    # milliseconds on lamboot's path, once per node)
+    assert cp.returncode == 0 and cp.stdout.split("\n")[:2] == ["['lamd.session']", "[]"], \
         cp.stdout + cp.stderr
     assert callback.decode_coord(lb.coord_raw).node_id == 1
     assert lb.seen is True  # bound before lamboot heard from us

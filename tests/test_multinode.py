@@ -159,8 +159,8 @@ def prefix_tree(c: Cluster, pkgdir: Path) -> Path:
     """A LAM prefix tree booting our daemon: what ``prefix=DIR`` on a boot
     schema line, or ``lamboot -prefix DIR``, makes lamboot use on a node
     (``DIR/bin/hboot -c DIR/etc/lam-conf.lamd ... -prefix DIR``): stock hboot
-    and tkill, and a ``lamd`` that runs ``python3 -m lamd`` with its log in
-    the cluster's work directory."""
+    and tkill, and a ``lamd`` that runs ``lamd.launch`` without site.py as
+    the package's tree does, with its log in the cluster's work directory."""
     pre = c.dir / "ourlam"
     (pre / "bin").mkdir(parents=True)
     (pre / "etc").mkdir()
@@ -168,7 +168,8 @@ def prefix_tree(c: Cluster, pkgdir: Path) -> Path:
     os.symlink("/usr/bin/tkill", pre / "bin" / "tkill")
     (pre / "bin" / "lamd").write_text(
         "#!/bin/sh\n"
-        f"PYTHONPATH={pkgdir} PYTHONDONTWRITEBYTECODE=1 exec /usr/bin/python3 -m lamd "
+        f"PYTHONPATH={pkgdir} PYTHONDONTWRITEBYTECODE=1 exec /usr/bin/python3 -S -c "
+        "'import sys; from lamd.launch import main; sys.exit(main())' "
         f'"$@" 2>>{c.work}/lamd-$(hostname).log\n')
     (pre / "etc" / "lam-conf.lamd").write_text(
         "lamd $inet_topo $debug $session_prefix $session_suffix\n")

@@ -44,7 +44,8 @@ def test_the_package_installs_a_lam_prefix_tree(lamd_deb):
     assert os.path.realpath(PREFIX / "bin" / "lamboot") == "/usr/bin/lamboot"
     for name in ("hboot", "tkill", "lamboot", "lamd"):
         assert os.access(PREFIX / "bin" / name, os.X_OK), name
-    assert "/usr/bin/lamd-kernel" in (PREFIX / "bin" / "lamd").read_text()
+    # the daemon starts without site.py until it has called lamboot back (lamd.launch)
+    assert '/usr/bin/python3 -I -S -c "$py.launch import main' in (PREFIX / "bin" / "lamd").read_text()
     assert (PREFIX / "etc" / "lam-conf.lamd").read_text() == \
         (REPO / "packaging" / "lam-prefix" / "etc" / "lam-conf.lamd").read_text()
     # lam-runtime's lamd and its schema are still the C ones

@@ -97,7 +97,11 @@ def call_back(agent_addr: str, agent_port: int, node_id: int, *, timeout: float 
         srv.bind(("0.0.0.0", 0))
         srv.listen(4)
         called = Called(agent_addr, agent_port, node_id, agent, dli, srv, deadline)
-        with socket.create_connection((agent, agent_port), timeout=connect_timeout) as c:
+        # not socket.create_connection: its getaddrinfo imports the idna
+        # codec (and re, about 2.5 ms); *agent* is a dotted quad already
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as c:
+            c.settimeout(connect_timeout)
+            c.connect((agent, agent_port))
             c.sendall(pack_coord(node_id, called.boot_port, called.dli_port))
     except BaseException:
         dli.close()

@@ -5,7 +5,7 @@ Stock hboot starts the prefix tree's ``bin/lamd`` with ``-H ADDR -P PORT -n
 NODE -o ORIGIN [-x] [-d] [-sessionprefix DIR] [-sessionsuffix S]``. Where
 the user's session directory holds :data:`~lamd.session.LAMD_DATALINK_SOCKET`
 (a socket of that user: only ``lamd-dl@.socket`` makes it), the node's
-daemon is systemd's: ``python3 -I -m lamd.datalink.handoff ARGS...`` writes
+daemon is systemd's: ``python3 -I -S -c ...handoff.main()... ARGS...`` writes
 the arguments there (:func:`encode_request`), which starts
 ``lamd-dl@USER.service`` (:mod:`lamd.datalink.process`), and reports what
 it answers: the callback made (:data:`CALLED_BACK`), then the universe
@@ -24,7 +24,10 @@ import socket
 import stat
 import sys
 import time
-from typing import Sequence
+
+TYPE_CHECKING = False  # no typing import on lamboot's path (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Sequence
 
 from ..session import LAMD_DATALINK_SOCKET, Session, SessionError
 
