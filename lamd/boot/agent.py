@@ -124,6 +124,7 @@ def boot_agent(args: BootArgs, timeout: float = 300.0,
                  where, args.node_id, called.boot_port, called.dli_port, when)
     except OSError as e:
         raise BootError(f"boot callback to {where}: {e}") from e
+    called.promote()
     ok = False
     try:
         if called_back is not None:

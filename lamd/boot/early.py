@@ -16,7 +16,9 @@ listener, sends lamboot the coordinates and keeps the result in
 :data:`PENDING`, which :func:`lamd.boot.agent.boot_agent` then finishes
 (it receives the universe). Before it, the session socket is bound, so that
 lamboot never returns before every node's kernel socket exists. Only
-``socket``, ``struct``, ``time`` and :mod:`lamd.session` are imported here
+``_socket`` (not :mod:`socket`: its enums cost 5 ms), ``struct``, ``time``
+and :mod:`lamd.session` are imported here; the daemon gets its sockets as
+:class:`socket.socket` objects (:func:`take`, :func:`take_listener`)
 (the callback's codec, :mod:`lamd.boot.callback`, takes its coordinates'
 format from this module). Anything unexpected leaves
 :data:`PENDING` empty, and the daemon calls back itself as before (and
@@ -25,9 +27,13 @@ reports what went wrong).
 
 from __future__ import annotations
 
-import socket
+import _socket
 import struct
 import time
+
+TYPE_CHECKING = False  # (mypy knows the name; typing itself is not imported)
+if TYPE_CHECKING:
+    import socket
 
 #: the datalink input socket's receive buffer (di_bootagent: 3 whole frames)
 DLI_RCVBUF = 3 * (60 + 8192)
@@ -51,7 +57,7 @@ class Called:
                  "dli_port", "deadline")
 
     def __init__(self, agent_addr: str, agent_port: int, node_id: int, agent: str,
-                 dli: socket.socket, srv: socket.socket, deadline: float) -> None:
+                 dli: _socket.socket, srv: _socket.socket, deadline: float) -> None:
         self.agent_addr, self.agent_port, self.node_id = agent_addr, agent_port, node_id
         self.agent, self.dli, self.srv, self.deadline = agent, dli, srv, deadline
         self.boot_port: int = srv.getsockname()[1]
@@ -65,19 +71,23 @@ class Called:
         self.dli.close()
         self.srv.close()
 
+    def promote(self) -> None:
+        """Its sockets as the :class:`socket.socket` objects the daemon works with."""
+        self.dli, self.srv = _full(self.dli), _full(self.srv)
+
 
 #: the callback :func:`main_early` made, for the daemon to finish
 PENDING: Called | None = None
 #: the session socket it bound first: (session directory, listening socket)
-LISTENER: tuple[str, socket.socket] | None = None
+LISTENER: tuple[str, _socket.socket] | None = None
 
 
 def resolve(addr: str) -> str:
     """``gethaddr``: dotted decimal, else a host name (lamboot -l)."""
     try:
-        return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, addr))
+        return _socket.inet_ntop(_socket.AF_INET, _socket.inet_pton(_socket.AF_INET, addr))
     except OSError:
-        return socket.gethostbyname(addr)
+        return _socket.gethostbyname(addr)
 
 
 def call_back(agent_addr: str, agent_port: int, node_id: int, *, timeout: float = 300.0,
@@ -87,22 +97,23 @@ def call_back(agent_addr: str, agent_port: int, node_id: int, *, timeout: float 
     OSError; closes what it opened then."""
     deadline = time.monotonic() + timeout
     agent = resolve(agent_addr)
-    dli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    dli = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)  # (close-on-exec)
+    srv = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
     try:
-        for s in (dli, srv):
-            s.set_inheritable(False)
-        dli.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DLI_RCVBUF)
+        dli.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, DLI_RCVBUF)
         dli.bind(("0.0.0.0", 0))
         srv.bind(("0.0.0.0", 0))
         srv.listen(4)
         called = Called(agent_addr, agent_port, node_id, agent, dli, srv, deadline)
         # not socket.create_connection: its getaddrinfo imports the idna
         # codec (and re, about 2.5 ms); *agent* is a dotted quad already
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as c:
+        c = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+        try:
             c.settimeout(connect_timeout)
             c.connect((agent, agent_port))
             c.sendall(pack_coord(node_id, called.boot_port, called.dli_port))
+        finally:
+            c.close()
     except BaseException:
         dli.close()
         srv.close()
@@ -156,7 +167,7 @@ def main_early(argv: list[str]) -> None:
         session = Session.for_user(prefix=_option(argv, "-sessionprefix"),
                                    suffix=_option(argv, "-sessionsuffix"))
         session.ensure_directory()
-        listener = bind_session_socket(session)
+        listener = bind_session_socket(session, factory=_socket.socket)
     except (SessionError, OSError):
         return
     LISTENER = (session.directory, listener)
@@ -164,6 +175,15 @@ def main_early(argv: list[str]) -> None:
         PENDING = call_back(*got)
     except (OSError, ValueError):
         PENDING = None  # the daemon tries again, and says why it fails
+
+
+def _full(s: _socket.socket) -> socket.socket:
+    """*s* as the :class:`socket.socket` the daemon works with (the same descriptor)."""
+    import socket
+
+    if isinstance(s, socket.socket):
+        return s
+    return socket.socket(fileno=s.detach())
 
 
 def take_listener(directory: str) -> socket.socket | None:
@@ -175,14 +195,16 @@ def take_listener(directory: str) -> socket.socket | None:
     if got[0] != directory:
         got[1].close()
         return None
-    return got[1]
+    return _full(got[1])
 
 
 def take(agent_addr: str, agent_port: int, node_id: int) -> Called | None:
     """The callback already made for these arguments, if any (once)."""
     global PENDING
     called, PENDING = PENDING, None
-    if called is not None and not called.matches(agent_addr, agent_port, node_id):
+    if called is None:
+        return None
+    if not called.matches(agent_addr, agent_port, node_id):
         called.close()
         return None
     return called

@@ -18,12 +18,13 @@ from __future__ import annotations
 import errno
 import os
 import pwd
-import socket
+import _socket  # not socket: lamd.boot.early binds with this module on lamboot's path
 import stat
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
-    from typing import Mapping
+    import socket
+    from typing import Callable, Mapping
 
 # Imported by a lamd that lamboot started before it calls lamboot back
 # (lamd.boot.early), on lamboot's path once per node: no logging, dataclasses or
@@ -117,7 +118,7 @@ class Session:
             except KeyError:
                 user = "unknown"
         if host is None:
-            host = socket.gethostname()
+            host = _socket.gethostname()
         if suffix is None:
             for name in (LAM_SUFFIX_ENV, "LAM_MPI_SOCKET_SUFFIX"):
                 if env.get(name) is not None:
@@ -221,10 +222,18 @@ def datalink_announced(directory: str, *, check_start: bool = False) -> int | No
     return pid
 
 
-def bind_session_socket(session: Session) -> socket.socket:
-    """Bind the session socket, replacing a stale one, never a live one."""
+def bind_session_socket(session: Session, *,
+                        factory: Callable[[int, int], _socket.socket] | None = None
+                        ) -> socket.socket:
+    """Bind the session socket, replacing a stale one, never a live one.
+    *factory* makes the sockets (default :class:`socket.socket`; the boot
+    callback's early path passes ``_socket.socket``)."""
+    if factory is None:
+        import socket
+
+        factory = socket.socket
     path = session.socket_path
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe = factory(_socket.AF_UNIX, _socket.SOCK_STREAM)
     probe.settimeout(2.0)
     try:
         probe.connect(path)
@@ -243,7 +252,7 @@ def bind_session_socket(session: Session) -> socket.socket:
         raise SessionError(f"a live daemon already serves {path}; not taking it over")
     finally:
         probe.close()
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s = factory(_socket.AF_UNIX, _socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
         s.bind(path)
@@ -253,6 +262,6 @@ def bind_session_socket(session: Session) -> socket.socket:
     finally:
         os.umask(old)
     s.listen(4096)
-    return s
+    return s  # type: ignore[return-value]  # (a socket.socket unless *factory* said)
 
 
