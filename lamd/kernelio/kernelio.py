@@ -254,6 +254,16 @@ class KernelIO(Admission, ConnIO):
                     self.on_tick(self)
         return self.exit_status
 
+    def serve_waiting(self) -> None:
+        """One turn that does not wait: the clients already connected (the
+        one that started a socket activation) get their replies before the
+        daemon boots its internal processes (issue 13). The loop's own
+        turns (:meth:`run`) follow."""
+        self.poll_once(0.0)
+        if self._pending:
+            self._serve_pending()
+        self._end_turn()
+
     def poll_once(self, timeout: float) -> None:
         """:meth:`EventLoop.poll <.loop.EventLoop.poll>`, with a client's
         events handed straight to ``_on_client`` (compiled, a native call,
