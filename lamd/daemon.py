@@ -27,6 +27,7 @@ run outside the kernel, in the jobs process (:mod:`lamd.jobs.process`):
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import resource
@@ -597,6 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              session.socket_path, os.getpid(), nofile, max(0, (nofile - 32) // 2),
              args.max_procs, "compiled" if _pure.compiled() else "pure Python")
     reload_status("ok" if restored is not None else "started")
+    gc.enable()  # lamd.launch turned it off for the start
     notifier.ready()
     notifier.status(f"{kernel.nclients} clients attached")
     while True:

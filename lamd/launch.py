@@ -22,6 +22,12 @@ import sys
 def main(site: bool = True) -> int:
     """*site*: under ``python3 -S``, run :func:`site.main` once the boot
     callback is made (False: the caller has set ``sys.path`` up)."""
+    import gc
+
+    # start-up allocates thousands of objects and frees few: no cyclic
+    # collection passes (about 3 ms) until lamd.daemon has booted, just
+    # before READY=1 (it enables the collector again)
+    gc.disable()
     from .boot.early import main_early
 
     main_early(sys.argv[1:])

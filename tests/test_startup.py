@@ -226,3 +226,21 @@ def test_socket_activation_answers_the_first_client_then_boots(tmp_path) -> None
         notify.close()
         s.close()
         shutil.rmtree(pkg, ignore_errors=True)
+
+
+def test_the_launcher_starts_the_daemon_with_the_collector_off(monkeypatch) -> None:
+    """lamd.launch turns the cyclic collector off for the start (issue 13);
+    lamd.daemon.main turns it on again before READY=1."""
+    import gc
+
+    from lamd import daemon, launch
+    seen: list[bool] = []
+    monkeypatch.setattr(daemon, "main", lambda: seen.append(gc.isenabled()) or 0)
+    monkeypatch.setattr(sys, "argv", ["lamd"])
+    try:
+        assert launch.main(site=False) == 0
+    finally:
+        gc.enable()
+    assert seen == [False]
+    src = Path(daemon.__file__).read_text()
+    assert src.index("gc.enable()") < src.index("notifier.ready()\n    notifier.status")
