@@ -28,9 +28,10 @@ def main(site: bool = True) -> int:
     # collection passes (about 3 ms) until lamd.daemon has booted, just
     # before READY=1 (it enables the collector again)
     gc.disable()
-    from .boot.early import main_early
+    if "-H" in sys.argv[1:]:  # hboot's arguments (the rest is main_early's to check)
+        from .boot.early import main_early
 
-    main_early(sys.argv[1:])
+        main_early(sys.argv[1:])
     if sys.flags.no_site and site:
         import site as site_module
 
