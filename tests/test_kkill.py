@@ -154,30 +154,3 @@ def test_a_new_kill_file_is_written_in_place_then_replaced_by_exchange(tmp_path,
     kf2.rewrite([])
     assert kill in swaps and read_killfile(kill) == [200]
     kf2.close()
-
-
-def test_the_same_kill_file_again_is_not_rewritten_unless_it_was_taken_away(tmp_path, monkeypatch) -> None:
-    """The loop's first turn writes the kill file the start wrote: nothing
-    to do (no exchange) while it is that file with those contents; removed
-    or replaced behind the daemon's back, it is written again."""
-    import lamd.session.kkill as kk
-    swaps: list[str] = []
-    real = kk._exchange
-    monkeypatch.setattr(kk, "_exchange", lambda a, b: swaps.append(b) or real(a, b))
-    kill, clients = str(tmp_path / "lam-killfile"), str(tmp_path / "lamd-clients")
-    kf = KillFile(kill, clients, 100)
-    kf.rewrite([(7, None)])
-    kf.rewrite([(7, None)])
-    assert swaps == [] and read_killfile(kill) == [100, 7]
-    kf.append_pid(9)
-    kf.rewrite([(7, None)])  # after an append: written
-    assert swaps == [kill] and read_killfile(kill) == [100, 7]
-    os.unlink(kill)
-    kf.rewrite([(7, None)])
-    assert read_killfile(kill) == [100, 7]
-    with open(kill + ".other", "w") as f:
-        f.write("1\n")
-    os.replace(kill + ".other", kill)
-    kf.rewrite([(7, None)])
-    assert read_killfile(kill) == [100, 7]
-    kf.close()

@@ -101,15 +101,8 @@ class _SwapFile:
         # no exchange; the daemon's first kill file is written before its
         # first reply, and renameat2 costs an import of ctypes (issue 13)
         self.fresh = os.fstat(self.live).st_size == 0
-        #: what the last rewrite wrote, while nothing else has been written
-        #: since: the same contents again (the loop's first turn after the
-        #: start's) leave the file as it is if it is still the one at *path*
-        self.last: bytes | None = None
 
     def rewrite(self, data: bytes) -> None:
-        if data == self.last and self._intact(len(data)):
-            return
-        self.last = data
         if self.fresh:
             self.fresh = False
             view = memoryview(data)
@@ -129,18 +122,8 @@ class _SwapFile:
             self.spare = os.open(self.spare_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND
                                  | os.O_TRUNC | os.O_CLOEXEC, 0o600)
 
-    def _intact(self, size: int) -> bool:
-        """The live file is still at *path*, *size* bytes long."""
-        try:
-            st = os.fstat(self.live)
-            return (st.st_nlink > 0 and st.st_size == size
-                    and os.stat(self.path).st_ino == st.st_ino)
-        except OSError:
-            return False
-
     def append(self, data: bytes) -> None:
         self.fresh = False
-        self.last = None
         os.write(self.live, data)
 
     def close(self, *, remove_spare: bool = True) -> None:
@@ -215,7 +198,6 @@ class KillFile:
         if self._kill is None:
             raise OSError("kill file not open: rewrite() first")
         line = b"%d\n" % pid
-        self._kill.last = None
         os.write(self._kill.live, line)
         self._lines.append((pid, len(line)))
         self._size += len(line)
@@ -239,7 +221,6 @@ class KillFile:
             # the common case: the last client listed left (a tool that attached,
             # worked and detached)
             n = lines[-1][1]
-            self._kill.last = None
             os.ftruncate(self._kill.live, self._size - n)
             lines.pop()
             self._size -= n
@@ -247,7 +228,6 @@ class KillFile:
         if (self._kill is not None and 0 < k <= len(self._lines)
                 and sorted(pid for pid, _ in self._lines[-k:]) == sorted(pids)):
             cut = sum(n for _, n in self._lines[-k:])
-            self._kill.last = None
             os.ftruncate(self._kill.live, self._size - cut)  # atomic, and a crash-safe cut
             del self._lines[-k:]
             self._size -= cut
