@@ -223,7 +223,13 @@ class KernelIO(Admission, ConnIO):
 
     def run(self) -> int:
         """Serve until stopped (signal, haltd, or :meth:`stop`)."""
-        self.write_killfile()
+        # kkillopen at start wrote it (write_killfile(strict=True)): again
+        # only if something changed since, not exchanged for the same lines
+        # (which loads ctypes, and would overwrite a kill file a daemon
+        # started for the same session meanwhile has put there)
+        kill = self._kill
+        if kill.dirty or kill.removed:
+            self.write_killfile()
         loop = self.loop
         next_tick = time.monotonic() + self.tick_interval
         while not self.stopping:
