@@ -44,6 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 DOCS = ROOT / "docs"
 PY = "/usr/bin/python3"
+#: lamd@.service's ExecStart= (/usr/lib/lamd/lamd-start in the package)
+LAUNCHER = "packaging/lamd-start"
 LAMD_COMMIT = "?"
 KIB, MIB = 1024, 1024 * 1024
 
@@ -84,6 +86,10 @@ def build(work: Path) -> Path:
     compiled = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{rev}:setup.py"],
                               capture_output=True).returncode == 0
     paths = ["lamd", "setup.py"] if compiled else ["lamd"]
+    # lamd@.service's ExecStart= (issue 13), where the revision has it
+    if subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{rev}:{LAUNCHER}"],
+                      capture_output=True).returncode == 0:
+        paths.append(LAUNCHER)
     tar = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, *paths],
                          check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(pkg)], input=tar, check=True)
@@ -335,7 +341,8 @@ def startup_ours(d: "OurDaemon", exe: str) -> dict:
     """Ours twice: launched by hand (``python3 -m lamd``, the client connecting
     as soon as the socket is there), and under socket activation
     (``systemd-socket-activate``, as ``lamd@.socket`` does: the daemon is
-    started by the first connection, which the client times to its reply).
+    started by the first connection, which the client times to its reply;
+    the command is ``lamd@.service``'s: :func:`activation_argv`).
     Both with the package's .pyc files written (warm)."""
     out: dict = {}
     # by hand
@@ -364,7 +371,8 @@ def startup_ours(d: "OurDaemon", exe: str) -> dict:
     os.mkdir(sdir, 0o700)
     os.chown(sdir, d.user.pw_uid, d.user.pw_gid)
     proc = subprocess.Popen(["systemd-socket-activate", "-E", "PYTHONPATH", "-l", d.socket_path(),
-                             PY, "-m", "lamd", "--log-level", "warning", "--jobs=external"],
+                             *activation_argv(d.work / "pkg"), "--log-level", "warning",
+                             "--jobs=external"],
                             user=d.user.pw_uid, group=d.user.pw_gid, extra_groups=[], env=env,
                             cwd="/tmp", stdin=subprocess.DEVNULL,
                             stdout=open(d.work / "ours.log", "a"), stderr=subprocess.STDOUT)
@@ -385,6 +393,19 @@ def startup_ours(d: "OurDaemon", exe: str) -> dict:
             proc.wait()
         shutil.rmtree(d.prefix, ignore_errors=True)
     return out
+
+
+def activation_argv(pkg: Path) -> list[str]:
+    """What ``lamd@.service`` starts (its ``ExecStart=``,
+    ``/usr/lib/lamd/lamd-start``: ``python3 -IS`` and the package's directory
+    on ``sys.path``), with *pkg* first on the path instead of the installed
+    package: -I ignores PYTHONPATH. A revision without the launcher: ``python3
+    -m lamd`` as before."""
+    launcher = pkg / LAUNCHER
+    if not launcher.exists():
+        return [PY, "-m", "lamd"]
+    return [PY, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {str(pkg)!r}); "
+            f"exec(compile(open({str(launcher)!r}).read(), {str(launcher)!r}, 'exec'))"]
 
 
 def warm_pyc(pkg: Path) -> None:

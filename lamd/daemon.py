@@ -27,6 +27,7 @@ run outside the kernel, in the jobs process (:mod:`lamd.jobs.process`):
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import resource
@@ -37,8 +38,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from . import LAM_VERSION, __version__, _pure, service
-from .iprocs import DATALINK_SERVICES, JOB_SERVICES, BootConfigError, boot_table, parse_external, with_stubs
-from .iprocs.carried import with_carry
+# the boot table's names and rows only: the internal processes' modules are
+# imported when they boot, after the first turn (issue 13)
+from .iprocs import DATALINK_SERVICES, JOB_SERVICES, BootConfigError, booted_rows, parse_external
 from .kernel import Kernel, MAX_MSG_LEN
 from .kernelio import IOLimits, KernelIO, fdstore, handover
 from .kernelio.kernelio import SPLICE_MIN
@@ -296,7 +298,7 @@ def keep_across_crash(io: KernelIO, notifier: "service.Notifier", stored: dict[s
     if rec is None:
         io.crash = fdstore.CrashKeeper.create(io.kernel, notifier, uid=uid,
                                               session=session.directory, nslots=nslots)
-        if io.crash is not None:  # re-exec'ed clients, not stored yet
+        if io.crash is not None:  # re-exec'ed or early (first turn) clients, not stored yet
             for c in io.conns.values():
                 io.crash.add(c)
                 io.crash.due.add(c)
@@ -414,6 +416,63 @@ def main(argv: Sequence[str] | None = None) -> int:
                        kernel_pid=os.getpid())
     config: dict = {"session": session.directory}
     notifier = service.Notifier()
+    limits = IOLimits(move_buffer=max(4096, args.move_buffer),
+                      max_queued=max(64 * 1024, args.max_queued),
+                      splice_min=_env_int("LAMD_SPLICE_MIN", SPLICE_MIN))
+    wd = notifier.watchdog_period()
+    tick = min(1.0, wd) if wd else 1.0
+    user = service.current_user()
+    last_status = [""]
+
+    def on_tick(io: KernelIO) -> None:
+        st = kernel.stats
+        n = kernel.nclients
+        text = f"{n} clients attached, {st.messages} messages, {st.bytes} bytes moved"
+        if text != last_status[0]:
+            last_status[0] = text
+            notifier.status(text)
+            service.set_proctitle(service.proctitle(user, n))
+        notifier.watchdog()
+
+    def start_io() -> KernelIO | None:
+        """The I/O layer on *kernel*, its kill file written (``kkillopen``:
+        no kill file, no daemon: None) and its signals handled."""
+        io = KernelIO(kernel, listener, killfile=session.killfile_path,
+                      clients_file=session.clients_path, limits=limits,
+                      on_tick=on_tick, tick_interval=tick)
+        try:
+            io.write_killfile(strict=True)
+        except OSError as e:
+            log.error("cannot write kill file %s: %s", e.filename or session.killfile_path,
+                      e.strerror, extra={"LAM_ERROR": e.errno})
+            io.shutdown(unlink_socket=owned_socket)
+            return None
+        io.install_signal_handlers()
+        io.install_handover_signal()
+        # blocked across the exec that started us: take one that came meanwhile,
+        # and never hand the mask on to the jobs process and its jobs
+        handover.unblock_reexec_signal()
+        return io
+
+    # A fresh start (not a re-exec, nothing kept across a crash, not booted
+    # by lamboot) serves the clients already waiting first: under socket
+    # activation the first one started us and waits for its attach reply,
+    # which needs the kernel only. The internal processes boot after that,
+    # at the process-table indexes they would have had booting first; READY=1
+    # still waits for them (issue 13).
+    early = restored is None and not stored and boot_args is None
+    if early:
+        kernel = Kernel(**kernel_args)
+        started = start_io()
+        if started is None:
+            return EXIT_SETUP
+        io = started
+        nrows = 0 if args.no_iprocs else booted_rows(external)
+        kernel.reserve_indexes(nrows)
+        io.serve_waiting()
+        kernel.release_indexes(nrows)
+    from .iprocs import boot_table, with_stubs
+    from .iprocs.carried import with_carry
     iproc_states = None
     if notifier.enabled and not args.no_iprocs:
         # what internal processes keep across a crash (the router's table:
@@ -447,41 +506,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_SETUP
         else:
             handover.keep(restored.listener, restored.conns)
-    if restored is None:
-        kernel = Kernel(**kernel_args)
-    limits = IOLimits(move_buffer=max(4096, args.move_buffer),
-                      max_queued=max(64 * 1024, args.max_queued),
-                      splice_min=_env_int("LAMD_SPLICE_MIN", SPLICE_MIN))
-    wd = notifier.watchdog_period()
-    tick = min(1.0, wd) if wd else 1.0
-    user = service.current_user()
-    last_status = [""]
-
-    def on_tick(io: KernelIO) -> None:
-        st = kernel.stats
-        n = kernel.nclients
-        text = f"{n} clients attached, {st.messages} messages, {st.bytes} bytes moved"
-        if text != last_status[0]:
-            last_status[0] = text
-            notifier.status(text)
-            service.set_proctitle(service.proctitle(user, n))
-        notifier.watchdog()
-
-    io = KernelIO(kernel, listener, killfile=session.killfile_path,
-                  clients_file=session.clients_path, limits=limits,
-                  on_tick=on_tick, tick_interval=tick)
-    try:
-        io.write_killfile(strict=True)  # kkillopen: no kill file, no daemon
-    except OSError as e:
-        log.error("cannot write kill file %s: %s", e.filename or session.killfile_path,
-                  e.strerror, extra={"LAM_ERROR": e.errno})
-        io.shutdown(unlink_socket=owned_socket)
-        return EXIT_SETUP
-    io.install_signal_handlers()
-    io.install_handover_signal()
-    # blocked across the exec that started us: take one that came meanwhile,
-    # and never hand the mask on to the jobs process and its jobs
-    handover.unblock_reexec_signal()
+    if not early:
+        if restored is None:
+            kernel = Kernel(**kernel_args)
+        started = start_io()
+        if started is None:
+            return EXIT_SETUP
+        io = started
     jobs: JobsChild | None = None
     booted: Booted | None = None
     if boot_args is not None and restored is None:
@@ -577,6 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              session.socket_path, os.getpid(), nofile, max(0, (nofile - 32) // 2),
              args.max_procs, "compiled" if _pure.compiled() else "pure Python")
     reload_status("ok" if restored is not None else "started")
+    gc.enable()  # lamd.launch turned it off for the start
     notifier.ready()
     notifier.status(f"{kernel.nclients} clients attached")
     while True:

@@ -9,19 +9,33 @@ LAM's prefix tree (``/usr/lib/lamd/lam/bin/lamd``) starts it as
 ``re`` a console script imports: 5 ms more) until the callback is made;
 :func:`main` then runs :func:`site.main`, so the daemon finds what the
 Debian packages installed (python3-systemd, setproctitle) as usual.
+
+``lamd@.service`` starts it the same way, through ``/usr/lib/lamd/lamd-start``
+(``packaging/lamd-start``: ``#!/usr/bin/python3 -IS``), which puts the Debian
+package's directory on ``sys.path`` itself and passes ``site=False``: the
+first client of a socket activation waits for the whole start (issue 13).
 """
 
 import sys
 
 
-def main() -> int:
-    from .boot.early import main_early
+def main(site: bool = True) -> int:
+    """*site*: under ``python3 -S``, run :func:`site.main` once the boot
+    callback is made (False: the caller has set ``sys.path`` up)."""
+    import gc
 
-    main_early(sys.argv[1:])
-    if sys.flags.no_site:
-        import site
+    # start-up allocates thousands of objects and frees few: no cyclic
+    # collection passes (about 3 ms) until lamd.daemon has booted, just
+    # before READY=1 (it enables the collector again)
+    gc.disable()
+    if "-H" in sys.argv[1:]:  # hboot's arguments (the rest is main_early's to check)
+        from .boot.early import main_early
 
-        site.main()
+        main_early(sys.argv[1:])
+    if sys.flags.no_site and site:
+        import site as site_module
+
+        site_module.main()
     from .daemon import main as daemon_main
 
     return daemon_main()

@@ -834,3 +834,35 @@ def test_signal_dispatched_without_the_python_level_handler() -> None:
     finally:
         loop.remove_signal(_signal.SIGUSR2)
         loop.close()
+
+
+def test_the_loop_does_not_write_again_the_kill_file_the_start_wrote(tmp_path) -> None:
+    """kkillopen (write_killfile(strict=True)) writes the kill file before the
+    first turn; the loop then writes it only when something changed (issue 13:
+    the same lines exchanged again loaded ctypes before the first reply, and
+    overwrote what a daemon started for the same session meanwhile wrote)."""
+    path = str(tmp_path / "lam-kernel-socket")
+    killfile = str(tmp_path / "lam-killfile")
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
+    lsock.listen(16)
+    io = KernelIO(Kernel(kernel_pid=os.getpid()), lsock, killfile=killfile,
+                  clients_file=str(tmp_path / "lamd-clients"), limits=IOLimits(),
+                  tick_interval=0.2)
+    io.write_killfile(strict=True)
+    assert read_killfile(killfile) == [os.getpid()]
+    with open(killfile, "w") as f:  # someone else's lines now
+        f.write("1\n")
+    t = threading.Thread(target=io.run, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.3)  # the loop's first turns and a tick
+        assert read_killfile(killfile) == [1]
+        c = KernelClient.connect(path, timeout=TIMEOUT)  # a change: written again
+        c.attach(PRCMD)
+        wait_until(lambda: read_killfile(killfile)[-1:] == [os.getpid()])
+        c.close()
+    finally:
+        io.request_stop()
+        t.join(TIMEOUT)
+        io.shutdown(unlink_socket=path)

@@ -129,3 +129,28 @@ def test_a_pid_that_leaves_and_comes_back_in_one_turn_costs_no_write(t: Turns, m
     monkeypatch.undo()
     t.detach(prev)  # a real leave still cuts its line
     assert t.turn() == [KPID]
+
+
+def test_a_new_kill_file_is_written_in_place_then_replaced_by_exchange(tmp_path, monkeypatch) -> None:
+    """Issue 13: the daemon's first kill file (made before its first reply)
+    goes straight into the new, empty file, with no renameat2 (ctypes);
+    every later rewrite, and the first over a file left by a dead daemon,
+    swaps in a complete copy as before (the path never names a torn file)."""
+    import lamd.session.kkill as kk
+    swaps: list[str] = []
+    real = kk._exchange
+    monkeypatch.setattr(kk, "_exchange", lambda a, b: swaps.append(b) or real(a, b))
+    kill, clients = str(tmp_path / "lam-killfile"), str(tmp_path / "lamd-clients")
+    kf = KillFile(kill, clients, 100)
+    kf.rewrite([(7, None)])
+    assert swaps == [] and read_killfile(kill) == [100, 7]
+    assert open(clients).read() == "7 0\n"
+    kf.rewrite([(8, None)])
+    assert swaps == [kill] and read_killfile(kill) == [100, 8]
+    kf.close()
+    # a stale one (a daemon that died): replaced whole, by exchange
+    swaps.clear()
+    kf2 = KillFile(kill, clients, 200)
+    kf2.rewrite([])
+    assert kill in swaps and read_killfile(kill) == [200]
+    kf2.close()

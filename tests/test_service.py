@@ -175,6 +175,33 @@ def test_journal_handler_through_real_journal_send(monkeypatch):
     assert "SYSLOG_IDENTIFIER=lamd" in lines and "PRIORITY=6" in lines
 
 
+def test_journal_send_writes_what_systemd_journal_send_writes(monkeypatch):
+    """The handler's default sender (systemd._journal.sendv without
+    systemd.journal: issue 13, the first reply waits for its import) gives
+    sendv the same lines as python3-systemd's journal.send, bytes included."""
+    from systemd import _journal, journal
+    from lamd.service.journal import journal_send
+    got: list = []
+    monkeypatch.setattr(_journal, "sendv", lambda *args: got.append(list(args)))
+    monkeypatch.setattr(journal, "sendv", lambda *args: got.append(list(args)))
+    fields = dict(PRIORITY="6", SYSLOG_IDENTIFIER="lamd", LOGGER="lamd.kernel",
+                  CODE_FILE="/x.py", CODE_LINE=42, CODE_FUNC="f", LAM_PID="7", RAW=b"\xde\xad")
+    journal_send("hello \u00e9", **fields)
+    journal.send("hello \u00e9", **fields)
+    assert len(got) == 2 and sorted(map(repr, got[0])) == sorted(map(repr, got[1]))
+
+
+def test_journal_logging_does_not_import_systemd_journal():
+    code = ("import sys; from lamd.service import setup_logging; setup_logging('info', journal=True); "
+            "import logging; h = logging.getLogger().handlers[0]; "
+            "print(type(h).__name__, 'systemd.journal' in sys.modules)")
+    cp = subprocess.run([sys.executable, "-I", "-S", "-c", "import sys; sys.path[:0] = [%r, "
+                         "'/usr/lib/python3/dist-packages']; " % REPO + code],
+                        capture_output=True, text=True, timeout=30)
+    assert cp.returncode == 0 and cp.stdout.split() == ["LamJournalHandler", "False"], \
+        cp.stdout + cp.stderr
+
+
 @pytest.mark.parametrize("level,prio", [(logging.DEBUG, 7), (logging.INFO, 6),
                                         (logging.WARNING, 4), (logging.ERROR, 3),
                                         (logging.CRITICAL, 2)])

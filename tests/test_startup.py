@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,10 +68,31 @@ def test_a_job_service_row_loads_its_module_when_booted() -> None:
     assert "lamd.jobs.kenyad" in loaded_after(code)
 
 
+def test_the_boot_table_loads_no_internal_process_until_booted() -> None:
+    """The daemon reads the boot table's names before its first turn; every
+    internal process's module (and the datalink's) is imported when its row
+    boots, after the clients already waiting are answered (issue 13)."""
+    rows = ["lamd.iprocs.router", "lamd.iprocs.bufferd", "lamd.iprocs.dli", "lamd.iprocs.dlo",
+            "lamd.iprocs.echod", "lamd.iprocs.bforward", "lamd.iprocs.traced",
+            "lamd.iprocs.stubs", "lamd.iprocs.haltd", "lamd.iprocs.versiond",
+            "lamd.iprocs.netaddr", "lamd.iprocs.carried", "lamd.datalink.link"]
+    code = ("import json, sys\nfrom lamd import daemon, iprocs\n"
+            "n = iprocs.booted_rows(iprocs.JOB_SERVICES)\n"
+            "print(json.dumps([n, [m for m in %r if m in sys.modules]]))\n"
+            "iprocs.BY_NAME['echod'].main.resolve()\n"
+            "print(json.dumps('lamd.iprocs.echod' in sys.modules))" % rows)
+    out = subprocess.run([SYSTEM_PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.splitlines()
+    assert json.loads(first) == [10, []]  # 15 rows, the 5 job services' left out
+    assert json.loads(second) is True
+
+
 def test_traced_reads_wire_s_numbers() -> None:
-    import lamd.iprocs  # noqa: F401
+    import lamd.iprocs.traced  # noqa: F401
     from lamd.jobs import trreq, wire
-    traced = sys.modules["lamd.iprocs.traced"]  # lamd.iprocs.traced is the coroutine
+    traced = sys.modules["lamd.iprocs.traced"]
     for name in trreq.__all__:  # one set of numbers, re-exported by wire
         assert getattr(wire, name) == getattr(trreq, name)
     assert traced.EPUBLISHED == wire.EPUBLISHED and traced.ENOTPUBLISHED == wire.ENOTPUBLISHED
@@ -126,3 +150,97 @@ def test_help_still_works() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# ---------------------------------------------------------------- socket activation
+
+CLIENT = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from lamd.client import KernelClient
+t0 = time.monotonic()
+c = KernelClient.connect(sys.argv[2])
+index = c.attach()
+print(json.dumps({"index": index, "ms": (time.monotonic() - t0) * 1e3}), flush=True)
+if len(sys.argv) > 3:  # stay attached until told
+    sys.stdin.readline()
+c.detach()
+"""
+
+
+def test_socket_activation_answers_the_first_client_then_boots(tmp_path) -> None:
+    """Started as lamd@.service starts it (packaging/lamd-start: python3 -IS)
+    by a client's connect, with a notify socket as under systemd: the first
+    client's attach is answered before the internal processes boot (the
+    daemon's log: its ATTACH, then the boot table), READY=1 comes after the
+    boot, and the internal processes still have LAM's indexes: the first
+    client gets the index after theirs, as if they had booted first."""
+    from .lamenv import Session, copy_package, ensure_user
+    from lamd.iprocs import JOB_SERVICES, booted_rows
+    pw = ensure_user()
+    s = Session(pw)
+    pkg = copy_package(pyc=True)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        launcher = pkg / "lamd-start"
+        shutil.copy(ROOT / "packaging" / "lamd-start", launcher)
+        launcher.chmod(0o755)
+        s.session_dir.mkdir(mode=0o700)
+        os.chown(s.session_dir, pw.pw_uid, pw.pw_gid)
+        npath = s.work / "notify"
+        notify.bind(str(npath))
+        npath.chmod(0o666)
+        notify.settimeout(30)
+        code = (f"import sys; sys.path.insert(0, {str(pkg)!r}); "
+                f"exec(compile(open({str(launcher)!r}).read(), 'lamd-start', 'exec'))")
+        log = open(s.work / "lamd.log", "w")
+        daemon = s.popen(["systemd-socket-activate", "-E", "NOTIFY_SOCKET", "-l", s.socket,
+                          SYSTEM_PYTHON, "-I", "-S", "-c", code, "--jobs=external",
+                          "--log-level", "debug"],
+                         env={**s.env, "NOTIFY_SOCKET": str(npath)}, stdout=log,
+                         stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while not s.socket.exists():
+            assert daemon.poll() is None and time.monotonic() < deadline, "no socket"
+            time.sleep(0.01)
+        client = [SYSTEM_PYTHON, "-I", "-c", CLIENT, str(pkg), str(s.socket)]
+        first = s.run(client, timeout=30)
+        assert first.returncode == 0, first.stderr
+        got = []
+        while b"READY=1" not in b"\n".join(got):
+            got.append(notify.recv(65536))
+        second = s.popen([*client, "stay"], stdin=subprocess.PIPE)
+        line = second.stdout.readline()
+        second.stdin.write("\n")
+        second.stdin.flush()
+        assert second.wait(timeout=30) == 0, second.stderr.read()
+        nrows = booted_rows(JOB_SERVICES)
+        assert json.loads(first.stdout)["index"] == nrows
+        # the first left (its index free again), the lowest free index is its
+        assert json.loads(line)["index"] == nrows
+        text = (s.work / "lamd.log").read_text()
+        attach = text.index("ATTACH index=-1")
+        boot = text.index("boot table: internal")
+        assert attach < boot, text
+    finally:
+        notify.close()
+        s.close()
+        shutil.rmtree(pkg, ignore_errors=True)
+
+
+def test_the_launcher_starts_the_daemon_with_the_collector_off(monkeypatch) -> None:
+    """lamd.launch turns the cyclic collector off for the start (issue 13);
+    lamd.daemon.main turns it on again before READY=1."""
+    import gc
+
+    from lamd import daemon, launch
+    seen: list[bool] = []
+    monkeypatch.setattr(daemon, "main", lambda: seen.append(gc.isenabled()) or 0)
+    monkeypatch.setattr(sys, "argv", ["lamd"])
+    try:
+        assert launch.main(site=False) == 0
+    finally:
+        gc.enable()
+    assert seen == [False]
+    src = Path(daemon.__file__).read_text()
+    assert src.index("gc.enable()") < src.index("notifier.ready()\n    notifier.status")

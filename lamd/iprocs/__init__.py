@@ -35,26 +35,20 @@ from ..kernel.constants import (
     PRHALTD, PRLOADD, PRROUTER, PRVERSIOND,
 )
 from ..kernel.kiproc import IProc, IProcMain, KBoot
-from .bforward import bforward
-from .bufferd import bufferd
-from .dli import dli
-from .dlo import dlo
-from .echod import echod
-from .haltd import haltd
-from .netaddr import node_address
-from .nreq import Identity
-from .router import route_table, router
-from .stubs import died
-from .traced import traced
-from .versiond import versiond
+
+# Every row's module is imported when the row is booted (:class:`_Lazy`), not
+# with this package: a daemon started by socket activation answers the
+# clients already waiting before it boots its internal processes (issue 13),
+# and the names, priorities and rows here are all it reads before that.
 
 
 class _Lazy:
     """The coroutine function ``NAME`` of module *module*, imported on the
     first call. The job services' modules (``lamd.jobs.kenyad`` & co.) are
     loaded only by a process that boots them (the jobs process, a service
-    host), not by every daemon that builds the boot table before its first
-    reply (the daemon leaves those rows out or boots stubs in them)."""
+    host), not by every daemon that builds the boot table (the daemon leaves
+    those rows out or boots stubs in them); the others when booted, after
+    the daemon's first turn."""
 
     __slots__ = ("module", "name", "_fn")
 
@@ -91,21 +85,21 @@ DATALINK_SERVICES = ("dli_inet", "dlo_inet", "bforward")
 
 #: LAM's kboottbl[], in order.
 BOOT_TABLE: list[KBoot] = [
-    KBoot("router", PRROUTER, router),
-    KBoot("bufferd", PRBUFFERD, bufferd),
-    KBoot("dli_inet", PRDLI, dli),
-    KBoot("dlo_inet", PRDLO, dlo),
-    KBoot("echod", PRECHOD, echod),
-    KBoot("bforward", PRBFORWARD, bforward),
+    KBoot("router", PRROUTER, _Lazy(".router", "router")),
+    KBoot("bufferd", PRBUFFERD, _Lazy(".bufferd", "bufferd")),
+    KBoot("dli_inet", PRDLI, _Lazy(".dli", "dli")),
+    KBoot("dlo_inet", PRDLO, _Lazy(".dlo", "dlo")),
+    KBoot("echod", PRECHOD, _Lazy(".echod", "echod")),
+    KBoot("bforward", PRBFORWARD, _Lazy(".bforward", "bforward")),
     KBoot("flatd", PRDAEMON, flatd),
     KBoot("loadd", PRLOADD, loadd),
     KBoot("kenyad", PRDAEMON, kenyad),
     KBoot("filed", PRFILED, filed),
-    KBoot("traced", PRDAEMON, traced),
+    KBoot("traced", PRDAEMON, _Lazy(".traced", "traced")),
     KBoot("iod", PRDAEMON, iod),
-    KBoot("died", PRDIED, died),
-    KBoot("haltd", PRHALTD, haltd),
-    KBoot("versiond", PRVERSIOND, versiond),
+    KBoot("died", PRDIED, _Lazy(".stubs", "died")),
+    KBoot("haltd", PRHALTD, _Lazy(".haltd", "haltd")),
+    KBoot("versiond", PRVERSIOND, _Lazy(".versiond", "versiond")),
 ]
 
 
@@ -160,7 +154,12 @@ def boot_config(config: dict[str, Any], kernel_side: bool = True) -> dict[str, A
     daemon's own processes (*kernel_side*), the router's table they share
     (``route_table``) if missing. A separate process (the jobs process)
     has no table of its own: its ``getroute`` asks the router."""
+    from .nreq import Identity
+    from .router import route_table
+
     if not config.get("node_addr"):
+        from .netaddr import node_address
+
         config["node_addr"] = node_address()
     config.setdefault("node_id", 0)
     ident = config.get("identity")
@@ -186,6 +185,12 @@ def boot_table(config: dict[str, Any], external: Iterable[str] = ()) -> list[KBo
     return [replace(kb, row=row) for row, kb in enumerate(BOOT_TABLE) if kb.name not in skip]
 
 
+def booted_rows(external: Iterable[str] = ()) -> int:
+    """How many rows :func:`boot_table` gives without the *external* ones."""
+    skip = set(parse_external(list(external)))
+    return sum(1 for kb in BOOT_TABLE if kb.name not in skip)
+
+
 def with_stubs(table: Iterable[KBoot], names: Iterable[str]) -> list[KBoot]:
     """*table* with the ESERVICE stubs of :mod:`lamd.iprocs.stubs` in the
     rows *names* (a daemon that runs no jobs, or has given its jobs process
@@ -197,4 +202,4 @@ def with_stubs(table: Iterable[KBoot], names: Iterable[str]) -> list[KBoot]:
 
 
 __all__ = ["BOOT_TABLE", "JOB_SERVICES", "DATALINK_SERVICES", "BY_NAME", "KERNEL_SIDE", "EXTERNAL_OK", "BootConfigError",
-           "parse_external", "boot_config", "boot_table", "with_stubs"]
+           "parse_external", "boot_config", "boot_table", "booted_rows", "with_stubs"]

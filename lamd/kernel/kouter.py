@@ -176,6 +176,21 @@ class Kernel(KInner, KIProcDriver):
         """A client connected; *pid*/*uid* come from SO_PEERCRED."""
         self._peers[conn] = (pid, uid)
 
+    def reserve_indexes(self, n: int) -> None:
+        """Keep process indexes 0..*n*-1 for the *n* internal processes
+        :meth:`boot` starts after the first clients are served (a socket
+        activation's, issue 13): they get LAM's indexes, as if booted first
+        (``kboot`` before any client), once :meth:`release_indexes` is called."""
+        if self.procs or self._next_index or self._free_indexes:
+            raise ValueError("indexes can only be reserved in an empty table")
+        self._next_index = n
+
+    def release_indexes(self, n: int) -> None:
+        """The indexes :meth:`reserve_indexes` kept, for the boot that follows
+        (the lowest free index is taken first: 0..*n*-1 in boot order)."""
+        for i in range(n):
+            heapq.heappush(self._free_indexes, i)
+
     def request(self, conn: Conn, req: KReq) -> list[Action]:
         """One decoded ``struct kreq`` arrived on *conn* (LAM's main loop)."""
         self.stats.requests += 1

@@ -44,10 +44,10 @@ clean, never half-restored.
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import struct
 import zlib
+from _blake2 import blake2b  # type: ignore[import]  # hashlib's own, without its OpenSSL (issue 13)
 from dataclasses import dataclass
 from typing import Final
 
@@ -115,7 +115,7 @@ class Record:
 
 
 def session_digest(session: str) -> bytes:
-    return hashlib.blake2b(session.encode(), digest_size=16, person=b"lamd-crash").digest()
+    return blake2b(session.encode(), digest_size=16, person=b"lamd-crash").digest()
 
 
 def size_for(nslots: int) -> int:

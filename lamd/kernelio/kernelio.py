@@ -232,7 +232,13 @@ class KernelIO(Admission, ConnIO):
 
     def run(self) -> int:
         """Serve until stopped (signal, haltd, or :meth:`stop`)."""
-        self.write_killfile()
+        # kkillopen at start wrote it (write_killfile(strict=True)): again
+        # only if something changed since, not exchanged for the same lines
+        # (which loads ctypes, and would overwrite a kill file a daemon
+        # started for the same session meanwhile has put there)
+        kill = self._kill
+        if kill.dirty or kill.removed:
+            self.write_killfile()
         loop = self.loop
         next_tick = time.monotonic() + self.tick_interval
         while not self.stopping:
@@ -262,6 +268,16 @@ class KernelIO(Admission, ConnIO):
                 if self.on_tick is not None:
                     self.on_tick(self)
         return self.exit_status
+
+    def serve_waiting(self) -> None:
+        """One turn that does not wait: the clients already connected (the
+        one that started a socket activation) get their replies before the
+        daemon boots its internal processes (issue 13). The loop's own
+        turns (:meth:`run`) follow."""
+        self.poll_once(0.0)
+        if self._pending:
+            self._serve_pending()
+        self._end_turn()
 
     def poll_once(self, timeout: float) -> None:
         """:meth:`EventLoop.poll <.loop.EventLoop.poll>`, with a client's

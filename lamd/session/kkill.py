@@ -97,8 +97,18 @@ class _SwapFile:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         self.live = os.open(path, flags, 0o600)
         self.spare = os.open(self.spare_path, flags | os.O_TRUNC, 0o600)
+        # a file just made (empty): its first contents go straight in, with
+        # no exchange; the daemon's first kill file is written before its
+        # first reply, and renameat2 costs an import of ctypes (issue 13)
+        self.fresh = os.fstat(self.live).st_size == 0
 
     def rewrite(self, data: bytes) -> None:
+        if self.fresh:
+            self.fresh = False
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.live, view):]
+            return
         os.ftruncate(self.spare, 0)
         view = memoryview(data)
         while view:
@@ -113,6 +123,7 @@ class _SwapFile:
                                  | os.O_TRUNC | os.O_CLOEXEC, 0o600)
 
     def append(self, data: bytes) -> None:
+        self.fresh = False
         os.write(self.live, data)
 
     def close(self, *, remove_spare: bool = True) -> None:
