@@ -17,8 +17,11 @@ and the datalink in node2's; ``lamnodes`` and ``tping -c 1 N`` from both
 nodes (on node2 inside the container: its kernel takes clients of its own pid
 namespace only); ``lamexec N hostname`` across the nodes; ``lamhalt``: every
 unit of the user inactive but the two sockets, which listen on, and no
-process of the user on either node; then ``lamboot`` again works. Between
-the two, a SIGKILL of node2's kernel: the node stays n1 of the universe.
+process of the user on either node. Three boots: the first ends with
+``lamhalt`` after a SIGKILL of node2's kernel (the node stays n1 of the
+universe); the second ends with what ``lamwipe`` runs on each node (the
+tree's ``tkill``: ``lamd-tkill --keep-socket`` under systemd), with the same
+outcome as lamhalt; the third, after the wipe, with ``lamhalt``.
 
 Needs both locks: ``flock /tmp/lamd-netns.lock flock /tmp/lamd-systest.lock``.
 
@@ -108,7 +111,11 @@ def test_lamboot_boots_the_systemd_managed_daemon(lamd_deb, lam_user):
             hf.write_text(f"{h1.name}\n{h2.name} prefix={PREFIX_TREE}\n")
             hf.chmod(0o644)
 
-            for attempt in ("first", "again"):
+            # first: a kernel crash, then lamhalt; then lamwipe (stock wipe:
+            # hboot's tkill over ssh, the tree's lamd-tkill --keep-socket on
+            # node2); then a boot again after the wipe, and lamhalt
+            for attempt, end in (("first", "lamhalt"), ("wiped", "lamwipe"),
+                                 ("again", "lamhalt")):
                 t0 = time.monotonic()
                 cp = h1.run(["lamboot", hf], timeout=120)
                 assert cp.returncode == 0, attempt + show(cp) + journal(ct)
@@ -141,10 +148,30 @@ def test_lamboot_boots_the_systemd_managed_daemon(lamd_deb, lam_user):
                     show(cp) + journal(ct)
                 if attempt == "first":
                     crash_keeps_the_node(ct, h1, h2, kpid, dpid)
-                cp = h1.run(["lamhalt"], timeout=30)
+                if end == "lamhalt":
+                    cp = h1.run(["lamhalt"], timeout=60)
+                else:
+                    # what lamwipe runs on each node of the schema (the boot
+                    # module's PREFIX/bin/tkill over ssh): lamwipe itself for
+                    # node1; for node2 that command inside the container,
+                    # where the node's processes are: this rig's sshd for
+                    # node2 runs outside the container's pid namespace, where
+                    # the kill file's pids name other processes (on a real
+                    # host sshd and systemd share one)
+                    hf1 = c.work / "hostfile-node1"
+                    hf1.write_text(f"{h1.name}\n")
+                    hf1.chmod(0o644)
+                    cp = h1.run(["lamwipe", hf1], timeout=60)
+                    r = ct.as_user([f"{PREFIX_TREE}/bin/tkill"], timeout=60)
+                    assert r.returncode == 0, r.stdout + r.stderr + journal(ct)
                 assert cp.returncode == 0, show(cp) + journal(ct)
-                ct.wait_for(lambda: all(active(ct, u) == "inactive" for u in UNITS), 30,
-                            "every unit of the user inactive after lamhalt")
+                try:
+                    ct.wait_for(lambda: all(active(ct, u) == "inactive" for u in UNITS), 30,
+                                f"every unit of the user inactive after {end}")
+                except AssertionError as e:
+                    raise AssertionError(f"{e}: {[(u, active(ct, u)) for u in UNITS]} "
+                                         f"{ct.run(['pgrep', '-u', USER, '-a']).stdout}"
+                                         + show(cp) + journal(ct)) from None
                 assert [active(ct, s) for s in SOCKETS] == ["active", "active"]
                 left = ct.run(["pgrep", "-u", USER, "-a"]).stdout
                 assert left == "", left
