@@ -60,6 +60,15 @@ def boot(c: Cluster, lamd_pkg, layout: str, x: bool, hosts: list[Host] | None = 
     cp = hosts[0].run(["lamboot", *(["-x"] if x else []), hf], timeout=60)
     assert cp.returncode == 0, show(cp) + logs(c)
     assert [daemon_kind(h) for h in hosts] == [k.replace("sep", "py") for k in kinds], logs(c)
+    # lamboot is done once it has sent every node the universe; a separate
+    # datalink gives it to its kernel's router a moment later (LAM's dli_inet:
+    # initrouter after the universe), as tests/test_datalink_separate.py waits
+    deadline = time.monotonic() + 10
+    for i, (h, k) in enumerate(zip(hosts, kinds)):
+        dlog = c.work / f"lamd-dl-{h.name}.log"
+        while k == "sep" and f"serving node n{i} of" not in dlog.read_text():
+            assert time.monotonic() < deadline, logs(c)
+            time.sleep(0.05)
     for h in hosts:
         cp = h.run(["tping", "-c", "1", "N"])
         assert cp.returncode == 0 and "from 2 remote nodes and 1 local node" in cp.stdout, \

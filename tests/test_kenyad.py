@@ -1186,8 +1186,11 @@ def test_stock_lamexec_and_mpirun_as_on_the_c_lamd(ours, cdaemon, mpiprogs):
     ]
     def run(s: lamenv.Session, argv: list[str]) -> subprocess.CompletedProcess:
         flaked = False
-        for _ in range(MPI_ATTEMPTS):  # MPI_INIT's "errno 14": see start_mpi_job
+        given = argv
+        for attempt in range(MPI_ATTEMPTS):  # MPI_INIT's "errno 14": see start_mpi_job
             seen = len(ours.log())
+            if given[0] == "mpirun":
+                argv = [*given[:-1], elsewhere(given[-1], attempt)]
             cp = s.run(["timeout", "-k", "2", "25", *argv], timeout=40)
             flake = cp.returncode == 252 or (s is ours.s and cp.returncode != 0 and (
                 "Unix errno: 14" in ours.log()[seen:] or flaked))
@@ -1195,7 +1198,7 @@ def test_stock_lamexec_and_mpirun_as_on_the_c_lamd(ours, cdaemon, mpiprogs):
                 break
             flaked = True
             print(f"retrying {argv} after MPI_INIT's errno 14: {show(cp)}")
-            time.sleep(1)
+            time.sleep(0.5)
         return cp
 
     for argv in cases:
@@ -1212,31 +1215,51 @@ def test_stock_lamexec_and_mpirun_as_on_the_c_lamd(ours, cdaemon, mpiprogs):
 
 
 #: Attempts at an MPI job, for the reference stack's MPI_INIT failure.
-MPI_ATTEMPTS = 8
+MPI_ATTEMPTS = 10
 
 
-def start_mpi_job(s: lamenv.Session, exe: str, why: Any) -> subprocess.Popen:
-    """``mpirun -f -np 2 exe``, once mpitask lists both ranks running.
+def elsewhere(exe: str, attempt: int) -> str:
+    """*exe* again under a directory of another length (the same name):
+    LAM's MPI_INIT failure depends on the program's path (below)."""
+    if attempt == 0:
+        return exe
+    d = os.path.join(os.path.dirname(exe), "r" * attempt)
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o755)
+    copy = os.path.join(d, os.path.basename(exe))
+    if not os.path.exists(copy):
+        shutil.copy(exe, copy)
+        os.chmod(copy, 0o755)
+    return copy
 
-    Debian's LAM MPI now and then fails inside MPI_INIT with "Unix errno: 14
-    Bad address" (rc 252) on either daemon (see test_stock_tools.test_mpirun),
-    in streaks on a loaded machine (never seen in isolation: 0 in 160 runs;
-    in one CI run of 2026-11-26, five times in a row on ours);
-    on ours a create right after such a failure has also been seen to wait
-    out kenyad's 10 s send deadline ("service unavailable", rc 205): both are
-    retried, at most MPI_ATTEMPTS times."""
+
+def start_mpi_job(s: lamenv.Session, exe: str, why: Any) -> tuple[subprocess.Popen, str]:
+    """``mpirun -f -np 2 exe``, once mpitask lists both ranks running; the
+    job and the program's path it runs.
+
+    Debian's LAM MPI fails inside MPI_INIT with "Unix errno: 14 Bad address"
+    (rc 252) on either daemon, depending on the program's path: strace shows
+    the rank's ``writev`` of an nsend header whose ``nh_msg`` (length 0) is
+    uninitialised stack holding bytes of the path, which this kernel refuses
+    as a non-canonical address (on 2026-11-26, 48 path lengths: 35 failed on
+    ours, 33 on the C lamd, at random between runs of one length). So each
+    retry runs the program from a directory of another length, at most
+    MPI_ATTEMPTS times; on ours a create right after such a failure has also
+    been seen to wait out kenyad's 10 s send deadline ("service
+    unavailable", rc 205), retried the same way."""
     flaked = False
-    for _ in range(MPI_ATTEMPTS):
-        job = s.popen(["mpirun", "-f", "-np", "2", exe])
+    for attempt in range(MPI_ATTEMPTS):
+        path = elsewhere(exe, attempt)
+        job = s.popen(["mpirun", "-f", "-np", "2", path])
         running = wait_until(lambda: job.poll() is not None or s.run(
             ["mpitask"], timeout=20).stdout.count("<running>") == 2, 2 * TIMEOUT)
         if running and job.poll() is None:
-            return job
+            return job, path
         rc = job.wait(TIMEOUT)
         if rc != 252 and not (flaked and rc == 205):
             break
         flaked = True
-        time.sleep(2)  # the faults come in streaks: let one pass
+        time.sleep(0.5)
     pytest.fail(f"the MPI job did not start (rc {job.poll()}):\n{why()}")
 
 
@@ -1245,11 +1268,10 @@ def test_stock_mpitask_lamclean_and_sigint_end_mpi_jobs(ours, cdaemon, mpiprogs)
     ``lamclean`` ends the job (mpirun reports rank failure, exit 1, as on the
     C lamd; ours then stops at filed's stub, rc 253) and SIGINT to mpirun
     ends a job (exit 15, as LAM): no rank is left running."""
-    exe = mpiprogs["mpisleep"]
-    ranks = f"^{exe}$"  # the ranks' command line (mpirun's has more)
     outs = {}
     for name, s in (("ours", ours.s), ("c", cdaemon.s)):
-        job = start_mpi_job(s, exe, ours.log)
+        job, exe = start_mpi_job(s, mpiprogs["mpisleep"], ours.log)
+        ranks = f"^{exe}$"  # the ranks' command line (mpirun's has more)
         assert len(procs_named(ranks)) == 2, procs_named(exe)
         task = s.run(["mpitask"], timeout=20)
         clean = s.run(["lamclean", "-v"], timeout=30)
@@ -1263,7 +1285,8 @@ def test_stock_mpitask_lamclean_and_sigint_end_mpi_jobs(ours, cdaemon, mpiprogs)
     assert outs["c"][1] == 1 and "exit status 1" in outs["c"][2]
     assert "killing processes" in outs["ours"][3].stdout
     # SIGINT to mpirun: it dooms its ranks (PQDOOM SELECT_PID -15)
-    job = start_mpi_job(ours.s, exe, ours.log)
+    job, exe = start_mpi_job(ours.s, mpiprogs["mpisleep"], ours.log)
+    ranks = f"^{exe}$"
     job.send_signal(signal.SIGINT)
     assert job.wait(TIMEOUT) == 15
     assert "due to signal 15" in job.stderr.read()
