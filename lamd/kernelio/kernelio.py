@@ -27,7 +27,7 @@ from ..kernel import kactions as K
 from ..kernel.constants import PRLAMHALT
 from ..kernel.kiproc import STOP_SIGNALS
 from ..kernel.kouter import Kernel
-from ..session.kkill import KillFile, KillFileWriter, proc_starttime
+from ..session.kkill import KillFile, KillFileWriter, proc_starttime, read_killfile
 from .admission import Admission
 from .handover import DRAIN_TIMEOUT, REEXEC_SIGNAL, safe_point
 from .fdstore import CrashKeeper
@@ -86,11 +86,10 @@ def _node_of(listener: socket.socket) -> tuple[int, int] | None:
 def _killfile_pid(path: str) -> int | None:
     """The daemon pid a kill file names first (None: none, or unreadable)."""
     try:
-        with open(path, "rb") as f:
-            first = f.readline(64)
-        return int(first)
-    except (OSError, ValueError):
+        pids = read_killfile(path)
+    except OSError:
         return None
+    return pids[0] if pids else None
 
 
 class KernelIO(Admission, ConnIO):
@@ -349,10 +348,7 @@ class KernelIO(Admission, ConnIO):
             self._signal(a, drop_on_failure=False)
         for c in list(self.conns.values()):
             self._close(c, notify_kernel=False)
-        for r, w in self._pipes:
-            os.close(r)
-            os.close(w)
-        self._pipes.clear()
+        self._close_spare_pipes()
         self._watches.close()
         crash = self.crash
         if crash is not None:

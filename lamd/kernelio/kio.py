@@ -540,6 +540,10 @@ class ConnIO(KIOBase):
             log.warning("cannot splice message bodies (%s): copying them instead", e.strerror)
         self._splice_ok = False
         m.unpipe(self.limits.move_buffer)
+        self._close_spare_pipes()
+
+    def _close_spare_pipes(self) -> None:
+        """Close the empty pipes kept for the next spliced bodies."""
         for r, w in self._pipes:
             os.close(r)
             os.close(w)

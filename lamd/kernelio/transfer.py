@@ -62,11 +62,6 @@ class BodyMove:
         self.piped = 0  # and the body bytes in it
         self.cap = bufsize  # body bytes held at most (buffer and pipe)
 
-    @property
-    def held(self) -> int:
-        """Body bytes read from the sender and not yet written to the receiver."""
-        return self.wpos - self.rpos + self.piped
-
     def unpipe(self, bufsize: int) -> None:
         """Stop splicing: what the pipe holds moves into the buffer, after what
         the buffer holds, and the pipe is closed; the buffer keeps room for
