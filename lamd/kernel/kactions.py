@@ -26,11 +26,18 @@ the same way compiled and pure. Nothing changes them once made.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Hashable
+
+from collections.abc import Hashable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
+
+#: whatever the I/O layer uses to name a connection (a name at run time too:
+#: mypyc looks the types of compiled dataclasses' fields up by name)
+Conn = Hashable
 
 from .wire import KReply
-
-Conn = Hashable  # whatever the I/O layer uses to name a connection
 
 
 @dataclass
