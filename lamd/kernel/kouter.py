@@ -62,7 +62,7 @@ _REQUEST_NAMES = {KQSEND: "SEND", KQRECV: "RECV", KQSTATE: "STATE", KQDOOM: "DOO
 # --- the process table --------------------------------------------------------
 
 
-@dataclass(eq=False)
+@dataclass(init=False, eq=False)
 class KProc:
     """``struct kproc``: one kernel process descriptor."""
 
