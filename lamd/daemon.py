@@ -28,16 +28,18 @@ from __future__ import annotations
 
 import errno
 import gc
-import logging
 import os
 import resource
 import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
 
-from . import LAM_VERSION, __version__, _pure, service
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Sequence
+
+from . import LAM_VERSION, __version__, _pure, lazylog, service
 # the boot table's names and rows only: the internal processes' modules are
 # imported when they boot, after the first turn (issue 13)
 from .iprocs import DATALINK_SERVICES, JOB_SERVICES, BootConfigError, booted_rows, parse_external
@@ -57,7 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .jobs.process import JobsChild
     from .kernel import ksnapshot
 
-log = logging.getLogger("lamd")
+log = lazylog.getLogger("lamd")
 
 EXIT_USAGE = 2
 #: Setup errors (bad socket, user, session directory, kill file) exit with
@@ -325,7 +327,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = quick_args(sys.argv[1:] if argv is None else argv)
     if args is None:
         args = build_parser().parse_args(argv)
-    service.setup_logging("debug" if args.debug else args.log_level)
+    # logging (and the journal handler) load with the first record at this
+    # level, or once the first clients are served (lazylog, issue 13)
+    try:
+        level = lazylog.parse_level("debug" if args.debug else args.log_level)
+    except ValueError as e:
+        print(f"lamd: {'--log-level' if args.log_level else 'LAMD_LOG_LEVEL'}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    lazylog.set_level(level)
+    lazylog.defer_setup(lambda: service.setup_logging(level))
     boot_args = None
     if args.boot_addr is not None or args.boot_port is not None:
         from .boot.agent import boot_args_of
@@ -471,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kernel.reserve_indexes(nrows)
         io.serve_waiting()
         kernel.release_indexes(nrows)
+    lazylog.setup_now()  # the internal processes log through logging itself
     from .iprocs import boot_table, with_stubs
     from .iprocs.carried import with_carry
     iproc_states = None
@@ -566,8 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    JOB_SERVICES), config)
 
             from .jobs.process import JobsChild, jobs_argv
-            jobs = JobsChild(io.loop, jobs_argv(session.directory, logging.getLevelName(
-                logging.getLogger().level).lower(), config.get("node_id")),
+            jobs = JobsChild(io.loop, jobs_argv(session.directory, lazylog.level_name(level),
+                                                 config.get("node_id")),
                 on_give_up=give_up, nofile=nofile_before)
             jobs_pid = restored.snap.extra.get("jobs_pid") if restored is not None else None
             if type(jobs_pid) is not int or not handover.adopt_jobs_child(jobs, jobs_pid):

@@ -168,48 +168,87 @@ c.detach()
 """
 
 
-def test_socket_activation_answers_the_first_client_then_boots(tmp_path) -> None:
-    """Started as lamd@.service starts it (packaging/lamd-start: python3 -IS)
-    by a client's connect, with a notify socket as under systemd: the first
-    client's attach is answered before the internal processes boot (the
-    daemon's log: its ATTACH, then the boot table), READY=1 comes after the
-    boot, and the internal processes still have LAM's indexes: the first
-    client gets the index after theirs, as if they had booted first."""
-    from .lamenv import Session, copy_package, ensure_user
-    from lamd.iprocs import JOB_SERVICES, booted_rows
-    pw = ensure_user()
-    s = Session(pw)
-    pkg = copy_package(pyc=True)
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
+#: run before packaging/lamd-start in the activated daemon: the standard
+#: library's heavier modules loaded when the first reply (a struct kreply,
+#: 80 bytes) is written to a client, into the file named by argv[1]
+FIRST_REPLY_PROBE = """
+import _socket, sys
+_out = sys.argv.pop(1)
+class _Probe(_socket.socket):  # what admission makes of an accepted client
+    __slots__ = ()
+    def send(self, data, *args):
+        global _out
+        if len(data) >= 80 and _out:
+            with open(_out, "w") as f:
+                f.write(" ".join(m for m in ("logging", "typing", "inspect", "mypy_extensions",
+                                             "argparse") if m in sys.modules))
+            _out = ""
+        return super().send(data, *args)
+_socket.socket = _Probe
+"""
+
+
+class Activated:
+    """A daemon started as lamd@.service starts it (packaging/lamd-start:
+    python3 -IS) by a client's connect, with a notify socket as under
+    systemd; *probe* runs first in its interpreter, with :attr:`probe_out`
+    as its argv[1]."""
+
+    def __init__(self, level: str, probe: str = "") -> None:
+        from .lamenv import Session, copy_package, ensure_user
+        self.pw = ensure_user()
+        self.s = s = Session(self.pw)
+        self.pkg = pkg = copy_package(pyc=True)
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         launcher = pkg / "lamd-start"
         shutil.copy(ROOT / "packaging" / "lamd-start", launcher)
         launcher.chmod(0o755)
         s.session_dir.mkdir(mode=0o700)
-        os.chown(s.session_dir, pw.pw_uid, pw.pw_gid)
+        os.chown(s.session_dir, self.pw.pw_uid, self.pw.pw_gid)
         npath = s.work / "notify"
-        notify.bind(str(npath))
+        self.notify.bind(str(npath))
         npath.chmod(0o666)
-        notify.settimeout(30)
-        code = (f"import sys; sys.path.insert(0, {str(pkg)!r}); "
+        self.notify.settimeout(30)
+        code = (probe + f"\nimport sys; sys.path.insert(0, {str(pkg)!r}); "
                 f"exec(compile(open({str(launcher)!r}).read(), 'lamd-start', 'exec'))")
-        log = open(s.work / "lamd.log", "w")
-        daemon = s.popen(["systemd-socket-activate", "-E", "NOTIFY_SOCKET", "-l", s.socket,
-                          SYSTEM_PYTHON, "-I", "-S", "-c", code, "--jobs=external",
-                          "--log-level", "debug"],
-                         env={**s.env, "NOTIFY_SOCKET": str(npath)}, stdout=log,
-                         stderr=subprocess.STDOUT)
+        self.log = s.work / "lamd.log"
+        self.probe_out = s.work / "probe"
+        probe_args = [str(self.probe_out)] if probe else []
+        self.daemon = s.popen(["systemd-socket-activate", "-E", "NOTIFY_SOCKET", "-l", s.socket,
+                               SYSTEM_PYTHON, "-I", "-S", "-c", code, *probe_args,
+                               "--jobs=external", "--log-level", level],
+                              env={**s.env, "NOTIFY_SOCKET": str(npath)},
+                              stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while not s.socket.exists():
-            assert daemon.poll() is None and time.monotonic() < deadline, "no socket"
+            assert self.daemon.poll() is None and time.monotonic() < deadline, "no socket"
             time.sleep(0.01)
-        client = [SYSTEM_PYTHON, "-I", "-c", CLIENT, str(pkg), str(s.socket)]
-        first = s.run(client, timeout=30)
-        assert first.returncode == 0, first.stderr
-        got = []
+        self.client = [SYSTEM_PYTHON, "-I", "-c", CLIENT, str(pkg), str(s.socket)]
+
+    def wait_ready(self) -> None:
+        got: list[bytes] = []
         while b"READY=1" not in b"\n".join(got):
-            got.append(notify.recv(65536))
-        second = s.popen([*client, "stay"], stdin=subprocess.PIPE)
+            got.append(self.notify.recv(65536))
+
+    def close(self) -> None:
+        self.notify.close()
+        self.s.close()
+        shutil.rmtree(self.pkg, ignore_errors=True)
+
+
+def test_socket_activation_answers_the_first_client_then_boots(tmp_path) -> None:
+    """The first client's attach is answered before the internal processes
+    boot (the daemon's log: its ATTACH, then the boot table), READY=1 comes
+    after the boot, and the internal processes still have LAM's indexes: the
+    first client gets the index after theirs, as if they had booted first."""
+    from lamd.iprocs import JOB_SERVICES, booted_rows
+    a = Activated("debug")
+    try:
+        s = a.s
+        first = s.run(a.client, timeout=30)
+        assert first.returncode == 0, first.stderr
+        a.wait_ready()
+        second = s.popen([*a.client, "stay"], stdin=subprocess.PIPE)
         line = second.stdout.readline()
         second.stdin.write("\n")
         second.stdin.flush()
@@ -218,14 +257,34 @@ def test_socket_activation_answers_the_first_client_then_boots(tmp_path) -> None
         assert json.loads(first.stdout)["index"] == nrows
         # the first left (its index free again), the lowest free index is its
         assert json.loads(line)["index"] == nrows
-        text = (s.work / "lamd.log").read_text()
+        text = a.log.read_text()
         attach = text.index("ATTACH index=-1")
         boot = text.index("boot table: internal")
         assert attach < boot, text
     finally:
-        notify.close()
-        s.close()
-        shutil.rmtree(pkg, ignore_errors=True)
+        a.close()
+
+
+def test_the_first_reply_waits_for_no_logging_typing_or_inspect() -> None:
+    """At the unit's log level (info), the activated daemon writes its first
+    reply before it has imported logging (lamd.lazylog), typing (type-only
+    imports, lamd._static), inspect (lamd.launch's dataclasses) or argparse:
+    each is milliseconds of the first client's wait. Logging still works: the
+    info line the daemon logs once it has booted reaches its log."""
+    a = Activated("info", FIRST_REPLY_PROBE)
+    out = a.probe_out
+    try:
+        first = a.s.run(a.client, timeout=30)
+        assert first.returncode == 0, first.stderr
+        a.wait_ready()
+        assert out.read_text() == ""
+        deadline = time.monotonic() + 20
+        while "serving" not in a.log.read_text():
+            assert time.monotonic() < deadline, a.log.read_text()
+            time.sleep(0.05)
+        assert "INFO lamd" in a.log.read_text()
+    finally:
+        a.close()
 
 
 def test_the_launcher_starts_the_daemon_with_the_collector_off(monkeypatch) -> None:

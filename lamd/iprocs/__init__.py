@@ -28,13 +28,18 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import replace
-from typing import Any, Iterable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, Iterable
+
+    from ..kernel.kiproc import IProcMain
 
 from ..kernel.constants import (
     PRBFORWARD, PRBUFFERD, PRDAEMON, PRDIED, PRDLI, PRDLO, PRECHOD, PRFILED,
     PRHALTD, PRLOADD, PRROUTER, PRVERSIOND,
 )
-from ..kernel.kiproc import IProc, IProcMain, KBoot
+from ..kernel.kiproc import IProc, KBoot
 
 # Every row's module is imported when the row is booted (:class:`_Lazy`), not
 # with this package: a daemon started by socket activation answers the

@@ -43,17 +43,20 @@ import logging
 import os
 import struct
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..kernel.constants import (
     ESERVICE, EVFILED, EVFLATD, EVIOD, EVKENYAD, EVLOADD,
     MAXNMSGLEN,
 )
-from ..kernel.kiproc import IProc, IProcMain
+from ..kernel.kiproc import IProc
 from ..kernel.wire import NMsg
 from ..jobs import srfd
 from ..jobs.srfd import fd_server_allowed
 from .nreq import NMORE, NOBUF, NREEL, NetMsg, data_words, int4, my_nodeid, nrecv, nsend
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..kernel.kiproc import IProcMain
 
 log = logging.getLogger("lamd.iprocs.stubs")
 

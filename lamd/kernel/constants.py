@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import enum
 import signal
-from typing import Final
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Final
 
 # --- kreq.h: request codes -------------------------------------------------
 

@@ -20,20 +20,29 @@ The four made for every message (``Reply``, ``SendBody``, ``Transfer``,
 frozen and spell their ``__init__`` out: compiled (``setup.py``), a
 dataclass's generated ``__init__`` runs as interpreted Python, ten times
 slower than one mypyc compiles, and a frozen one cannot be written by hand
-the same way compiled and pure. Nothing changes them once made.
+the same way compiled and pure. Nothing changes them once made. Their
+decorators say ``init=False``: dataclasses would build an ``__init__`` to
+throw away (about 0.1 ms each of the daemon's start, issue 13).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Hashable
+
+from collections.abc import Hashable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
+
+#: whatever the I/O layer uses to name a connection (a name at run time too:
+#: mypyc looks the types of compiled dataclasses' fields up by name)
+Conn = Hashable
 
 from .wire import KReply
 
-Conn = Hashable  # whatever the I/O layer uses to name a connection
 
-
-@dataclass
+@dataclass(init=False)
 class Reply:
     """Write ``struct kreply`` *reply* to *conn*."""
 
@@ -45,7 +54,7 @@ class Reply:
         self.reply = reply
 
 
-@dataclass
+@dataclass(init=False)
 class SendBody:
     """Write *data* (a body from an internal process) to *conn*, after its reply."""
 
@@ -57,7 +66,7 @@ class SendBody:
         self.data = data
 
 
-@dataclass
+@dataclass(init=False)
 class Transfer:
     """Move a message body from *src* to *dst* (LAM's ``kio_transfer``).
 
@@ -80,7 +89,7 @@ class Transfer:
         self.pad = pad
 
 
-@dataclass
+@dataclass(init=False)
 class CollectBody:
     """Read *length* body bytes from *src* and hand them to
     :meth:`Kernel.body_arrived` (a body for an internal process, ``kio_recv``).
@@ -107,7 +116,7 @@ class Signal:
     signo: int
 
 
-@dataclass(unsafe_hash=True)
+@dataclass(init=False, unsafe_hash=True)
 class Close:
     """Close *conn* once everything queued for it has been written."""
 
@@ -119,7 +128,7 @@ class Close:
         self.reason = reason
 
 
-@dataclass(unsafe_hash=True)
+@dataclass(init=False, unsafe_hash=True)
 class KillAppend:
     """``kkillwrite``: list client *pid* (on *conn*) in the kill file now,
     before the attach reply that follows this action is written."""
@@ -132,7 +141,7 @@ class KillAppend:
         self.pid = pid
 
 
-@dataclass(unsafe_hash=True)
+@dataclass(init=False, unsafe_hash=True)
 class KillRemove:
     """Client *pid*, listed in the kill file, has left: unlist it (this turn)."""
 

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
 
-from mypy_extensions import trait
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
-from .kactions import Conn
+from .._static import trait
 from .wire import KMsg, KReply, KReq
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .kactions import Conn
     from .kinner import BlockedList
     from .kouter import KernelStats, KProc
 

@@ -11,12 +11,14 @@ is :mod:`lamd.kernel.kiproc`; it stays interpreted, since the service host
 
 from __future__ import annotations
 
-import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any, Iterable
 
-from mypy_extensions import trait
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, Iterable
 
+from .. import lazylog
+from .._static import trait
 from .constants import (
     KIPROC, KMSG2, KNMSG, KQDOOM, KQRECV, KQSEND, KQSR, KQSTATE, KSRECV, KSREADY, KSSEND, KTRY,
 )
@@ -24,14 +26,15 @@ from .kactions import Halt, Rearm, Resume, Unwatch, Watch as WatchAction
 from .kbase import KBase
 from .kiproc import (
     IPROC_PID_BASE, IPROC_TURN_BUDGET, ONE_SHOT, READABLE, WAIT_EVENT, WAIT_HALT, Event, IProc,
-    KBoot, KCall, Received, TakeFn, Watch, take_queued,
+    KBoot, KCall, Received, Watch, take_queued,
 )
 from .wire import NMSG_SIZE, KMsg, KReply, KReq, NMsg
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .kiproc import TakeFn
     from .kouter import KProc
 
-log = logging.getLogger("lamd.kernel")
+log = lazylog.getLogger("lamd.kernel")
 
 
 class _Peek:

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import bisect
 import errno
-import logging
-from typing import TYPE_CHECKING
 
-from mypy_extensions import trait
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 
+from .. import lazylog
+from .._static import trait
 from .constants import (
     ENOTPROCESS, ESERVICE, KEVENTHI, KMSG2, KNMSG, KPROBE, KQRECV, KQSR, KSREADY, KSRECV,
     KSSEND, KSYNCSQL, KTRACE, KTRY, KTYPEHI, KTYPELO,
@@ -35,7 +35,7 @@ from .wire import NMSG_SIZE, KMsg, KReply, KReq, NMsg
 if TYPE_CHECKING:  # pragma: no cover
     from .kouter import KProc
 
-log = logging.getLogger("lamd.kernel")
+log = lazylog.getLogger("lamd.kernel")
 
 #: ``kq_fyi[0]`` of a doom that names its target by index (see ``_kqdoom``): "lamd".
 DOOM_INDEX_MAGIC = 0x6C616D64

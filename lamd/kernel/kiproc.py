@@ -65,25 +65,30 @@ C kernel moves ``struct nmsg`` plus ``nh_msg`` for an internal process.
 
 from __future__ import annotations
 
-import logging
 import signal as _signal
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, Awaitable, Callable, Generator
+
+from .. import lazylog
 from .constants import KQDOOM, KQRECV, KQSEND, KQSR, KQSTATE, KTRY
 from .wire import KMsg, KReply, KReq, NMsg
-
-#: what :attr:`IProc.take` is: (header, body, kernel type, what peek said) -> the
-#: receive to wait in next, or None to resume the coroutine with the message instead
-TakeFn = Callable[["NMsg | None", "bytes | memoryview", int, Any], "KMsg | None"]
-#: what :attr:`IProc.peek` is: (send half, receive half, pid) -> handed to take
-PeekFn = Callable[[KMsg, KMsg, int], Any]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kouter import Kernel, KProc
 
-log = logging.getLogger("lamd.kernel")
+    #: what :attr:`IProc.take` is: (header, body, kernel type, what peek said) -> the
+    #: receive to wait in next, or None to resume the coroutine with the message instead
+    TakeFn = Callable[["NMsg | None", "bytes | memoryview", int, Any], "KMsg | None"]
+    #: what :attr:`IProc.peek` is: (send half, receive half, pid) -> handed to take
+    PeekFn = Callable[[KMsg, KMsg, int], Any]
+    #: The type of an internal process body: ``async def name(k: IProc) -> None``.
+    IProcMain = Callable[["IProc"], Awaitable[None]]
+
+log = lazylog.getLogger("lamd.kernel")
 
 #: Pids given to internal processes (LAM: 100000 + boot table row).
 IPROC_PID_BASE = 100000
@@ -319,10 +324,6 @@ class IProc:
         return KCall(WAIT_HALT, arg=status)
 
 
-#: The type of an internal process body: ``async def name(k: IProc) -> None``.
-IProcMain = Callable[[IProc], Awaitable[None]]
-
-
 @dataclass(slots=True, frozen=True)
 class KBoot:
     """One row of the boot table (LAM's ``kboottbl[]`` in ``kiproc.c``).
@@ -352,6 +353,6 @@ def take_queued(mailbox: deque[Event], watches: tuple[Watch, ...]) -> Event | No
     return None
 
 
-__all__ = ["IPROC_PID_BASE", "IProc", "IProcMain", "KBoot", "KCall", "Received", "Watch", "TakeFn", "PeekFn",
+__all__ = ["IPROC_PID_BASE", "IProc", "KBoot", "KCall", "Received", "Watch",
            "Event", "ChildExit", "TIMER", "READABLE", "CHILD", "SIGNAL", "ONE_SHOT",
            "STOP_SIGNALS", "WAIT_EVENT", "WAIT_HALT", "take_queued"]

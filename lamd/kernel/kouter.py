@@ -25,26 +25,32 @@ from __future__ import annotations
 import errno
 import heapq
 import itertools
-import logging
 import signal as _signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Final
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Final
+
+from .. import lazylog
 from .constants import (
     EBADREQUEST, EMSGLEN, ENOKDESCRIPTORS, ENOTATTACHED, KIPROC, KMSG2, KNFYI,
     KPROBE, KQATTACH, KQDETACH, KQDOOM, KQDUMP, KQRECV, KQSEND, KQSR, KQSTATE,
     KQSURRENDER, KSFREE, KSREADY, KSRECV, KSSEND, KSURRENDER, KSYNCSQL,
     LAM_SIGUSR, PRLAMHALT,
 )
-from .kactions import Action, Close, Conn, KillAppend, KillRemove, KillRewrite, Reply, Signal
+from .kactions import Action, Close, KillAppend, KillRemove, KillRewrite, Reply, Signal
 from .kinner import BlockedList, KInner
 from .kidriver import KIProcDriver
 from .kiproc import Event, IProc, Watch
 from .wire import KMsg, KReply, KReq, NMsg
 
-log = logging.getLogger("lamd.kernel")
+if TYPE_CHECKING:  # pragma: no cover
+    from .kactions import Conn
+
+log = lazylog.getLogger("lamd.kernel")
 
 #: Largest message body a client may announce (k_length is a C int4).
 MAX_MSG_LEN = 0x7FFFFFFF
@@ -56,7 +62,7 @@ _REQUEST_NAMES = {KQSEND: "SEND", KQRECV: "RECV", KQSTATE: "STATE", KQDOOM: "DOO
 # --- the process table --------------------------------------------------------
 
 
-@dataclass(eq=False)
+@dataclass(init=False, eq=False)
 class KProc:
     """``struct kproc``: one kernel process descriptor."""
 
@@ -157,7 +163,7 @@ class Kernel(KInner, KIProcDriver):
         self._last_dump = float("-inf")
         self.stats = KernelStats()
         #: log every request (``--debug``); checked once per request, not per field
-        self.debug = log.isEnabledFor(logging.DEBUG)
+        self.debug = log.isEnabledFor(lazylog.DEBUG)
         self.procs: dict[int, KProc] = {}  # index -> process (the table)
         self._free_indexes: list[int] = []  # heap of reusable indexes
         self._next_index = 0

@@ -36,13 +36,15 @@ import itertools
 import json
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from .constants import KIPROC, KMSG2, KNFYI, KQRECV, KQSR, KSREADY, KSRECV, KSSEND
-from .kactions import Conn
 from .kiproc import KBoot, KCall, IProc
 from .kouter import Kernel, KernelStats, KProc
 from .wire import KMsg
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .kactions import Conn
 
 MAGIC = b"LAMDSNAP"
 #: Bumped whenever the payload's meaning changes; a daemon reads only its own.

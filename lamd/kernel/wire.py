@@ -20,7 +20,8 @@ kernel, carried through untouched.
 The structs made for every message (``KMsg``, ``KReq``, ``KReply``, ``NMsg``) spell
 their ``__init__`` out: compiled (``setup.py``), a dataclass's generated
 ``__init__`` would run as interpreted Python, ten times slower than one
-mypyc compiles; the dataclass still gives them ``__eq__`` and ``__repr__``.
+mypyc compiles; the dataclass (``init=False``: no ``__init__`` built to be
+thrown away at start) still gives them ``__eq__`` and ``__repr__``.
 The structs and sizes are ``Final``: compiled, a module global that is not
 is looked up in the module's dict at every use.
 """
@@ -29,7 +30,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Final
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Final
 
 from .constants import KNFYI, NHDSIZE
 
@@ -73,7 +77,7 @@ _ZERO_DATA: Final[tuple[int, ...]] = (0,) * NHDSIZE
 _KREPLY_NOFYI: Final = struct.Struct("<9i%dxd" % (4 * KNFYI))
 
 
-@dataclass
+@dataclass(init=False)
 class KMsg:
     """``struct kmsg``: a message descriptor (event, type, length, flags)."""
 
@@ -95,7 +99,7 @@ class KMsg:
         return KMSG_STRUCT.pack(self.event, self.type, self.length, self.flags, self.msg)
 
 
-@dataclass
+@dataclass(init=False)
 class KReq:
     """``struct kreq``: one kernel request as a client writes it."""
 
@@ -138,7 +142,7 @@ class KReq:
         )
 
 
-@dataclass
+@dataclass(init=False)
 class KReply:
     """``struct kreply``: the kernel's answer to one request."""
 
@@ -187,7 +191,7 @@ class KReply:
         return KReply(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9:18], v[18])
 
 
-@dataclass
+@dataclass(init=False)
 class NMsg:
     """``struct nmsg``: the network message header that precedes KNMSG bodies."""
 

@@ -48,20 +48,22 @@ from __future__ import annotations
 
 import _socket
 import errno
-import logging
 import os
 import select
 import socket
 import struct
 from functools import partial
-from typing import Final
 
-from mypy_extensions import trait
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Final
 
+from .. import lazylog
+from .._static import trait
 from .kiobase import KIOBase
 from .transfer import Connection
 
-log = logging.getLogger("lamd.kernelio")
+log = lazylog.getLogger("lamd.kernelio")
 
 # Final: compiled, a plain module global is a dict lookup at every use
 _UCRED: Final = struct.Struct("3i")

@@ -49,7 +49,10 @@ import struct
 import zlib
 from _blake2 import blake2b  # type: ignore[import]  # hashlib's own, without its OpenSSL (issue 13)
 from dataclasses import dataclass
-from typing import Final
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Final
 
 from ..kernel.constants import KNFYI
 from ..kernel.wire import KREQ_SIZE, KReq

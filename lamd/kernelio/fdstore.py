@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import errno
 import heapq
-import logging
 import mmap
 import os
 import re
@@ -40,8 +39,14 @@ import select
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Final, Iterable, Protocol
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, Final, Iterable
+
+    from ..service.notify import FdStore  # what CrashKeeper needs of sd_notify
+
+from .. import lazylog
 from ..kernel import kactions as K
 from ..kernel.constants import KMSG2, KQRECV, KQSEND, KQSR, KSREADY, KSRECV, KSSEND
 from ..kernel.kouter import Kernel
@@ -49,7 +54,7 @@ from ..kernel.wire import KREQ_SIZE, KReq
 from . import crashstate as cs
 from .transfer import BodyMove, Connection
 
-log = logging.getLogger("lamd.kernelio")
+log = lazylog.getLogger("lamd.kernelio")
 
 STATE_NAME: Final = "state"
 _CONN_NAME = re.compile(r"c(\d+)\Z")
@@ -60,13 +65,6 @@ _NOT_BLOCKED: Final = (1 << 63) - 1
 #: body bytes moved: being read, how many not yet known
 _UNKNOWN: Final = (1 << 64) - 1
 _Reply, _Transfer = K.Reply, K.Transfer
-
-
-class FdStore(Protocol):
-    """What :class:`CrashKeeper` needs of sd_notify (:class:`lamd.service.Notifier`)."""
-
-    def fdstore(self, name: str, fd: int) -> bool: ...
-    def fdstore_remove(self, name: str) -> None: ...
 
 
 def conn_name(slot: int) -> str:
@@ -589,5 +587,5 @@ def recover(stored: dict[str, int], kernel: Kernel, store: FdStore, *, uid: int,
     return out
 
 
-__all__ = ["STATE_NAME", "FdStore", "CrashKeeper", "Recovered", "conn_name", "is_stored_name",
+__all__ = ["STATE_NAME", "CrashKeeper", "Recovered", "conn_name", "is_stored_name",
            "discard_all", "recover"]

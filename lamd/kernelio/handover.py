@@ -25,15 +25,18 @@ their kernel go, as after a crash today.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import select
 import signal
 import socket
 import struct
 import sys
-from typing import TYPE_CHECKING, Any, Sequence
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, Sequence
+
+from .. import lazylog
 from ..kernel.wire import KREQ_SIZE
 from .transfer import BodyMove, Connection
 
@@ -44,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
 # lamd.kernel.ksnapshot is imported by the functions that use it: every
 # daemon installs the re-exec signal at start, few ever re-exec (issue 13)
 
-log = logging.getLogger("lamd.kernelio")
+log = lazylog.getLogger("lamd.kernelio")
 
 #: The signal that makes ``lamd`` re-execute itself: LAM's clients use
 #: SIGUSR2 (``LAM_SIGUSR``), ``tkill``/``lamwipe`` SIGHUP as "stop".

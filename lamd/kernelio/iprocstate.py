@@ -26,16 +26,19 @@ the same bytes (``IProc.carry``); the store keeps the memfd meanwhile.
 
 from __future__ import annotations
 
-import logging
 import os
 import struct
 import zlib
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
+from .. import lazylog
 from .crashstate import session_digest
-from .fdstore import FdStore, _discard
+from .fdstore import _discard
 
-log = logging.getLogger("lamd.kernelio")
+if TYPE_CHECKING:  # pragma: no cover
+    from ..service.notify import FdStore
+
+log = lazylog.getLogger("lamd.kernelio")
 
 PREFIX: Final = "iproc-"
 MAGIC: Final = b"LAMDIPST"

@@ -13,7 +13,6 @@ only writer of that file), and the event sources of internal processes
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 import signal
@@ -21,8 +20,13 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, cast
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+from .. import lazylog
+from .._static import cast
 from ..kernel import kactions as K
 from ..kernel.constants import PRLAMHALT
 from ..kernel.kiproc import STOP_SIGNALS
@@ -36,7 +40,7 @@ from .loop import EventLoop, Timer
 from .transfer import BodyMove, Connection
 from .watches import WatchSet
 
-log = logging.getLogger("lamd.kernelio")
+log = lazylog.getLogger("lamd.kernelio")
 
 # the classes themselves (compiled: static type objects, not module globals
 # looked up in a dict at every action)

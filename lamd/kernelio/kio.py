@@ -24,20 +24,22 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import time
-from typing import Any
 
-from mypy_extensions import trait
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
+from .. import lazylog
+from .._static import trait
 from ..kernel.wire import KREQ_SIZE, KReq
 from .fdstore import CrashKeeper
 from .kiobase import KIOBase
 from .loop import EPOLLERR, EPOLLIN, EPOLLOUT
 from .transfer import SPLICE_FLAGS, BodyMove, Connection
 
-log = logging.getLogger("lamd.kernelio")
+log = lazylog.getLogger("lamd.kernelio")
 
 #: what ``splice`` says where it cannot be used (an old kernel, a socket
 #: family without it): bodies are copied from then on

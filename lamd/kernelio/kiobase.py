@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any
 
-from mypy_extensions import trait
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
+from .._static import trait
 from ..kernel.kouter import Kernel
 from .fdstore import CrashKeeper
 from .loop import EventLoop, Timer

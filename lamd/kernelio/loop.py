@@ -16,7 +16,10 @@ import select
 import signal
 import socket
 import time
-from typing import Any, Callable, Final, Iterable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Final, Iterable
 
 # Final: compiled, a plain module global is a dict lookup at every use
 EPOLLIN: Final[int] = select.EPOLLIN

@@ -21,7 +21,10 @@ from __future__ import annotations
 import _socket
 import os
 import socket
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 #: how a body is spliced: never waiting on the pipe (the sockets are non-blocking too)
 #: (os.splice is Python 3.10's; this mypy's typeshed does not know it yet)

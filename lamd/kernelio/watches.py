@@ -17,14 +17,17 @@ one callback, ``fire(watch_id, value)``:
 
 from __future__ import annotations
 
-import logging
 import os
-from typing import Any, Callable
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+from .. import lazylog
 from ..kernel.kiproc import CHILD, READABLE, SIGNAL, TIMER, ChildExit
 from .loop import EPOLLIN, EPOLLONESHOT, EventLoop, Timer
 
-log = logging.getLogger("lamd.kernelio")
+log = lazylog.getLogger("lamd.kernelio")
 
 
 def reap_child(pid: int, pidfd: int | None) -> ChildExit:

@@ -16,18 +16,24 @@ daemon behaves the same by hand (stderr logging, its own socket) as under
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .journal import LamJournalHandler, StderrFormatter, journal_fields, parse_level, setup_logging
 
 from .activation import SD_LISTEN_FDS_START, adopt_listen_socket, check_listen_socket, under_systemd
 from .errors import EX_CONFIG, ServiceError
-from .journal import LamJournalHandler, StderrFormatter, journal_fields, parse_level, setup_logging
 from .notify import Notifier
 from .proctitle import current_user, proctitle, set_proctitle
 
-# The ExecStartPre= and ExecReload= helpers are loaded when asked for, not by
-# every daemon importing this package before its first reply (issue 13).
+# The ExecStartPre= and ExecReload= helpers, and the journal handler (it
+# imports logging), are loaded when asked for, not by every daemon importing
+# this package before its first reply (issue 13).
 _LAZY = {"main": "prepare", "prepare_session_dir": "prepare", "session_dir": "prepare",
-         "reload": None, "prepare": None}
+         "reload": None, "prepare": None, "journal": None,
+         "LamJournalHandler": "journal", "StderrFormatter": "journal",
+         "journal_fields": "journal", "parse_level": "journal", "setup_logging": "journal"}
 
 
 def __getattr__(name: str) -> Any:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import socket
 import stat
-from typing import Callable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Callable
 
 from .errors import ServiceError
 

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from .. import lazylog
 from .activation import under_systemd
 from .errors import ServiceError
 
@@ -120,27 +121,13 @@ class StderrFormatter(logging.Formatter):
 
 
 def parse_level(level: str | int | None) -> int:
-    """A logging level from a name (``debug``, ``INFO``...) or a number.
-
-    None means ``$LAMD_LOG_LEVEL`` (the unit's environment file), else info.
-    Raises :class:`ServiceError` on an unknown name.
-    """
-    if level is None or level == "":
-        level = os.environ.get("LAMD_LOG_LEVEL") or "info"
-    if isinstance(level, int):
-        return level
-    text = str(level).strip()
-    if text.isdigit():
-        return int(text)
-    names = {"debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO,
-             "warning": logging.WARNING, "warn": logging.WARNING,
-             "error": logging.ERROR, "err": logging.ERROR,
-             "critical": logging.CRITICAL, "crit": logging.CRITICAL}
+    """A logging level from a name (``debug``, ``INFO``...) or a number
+    (:func:`lamd.lazylog.parse_level`, which the daemon calls without
+    importing ``logging``). Raises :class:`ServiceError` on an unknown name."""
     try:
-        return names[text.lower()]
-    except KeyError:
-        raise ServiceError(f"unknown log level {text!r} "
-                           f"(one of: {', '.join(sorted(names))})") from None
+        return lazylog.parse_level(level)
+    except ValueError as e:
+        raise ServiceError(str(e)) from None
 
 
 def setup_logging(level: str | int | None = "info", *, journal: bool | None = None) -> None:

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import array
-import logging
 import os
 import time
 import socket
+
+from .. import lazylog
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class FdStore(Protocol):
+        """What :class:`lamd.kernelio.fdstore.CrashKeeper` needs of sd_notify
+        (:class:`Notifier`, or a test's stand-in)."""
+
+        def fdstore(self, name: str, fd: int) -> bool: ...
+        def fdstore_remove(self, name: str) -> None: ...
 
 
 class Notifier:
@@ -47,7 +59,7 @@ class Notifier:
         except OSError as e:
             if not self._warned:
                 self._warned = True
-                logging.getLogger("lamd.service").warning(
+                lazylog.getLogger("lamd.service").warning(
                     "sd_notify(%s) failed: %s", msg.split("=", 1)[0], e)
 
     def ready(self) -> None:
@@ -91,7 +103,7 @@ class Notifier:
     def _fd_warn(self, e: OSError) -> None:
         if not self._fd_warned:
             self._fd_warned = True
-            logging.getLogger("lamd.service").warning(
+            lazylog.getLogger("lamd.service").warning(
                 "sd_notify(FDSTORE) failed: %s: a crash would lose the clients", e)
 
     def watchdog(self) -> None:

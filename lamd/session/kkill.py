@@ -15,11 +15,15 @@ while that pid still has the start time it had when it attached.
 
 from __future__ import annotations
 
-import logging
 import os
-from typing import Callable, Iterable
 
-log = logging.getLogger("lamd.session.kkill")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Callable, Iterable
+
+from .. import lazylog
+
+log = lazylog.getLogger("lamd.session.kkill")
 
 
 def read_proc_stat(pid: int) -> tuple[str, int] | None:
