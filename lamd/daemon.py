@@ -81,8 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "processes), serving this user's LAM session socket.",
         epilog="Limits also come from the environment (the service's /etc/default/lamd): "
                "LAMD_LOG_LEVEL, LAMD_MAX_PROCS, LAMD_MAX_MSG_LEN, LAMD_MOVE_BUFFER, LAMD_MAX_QUEUED, "
-               "LAMD_EXTERNAL, LAMD_JOBS; LAMD_SPLICE_MIN: bodies this long or longer "
-               "are spliced through a pipe, not copied (default 65536; -1: never).")
+               "LAMD_SPLICE_MIN, LAMD_EXTERNAL, LAMD_JOBS.")
     p.add_argument("--version", action="version",
                    version=f"lamd {__version__} (LAM/MPI {LAM_VERSION} protocol)")
     p.add_argument("-d", "--debug", action="store_true", help="log every request (same as --log-level debug)")
@@ -92,15 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory holding the session directory (default: $LAM_MPI_SESSION_PREFIX, $TMPDIR, /tmp)")
     p.add_argument("-sessionsuffix", "--session-suffix", dest="suffix", metavar="SUFFIX",
                    help="session directory suffix (default: $LAM_MPI_SESSION_SUFFIX or a batch job id)")
-    p.add_argument("--max-procs", type=int, default=int(os.environ.get("LAMD_MAX_PROCS", 65536)),
+    p.add_argument("--max-procs", type=int, default=_env_int("LAMD_MAX_PROCS", 65536),
                    metavar="N", help="most processes attached at once (default 65536; the C lamd had 288)")
-    p.add_argument("--max-msg-len", type=int, default=int(os.environ.get("LAMD_MAX_MSG_LEN", MAX_MSG_LEN)),
+    p.add_argument("--max-msg-len", type=int, default=_env_int("LAMD_MAX_MSG_LEN", MAX_MSG_LEN),
                    metavar="BYTES", help="longest message body a client may announce")
-    p.add_argument("--move-buffer", type=int, default=int(os.environ.get("LAMD_MOVE_BUFFER", 256 * 1024)),
+    p.add_argument("--move-buffer", type=int, default=_env_int("LAMD_MOVE_BUFFER", 256 * 1024),
                    metavar="BYTES", help="bytes held per message body in flight (default 256 KiB)")
-    p.add_argument("--max-queued", type=int, default=int(os.environ.get("LAMD_MAX_QUEUED", 1 << 20)),
+    p.add_argument("--max-queued", type=int, default=_env_int("LAMD_MAX_QUEUED", 1 << 20),
                    metavar="BYTES", help="replies queued to a client that does not read them before "
                                          "its requests stop being read (default 1 MiB)")
+    p.add_argument("--splice-min", type=int, default=_env_int("LAMD_SPLICE_MIN", SPLICE_MIN),
+                   metavar="BYTES", help="message bodies this long or longer are spliced "
+                                         "through a pipe, not copied (default 64 KiB; -1: never)")
     p.add_argument("--external", action="append", metavar="NAME[,NAME...]",
                    help="services not booted inside the daemon but served by a separate "
                         "process (python3 -m lamd.iprocs.host NAME...), as LAM's "
@@ -146,14 +148,15 @@ def quick_args(argv: Sequence[str]) -> "argparse.Namespace | None":
     try:
         ns = types.SimpleNamespace(
             debug=False, log_level=os.environ.get("LAMD_LOG_LEVEL", "info"), prefix=None,
-            suffix=None, max_procs=int(os.environ.get("LAMD_MAX_PROCS", 65536)),
-            max_msg_len=int(os.environ.get("LAMD_MAX_MSG_LEN", MAX_MSG_LEN)),
-            move_buffer=int(os.environ.get("LAMD_MOVE_BUFFER", 256 * 1024)),
-            max_queued=int(os.environ.get("LAMD_MAX_QUEUED", 1 << 20)), external=None,
+            suffix=None, max_procs=_env_int("LAMD_MAX_PROCS", 65536),
+            max_msg_len=_env_int("LAMD_MAX_MSG_LEN", MAX_MSG_LEN),
+            move_buffer=_env_int("LAMD_MOVE_BUFFER", 256 * 1024),
+            max_queued=_env_int("LAMD_MAX_QUEUED", 1 << 20),
+            splice_min=_env_int("LAMD_SPLICE_MIN", SPLICE_MIN), external=None,
             jobs=None, datalink=None, no_iprocs=False, boot_addr=None, boot_port=None, node_id=None,
             origin=0, fault_tolerant=False, restore_fd=None)
     except ValueError:
-        return None  # argparse reports it (as before)
+        return None  # main() reports it
     i = 0
     while i < len(argv):
         opt = argv[i]
@@ -178,10 +181,15 @@ def quick_args(argv: Sequence[str]) -> "argparse.Namespace | None":
 
 
 def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
+    """An option's default from the environment (the unit's environment
+    file); ValueError naming the variable if it is not a number."""
+    value = os.environ.get(name)
+    if value is None:
         return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"${name}: not a number: {value!r}") from None
 
 
 def remove_stale_socket(path: str) -> None:
@@ -326,13 +334,17 @@ def keep_across_crash(io: KernelIO, notifier: "service.Notifier", stored: dict[s
 def main(argv: Sequence[str] | None = None) -> int:
     args = quick_args(sys.argv[1:] if argv is None else argv)
     if args is None:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except ValueError as e:  # a limit's variable in the environment
+            print(f"lamd: {e}", file=sys.stderr)
+            return EXIT_USAGE
     # logging (and the journal handler) load with the first record at this
     # level, or once the first clients are served (lazylog, issue 13)
     try:
         level = lazylog.parse_level("debug" if args.debug else args.log_level)
-    except ValueError as e:
-        print(f"lamd: {'--log-level' if args.log_level else 'LAMD_LOG_LEVEL'}: {e}", file=sys.stderr)
+    except ValueError as e:  # both parsers check a level given as an option
+        print(f"lamd: $LAMD_LOG_LEVEL: {e}", file=sys.stderr)
         return EXIT_USAGE
     lazylog.set_level(level)
     lazylog.defer_setup(lambda: service.setup_logging(level))
@@ -428,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     notifier = service.Notifier()
     limits = IOLimits(move_buffer=max(4096, args.move_buffer),
                       max_queued=max(64 * 1024, args.max_queued),
-                      splice_min=_env_int("LAMD_SPLICE_MIN", SPLICE_MIN))
+                      splice_min=args.splice_min)
     wd = notifier.watchdog_period()
     tick = min(1.0, wd) if wd else 1.0
     user = service.current_user()
