@@ -95,11 +95,14 @@ def test_sigkill_at_random_points_never_tears_the_kill_file(lam_session, py_daem
         os.makedirs(lam_session.session_dir, mode=0o700, exist_ok=True)
         os.chown(lam_session.session_dir, lam_session.pw.pw_uid, lam_session.pw.pw_gid)
     # and the next start is served despite the stale socket and kill file
+    stale = lam_session.socket.exists()
     d = py_daemon()
     cp = lam_session.run([kclient, "ktry", 1], timeout=20)
     assert cp.returncode == 0, cp.stdout + cp.stderr
     d.stop()
     assert d.returncode == 0 and not d.stop_problems, (d.stop_problems, d.log()[-3000:])
+    # said before the daemon's logging is set up (lamd.lazylog sets it up for it)
+    assert stale and "INFO removing stale socket" in d.log(), d.log()[-3000:]
 
 
 def test_a_live_daemon_is_never_taken_over(lam_session, py_daemon, lamd_pkg, kclient):

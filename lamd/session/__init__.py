@@ -241,9 +241,9 @@ def bind_session_socket(session: Session, *,
         pass
     except (ConnectionRefusedError, OSError) as e:
         if isinstance(e, ConnectionRefusedError) or e.errno in (errno.ECONNREFUSED, errno.ENOTSOCK):
-            import logging
+            from .. import lazylog  # (the daemon's logging may not be set up yet)
 
-            logging.getLogger("lamd").info("removing stale socket %s left by a dead daemon",
+            lazylog.getLogger("lamd").info("removing stale socket %s left by a dead daemon",
                                            path)
             os.unlink(path)
         elif e.errno != errno.ENOENT:
