@@ -23,6 +23,13 @@ universe); the second ends with what ``lamwipe`` runs on each node (the
 tree's ``tkill``: ``lamd-tkill --keep-socket`` under systemd), with the same
 outcome as lamhalt; the third, after the wipe, with ``lamhalt``.
 
+And ``lamgrow`` onto the systemd-managed node: node1 booted alone, then
+``lamgrow node2`` (stock lamgrow runs node2's ``hboot`` from its PATH, which
+finds the tree's ``lamd`` and ``tkill`` first, as a user would set it up):
+the units come up as under lamboot, ``lamnodes``, ``tping`` and ``lamexec``
+from both nodes; ``lamshrink n1`` halts node2 (its units inactive, its
+sockets listening, nothing of the user left), and node1 goes on alone.
+
 Needs both locks: ``flock /tmp/lamd-netns.lock flock /tmp/lamd-systest.lock``.
 
     sudo /usr/bin/python3 -m pytest tests/system/test_lamboot_nspawn.py
@@ -92,21 +99,52 @@ def crash_keeps_the_node(ct: Container, h1, h2, kpid: int, dpid: int) -> None:
         show(cp) + journal(ct)
 
 
+def node_container(h2) -> Container:
+    """node2's container: a systemd in node2's network namespace, its /tmp
+    node2's session prefix, its hostname node2."""
+    return Container(machine=h2.name, extra=(
+        f"--network-namespace-path=/run/netns/{h2.netns}",
+        f"--bind={h2.prefix}:/tmp"), init=(f"systemd.hostname={h2.name}",))
+
+
+def boot_node(ct: Container, h2):
+    """Boot *ct* and enable its user's two sockets; the session directory."""
+    ct.boot()
+    assert ct.run(["hostname"]).stdout.strip() == h2.name
+    r = ct.run(["systemctl", "enable", "--runtime", "--now",
+                *[s.format(u=USER) for s in SOCKETS]])
+    assert r.returncode == 0, r.stdout + r.stderr
+    sdir = h2.prefix / f"lam-{USER}@{h2.name}"
+    for name in ("lam-kernel-socket", "lamd-datalink-socket"):
+        assert (sdir / name).is_socket(), sorted(os.listdir(sdir))
+    return sdir
+
+
+def node_stopped(ct: Container, sdir, why: str) -> None:
+    """Every unit of the user inactive, the two sockets listening, no
+    process of the user left, only the sockets in the session directory."""
+    try:
+        ct.wait_for(lambda: all(active(ct, u) == "inactive" for u in UNITS), 30,
+                    f"every unit of the user inactive after {why}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {[(u, active(ct, u)) for u in UNITS]} "
+                             f"{ct.run(['pgrep', '-u', USER, '-a']).stdout}"
+                             + journal(ct)) from None
+    assert [active(ct, s) for s in SOCKETS] == ["active", "active"]
+    left = ct.run(["pgrep", "-u", USER, "-a"]).stdout
+    assert left == "", left
+    # the sockets, and the kernel's reload status (lamd-reload: a systemd
+    # kernel keeps it for ExecReload=, as before)
+    assert sorted(set(os.listdir(sdir)) - {"lamd-reload"}) == [
+        "lam-kernel-socket", "lamd-datalink-socket"]
+
+
 def test_lamboot_boots_the_systemd_managed_daemon(lamd_deb, lam_user):
     with Cluster(2) as c:
         h1, h2 = c.hosts
-        ct = Container(machine=h2.name, extra=(
-            f"--network-namespace-path=/run/netns/{h2.netns}",
-            f"--bind={h2.prefix}:/tmp"), init=(f"systemd.hostname={h2.name}",))
+        ct = node_container(h2)
         try:
-            ct.boot()
-            assert ct.run(["hostname"]).stdout.strip() == h2.name
-            r = ct.run(["systemctl", "enable", "--runtime", "--now",
-                        *[s.format(u=USER) for s in SOCKETS]])
-            assert r.returncode == 0, r.stdout + r.stderr
-            sdir = h2.prefix / f"lam-{USER}@{h2.name}"
-            for name in ("lam-kernel-socket", "lamd-datalink-socket"):
-                assert (sdir / name).is_socket(), sorted(os.listdir(sdir))
+            sdir = boot_node(ct, h2)
             hf = c.work / "hostfile"
             hf.write_text(f"{h1.name}\n{h2.name} prefix={PREFIX_TREE}\n")
             hf.chmod(0o644)
@@ -165,26 +203,76 @@ def test_lamboot_boots_the_systemd_managed_daemon(lamd_deb, lam_user):
                     r = ct.as_user([f"{PREFIX_TREE}/bin/tkill"], timeout=60)
                     assert r.returncode == 0, r.stdout + r.stderr + journal(ct)
                 assert cp.returncode == 0, show(cp) + journal(ct)
-                try:
-                    ct.wait_for(lambda: all(active(ct, u) == "inactive" for u in UNITS), 30,
-                                f"every unit of the user inactive after {end}")
-                except AssertionError as e:
-                    raise AssertionError(f"{e}: {[(u, active(ct, u)) for u in UNITS]} "
-                                         f"{ct.run(['pgrep', '-u', USER, '-a']).stdout}"
-                                         + show(cp) + journal(ct)) from None
-                assert [active(ct, s) for s in SOCKETS] == ["active", "active"]
-                left = ct.run(["pgrep", "-u", USER, "-a"]).stdout
-                assert left == "", left
+                node_stopped(ct, sdir, end)
                 assert gone([h1]) == {h1.name: []}
-                # the sockets, and the kernel's reload status (lamd-reload: a
-                # systemd kernel keeps it for ExecReload=, as before)
-                assert sorted(set(os.listdir(sdir)) - {"lamd-reload"}) == [
-                    "lam-kernel-socket", "lamd-datalink-socket"]
                 print(f"{attempt} lamboot with a systemd node: {boot_s:.2f} s")
         finally:
             try:
                 h1.run(["lamwipe", c.work / "hostfile"], timeout=60)
             except Exception:  # noqa: BLE001 - teardown goes on
                 pass
+            ct.stop()
+    host(["true"])
+
+
+def test_lamgrow_onto_the_systemd_managed_node(lamd_deb, lam_user):
+    with Cluster(2) as c:
+        h1, h2 = c.hosts
+        ct = node_container(h2)
+        halted = False
+        hf = c.work / "hostfile-node1"
+        try:
+            sdir = boot_node(ct, h2)
+            # node2's ssh sessions find the tree's daemon and tkill first, as
+            # a user who wants ours there sets PATH (lamgrow has no -prefix)
+            for name in ("lamd", "tkill"):
+                os.symlink(f"{PREFIX_TREE}/bin/{name}", h2.bindir / name)
+            hf.write_text(f"{h1.name}\n")
+            hf.chmod(0o644)
+            cp = h1.run(["lamboot", hf], timeout=120)
+            assert cp.returncode == 0, show(cp)
+            cp = h1.run(["lamgrow", "-v", h2.name], timeout=120)
+            assert cp.returncode == 0, show(cp) + journal(ct)
+            ct.wait_for(lambda: all(active(ct, u) == "active" for u in UNITS), 30,
+                        "the kernel, datalink and jobs units active")
+            kpid, dpid = main_pid(ct, UNITS[0]), main_pid(ct, UNITS[1])
+            assert netns_of(ct, dpid) == netns_of(ct, 1)
+            assert netns_of(ct, kpid) != netns_of(ct, 1)
+            # as the C lamds print it after a lamgrow from n0 (tests/test_grow.py):
+            # the grown node takes lamgrow's node for an origin too
+            cp = h1.run(["lamnodes"])
+            assert cp.returncode == 0 and cp.stdout.splitlines() == [
+                f"n0\t{h1.name}:1:origin,this_node", f"n1\t{h2.name}:1:"], \
+                show(cp) + journal(ct)
+            r = ct.as_user(["lamnodes"], timeout=20)
+            assert r.returncode == 0 and r.stdout.splitlines() == [
+                f"n0\t{h1.addr}:1:origin", f"n1\t{h2.addr}:1:this_node"], \
+                r.stdout + r.stderr + journal(ct)
+            for run in (lambda a: h1.run(a, timeout=30), lambda a: ct.as_user(a, timeout=30)):
+                cp = run(["tping", "-c", "1", "N"])
+                assert cp.returncode == 0 and "1 remote node and 1 local node" in cp.stdout, \
+                    cp.stdout + cp.stderr + journal(ct)
+            cp = h1.run(["lamexec", "N", "hostname"], timeout=30)
+            assert cp.returncode == 0 and sorted(cp.stdout.split()) == [h1.name, h2.name], \
+                show(cp) + journal(ct)
+            # lamshrink: node2's haltd ends its daemon; systemd's units stop,
+            # the sockets stay for the next boot
+            cp = h1.run(["lamshrink", "n1"], timeout=60)
+            assert cp.returncode == 0, show(cp) + journal(ct)
+            node_stopped(ct, sdir, "lamshrink")
+            cp = h1.run(["lamnodes"])
+            assert cp.stdout.splitlines() == [f"n0\t{h1.name}:1:origin,this_node"], show(cp)
+            cp = h1.run(["tping", "-c", "1", "N"], timeout=30)
+            assert cp.returncode == 0 and "1 byte from n0 (o): " in cp.stdout, show(cp)
+            cp = h1.run(["lamhalt"], timeout=60)
+            assert cp.returncode == 0, show(cp)
+            halted = True
+            assert gone([h1]) == {h1.name: []}
+        finally:
+            if not halted:
+                try:
+                    h1.run(["lamwipe", hf], timeout=60)
+                except Exception:  # noqa: BLE001 - teardown goes on
+                    pass
             ct.stop()
     host(["true"])
