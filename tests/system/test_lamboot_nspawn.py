@@ -72,6 +72,22 @@ def journal(ct: Container) -> str:
     return "\n--- journal (container) ---\n" + r.stdout[-8000:]
 
 
+def serves_both_ways(ct: Container, h1, h2) -> None:
+    """node2's lamnodes (in the container: its kernel takes clients of its
+    own pid namespace only), tping to every node from both nodes, lamexec
+    across them from node1."""
+    r = ct.as_user(["lamnodes"], timeout=20)
+    assert r.returncode == 0 and r.stdout.splitlines() == [
+        f"n0\t{h1.addr}:1:origin", f"n1\t{h2.addr}:1:this_node"], r.stdout + r.stderr + journal(ct)
+    for run in (lambda a: h1.run(a, timeout=30), lambda a: ct.as_user(a, timeout=30)):
+        cp = run(["tping", "-c", "1", "N"])
+        assert cp.returncode == 0 and "1 remote node and 1 local node" in cp.stdout, \
+            cp.stdout + cp.stderr + journal(ct)
+    cp = h1.run(["lamexec", "N", "hostname"], timeout=30)
+    assert cp.returncode == 0 and sorted(cp.stdout.split()) == [h1.name, h2.name], \
+        show(cp) + journal(ct)
+
+
 def crash_keeps_the_node(ct: Container, h1, h2, kpid: int, dpid: int) -> None:
     """SIGKILL of node2's kernel (issue 12 on a node of a universe): systemd
     restarts it with its clients from the descriptor store, the datalink
@@ -87,16 +103,7 @@ def crash_keeps_the_node(ct: Container, h1, h2, kpid: int, dpid: int) -> None:
     log = ct.run(["journalctl", "--no-pager", "-o", "cat", f"-ulamd@{USER}.service"]).stdout
     assert log.count("router: after a crash: this node n1 of 2 again") == took + 1, journal(ct)
     assert "after a crash: took back" in log, journal(ct)
-    r = ct.as_user(["lamnodes"], timeout=20)
-    assert r.returncode == 0 and r.stdout.splitlines() == [
-        f"n0\t{h1.addr}:1:origin", f"n1\t{h2.addr}:1:this_node"], r.stdout + r.stderr + journal(ct)
-    for run in (lambda a: h1.run(a, timeout=30), lambda a: ct.as_user(a, timeout=30)):
-        cp = run(["tping", "-c", "1", "N"])
-        assert cp.returncode == 0 and "1 remote node and 1 local node" in cp.stdout, \
-            cp.stdout + cp.stderr + journal(ct)
-    cp = h1.run(["lamexec", "N", "hostname"], timeout=30)
-    assert cp.returncode == 0 and sorted(cp.stdout.split()) == [h1.name, h2.name], \
-        show(cp) + journal(ct)
+    serves_both_ways(ct, h1, h2)
 
 
 def node_container(h2) -> Container:
@@ -171,19 +178,7 @@ def test_lamboot_boots_the_systemd_managed_daemon(lamd_deb, lam_user):
                 # the container's /etc/hosts is the machine's (bind-ro): it
                 # does not name the test hosts, so lamnodes there prints
                 # their addresses
-                r = ct.as_user(["lamnodes"], timeout=20)
-                assert r.returncode == 0 and r.stdout.splitlines() == [
-                    f"n0\t{h1.addr}:1:origin", f"n1\t{h2.addr}:1:this_node"], \
-                    r.stdout + r.stderr + journal(ct)
-                cp = h1.run(["tping", "-c", "1", "N"], timeout=30)
-                assert cp.returncode == 0 and "1 remote node and 1 local node" in cp.stdout, \
-                    show(cp) + journal(ct)
-                r = ct.as_user(["tping", "-c", "1", "N"], timeout=30)
-                assert r.returncode == 0 and "1 remote node and 1 local node" in r.stdout, \
-                    r.stdout + r.stderr + journal(ct)
-                cp = h1.run(["lamexec", "N", "hostname"], timeout=30)
-                assert cp.returncode == 0 and sorted(cp.stdout.split()) == [h1.name, h2.name], \
-                    show(cp) + journal(ct)
+                serves_both_ways(ct, h1, h2)
                 if attempt == "first":
                     crash_keeps_the_node(ct, h1, h2, kpid, dpid)
                 if end == "lamhalt":
@@ -244,17 +239,7 @@ def test_lamgrow_onto_the_systemd_managed_node(lamd_deb, lam_user):
             assert cp.returncode == 0 and cp.stdout.splitlines() == [
                 f"n0\t{h1.name}:1:origin,this_node", f"n1\t{h2.name}:1:"], \
                 show(cp) + journal(ct)
-            r = ct.as_user(["lamnodes"], timeout=20)
-            assert r.returncode == 0 and r.stdout.splitlines() == [
-                f"n0\t{h1.addr}:1:origin", f"n1\t{h2.addr}:1:this_node"], \
-                r.stdout + r.stderr + journal(ct)
-            for run in (lambda a: h1.run(a, timeout=30), lambda a: ct.as_user(a, timeout=30)):
-                cp = run(["tping", "-c", "1", "N"])
-                assert cp.returncode == 0 and "1 remote node and 1 local node" in cp.stdout, \
-                    cp.stdout + cp.stderr + journal(ct)
-            cp = h1.run(["lamexec", "N", "hostname"], timeout=30)
-            assert cp.returncode == 0 and sorted(cp.stdout.split()) == [h1.name, h2.name], \
-                show(cp) + journal(ct)
+            serves_both_ways(ct, h1, h2)
             # lamshrink: node2's haltd ends its daemon; systemd's units stop,
             # the sockets stay for the next boot
             cp = h1.run(["lamshrink", "n1"], timeout=60)
