@@ -37,7 +37,7 @@ LEVELS = {"debug": DEBUG, "info": INFO, "notice": INFO, "warning": WARNING, "war
           "error": ERROR, "err": ERROR, "critical": CRITICAL, "crit": CRITICAL}
 
 _level = 0  # set_level(): calls below it return without logging
-_setup: "list[Callable[[], None]]" = []  # defer_setup(): run before the first record
+_setup: "Callable[[], None] | None" = None  # defer_setup(): run before the first record
 
 
 def parse_level(level: "str | int | None") -> int:
@@ -74,20 +74,17 @@ def set_level(level: int) -> None:
     _level = level
 
 
-def level() -> int:
-    """The level set by :func:`set_level` (0: none)."""
-    return _level
-
-
 def defer_setup(setup: "Callable[[], None]") -> None:
     """Run *setup* (which configures ``logging``) before the first record."""
-    _setup[:] = [setup]
+    global _setup
+    _setup = setup
 
 
 def setup_now() -> None:
     """Run the deferred set-up, if it has not run."""
-    if _setup:
-        setup = _setup.pop()
+    global _setup
+    setup, _setup = _setup, None
+    if setup is not None:
         setup()
 
 
@@ -111,35 +108,32 @@ class Logger:
     def isEnabledFor(self, level: int) -> bool:
         return level >= _level and self._real().isEnabledFor(level)
 
-    def log(self, level: int, msg: object, *args: "Any", **kwargs: "Any") -> None:
-        if level >= _level:
-            kwargs.setdefault("stacklevel", 2)
-            self._real().log(level, msg, *args, **kwargs)
+    def _emit(self, level: int, msg: object, args: "tuple[Any, ...]",
+              kwargs: "dict[str, Any]") -> None:
+        # the record names the caller of debug(), info()...: two frames up
+        kwargs.setdefault("stacklevel", 3)
+        self._real().log(level, msg, *args, **kwargs)
 
     def debug(self, msg: object, *args: "Any", **kwargs: "Any") -> None:
         if DEBUG >= _level:
-            kwargs.setdefault("stacklevel", 2)
-            self._real().debug(msg, *args, **kwargs)
+            self._emit(DEBUG, msg, args, kwargs)
 
     def info(self, msg: object, *args: "Any", **kwargs: "Any") -> None:
         if INFO >= _level:
-            kwargs.setdefault("stacklevel", 2)
-            self._real().info(msg, *args, **kwargs)
+            self._emit(INFO, msg, args, kwargs)
 
     def warning(self, msg: object, *args: "Any", **kwargs: "Any") -> None:
         if WARNING >= _level:
-            kwargs.setdefault("stacklevel", 2)
-            self._real().warning(msg, *args, **kwargs)
+            self._emit(WARNING, msg, args, kwargs)
 
     def error(self, msg: object, *args: "Any", **kwargs: "Any") -> None:
         if ERROR >= _level:
-            kwargs.setdefault("stacklevel", 2)
-            self._real().error(msg, *args, **kwargs)
+            self._emit(ERROR, msg, args, kwargs)
 
     def exception(self, msg: object, *args: "Any", **kwargs: "Any") -> None:
         if ERROR >= _level:
-            kwargs.setdefault("stacklevel", 2)
-            self._real().exception(msg, *args, **kwargs)
+            kwargs.setdefault("exc_info", True)
+            self._emit(ERROR, msg, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<lazylog.Logger {self.name}>"
@@ -157,4 +151,4 @@ def getLogger(name: str) -> Logger:
 
 
 __all__ = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "LEVELS", "Logger", "getLogger",
-           "parse_level", "level_name", "set_level", "level", "defer_setup", "setup_now"]
+           "parse_level", "level_name", "set_level", "defer_setup", "setup_now"]

@@ -411,9 +411,7 @@ class ConnIO(KIOBase):
                         try:
                             n = os.splice(  # type: ignore[attr-defined]
                                 m.pr, c.fd, m.piped, None, None, SPLICE_FLAGS)
-                        except BlockingIOError:
-                            raise
-                        except OSError as e:
+                        except OSError as e:  # EAGAIN included: the outer handler's
                             if e.errno not in _NO_SPLICE:
                                 raise
                             self._cannot_splice(m, e)

@@ -85,6 +85,12 @@ def _exchange(src: str, dst: str) -> bool:
     return False
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class _SwapFile:
     """A file rewritten atomically by swapping in a spare copy.
 
@@ -109,14 +115,10 @@ class _SwapFile:
     def rewrite(self, data: bytes) -> None:
         if self.fresh:
             self.fresh = False
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.live, view):]
+            _write_all(self.live, data)
             return
         os.ftruncate(self.spare, 0)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.spare, view):]
+        _write_all(self.spare, data)
         if _exchange(self.spare_path, self.path):
             self.live, self.spare = self.spare, self.live
         else:  # no RENAME_EXCHANGE here: a plain atomic rename, then a new spare
