@@ -1,7 +1,7 @@
 """The datalink's link state machines, sans-IO (lamd/datalink/link.py):
 LAM's window of 3 unacked frames per link in 8 shared slots, resends from
-the tick, acks per frame, in-order delivery with duplicates re-acked, frames
-kept from a little ahead and no farther, and addresses checked. The
+the tick, acks per frame once handed on, in-order delivery with duplicates
+re-acked, frames kept (unacked) from a little ahead and no farther, and addresses checked. The
 property test runs a sender and a receiver over a channel that loses,
 duplicates and reorders datagrams."""
 
@@ -107,23 +107,28 @@ def test_acks_only_from_the_links_address():
     assert out.datagram(B_DLI, ack(0)).drops == [] and not out.busy()
 
 
-def test_in_order_delivery_duplicates_reacked():
+def test_in_order_delivery_acked_once_handed_on_duplicates_reacked():
     _, din = pair()
     f = [DLFrame.decode(d) for d in (msg(i).encode() for i in range(4))]
     frames = [DLFrame(0, s, *(x for x in (fr.dlh_node, fr.dlh_event, fr.dlh_type,
                                            fr.dlh_length, fr.dlh_flags, fr.dlh_data)),
                       dlf_msg=fr.dlf_msg) for s, fr in enumerate(f)]
     r = din.datagram(A, frames[0].encode())
-    assert [x.dlf_seqnum for x in r.deliver] == [0]
-    assert r.acks == [(A, ack(0))]
-    # a duplicate: acked again, not delivered
+    assert [x.dlf_seqnum for x in r.deliver] == [0] and r.src == A
+    # not acked before it is handed on (a crash then: its sender resends it)
+    assert r.acks == []
+    assert din.datagram(A, frames[0].encode()).acks == []   # its resend meanwhile
+    assert din.handed_on(r.deliver[0]) == ack(0)
+    # a duplicate of a frame handed on: acked again, not delivered
     r = din.datagram(A, frames[0].encode())
     assert r.deliver == [] and r.acks == [(A, ack(0))]
-    # 2 before 1: kept and acked, both delivered when 1 comes, in order
+    # 2 before 1: kept, unacked (as LAM leaves frames ahead); both handed on
+    # in order when 1 comes, each acked then
     r = din.datagram(A, frames[2].encode())
-    assert r.deliver == [] and r.acks == [(A, ack(2))] and din.held() == 1
+    assert r.deliver == [] and r.acks == [] and din.held() == 1
     r = din.datagram(A, frames[1].encode())
     assert [x.dlf_seqnum for x in r.deliver] == [1, 2] and din.held() == 0
+    assert [din.handed_on(x) for x in r.deliver] == [ack(1), ack(2)]
     r = din.datagram(A, frames[2].encode())
     assert r.deliver == [] and r.acks == [(A, ack(2))]
 
@@ -135,13 +140,16 @@ def test_dli_keeps_no_frame_two_claim_ahead():
     _, din = pair()
     real = [DLFrame(0, s, 1, 5, 0, 4, 0, bytes(32), b"real") for s in range(3)]
     forged = DLFrame(0, 2, 1, 5, 0, 4, 0, bytes(32), b"evil")
-    assert din.datagram(A, forged.encode()).acks     # ahead: kept (and acked)
+    r = din.datagram(A, forged.encode())             # ahead: kept, unacked
+    assert r.acks == [] and din.held() == 1
     r = din.datagram(A, real[2].encode())
     assert r.acks == [] and "another frame" in r.drops[0].why and din.held() == 0
-    r = din.datagram(A, real[1].encode())            # kept again, acked
-    assert r.acks and r.deliver == []
+    r = din.datagram(A, real[1].encode())            # kept again
+    assert r.acks == [] and r.deliver == [] and din.held() == 1
     r = din.datagram(A, real[0].encode())
     assert [f.dlf_msg for f in r.deliver] == [b"real", b"real"]
+    for f in r.deliver:
+        din.handed_on(f)
     r = din.datagram(A, real[2].encode())            # the resend: now the next
     assert [f.dlf_msg for f in r.deliver] == [b"real"]
 
@@ -151,9 +159,8 @@ def test_dli_bounds_what_a_sender_makes_it_hold():
     for s in range(1, 1000):
         fr = DLFrame(0, s, 1, 5, 0, 8192, 0, bytes(32), bytes(8192))
         r = din.datagram(A, fr.encode())
-        assert r.deliver == []
-        assert bool(r.acks) == (s < DLI_WINDOW)   # farther: dropped unacked
-    assert din.held() == DLI_WINDOW - 1
+        assert r.deliver == [] and r.acks == []   # kept or (farther) dropped: unacked
+        assert din.held() == min(s, DLI_WINDOW - 1)
     # wrapped sequence numbers far behind are duplicates (acked), not held
     fr = DLFrame(0, DLMAXSEQ - 1, 1, 5, 0, 0, 0, bytes(32), b"")
     r = din.datagram(A, fr.encode())
@@ -212,6 +219,7 @@ def test_lossy_reordering_channel_delivers_each_once_in_order(n, script, start):
         r = din.datagram(A, d)
         got.extend(struct.unpack(">i", f.dlf_msg[:4])[0] for f in r.deliver)
         back.extend(a for _, a in r.acks)
+        back.extend(din.handed_on(f) for f in r.deliver)
 
     feed_out()
     for op in script:

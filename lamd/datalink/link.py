@@ -28,15 +28,25 @@ LAM's rules, kept:
 * dli delivers in order per link; a frame already delivered is acked again
   (its ack was lost) and not delivered twice.
 
+What can be lost when the datalink's process dies (issue 11: a process of
+its own under systemd, started again with what it kept,
+:mod:`lamd.datalink.keep`): nothing the protocol acked. A frame is acked
+only once the caller has handed it on (:meth:`DLIn.handed_on`), not when it
+arrives, and a frame dlo takes is kept (``keep``) before its first send. An
+observer (``keep``, :class:`Keeper`) is told each change of what must
+survive: the frames given to links and their acks, each link's next
+sequence number out and the next frame not yet handed on in.
+
 Beyond LAM (hostile input):
 
 * a frame is taken only from the address of the node it claims to come
   from, an ack only from the address of the node it claims to ack for;
-* a frame ahead of the next one expected is kept (and acked) when it is
-  fewer than :data:`DLI_WINDOW` frames ahead, so a lost frame does not
-  cost the resend of those after it; farther ahead it is dropped unacked
-  (LAM drops every frame ahead) and its sender resends it. What any sender
-  can make dli hold is so bounded by ``DLI_WINDOW - 1`` frames. Two
+* a frame ahead of the next one expected is kept (unacked, as LAM leaves
+  every frame ahead: acked once handed on) when it is fewer than
+  :data:`DLI_WINDOW` frames ahead, so a lost frame costs no second trip of
+  those after it: the resend that fills the gap hands them all on; farther
+  ahead it is dropped. What any sender can make dli hold is so bounded by
+  ``DLI_WINDOW - 1`` frames. Two
   different frames with one number ahead (a forged one and the real one)
   are both dropped unacked, so a forger cannot slip a frame in ahead: the
   real sender resends, and the frame is taken only when it is the next.
@@ -74,6 +84,27 @@ def seqdiff(a: int, b: int) -> int:
     """How far *a* is after *b*, in ``(-DLMAXSEQ/2, DLMAXSEQ/2]``."""
     d = (a - b) % DLMAXSEQ
     return d - DLMAXSEQ if d > DLMAXSEQ // 2 else d
+
+
+class Keeper:
+    """What :class:`DLOut` and :class:`DLIn` tell of each change that must
+    survive a crash of their process (:mod:`lamd.datalink.keep` keeps it);
+    this base keeps nothing."""
+
+    def slot_put(self, link: int, seq: int, datagram: bytes, seqgive: int) -> None:
+        """Frame *seq* given to *link* (sent or waiting); the link's next is *seqgive*."""
+
+    def slot_gone(self, link: int, seq: int) -> None:
+        """Frame *seq* of *link* acked."""
+
+    def link_gone(self, link: int) -> None:
+        """*link* and its frames dropped (out), or its input state (in)."""
+
+    def handed(self, link: int, seq: int) -> None:
+        """Frames from *link* before *seq* are handed on."""
+
+
+NO_KEEPER = Keeper()
 
 
 # --------------------------------------------------------------------------
@@ -116,7 +147,7 @@ class OutLink:
         """``dol_seqsend``: the next sequence number to send."""
         return self.held[0].seq if self.held else self.seqgive
 
-    def give(self, frame: DLFrame) -> list[bytes]:
+    def give(self, frame: DLFrame, keep: Keeper = NO_KEEPER) -> list[bytes]:
         """A frame for this link (its ``dlf_seqnum`` is replaced by the
         link's next): the datagrams to send now."""
         seq = self.seqgive
@@ -126,7 +157,17 @@ class OutLink:
                      frame.dlh_type, frame.dlh_length, frame.dlh_flags,
                      frame.dlh_data, frame.dlf_msg)
         slot = Slot(seq, fr.encode())
+        keep.slot_put(self.link, seq, slot.datagram, self.seqgive)
         self.held.append(slot)
+        return self._fill()
+
+    def restore(self, seqgive: int, datagrams: dict[int, bytes]) -> list[bytes]:
+        """The state a crashed process kept: the next sequence number and the
+        frames not acked (by number), all sent again now (their acks may
+        have gone to the dead process's socket)."""
+        self.seqgive = seqgive
+        for seq in sorted(datagrams, key=lambda q: seqdiff(q, seqgive)):
+            self.held.append(Slot(seq, datagrams[seq]))
         return self._fill()
 
     def _fill(self) -> list[bytes]:
@@ -186,17 +227,22 @@ class DLOut:
         self.links: dict[int, OutLink] = {}
         self.fault_tolerant = fault_tolerant
         self.nslots = nslots
+        #: told of every frame given and acked (:class:`Keeper`)
+        self.keep = NO_KEEPER
         for link, addr in (links or {}).items():
             self.set_link(link, addr)
 
     # -- the table ----------------------------------------------------------
     def set_link(self, link: int, addr: Addr) -> None:
         """``DOQSETLINK``: a link, fresh (sequence numbers from 0)."""
+        if link in self.links:
+            self.keep.link_gone(link)
         self.links[link] = OutLink(link, addr)
 
     def rem_link(self, link: int) -> None:
         """``DOQREMLINK``: the link and its frames go (``do_slotsweep``)."""
-        self.links.pop(link, None)
+        if self.links.pop(link, None) is not None:
+            self.keep.link_gone(link)
 
     # -- slots ----------------------------------------------------------------
     @property
@@ -222,7 +268,7 @@ class DLOut:
             r.drops.append(Drop(("", 0), f"no link n{link} for a frame to node "
                                           f"{frame.dlh_node} event {frame.dlh_event}"))
             return r
-        for d in l.give(frame):
+        for d in l.give(frame, self.keep):
             r.send.append((l.addr, d))
         return r
 
@@ -242,7 +288,9 @@ class DLOut:
             r.drops.append(Drop(src, f"an ack for node n{a.dla_destid} from another "
                                      f"address than its {l.addr[0]}"))
             return r
-        _, sends = l.ack(a.dla_seqnum)   # an ack of nothing pending: a duplicate
+        was, sends = l.ack(a.dla_seqnum)   # an ack of nothing pending: a duplicate
+        if was:
+            self.keep.slot_gone(l.link, a.dla_seqnum)
         for d in sends:
             r.send.append((l.addr, d))
         return r
@@ -286,19 +334,22 @@ class DLOut:
 @dataclass(slots=True)
 class InLink:
     """One sender as dli sees it (``struct dilink``): its address, the next
-    sequence number expected (``dil_seqrecv``), frames kept from ahead."""
+    sequence number expected (``dil_seqrecv``), the next not yet handed on
+    (``handed``: frames between the two are on their way to the kernel,
+    unacked), frames kept from ahead."""
 
     link: int
     ip: str
     seqrecv: int = 0
+    handed: int = 0
     ahead: dict[int, DLFrame] = field(default_factory=dict)
     conflicts: int = 0
 
     def receive(self, fr: DLFrame) -> tuple[bool, list[DLFrame]]:
-        """A frame from this sender: (ack it?, frames to hand on in order)."""
+        """A frame from this sender: (ack it now?, frames to hand on in order)."""
         d = seqdiff(fr.dlf_seqnum, self.seqrecv)
-        if d < 0:
-            return True, []                       # delivered before: ack again
+        if d < 0:   # taken before: acked again once handed on (its ack was lost)
+            return seqdiff(fr.dlf_seqnum, self.handed) < 0, []
         if d >= DLI_WINDOW:
             return False, []                      # too far ahead: it will be resent
         if d > 0:
@@ -306,21 +357,22 @@ class InLink:
             if kept != fr:  # two different frames claim one number: keep neither
                 del self.ahead[fr.dlf_seqnum]
                 self.conflicts += 1
-                return False, []
-            return True, []
+            return False, []
         out = [fr]
         self.seqrecv = seqinc(self.seqrecv)
         while self.seqrecv in self.ahead:
             out.append(self.ahead.pop(self.seqrecv))
             self.seqrecv = seqinc(self.seqrecv)
-        return True, out
+        return False, out   # each acked once handed on (DLIn.handed_on)
 
 
 @dataclass(slots=True)
 class InResult:
-    """What :class:`DLIn` asks for: acks to send (to the frame's source
-    address), frames to hand on (in order per sender), datagrams dropped."""
+    """What :class:`DLIn` asks for: acks to send now (to the frame's source
+    address), frames to hand on (in order per sender; each acked to
+    :attr:`src` once handed on: :meth:`DLIn.handed_on`), datagrams dropped."""
 
+    src: Addr = ("", 0)
     acks: list[tuple[Addr, bytes]] = field(default_factory=list)
     deliver: list[DLFrame] = field(default_factory=list)
     drops: list[Drop] = field(default_factory=list)
@@ -333,15 +385,31 @@ class DLIn:
     def __init__(self, node_id: int, links: dict[int, str] | None = None) -> None:
         self.node_id = node_id
         self.links: dict[int, InLink] = {}
+        #: told of every frame handed on (:class:`Keeper`)
+        self.keep = NO_KEEPER
         for link, ip in (links or {}).items():
             self.set_link(link, ip)
 
-    def set_link(self, link: int, ip: str) -> None:
-        """``DIQSETLINK``: a sender, fresh (sequence numbers from 0)."""
-        self.links[link] = InLink(link, ip)
+    def set_link(self, link: int, ip: str, seqrecv: int = 0) -> None:
+        """``DIQSETLINK``: a sender, fresh (sequence numbers from 0, or from
+        *seqrecv*: what a crashed process had handed on)."""
+        if link in self.links:
+            self.keep.link_gone(link)
+        self.links[link] = InLink(link, ip, seqrecv, seqrecv)
 
     def rem_link(self, link: int) -> None:
-        self.links.pop(link, None)
+        if self.links.pop(link, None) is not None:
+            self.keep.link_gone(link)
+
+    def handed_on(self, fr: DLFrame) -> bytes:
+        """Frame *fr* of :attr:`InResult.deliver` is handed on: its ack, to
+        send to :attr:`InResult.src` (the sender's resends of it are acked
+        again from now on)."""
+        l = self.links.get(fr.dlf_src_node)
+        if l is not None and seqdiff(fr.dlf_seqnum, l.handed) >= 0:
+            l.handed = seqinc(fr.dlf_seqnum)
+            self.keep.handed(l.link, l.handed)
+        return DLAck(fr.dlf_seqnum, self.node_id).encode()
 
     def held(self) -> int:
         """Frames kept from ahead, over every sender."""
@@ -349,7 +417,7 @@ class DLIn:
 
     def datagram(self, src: Addr, data: bytes) -> InResult:
         """A datagram on dli's port from *src* (``di_forward``)."""
-        r = InResult()
+        r = InResult(src)
         try:
             fr = DLFrame.decode(data)
         except FrameError as e:
@@ -377,6 +445,6 @@ class DLIn:
         return r
 
 
-__all__ = ["DLOut", "DLIn", "OutLink", "InLink", "Slot", "Drop", "OutResult",
+__all__ = ["DLOut", "DLIn", "OutLink", "InLink", "Slot", "Drop", "OutResult", "Keeper",
            "InResult", "seqdiff", "TICK", "LAM_TO_DLO_ACK", "DLI_WINDOW", "IDLE",
            "LAM_TO_DLO_IDLE", "DOMAXSTALE"]
