@@ -5,18 +5,31 @@ while no CMD runs, starts CMD with the listening socket as descriptor 3
 (``LISTEN_FDS=1``, ``LISTEN_PID``), waits for it to exit and listens on.
 SIGTERM or SIGINT: the socket is removed and it exits (a running CMD is
 left to the caller). Unlike systemd-socket-activate it outlives CMD, so
-a session can be booted again, as under systemd."""
+a session can be booted again, as under systemd.
+
+``--restart`` (before PATH): ``Restart=on-failure`` with
+``RestartPreventExitStatus=1 2`` and a descriptor store, as
+``lamd-dl@.service``: CMD gets ``NOTIFY_SOCKET``; what it stores
+(``FDSTORE=1``, ``FDNAME=``; ``FDSTOREREMOVE=1``) is passed again, after
+the listening socket and named in ``LISTEN_FDNAMES``, when it dies of a
+signal or exits other than 0, 1 or 2, and it is started again at once;
+any other exit empties the store."""
 
 from __future__ import annotations
 
+import array
 import os
 import select
 import signal
 import socket
 import sys
+import tempfile
 
 
 def main(argv: list[str]) -> int:
+    restart = argv[:1] == ["--restart"]
+    if restart:
+        argv = argv[1:]
     path, cmd = argv[0], argv[1:]
     if os.path.exists(path):
         os.unlink(path)
@@ -33,7 +46,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, bye)
     print(f"sockact: listening on {path}", flush=True)
     try:
-        serve(lst, cmd)
+        serve(lst, cmd, restart)
     finally:
         try:
             os.unlink(path)
@@ -42,28 +55,108 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def serve(lst: socket.socket, cmd: list[str]) -> None:
-    while True:
+class Store:
+    """systemd's side of sd_notify's descriptor store."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="sockact-")
+        self.path = os.path.join(self.dir, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.fds: list[tuple[str, int]] = []
+
+    def take(self) -> None:
+        """The messages waiting on the notify socket."""
+        while True:
+            r, _, _ = select.select([self.sock], [], [], 0)
+            if not r:
+                return
+            fds = array.array("i")
+            msg, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(16 * fds.itemsize))
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+            fields = dict(ln.split("=", 1) for ln in msg.decode().splitlines() if "=" in ln)
+            name = fields.get("FDNAME", "stored")
+            if fields.get("FDSTOREREMOVE") == "1":
+                for n, fd in [x for x in self.fds if x[0] == name]:
+                    os.close(fd)
+                    self.fds.remove((n, fd))
+            if fields.get("FDSTORE") == "1":
+                self.fds.extend((name, fd) for fd in fds)
+                print(f"sockact: stored {name}", flush=True)
+            elif fds:
+                for fd in fds:
+                    os.close(fd)
+
+    def flush(self) -> None:
+        for _, fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+def start(lst: socket.socket, cmd: list[str], store: Store | None) -> int:
+    pid = os.fork()
+    if pid == 0:
+        passed = [lst.fileno()] + [fd for _, fd in (store.fds if store else ())]
+        high = [os.dup(fd) for fd in passed]   # out of the way of 3, 4, ...
+        for i, fd in enumerate(high):
+            os.dup2(fd, 3 + i)
+            os.set_inheritable(3 + i, True)  # dup2 onto itself keeps close-on-exec
+        names = ["listen"] + [n for n, _ in (store.fds if store else ())]
+        os.environ.update(LISTEN_FDS=str(len(passed)), LISTEN_PID=str(os.getpid()),
+                          LISTEN_FDNAMES=":".join(names))
+        if store is not None:
+            os.environ["NOTIFY_SOCKET"] = store.path
         try:
-            r, _, _ = select.select([lst], [], [], 0.5)
-        except InterruptedError:
-            continue
-        if not r:
-            continue
-        pid = os.fork()
-        if pid == 0:
-            if lst.fileno() != 3:
-                os.dup2(lst.fileno(), 3)
-            os.set_inheritable(3, True)  # dup2 onto itself keeps close-on-exec
-            os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()),
-                              LISTEN_FDNAMES="listen")
+            os.execvp(cmd[0], cmd)
+        finally:
+            os._exit(127)
+    print(f"sockact: started {' '.join(cmd)} as {pid}", flush=True)
+    return pid
+
+
+def serve(lst: socket.socket, cmd: list[str], restart: bool = False) -> None:
+    store = Store() if restart else None
+    try:
+        _serve(lst, cmd, store)
+    finally:
+        if store is not None:
+            store.flush()
+            os.unlink(store.path)
+            os.rmdir(store.dir)
+
+
+def _serve(lst: socket.socket, cmd: list[str], store: Store | None) -> None:
+    again = False
+    while True:
+        if not again:
             try:
-                os.execvp(cmd[0], cmd)
-            finally:
-                os._exit(127)
-        print(f"sockact: started {' '.join(cmd)} as {pid}", flush=True)
-        _, status = os.waitpid(pid, 0)
+                r, _, _ = select.select([lst], [], [], 0.5)
+            except InterruptedError:
+                continue
+            if not r:
+                continue
+        pid = start(lst, cmd, store)
+        while True:
+            if store is not None:
+                try:
+                    select.select([store.sock], [], [], 0.1)
+                except InterruptedError:
+                    pass
+                store.take()
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if not done:
+                    continue
+                store.take()
+            else:
+                _, status = os.waitpid(pid, 0)
+            break
         print(f"sockact: {pid} exited ({status:#x})", flush=True)
+        failed = os.WIFSIGNALED(status) or os.WEXITSTATUS(status) not in (0, 1, 2)
+        again = store is not None and failed
+        if store is not None and not again:
+            store.flush()
 
 
 if __name__ == "__main__":

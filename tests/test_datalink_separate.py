@@ -290,7 +290,7 @@ class SocketUnits:
     (tests/sockact.py): the kernel and the datalink process started by a
     connection to their socket, again after each exit, as systemd's."""
 
-    def __init__(self, c: Cluster, h, pkgdir: Path) -> None:
+    def __init__(self, c: Cluster, h, pkgdir: Path, restart: bool = False) -> None:
         self.c, self.h = c, h
         self.dir = h.prefix / f"lam-{c.pw.pw_name}@{h.name}"
         cp = h.run(["mkdir", "-p", "-m", "700", self.dir])
@@ -298,11 +298,12 @@ class SocketUnits:
         act = Path(__file__).resolve().parent / "sockact.py"
         env = h.env({"PYTHONPATH": str(pkgdir), "PYTHONDONTWRITEBYTECODE": "1"})
         self.procs = []
-        for sock, cmd, log in (
-                ("lam-kernel-socket", "-m lamd", f"lamd-{h.name}.log"),
-                ("lamd-datalink-socket", "-m lamd.datalink", f"lamd-dl-{h.name}.log")):
+        for sock, cmd, log, opts in (
+                ("lam-kernel-socket", "-m lamd", f"lamd-{h.name}.log", []),
+                ("lamd-datalink-socket", "-m lamd.datalink", f"lamd-dl-{h.name}.log",
+                 ["--restart"] if restart else [])):
             sh = f"exec /usr/bin/python3 {cmd} 2>>{c.work}/{log}"
-            self.procs.append(h.popen(["/usr/bin/python3", act, self.dir / sock,
+            self.procs.append(h.popen(["/usr/bin/python3", act, *opts, self.dir / sock,
                                        "/bin/sh", "-c", sh], timeout=None, env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         deadline = time.monotonic() + 10
@@ -330,6 +331,37 @@ class SocketUnits:
             p.wait(10)
 
 
+def serves(c: Cluster, i: int, boot: int) -> None:
+    """The universe, node *i*'s datalink a separate process (*boot*: the
+    how-manieth universe of its log): lamnodes and tping from every host,
+    lamexec on every node."""
+    check_separate(c, i, boot)
+    for j, x in enumerate(c.hosts):
+        cp = x.run(["lamnodes"])
+        assert cp.returncode == 0 and len(cp.stdout.splitlines()) == 3, show(cp) + logs(c)
+        assert cp.stdout.splitlines()[j].endswith("this_node"), show(cp)
+        cp = x.run(["tping", "-c", "1", "N"], timeout=30)
+        assert cp.returncode == 0, f"from n{j}: " + show(cp) + logs(c)
+    cp = c.hosts[0].run(["lamexec", "N", "hostname"], timeout=30)
+    assert cp.returncode == 0, show(cp) + logs(c)
+    assert sorted(cp.stdout.split()) == sorted(x.name for x in c.hosts), show(cp)
+
+
+def nothing_left_but_sockets(c: Cluster, h, units: SocketUnits) -> None:
+    """No process of the test user on any host but the socket holders; the
+    session directory of *h* holds the sockets only (they are systemd's)."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        left = {x.name: (units.user_pids() if x is h else x.user_pids()) for x in c.hosts}
+        if not any(left.values()):
+            break
+        time.sleep(0.1)
+    assert not any(left.values()), ({k: [cmdline(p) for p in v] for k, v in left.items()},
+                                     logs(c))
+    assert sorted(p.name for p in units.dir.iterdir()) == [
+        "lam-kernel-socket", "lamd-datalink-socket"]
+
+
 def test_package_prefix_with_systemd_sockets(hosts3: Cluster, lamd_pkg):
     """The package's prefix tree on a node where the user's lamd@.socket and
     lamd-dl@.socket listen (here by hand, tests/sockact.py; under systemd
@@ -351,29 +383,10 @@ def test_package_prefix_with_systemd_sockets(hosts3: Cluster, lamd_pkg):
     hf.chmod(0o644)
 
     def universe(boot: int) -> None:
-        check_separate(c, 1, boot)
-        for i, x in enumerate(c.hosts):
-            cp = x.run(["lamnodes"])
-            assert cp.returncode == 0 and len(cp.stdout.splitlines()) == 3, show(cp) + logs(c)
-            assert cp.stdout.splitlines()[i].endswith("this_node"), show(cp)
-            cp = x.run(["tping", "-c", "1", "N"], timeout=30)
-            assert cp.returncode == 0, f"from n{i}: " + show(cp) + logs(c)
-        cp = c.hosts[0].run(["lamexec", "N", "hostname"], timeout=30)
-        assert cp.returncode == 0, show(cp) + logs(c)
-        assert sorted(cp.stdout.split()) == sorted(x.name for x in c.hosts), show(cp)
+        serves(c, 1, boot)
 
     def nothing_left() -> None:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            left = {x.name: (units.user_pids() if x is h else x.user_pids()) for x in c.hosts}
-            if not any(left.values()):
-                break
-            time.sleep(0.1)
-        assert not any(left.values()), ({k: [cmdline(p) for p in v] for k, v in left.items()},
-                                         logs(c))
-        # the sockets are systemd's: they stay, and nothing else
-        assert sorted(p.name for p in units.dir.iterdir()) == [
-            "lam-kernel-socket", "lamd-datalink-socket"]
+        nothing_left_but_sockets(c, h, units)
 
     try:
         cp = c.hosts[0].run(["lamboot", hf], timeout=90)
@@ -401,6 +414,76 @@ def test_package_prefix_with_systemd_sockets(hosts3: Cluster, lamd_pkg):
         assert cp.returncode == 0, show(cp) + logs(c)
         nothing_left()
     finally:
+        c.hosts[0].run(["lamwipe", hf], timeout=60)
+        units.close()
+    assert gone(c.hosts) == {x.name: [] for x in c.hosts}
+
+
+def datalink_pid(c: Cluster, units: SocketUnits, i: int) -> int:
+    (pid,) = [p for p in units.user_pids() if cmdline(p)[:1] == [f"lamd-datalink: n{i}"]]
+    return pid
+
+
+def test_a_killed_datalink_process_goes_on_with_what_it_kept(hosts3: Cluster, lamd_pkg):
+    """Issue 11: node n1's datalink process (its sockets "systemd's", here
+    tests/sockact.py --restart: Restart=on-failure and a descriptor store,
+    as lamd-dl@.service) is SIGKILLed while tping streams cross the node
+    both ways. Started again from what it kept (dli's and dlo's sockets,
+    the universe, the links' sequence numbers, the frames not acked), the
+    node goes on as n1: both streams end complete, nsend/nrecv of 0 B to
+    300 KiB with every byte checked both ways, lamnodes, tping and lamexec
+    from every host. Then lamhalt ends it for good (exit 0: not started
+    again) and leaves nothing. Without the keeping the restarted process
+    would have no universe (it waits for a boot request; the streams hang)."""
+    c = hosts3
+    h = c.hosts[1]
+    exe = build_netclient(c.work)
+    units = SocketUnits(c, h, lamd_pkg, restart=True)
+    pre = systemd_like_tree(c, lamd_pkg)
+    ptree = prefix_tree(c, lamd_pkg)
+    hf = c.work / "hostfile"
+    hf.write_text(f"{c.hosts[0].name}\n{h.name} prefix={pre}\n{c.hosts[2].name} prefix={ptree}\n")
+    hf.chmod(0o644)
+    streams = []
+    try:
+        cp = c.hosts[0].run(["lamboot", hf], timeout=90)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        serves(c, 1, 1)
+        first = datalink_pid(c, units, 1)
+        count = 3000
+        outs = []
+        for x, dst in ((c.hosts[0], "n1"), (h, "n0,2")):
+            out = c.work / f"tping-{x.name}.out"
+            outs.append(out)
+            streams.append(x.popen(["sh", "-c", f"exec tping -c {count} -l 4000 -d 0 {dst} "
+                                    f">{out} 2>&1"], timeout=120))
+        time.sleep(1.0)
+        assert all(p.poll() is None for p in streams), [o.read_text() for o in outs]
+        os.kill(first, signal.SIGKILL)
+        dlog = c.work / f"lamd-dl-{h.name}.log"
+        deadline = time.monotonic() + 20
+        while True:
+            text = dlog.read_text()
+            if ("started again after a crash" in text
+                    and "serving node n1 of 3" in text.split("started again after a crash")[1]):
+                break
+            assert time.monotonic() < deadline, logs(c)
+            time.sleep(0.05)
+        assert datalink_pid(c, units, 1) != first
+        for p, out in zip(streams, outs):
+            assert p.wait(120) == 0, out.read_text() + logs(c)
+            assert f"{count} messages" in out.read_text(), out.read_text()
+        serves(c, 1, 2)
+        for src, dst in ((1, 0), (0, 1), (2, 1), (1, 2)):
+            exchange(c, exe, src, dst, "n")
+        cp = c.hosts[0].run(["lamhalt"], timeout=30)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        nothing_left_but_sockets(c, h, units)
+    finally:
+        for p in streams:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
         c.hosts[0].run(["lamwipe", hf], timeout=60)
         units.close()
     assert gone(c.hosts) == {x.name: [] for x in c.hosts}

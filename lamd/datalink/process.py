@@ -61,12 +61,17 @@ from ..kernel.kiproc import IPROC_PID_BASE
 from ..session import LAMD_DATALINK, Session, SessionError
 from ..session.kkill import read_proc_stat
 from .handoff import CALLED_BACK, ERROR, MAGIC, OK, encode_request
+from .keep import DLI_SOCKET, DLO_SOCKET, STATE_PREFIX, Kept, KeepError, LinkKeep, Universe
+from .keep import load as load_kept, newest as newest_kept
 
 log = logging.getLogger("lamd.datalink")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: an error of this program (sysexits' EX_SOFTWARE): lamd-dl@.service starts
+#: it again (Restart=on-failure, RestartPreventExitStatus=1 2), as after a crash
+EXIT_SOFTWARE = 70
 
 #: Longest request (hboot's arguments, NUL-terminated, then an empty one).
 MAX_REQUEST = 16 * 1024
@@ -152,7 +157,7 @@ class DatalinkProcess:
     """One universe's datalink: announce, find the kernel, call lamboot
     back, serve. *say* gets the status lines (the datalink socket's client)."""
 
-    def __init__(self, session: Session, boot: BootArgs, *, wait: float = DEFAULT_WAIT,
+    def __init__(self, session: Session, boot: BootArgs | None, *, wait: float = DEFAULT_WAIT,
                  boot_timeout: float = 300.0, say: Callable[[str], None] | None = None,
                  listener: socket.socket | None = None) -> None:
         self.session = session
@@ -168,7 +173,11 @@ class DatalinkProcess:
         self.say(f"{ERROR} {why}")
         return EXIT_FAILED
 
-    def run(self) -> int:
+    def run(self, kept: "Kept | None" = None,
+            stored: dict[str, socket.socket] | None = None) -> int:
+        """Boot (call lamboot back) and serve; with *kept* (what a crashed
+        process kept, :mod:`lamd.datalink.keep`) and its *stored* sockets,
+        serve the universe it served instead."""
         from ..iprocs.host import ServiceHost
         from ..jobs.process import wait_for_kernel
         from ..service import Notifier, set_proctitle
@@ -194,39 +203,70 @@ class DatalinkProcess:
                 return self.fail(f"the kernel runs {', '.join(inside)} itself (it started "
                                  "before this process announced itself): lamhalt or tkill "
                                  "it first")
-            try:
-                booted = boot_agent(self.boot, timeout=self.boot_timeout, called_back=lambda c: (
-                    self.say(f"{CALLED_BACK} n{c.node_id} boot port {c.boot_port} "
-                             f"datalink port {c.dli_port}")))
-            except BootError as e:
-                return self.fail(str(e))
-            me = booted.my_link()
-            routes = boot_routes(booted.universe, booted.node_id, booted.origin)
-            config = {"session": self.session.directory, "node_id": booted.node_id,
-                      "origin": booted.origin, "routes": routes,
-                      "links": boot_links(booted.universe), "dli_port": booted.dli_port,
-                      "dli_sock": booted.dli_sock, "fault_tolerant": self.boot.fault_tolerant,
+            if kept is None:
+                assert self.boot is not None
+                try:
+                    booted = boot_agent(self.boot, timeout=self.boot_timeout,
+                                        called_back=lambda c: (
+                        self.say(f"{CALLED_BACK} n{c.node_id} boot port {c.boot_port} "
+                                 f"datalink port {c.dli_port}")))
+                except BootError as e:
+                    return self.fail(str(e))
+                universe = Universe(
+                    booted.node_id, booted.origin, booted.dli_port, self.boot.fault_tolerant,
+                    boot_routes(booted.universe, booted.node_id, booted.origin),
+                    boot_links(booted.universe))
+                dli_sock = booted.dli_sock
+            else:
+                universe = kept.universe
+                dli_sock = (stored or {})[DLI_SOCKET]
+            routes = universe.routes
+            config = {"session": self.session.directory, "node_id": universe.node_id,
+                      "origin": universe.origin, "routes": routes,
+                      "links": universe.links, "dli_port": universe.dli_port,
+                      "dli_sock": dli_sock, "fault_tolerant": universe.fault_tolerant,
                       # getroute from this copy; lamgrow/lamshrink change both
                       "route_table": RouteTable(list(routes)), "router_remote": True}
+            me = next((l for l in universe.links if l.link == universe.node_id), None)
             if me is not None and me.addr:
                 config["node_addr"] = me.addr
+            if kept is not None:
+                config["resumed"] = True
+                config["on_resume_refused"] = lambda why: (
+                    self.host.stop(EXIT_FAILED, why) if self.host is not None else None)
+                if stored and DLO_SOCKET in stored:
+                    config["dlo_sock"] = stored[DLO_SOCKET]
+            if notifier.enabled:
+                # what a start after a crash of this process needs (the
+                # descriptor store of lamd-dl@.service)
+                keep = LinkKeep(notifier, universe, kept)
+                if kept is None:
+                    keep.keep_socket(DLI_SOCKET, dli_sock.fileno())
+                config["link_keep"] = keep
             nodes = len(routes)
+            node_id = universe.node_id
 
             def router_ready() -> None:
-                log.info("datalink: serving node n%d of %d for %s (pid %d)", booted.node_id,
-                         nodes, self.session.directory, os.getpid())
-                self.say(f"{OK} n{booted.node_id} of {nodes} nodes")
+                if kept is None:
+                    log.info("datalink: serving node n%d of %d for %s (pid %d)", node_id,
+                             nodes, self.session.directory, os.getpid())
+                else:
+                    log.warning("datalink: serving node n%d of %d for %s again (pid %d), "
+                                "after a crash: %d frames not acked sent again", node_id,
+                                nodes, self.session.directory, os.getpid(),
+                                sum(len(v) for v in kept.slots.values()))
+                self.say(f"{OK} n{node_id} of {nodes} nodes")
                 notifier.ready()
-                notifier.status(f"node n{booted.node_id} of {nodes}, datalink port "
-                                f"{booted.dli_port}")
+                notifier.status(f"node n{node_id} of {nodes}, datalink port "
+                                f"{universe.dli_port}")
 
             config["on_router_ready"] = router_ready
             host = self.host = ServiceHost(path, list(DATALINK_SERVICES),
                                            boot_config(config, kernel_side=False))
             host.install_signal_handlers()
             if self.listener is not None:
-                self._refuse_more(host, booted.node_id)
-            set_proctitle(f"lamd-datalink: n{booted.node_id}")
+                self._refuse_more(host, node_id)
+            set_proctitle(f"lamd-datalink: n{node_id}")
             status = host.run()
             notifier.stopping()
             return status
@@ -234,6 +274,8 @@ class DatalinkProcess:
             withdraw(marker, lock)
             if booted is not None:
                 booted.dli_sock.close()
+            for sock in (stored or {}).values():
+                sock.close()
 
     def _refuse_more(self, host, node_id: int) -> None:
         """Requests that come while this universe is served: refused at once."""
@@ -300,15 +342,60 @@ class _Parser(argparse.ArgumentParser):
         raise _Usage(message)
 
 
+def _resume(args: argparse.Namespace, lst: socket.socket, stored: dict[str, int]) -> int:
+    """Under systemd, after a crash of this process: the universe it served,
+    from the descriptor store (:mod:`lamd.datalink.keep`)."""
+    state = newest_kept(stored)
+    assert state is not None
+    notifier_names = [n for n in stored if n.startswith(STATE_PREFIX) and n != state[0]]
+    try:
+        kept = load_kept(state[1])
+        if DLI_SOCKET not in stored:
+            raise KeepError(f"no {DLI_SOCKET} socket beside it")
+    except KeepError as e:
+        log.error("datalink: the state a crashed process kept (%s) is not usable: %s; "
+                  "this node is out of its universe (lamboot again)", state[0], e)
+        return EXIT_FAILED
+    from ..service import Notifier
+    for name in notifier_names:   # older generations a crash left behind
+        Notifier().fdstore_remove(name)
+    for name, fd in stored.items():
+        if name not in (DLI_SOCKET, DLO_SOCKET):
+            os.close(fd)
+    socks = {name: socket.socket(fileno=fd) for name, fd in stored.items()
+             if name in (DLI_SOCKET, DLO_SOCKET)}
+    for sock in socks.values():
+        sock.set_inheritable(False)
+    dirname = os.path.dirname(lst.getsockname())
+    log.warning("datalink: started again after a crash: node n%d of the universe of %s "
+                "(state generation %d)", kept.universe.node_id, dirname, kept.generation)
+    dp = DatalinkProcess(Session(dirname), None, wait=args.wait, listener=lst)
+    return dp.run(kept, socks)
+
+
 def _from_socket(args: argparse.Namespace) -> int:
-    """Under systemd: the listening socket, its first request, the answer."""
+    """Under systemd: the listening socket, its first request, the answer
+    (or, after a crash, what the dead process kept: :func:`_resume`)."""
     from ..service import ServiceError
     from ..service.activation import _listen_fds, check_listen_socket
-    fds = [fd for fd, _name in _listen_fds()]
+    passed = _listen_fds()
+    stored = {name: fd for fd, name in passed
+              if name in (DLI_SOCKET, DLO_SOCKET) or name.startswith(STATE_PREFIX)}
+    fds = [fd for fd, name in passed if name not in stored]
     if len(fds) != 1:
         log.error("datalink: no hboot arguments and %d sockets from systemd (lamd-dl@.socket "
                   "passes one)", len(fds))
         return EXIT_USAGE
+    if newest_kept(stored) is not None:
+        try:
+            lst = check_listen_socket(fds[0])
+        except ServiceError as e:
+            log.error("datalink: %s", e)
+            return EXIT_USAGE
+        os.set_inheritable(lst.fileno(), False)
+        return _resume(args, lst, stored)
+    for fd in stored.values():   # sockets without a state: of no use
+        os.close(fd)
     try:
         lst = check_listen_socket(fds[0])
     except ServiceError as e:
@@ -362,7 +449,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", e)
         return EXIT_USAGE
     if boot is None:
-        return _from_socket(args)
+        try:
+            return _from_socket(args)
+        except Exception:   # a bug: logged, and the unit starts this again
+            log.exception("datalink: internal error")
+            return EXIT_SOFTWARE
     try:
         session = (Session(args.session_dir) if args.session_dir
                    else Session.for_user(prefix=args.prefix, suffix=args.suffix))

@@ -3,9 +3,12 @@
 
 Frames from other nodes arrive on the UDP socket the boot callback opened
 (``config["dli_sock"]``, the port lamboot told every node). The protocol is
-:class:`lamd.datalink.link.DLIn`'s: each frame acked to its source address,
-handed on in order per sending node, duplicates acked again; frames only
-from the booted nodes' addresses; a bounded number kept from ahead. Drops are
+:class:`lamd.datalink.link.DLIn`'s: frames handed on in order per sending
+node, each acked to its source address once handed on, duplicates acked
+again; frames only from the booted nodes' addresses; a bounded number kept
+from ahead. Outside the kernel under systemd, what was handed on is kept
+(``config["link_keep"]``, :mod:`lamd.datalink.keep`) for a start after a
+crash (``config["resumed"]``: the kernel's router has the universe already). Drops are
 logged once a minute per kind, with a count.
 
 A frame handed on becomes a network message as LAM's ``di_forward`` makes
@@ -49,7 +52,7 @@ from ..ratelog import RateLog
 from .nreq import (
     BFQRECV, DDLI, DLCTL, LOCAL, NOBUF, NoRoute, data_words, dsend, getroute, nrecv, nsend,
 )
-from .router import Route, initrouter, rrremrent, rrsetrents
+from .router import Route, initrouter, rrgetnodes, rrremrent, rrsetrents
 
 log = logging.getLogger("lamd.iprocs.dli")
 
@@ -204,15 +207,32 @@ async def dli(k: IProc) -> None:
             msg = await nrecv(k, EVDLI, 0, MAXNMSGLEN, NOBUF)
             log.warning("dli: dropped a packet (event %d type %d): no datalink",
                         msg.head.event, msg.head.type)
+    keep = k.config.get("link_keep")
     if k.config.get("router_remote"):
-        # outside the kernel (lamd.datalink), as LAM's separate dli_inet's
-        # di_init: the universe to the kernel's router (initrouter)
-        await initrouter(k, list(k.config.get("routes") or ()))
-        log.info("dli: the kernel's router has the universe (this node n%d)", node_id)
+        routes = list(k.config.get("routes") or ())
+        if not k.config.get("resumed"):
+            # outside the kernel (lamd.datalink), as LAM's separate dli_inet's
+            # di_init: the universe to the kernel's router (initrouter)
+            await initrouter(k, routes)
+            log.info("dli: the kernel's router has the universe (this node n%d)", node_id)
+        else:
+            # after a crash of this process the kernel's router has it still;
+            # a kernel without it is a new one (tkill, lamhalt): no universe
+            have = set(await rrgetnodes(k))
+            if have != {r.nodeid for r in routes}:
+                why = (f"the kernel's router has nodes {sorted(have)}, not the universe "
+                       f"this node served ({len(routes)} nodes): a new kernel")
+                log.error("dli: %s; not serving again", why)
+                refused = k.config.get("on_resume_refused")
+                if refused is not None:
+                    refused(why)
+                return
         ready = k.config.get("on_router_ready")
         if ready is not None:
             ready()
     din = DLIn(node_id, {l.link: l.addr for l in k.config.get("links") or ()})
+    if keep is not None:
+        keep.attach_in(din)
     badlog = DropLog(log)
     sock.setblocking(False)
     try:
@@ -249,6 +269,13 @@ async def dli(k: IProc) -> None:
                     badlog.warn("refused", "dli: a frame from node %d for node %d event %d "
                                 "refused by the kernel: %s", fr.dlf_src_node, fr.dlh_node,
                                 fr.dlh_event, e)
+                # acked once handed on (kept, under systemd): a crash of this
+                # process before that makes its sender send it again
+                try:
+                    sock.sendto(din.handed_on(fr), r.src)
+                except OSError as e:
+                    badlog.warn("sendto", "dli: ack to %s:%d not sent: %s", r.src[0],
+                                r.src[1], e.strerror)
 
 
 __all__ = ["dli", "incoming", "forward", "diq", "DropLog"]

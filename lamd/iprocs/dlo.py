@@ -19,6 +19,11 @@ included. ``DOQSETLINK`` (a ``struct dolink`` body) and ``DOQREMLINK``
 (``doq_link``) come from dli when lamgrow or lamshrink tell it of a node;
 the valve requests are ignored.
 
+Outside the kernel under systemd (``config["link_keep"]``,
+:mod:`lamd.datalink.keep`) every frame given to a link is kept until acked,
+with dlo's socket, and a start after a crash (``config["dlo_sock"]``) sends
+again what the dead process had not seen acked.
+
 With ``-x`` (``fault_tolerant``) dlo watches its links as LAM's does: a
 frame resent ``DOMAXRESEND`` times makes its link dead, and dlo tells its
 own dli (a ``DIQREMLINK`` frame on the loopback link, source
@@ -50,6 +55,7 @@ from ..datalink.linkreq import (
 from ..kernel.constants import EVDL0, EVDLI, KNMSG, KTRACE, KTRY, MAXNMSGLEN
 from ..kernel.kiproc import Event, IProc
 from ..kernel.wire import NMsg
+from ..datalink.keep import DLO_SOCKET
 from .dli import DropLog
 from .netaddr import node_address
 from .nreq import DDLI, DLCTL, LOCAL, NOBUF, NetMsg, data_words, nsend, received
@@ -98,19 +104,25 @@ async def dlo(k: IProc) -> None:
     badlog = DropLog(log)
     ft = bool(k.config.get("fault_tolerant"))
     out = DLOut(node_id, {l.link: (l.addr, l.port) for l in table.valid()}, fault_tolerant=ft)
-    sock: socket.socket | None = None
+    keep = k.config.get("link_keep")
+    sock: socket.socket | None = k.config.get("dlo_sock")   # kept across a crash
     w = None
-    if len(table.valid()) > 1 or k.config.get("dli_sock") is not None:
+    if sock is None and (len(table.valid()) > 1 or k.config.get("dli_sock") is not None):
         # booted by lamboot (a universe of one node may grow)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setblocking(False)
         sock.set_inheritable(False)
         sock.bind(("0.0.0.0", 0))
+        if keep is not None:
+            keep.keep_socket(DLO_SOCKET, sock.fileno())
+    if sock is not None:
+        sock.setblocking(False)
         w = k.watch_readable(sock.fileno())
         log.info("dlo: datalink output from UDP port %d to %s%s", sock.getsockname()[1],
                  ", ".join(f"n{l.link} {l.addr}:{l.port}" for l in table.valid()
                            if l.link != node_id) or "no other node",
                  " (fault tolerant)" if ft else "")
+    if keep is not None:   # what a crashed process had not seen acked: again
+        _send(sock, keep.attach_out(out), badlog)
     timer = None
     idle = None
 
@@ -185,6 +197,15 @@ async def dlo(k: IProc) -> None:
             sock.close()
 
 
+def _universe_changed(k: IProc, table: LinkTable) -> None:
+    """lamgrow or lamshrink (dli changed the routes, then told dlo): the
+    kept state's universe too (under systemd, :mod:`lamd.datalink.keep`)."""
+    keep = k.config.get("link_keep")
+    if keep is not None:
+        rt = k.config.get("route_table")
+        keep.rewrite(list(rt.routes.values()) if rt is not None else None, table.valid())
+
+
 def _acks(sock: socket.socket, out: DLOut, badlog: DropLog) -> None:
     """Read the acks waiting on dlo's socket (``do_ack``)."""
     for _ in range(256):
@@ -222,10 +243,12 @@ async def _request(k: IProc, msg: NetMsg, table: LinkTable, out: DLOut,
             return
         out.set_link(l.link, (l.addr, l.port))
         log.info("dlo: link to n%d at %s:%d", l.link, l.addr, l.port)
+        _universe_changed(k, table)
     elif req == DOQREMLINK:
         table.remove(link)
         out.rem_link(link)
         log.info("dlo: link to n%d removed", link)
+        _universe_changed(k, table)
     elif req in (DOQVOPEN, DOQVCLOSE):
         pass  # the valve: nothing in LAM 7.1.4 closes it
     else:

@@ -21,7 +21,10 @@ process of the user on either node. Three boots: the first ends with
 ``lamhalt`` after a SIGKILL of node2's kernel (the node stays n1 of the
 universe); the second ends with what ``lamwipe`` runs on each node (the
 tree's ``tkill``: ``lamd-tkill --keep-socket`` under systemd), with the same
-outcome as lamhalt; the third, after the wipe, with ``lamhalt``.
+outcome as lamhalt; the third, after the wipe, with ``lamhalt`` after a
+SIGKILL of node2's datalink process (``lamd-dl@`` started again by systemd
+with what it kept in its descriptor store: the node stays n1, the kernel
+untouched).
 
 And ``lamgrow`` onto the systemd-managed node: node1 booted alone, then
 ``lamgrow node2`` (stock lamgrow runs node2's ``hboot`` from its PATH, which
@@ -106,6 +109,24 @@ def crash_keeps_the_node(ct: Container, h1, h2, kpid: int, dpid: int) -> None:
     serves_both_ways(ct, h1, h2)
 
 
+def datalink_crash_keeps_the_node(ct: Container, h1, h2, kpid: int, dpid: int) -> None:
+    """SIGKILL of node2's datalink process (issue 11): systemd starts
+    lamd-dl@ again (Restart=on-failure) with what it kept in its descriptor
+    store (lamd.datalink.keep: the UDP sockets, the universe, the links'
+    state), the kernel untouched: node2 is n1 of the same universe, both ways."""
+    restarts = int(ct.show(UNITS[1].format(u=USER), "NRestarts").get("NRestarts", "0"))
+    ct.run(["kill", "-KILL", str(dpid)])
+    ct.wait_for(lambda: main_pid(ct, UNITS[1]) not in (0, dpid)
+                and active(ct, UNITS[1]) == "active", 30, "the datalink started again")
+    assert int(ct.show(UNITS[1].format(u=USER), "NRestarts")["NRestarts"]) == restarts + 1
+    assert main_pid(ct, UNITS[0]) == kpid, journal(ct)
+    log = ct.run(["journalctl", "--no-pager", "-o", "cat", f"-ulamd-dl@{USER}.service"]).stdout
+    assert "datalink: started again after a crash: node n1" in log, journal(ct)
+    assert f"datalink: serving node n1 of 2 for /tmp/lam-{USER}@{h2.name} again" in log, \
+        journal(ct)
+    serves_both_ways(ct, h1, h2)
+
+
 def node_container(h2) -> Container:
     """node2's container: a systemd in node2's network namespace, its /tmp
     node2's session prefix, its hostname node2."""
@@ -158,7 +179,8 @@ def test_lamboot_boots_the_systemd_managed_daemon(lamd_deb, lam_user):
 
             # first: a kernel crash, then lamhalt; then lamwipe (stock wipe:
             # hboot's tkill over ssh, the tree's lamd-tkill --keep-socket on
-            # node2); then a boot again after the wipe, and lamhalt
+            # node2); then a boot again after the wipe, a crash of the
+            # datalink process, and lamhalt
             for attempt, end in (("first", "lamhalt"), ("wiped", "lamwipe"),
                                  ("again", "lamhalt")):
                 t0 = time.monotonic()
@@ -181,6 +203,8 @@ def test_lamboot_boots_the_systemd_managed_daemon(lamd_deb, lam_user):
                 serves_both_ways(ct, h1, h2)
                 if attempt == "first":
                     crash_keeps_the_node(ct, h1, h2, kpid, dpid)
+                if attempt == "again":
+                    datalink_crash_keeps_the_node(ct, h1, h2, kpid, dpid)
                 if end == "lamhalt":
                     cp = h1.run(["lamhalt"], timeout=60)
                 else:
