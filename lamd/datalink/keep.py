@@ -278,7 +278,7 @@ class LinkKeep(Keeper):
     def slot_put(self, link: int, seq: int, datagram: bytes, seqgive: int) -> None:
         self.frames[(link, seq)] = datagram
         self.seqgive[link] = seqgive
-        if not self._free or link not in self._rec or len(datagram) > SLOT_DATA:
+        if not self._free or link not in self._rec:   # (a frame is at most SLOT_DATA)
             self.rewrite()
             return
         mm = self.mm
