@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -248,3 +249,56 @@ def test_without_the_keeping_a_crash_loses_messages():
     script = [0, 0, 3, 3, 8, 0, 0, 0, 3, 3, 3]
     assert run_channel(6, script, 0, keeping=True) == list(range(6))
     assert run_channel(6, script, 0, keeping=False) != list(range(6))
+
+
+LAUNCH = r'''
+import os, socket, sys
+from lamd.datalink.keep import LinkKeep, DLI_SOCKET
+from tests.test_datalink_keep import Store, universe
+sdir = sys.argv[1]
+u = universe(1)
+u.routes.append(type(u.routes[0])(2, 1, 2, 1, 2, 0, 1))   # 3 nodes: not the new kernel's 1
+store = Store()
+keep = LinkKeep(store, u)
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind(("127.0.0.1", 0))
+store.fdstore(DLI_SOCKET, udp.fileno())
+lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+lst.bind(os.path.join(sdir, "lamd-datalink-socket"))
+lst.listen(4)
+passed = [("listen", lst.fileno())] + [(n, fd) for n, fd in store.passed().items()]
+high = [os.dup(fd) for _, fd in passed]
+for i, fd in enumerate(high):
+    os.dup2(fd, 3 + i)
+os.environ.update(LISTEN_FDS=str(len(passed)), LISTEN_PID=str(os.getpid()),
+                  LISTEN_FDNAMES=":".join(n for n, _ in passed))
+os.environ.pop("NOTIFY_SOCKET", None)
+os.execv(sys.executable, [sys.executable, "-m", "lamd.datalink", "--wait", "10"])
+'''
+
+
+def test_a_state_kept_for_another_kernel_is_not_served(lam_session, lamd_pkg):
+    """A datalink process started again with a kept universe, whose kernel
+    is a new one (its router has one node: lamhalt or tkill ended the old
+    one meanwhile), does not serve that universe: exit 1 (final for
+    lamd-dl@.service), one line saying why, the kernel left running."""
+    from .lamenv import PyDaemon, SYSTEM_PYTHON
+    d = PyDaemon(lam_session, lamd_pkg, args=["--log-level", "info", "--datalink=external"])
+    d.start()
+    try:
+        env = dict(lam_session.env, PYTHONPATH=f"{lamd_pkg}:{Path(__file__).parent.parent}",
+                   PYTHONDONTWRITEBYTECODE="1")
+        cp = lam_session.run([SYSTEM_PYTHON, "-c", LAUNCH, lam_session.session_dir],
+                             timeout=60, env=env)
+        assert cp.returncode == 1, cp.stdout + cp.stderr
+        assert "started again after a crash: node n1" in cp.stderr, cp.stderr
+        assert ("the kernel's router has nodes [0], not the universe this node served "
+                "(3 nodes): a new kernel; not serving again") in cp.stderr, cp.stderr
+        assert d.proc is not None and d.proc.poll() is None, d.log()   # left running
+        # (without its datalink process this kernel's dlo is gone, so LAM's
+        # tools that check node ids with it, lamhalt among them, would wait:
+        # it is ended as tkill would)
+        d.expect_exit = True
+        d.proc.terminate()
+    finally:
+        d.stop()
