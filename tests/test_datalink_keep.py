@@ -277,13 +277,18 @@ os.execv(sys.executable, [sys.executable, "-m", "lamd.datalink", "--wait", "10"]
 '''
 
 
-def test_a_state_kept_for_another_kernel_is_not_served(lam_session, lamd_pkg):
+@pytest.mark.parametrize("mode", ["auto", "external"])
+def test_a_state_kept_for_another_kernel_is_not_served(lam_session, lamd_pkg, mode):
     """A datalink process started again with a kept universe, whose kernel
-    is a new one (its router has one node: lamhalt or tkill ended the old
-    one meanwhile), does not serve that universe: exit 1 (final for
-    lamd-dl@.service), one line saying why, the kernel left running."""
+    is a new one (lamhalt or tkill ended the old one meanwhile), does not
+    serve that universe: exit 1 (final for lamd-dl@.service), one line
+    saying why. ``auto``: the new kernel runs the datalink itself (what one
+    that the process's connect starts does, as it looks for the
+    announcement only after that check), and stays a working one-node
+    daemon (lamnodes, tping). ``external``: one that leaves the datalink to
+    a process but whose router has one node is refused too."""
     from .lamenv import PyDaemon, SYSTEM_PYTHON
-    d = PyDaemon(lam_session, lamd_pkg, args=["--log-level", "info", "--datalink=external"])
+    d = PyDaemon(lam_session, lamd_pkg, args=["--log-level", "info", f"--datalink={mode}"])
     d.start()
     try:
         env = dict(lam_session.env, PYTHONPATH=f"{lamd_pkg}:{Path(__file__).parent.parent}",
@@ -292,6 +297,16 @@ def test_a_state_kept_for_another_kernel_is_not_served(lam_session, lamd_pkg):
                              timeout=60, env=env)
         assert cp.returncode == 1, cp.stdout + cp.stderr
         assert "started again after a crash: node n1" in cp.stderr, cp.stderr
+        if mode == "auto":
+            assert ("the kernel runs dli_inet, dlo_inet, bforward itself: a new kernel, not "
+                    "the one this node's universe was on; not serving again") in cp.stderr, \
+                cp.stderr
+            assert not (lam_session.session_dir / "lamd-datalink").exists()
+            for tool in (["lamnodes"], ["tping", "-c", "1", "N"]):
+                cp = lam_session.run(["timeout", "-k", "5", "20", *tool], timeout=30)
+                assert cp.returncode == 0, tool + [cp.stdout, cp.stderr]
+            assert "1 byte from n0" in cp.stdout, cp.stdout
+            return
         assert ("the kernel's router has nodes [0], not the universe this node served "
                 "(3 nodes): a new kernel; not serving again") in cp.stderr, cp.stderr
         assert d.proc is not None and d.proc.poll() is None, d.log()   # left running

@@ -13,7 +13,11 @@ and of the jobs process, serving the very coroutines of :mod:`lamd.iprocs.dli`,
 
 1. **Announce.** ``lamd-datalink`` in the session directory ("PID
    STARTTIME"): a kernel that starts from now on (``--datalink=auto``, its
-   default) leaves dli, dlo and bforward out of its boot table.
+   default) leaves dli, dlo and bforward out of its boot table. (A start
+   after a crash of this process, :mod:`lamd.datalink.keep`, announces
+   itself only after step 2 found the kernel leaving the datalink to it: a
+   kernel its connect starts is a new one, keeps its datalink, and is not
+   served.)
 2. **The kernel.** Connect to the session socket (under systemd the connect
    starts ``lamd@USER.service``), retrying for ``--wait`` seconds, and make
    sure the kernel does not run the datalink itself (one started before the
@@ -185,13 +189,18 @@ class DatalinkProcess:
         if os.getuid() == 0:
             return self.fail("refusing to run as root (as LAM's daemons do)")
         notifier = Notifier()
-        try:
-            marker, lock = announce(self.session.directory)
-        except OSError as e:
-            return self.fail(f"cannot write {LAMD_DATALINK} in {self.session.directory}: "
-                             f"{e.strerror}")
+        announced = None
         booted = None
         try:
+            # a boot announces itself before the kernel starts (a kernel its
+            # connect starts leaves the datalink to it); a start after a crash
+            # only once the kernel is known to be the one it served: a kernel
+            # its connect starts (tkill or lamhalt ended that one) keeps the
+            # datalink, and the one-node daemon works without this process
+            if kept is None:
+                announced = self._announce()
+                if announced is None:
+                    return EXIT_FAILED
             path = self.session.socket_path
             if not wait_for_kernel(path, self.wait):
                 return self.fail(f"no kernel at {path} after {self.wait:.0f} s")
@@ -199,10 +208,17 @@ class DatalinkProcess:
                 inside = kernel_datalink(path)
             except OSError as e:
                 return self.fail(f"the kernel at {path}: {e}")
+            if inside and kept is not None:
+                return self.fail(f"the kernel runs {', '.join(inside)} itself: a new kernel, "
+                                 "not the one this node's universe was on; not serving again")
             if inside:
                 return self.fail(f"the kernel runs {', '.join(inside)} itself (it started "
                                  "before this process announced itself): lamhalt or tkill "
                                  "it first")
+            if announced is None:
+                announced = self._announce()
+                if announced is None:
+                    return EXIT_FAILED
             if kept is None:
                 assert self.boot is not None
                 try:
@@ -271,11 +287,20 @@ class DatalinkProcess:
             notifier.stopping()
             return status
         finally:
-            withdraw(marker, lock)
+            if announced is not None:
+                withdraw(*announced)
             if booted is not None:
                 booted.dli_sock.close()
             for sock in (stored or {}).values():
                 sock.close()
+
+    def _announce(self) -> tuple[str, int] | None:
+        """:func:`announce`; None (and the failure said) if it cannot."""
+        try:
+            return announce(self.session.directory)
+        except OSError as e:
+            self.fail(f"cannot write {LAMD_DATALINK} in {self.session.directory}: {e.strerror}")
+            return None
 
     def _refuse_more(self, host, node_id: int) -> None:
         """Requests that come while this universe is served: refused at once."""
