@@ -18,7 +18,12 @@ service. Each :class:`~lamd.kernel.kiproc.KCall` a coroutine yields becomes the
 nmsg`` (KNMSG) and the body follow the kernel's reply, as ``_cio_send``
 writes them; replies, headers and bodies are read back as ``_cio_recv`` reads
 them, and resume the coroutine with what the kernel would have handed an
-internal process. The wait API (``timer``, ``watch_readable``,
+internal process. What a connection writes is sent when it next waits for
+the kernel (or at the end of the loop's turn), so a send's body and the
+request after it leave in one ``send`` and the kernel reads them in one
+receive; a read stops at a short read (epoll is level-triggered), and a
+blocking request's reply is not read for before epoll says it is there: no
+read that only meets ``EAGAIN``. The wait API (``timer``, ``watch_readable``,
 ``watch_child``, ``watch_signal``, ``next_event``, ``wait``) is served by the
 host's own loop with the kernel's semantics.
 
@@ -69,7 +74,6 @@ import socket
 import sys
 import time
 from collections import deque
-from dataclasses import replace
 from typing import Any, Generator, Sequence
 
 from ..kernel.constants import (
@@ -297,7 +301,8 @@ def exchange(name: str, call: KCall, index: int) -> Generator[tuple[str, Any], A
     a LAM error is in the reply, not raised)."""
     kind = call.kind
     assert call.req is not None
-    req = replace(call.req, index=index)
+    req = call.req   # made for this call (IProc.send, recv...): its index is the connection's
+    req.index = index
     if kind in (KQSTATE, KQDOOM):
         yield _WRITE, req.pack()
         return KReply.unpack((yield _READ, KREPLY_SIZE))
@@ -441,6 +446,7 @@ class ServiceHost:
             loop.poll(timeout)
             loop.run_timers(time.monotonic())
             self._run()
+            self._flush_all()
         log.info("host: stopping (%s)", self.stop_reason or "stop")
         self.close()
         return self.status
@@ -468,6 +474,11 @@ class ServiceHost:
         s = svc.sock
         if s is None:
             return
+        if detach and svc.wbuf:   # the end of the last request (a body) goes first
+            try:
+                del svc.wbuf[:s.send(svc.wbuf)]
+            except OSError:
+                pass
         idle = svc.proto is None and not svc.wbuf and not svc.rbuf
         svc.sock = None
         svc.proto = None
@@ -506,8 +517,6 @@ class ServiceHost:
                 return
             if not svc.wbuf:
                 self._set_mask(svc)
-                if svc.waiting == _WRITE:
-                    self._advance(svc, None)
         if svc.sock is s and ev & ~EPOLLOUT:
             if not self._fill(svc):
                 return
@@ -530,6 +539,12 @@ class ServiceHost:
             del svc.wbuf[:n]
         return True
 
+    def _flush_all(self) -> None:
+        """The end of a turn: what the connections still hold to write."""
+        for svc in self.services:
+            if svc.wbuf and svc.sock is not None and self._flush(svc) and svc.wbuf:
+                self._set_mask(svc)
+
     def _fill(self, svc: _Service) -> bool:
         """Read what the kernel sent; False if it closed the connection."""
         s = svc.sock
@@ -548,6 +563,10 @@ class ServiceHost:
                 self._disconnect(svc)
                 return False
             svc.rbuf += data
+            if len(data) < 65536:
+                # all there was (the next bytes wake the loop: epoll is
+                # level-triggered); no second recv to meet EAGAIN
+                return True
 
     def _take(self, svc: _Service) -> bytes:
         n = svc.need
@@ -573,20 +592,24 @@ class ServiceHost:
                 self._proto_done(svc, stop.value)
                 return
             if op == _WRITE:
-                had = bool(svc.wbuf)
+                # written when the connection next waits for the kernel (or
+                # at the end of the turn: _flush_all), so that a body and the
+                # request after it go in one send, and the kernel reads them
+                # in one receive
                 svc.wbuf += arg
-                if not self._flush(svc):
-                    return
-                if svc.wbuf:
-                    svc.waiting = _WRITE
-                    if not had:
-                        self._set_mask(svc)
-                    return
                 value = None
             else:
                 svc.waiting, svc.need = op, arg
+                if svc.wbuf:
+                    if not self._flush(svc):
+                        return
+                    if svc.wbuf:   # the rest with EPOLLOUT, the reply after it
+                        self._set_mask(svc)
+                        return
                 if len(svc.rbuf) < arg:
-                    if not self._fill(svc):
+                    # a blocking request's reply cannot be there yet: no
+                    # read that would only meet EAGAIN (it comes with EPOLLIN)
+                    if op != _BLOCK and not self._fill(svc):
                         return
                     if len(svc.rbuf) < arg:
                         if op == _BLOCK and not svc.rbuf:

@@ -19,7 +19,7 @@ The constants are ``net.h``'s, ``rreq.h``'s and ``bfreq.h``'s.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Awaitable
 
 from ..kernel.constants import (
@@ -213,7 +213,9 @@ async def nsend(k: IProc, head: NMsg, body: bytes = b"", *, node_id: int = 0) ->
     """
     if len(body) > MAXNMSGLEN:
         raise ValueError(f"internal nsend of {len(body)} bytes (max {MAXNMSGLEN})")
-    head = replace(head, length=len(body))
+    # a copy (the caller's header is left as it was), native: not dataclasses.replace
+    head = NMsg(head.dl_event, head.dl_link, head.node, head.event, head.type, len(body),
+                head.flags, head.data, head.msg)
     if head.flags & NOBUF or head.node not in (LOCAL, node_id):
         await getroute(k, head, node_id)
     else:
