@@ -7,7 +7,12 @@ more events: the sender's process and the receiver's process die, and
 each is built again from the newest state in its store only. Whatever
 happens, every message is handed on once, in order: nothing acked is lost
 and nothing is handed on twice. Without the keeping (the sender or the
-receiver started afresh, sequence numbers from 0) the same test fails."""
+receiver started afresh, sequence numbers from 0) the same test fails.
+
+No C-lamd side: LAM's dli_inet and dlo_inet keep nothing across a crash
+(the node is cut off), so there is no LAM behaviour to compare with; the
+wire the restarted process speaks is checked against C lamds in
+tests/test_datalink_separate.py (a C lamd is the origin there)."""
 
 from __future__ import annotations
 
@@ -54,6 +59,13 @@ class Store:
             self.fdstore_remove(name)
 
 
+@pytest.fixture
+def store():
+    s = Store()
+    yield s
+    s.close()
+
+
 def universe(node_id: int) -> Universe:
     return Universe(node_id, 0, B_DLI[1] if node_id else A[1], False,
                     [Route(0, 1, 0, 1, 0, 3, 2), Route(1, 1, 1, 1, 1, 0, 4)],
@@ -65,75 +77,63 @@ def msg(i: int, n: int = 0) -> DLFrame:
     return DLFrame(0, 0, 1, 100 + i, 0, len(body), 0, bytes(32), body)
 
 
-def test_universe_round_trip_and_generations():
-    st_ = Store()
-    try:
-        u = universe(1)
-        k = LinkKeep(st_, u)
-        assert list(st_.fds) == [f"{STATE_PREFIX}1"]
-        got = load(st_.passed()[f"{STATE_PREFIX}1"])
-        assert got.universe == u and got.generation == 1 and got.slots == {}
-        # lamgrow: a new generation is stored before the old one goes
-        k.rewrite(u.routes + [Route(2, 1, 2, 1, 2, 0, 1)],
-                  u.links + [DoLink(2, "10.77.0.3", 7777)])
-        assert list(st_.fds) == [f"{STATE_PREFIX}2"]
-        name, fd = newest(st_.passed())
-        got = load(fd)
-        assert name == f"{STATE_PREFIX}2" and [l.link for l in got.universe.links] == [0, 1, 2]
-        assert got.universe.routes[-1] == Route(2, 1, 2, 1, 2, 0, 1)
-        # the newest of what a crash between the two left
-        assert newest({f"{STATE_PREFIX}9": 5, f"{STATE_PREFIX}10": 6, "dl-in": 7,
-                       f"{STATE_PREFIX}x": 8}) == (f"{STATE_PREFIX}10", 6)
-        k.close()
-    finally:
-        st_.close()
+def test_universe_round_trip_and_generations(store):
+    u = universe(1)
+    k = LinkKeep(store, u)
+    assert list(store.fds) == [f"{STATE_PREFIX}1"]
+    got = load(store.passed()[f"{STATE_PREFIX}1"])
+    assert got.universe == u and got.generation == 1 and got.slots == {}
+    # lamgrow: a new generation is stored before the old one goes
+    k.rewrite(u.routes + [Route(2, 1, 2, 1, 2, 0, 1)],
+              u.links + [DoLink(2, "10.77.0.3", 7777)])
+    assert list(store.fds) == [f"{STATE_PREFIX}2"]
+    name, fd = newest(store.passed())
+    got = load(fd)
+    assert name == f"{STATE_PREFIX}2" and [l.link for l in got.universe.links] == [0, 1, 2]
+    assert got.universe.routes[-1] == Route(2, 1, 2, 1, 2, 0, 1)
+    # the newest of what a crash between the two left
+    assert newest({f"{STATE_PREFIX}9": 5, f"{STATE_PREFIX}10": 6, "dl-in": 7,
+                   f"{STATE_PREFIX}x": 8}) == (f"{STATE_PREFIX}10", 6)
+    k.close()
 
 
-def test_hot_changes_reach_the_memfd_without_a_rewrite():
-    st_ = Store()
-    try:
-        out = DLOut(0, {1: B_DLI})
-        k = LinkKeep(st_, universe(0))
-        k.attach_out(out)
-        sent = [out.outgoing(1, msg(i, 100)) for i in range(5)]
-        assert sum(len(r.send) for r in sent) == 3
-        out.datagram(B_DLI, DLAck(1, 1).encode())      # frame 1 acked
-        assert k.generation == 1                        # no new memfd for any of it
-        got = load(st_.passed()[f"{STATE_PREFIX}1"])
-        assert got.seqgive[1] == 5
-        assert sorted(got.slots[1]) == [0, 2, 3, 4]
-        assert got.slots[1][2] == out.links[1].pending[2].datagram
-        # a new process: the frames not acked go again, lowest number first
-        out2 = DLOut(0, {1: B_DLI})
-        k2 = LinkKeep(Store(), got.universe, got)
-        again = k2.attach_out(out2)
-        assert [DLFrame.decode(d).dlf_seqnum for _, d in again] == [0, 2, 3]
-        assert out2.links[1].seqgive == 5 and out2.nfull == 4
-        k.close()
-        k2.store.close()
-        k2.close()
-    finally:
-        st_.close()
+def test_hot_changes_reach_the_memfd_without_a_rewrite(store):
+    out = DLOut(0, {1: B_DLI})
+    k = LinkKeep(store, universe(0))
+    k.attach_out(out)
+    sent = [out.outgoing(1, msg(i, 100)) for i in range(5)]
+    assert sum(len(r.send) for r in sent) == 3
+    out.datagram(B_DLI, DLAck(1, 1).encode())      # frame 1 acked
+    assert k.generation == 1                        # no new memfd for any of it
+    got = load(store.passed()[f"{STATE_PREFIX}1"])
+    assert got.seqgive[1] == 5
+    assert sorted(got.slots[1]) == [0, 2, 3, 4]
+    assert got.slots[1][2] == out.links[1].pending[2].datagram
+    # a new process: the frames not acked go again, lowest number first
+    out2 = DLOut(0, {1: B_DLI})
+    k2 = LinkKeep(Store(), got.universe, got)
+    again = k2.attach_out(out2)
+    assert [DLFrame.decode(d).dlf_seqnum for _, d in again] == [0, 2, 3]
+    assert out2.links[1].seqgive == 5 and out2.nfull == 4
+    k.close()
+    k2.store.close()
+    k2.close()
 
 
-def test_a_state_not_whole_is_refused():
-    st_ = Store()
-    try:
-        k = LinkKeep(st_, universe(1))
-        fd = st_.passed()[f"{STATE_PREFIX}1"]
-        size = os.fstat(fd).st_size
-        os.ftruncate(fd, size - 1)
-        with pytest.raises(KeepError, match="head says"):
-            load(fd)
-        os.pwrite(fd, b"NOTLAMDK", 0)
-        with pytest.raises(KeepError, match="not a datalink state"):
-            load(fd)
-        os.ftruncate(fd, HEAD.size - 1)
-        with pytest.raises(KeepError, match="shorter than its head"):
-            load(fd)
-        k.close()
-    finally:
-        st_.close()
+def test_a_state_not_whole_is_refused(store):
+    k = LinkKeep(store, universe(1))
+    fd = store.passed()[f"{STATE_PREFIX}1"]
+    size = os.fstat(fd).st_size
+    os.ftruncate(fd, size - 1)
+    with pytest.raises(KeepError, match="head says"):
+        load(fd)
+    os.pwrite(fd, b"NOTLAMDK", 0)
+    with pytest.raises(KeepError, match="not a datalink state"):
+        load(fd)
+    os.ftruncate(fd, HEAD.size - 1)
+    with pytest.raises(KeepError, match="shorter than its head"):
+        load(fd)
+    k.close()
 
 
 class Side:

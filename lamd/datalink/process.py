@@ -372,7 +372,7 @@ def _resume(args: argparse.Namespace, lst: socket.socket, stored: dict[str, int]
     from the descriptor store (:mod:`lamd.datalink.keep`)."""
     state = newest_kept(stored)
     assert state is not None
-    notifier_names = [n for n in stored if n.startswith(STATE_PREFIX) and n != state[0]]
+    older = [n for n in stored if n.startswith(STATE_PREFIX) and n != state[0]]
     try:
         kept = load_kept(state[1])
         if DLI_SOCKET not in stored:
@@ -381,9 +381,11 @@ def _resume(args: argparse.Namespace, lst: socket.socket, stored: dict[str, int]
         log.error("datalink: the state a crashed process kept (%s) is not usable: %s; "
                   "this node is out of its universe (lamboot again)", state[0], e)
         return EXIT_FAILED
-    from ..service import Notifier
-    for name in notifier_names:   # older generations a crash left behind
-        Notifier().fdstore_remove(name)
+    if older:   # generations a crash between store and remove left behind
+        from ..service import Notifier
+        notifier = Notifier()
+        for name in older:
+            notifier.fdstore_remove(name)
     for name, fd in stored.items():
         if name not in (DLI_SOCKET, DLO_SOCKET):
             os.close(fd)
@@ -411,22 +413,16 @@ def _from_socket(args: argparse.Namespace) -> int:
         log.error("datalink: no hboot arguments and %d sockets from systemd (lamd-dl@.socket "
                   "passes one)", len(fds))
         return EXIT_USAGE
-    if newest_kept(stored) is not None:
-        try:
-            lst = check_listen_socket(fds[0])
-        except ServiceError as e:
-            log.error("datalink: %s", e)
-            return EXIT_USAGE
-        os.set_inheritable(lst.fileno(), False)
-        return _resume(args, lst, stored)
-    for fd in stored.values():   # sockets without a state: of no use
-        os.close(fd)
     try:
         lst = check_listen_socket(fds[0])
     except ServiceError as e:
         log.error("datalink: %s", e)
         return EXIT_USAGE
     os.set_inheritable(lst.fileno(), False)
+    if newest_kept(stored) is not None:
+        return _resume(args, lst, stored)
+    for fd in stored.values():   # sockets without a state: of no use
+        os.close(fd)
     lst.settimeout(REQUEST_TIMEOUT)
     try:
         conn, _ = lst.accept()
