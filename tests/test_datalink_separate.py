@@ -134,6 +134,7 @@ def check_separate(c: Cluster, i: int, boot: int = 1) -> None:
     klog = (c.work / f"lamd-{h.name}.log").read_text()
     m = re.findall(r"boot table: internal (.*)", klog)
     assert m and not set(DATALINK_ROWS) & set(m[-1].split(", ")), klog
+    assert "diforward" in m[-1].split(", "), klog   # dli's frames, each handed on once
     dlog = (c.work / f"lamd-dl-{h.name}.log").read_text()
     assert f"calling lamboot back at {c.hosts[0].addr}:" in dlog, dlog
     assert re.search(rf"serving node n{i} of {len(c.hosts)}", dlog), dlog

@@ -22,8 +22,9 @@ store (``FileDescriptorStoreMax=``), where the next start finds it:
 
 What a crash can still lose, and why it is small: a message dlo took from
 the kernel and had not yet kept (the instant between its receive and the
-store); a frame handed on to the kernel whose handing was not yet kept is
-delivered twice (its sender resends it: at least once, not at most).
+store). Nothing is handed on twice: a frame handed on whose handing was not
+yet kept comes again from its sender, and the kernel's
+:mod:`~lamd.iprocs.diforward`, which dli gives its frames to, knows it.
 
 Layout of ``dl-state`` (native byte order; it never leaves the host)::
 

@@ -108,6 +108,11 @@ BOOT_TABLE: list[KBoot] = [
 ]
 
 
+#: The row a kernel whose dli is outside it adds after LAM's table (pid
+#: 100015): :mod:`.diforward`, which hands on each frame that dli gives it
+#: once, across a crash of the datalink process.
+DIFORWARD = KBoot("diforward", PRDLI, _Lazy(".diforward", "diforward"), row=len(BOOT_TABLE))
+
 #: Rows that never leave the kernel, and why:
 #:
 #: * ``haltd``: its job, halting the daemon (``k.halt``: kkillall, the
@@ -187,13 +192,16 @@ def boot_table(config: dict[str, Any], external: Iterable[str] = ()) -> list[KBo
     """
     boot_config(config)
     skip = set(parse_external(list(external)))
-    return [replace(kb, row=row) for row, kb in enumerate(BOOT_TABLE) if kb.name not in skip]
+    table = [replace(kb, row=row) for row, kb in enumerate(BOOT_TABLE) if kb.name not in skip]
+    if "dli_inet" in skip:
+        table.append(DIFORWARD)
+    return table
 
 
 def booted_rows(external: Iterable[str] = ()) -> int:
     """How many rows :func:`boot_table` gives without the *external* ones."""
     skip = set(parse_external(list(external)))
-    return sum(1 for kb in BOOT_TABLE if kb.name not in skip)
+    return sum(1 for kb in BOOT_TABLE if kb.name not in skip) + ("dli_inet" in skip)
 
 
 def with_stubs(table: Iterable[KBoot], names: Iterable[str]) -> list[KBoot]:

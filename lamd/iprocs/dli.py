@@ -8,8 +8,10 @@ node, each acked to its source address once handed on, duplicates acked
 again; frames only from the booted nodes' addresses; a bounded number kept
 from ahead. Outside the kernel under systemd, what was handed on is kept
 (``config["link_keep"]``, :mod:`lamd.datalink.keep`) for a start after a
-crash (``config["resumed"]``: the kernel's router has the universe already). Drops are
-logged once a minute per kind, with a count.
+crash (``config["resumed"]``: the kernel's router has the universe
+already), and each packet is handed on through the kernel's
+:mod:`.diforward`, so that a frame resent after a crash is not handed on
+twice. Drops are logged once a minute per kind, with a count.
 
 A frame handed on becomes a network message as LAM's ``di_forward`` makes
 it: the header in host order, ``DDLI`` set, the user part converted back
@@ -44,7 +46,7 @@ from ..datalink.linkreq import (
     DiLink, DiReq, LinkReqError,
 )
 from ..kernel.constants import (
-    EVBUFFERD, EVDL0, EVDLI, EVKENYAD, KNMSG, MAXNMSGLEN, NHDSIZE, NOTEVENT, SIGSHRINK,
+    EVBUFFERD, EVDL0, EVDLI, EVKENYAD, KNMSG, MAXNMSGLEN, NHDSIZE, NOTEVENT, SIGSHRINK, strerror,
 )
 from ..kernel.kiproc import Event, IProc
 from ..kernel.wire import NMsg
@@ -52,6 +54,7 @@ from ..ratelog import RateLog
 from .nreq import (
     BFQRECV, DDLI, DLCTL, LOCAL, NOBUF, NoRoute, data_words, dsend, getroute, nrecv, nsend,
 )
+from .diforward import DUPLICATE, EVDIFORWARD, EVDIFORWARD_DONE, NO_ROUTE, frame_key, handon
 from .router import Route, initrouter, rrgetnodes, rrremrent, rrsetrents
 
 log = logging.getLogger("lamd.iprocs.dli")
@@ -91,23 +94,41 @@ def incoming(fr: DLFrame, node_id: int) -> tuple[NMsg, bytes]:
 
 
 async def forward(k: IProc, fr: DLFrame, node_id: int, badlog: DropLog,
-                  din: DLIn | None = None) -> None:
-    """Hand frame *fr* on (LAM's ``di_forward`` after the sequence check)."""
+                  din: DLIn | None = None, src: tuple[str, int] | None = None) -> None:
+    """Hand frame *fr* on (LAM's ``di_forward`` after the sequence check).
+
+    With *src* (the address the frame came from: a dli outside the kernel,
+    keeping its state) the packet goes through the kernel's
+    :mod:`.diforward`, which hands each frame on once, even when a crash of
+    this process makes its sender send it again; the call returns once the
+    packet is handed on (or refused)."""
     head, body = incoming(fr, node_id)
     if head.event == EVDLI and head.node in (LOCAL, node_id):
         if din is not None:
             await diq(k, DiReq.from_words(head.data), body, node_id, din, badlog)
         return
-    if head.flags & NOBUF:
+    if src is None:
         try:
-            await getroute(k, head, node_id)
+            await handon(k, head, body, node_id)
         except NoRoute:
             badlog.warn("route", "dli: a frame for node %d event %d dropped: no route",
                         head.node, head.event)
-            return
-    else:
-        head.dl_event = EVBUFFERD
-    await dsend(k, head, body, node_id=node_id)
+        return
+    key = frame_key(src, fr.dlf_src_node, fr.dlf_seqnum)
+    got = await k.sr(EVDIFORWARD, 0, key + body, KNMSG, EVDIFORWARD_DONE, 0, 0, KNMSG,
+                     nmsg=head)
+    if got.reply.reply:
+        raise ValueError(f"the kernel refused the frame: {strerror(got.reply.reply)}")
+    done = got.nmsg.data[:2] if got.nmsg is not None else None
+    if done != (fr.dlf_src_node, fr.dlf_seqnum):  # a bug: not acked, sent again after
+        raise RuntimeError(f"diforward answered for frame {done}, not "
+                         f"({fr.dlf_src_node}, {fr.dlf_seqnum})")
+    if got.type == NO_ROUTE:
+        badlog.warn("route", "dli: a frame for node %d event %d dropped: no route",
+                    head.node, head.event)
+    elif got.type == DUPLICATE:
+        log.info("dli: frame %d from node %d was handed on before the crash: not again",
+                 fr.dlf_seqnum, fr.dlf_src_node)
 
 
 async def diq(k: IProc, q: DiReq, body: bytes, node_id: int, din: DLIn,
@@ -264,7 +285,8 @@ async def dli(k: IProc) -> None:
                 badlog.drop("dli", d)
             for fr in r.deliver:
                 try:
-                    await forward(k, fr, node_id, badlog, din)
+                    await forward(k, fr, node_id, badlog, din,
+                                  src=r.src if keep is not None else None)
                 except ValueError as e:  # the kernel refused it: that frame only
                     badlog.warn("refused", "dli: a frame from node %d for node %d event %d "
                                 "refused by the kernel: %s", fr.dlf_src_node, fr.dlh_node,

@@ -21,9 +21,13 @@ them, and resume the coroutine with what the kernel would have handed an
 internal process. What a connection writes is sent when it next waits for
 the kernel (or at the end of the loop's turn), so a send's body and the
 request after it leave in one ``send`` and the kernel reads them in one
-receive; a read stops at a short read (epoll is level-triggered), and a
-blocking request's reply is not read for before epoll says it is there: no
-read that only meets ``EAGAIN``. The wait API (``timer``, ``watch_readable``,
+receive. So a send returns before its body has left the process: a host
+that dies then loses that message, as a client that dies mid-send does
+(dli, which acks a frame once handed on, hands frames to the kernel's
+:mod:`~lamd.iprocs.diforward` in a send-receive instead, which answers
+once it has the frame). A read stops at a short read (epoll is
+level-triggered), and a blocking request's reply is not read for before
+epoll says it is there: no read that only meets ``EAGAIN``. The wait API (``timer``, ``watch_readable``,
 ``watch_child``, ``watch_signal``, ``next_event``, ``wait``) is served by the
 host's own loop with the kernel's semantics.
 
