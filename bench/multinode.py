@@ -21,7 +21,9 @@ medians reported:
 ``lamd-dl@.service`` runs beside the sandboxed kernel): on two hosts,
 ours with the datalink inside the kernel process against ours with it in
 ``python3 -m lamd.datalink`` (tests/test_datalink_separate.py's tree),
-tping and the 64 B round trip, alternating rounds; to
+by hand ("separate") and with a ``NOTIFY_SOCKET`` ("kept": it keeps its
+state for a crash and gives dli's frames to the kernel's diforward, as
+under systemd), tping and the 64 B round trip, alternating rounds; to
 ``bench/results/multinode-hop.json``.
 
 Ours is the source tree's daemon (``lamd.launch`` without site.py in a LAM prefix tree, as
@@ -33,14 +35,17 @@ tests/test_multinode.py builds it), on every node.
 from __future__ import annotations
 
 import argparse
+import array
 import json
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -243,6 +248,43 @@ def main() -> int:
     return 0
 
 
+class NotifySink:
+    """A ``NOTIFY_SOCKET`` that takes and drops what is sent to it: with it,
+    the datalink process keeps its state as under systemd (the descriptor
+    store's memfd, dli's frames through the kernel's diforward)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        path.chmod(0o777)
+        self.sock.settimeout(0.2)
+        self.stop = threading.Event()
+        self.count = 0   # messages taken
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+
+    def _drain(self) -> None:
+        while not self.stop.is_set():
+            try:
+                _, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(64 * 4))
+            except (socket.timeout, OSError):
+                continue
+            self.count += 1
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    for fd in array.array("i", data[:len(data) - len(data) % 4]):
+                        os.close(fd)
+
+    def __enter__(self) -> "NotifySink":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
 def hop(args: argparse.Namespace) -> int:
     """``--hop``: ours, the datalink in the kernel process ("inside") or in
     python3 -m lamd.datalink ("separate"), alternating rounds, medians."""
@@ -251,33 +293,37 @@ def hop(args: argparse.Namespace) -> int:
     pkgdir = lamenv.copy_package()
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
-    raw: dict[str, dict[str, list]] = {"inside": {}, "separate": {}}
+    kinds = ("inside", "separate", "kept")
+    raw: dict[str, dict[str, list]] = {k: {} for k in kinds}
     try:
-        with Cluster(2) as c:
+        with Cluster(2) as c, NotifySink(c.work / "notify") as sink:
             nb, _pp = build(c.work)
-            trees = {"inside": prefix_tree(c, pkgdir), "separate": separate_tree(c, pkgdir)}
+            trees = {"inside": prefix_tree(c, pkgdir), "separate": separate_tree(c, pkgdir),
+                     "kept": separate_tree(c, pkgdir, notify=sink.path, name="keptlam")}
             for _ in range(rounds):
-                for kind in ("inside", "separate"):
+                for kind in kinds:
                     with Universe(c, kind, trees[kind]):
                         time.sleep(0.5)  # the separate datalink gives the router the universe
                         for key, v in (("tping_us", tping(c, n_ping)),
                                        ("nsend64_rt_us", nsend_rt(c, nb, n_rt))):
                             raw[kind].setdefault(key, []).append(v)
-                            log(f"{kind:8} {key}: {v}")
+                            log(f"{kind:8} {key}: {v} (notify messages so far: {sink.count})")
     finally:
         shutil.rmtree(pkgdir, ignore_errors=True)
     rows = []
     for key, label in (("tping_us", "tping -d 0 n1 from n0, mean round trip (us)"),
                        ("nsend64_rt_us", "nsend/nrecv 64 B round trip n0<->n1, median (us)")):
-        i, s = (statistics.median(raw[k][key]) for k in ("inside", "separate"))
-        rows.append({"metric": key, "label": label, "inside": i, "separate": s, "ratio": s / i})
+        i, s, k = (statistics.median(raw[kind][key]) for kind in kinds)
+        rows.append({"metric": key, "label": label, "inside": i, "separate": s, "kept": k,
+                     "ratio": s / i, "kept_ratio": k / i})
     out = args.out or str(ROOT / "bench" / "results" / "multinode-hop.json")
     Path(out).write_text(json.dumps({"commit": commit, "rounds": rounds, "when": time.strftime(
         "%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows, "raw": raw}, indent=1) + "\n")
     print(f"| workload (at {commit}) | datalink in the kernel process | in lamd.datalink | "
-          "separate/inside |\n|---|---|---|---|")
+          "separate/inside | keeping its state | kept/inside |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['label']} | {r['inside']:.0f} | {r['separate']:.0f} | {r['ratio']:.2f}x |")
+        print(f"| {r['label']} | {r['inside']:.0f} | {r['separate']:.0f} | {r['ratio']:.2f}x "
+              f"| {r['kept']:.0f} | {r['kept_ratio']:.2f}x |")
     return 0
 
 

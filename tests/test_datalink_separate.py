@@ -43,11 +43,14 @@ from .test_multinode import cmdline, prefix_tree, show
 DATALINK_ROWS = ("dli_inet", "dlo_inet", "bforward")
 
 
-def separate_tree(c: Cluster, pkgdir: Path) -> Path:
+def separate_tree(c: Cluster, pkgdir: Path, notify: Path | None = None,
+                  name: str = "seplam") -> Path:
     """A LAM prefix tree whose ``lamd`` runs the kernel by hand without its
     datalink, and ``python3 -m lamd.datalink`` with hboot's arguments (what
-    the package's tree hands to lamd-dl@.socket under systemd)."""
-    pre = c.dir / "seplam"
+    the package's tree hands to lamd-dl@.socket under systemd); with
+    *notify*, that process's ``NOTIFY_SOCKET`` (so it keeps its state, as
+    under systemd: bench/multinode.py --hop)."""
+    pre = c.dir / name
     (pre / "bin").mkdir(parents=True)
     (pre / "etc").mkdir()
     os.symlink("/usr/bin/hboot", pre / "bin" / "hboot")
@@ -60,6 +63,7 @@ def separate_tree(c: Cluster, pkgdir: Path) -> Path:
         "sess=\"$sess $prev $a\";; esac; prev=$a; done\n"
         "/usr/bin/python3 -m lamd --datalink=external $sess </dev/null "
         f"2>>{c.work}/lamd-$(hostname).log &\n"
+        + (f"export NOTIFY_SOCKET={notify}\n" if notify else "") +
         "exec /usr/bin/python3 -m lamd.datalink \"$@\" "
         f"2>>{c.work}/lamd-dl-$(hostname).log\n")
     (pre / "etc" / "lam-conf.lamd").write_text(

@@ -333,6 +333,56 @@ def test_hosted_service_moves_large_bodies_both_ways(world_factory):
     assert got == [n, (9, (5, 6), True)]
 
 
+def forked_host(w: World, main: Any) -> int:
+    """A host of service *main* in a child process of its own, which the
+    service ends with ``os._exit`` (as a crash would: nothing written after)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            ServiceHost(w.path, [KBoot("dier", PRDAEMON, main)], w.config).run()
+        finally:
+            os._exit(70)
+    return pid
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_a_send_is_with_the_kernel_once_flush_returns(world_factory, flush):
+    """The host writes a send's body when the connection next waits, so a
+    send returns before its body has left the process. ``k.flush()`` resumes
+    once it has: a host that dies right after it (os._exit, as a SIGKILL)
+    still delivers the whole message (1 MiB: partial writes, EPOLLOUT).
+    Without the flush the same death loses it: the kernel reads a body cut
+    short and drops the sender. This is why dli flushes before it acks a
+    frame as handed on (issue 11: the CI run at 5b2101d lost a frame acked
+    before its body had left the datalink process)."""
+    w = world_factory([])
+    n = 1 << 20
+    data = bytes((i * 13 + 5) & 0xFF for i in range(256)) * (n // 256)
+
+    async def dier(k: IProc) -> None:
+        await k.send(EVX, 4, data, KNMSG, nmsg=NMsg(event=EVX, data=data_words(7, 8)))
+        if flush:
+            await k.flush()
+        os._exit(0)
+
+    pid = forked_host(w, dier)
+    try:
+        c = w.client()
+        if flush:
+            m = c.recv(EVX, 0, n, KNMSG)
+            assert m.body == data and m.type == 4 and m.nmsg.data[:2] == (7, 8)
+        else:
+            with pytest.raises((OSError, EOFError, ConnectionError)):
+                c.recv(EVX, 0, n, KNMSG)
+        _, st = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(st) == 0
+        pid = 0
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
 def test_host_exits_with_the_kernel_and_kills_its_children(world_factory):
     """The kernel goes (its sockets close): the host ends, status 0, and the
     process its service started and watched is killed and reaped."""

@@ -46,7 +46,7 @@ from ..datalink.linkreq import (
     DiLink, DiReq, LinkReqError,
 )
 from ..kernel.constants import (
-    EVBUFFERD, EVDL0, EVDLI, EVKENYAD, KNMSG, MAXNMSGLEN, NHDSIZE, NOTEVENT, SIGSHRINK, strerror,
+    EVBUFFERD, EVDL0, EVDLI, EVKENYAD, KNMSG, MAXNMSGLEN, NHDSIZE, NOTEVENT, SIGSHRINK,
 )
 from ..kernel.kiproc import Event, IProc
 from ..kernel.wire import NMsg
@@ -54,7 +54,7 @@ from ..ratelog import RateLog
 from .nreq import (
     BFQRECV, DDLI, DLCTL, LOCAL, NOBUF, NoRoute, data_words, dsend, getroute, nrecv, nsend,
 )
-from .diforward import DUPLICATE, EVDIFORWARD, EVDIFORWARD_DONE, NO_ROUTE, frame_key, handon
+from .diforward import EVDIFORWARD, frame_key, handon
 from .router import Route, initrouter, rrgetnodes, rrremrent, rrsetrents
 
 log = logging.getLogger("lamd.iprocs.dli")
@@ -98,37 +98,24 @@ async def forward(k: IProc, fr: DLFrame, node_id: int, badlog: DropLog,
     """Hand frame *fr* on (LAM's ``di_forward`` after the sequence check).
 
     With *src* (the address the frame came from: a dli outside the kernel,
-    keeping its state) the packet goes through the kernel's
+    keeping its state) the packet is sent to the kernel's
     :mod:`.diforward`, which hands each frame on once, even when a crash of
-    this process makes its sender send it again; the call returns once the
-    packet is handed on (or refused)."""
+    this process makes its sender send it again (the caller flushes before
+    it acks)."""
     head, body = incoming(fr, node_id)
     if head.event == EVDLI and head.node in (LOCAL, node_id):
         if din is not None:
             await diq(k, DiReq.from_words(head.data), body, node_id, din, badlog)
         return
-    if src is None:
-        try:
-            await handon(k, head, body, node_id)
-        except NoRoute:
-            badlog.warn("route", "dli: a frame for node %d event %d dropped: no route",
-                        head.node, head.event)
+    if src is not None:
+        await k.send(EVDIFORWARD, 0, frame_key(src, fr.dlf_src_node, fr.dlf_seqnum) + body,
+                     KNMSG, nmsg=head)
         return
-    key = frame_key(src, fr.dlf_src_node, fr.dlf_seqnum)
-    got = await k.sr(EVDIFORWARD, 0, key + body, KNMSG, EVDIFORWARD_DONE, 0, 0, KNMSG,
-                     nmsg=head)
-    if got.reply.reply:
-        raise ValueError(f"the kernel refused the frame: {strerror(got.reply.reply)}")
-    done = got.nmsg.data[:2] if got.nmsg is not None else None
-    if done != (fr.dlf_src_node, fr.dlf_seqnum):  # a bug: not acked, sent again after
-        raise RuntimeError(f"diforward answered for frame {done}, not "
-                         f"({fr.dlf_src_node}, {fr.dlf_seqnum})")
-    if got.type == NO_ROUTE:
+    try:
+        await handon(k, head, body, node_id)
+    except NoRoute:
         badlog.warn("route", "dli: a frame for node %d event %d dropped: no route",
                     head.node, head.event)
-    elif got.type == DUPLICATE:
-        log.info("dli: frame %d from node %d was handed on before the crash: not again",
-                 fr.dlf_seqnum, fr.dlf_src_node)
 
 
 async def diq(k: IProc, q: DiReq, body: bytes, node_id: int, din: DLIn,
@@ -292,7 +279,11 @@ async def dli(k: IProc) -> None:
                                 "refused by the kernel: %s", fr.dlf_src_node, fr.dlh_node,
                                 fr.dlh_event, e)
                 # acked once handed on (kept, under systemd): a crash of this
-                # process before that makes its sender send it again
+                # process before that makes its sender send it again. Outside
+                # the kernel a send returns with its body still to write:
+                # written first (once written, the kernel has it)
+                if keep is not None:
+                    await k.flush()
                 try:
                     sock.sendto(din.handed_on(fr), r.src)
                 except OSError as e:

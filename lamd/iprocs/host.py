@@ -21,11 +21,9 @@ them, and resume the coroutine with what the kernel would have handed an
 internal process. What a connection writes is sent when it next waits for
 the kernel (or at the end of the loop's turn), so a send's body and the
 request after it leave in one ``send`` and the kernel reads them in one
-receive. So a send returns before its body has left the process: a host
-that dies then loses that message, as a client that dies mid-send does
-(dli, which acks a frame once handed on, hands frames to the kernel's
-:mod:`~lamd.iprocs.diforward` in a send-receive instead, which answers
-once it has the frame). A read stops at a short read (epoll is
+receive. So a send returns before its body has left the process: a
+service that acts outside on its message having reached the kernel awaits
+``k.flush()`` first (dli, before it acks a frame as handed on). A read stops at a short read (epoll is
 level-triggered), and a blocking request's reply is not read for before
 epoll says it is there: no read that only meets ``EAGAIN``. The wait API (``timer``, ``watch_readable``,
 ``watch_child``, ``watch_signal``, ``next_event``, ``wait``) is served by the
@@ -85,7 +83,7 @@ from ..kernel.constants import (
     KTRY, LAM_SIGUSR, PRCMD, strerror,
 )
 from ..kernel.kiproc import (
-    CHILD, IPROC_PID_BASE, READABLE, SIGNAL, TIMER, WAIT_EVENT, WAIT_HALT,
+    CHILD, IPROC_PID_BASE, READABLE, SIGNAL, TIMER, WAIT_EVENT, WAIT_FLUSH, WAIT_HALT,
     Event, IProc, KBoot, KCall, Received, Watch, take_queued,
 )
 from ..kernel.wire import KREPLY_SIZE, NMSG_SIZE, KMsg, KReply, KReq, NMsg
@@ -258,6 +256,7 @@ class _Service:
         self.call: KCall | None = None
         self.wanted: tuple[Watch, ...] | None = None
         self.waiting_event = False
+        self.flushing = False  # in k.flush(): resumed once wbuf is written
         self.pending_event: Event | None = None  # handed over once re-attached
         self.waking: Event | None = None  # its wake message is on its way
         self.mailbox: deque[Event] = deque()
@@ -498,6 +497,9 @@ class ServiceHost:
         svc.wbuf.clear()
         svc.rbuf.clear()
         s.close()
+        if svc.flushing:   # nothing is left to write: what a flush waited for is decided
+            svc.flushing = False
+            self._resume(svc, None)
 
     def _kernel_gone(self, svc: _Service, why: str) -> None:
         if svc.attaching:  # refused (out of descriptors: a reply, then the close)
@@ -521,6 +523,9 @@ class ServiceHost:
                 return
             if not svc.wbuf:
                 self._set_mask(svc)
+                if svc.flushing:
+                    svc.flushing = False
+                    self._resume(svc, None)
         if svc.sock is s and ev & ~EPOLLOUT:
             if not self._fill(svc):
                 return
@@ -728,6 +733,17 @@ class ServiceHost:
                 return
         else:
             svc.wanted = None
+        if kind == WAIT_FLUSH:
+            svc.wanted = None
+            if svc.wbuf and svc.sock is not None:
+                if not self._flush(svc):
+                    return   # the kernel is gone: the host stops
+                if svc.wbuf:   # the rest with EPOLLOUT (_on_io resumes it)
+                    svc.flushing = True
+                    self._set_mask(svc)
+                    return
+            self._resume(svc, None)
+            return
         if kind == WAIT_HALT:
             svc.wanted = None
             self._resume(svc, KernelOnly(

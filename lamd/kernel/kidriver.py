@@ -25,8 +25,8 @@ from .constants import (
 from .kactions import Halt, Rearm, Resume, Unwatch, Watch as WatchAction
 from .kbase import KBase
 from .kiproc import (
-    IPROC_PID_BASE, IPROC_TURN_BUDGET, ONE_SHOT, READABLE, WAIT_EVENT, WAIT_HALT, Event, IProc,
-    KBoot, KCall, Received, Watch, take_queued,
+    IPROC_PID_BASE, IPROC_TURN_BUDGET, ONE_SHOT, READABLE, WAIT_EVENT, WAIT_FLUSH, WAIT_HALT, Event,
+    IProc, KBoot, KCall, Received, Watch, take_queued,
 )
 from .wire import NMSG_SIZE, KMsg, KReply, KReq, NMsg
 
@@ -321,6 +321,9 @@ class KIProcDriver(KBase):
                 return
         else:
             p.wanted = None
+        if kind == WAIT_FLUSH:   # a send here is the kernel's own act: nothing waits
+            self._resume(p, None)
+            return
         if kind == WAIT_HALT:
             self._out.append(Halt(call.arg, f"halt requested by {p.iproc.name if p.iproc else p.pid}"))
             return

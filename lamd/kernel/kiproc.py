@@ -108,6 +108,7 @@ STOP_SIGNALS = frozenset({_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP})
 # KCall kinds that are not kernel request codes
 WAIT_EVENT = "event"
 WAIT_HALT = "halt"
+WAIT_FLUSH = "flush"
 
 
 @dataclass(slots=True)
@@ -319,6 +320,19 @@ class IProc:
             if t is not None:
                 t.cancel()
 
+    def flush(self) -> Awaitable[None]:
+        """Resume once everything this process has sent is with the kernel.
+
+        Inside the kernel a send is the kernel's own act: this resumes at
+        once. The service host (:mod:`lamd.iprocs.host`) writes a send's
+        body when the connection next waits, so a send returns before its
+        body has left the process; a service that acts outside on a message
+        having reached the kernel (dli acks a frame once it is handed on)
+        awaits this first, or a crash in between loses the message. (Once
+        written, it is the kernel's: a process that dies after its write
+        leaves the bytes in the socket, and the kernel reads them.)"""
+        return KCall(WAIT_FLUSH)
+
     def halt(self, status: int = 0) -> Awaitable[None]:
         """Ask the daemon to shut down (what haltd does); never resumes."""
         return KCall(WAIT_HALT, arg=status)
@@ -355,4 +369,4 @@ def take_queued(mailbox: deque[Event], watches: tuple[Watch, ...]) -> Event | No
 
 __all__ = ["IPROC_PID_BASE", "IProc", "KBoot", "KCall", "Received", "Watch",
            "Event", "ChildExit", "TIMER", "READABLE", "CHILD", "SIGNAL", "ONE_SHOT",
-           "STOP_SIGNALS", "WAIT_EVENT", "WAIT_HALT", "take_queued"]
+           "STOP_SIGNALS", "WAIT_EVENT", "WAIT_FLUSH", "WAIT_HALT", "take_queued"]
