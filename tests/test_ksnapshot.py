@@ -398,3 +398,44 @@ def test_bufferd_state_round_trips_and_damage_is_refused(packets, maxspace, data
         unpack_buffers(raw[:cut])
     with pytest.raises(ValueError):
         unpack_buffers(raw + b"\0")
+
+
+# --- diforward's keys, carried (lamd.iprocs.diforward) -------------------------------
+
+from lamd.iprocs import DIFORWARD  # noqa: E402
+from lamd.iprocs.diforward import EVDIFORWARD, frame_key  # noqa: E402
+
+DL_TABLE = with_carry([BY_NAME["router"], BY_NAME["bufferd"], DIFORWARD])
+
+
+def test_diforward_keys_survive_a_snapshot() -> None:
+    """The key of the last frame diforward took from each node crosses a
+    re-exec: the datalink process sending that frame again after the
+    re-exec (it died before it kept the frame as handed on) does not make
+    the restored kernel hand it on twice."""
+    w = World(DL_TABLE, {"node_addr": "127.0.0.1"})
+    dli = w.client("dli", 4001)
+    w.client("b", 4002)
+
+    def give(seq: int, body: bytes) -> None:
+        head = NMsg(node=LOCAL, event=556, type=seq, length=len(body))
+        dli.ksend(EVDIFORWARD, 0, frame_key(("10.0.0.1", 99), 1, seq) + body, KNMSG, head)
+        assert dli.reply().reply == 0
+
+    give(1, b"one")
+    state = S.capture(w.kernel, {"dli": 1, "b": 2}.__getitem__)
+    (rec,) = [r for r in state.procs if r.iproc == "diforward"]
+    assert rec.carried is not None and len(rec.carried) > 0
+    snap = S.decode(S.encode(state, uid=UID, session=SESSION), uid=UID, session=SESSION)
+    k2, actions = S.restore(snap.kernel, {1: "dli", 2: "b"}, DL_TABLE,
+                            {"node_addr": "127.0.0.1"}, clock=lambda: 0.0)
+    w.kernel = k2
+    w.run(actions)
+    dli = Client(w, "dli", 4001)
+    dli.index = k2.proc_of("dli").index
+    give(1, b"one")        # again, after the re-exec: not handed on
+    give(2, b"two")
+    b = Client(w, "b", 4002)
+    b.index = k2.proc_of("b").index
+    assert [b.nrecv(556, 0, 100)[1] for _ in range(2)] == [b"one", b"two"]
+    assert b.nprobe(556)[7] == -1   # and nothing more

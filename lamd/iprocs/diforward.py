@@ -43,7 +43,7 @@ from ..kernel.constants import EVBUFFERD, KNMSG, LAM_BASE_EVENT, MAXNMSGLEN
 from ..kernel.kiproc import IProc
 from ..kernel.wire import NMsg
 from ..ratelog import RateLog
-from .nreq import NOBUF, NoRoute, dsend, getroute
+from .nreq import NOBUF, NoRoute, dsend, getroute, my_nodeid
 
 log = logging.getLogger("lamd.iprocs.diforward")
 
@@ -103,7 +103,7 @@ async def diforward(k: IProc) -> None:
             continue
         last[node] = key
         try:
-            await handon(k, head, got.body[KEY.size:], k.config["identity"].node_id)
+            await handon(k, head, got.body[KEY.size:], my_nodeid(k))
         except NoRoute:
             badlog.warn("route", "diforward: a frame for node %d event %d dropped: no route",
                         head.node, head.event)
