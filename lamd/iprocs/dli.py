@@ -52,7 +52,7 @@ from ..kernel.kiproc import Event, IProc
 from ..kernel.wire import NMsg
 from ..ratelog import RateLog
 from .nreq import (
-    BFQRECV, DDLI, DLCTL, LOCAL, NOBUF, NoRoute, data_words, dsend, getroute, nrecv, nsend,
+    BFQRECV, DDLI, DLCTL, LOCAL, NOBUF, NoRoute, data_words, nrecv, nsend,
 )
 from .diforward import EVDIFORWARD, frame_key, handon
 from .router import Route, initrouter, rrgetnodes, rrremrent, rrsetrents

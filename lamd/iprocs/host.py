@@ -23,11 +23,12 @@ the kernel (or at the end of the loop's turn), so a send's body and the
 request after it leave in one ``send`` and the kernel reads them in one
 receive. So a send returns before its body has left the process: a
 service that acts outside on its message having reached the kernel awaits
-``k.flush()`` first (dli, before it acks a frame as handed on). A read stops at a short read (epoll is
-level-triggered), and a blocking request's reply is not read for before
-epoll says it is there: no read that only meets ``EAGAIN``. The wait API (``timer``, ``watch_readable``,
-``watch_child``, ``watch_signal``, ``next_event``, ``wait``) is served by the
-host's own loop with the kernel's semantics.
+``k.flush()`` first (dli, before it acks a frame as handed on). A read
+stops at a short read (epoll is level-triggered), and a blocking request's
+reply is not read for before epoll says it is there: no read that only
+meets ``EAGAIN``. The wait API (``timer``, ``watch_readable``,
+``watch_child``, ``watch_signal``, ``next_event``, ``wait``, ``flush``) is
+served by the host's own loop with the kernel's semantics.
 
 Where it differs from inside the kernel:
 
