@@ -1190,7 +1190,7 @@ def test_stock_lamexec_and_mpirun_as_on_the_c_lamd(ours, cdaemon, mpiprogs):
         for attempt in range(MPI_ATTEMPTS):  # MPI_INIT's "errno 14": see start_mpi_job
             seen = len(ours.log())
             if given[0] == "mpirun":
-                argv = [*given[:-1], elsewhere(given[-1], attempt)]
+                argv = [*given[:-1], lamenv.elsewhere(given[-1], attempt)]
             cp = s.run(["timeout", "-k", "2", "25", *argv], timeout=40)
             flake = cp.returncode == 252 or (s is ours.s and cp.returncode != 0 and (
                 "Unix errno: 14" in ours.log()[seen:] or flaked))
@@ -1218,21 +1218,6 @@ def test_stock_lamexec_and_mpirun_as_on_the_c_lamd(ours, cdaemon, mpiprogs):
 MPI_ATTEMPTS = 10
 
 
-def elsewhere(exe: str, attempt: int) -> str:
-    """*exe* again under a directory of another length (the same name):
-    LAM's MPI_INIT failure depends on the program's path (below)."""
-    if attempt == 0:
-        return exe
-    d = os.path.join(os.path.dirname(exe), "r" * attempt)
-    os.makedirs(d, exist_ok=True)
-    os.chmod(d, 0o755)
-    copy = os.path.join(d, os.path.basename(exe))
-    if not os.path.exists(copy):
-        shutil.copy(exe, copy)
-        os.chmod(copy, 0o755)
-    return copy
-
-
 def start_mpi_job(s: lamenv.Session, exe: str, why: Any) -> tuple[subprocess.Popen, str]:
     """``mpirun -f -np 2 exe``, once mpitask lists both ranks running; the
     job and the program's path it runs.
@@ -1249,7 +1234,7 @@ def start_mpi_job(s: lamenv.Session, exe: str, why: Any) -> tuple[subprocess.Pop
     unavailable", rc 205), retried the same way."""
     flaked = False
     for attempt in range(MPI_ATTEMPTS):
-        path = elsewhere(exe, attempt)
+        path = lamenv.elsewhere(exe, attempt)
         job = s.popen(["mpirun", "-f", "-np", "2", path])
         running = wait_until(lambda: job.poll() is not None or s.run(
             ["mpitask"], timeout=20).stdout.count("<running>") == 2, 2 * TIMEOUT)
