@@ -5,7 +5,9 @@
   for the others; the configuration's names are checked;
 * in-process (a kernel and a :class:`ServiceHost` in threads, real sockets):
   the hosted echod and versiond answer as the internal ones do; the wait API
-  outside the kernel (an interrupted ``wait`` re-attaches, events, children);
+  outside the kernel (an interrupted ``wait`` re-attaches, events, children;
+  ``flush``, checked with a host that dies right after it: no C-lamd side,
+  liblam writes a body before ``ksend`` returns);
   ``ksync``/``halt`` raise; the host ends with the kernel and refuses to
   double a service the kernel runs itself;
 * interop, as user ``lamtest`` against ``python3 -m lamd --external ...``:

@@ -191,17 +191,22 @@ def boot_table(config: dict[str, Any], external: Iterable[str] = ()) -> list[KBo
     *config* to ``Kernel.boot``, so every internal process sees one address.
     """
     boot_config(config)
-    skip = set(parse_external(list(external)))
-    table = [replace(kb, row=row) for row, kb in enumerate(BOOT_TABLE) if kb.name not in skip]
-    if "dli_inet" in skip:
-        table.append(DIFORWARD)
-    return table
+    return [replace(kb, row=row) for row, kb in _booted(external)]
 
 
 def booted_rows(external: Iterable[str] = ()) -> int:
     """How many rows :func:`boot_table` gives without the *external* ones."""
+    return len(_booted(external))
+
+
+def _booted(external: Iterable[str]) -> list[tuple[int, KBoot]]:
+    """(row, row of the table) for LAM's rows but the *external* ones; with
+    dli outside, :data:`DIFORWARD` after them."""
     skip = set(parse_external(list(external)))
-    return sum(1 for kb in BOOT_TABLE if kb.name not in skip) + ("dli_inet" in skip)
+    rows = [(row, kb) for row, kb in enumerate(BOOT_TABLE) if kb.name not in skip]
+    if "dli_inet" in skip:
+        rows.append((len(BOOT_TABLE), DIFORWARD))
+    return rows
 
 
 def with_stubs(table: Iterable[KBoot], names: Iterable[str]) -> list[KBoot]:

@@ -100,8 +100,9 @@ async def forward(k: IProc, fr: DLFrame, node_id: int, badlog: DropLog,
     With *src* (the address the frame came from: a dli outside the kernel,
     keeping its state) the packet is sent to the kernel's
     :mod:`.diforward`, which hands each frame on once, even when a crash of
-    this process makes its sender send it again (the caller flushes before
-    it acks)."""
+    this process makes its sender send it again; it returns once the body
+    is written (a send outside the kernel returns with it still to write),
+    so the caller may ack the frame."""
     head, body = incoming(fr, node_id)
     if head.event == EVDLI and head.node in (LOCAL, node_id):
         if din is not None:
@@ -110,6 +111,7 @@ async def forward(k: IProc, fr: DLFrame, node_id: int, badlog: DropLog,
     if src is not None:
         await k.send(EVDIFORWARD, 0, frame_key(src, fr.dlf_src_node, fr.dlf_seqnum) + body,
                      KNMSG, nmsg=head)
+        await k.flush()   # once written, the kernel has it
         return
     try:
         await handon(k, head, body, node_id)
@@ -279,11 +281,7 @@ async def dli(k: IProc) -> None:
                                 "refused by the kernel: %s", fr.dlf_src_node, fr.dlh_node,
                                 fr.dlh_event, e)
                 # acked once handed on (kept, under systemd): a crash of this
-                # process before that makes its sender send it again. Outside
-                # the kernel a send returns with its body still to write:
-                # written first (once written, the kernel has it)
-                if keep is not None:
-                    await k.flush()
+                # process before that makes its sender send it again
                 try:
                     sock.sendto(din.handed_on(fr), r.src)
                 except OSError as e:

@@ -498,9 +498,7 @@ class ServiceHost:
         svc.wbuf.clear()
         svc.rbuf.clear()
         s.close()
-        if svc.flushing:   # nothing is left to write: what a flush waited for is decided
-            svc.flushing = False
-            self._resume(svc, None)
+        svc.flushing = False   # what it waited for was not written: never resumed as done
 
     def _kernel_gone(self, svc: _Service, why: str) -> None:
         if svc.attaching:  # refused (out of descriptors: a reply, then the close)
@@ -549,11 +547,21 @@ class ServiceHost:
             del svc.wbuf[:n]
         return True
 
+    def _push(self, svc: _Service) -> bool:
+        """Write what is pending: True once all of it has left; else the rest
+        waits for EPOLLOUT (or the connection broke: the host stops)."""
+        if not self._flush(svc):
+            return False
+        if svc.wbuf:
+            self._set_mask(svc)
+            return False
+        return True
+
     def _flush_all(self) -> None:
         """The end of a turn: what the connections still hold to write."""
         for svc in self.services:
-            if svc.wbuf and svc.sock is not None and self._flush(svc) and svc.wbuf:
-                self._set_mask(svc)
+            if svc.wbuf and svc.sock is not None:
+                self._push(svc)
 
     def _fill(self, svc: _Service) -> bool:
         """Read what the kernel sent; False if it closed the connection."""
@@ -610,12 +618,8 @@ class ServiceHost:
                 value = None
             else:
                 svc.waiting, svc.need = op, arg
-                if svc.wbuf:
-                    if not self._flush(svc):
-                        return
-                    if svc.wbuf:   # the rest with EPOLLOUT, the reply after it
-                        self._set_mask(svc)
-                        return
+                if svc.wbuf and not self._push(svc):
+                    return   # the rest with EPOLLOUT, the reply after it
                 if len(svc.rbuf) < arg:
                     # a blocking request's reply cannot be there yet: no
                     # read that would only meet EAGAIN (it comes with EPOLLIN)
@@ -735,14 +739,11 @@ class ServiceHost:
         else:
             svc.wanted = None
         if kind == WAIT_FLUSH:
-            svc.wanted = None
-            if svc.wbuf and svc.sock is not None:
-                if not self._flush(svc):
-                    return   # the kernel is gone: the host stops
-                if svc.wbuf:   # the rest with EPOLLOUT (_on_io resumes it)
-                    svc.flushing = True
-                    self._set_mask(svc)
-                    return
+            if svc.wbuf and svc.sock is not None and not self._push(svc):
+                # the rest with EPOLLOUT (_on_io resumes it); a broken
+                # connection stops the host, and nothing resumes it
+                svc.flushing = svc.sock is not None
+                return
             self._resume(svc, None)
             return
         if kind == WAIT_HALT:
