@@ -139,6 +139,7 @@ def check_separate(c: Cluster, i: int, boot: int = 1) -> None:
     m = re.findall(r"boot table: internal (.*)", klog)
     assert m and not set(DATALINK_ROWS) & set(m[-1].split(", ")), klog
     assert "diforward" in m[-1].split(", "), klog   # dli's frames, each handed on once
+    assert "doforward" in m[-1].split(", "), klog   # dlo's packets, none lost in a crash
     dlog = (c.work / f"lamd-dl-{h.name}.log").read_text()
     assert f"calling lamboot back at {c.hosts[0].addr}:" in dlog, dlog
     assert re.search(rf"serving node n{i} of {len(c.hosts)}", dlog), dlog
@@ -432,22 +433,23 @@ def datalink_pid(c: Cluster, units: SocketUnits, i: int) -> int:
 def test_a_killed_datalink_process_goes_on_with_what_it_kept(hosts3: Cluster, lamd_pkg):
     """Issue 11: node n1's datalink process (its sockets "systemd's", here
     tests/sockact.py --restart: Restart=on-failure and a descriptor store,
-    as lamd-dl@.service) is SIGKILLed while a stream of nsend packets from
-    n0 crosses its dli (25 MB: 300 KiB, 8 KiB, 64 B and 20,000 B messages
-    in turn). Started again from what it kept (dli's and dlo's sockets,
-    the universe, the links' sequence numbers, the frames not acked), the
-    node goes on as n1: every message of the stream arrives, in order, every
-    byte checked (dli acks a frame only once handed on: what the dead
-    process had not handed on, n0's dlo sends again); then nsend/nrecv of
-    0 B to 300 KiB both ways, lamnodes, tping and lamexec from every host;
-    lamhalt ends it for good (exit 0: not started again) and leaves nothing.
-    Without the keeping the restarted process would have no universe (it
-    waits for a boot request) and the stream would hang.
-
-    Not checked here, and documented: a packet the kernel had written to the
-    dead dlo's connection and dlo had not yet read is lost with it (as a
-    LAM client's message in flight to a process that dies), so the stream
-    crosses dli only."""
+    as lamd-dl@.service) is SIGKILLed while two streams of nsend packets
+    cross it: one from n0 through its dli, one to n0 through its dlo (25 MB
+    each: 300 KiB, 8 KiB, 64 B and 20,000 B messages in turn). Started again
+    from what it kept (dli's and dlo's sockets, the universe, the links'
+    sequence numbers, the frames not acked, the counter of the last packet
+    it took from the kernel), the node goes on as n1: every message of both
+    streams arrives, in order, every byte checked. Inbound, dli acks a frame
+    only once handed on to the kernel's diforward, so what the dead process
+    had not handed on, n0's dlo sends again, and diforward drops a frame
+    handed on twice. Outbound, the kernel's doforward gives the next dlo
+    the packets the dead one may not have kept, and dlo takes each packet
+    once. Then nsend/nrecv of 0 B to 300 KiB both ways, lamnodes, tping and
+    lamexec from every host; lamhalt ends it for good (exit 0: not started
+    again) and leaves nothing. Without the keeping the restarted process
+    would have no universe (it waits for a boot request) and the streams
+    would hang; without doforward the outbound stream lost a packet written
+    to the dead dlo's connection (it hung in one run of three)."""
     c = hosts3
     h = c.hosts[1]
     exe = build_netclient(c.work)
@@ -464,20 +466,30 @@ def test_a_killed_datalink_process_goes_on_with_what_it_kept(hosts3: Cluster, la
         serves(c, 1, 1)
         first = datalink_pid(c, units, 1)
         sizes = [str(n) for n in [300 * 1024, 8192, 64, 20000] * 80]
-        recv_out, send_out = c.work / "stream-recv.out", c.work / "stream-send.out"
-        procs.append(h.popen(["sh", "-c", f"exec {exe} recv n {EVENT} {' '.join(sizes)} "
-                                          f">{recv_out} 2>&1"], timeout=120))
-        time.sleep(0.3)   # the receive is posted (bufferd would keep the packets anyway)
-        procs.append(c.hosts[0].popen(
-            ["sh", "-c", f"exec {exe} send n {EVENT} {' '.join(sizes)} >{send_out} 2>&1"],
-            timeout=120, env=c.hosts[0].env({"NETCLIENT_NODE": "1"})))
+        outs = []
+        # (receiving host, sending host, the receiver's node): in through
+        # n1's dli, out through its dlo
+        for name, rh, sh, node in (("in", h, c.hosts[0], 1), ("out", c.hosts[0], h, 0)):
+            recv_out, send_out = c.work / f"stream-{name}-recv.out", c.work / f"stream-{name}-send.out"
+            outs += [recv_out, send_out]
+            procs.append(rh.popen(["sh", "-c", f"exec {exe} recv n {EVENT + node} "
+                                               f"{' '.join(sizes)} >{recv_out} 2>&1"], timeout=120))
+            time.sleep(0.3)   # the receive is posted (bufferd would keep the packets anyway)
+            procs.append(sh.popen(
+                ["sh", "-c", f"exec {exe} send n {EVENT + node} {' '.join(sizes)} >{send_out} 2>&1"],
+                timeout=120, env=sh.env({"NETCLIENT_NODE": str(node)})))
+        recvs = outs[0::2]
+
+        def tails() -> str:
+            return "".join(f"{o.name}: {o.read_text()[-400:]}\n" for o in outs)
+
         deadline = time.monotonic() + 20
-        while recv_out.read_text().count("RECV ") < 20:   # well under way
+        while min(r.read_text().count("RECV ") for r in recvs) < 20:   # well under way
             assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
-                recv_out.read_text()[-500:] + send_out.read_text()[-500:] + logs(c)
+                tails() + logs(c)
             time.sleep(0.02)
         os.kill(first, signal.SIGKILL)
-        got_then = recv_out.read_text().count("RECV ")
+        got_then = [r.read_text().count("RECV ") for r in recvs]
         dlog = c.work / f"lamd-dl-{h.name}.log"
         deadline = time.monotonic() + 20
         while True:
@@ -488,17 +500,18 @@ def test_a_killed_datalink_process_goes_on_with_what_it_kept(hosts3: Cluster, la
             assert time.monotonic() < deadline, logs(c)
             time.sleep(0.05)
         assert datalink_pid(c, units, 1) != first
-        for p, out in zip(procs, (recv_out, send_out)):
+        for p, out in zip(procs, outs):
             try:
                 rc = p.wait(100)
             except subprocess.TimeoutExpired:
                 rc = None
-            assert rc == 0, f"netclient: {rc}\n" + out.read_text()[-600:] + logs(c)
-        got = recv_out.read_text()
-        assert got_then < len(sizes), "the stream was over before the kill"
-        assert [ln for ln in got.splitlines() if ln.startswith("RECV ")] == [
-            f"RECV idx={i} size={n} type={i + 1}" for i, n in enumerate(sizes)], got[-2000:]
-        assert got.splitlines()[-1] == "OK", got[-500:]
+            assert rc == 0, f"netclient: {rc}\n" + out.read_text()[-600:] + tails() + logs(c)
+        assert max(got_then) < len(sizes), "a stream was over before the kill"
+        for r in recvs:
+            got = r.read_text()
+            assert [ln for ln in got.splitlines() if ln.startswith("RECV ")] == [
+                f"RECV idx={i} size={n} type={i + 1}" for i, n in enumerate(sizes)], got[-2000:]
+            assert got.splitlines()[-1] == "OK", got[-500:]
         serves(c, 1, 2)
         for src, dst in ((1, 0), (0, 1), (2, 1), (1, 2)):
             exchange(c, exe, src, dst, "n")

@@ -20,19 +20,23 @@ store (``FileDescriptorStoreMax=``), where the next start finds it:
   next generation before the old one is removed, so a crash between the two
   leaves one whole state (the newest is taken).
 
-What a crash can still lose, and why it is small: a message dlo took from
-the kernel and had not yet kept (the instant between its receive and the
-store). Nothing is handed on twice: a frame handed on whose handing was not
-yet kept comes again from its sender, and the kernel's
-:mod:`~lamd.iprocs.diforward`, which dli gives its frames to, knows it.
+Nothing is lost and nothing goes out twice. A frame handed on whose
+handing was not yet kept comes again from its sender, and the kernel's
+:mod:`~lamd.iprocs.diforward`, which dli gives its frames to, knows it. A
+packet dlo took from the kernel and had not yet kept comes again from the
+kernel's :mod:`~lamd.iprocs.doforward`, tagged with a counter that dlo
+keeps in the frame's slot (and in the head once taken), so a packet it
+took is not taken again.
 
 Layout of ``dl-state`` (native byte order; it never leaves the host)::
 
-    head     magic "LAMDDLK1", generation, universe length, links, slots, slot size
+    head     magic "LAMDDLK2", generation, universe length, links, slots, slot size,
+             doforward's epoch and the highest counter taken in it
     universe node id, origin, dli port, fault tolerant, routes, links;
              then each route (struct route), each link (struct dolink)
     links    per link: link id, next sequence number out, next not handed on in
-    slots    per slot: used, link id, sequence number, length; the datagram
+    slots    per slot: used, link id, sequence number, length, the epoch and
+             counter of the packet it was made of; the datagram
 """
 
 from __future__ import annotations
@@ -53,11 +57,17 @@ if TYPE_CHECKING:
     from typing import Iterable
     from ..service.notify import FdStore
 
-MAGIC = b"LAMDDLK1"
-HEAD = struct.Struct("=8sIIIII")
+MAGIC = b"LAMDDLK2"
+#: magic, generation, universe length, links, slots, slot size; doforward's
+#: epoch last taken from and the highest counter taken in it
+HEAD = struct.Struct("=8sIIIIIQQ")
+#: where the epoch and the counter are in the head
+HEAD_TAKEN = 28
 UNIVERSE = struct.Struct("=iiiiII")
 LINKREC = struct.Struct("=iii")
-SLOTHEAD = struct.Struct("=iiii")
+#: used, link, sequence number, length; the epoch and counter of the packet
+#: from doforward the frame was made of (0, 0: none)
+SLOTHEAD = struct.Struct("=iiiiQQ")
 #: the longest datagram dlo sends: a frame's header and a whole packet
 SLOT_DATA = DLMINFRAMELEN + MAXNMSGLEN
 SLOT_SIZE = SLOTHEAD.size + SLOT_DATA
@@ -113,13 +123,18 @@ class Universe:
 @dataclass(slots=True)
 class Kept:
     """A state read back: the universe, and per link the next sequence
-    number out, the next not handed on in, and the frames not acked."""
+    number out, the next not handed on in, and the frames not acked; the
+    epoch and highest counter taken from doforward."""
 
     generation: int
     universe: Universe
+    epoch: int = 0
+    high: int = 0
     seqgive: dict[int, int] = field(default_factory=dict)
     handed: dict[int, int] = field(default_factory=dict)
     slots: dict[int, dict[int, bytes]] = field(default_factory=dict)
+    #: (link, seq) -> the epoch and counter of the packet the frame was made of
+    tags: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
 
 
 def load(fd: int) -> Kept:
@@ -131,7 +146,7 @@ def load(fd: int) -> Kept:
         raise KeepError(f"cannot read it: {e.strerror}") from None
     if len(buf) < HEAD.size:
         raise KeepError(f"{len(buf)} bytes, shorter than its head")
-    magic, gen, ulen, nlinks, nslots, slotsize = HEAD.unpack_from(buf)
+    magic, gen, ulen, nlinks, nslots, slotsize, epoch, high = HEAD.unpack_from(buf)
     if magic != MAGIC or slotsize != SLOT_SIZE:
         raise KeepError("not a datalink state of this version")
     off_links = _align(HEAD.size + ulen)
@@ -139,20 +154,24 @@ def load(fd: int) -> Kept:
     if len(buf) != off_slots + nslots * SLOT_SIZE:
         raise KeepError(f"{len(buf)} bytes where its head says "
                         f"{off_slots + nslots * SLOT_SIZE}")
-    kept = Kept(gen, Universe.unpack(buf[HEAD.size:HEAD.size + ulen]))
+    kept = Kept(gen, Universe.unpack(buf[HEAD.size:HEAD.size + ulen]), epoch, high)
     for i in range(nlinks):
         link, give, handed = LINKREC.unpack_from(buf, off_links + i * LINKREC.size)
         kept.seqgive[link] = give
         kept.handed[link] = handed
     for i in range(nslots):
         off = off_slots + i * SLOT_SIZE
-        used, link, seq, n = SLOTHEAD.unpack_from(buf, off)
+        used, link, seq, n, s_epoch, counter = SLOTHEAD.unpack_from(buf, off)
         if not used:
             continue
         if not 0 <= n <= SLOT_DATA:
             raise KeepError(f"slot {i}: length {n}")
         data = buf[off + SLOTHEAD.size:off + SLOTHEAD.size + n]
         kept.slots.setdefault(link, {})[seq] = data
+        kept.tags[(link, seq)] = (s_epoch, counter)
+        if s_epoch == epoch and counter > kept.high:
+            # the packet was kept as this frame, the crash came before the head
+            kept.high = counter
     return kept
 
 
@@ -186,6 +205,12 @@ class LinkKeep(Keeper):
         self.frames: dict[tuple[int, int], bytes] = {
             (link, seq): d for link, s in (kept.slots.items() if kept else ())
             for seq, d in s.items()}
+        #: doforward's epoch and the highest counter taken in it; the
+        #: counter of the packet being taken (0: none), kept in its frame's slot
+        self.epoch = kept.epoch if kept else 0
+        self.high = kept.high if kept else 0
+        self.taking = 0
+        self.tags: dict[tuple[int, int], tuple[int, int]] = dict(kept.tags) if kept else {}
         self.fd = -1
         self.mm: mmap.mmap | None = None
         self._rec: dict[int, int] = {}            # link -> record offset
@@ -217,7 +242,8 @@ class LinkKeep(Keeper):
             os.close(fd)
             raise
         gen = self.generation + 1
-        HEAD.pack_into(mm, 0, MAGIC, gen, len(uni), len(ids), nslots, SLOT_SIZE)
+        HEAD.pack_into(mm, 0, MAGIC, gen, len(uni), len(ids), nslots, SLOT_SIZE,
+                       self.epoch, self.high)
         mm[HEAD.size:HEAD.size + len(uni)] = uni
         rec = {}
         for i, link in enumerate(ids):
@@ -228,7 +254,7 @@ class LinkKeep(Keeper):
         for i, (key, d) in enumerate(self.frames.items()):
             off = off_slots + i * SLOT_SIZE
             mm[off + SLOTHEAD.size:off + SLOTHEAD.size + len(d)] = d
-            SLOTHEAD.pack_into(mm, off, 1, key[0], key[1], len(d))
+            SLOTHEAD.pack_into(mm, off, 1, key[0], key[1], len(d), *self.tags.get(key, (0, 0)))
             slot[key] = off
         free = [off_slots + i * SLOT_SIZE for i in range(nslots - 1, len(self.frames) - 1, -1)]
         self.store.fdstore(f"{STATE_PREFIX}{gen}", fd)
@@ -279,6 +305,9 @@ class LinkKeep(Keeper):
     def slot_put(self, link: int, seq: int, datagram: bytes, seqgive: int) -> None:
         self.frames[(link, seq)] = datagram
         self.seqgive[link] = seqgive
+        tag = (self.epoch, self.taking) if self.taking else (0, 0)
+        if self.taking:
+            self.tags[(link, seq)] = tag
         if not self._free or link not in self._rec:   # (a frame is at most SLOT_DATA)
             self.rewrite()
             return
@@ -286,12 +315,13 @@ class LinkKeep(Keeper):
         assert mm is not None
         off = self._free.pop()
         mm[off + SLOTHEAD.size:off + SLOTHEAD.size + len(datagram)] = datagram
-        SLOTHEAD.pack_into(mm, off, 1, link, seq, len(datagram))
+        SLOTHEAD.pack_into(mm, off, 1, link, seq, len(datagram), *tag)
         self._slot[(link, seq)] = off
         struct.pack_into("=i", mm, self._rec[link] + 4, seqgive)
 
     def slot_gone(self, link: int, seq: int) -> None:
         self.frames.pop((link, seq), None)
+        self.tags.pop((link, seq), None)
         off = self._slot.pop((link, seq), None)
         if off is not None and self.mm is not None:
             struct.pack_into("=i", self.mm, off, 0)
@@ -313,6 +343,22 @@ class LinkKeep(Keeper):
             self.rewrite()
         elif self.mm is not None:
             struct.pack_into("=i", self.mm, off + 8, seq)
+
+
+    # -- doforward's counters (lamd.iprocs.doforward.Taker) ----------------
+    def new_epoch(self, epoch: int) -> None:
+        """Packets of a new epoch come: kept before the first is taken."""
+        self.epoch, self.high = epoch, 0
+        if self.mm is not None:
+            struct.pack_into("=QQ", self.mm, HEAD_TAKEN, epoch, 0)
+
+    def took(self, counter: int) -> None:
+        """Packet *counter* is taken (a frame's slot holds it already, if it
+        became one)."""
+        self.high = counter
+        self.taking = 0
+        if self.mm is not None:
+            struct.pack_into("=Q", self.mm, HEAD_TAKEN + 8, counter)
 
 
 __all__ = ["LinkKeep", "Kept", "Universe", "KeepError", "load", "newest", "STATE_PREFIX",

@@ -112,6 +112,11 @@ BOOT_TABLE: list[KBoot] = [
 #: 100015): :mod:`.diforward`, which hands on each frame that dli gives it
 #: once, across a crash of the datalink process.
 DIFORWARD = KBoot("diforward", PRDLI, _Lazy(".diforward", "diforward"), row=len(BOOT_TABLE))
+#: The row a kernel whose dlo is outside it adds (pid 100016):
+#: :mod:`.doforward`, which takes the packets for other nodes on ``EVDL0`` in
+#: dlo's place and gives them to dlo so that a crash of the datalink process
+#: loses none.
+DOFORWARD = KBoot("doforward", PRDLO, _Lazy(".doforward", "doforward"), row=len(BOOT_TABLE) + 1)
 
 #: Rows that never leave the kernel, and why:
 #:
@@ -201,11 +206,14 @@ def booted_rows(external: Iterable[str] = ()) -> int:
 
 def _booted(external: Iterable[str]) -> list[tuple[int, KBoot]]:
     """(row, row of the table) for LAM's rows but the *external* ones; with
-    dli outside, :data:`DIFORWARD` after them."""
+    dli outside, :data:`DIFORWARD` after them, with dlo outside,
+    :data:`DOFORWARD`."""
     skip = set(parse_external(list(external)))
     rows = [(row, kb) for row, kb in enumerate(BOOT_TABLE) if kb.name not in skip]
     if "dli_inet" in skip:
         rows.append((len(BOOT_TABLE), DIFORWARD))
+    if "dlo_inet" in skip:
+        rows.append((len(BOOT_TABLE) + 1, DOFORWARD))
     return rows
 
 

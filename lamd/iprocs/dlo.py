@@ -22,7 +22,12 @@ the valve requests are ignored.
 Outside the kernel under systemd (``config["link_keep"]``,
 :mod:`lamd.datalink.keep`) every frame given to a link is kept until acked,
 with dlo's socket, and a start after a crash (``config["dlo_sock"]``) sends
-again what the dead process had not seen acked.
+again what the dead process had not seen acked. Outside the kernel
+(``config["hosted"]``) dlo takes its packets from the kernel's
+:mod:`.doforward` on ``EVDOFORWARD``, tagged, each counter once
+(:class:`~.doforward.Taker`; kept with the frames under systemd), so that
+a packet the kernel gave a dlo that died before keeping it comes to the
+next one.
 
 With ``-x`` (``fault_tolerant``) dlo watches its links as LAM's does: a
 frame resent ``DOMAXRESEND`` times makes its link dead, and dlo tells its
@@ -57,6 +62,7 @@ from ..kernel.kiproc import Event, IProc
 from ..kernel.wire import NMsg
 from ..datalink.keep import DLO_SOCKET
 from .dli import DropLog
+from .doforward import EVDOFORWARD, LONGEST, Taker, unpack
 from .netaddr import node_address
 from .nreq import DDLI, DLCTL, LOCAL, NOBUF, NetMsg, data_words, nsend, received
 
@@ -148,6 +154,27 @@ async def dlo(k: IProc) -> None:
             if out.room() and link in out.links:
                 give(link, diq_frame(node_id, link, DiReq(DIQSANITY)))
 
+    # outside the kernel the kernel's doforward gives dlo its packets, tagged
+    hosted = bool(k.config.get("hosted"))
+    event, length = (EVDOFORWARD, LONGEST) if hosted else (EVDL0, MAXNMSGLEN)
+    taker = (Taker(keep.epoch, keep.high, keep) if keep is not None else Taker()) \
+        if hosted else None
+
+    async def take(msg: NetMsg) -> None:
+        """One packet for another node, or a request to dlo."""
+        h = msg.head
+        if h.event == EVDL0 and h.node in (LOCAL, node_id):
+            await _request(k, msg, table, out, node_id)
+            return
+        h.flags &= ~(KTRY | DDLI | KTRACE)
+        try:
+            fr = DLFrame.from_nmsg(node_id, 0, h, msg.body)
+        except ValueError as e:
+            badlog.warn("frame", "dlo: a packet for node %d event %d dropped: %s",
+                        h.node, h.event, e)
+            return
+        give(h.dl_link, fr)
+
     try:
         while True:
             if out.busy():
@@ -162,9 +189,9 @@ async def dlo(k: IProc) -> None:
             if out.room() and not watches:
                 # one node, nothing in flight: a plain receive, no event
                 # sources (what lets a re-exec find dlo at rest)
-                got = await k.recv(EVDL0, 0, MAXNMSGLEN, KNMSG)
+                got = await k.recv(event, 0, length, KNMSG)
             elif out.room():
-                got = await k.wait(k.recv(EVDL0, 0, MAXNMSGLEN, KNMSG), *watches)
+                got = await k.wait(k.recv(event, 0, length, KNMSG), *watches)
             else:
                 got = await k.next_event(*watches)
             if isinstance(got, Event):
@@ -178,18 +205,18 @@ async def dlo(k: IProc) -> None:
                     _acks(sock, out, badlog)
                 continue
             msg = received(got)
-            h = msg.head
-            if h.event == EVDL0 and h.node in (LOCAL, node_id):
-                await _request(k, msg, table, out, node_id)
+            if taker is None:
+                await take(msg)
                 continue
-            h.flags &= ~(KTRY | DDLI | KTRACE)
             try:
-                fr = DLFrame.from_nmsg(node_id, 0, h, msg.body)
+                given = unpack(msg.head, msg.body, msg.ktype)
             except ValueError as e:
-                badlog.warn("frame", "dlo: a packet for node %d event %d dropped: %s",
-                            h.node, h.event, e)
+                badlog.warn("tag", "dlo: a message from doforward dropped: %s", e)
                 continue
-            give(h.dl_link, fr)
+            for counter, p in taker.new(given):
+                taker.begin(counter)
+                await take(NetMsg(p.head, p.body, p.ktype))
+                taker.took(counter)
     finally:
         if idle is not None:
             idle.cancel()

@@ -241,7 +241,10 @@ class _Service:
         self.row = row
         self.main = kb.main
         self.proc = ExternalProc(os.getpid(), self)
-        self.handle = IProc(kb.name, host, self.proc, dict(config))  # type: ignore[arg-type]
+        # "hosted": outside the kernel (dlo then takes its packets from the
+        # kernel's doforward)
+        self.handle = IProc(kb.name, host, self.proc,  # type: ignore[arg-type]
+                            dict(config, hosted=True))
         self.proc.iproc = self.handle
         self.coro: Any = None
         # the connection

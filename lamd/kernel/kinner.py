@@ -330,6 +330,9 @@ class KInner(KBase):
         to_rep = KReply(type=smsg.type, length=n, blktime=pto.blktime)
         from_rep = KReply(length=n, blktime=pfrom.blktime)
         if pfrom.internal:
+            # an internal sender learns who took its message (no LAM
+            # counterpart: doforward tells a new dlo by it)
+            from_rep.index = pto.pid
             hdr = pfrom.nmsg
             body = pfrom.body[:n]  # bytes, or a read-only view (IProc.try_send)
             if len(body) < n:

@@ -230,6 +230,8 @@ class IProc:
         """ksend(): blocks until a receiver takes the message; returns the reply.
 
         With KTRY the reply's ``reply`` field is EWOULDBLOCK if nobody waits.
+        Inside the kernel the reply's ``index`` is the pid of the process
+        that took the message (not in LAM: :mod:`lamd.iprocs.doforward`).
         """
         n = len(body) if length is None else length
         return KCall(KQSEND, KReq(req=KQSEND, msg=KMsg(event, type, n, flags)), body, nmsg)
