@@ -23,8 +23,9 @@ ours with the datalink inside the kernel process against ours with it in
 ``python3 -m lamd.datalink`` (tests/test_datalink_separate.py's tree),
 by hand ("separate") and with a ``NOTIFY_SOCKET`` ("kept": it keeps its
 state for a crash and gives dli's frames to the kernel's diforward, as
-under systemd), tping and the 64 B round trip, alternating rounds; to
-``bench/results/multinode-hop.json``.
+under systemd; with dlo outside, both separate kinds take their packets
+from the kernel's doforward), tping, the 64 B round trip and 256 KiB
+throughput, alternating rounds; to ``bench/results/multinode-hop.json``.
 
 Ours is the source tree's daemon (``lamd.launch`` without site.py in a LAM prefix tree, as
 tests/test_multinode.py builds it), on every node.
@@ -289,7 +290,7 @@ def hop(args: argparse.Namespace) -> int:
     """``--hop``: ours, the datalink in the kernel process ("inside") or in
     python3 -m lamd.datalink ("separate"), alternating rounds, medians."""
     rounds = 1 if args.quick else args.rounds
-    n_ping, n_rt = (200, 400) if args.quick else (1000, 2000)
+    n_ping, n_rt, n_bw = (200, 400, 20) if args.quick else (1000, 2000, 100)
     pkgdir = lamenv.copy_package()
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
@@ -305,14 +306,16 @@ def hop(args: argparse.Namespace) -> int:
                     with Universe(c, kind, trees[kind]):
                         time.sleep(0.5)  # the separate datalink gives the router the universe
                         for key, v in (("tping_us", tping(c, n_ping)),
-                                       ("nsend64_rt_us", nsend_rt(c, nb, n_rt))):
+                                       ("nsend64_rt_us", nsend_rt(c, nb, n_rt)),
+                                       ("nsend256k_MBps", nsend_bw(c, nb, n_bw))):
                             raw[kind].setdefault(key, []).append(v)
                             log(f"{kind:8} {key}: {v} (notify messages so far: {sink.count})")
     finally:
         shutil.rmtree(pkgdir, ignore_errors=True)
     rows = []
     for key, label in (("tping_us", "tping -d 0 n1 from n0, mean round trip (us)"),
-                       ("nsend64_rt_us", "nsend/nrecv 64 B round trip n0<->n1, median (us)")):
+                       ("nsend64_rt_us", "nsend/nrecv 64 B round trip n0<->n1, median (us)"),
+                       ("nsend256k_MBps", "nsend 256 KiB n0->n1, throughput (MB/s)")):
         i, s, k = (statistics.median(raw[kind][key]) for kind in kinds)
         rows.append({"metric": key, "label": label, "inside": i, "separate": s, "kept": k,
                      "ratio": s / i, "kept_ratio": k / i})

@@ -24,6 +24,7 @@ import os
 import signal
 import tempfile
 import threading
+import time
 from typing import Any, Iterator
 
 import pytest
@@ -105,28 +106,52 @@ def test_the_row_is_booted_only_with_dlo_outside():
     assert booted_rows(["dlo_inet"]) == len(names) == len(BOOT_TABLE)
 
 
-def test_a_packet_comes_again_until_one_process_took_two_in_a_row(world):
-    dlo = world.client()
-    t = sending(world, [1, 2])
-    epoch, c1, got1 = take(dlo)
+def exchange(w: World, sender: Any, dlo: Any, n: int,
+             pause: float = 0.0) -> tuple[int, int, list]:
+    """*dlo* waits for a message, *pause* s later packet *n* is sent; what
+    dlo gets."""
+    got: list[Any] = []
+    t = threading.Thread(target=lambda: got.append(take(dlo)), daemon=True)
+    t.start()
+    assert wait_until(lambda: blocked_on(w.kernel, EVDOFORWARD) == 1, TIMEOUT)
+    time.sleep(pause)
+    h, b = packet(n)
+    sender.send(EVDL0, DLUSR, b, KNMSG, nmsg=h)
+    t.join(TIMEOUT)
+    assert got, "dlo got nothing"
+    return got[0]
+
+
+def test_a_dlo_that_asks_for_more_has_kept_what_it_took(world):
+    """The process that took the last message waits for the next: it kept
+    it, so the next comes alone, and nothing is given again after the burst."""
+    dlo, sender = world.client(), world.client()
+    epoch, c1, got1 = exchange(world, sender, dlo, 1)
     assert c1 == 1 and got1 == [p(1)]
-    # the first taker is not known to have kept packet 1: it comes again
+    assert exchange(world, sender, dlo, 2) == (epoch, 2, [p(2)])
+    # dlo waits past REPEAT: nothing again, the next packet comes alone
+    assert exchange(world, sender, dlo, 3, pause=3 * dof.REPEAT) == (epoch, 3, [p(3)])
+
+
+def test_a_packet_given_before_its_taker_asks_for_more_comes_again(world, monkeypatch):
+    """Packet 1 taken; packet 2 given before dlo waits again: 1 comes again
+    with it (dlo may have died with 1 not kept); REPEAT s after 1, dlo not
+    waiting, 2 comes again alone; then dlo waits past REPEAT: nothing again."""
+    monkeypatch.setattr(dof, "REPEAT", 2.0)   # (not before packet 2 is given)
+    dlo, sender = world.client(), world.client()
+    epoch, _, got1 = exchange(world, sender, dlo, 1)
+    assert got1 == [p(1)]
+    h, b = packet(2)
+    sender.send(EVDL0, DLUSR, b, KNMSG, nmsg=h)   # doforward has it; nobody waits
     assert take(dlo) == (epoch, 2, [p(1), p(2)])
-    t.join(TIMEOUT)
-    # the same process took both: 1 is kept; 2 again, alone, REPEAT s later
+    time.sleep(dof.REPEAT + 0.5)
     assert take(dlo) == (epoch, 2, [p(2)])
-    # taken by the same process again: nothing is unsure, nothing more comes
-    assert wait_until(lambda: blocked_on(world.kernel, EVDL0) == 1, TIMEOUT)
-    t = sending(world, [3])
-    assert take(dlo) == (epoch, 3, [p(3)])
-    t.join(TIMEOUT)
-    assert take(dlo) == (epoch, 3, [p(3)])
+    assert exchange(world, sender, dlo, 3, pause=dof.REPEAT + 0.5) == (epoch, 3, [p(3)])
 
 
 def test_a_packet_a_dead_dlo_did_not_keep_reaches_the_next(world):
     """A dlo (a process of its own) dies right after it read packet 1,
-    before keeping it: the next dlo gets it again, alone after the burst,
-    and with the next packet until it has taken two messages."""
+    before keeping it: the next dlo gets it again."""
     async def dier(k: Any) -> None:
         await k.recv(EVDOFORWARD, 0, LONGEST, KNMSG)
         os._exit(0)
@@ -134,18 +159,16 @@ def test_a_packet_a_dead_dlo_did_not_keep_reaches_the_next(world):
     pid = forked_host(world, dier)
     try:
         assert wait_until(lambda: blocked_on(world.kernel, EVDOFORWARD) == 1, TIMEOUT)
-        t = sending(world, [1])
+        sender = world.client()
+        h, b = packet(1)
+        sender.send(EVDL0, DLUSR, b, KNMSG, nmsg=h)
         _, st = os.waitpid(pid, 0)
         pid = 0
         assert os.waitstatus_to_exitcode(st) == 0
-        t.join(TIMEOUT)
         nxt = world.client()
         epoch, c, got = take(nxt)
         assert c == 1 and got == [p(1)]
-        t = sending(world, [2])
-        assert take(nxt) == (epoch, 2, [p(1), p(2)])
-        t.join(TIMEOUT)
-        assert take(nxt) == (epoch, 2, [p(2)])
+        assert exchange(world, sender, nxt, 2) == (epoch, 2, [p(2)])
     finally:
         if pid:
             os.kill(pid, signal.SIGKILL)
@@ -244,8 +267,9 @@ def run_protocol(n: int, script: list[int], keeping: bool, giver: type = Giver) 
         inflight: tuple[bytes, NMsg] | None = None   # written to dlo's connection
         nxt = 0
 
-        def give() -> None:
+        def give(observed: bool) -> None:
             nonlocal nxt, inflight
+            g.waiting(pid if observed else -1)
             h, b = packet(nxt)
             q = Packet(NMsg(dl_event=EVDL0, dl_link=1, node=1, event=EVX, type=nxt,
                             length=len(b)), b, DLUSR)
@@ -253,29 +277,36 @@ def run_protocol(n: int, script: list[int], keeping: bool, giver: type = Giver) 
             g.taken(pid, True)                       # the live dlo's receive took it
             nxt += 1
 
-        def again() -> None:
+        def again(observed: bool) -> None:
             nonlocal inflight
+            g.waiting(pid if observed else -1)
+            if not g.unsure:
+                return
             last, body = g.again()
             inflight = (body, last.head)
             g.taken(pid, False)
 
+        # ops: 0-3 a packet given (0, 1: dlo seen waiting; 2, 3: its receive
+        # not yet there), 4-5 the repeat timer (seen waiting or not), 6-7 dlo
+        # takes what it was given, 8 dlo dies with it not kept, 9-11 dlo
+        # dies while taking it (after 0, 1 or 2 steps)
         for op in script:
             if inflight is None and op <= 3 and nxt < n and not g.full():
-                give()
-            elif inflight is None and (op == 4 or g.full()) and g.unsure:
-                again()
-            elif inflight is not None and op <= 5:
+                give(op <= 1)
+            elif inflight is None and (op in (4, 5) or g.full()) and g.unsure:
+                again(op != 5)
+            elif inflight is not None and op <= 7:
                 body, head = inflight
                 inflight = None
                 dlo.take(body, head)
-            elif op == 6:                  # dies with what is in flight not kept
+            elif op == 8:
                 inflight = None
                 dlo.crash()
                 pid += 1
-            elif inflight is not None and op >= 7:   # dies while taking it
+            elif inflight is not None and op >= 9:
                 body, head = inflight
                 inflight = None
-                dlo.take(body, head, steps=op - 7)
+                dlo.take(body, head, steps=op - 9)
                 dlo.crash()
                 pid += 1
         # the rest, with no more crashes: the repeats settle it
@@ -285,9 +316,9 @@ def run_protocol(n: int, script: list[int], keeping: bool, giver: type = Giver) 
                 inflight = None
                 dlo.take(body, head)
             elif nxt < n and not g.full():
-                give()
+                give(False)
             elif g.unsure:
-                again()
+                again(False)
             else:
                 break
         assert not g.unsure and nxt == n
@@ -297,7 +328,7 @@ def run_protocol(n: int, script: list[int], keeping: bool, giver: type = Giver) 
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n=st.integers(1, 20), script=st.lists(st.integers(0, 10), max_size=120))
+@given(n=st.integers(1, 20), script=st.lists(st.integers(0, 11), max_size=120))
 def test_crashes_of_dlo_lose_no_packet_and_repeat_none(n, script):
     assert run_protocol(n, script, keeping=True) == list(range(n))
 
@@ -305,7 +336,7 @@ def test_crashes_of_dlo_lose_no_packet_and_repeat_none(n, script):
 def test_without_the_counters_kept_a_crash_repeats_packets():
     """The same protocol, dlo's counters not kept: the check above catches
     it (a packet given again with the next one is made a frame twice)."""
-    script = [0, 5, 0, 8, 0, 5]
+    script = [2, 6, 2, 10, 2, 6]
     assert run_protocol(3, script, keeping=True) == [0, 1, 2]
     assert run_protocol(3, script, keeping=False) != [0, 1, 2]
 
@@ -319,9 +350,24 @@ class Trusting(Giver):
 
 
 def test_without_the_unsure_packets_given_again_a_crash_loses_packets():
-    script = [0, 6, 0, 5]        # dlo dies with packet 0 read, not kept
+    script = [0, 8, 0, 6]        # dlo dies with packet 0 read, not kept
     assert run_protocol(2, script, keeping=True) == [0, 1]
     assert run_protocol(2, script, keeping=True, giver=Trusting) == [1]
+
+
+class Careless(Giver):
+    """A doforward that takes any dlo waiting for more for the one that took
+    the last packet."""
+
+    def waiting(self, pid: int) -> None:
+        if pid != -1:
+            self.unsure = []
+
+
+def test_a_new_dlo_waiting_is_not_taken_for_the_dead_one():
+    script = [0, 8, 0, 6]        # the next dlo waits when packet 1 is given
+    assert run_protocol(2, script, keeping=True) == [0, 1]
+    assert run_protocol(2, script, keeping=True, giver=Careless) == [1]
 
 
 def test_the_counter_is_kept_with_the_frame():

@@ -11,17 +11,19 @@ place on ``EVDL0``. It gives the packets to dlo on :data:`EVDOFORWARD`,
 tagged, and keeps those it does not know taken:
 
 * dlo takes one message at a time and keeps what it took before it asks
-  for the next, so when the process that takes a message is the one that
-  took the one before (the send's reply names it), everything before is
-  taken; only the packets of the last message, and of every message
-  since the taker changed, are in doubt (*unsure*);
-* every message carries the unsure packets again before its own (the tag,
-  then each one's header and body, then its body), so the next packet
-  brings a lost one to the next dlo;
-* :data:`REPEAT` seconds after a message, while packets are unsure, the
-  last one is given again, alone with the others unsure: a packet lost at
-  the end of a burst reaches the next dlo without waiting for more traffic
-  (and when the same process takes it, nothing is unsure any more);
+  for the next. So when the process that took the last message (the
+  send's reply names it) waits for the next one, or takes it, everything
+  before is kept; only the packets since then are in doubt (*unsure*):
+  the last one given, and one more for each dlo that died with a message
+  it had not kept;
+* a message carries the unsure packets again before its own (the tag,
+  then each one's header and body, then its body) unless the process that
+  took the last one is the one waiting for it, so the next packet brings a
+  lost one to the next dlo;
+* :data:`REPEAT` seconds after a message, unless the process that took it
+  waits for more, the unsure packets are given again: a packet lost at the
+  end of a burst reaches the next dlo without waiting for more traffic
+  (and when the same process takes them, nothing is unsure any more);
 * the tag holds an *epoch* (random, one per boot of this process: a kernel
   started again after a crash counts anew) and the packet's counter. dlo
   takes a packet only if its counter is above the highest it took in that
@@ -189,6 +191,12 @@ class Giver:
         last = self.unsure[-1]
         return last, pack(self.epoch, self.counter, self.unsure[:-1], last.body)
 
+    def waiting(self, pid: int) -> None:
+        """Process *pid* waits for the next message (-1: none waits): if it
+        took the last one, it has kept everything."""
+        if pid == self.taker and pid != -1:
+            self.unsure = []
+
     def taken(self, pid: int, new: bool) -> None:
         """Process *pid* took the message (*new*: a new packet's, else
         :meth:`again`'s)."""
@@ -231,12 +239,16 @@ async def doforward(k: IProc) -> None:
             got = await k.wait(k.recv(EVDL0, 0, MAXNMSGLEN, KNMSG), timer)
         if got is None or isinstance(got, Event):
             timer = None
+            g.waiting(k.receiver(EVDOFORWARD, 0))
+            if not g.unsure:   # the dlo that took them asks for more: all kept
+                continue
             last, body = g.again()
             rep = await k.send(EVDOFORWARD, last.ktype, body, KNMSG,
                                nmsg=NMsg.unpack(last.head.pack()))
             g.taken(rep.index, False)
         else:
             head = got.nmsg if got.nmsg is not None else NMsg()
+            g.waiting(k.receiver(EVDOFORWARD, got.type))
             rep = await k.send(EVDOFORWARD, got.type,
                                g.give(Packet(NMsg.unpack(head.pack()), bytes(got.body), got.type)),
                                KNMSG, nmsg=head)

@@ -190,6 +190,12 @@ class KInner(KBase):
         p = self.pblock.find(KSSEND if req == KQRECV else KSRECV, msg)
         return p is not None and not (p.msg.flags & KPROBE)
 
+    def kreceiver(self, msg: KMsg) -> int:
+        """The pid of the process a send of *msg* would meet now, -1 if none
+        (not in LAM: :mod:`lamd.iprocs.doforward`)."""
+        p = self.pblock.find(KSRECV, msg)
+        return p.pid if p is not None and not (p.msg.flags & KPROBE) else -1
+
     def _bad_lengths(self, req: KReq) -> str:
         for m in (req.msg, req.msg2) if req.req == KQSR else (req.msg,):
             if m.length < 0 or m.length > self.max_msg_len:

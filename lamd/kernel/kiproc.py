@@ -270,6 +270,13 @@ class IProc:
         assert self.kernel is not None
         return self.kernel.ksync(msg, req)
 
+    def receiver(self, event: int, type: int) -> int:
+        """Inside the kernel: the pid of the process a send on *event* and
+        *type* would meet now, -1 if none (not in LAM:
+        :mod:`lamd.iprocs.doforward`)."""
+        assert self.kernel is not None
+        return self.kernel.kreceiver(KMsg(event, type, 0, 0))
+
     # -- event sources -----------------------------------------------------
     def timer(self, seconds: float) -> Watch:
         """A timer that fires once after *seconds* (LAM's kio_to)."""
