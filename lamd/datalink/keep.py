@@ -62,7 +62,7 @@ MAGIC = b"LAMDDLK2"
 #: epoch last taken from and the highest counter taken in it
 HEAD = struct.Struct("=8sIIIIIQQ")
 #: where the epoch and the counter are in the head
-HEAD_TAKEN = 28
+HEAD_TAKEN = HEAD.size - 16
 UNIVERSE = struct.Struct("=iiiiII")
 LINKREC = struct.Struct("=iii")
 #: used, link, sequence number, length; the epoch and counter of the packet
@@ -343,7 +343,6 @@ class LinkKeep(Keeper):
             self.rewrite()
         elif self.mm is not None:
             struct.pack_into("=i", self.mm, off + 8, seq)
-
 
     # -- doforward's counters (lamd.iprocs.doforward.Taker) ----------------
     def new_epoch(self, epoch: int) -> None:
