@@ -40,6 +40,7 @@ from lamd.iprocs.doforward import (
 )
 from lamd.iprocs.nreq import DLUSR
 from lamd.kernel.constants import EVDL0, KNMSG, LAM_BASE_EVENT
+from lamd.kernel.kiproc import IPROC_PID_BASE
 from lamd.kernel.wire import NMsg
 
 from .test_datalink_keep import B_DLI, Store, universe
@@ -171,6 +172,43 @@ def test_a_packet_a_dead_dlo_did_not_keep_reaches_the_next(world):
         assert exchange(world, sender, nxt, 2) == (epoch, 2, [p(2)])
     finally:
         if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def test_at_the_bound_the_unsure_packets_go_before_anything_new(world, monkeypatch):
+    """Two dlos in a row die with a message not kept (the bound set to 2):
+    doforward gives both unsure packets again at once, until one process
+    has taken them twice; then it is at rest (a plain receive, no timer
+    left, nothing queued: what a re-exec needs)."""
+    monkeypatch.setattr(dof, "MAXUNSURE", 2)
+    monkeypatch.setattr(dof, "REPEAT", 30.0)   # only the bound gives again here
+
+    async def dier(k: Any) -> None:
+        await k.recv(EVDOFORWARD, 0, LONGEST, KNMSG)
+        os._exit(0)
+
+    sender = world.client()
+    pids = []
+    try:
+        for n in (1, 2):
+            pids.append(forked_host(world, dier))
+            assert wait_until(lambda: blocked_on(world.kernel, EVDOFORWARD) == 1, TIMEOUT)
+            h, b = packet(n)
+            sender.send(EVDL0, DLUSR, b, KNMSG, nmsg=h)
+            _, st = os.waitpid(pids[-1], 0)
+            pids.pop()
+            assert os.waitstatus_to_exitcode(st) == 0
+        nxt = world.client()
+        epoch, c, got = take(nxt)
+        assert c == 2 and got == [p(1), p(2)]
+        assert take(nxt) == (epoch, 2, [p(1), p(2)])   # the same taker twice: kept
+        proc = world.kernel.kpfind(IPROC_PID_BASE + DOFORWARD.row)
+        assert wait_until(lambda: blocked_on(world.kernel, EVDL0) == 1, TIMEOUT)
+        assert not proc.watches and not proc.mailbox
+        assert exchange(world, sender, nxt, 3) == (epoch, 3, [p(3)])
+    finally:
+        for pid in pids:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
 

@@ -238,6 +238,8 @@ async def doforward(k: IProc) -> None:
         else:
             got = await k.wait(k.recv(EVDL0, 0, MAXNMSGLEN, KNMSG), timer)
         if got is None or isinstance(got, Event):
+            if got is None and timer is not None:
+                timer.cancel()   # (at the bound: given again at once)
             timer = None
             g.waiting(k.receiver(EVDOFORWARD, 0))
             if not g.unsure:   # the dlo that took them asks for more: all kept
