@@ -20,6 +20,10 @@ few repeats is stable:
   the daemon boots it), written as liblam writes them;
 * ``io-1MiB``: the same as ``io`` for a 1 MiB body (moved through the bounded buffer
   in several turns);
+* ``dlo-direct``, ``dlo-doforward``: the loop's work per 64 B packet for
+  another node from a client's ``nsend`` to a dlo outside the kernel,
+  straight to its receive on EVDL0 or through the kernel's doforward
+  (issue 11);
 * ``io-crash``: ``io`` with the crash state on (issue 12: the records of
   :mod:`lamd.kernelio.fdstore` kept as under systemd, a store that keeps
   nothing standing in for systemd's).
@@ -217,7 +221,8 @@ class _Harness:
     """A :class:`KernelIO` on a Unix socket in this process, and blocking-style
     clients whose waits turn the daemon's loop; only the loop's turns are timed."""
 
-    def __init__(self, boot: bool = False) -> None:
+    def __init__(self, boot: bool = False, external: tuple[str, ...] = (),
+                 without: tuple[str, ...] = ()) -> None:
         import tempfile
 
         from lamd.kernel import Kernel
@@ -233,7 +238,8 @@ class _Harness:
             from lamd.iprocs import boot_table, with_stubs, JOB_SERVICES
 
             cfg: dict = {"node_addr": "192.0.2.2", "node_id": 0}
-            self.io.boot(with_stubs(boot_table(cfg), JOB_SERVICES), cfg)
+            table = [kb for kb in boot_table(cfg, external) if kb.name not in without]
+            self.io.boot(with_stubs(table, JOB_SERVICES), cfg)
         self.spent = 0.0
         self.poll = getattr(self.io, "poll_once", self.io.loop.poll)  # KernelIO.run's dispatch
 
@@ -380,6 +386,51 @@ def bench_routed(n: int, size: int = 64) -> float:
     return per
 
 
+def bench_dlo(n: int, doforward: bool, size: int = 64) -> float:
+    """µs of the daemon's loop per packet for another node, from a client's
+    ``nsend`` (KQSEND to EVDL0 with the header) to a dlo outside the kernel
+    (a client, its receive posted first): through the kernel's doforward
+    (issue 11: tagged, the dlo seen waiting) or, without it, straight to
+    dlo's receive on EVDL0 (what a separate dlo did before doforward)."""
+    from lamd.iprocs.doforward import EVDOFORWARD, LONGEST, TAG
+    from lamd.iprocs.nreq import DLUSR
+    from lamd.kernel.constants import EVDL0, KNMSG, KQRECV, KQSEND, PRCMD
+    from lamd.kernel.wire import KREPLY_SIZE, NMSG_SIZE, KMsg, KReply, KReq, NMsg
+
+    h = _Harness(boot=True, external=("dlo_inet",), without=() if doforward else ("doforward",))
+    (a, ia), (b, ib) = h.attach(PRCMD), h.attach(PRCMD)
+    pid = os.getpid()
+    payload = bytes(size)
+    hdr = NMsg(dl_event=EVDL0, dl_link=1, node=1, event=1000, type=1, length=size).pack()
+    ev, want = (EVDOFORWARD, TAG.size + size) if doforward else (EVDL0, size)
+    send_req = KReq(req=KQSEND, index=ia, pid=pid, msg=KMsg(EVDL0, DLUSR, size, KNMSG)).pack()
+    recv_req = KReq(req=KQRECV, index=ib, pid=pid, msg=KMsg(ev, 0, LONGEST, KNMSG)).pack()
+
+    def one() -> None:
+        b.sendall(recv_req)
+        rep = h.call(a, send_req)
+        assert rep.reply == 0, rep
+        a.setblocking(True)
+        a.sendall(hdr + payload)
+        a.setblocking(False)
+        rep = KReply.unpack(h.read(b, KREPLY_SIZE))
+        assert rep.reply == 0 and rep.length == want, rep
+        h.read(b, NMSG_SIZE + want)
+
+    for _ in range(20):
+        one()
+    per = float("inf")
+    for _ in range(5):
+        h.spent = 0.0
+        for _ in range(n // 5):
+            one()
+        per = min(per, h.spent / (n // 5) * 1e6)
+    a.close()
+    b.close()
+    h.close()
+    return per
+
+
 def child(case: str) -> None:
     import lamd._pure as pure
 
@@ -399,12 +450,14 @@ def child(case: str) -> None:
         v = bench_routed(5000)
     elif case == "io-crash":
         v = bench_io(5000, 64, crash=True)
+    elif case in ("dlo-direct", "dlo-doforward"):
+        v = bench_dlo(5000, case == "dlo-doforward")
     else:
         v = bench_io(100, 1 << 20)
     print(json.dumps({"case": case, "compiled": pure.compiled(), "us": v}))
 
 
-CASES = ("kernel", "io", "attach", "routed", "io-crash", "io-1MiB")
+CASES = ("kernel", "io", "attach", "routed", "io-crash", "io-1MiB", "dlo-direct", "dlo-doforward")
 
 
 def _run(tree: str, case: str, pure: str) -> dict:

@@ -49,11 +49,13 @@ import struct
 from dataclasses import dataclass
 
 from ..kernel.constants import EVDL0, KNMSG, LAM_BASE_EVENT, MAXNMSGLEN
-from ..kernel.kiproc import Event, IProc
+from ..kernel.kiproc import Event, IProc, Watch
 from ..kernel.wire import NMSG_SIZE, NMsg
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..datalink.keep import LinkKeep
 
 log = logging.getLogger("lamd.iprocs.doforward")
@@ -207,6 +209,10 @@ class Giver:
     def full(self) -> bool:
         return len(self.unsure) >= MAXUNSURE
 
+    def packed(self) -> bytes:
+        """What crosses a re-exec (``IProc.carry``)."""
+        return pack_carry(self)
+
 
 def pack_carry(g: Giver) -> bytes:
     return b"".join([TAG.pack(g.epoch, g.counter, len(g.unsure))]
@@ -227,8 +233,9 @@ async def doforward(k: IProc) -> None:
     """Give dlo every packet for another node; the unsure ones again."""
     g = unpack_carry(k.restored) if k.restored else \
         Giver(int.from_bytes(os.urandom(8), "little") or 1)
-    k.carry = lambda: pack_carry(g)
-    timer = None
+    k.carry = g.packed
+    timer: Watch | None = None
+    got: Any = None
     while True:
         if g.full():
             got = None
@@ -246,14 +253,14 @@ async def doforward(k: IProc) -> None:
                 continue
             last, body = g.again()
             rep = await k.send(EVDOFORWARD, last.ktype, body, KNMSG,
-                               nmsg=NMsg.unpack(last.head.pack()))
+                               nmsg=last.head)
             g.taken(rep.index, False)
         else:
+            # (the header is this process's: the kernel packs it for dlo)
             head = got.nmsg if got.nmsg is not None else NMsg()
             g.waiting(k.receiver(EVDOFORWARD, got.type))
             rep = await k.send(EVDOFORWARD, got.type,
-                               g.give(Packet(NMsg.unpack(head.pack()), bytes(got.body), got.type)),
-                               KNMSG, nmsg=head)
+                               g.give(Packet(head, got.body, got.type)), KNMSG, nmsg=head)
             g.taken(rep.index, True)
         if g.unsure and timer is None:
             timer = k.timer(REPEAT)
