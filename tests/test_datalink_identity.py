@@ -20,8 +20,7 @@ from lamd.datalink import handoff
 from lamd.datalink.process import announce, read_request, withdraw
 from lamd.iprocs.nreq import LOCAL, NOBUF, NT_ME, NT_ORIGIN, data_words
 from lamd.iprocs.router import (
-    RQBOOTING, RQGETNODES, RQREMROUTE, RQSETROUTES, RQSETSMART, RQWAITNODE, Route, RouteTable,
-    sync_identity,
+    RQGETNODES, RQREMROUTE, RQSETROUTES, RQWAITNODE, Route, RouteTable, sync_identity,
 )
 from lamd.iprocs.nreq import Identity
 from lamd.kernel.constants import EVDL0, EVECHOD, EVHALTD, EVROUTER, KNMSG, NOTEVENT
@@ -95,102 +94,6 @@ def test_initrouter_from_a_client_makes_this_node_n1_for_every_process():
     c.nsend(LOCAL, EVROUTER, 0, data=(-4100, RQREMROUTE, 2), flags=NOBUF)
     _, _, body = c.dsfr(rreq(4100, RQGETNODES), -4100, 64)
     assert sorted(struct.unpack(f"<{len(body) // 4}i", body)) == [0, 1]
-
-
-def ask_nodes(c) -> None:
-    """A tool's getnodes(): the send half of its dsfr to the router; the
-    answer comes on -pid (maybe later)."""
-    req = rreq(c.pid, RQGETNODES)
-    c.ksr(KMsg(EVROUTER, req.type, 0, KNMSG | req.flags), b"", req, KMsg(-c.pid, 0, 64, KNMSG))
-    assert c.front().reply == 0
-
-
-def hold_timers(w) -> list:
-    return [t for t in w.watching("timer") if t.arg == 60]
-
-
-def nodes_of(body: bytes) -> list[int]:
-    return sorted(struct.unpack(f"<{len(body) // 4}i", body))
-
-
-def test_while_a_boot_is_under_way_the_router_holds_the_others_questions():
-    """A separate datalink process announces a boot (RQBOOTING) before it
-    calls lamboot back: a tool asking the router for the nodes meanwhile
-    gets its answer once the universe is set (initrouter's RQSETSMART), not
-    the one-node table of before; the booting process's own questions are
-    answered at once. Differs from the C lamd on purpose: its kernel does
-    not serve before its boot is over (a tool cannot even connect), ours
-    does (the kernel under systemd is up before lamboot runs)."""
-    cfg = {"node_addr": ADDR}
-    w = World(boot_table(cfg), cfg)
-    dl, tool = w.client("dl", 4100), w.client("tool", 4300)
-    dl.nsend(LOCAL, EVROUTER, 0, data=(-4100, RQBOOTING, 60), flags=NOBUF)
-    assert len(hold_timers(w)) == 1                           # the hold's bound
-    ask_nodes(tool)
-    assert tool.blocked()
-    _, _, body = dl.dsfr(rreq(4100, RQGETNODES), -4100, 64)   # initrouter's: at once
-    assert nodes_of(body) == [0]
-    set_routes(dl, [UNIVERSE[0], UNIVERSE[2]])
-    set_routes(dl, [UNIVERSE[1]])
-    assert tool.blocked()
-    dl.nsend(LOCAL, EVROUTER, 0, data=(-4100, RQSETSMART), flags=NOBUF)
-    assert not tool.blocked()
-    _, _, body = tool.packet()
-    assert nodes_of(body) == [0, 1, 2]
-    assert hold_timers(w) == []
-    ask_nodes(tool)                                           # and no hold after
-    assert nodes_of(tool.packet()[2]) == [0, 1, 2]
-
-
-def test_a_boot_that_fails_or_takes_too_long_holds_nothing_more():
-    cfg = {"node_addr": ADDR}
-    w = World(boot_table(cfg), cfg)
-    dl, tool = w.client("dl", 4100), w.client("tool", 4300)
-    dl.nsend(LOCAL, EVROUTER, 0, data=(-4100, RQBOOTING, 60), flags=NOBUF)
-    ask_nodes(tool)
-    assert tool.blocked()
-    (t,) = hold_timers(w)
-    w.fire(t.id)                                 # the time is up: answered as it is
-    assert nodes_of(tool.packet()[2]) == [0]
-    dl.nsend(LOCAL, EVROUTER, 0, data=(-4100, RQBOOTING, 60), flags=NOBUF)
-    ask_nodes(tool)
-    assert tool.blocked()
-    dl.nsend(LOCAL, EVROUTER, 0, data=(-4100, RQBOOTING, -1), flags=NOBUF)   # failed
-    assert nodes_of(tool.packet()[2]) == [0]
-    assert hold_timers(w) == []
-
-
-def test_the_datalink_process_holds_the_router_over_the_socket(tmp_path):
-    """hold_router, as the datalink process calls it before lamboot's
-    callback (another process: the booting one's own questions are not
-    held), against the real kernel: a getnodes waits until the hold's time
-    is up; after a hold ended by -1 (a failed boot) it is answered at once."""
-    from .test_separate import World as KWorld
-
-    w = KWorld(str(tmp_path), [])
-    try:
-        def hold(seconds: int) -> None:
-            subprocess.run([sys.executable, "-c", "import sys; from lamd.datalink.process "
-                            "import hold_router; hold_router(sys.argv[1], int(sys.argv[2]))",
-                            w.path, str(seconds)], check=True, timeout=30,
-                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-        def getnodes() -> tuple[list[int], float]:
-            c = w.client()
-            t = time.monotonic()
-            m = c.sr(EVROUTER, 2, b"", -os.getpid(), 0, 64, KNMSG | NOBUF, KNMSG,
-                     nmsg=rreq(os.getpid(), RQGETNODES))
-            return nodes_of(m.body), time.monotonic() - t
-
-        hold(2)
-        nodes, took = getnodes()
-        assert nodes == [0] and took > 1.0, took
-        hold(60)
-        hold(-1)
-        nodes, took = getnodes()
-        assert nodes == [0] and took < 1.0, took
-    finally:
-        w.close()
 
 
 def test_request_format_round_trip():

@@ -23,10 +23,7 @@ and of the jobs process, serving the very coroutines of :mod:`lamd.iprocs.dli`,
    sure the kernel does not run the datalink itself (one started before the
    announcement: then nothing is done, and the status says to halt it).
 3. **The boot callback** (:func:`lamd.boot.agent.boot_agent`): the node's
-   coordinates to lamboot, the universe back. Before it the router is told
-   a boot is under way (:func:`hold_router`): it holds the other
-   processes' questions until step 4's ``initrouter``, so that no tool
-   started the instant lamboot returns sees the one-node table.
+   coordinates to lamboot, the universe back.
 4. **Serve.** dli first gives the kernel's router the universe (LAM's
    ``initrouter``: ``RQSETROUTES``; the router's ``NT_ME`` entry makes the
    node id every process of the kernel and the jobs process uses), then
@@ -160,25 +157,6 @@ def kernel_datalink(path: str, timeout: float = 10.0) -> list[str]:
     return inside
 
 
-def hold_router(path: str, seconds: float, timeout: float = 10.0) -> None:
-    """Tell the kernel's router at *path* that a boot is under way for at
-    most *seconds* (:data:`lamd.iprocs.router.RQBOOTING`; a negative value:
-    it is over): until this process's ``initrouter`` it holds other
-    processes' questions, so that none sees the table of before the
-    universe. Returns once the router has the request. Raises OSError."""
-    from ..client import KernelClient
-    from ..iprocs.router import rqbooting
-    from ..kernel.constants import EVROUTER, KNMSG
-
-    head = rqbooting(-os.getpid(), int(seconds) if seconds >= 0 else -1)
-    with KernelClient.connect(path, timeout=timeout) as c:
-        c.attach()
-        try:
-            c.send(EVROUTER, 0, b"", KNMSG, nmsg=head)
-        finally:
-            c.detach()
-
-
 class DatalinkProcess:
     """One universe's datalink: announce, find the kernel, call lamboot
     back, serve. *say* gets the status lines (the datalink socket's client)."""
@@ -244,20 +222,11 @@ class DatalinkProcess:
             if kept is None:
                 assert self.boot is not None
                 try:
-                    # the router holds the others' questions until the universe
-                    hold_router(path, self.boot_timeout + 5)
-                except OSError as e:
-                    return self.fail(f"the kernel at {path}: {e}")
-                try:
                     booted = boot_agent(self.boot, timeout=self.boot_timeout,
                                         called_back=lambda c: (
                         self.say(f"{CALLED_BACK} n{c.node_id} boot port {c.boot_port} "
                                  f"datalink port {c.dli_port}")))
                 except BootError as e:
-                    try:
-                        hold_router(path, -1)   # no universe comes
-                    except OSError:
-                        pass   # (the hold ends with its time)
                     return self.fail(str(e))
                 universe = Universe(
                     booted.node_id, booted.origin, booted.dli_port, self.boot.fault_tolerant,

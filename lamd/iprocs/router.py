@@ -13,9 +13,7 @@ integrated lamd's ``rqgetrent``). Without lamboot the universe is one node, boot
 ``initrouter`` leaves behind after ``lamboot``): node 0 is this node and the
 origin (``NT_ME | NT_ORIGIN``), reached locally (``r_event == NOTEVENT``).
 ``RQSETROUTES``/``RQREMROUTE``/``RQSETSMART`` keep working on the table as
-LAM's do. Ours beside them: ``RQWAITNODE`` (answered when this node's id
-changes) and ``RQBOOTING`` (a separate datalink's boot under way: other
-processes' questions wait for its universe). Unknown nodes answer ``EBADNODE``; an unknown request code, which
+LAM's do. Unknown nodes answer ``EBADNODE``; an unknown request code, which
 makes LAM's router panic, answers ``EBADREQUEST``.
 
 Wire formats (``rreq.h``, native int4)::
@@ -39,11 +37,11 @@ from typing import Callable
 from ..kernel.constants import (
     EBADNODE, EBADREQUEST, EVROUTER, KNMSG, KTRY, MAXNMSGLEN, NOTEVENT,
 )
-from ..kernel.kiproc import Event, IProc, Watch
+from ..kernel.kiproc import IProc
 from ..kernel.wire import NMsg
 from .nreq import (
     DINT4MSG, LOCAL, NOBUF, NT_CAST, NT_ME, NT_ORIGIN, NOTNODEID, Identity, NetMsg,
-    data_words, dsend, nrecv, nsend, received,
+    data_words, dsend, nrecv, nsend,
 )
 
 log = logging.getLogger("lamd.iprocs.router")
@@ -64,21 +62,6 @@ RDUMB, RSMART = 1, 2
 RQWAITNODE = 64
 #: RQWAITNODE requests kept at once (the oldest go first)
 MAXWAITERS = 64
-#: Ours: "a boot is under way": a datalink process outside the kernel sends
-#: it before it calls lamboot back, with ``rq_nodeid`` the seconds it will
-#: wait for the universe (-1: the boot is over, it failed). Until that
-#: process's ``initrouter`` ends (``RQSETSMART``) or the time is up, the
-#: router answers every other process's questions (``RQGETROUTE``,
-#: ``RQGETNODES``, ``RQGETSMART``, ``RQGETNTYPE``) only then: a tool started
-#: the instant lamboot returns sees the universe, not the one-node table of
-#: before (with LAM's own lamd it could not connect before its boot was over).
-RQBOOTING = 65
-#: the longest hold (s), whatever the request says
-MAXHOLD = 900
-#: questions held at once; more are answered at once (a flood holds nothing)
-MAXHELD = 256
-#: the questions a hold delays
-HELD_REQUESTS = frozenset({RQGETROUTE, RQGETNODES, RQGETSMART, RQGETNTYPE})
 
 ROUTE = struct.Struct("<7i")
 
@@ -290,20 +273,8 @@ async def router(k: IProc) -> None:
     keep = k.config.get("keep_state")
     save = (functools.partial(_keep, keep, table, waiters) if keep is not None
             else (lambda: None))
-    hold: _Hold | None = None
-
-    async def release(why: str) -> None:
-        nonlocal hold
-        h, hold = hold, None
-        if h is None:
-            return
-        h.timer.cancel()
-        if h.held:
-            log.info("router: %s; %d questions held answered now", why, len(h.held))
-        for q in h.held:
-            await serve(q)
-
-    async def serve(req: NetMsg) -> None:
+    while True:
+        req = await nrecv(k, EVROUTER, 0, ROUTE.size * RNRENT, NOBUF)
         d = req.data
         if d[1] == RQWAITNODE:
             if ident.node_id != d[2]:
@@ -312,7 +283,7 @@ async def router(k: IProc) -> None:
             else:  # a separate process that restarts often leaves a few behind
                 waiters[:] = waiters[-(MAXWAITERS - 1):] + [(d[0], d[6])]
                 save()
-            return
+            continue
         out = answer(table, req)
         if d[1] in (RQSETROUTES, RQREMROUTE):
             changed = sync_identity(table, ident)
@@ -324,46 +295,9 @@ async def router(k: IProc) -> None:
                 await _reply(k, src_event, rreply(0, link=ident.node_id, link2=ident.origin),
                              type=typ)
         if out is None:
-            return
+            continue
         words, body = out
         await _reply(k, d[0], words, body)
-
-    while True:
-        if hold is None:
-            req = await nrecv(k, EVROUTER, 0, ROUTE.size * RNRENT, NOBUF)
-        else:
-            got = await k.wait(k.recv(EVROUTER, 0, ROUTE.size * RNRENT, KNMSG | NOBUF),
-                               hold.timer)
-            if isinstance(got, Event):
-                await release("the boot under way took too long")
-                continue
-            req = received(got)
-        d = req.data
-        if d[1] == RQBOOTING:
-            if hold is not None:
-                await release("another boot")
-            if d[2] >= 0:
-                hold = _Hold(d[0], k.timer(min(d[2], MAXHOLD)))
-            continue
-        if (hold is not None and d[0] != hold.src and d[1] in HELD_REQUESTS
-                and len(hold.held) < MAXHELD):
-            hold.held.append(req)
-            continue
-        await serve(req)
-        if d[1] == RQSETSMART and hold is not None and d[0] == hold.src:
-            await release("the universe is set")
-
-
-class _Hold:
-    """A boot under way (:data:`RQBOOTING`): who boots, until when, and the
-    questions held until it is over."""
-
-    __slots__ = ("src", "timer", "held")
-
-    def __init__(self, src: int, timer: Watch) -> None:
-        self.src = src
-        self.timer = timer
-        self.held: list[NetMsg] = []
 
 
 # ---------------------------------------------------------------------------
@@ -380,11 +314,6 @@ def _rreq(src_event: int, request: int, nodeid: int = 0, nrents: int = 0,
           nodetype: int = 0, typemask: int = 0) -> NMsg:
     return NMsg(dl_event=EVROUTER, node=LOCAL, event=EVROUTER, type=0, flags=NOBUF,
                 data=data_words(src_event, request, nodeid, nrents, 0, 0, nodetype, typemask))
-
-
-def rqbooting(src_event: int, seconds: int) -> NMsg:
-    """The :data:`RQBOOTING` request of a boot under way for *seconds* (-1: over)."""
-    return _rreq(src_event, RQBOOTING, nodeid=seconds)
 
 
 async def rrsetrents(k: IProc, routes: list[Route]) -> None:
@@ -460,8 +389,8 @@ async def nodeid_watch(k: IProc) -> None:
         known = node
 
 
-__all__ = ["router", "rqbooting", "rrsetrents", "rrremrent", "rrgetnodes", "initrouter", "wait_nodeid",
+__all__ = ["router", "rrsetrents", "rrremrent", "rrgetnodes", "initrouter", "wait_nodeid",
            "nodeid_watch",  "Route", "RouteTable", "local_route", "route_table", "answer",
            "RQGETROUTE", "RQGETNODES", "RQGETNTYPE", "RQSETROUTES",
-           "RQREMROUTE", "RQSETSMART", "RQGETSMART", "RQWAITNODE", "RQBOOTING", "RSMART", "RDUMB",
+           "RQREMROUTE", "RQSETSMART", "RQGETSMART", "RQWAITNODE", "RSMART", "RDUMB",
            "sync_identity"]
