@@ -212,6 +212,40 @@ def test_separate_datalink_universe(hosts3: Cluster, lamd_pkg, layout):
             c.hosts[0].run(["lamwipe", hf], timeout=60)
 
 
+def test_lamnodes_right_after_lamboot_sees_the_whole_universe(hosts3: Cluster, lamd_pkg):
+    """lamboot sends each node the universe and returns without waiting;
+    a node whose datalink is separate gives its router the universe a
+    moment later (LAM's own lamd cannot be asked before its boot is over:
+    a tool cannot connect to it yet). lamboot run on the node it boots
+    last, then lamnodes at once on that node, the widest window there is:
+    all three nodes are listed, because a LAM tool's start (exec, kattach,
+    rversion) takes longer than the datalink process's initrouter. A
+    router that held other processes' questions during a boot was built
+    and measured against this test (12 runs with and without it, all
+    listing the three nodes) and taken out again (ce54661): it guarded
+    nothing observable and would stall tools for the boot's timeout when a
+    boot fails."""
+    c = hosts3
+    sep = separate_tree(c, lamd_pkg)
+    order = [c.hosts[1], c.hosts[2], c.hosts[0]]   # the origin last
+    hf = c.work / "hostfile-last"
+    hf.write_text("".join(f"{h.name} prefix={sep}\n" for h in order))
+    hf.chmod(0o644)
+    halted = False
+    try:
+        cp = c.hosts[0].run(["sh", "-c", f"lamboot {hf} && exec lamnodes"], timeout=60)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        nodes = [ln.split(":")[0] for ln in cp.stdout.splitlines() if re.match(r"n\d+\t", ln)]
+        assert nodes == [f"n{i}\t{h.name}" for i, h in enumerate(order)], show(cp) + logs(c)
+        cp = c.hosts[0].run(["lamhalt"], timeout=30)
+        assert cp.returncode == 0, show(cp) + logs(c)
+        halted = True
+        assert gone(c.hosts) == {h.name: [] for h in c.hosts}, logs(c)
+    finally:
+        if not halted:
+            c.hosts[0].run(["lamwipe", hf], timeout=60)
+
+
 def test_separate_datalink_mpirun_lamwipe_and_boot_again(hosts3: Cluster, lamd_pkg):
     """mpirun across a sep node (n0, the origin) and a C lamd's (n1) on the
     default, TCP and lamd RPIs; lamwipe (stock tkill over ssh: the kill
