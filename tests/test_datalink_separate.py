@@ -221,8 +221,8 @@ def test_lamnodes_right_after_lamboot_sees_the_whole_universe(hosts3: Cluster, l
     all three nodes are listed, because a LAM tool's start (exec, kattach,
     rversion) takes longer than the datalink process's initrouter. A
     router that held other processes' questions during a boot was built
-    and measured against this test (12 runs with and without it, all
-    listing the three nodes) and taken out again (ce54661): it guarded
+    and measured against this test (2 runs with it, 4 without, all listing
+    the three nodes) and taken out again (ce54661): it guarded
     nothing observable and would stall tools for the boot's timeout when a
     boot fails."""
     c = hosts3
