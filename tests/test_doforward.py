@@ -150,7 +150,7 @@ def test_a_packet_given_before_its_taker_asks_for_more_comes_again(world, monkey
     assert exchange(world, sender, dlo, 3, pause=dof.REPEAT + 0.5) == (epoch, 3, [p(3)])
 
 
-def test_a_packet_a_dead_dlo_did_not_keep_reaches_the_next(world):
+def test_a_packet_a_dead_dlo_did_not_keep_reaches_the_next(world, caplog):
     """A dlo (a process of its own) dies right after it read packet 1,
     before keeping it: the next dlo gets it again."""
     async def dier(k: Any) -> None:
@@ -167,9 +167,12 @@ def test_a_packet_a_dead_dlo_did_not_keep_reaches_the_next(world):
         pid = 0
         assert os.waitstatus_to_exitcode(st) == 0
         nxt = world.client()
+        caplog.set_level("INFO", logger="lamd.iprocs.doforward")
         epoch, c, got = take(nxt)
         assert c == 1 and got == [p(1)]
         assert exchange(world, sender, nxt, 2) == (epoch, 2, [p(2)])
+        assert f"dlo is a new process (pid {os.getpid()}): given again what the one before " \
+            "may not have kept (1 packets)" in caplog.text
     finally:
         if pid:
             os.kill(pid, signal.SIGKILL)

@@ -32,8 +32,8 @@ tagged, and keeps those it does not know taken:
   taken once.
 
 At most :data:`MAXUNSURE` packets are unsure (each a dlo that died with a
-message unread); at that bound the last is given again at once until one
-process takes two messages in a row, before any new packet is taken.
+message unread); at that bound they are given again at once, until one
+process has taken them twice, before any new packet is taken.
 Nothing waits in both directions (dlo never sends to this process), so
 neither can block on the other; when dlo's window is full and it takes
 nothing, this process waits in its send and senders wait on ``EVDL0``, as
@@ -254,6 +254,9 @@ async def doforward(k: IProc) -> None:
             last, body = g.again()
             rep = await k.send(EVDOFORWARD, last.ktype, body, KNMSG,
                                nmsg=last.head)
+            if rep.index != g.taker and g.taker != -1:
+                log.info("doforward: dlo is a new process (pid %d): given again what the "
+                         "one before may not have kept (%d packets)", rep.index, len(g.unsure))
             g.taken(rep.index, False)
         else:
             # (the header is this process's: the kernel packs it for dlo)
