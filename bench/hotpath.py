@@ -293,6 +293,19 @@ class _Harness:
         assert rep.reply == 0, rep
         return s, rep.index
 
+    def best(self, step, n: int, msgs: int = 1) -> float:
+        """µs of the loop per message of *step* (which moves *msgs*): 20
+        steps to warm up, then the best of 5 batches of *n* // 5."""
+        for _ in range(20):
+            step()
+        per = float("inf")
+        for _ in range(5):
+            self.spent = 0.0
+            for _ in range(n // 5):
+                step()
+            per = min(per, self.spent / (msgs * (n // 5)) * 1e6)
+        return per
+
     def close(self) -> None:
         self.io.shutdown(unlink_socket=self.path)
         os.rmdir(self.dir)
@@ -370,16 +383,11 @@ def bench_routed(n: int, size: int = 64) -> float:
         nsend(src, isrc, event)
         packet(dst)
 
-    for _ in range(20):
+    def round_trip() -> None:
         one_way(a, ia, b, ib, 1000)
         one_way(b, ib, a, ia, 1001)
-    per = float("inf")
-    for _ in range(5):
-        h.spent = 0.0
-        for _ in range(n // 5):
-            one_way(a, ia, b, ib, 1000)
-            one_way(b, ib, a, ia, 1001)
-        per = min(per, h.spent / (2 * (n // 5)) * 1e6)
+
+    per = h.best(round_trip, n, msgs=2)
     a.close()
     b.close()
     h.close()
@@ -417,14 +425,7 @@ def bench_dlo(n: int, doforward: bool, size: int = 64) -> float:
         assert rep.reply == 0 and rep.length == want, rep
         h.read(b, NMSG_SIZE + want)
 
-    for _ in range(20):
-        one()
-    per = float("inf")
-    for _ in range(5):
-        h.spent = 0.0
-        for _ in range(n // 5):
-            one()
-        per = min(per, h.spent / (n // 5) * 1e6)
+    per = h.best(one, n)
     a.close()
     b.close()
     h.close()

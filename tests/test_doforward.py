@@ -265,24 +265,23 @@ class Dlo:
         self.taker = Taker(self.keep.epoch, self.keep.high, self.keep) if self.keeping \
             else Taker()
 
-    def take(self, body: bytes, head: NMsg, steps: int | None = None) -> bool:
-        """Take a message; False if the process died after *steps* steps."""
+    def take(self, body: bytes, head: NMsg, steps: int | None = None) -> None:
+        """Take a message; with *steps*, the process dies after that many."""
         done = 0
         sent: list[bytes] = []
         for counter, p in self.taker.new(unpack(head, body, DLUSR)):
             if steps is not None and done == steps:
-                return False
+                return
             self.taker.begin(counter)
             sent += [d for _, d in self.out.outgoing(1, _frame_of(p)).send]
             self.made.append(p.head.type)
             done += 1
             if steps is not None and done == steps:
-                return False
+                return
             self.taker.took(counter)
             done += 1
         for d in sent:   # acked once taken (dlo reads acks in a later turn)
             self.out.datagram(B_DLI, DLAck(1, DLFrame.decode(d).dlf_seqnum).encode())
-        return True
 
     def crash(self) -> None:
         kept = load(newest(self.store.passed())[1]) if self.keeping else None

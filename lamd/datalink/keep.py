@@ -254,7 +254,7 @@ class LinkKeep(Keeper):
         for i, (key, d) in enumerate(self.frames.items()):
             off = off_slots + i * SLOT_SIZE
             mm[off + SLOTHEAD.size:off + SLOTHEAD.size + len(d)] = d
-            SLOTHEAD.pack_into(mm, off, 1, key[0], key[1], len(d), *self.tags.get(key, (0, 0)))
+            SLOTHEAD.pack_into(mm, off, 1, key[0], key[1], len(d), *self._tag(key))
             slot[key] = off
         free = [off_slots + i * SLOT_SIZE for i in range(nslots - 1, len(self.frames) - 1, -1)]
         self.store.fdstore(f"{STATE_PREFIX}{gen}", fd)
@@ -305,9 +305,8 @@ class LinkKeep(Keeper):
     def slot_put(self, link: int, seq: int, datagram: bytes, seqgive: int) -> None:
         self.frames[(link, seq)] = datagram
         self.seqgive[link] = seqgive
-        tag = (self.epoch, self.taking) if self.taking else (0, 0)
         if self.taking:
-            self.tags[(link, seq)] = tag
+            self.tags[(link, seq)] = (self.epoch, self.taking)
         if not self._free or link not in self._rec:   # (a frame is at most SLOT_DATA)
             self.rewrite()
             return
@@ -315,7 +314,7 @@ class LinkKeep(Keeper):
         assert mm is not None
         off = self._free.pop()
         mm[off + SLOTHEAD.size:off + SLOTHEAD.size + len(datagram)] = datagram
-        SLOTHEAD.pack_into(mm, off, 1, link, seq, len(datagram), *tag)
+        SLOTHEAD.pack_into(mm, off, 1, link, seq, len(datagram), *self._tag((link, seq)))
         self._slot[(link, seq)] = off
         struct.pack_into("=i", mm, self._rec[link] + 4, seqgive)
 
@@ -345,6 +344,10 @@ class LinkKeep(Keeper):
             struct.pack_into("=i", self.mm, off + 8, seq)
 
     # -- doforward's counters (lamd.iprocs.doforward.Taker) ----------------
+    def _tag(self, key: tuple[int, int]) -> tuple[int, int]:
+        """The epoch and counter of the packet frame *key* was made of (0, 0: none)."""
+        return self.tags.get(key, (0, 0))
+
     def new_epoch(self, epoch: int) -> None:
         """Packets of a new epoch come: kept before the first is taken."""
         self.epoch, self.high = epoch, 0

@@ -43,6 +43,7 @@ re-exec of the daemon (``IProc.carry``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import struct
@@ -54,8 +55,6 @@ from ..kernel.wire import NMSG_SIZE, NMsg
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from ..datalink.keep import LinkKeep
 
 log = logging.getLogger("lamd.iprocs.doforward")
@@ -116,6 +115,16 @@ def pack(epoch: int, counter: int, prevs: list[Packet], body: bytes) -> bytes:
                     + [body])
 
 
+def _unpack_packets(buf: bytes, n: int) -> tuple[list[Packet], int]:
+    """The *n* packets after the tag, and where they end."""
+    off = TAG.size
+    out = []
+    for _ in range(n):
+        p, off = _unpack_packet(buf, off)
+        out.append(p)
+    return out, off
+
+
 def unpack(head: NMsg, body: bytes, ktype: int) -> Given:
     """What :func:`pack` made (ValueError if it is not that)."""
     if len(body) < TAG.size:
@@ -123,11 +132,7 @@ def unpack(head: NMsg, body: bytes, ktype: int) -> Given:
     epoch, counter, nprev = TAG.unpack_from(body)
     if not 0 <= nprev <= MAXUNSURE or nprev >= counter:
         raise ValueError(f"{nprev} packets before packet {counter}")
-    off = TAG.size
-    prevs = []
-    for _ in range(nprev):
-        p, off = _unpack_packet(body, off)
-        prevs.append(p)
+    prevs, off = _unpack_packets(body, nprev)
     return Given(epoch, counter, prevs, Packet(head, bytes(body[off:]), ktype))
 
 
@@ -209,33 +214,23 @@ class Giver:
     def full(self) -> bool:
         return len(self.unsure) >= MAXUNSURE
 
-    def packed(self) -> bytes:
-        """What crosses a re-exec (``IProc.carry``)."""
-        return pack_carry(self)
-
 
 def pack_carry(g: Giver) -> bytes:
-    return b"".join([TAG.pack(g.epoch, g.counter, len(g.unsure))]
-                    + [_pack_packet(p) for p in g.unsure])
+    """What crosses a re-exec: a message's layout, the unsure packets, no body."""
+    return pack(g.epoch, g.counter, g.unsure, b"")
 
 
 def unpack_carry(data: bytes) -> Giver:
     epoch, counter, n = TAG.unpack_from(data)
-    off = TAG.size
-    unsure = []
-    for _ in range(n):
-        p, off = _unpack_packet(data, off)
-        unsure.append(p)
-    return Giver(epoch, counter, unsure)
+    return Giver(epoch, counter, _unpack_packets(data, n)[0])
 
 
 async def doforward(k: IProc) -> None:
     """Give dlo every packet for another node; the unsure ones again."""
     g = unpack_carry(k.restored) if k.restored else \
         Giver(int.from_bytes(os.urandom(8), "little") or 1)
-    k.carry = g.packed
+    k.carry = functools.partial(pack_carry, g)
     timer: Watch | None = None
-    got: Any = None
     while True:
         if g.full():
             got = None
