@@ -46,8 +46,11 @@ from .iprocs import DATALINK_SERVICES, JOB_SERVICES, BootConfigError, booted_row
 from .kernel import Kernel, MAX_MSG_LEN
 from .kernelio import IOLimits, KernelIO, fdstore, handover
 from .kernelio.kernelio import SPLICE_MIN
+from .kernelio.loop import BUSY_POLL
 from .limits import raise_nofile_limit
 from .session import Session, SessionError, bind_session_socket
+
+BUSY_POLL_US = round(BUSY_POLL * 1e6)
 
 # Imported where they are used, off the first reply's path (issue 13): the
 # boot agent (-H only), the snapshot (a re-exec), the jobs process launcher
@@ -81,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "processes), serving this user's LAM session socket.",
         epilog="Limits also come from the environment (the service's /etc/default/lamd): "
                "LAMD_LOG_LEVEL, LAMD_MAX_PROCS, LAMD_MAX_MSG_LEN, LAMD_MOVE_BUFFER, LAMD_MAX_QUEUED, "
-               "LAMD_SPLICE_MIN, LAMD_EXTERNAL, LAMD_JOBS.")
+               "LAMD_SPLICE_MIN, LAMD_BUSY_POLL, LAMD_EXTERNAL, LAMD_JOBS.")
     p.add_argument("--version", action="version",
                    version=f"lamd {__version__} (LAM/MPI {LAM_VERSION} protocol)")
     p.add_argument("-d", "--debug", action="store_true", help="log every request (same as --log-level debug)")
@@ -103,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splice-min", type=int, default=_env_int("LAMD_SPLICE_MIN", SPLICE_MIN),
                    metavar="BYTES", help="message bodies this long or longer are spliced "
                                          "through a pipe, not copied (default 64 KiB; -1: never)")
+    p.add_argument("--busy-poll", type=int, default=_env_int("LAMD_BUSY_POLL", BUSY_POLL_US),
+                   metavar="USEC", help="microseconds the daemon may keep polling after a "
+                                        "message before it sleeps, adapted to the traffic "
+                                        f"(default {BUSY_POLL_US}; 0: it sleeps at once)")
     p.add_argument("--external", action="append", metavar="NAME[,NAME...]",
                    help="services not booted inside the daemon but served by a separate "
                         "process (python3 -m lamd.iprocs.host NAME...), as LAM's "
@@ -152,7 +159,8 @@ def quick_args(argv: Sequence[str]) -> "argparse.Namespace | None":
             max_msg_len=_env_int("LAMD_MAX_MSG_LEN", MAX_MSG_LEN),
             move_buffer=_env_int("LAMD_MOVE_BUFFER", 256 * 1024),
             max_queued=_env_int("LAMD_MAX_QUEUED", 1 << 20),
-            splice_min=_env_int("LAMD_SPLICE_MIN", SPLICE_MIN), external=None,
+            splice_min=_env_int("LAMD_SPLICE_MIN", SPLICE_MIN),
+            busy_poll=_env_int("LAMD_BUSY_POLL", BUSY_POLL_US), external=None,
             jobs=None, datalink=None, no_iprocs=False, boot_addr=None, boot_port=None, node_id=None,
             origin=0, fault_tolerant=False, restore_fd=None)
     except ValueError:
@@ -440,7 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     notifier = service.Notifier()
     limits = IOLimits(move_buffer=max(4096, args.move_buffer),
                       max_queued=max(64 * 1024, args.max_queued),
-                      splice_min=args.splice_min)
+                      splice_min=args.splice_min,
+                      busy_poll=max(0, args.busy_poll) / 1e6)
     wd = notifier.watchdog_period()
     tick = min(1.0, wd) if wd else 1.0
     user = service.current_user()

@@ -350,3 +350,27 @@ def test_sigterm_hangs_up_clients(k, daemon):
     cp = daemon.s.run(["tkill"], timeout=40)
     assert cp.returncode == 0, show(cp)
     assert not daemon.s.session_dir.exists(), "tkill left the session directory"
+
+
+def daemon_cpu(pid: int) -> float:
+    """utime + stime of *pid*, seconds (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_the_daemon_rests_once_traffic_stops(k):
+    """After a burst of round trips the daemon goes back to sleep: it uses
+    (next to) no CPU while nobody talks to it. Ours keeps polling for a few
+    microseconds after each message (``--busy-poll``, lamd.kernelio.loop.BusyPoll)
+    and must stop when the traffic does; the C lamd sleeps in select at once.
+    A daemon that kept polling would use the whole second."""
+    event = 100000 + os.getpid() % 1000 * 4
+    pong = k.start("pingpong", "pong", event, 3000, 64)
+    ping = k.start("pingpong", "ping", event, 3000, 64)
+    for p in (ping, pong):
+        ok(*k.finish(p, timeout=120))
+    time.sleep(0.1)
+    before = daemon_cpu(k.d.pid)
+    time.sleep(1.0)
+    assert daemon_cpu(k.d.pid) - before < 0.1

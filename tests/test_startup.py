@@ -105,18 +105,19 @@ QUICK = [[], ["--jobs=external"], ["--jobs", "child"], ["--no-jobs"], ["-d"], ["
 SLOW = [["--help"], ["--version"], ["--jobs=bogus"], ["--jobs"], ["--log-level"],
         ["--log-level", "-d"], ["--log=info"], ["--job=none"], ["-dd"], ["--external", "echod"],
         ["-H", "10.0.0.1", "-P", "4000", "-n", "1"], ["--restore-fd", "5"], ["--max-procs", "9"],
-        ["-sessionsuffix", "x"], ["--no-iprocs"], ["--splice-min", "0"], ["extra"], ["--"], ["--jobs=external", "-x"]]
+        ["-sessionsuffix", "x"], ["--no-iprocs"], ["--splice-min", "0"], ["--busy-poll", "0"], ["extra"], ["--"], ["--jobs=external", "-x"]]
 
 
 @pytest.mark.parametrize("argv", QUICK, ids=lambda a: " ".join(a) or "none")
 @pytest.mark.parametrize("env", [{}, {"LAMD_LOG_LEVEL": "debug", "LAMD_MAX_PROCS": "12",
                                       "LAMD_MOVE_BUFFER": "8192", "LAMD_MAX_QUEUED": "70000",
-                                      "LAMD_MAX_MSG_LEN": "1000", "LAMD_SPLICE_MIN": "-1"}],
+                                      "LAMD_MAX_MSG_LEN": "1000", "LAMD_SPLICE_MIN": "-1",
+                                      "LAMD_BUSY_POLL": "7"}],
                          ids=["defaults", "env"])
 def test_quick_args_are_argparse_s(argv: list[str], env: dict[str, str],
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     for k in ("LAMD_LOG_LEVEL", "LAMD_MAX_PROCS", "LAMD_MOVE_BUFFER", "LAMD_MAX_QUEUED",
-              "LAMD_MAX_MSG_LEN", "LAMD_SPLICE_MIN"):
+              "LAMD_MAX_MSG_LEN", "LAMD_SPLICE_MIN", "LAMD_BUSY_POLL"):
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -131,7 +132,7 @@ def test_everything_else_goes_to_argparse(argv: list[str]) -> None:
 
 
 @pytest.mark.parametrize("var", ["LAMD_MAX_PROCS", "LAMD_MAX_MSG_LEN", "LAMD_MOVE_BUFFER",
-                                 "LAMD_MAX_QUEUED", "LAMD_SPLICE_MIN"])
+                                 "LAMD_MAX_QUEUED", "LAMD_SPLICE_MIN", "LAMD_BUSY_POLL"])
 def test_a_bad_number_in_the_environment_is_a_usage_error(
         var: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Each limit's variable (the unit's environment file) is checked: a

@@ -89,7 +89,7 @@ from ..kernel.kiproc import (
 )
 from ..kernel.wire import KREPLY_SIZE, NMSG_SIZE, KMsg, KReply, KReq, NMsg
 from ..kernelio.watches import reap_child
-from ..kernelio.loop import EPOLLIN, EPOLLONESHOT, EPOLLOUT, EventLoop, Timer
+from ..kernelio.loop import EPOLLIN, EPOLLONESHOT, EPOLLOUT, BusyPoll, EventLoop, Timer
 from . import BY_NAME, BootConfigError, boot_config, parse_external
 
 log = logging.getLogger("lamd.host")
@@ -387,6 +387,7 @@ class ServiceHost:
         self.connect_timeout = connect_timeout
         self.gone_status = gone_status
         self.loop = EventLoop()
+        self.loop.busy = BusyPoll.from_env()
         rows = {name: row for row, name in enumerate(BY_NAME)}
         cfg = dict(config or {})
         self.services = ([_Service(self, BY_NAME[n], rows[n], cfg) for n in listed]
@@ -444,16 +445,19 @@ class ServiceHost:
             self.close()
             return EXIT_FAILED
         loop = self.loop
+        busy = loop.busy
         while not self.stopping:
             if self._runq:
                 timeout = 0.0
             else:
                 t = loop.next_deadline()
                 timeout = 1.0 if t is None else min(1.0, max(0.0, t - time.monotonic()))
-            loop.poll(timeout)
+            worked = loop.poll(timeout)
             loop.run_timers(time.monotonic())
             self._run()
             self._flush_all()
+            if worked and busy is not None:
+                busy.worked(time.monotonic())
         log.info("host: stopping (%s)", self.stop_reason or "stop")
         self.close()
         return self.status

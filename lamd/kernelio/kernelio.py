@@ -36,7 +36,7 @@ from .admission import Admission
 from .handover import DRAIN_TIMEOUT, REEXEC_SIGNAL, safe_point
 from .fdstore import CrashKeeper
 from .kio import ConnIO
-from .loop import EventLoop, Timer
+from .loop import BUSY_POLL, BusyPoll, EventLoop, Timer
 from .transfer import BodyMove, Connection
 from .watches import WatchSet
 
@@ -69,6 +69,9 @@ class IOLimits:
     #: bodies this long or longer are spliced through a pipe, not copied
     #: through this process (0: all of them; -1: none)
     splice_min: int = SPLICE_MIN
+    #: seconds the loop may keep polling after events before it sleeps
+    #: (:class:`~.loop.BusyPoll`'s limit; 0: it sleeps at once, as LAM's does)
+    busy_poll: float = BUSY_POLL
 
 
 def _node_of_path(path: str) -> tuple[int, int] | None:
@@ -116,6 +119,8 @@ class KernelIO(Admission, ConnIO):
         self.tick_interval = tick_interval
         self.uid = os.getuid()
         self.loop = EventLoop()
+        if self.limits.busy_poll > 0.0:
+            self.loop.busy = BusyPoll(self.limits.busy_poll)
         self._watches = WatchSet(self.loop, self._fire)  # internal processes' event sources
         self.conns: dict[int, Connection] = {}
         self._pending: deque[Connection] = deque()  # clients with unparsed requests
@@ -243,6 +248,7 @@ class KernelIO(Admission, ConnIO):
         if kill.dirty or kill.removed:
             self.write_killfile()
         loop = self.loop
+        busy = loop.busy
         next_tick = time.monotonic() + self.tick_interval
         while not self.stopping:
             if self._pending or self._resume_due:
@@ -252,8 +258,11 @@ class KernelIO(Admission, ConnIO):
                 t = loop.next_deadline()
                 if t is not None and t < deadline:
                     deadline = t
-                timeout = max(0.0, deadline - time.monotonic())
-            self.poll_once(timeout)
+                now = time.monotonic()
+                timeout = max(0.0, deadline - now)
+                if busy is not None:
+                    timeout = busy.timeout(now, timeout)
+            worked = self.poll_once(timeout)
             if self._pending:
                 self._serve_pending()
             if self._resume_due:
@@ -262,6 +271,8 @@ class KernelIO(Admission, ConnIO):
             now = time.monotonic()
             loop.run_timers(now)
             self._end_turn()
+            if worked and busy is not None:
+                busy.worked(now)
             if self.handing_over:
                 self._check_handover(now)
             if now >= next_tick:
@@ -282,7 +293,7 @@ class KernelIO(Admission, ConnIO):
             self._serve_pending()
         self._end_turn()
 
-    def poll_once(self, timeout: float) -> None:
+    def poll_once(self, timeout: float) -> bool:
         """:meth:`EventLoop.poll <.loop.EventLoop.poll>`, with a client's
         events handed straight to ``_on_client`` (compiled, a native call,
         not a ``partial`` through the loop's table of handlers); every other
@@ -291,7 +302,12 @@ class KernelIO(Admission, ConnIO):
         try:
             events = loop.ep.poll(timeout)
         except InterruptedError:
-            return
+            return False
+        if not events:
+            return False
+        busy = loop.busy
+        if busy is not None:
+            busy.woke(time.monotonic())
         conns = self.conns
         handlers = loop.handlers
         last = loop.last_fd
@@ -311,6 +327,7 @@ class KernelIO(Admission, ConnIO):
             h = handlers.get(last)
             if h is not None:
                 h(deferred)
+        return True
 
     def _end_turn(self) -> None:
         if self._dirty:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import select
 import signal
 import socket
@@ -19,7 +20,7 @@ import time
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
-    from typing import Any, Callable, Final, Iterable
+    from typing import Any, Callable, Final, Iterable, Mapping
 
 # Final: compiled, a plain module global is a dict lookup at every use
 EPOLLIN: Final[int] = select.EPOLLIN
@@ -42,8 +43,73 @@ class Timer:
         self.cancelled = True
 
 
+#: default :class:`BusyPoll` limit, seconds (``lamd --busy-poll``)
+BUSY_POLL: Final[float] = 50e-6
+
+
+class BusyPoll:
+    """How long a loop keeps polling (``epoll_wait`` without sleeping) after
+    its last event before it sleeps: the rule of Linux's guest ``haltpoll``
+    cpuidle governor, applied to one process.
+
+    A ping-pong through the daemon is four hand-offs between three
+    processes; every one that finds the daemon asleep costs a wake-up and a
+    context switch, and on a virtual machine a wake-up across vCPUs costs an
+    interrupt to a halted vCPU (15-17 µs here, ``docs/profile.md``). A daemon
+    that is still polling when the next request arrives needs neither. The
+    window adapts as haltpoll's does: an event that came after the window
+    closed but within :attr:`limit` of the last one grows it (doubling from
+    :attr:`start`, up to :attr:`limit`); one later than :attr:`limit` halves
+    it; an idle daemon does not poll at all (the window only follows
+    events), and a limit of 0 never polls.
+
+    Pure bookkeeping, no I/O: the loop asks :meth:`timeout` before it waits
+    and reports with :meth:`woke` (a wait returned events) and
+    :meth:`worked` (the turn that served them ended)."""
+
+    __slots__ = ("limit", "start", "window", "last")
+
+    def __init__(self, limit: float = BUSY_POLL, start: float = 10e-6) -> None:
+        self.limit = max(0.0, limit)
+        self.start = min(start, self.limit)
+        self.window = 0.0
+        #: end of the last turn that served events
+        self.last = -1e18
+
+    @staticmethod
+    def from_env(environ: Mapping[str, str] | None = None) -> BusyPoll | None:
+        """The governor ``LAMD_BUSY_POLL`` (microseconds, the default if unset
+        or not a number) asks for; None for 0: the separate processes' rule,
+        as ``lamd --busy-poll`` is the kernel's."""
+        value = (os.environ if environ is None else environ).get("LAMD_BUSY_POLL", "")
+        try:
+            limit = int(value) / 1e6
+        except ValueError:
+            limit = BUSY_POLL
+        return BusyPoll(limit) if limit > 0.0 else None
+
+    def timeout(self, now: float, timeout: float) -> float:
+        """The wait to use instead of *timeout* at *now*: 0 inside the window."""
+        return 0.0 if now - self.last < self.window else timeout
+
+    def woke(self, now: float) -> None:
+        """A wait returned events at *now*: adjust the window by the gap."""
+        gap = now - self.last
+        if gap <= self.window:
+            return
+        if gap <= self.limit:
+            self.window = min(self.limit, max(self.window * 2.0, self.start))
+        else:
+            self.window *= 0.5
+
+    def worked(self, now: float) -> None:
+        self.last = now
+
+
 class EventLoop:
-    """Descriptors, timers and signals, dispatched from one ``epoll_wait``."""
+    """Descriptors, timers and signals, dispatched from one ``epoll_wait``.
+    With :attr:`busy` set, :meth:`poll` keeps polling its window after events
+    (:class:`BusyPoll`)."""
 
     def __init__(self) -> None:
         self.ep = select.epoll()
@@ -63,6 +129,7 @@ class EventLoop:
         #: listener: a client that detached and connects again is seen leaving
         #: before it arrives, so its kill-file line need not be cut and rewritten)
         self.last_fd = -1
+        self.busy: BusyPoll | None = None
 
     # -- descriptors ------------------------------------------------------------
     def add_reader(self, fd: int, callback: Callable[[int], None], mask: int = EPOLLIN) -> None:
@@ -164,12 +231,20 @@ class EventLoop:
             pass
 
     # -- one turn -------------------------------------------------------------
-    def poll(self, timeout: float) -> None:
-        """Wait up to *timeout* seconds and dispatch what is ready."""
+    def poll(self, timeout: float) -> bool:
+        """Wait up to *timeout* seconds and dispatch what is ready; whether
+        anything was (the caller then reports the turn's end to :attr:`busy`)."""
+        busy = self.busy
+        if busy is not None and timeout > 0.0:
+            timeout = busy.timeout(time.monotonic(), timeout)
         try:
             events = self.ep.poll(timeout)
         except InterruptedError:
-            return
+            return False
+        if not events:
+            return False
+        if busy is not None:
+            busy.woke(time.monotonic())
         handlers = self.handlers
         last = self.last_fd
         deferred = 0
@@ -184,6 +259,7 @@ class EventLoop:
             h = handlers.get(last)
             if h is not None:
                 h(deferred)
+        return True
 
     def close(self, ignore: Iterable[int] = ()) -> None:
         """Close the loop; signals it handled get their old disposition back,
