@@ -941,6 +941,29 @@ def test_spawn_maps_failures_as_lam_shows_them(monkeypatch, tmp_path):
             os.close(f)
 
 
+def test_a_child_gets_the_default_action_of_signals_kenyad_ignores(tmp_path):
+    """A signal the forker ignores is not ignored in the job (LAM's forked
+    child resets it): kenyad catches it with a no-op while it forks, and
+    ignores it again after."""
+    out = tmp_path / "out"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o644)
+    fds = [os.open(os.devnull, os.O_RDONLY), fd, fd]
+    before = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGPIPE)}
+    try:
+        for s in before:
+            signal.signal(s, signal.SIG_IGN)
+        r = kmod.spawn("/bin/grep", ["grep", "^SigIgn", "/proc/self/status"], {}, None, fds, 0)
+        assert r.how == "exec" and r.popen.wait(TIMEOUT) == 0
+        assert all(signal.getsignal(s) == signal.SIG_IGN for s in before)
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+        for f in set(fds):
+            os.close(f)
+    ignored = int(out.read_text().split()[1], 16)
+    assert ignored & (1 << (signal.SIGUSR1 - 1) | 1 << (signal.SIGPIPE - 1)) == 0, hex(ignored)
+
+
 def test_find_program_is_lams_path_search(tmp_path):
     """sfh_path_env_findv: absolute names only checked (ENOENT / EACCES);
     PATH of the job environment first, '.' is the working directory, which
