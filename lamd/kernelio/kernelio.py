@@ -251,6 +251,7 @@ class KernelIO(Admission, ConnIO):
         busy = loop.busy
         next_tick = time.monotonic() + self.tick_interval
         while not self.stopping:
+            spinning = False
             if self._pending or self._resume_due:
                 timeout = 0.0
             else:
@@ -260,9 +261,12 @@ class KernelIO(Admission, ConnIO):
                     deadline = t
                 now = time.monotonic()
                 timeout = max(0.0, deadline - now)
-                if busy is not None:
+                if busy is not None and timeout > 0.0:
                     timeout = busy.timeout(now, timeout)
+                    spinning = timeout == 0.0
             worked = self.poll_once(timeout)
+            if spinning and not worked:
+                os.sched_yield()  # a client woken on this CPU runs first
             if self._pending:
                 self._serve_pending()
             if self._resume_due:
