@@ -125,3 +125,42 @@ def test_a_polling_daemon_meets_a_ping_pong_awake(lam_session, lamd_pkg, kclient
         assert per_trip < 0.3
     else:
         assert per_trip >= 0.9
+
+
+def test_readable_reports_once_until_taken_without_rearming_each_time() -> None:
+    """:class:`~lamd.kernelio.loop.Readable`: the usual turn (reported,
+    taken, read) leaves the descriptor registered (no ``epoll_ctl``); data
+    left unread is reported once, the descriptor then leaves epoll until the
+    report is taken, and is reported again if still unread."""
+    import socket
+
+    from lamd.kernelio.loop import EventLoop, Readable
+
+    loop = EventLoop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    reports: list[int] = []
+    try:
+        r = Readable(loop, a.fileno(), lambda: reports.append(1))
+        for i in range(3):  # the usual turn
+            b.send(b"x")
+            loop.poll(1.0)
+            r.taken()
+            assert a.recv(16) == b"x"
+            loop.poll(0.0)
+            assert len(reports) == i + 1 and a.fileno() in loop.handlers and not r.out
+        b.send(b"unread")
+        loop.poll(1.0)
+        assert len(reports) == 4
+        for _ in range(3):  # not taken: quiet, and out of epoll after one more look
+            loop.poll(0.0)
+        assert len(reports) == 4 and r.out and a.fileno() not in loop.handlers
+        r.taken()
+        loop.poll(1.0)  # still unread: reported again
+        assert len(reports) == 5 and not r.out
+        r.close()
+        assert a.fileno() not in loop.handlers
+    finally:
+        loop.close()
+        a.close()
+        b.close()

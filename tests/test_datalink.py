@@ -360,3 +360,22 @@ if __name__ == "__main__":  # python3 -m tests.test_datalink OUTDIR (as root)
                 print(out / f.name, check_capture(out / f.name))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.parametrize("flags,width", [(frame.DINT2MSG, 2), (frame.DINT4MSG, 4),
+                                         (frame.DFLT4MSG, 4), (frame.DFLT8MSG, 8)])
+@pytest.mark.parametrize("length", [0, 1, 7, 8, 9, 8192, 8195])
+def test_a_typed_body_is_swapped_item_by_item_its_tail_left(flags: int, width: int,
+                                                             length: int) -> None:
+    """``_ltot_usrnmsg``: each whole item of a typed body reversed (the
+    wire is big-endian), a tail shorter than an item left as it is; the
+    32-byte ``nh_data`` as 4-byte words; swapping twice gives the original."""
+    body = bytes((i * 7 + 3) % 256 for i in range(length))
+    data = bytes(range(32))
+    wdata, wbody = frame.usr_to_wire(flags, data, body)
+    n = length // width * width
+    want = b"".join(body[i:i + width][::-1] for i in range(0, n, width)) + body[n:]
+    assert wbody == (body if sys.byteorder == "big" else want)
+    assert wdata == (data if sys.byteorder == "big"
+                     else b"".join(data[i:i + 4][::-1] for i in range(0, 32, 4)))
+    assert frame.usr_to_host(flags, wdata, wbody) == (data, body)

@@ -89,7 +89,7 @@ from ..kernel.kiproc import (
 )
 from ..kernel.wire import KREPLY_SIZE, NMSG_SIZE, KMsg, KReply, KReq, NMsg
 from ..kernelio.watches import reap_child
-from ..kernelio.loop import EPOLLIN, EPOLLONESHOT, EPOLLOUT, BusyPoll, EventLoop, Timer
+from ..kernelio.loop import EPOLLIN, EPOLLOUT, BusyPoll, EventLoop, Readable, Timer
 from . import BY_NAME, BootConfigError, boot_config, parse_external
 
 log = logging.getLogger("lamd.host")
@@ -777,10 +777,10 @@ class ServiceHost:
         svc.waiting_event = False
         w = ev.watch
         if w.kind == READABLE and w.active:
-            fd = self._res.get(w.id)
-            if isinstance(fd, int):
+            r = self._res.get(w.id)
+            if isinstance(r, Readable):
                 try:
-                    self.loop.modify(fd, EPOLLIN | EPOLLONESHOT)  # taken: report the next one
+                    r.taken()  # report the next one
                 except OSError:
                     pass
         self._resume(svc, ev)
@@ -889,14 +889,16 @@ class ServiceHost:
         if kind == TIMER:
             self._res[w.id] = self.loop.call_later(arg, lambda: self._fire(w))
         elif kind == READABLE:
+            fd = -1
             try:
                 fd = os.dup(arg)
-                self.loop.add_reader(fd, lambda _ev: self._fire(w), EPOLLIN | EPOLLONESHOT)
+                self._res[w.id] = Readable(self.loop, fd, lambda: self._fire(w))
             except OSError as e:
+                if fd >= 0:  # epoll refused it (a regular file: EPERM): drop our copy
+                    self.loop.remove(fd)
+                    os.close(fd)
                 log.warning("host: cannot watch descriptor %d: %s", arg, e.strerror)
                 self._res[w.id] = self.loop.call_later(0.0, lambda: self._fire(w))
-            else:
-                self._res[w.id] = fd
         elif kind == CHILD:
             try:
                 pidfd = os.pidfd_open(arg)
@@ -938,9 +940,9 @@ class ServiceHost:
         res = self._res.pop(w.id, None)
         if isinstance(res, Timer):
             self.loop.cancel(res)
-        elif isinstance(res, int):
-            self.loop.remove(res)
-            os.close(res)
+        elif isinstance(res, Readable):
+            res.close()
+            os.close(res.fd)
         elif isinstance(res, tuple) and res[0] == "child":
             self.loop.remove(res[1])  # the pidfd stays in _children until reaped
         elif isinstance(res, tuple) and res[0] == "signal":

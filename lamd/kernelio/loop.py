@@ -108,6 +108,47 @@ class BusyPoll:
         self.last = now
 
 
+class Readable:
+    """A descriptor whose readiness is reported once until it is taken: what
+    a one-shot epoll registration re-armed after each report gives, without
+    the ``epoll_ctl`` per report.
+
+    The descriptor is registered level-triggered. A report calls *callback*;
+    a second report before :meth:`taken` (nobody read it yet) takes the
+    descriptor out of epoll, and :meth:`taken` puts it back. In the usual
+    turn (reported, taken, read before the loop waits again: dli and dlo on
+    their sockets, one frame each) no ``epoll_ctl`` is made at all."""
+
+    __slots__ = ("loop", "fd", "callback", "fired", "out")
+
+    def __init__(self, loop: EventLoop, fd: int, callback: Callable[[], None]) -> None:
+        self.loop = loop
+        self.fd = fd
+        self.callback = callback
+        self.fired = False  # reported, not yet taken
+        self.out = False  # taken out of epoll until taken
+        loop.add_reader(fd, self._ready)
+
+    def _ready(self, _ev: int) -> None:
+        if self.fired:
+            self.out = True
+            self.loop.remove(self.fd)
+            return
+        self.fired = True
+        self.callback()
+
+    def taken(self) -> None:
+        """The report was taken: report the next readiness."""
+        self.fired = False
+        if self.out:
+            self.out = False
+            self.loop.add_reader(self.fd, self._ready)
+
+    def close(self) -> None:
+        """Stop watching (the descriptor is the caller's to close)."""
+        self.loop.remove(self.fd)
+
+
 class EventLoop:
     """Descriptors, timers and signals, dispatched from one ``epoll_wait``.
     With :attr:`busy` set, :meth:`poll` keeps polling its window after events

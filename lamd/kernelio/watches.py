@@ -6,9 +6,9 @@ a :class:`WatchSet` only makes the sources real and reports each firing to
 one callback, ``fire(watch_id, value)``:
 
 * ``timer``: a cancellable loop timer, fired once;
-* ``readable``: a private duplicate of the descriptor, registered one-shot
-  and re-armed (:meth:`WatchSet.rearm`) once its readiness is taken, so an
-  unread descriptor is reported once, not in a spin;
+* ``readable``: a private duplicate of the descriptor, reported once until
+  its readiness is taken (:meth:`WatchSet.rearm`), so an unread descriptor
+  is reported once, not in a spin (:class:`~.loop.Readable`);
 * ``child``: a pidfd, fired once with the :class:`ChildExit` status
   (``waitid``) for a child of this process; a child whose watch is stopped
   before it exits is still reaped when it does, never left a zombie;
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 from .. import lazylog
 from ..kernel.kiproc import CHILD, READABLE, SIGNAL, TIMER, ChildExit
-from .loop import EPOLLIN, EPOLLONESHOT, EventLoop, Timer
+from .loop import EventLoop, Readable, Timer
 
 log = lazylog.getLogger("lamd.kernelio")
 
@@ -42,13 +42,6 @@ def reap_child(pid: int, pidfd: int | None) -> ChildExit:
     if r is None:
         return ChildExit(pid)
     return ChildExit(pid, r.si_code, r.si_status)
-
-
-class _FdWatch:
-    __slots__ = ("fd",)
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
 
 
 class _ChildWatch:
@@ -90,7 +83,7 @@ class WatchSet:
             fd = -1
             try:
                 fd = os.dup(arg)
-                loop.add_reader(fd, lambda _ev: self.fire(wid, None), EPOLLIN | EPOLLONESHOT)
+                r = Readable(loop, fd, lambda: self.fire(wid, None))
             except OSError as e:
                 if fd >= 0:  # epoll refused it (a regular file: EPERM): drop our copy
                     loop.remove(fd)
@@ -98,7 +91,7 @@ class WatchSet:
                 log.warning("cannot watch descriptor %d: %s", arg, e.strerror)
                 loop.call_later(0.0, lambda: self.fire(wid, None))  # report it: a read fails
                 return
-            self._res[wid] = _FdWatch(fd)
+            self._res[wid] = r
         elif kind == CHILD:
             try:
                 pidfd = os.pidfd_open(arg)
@@ -122,9 +115,9 @@ class WatchSet:
     def rearm(self, wid: int) -> None:
         """The readiness of readable source *wid* was taken: report the next one."""
         w = self._res.get(wid)
-        if type(w) is _FdWatch:
+        if type(w) is Readable:
             try:
-                self.loop.modify(w.fd, EPOLLIN | EPOLLONESHOT)
+                w.taken()
             except OSError:
                 pass
 
@@ -136,8 +129,8 @@ class WatchSet:
         t = type(w)
         if t is Timer:
             self.loop.cancel(w)
-        elif t is _FdWatch:
-            self.loop.remove(w.fd)
+        elif t is Readable:
+            w.close()
             os.close(w.fd)
         elif t is _ChildWatch:
             # nobody waits for it any more, but a child of ours must still be
