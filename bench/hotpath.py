@@ -293,10 +293,10 @@ class _Harness:
         assert rep.reply == 0, rep
         return s, rep.index
 
-    def best(self, step, n: int, msgs: int = 1) -> float:
-        """µs of the loop per message of *step* (which moves *msgs*): 20
+    def best(self, step, n: int, msgs: int = 1, warm: int = 20) -> float:
+        """µs of the loop per message of *step* (which moves *msgs*): *warm*
         steps to warm up, then the best of 5 batches of *n* // 5."""
-        for _ in range(20):
+        for _ in range(warm):
             step()
         per = float("inf")
         for _ in range(5):
@@ -325,14 +325,7 @@ def bench_attach(n: int) -> float:
         h.eof(s)
         s.close()
 
-    for _ in range(50):
-        cycle()
-    per = float("inf")
-    for _ in range(5):
-        h.spent = 0.0
-        for _ in range(n // 5):
-            cycle()
-        per = min(per, h.spent / (n // 5) * 1e6)
+    per = h.best(cycle, n, warm=50)
     h.close()
     return per
 

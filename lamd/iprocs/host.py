@@ -889,14 +889,9 @@ class ServiceHost:
         if kind == TIMER:
             self._res[w.id] = self.loop.call_later(arg, lambda: self._fire(w))
         elif kind == READABLE:
-            fd = -1
             try:
-                fd = os.dup(arg)
-                self._res[w.id] = Readable(self.loop, fd, lambda: self._fire(w))
+                self._res[w.id] = Readable.duplicate(self.loop, arg, lambda: self._fire(w))
             except OSError as e:
-                if fd >= 0:  # epoll refused it (a regular file: EPERM): drop our copy
-                    self.loop.remove(fd)
-                    os.close(fd)
                 log.warning("host: cannot watch descriptor %d: %s", arg, e.strerror)
                 self._res[w.id] = self.loop.call_later(0.0, lambda: self._fire(w))
         elif kind == CHILD:
@@ -942,7 +937,6 @@ class ServiceHost:
             self.loop.cancel(res)
         elif isinstance(res, Readable):
             res.close()
-            os.close(res.fd)
         elif isinstance(res, tuple) and res[0] == "child":
             self.loop.remove(res[1])  # the pidfd stays in _children until reaped
         elif isinstance(res, tuple) and res[0] == "signal":

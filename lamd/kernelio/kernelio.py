@@ -251,7 +251,6 @@ class KernelIO(Admission, ConnIO):
         busy = loop.busy
         next_tick = time.monotonic() + self.tick_interval
         while not self.stopping:
-            spinning = False
             if self._pending or self._resume_due:
                 timeout = 0.0
             else:
@@ -259,14 +258,8 @@ class KernelIO(Admission, ConnIO):
                 t = loop.next_deadline()
                 if t is not None and t < deadline:
                     deadline = t
-                now = time.monotonic()
-                timeout = max(0.0, deadline - now)
-                if busy is not None and timeout > 0.0:
-                    timeout = busy.timeout(now, timeout)
-                    spinning = timeout == 0.0
+                timeout = max(0.0, deadline - time.monotonic())
             worked = self.poll_once(timeout)
-            if spinning and not worked:
-                os.sched_yield()  # a client woken on this CPU runs first
             if self._pending:
                 self._serve_pending()
             if self._resume_due:
@@ -298,20 +291,15 @@ class KernelIO(Admission, ConnIO):
         self._end_turn()
 
     def poll_once(self, timeout: float) -> bool:
-        """:meth:`EventLoop.poll <.loop.EventLoop.poll>`, with a client's
+        """:meth:`EventLoop.poll <.loop.EventLoop.poll>` (its
+        :meth:`~.loop.EventLoop.wait`, busy polling included), with a client's
         events handed straight to ``_on_client`` (compiled, a native call,
         not a ``partial`` through the loop's table of handlers); every other
         descriptor through that table, the listener last, as there."""
         loop = self.loop
-        try:
-            events = loop.ep.poll(timeout)
-        except InterruptedError:
-            return False
+        events = loop.wait(timeout)
         if not events:
             return False
-        busy = loop.busy
-        if busy is not None:
-            busy.woke(time.monotonic())
         conns = self.conns
         handlers = loop.handlers
         last = loop.last_fd

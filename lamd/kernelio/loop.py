@@ -119,7 +119,7 @@ class Readable:
     turn (reported, taken, read before the loop waits again: dli and dlo on
     their sockets, one frame each) no ``epoll_ctl`` is made at all."""
 
-    __slots__ = ("loop", "fd", "callback", "fired", "out")
+    __slots__ = ("loop", "fd", "callback", "fired", "out", "owned")
 
     def __init__(self, loop: EventLoop, fd: int, callback: Callable[[], None]) -> None:
         self.loop = loop
@@ -127,7 +127,23 @@ class Readable:
         self.callback = callback
         self.fired = False  # reported, not yet taken
         self.out = False  # taken out of epoll until taken
+        self.owned = False  # fd is ours to close (duplicate)
         loop.add_reader(fd, self._ready)
+
+    @staticmethod
+    def duplicate(loop: EventLoop, fd: int, callback: Callable[[], None]) -> Readable:
+        """One on a private duplicate of *fd* (:meth:`close` closes it); if
+        epoll refuses it (a regular file: EPERM) the duplicate is closed
+        again and the OSError raised."""
+        own = os.dup(fd)
+        try:
+            r = Readable(loop, own, callback)
+        except OSError:
+            loop.remove(own)
+            os.close(own)
+            raise
+        r.owned = True
+        return r
 
     def _ready(self, _ev: int) -> None:
         if self.fired:
@@ -145,8 +161,11 @@ class Readable:
             self.loop.add_reader(self.fd, self._ready)
 
     def close(self) -> None:
-        """Stop watching (the descriptor is the caller's to close)."""
+        """Stop watching; the descriptor of :meth:`duplicate` is closed too."""
         self.loop.remove(self.fd)
+        if self.owned:
+            self.owned = False
+            os.close(self.fd)
 
 
 class EventLoop:
@@ -274,9 +293,10 @@ class EventLoop:
             pass
 
     # -- one turn -------------------------------------------------------------
-    def poll(self, timeout: float) -> bool:
-        """Wait up to *timeout* seconds and dispatch what is ready; whether
-        anything was (the caller then reports the turn's end to :attr:`busy`)."""
+    def wait(self, timeout: float) -> list[tuple[int, int]]:
+        """``epoll_wait`` up to *timeout* seconds, or not at all inside
+        :attr:`busy`'s window (an empty poll there yields the CPU); the ready
+        descriptors and their events, none when interrupted."""
         busy = self.busy
         spinning = False
         if busy is not None and timeout > 0.0:
@@ -285,13 +305,21 @@ class EventLoop:
         try:
             events = self.ep.poll(timeout)
         except InterruptedError:
-            return False
+            return []
+        if events:
+            if busy is not None:
+                busy.woke(time.monotonic())
+        elif spinning:
+            os.sched_yield()  # a process woken on this CPU runs first
+        return events
+
+    def poll(self, timeout: float) -> bool:
+        """Wait up to *timeout* seconds (:meth:`wait`) and dispatch what is
+        ready; whether anything was (the caller then reports the turn's end
+        to :attr:`busy`)."""
+        events = self.wait(timeout)
         if not events:
-            if spinning:
-                os.sched_yield()  # a process woken on this CPU runs first
             return False
-        if busy is not None:
-            busy.woke(time.monotonic())
         handlers = self.handlers
         last = self.last_fd
         deferred = 0

@@ -80,14 +80,9 @@ class WatchSet:
         if kind == TIMER:
             self._res[wid] = loop.call_later(arg, lambda: self._once(wid))
         elif kind == READABLE:
-            fd = -1
             try:
-                fd = os.dup(arg)
-                r = Readable(loop, fd, lambda: self.fire(wid, None))
+                r = Readable.duplicate(loop, arg, lambda: self.fire(wid, None))
             except OSError as e:
-                if fd >= 0:  # epoll refused it (a regular file: EPERM): drop our copy
-                    loop.remove(fd)
-                    os.close(fd)
                 log.warning("cannot watch descriptor %d: %s", arg, e.strerror)
                 loop.call_later(0.0, lambda: self.fire(wid, None))  # report it: a read fails
                 return
@@ -131,7 +126,6 @@ class WatchSet:
             self.loop.cancel(w)
         elif t is Readable:
             w.close()
-            os.close(w.fd)
         elif t is _ChildWatch:
             # nobody waits for it any more, but a child of ours must still be
             # reaped when it ends: never leave a zombie behind
