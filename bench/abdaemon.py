@@ -11,11 +11,15 @@ Prints each run and the medians. As root::
     mpicc.lam -O2 -o /tmp/lambench bench/c/lambench.c
     bench/abdaemon.py /tmp/lambench 3 C=C compiled=/tmp/tree1 pure=/tmp/tree1:pure old=/tmp/tree2
 
-``--workload pingpong|attach|npingpong|mpilat`` (anywhere in the arguments)
+``--workload pingpong|attach|npingpong|pstate|mpilat|mpirun4`` (anywhere in the arguments)
 runs that one workload instead, with the daemon's CPU per round trip or
-cycle: ``mpilat`` is stock ``mpirun -ssi rpi lamd`` of ``tests/c/mpi/pingpong.c``
+cycle (ours: the kernel with its service processes, the jobs process among
+them): ``pstate`` is kenyad's ``PQSTATE`` (``lambench pstate``, what
+``mpitask`` asks; a request to the jobs process in ours); ``mpilat`` is stock ``mpirun -ssi rpi lamd`` of ``tests/c/mpi/pingpong.c``
 (built with ``mpicc.lam``, path in ``$MPIPP``, default ``/tmp/pingpong``),
-and ours then runs jobs.
+and ours then runs jobs; ``mpirun4`` is ``mpirun -np 4`` of
+``tests/c/mpi/hello.c`` (``$MPIHELLO``, default ``/tmp/hello``): its median
+wall time and the CPU of the daemon with its children (ours: the jobs process).
 
 A tree is a directory holding ``lamd/`` (world-readable: the daemon runs as
 ``lamtest``); ``:pure`` runs it with ``LAMD_PURE=1``, ``:store`` with the
@@ -29,8 +33,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -58,13 +65,59 @@ WORKLOADS: dict[str, tuple[list[str], list[str], int]] = {
     "npingpong": (["npingpong", "64", "500", "50"], ["npingpong", "64", "4000", "100"], 4100),
     "mpilat": (["mpirun", "-np", "2", "-ssi", "rpi", "lamd", "MPIPP", "100", "64"],
                ["mpirun", "-np", "2", "-ssi", "rpi", "lamd", "MPIPP", "2000", "64"], 2000),
+    # kenyad's PQSTATE (what mpitask asks) from a kinit client: a service of
+    # the jobs process with ours, of the C lamd's own process with LAM's
+    "pstate": (["pstate", "200", "0"], ["pstate", "3000", "100"], 3100),
+    # stock mpirun -np 4 of tests/c/mpi/hello.c ($MPIHELLO, default /tmp/hello),
+    # 12 times: the median wall time (mpirun's start to its exit, from a pidfd)
+    "mpirun4": (["mpirun", "-np", "4", "MPIHELLO"], ["mpirun", "-np", "4", "MPIHELLO"], 12),
 }
+
+
+def _daemon_cpu(pid: int) -> float:
+    """CPU seconds of *pid* and its children (ours: the jobs process)."""
+    total = proc_cpu(pid)
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                kids = [int(x) for x in f.read().split()]
+        except OSError:
+            continue
+        for k in kids:
+            try:
+                total += proc_cpu(k)
+            except OSError:
+                pass
+    return total
+
+
+def _wall(s, argv: list[str], timeout: float = 60) -> float:
+    """Run *argv* as the session's user; its wall time, its exit seen by a pidfd."""
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, **s._user_kw(None))
+    t0 = time.perf_counter()
+    pidfd = os.pidfd_open(p.pid)
+    try:
+        assert select.select([pidfd], [], [], timeout)[0], f"{argv} timed out"
+        wall = time.perf_counter() - t0
+    finally:
+        os.close(pidfd)
+    assert p.wait() == 0, f"{argv} failed"
+    return wall
 
 
 def _workload(s, d, exe: str, workload: str, run) -> dict[str, float]:
     """One workload of :data:`WORKLOADS`: its numbers, and the daemon's CPU
     per round trip or cycle (for mpilat: the whole mpirun's, start-up included)."""
     warm, argv, n = WORKLOADS[workload]
+    if workload == "mpirun4":
+        hello = os.environ.get("MPIHELLO", "/tmp/hello")
+        argv = [hello if x == "MPIHELLO" else x for x in argv]
+        _wall(s, argv)
+        c0 = _daemon_cpu(d.pid)
+        walls = [_wall(s, argv) for _ in range(n)]
+        return {"wall_ms": statistics.median(walls) * 1e3,
+                "cpu_ms": (_daemon_cpu(d.pid) - c0) / n * 1e3}
 
     def go(a: list[str]) -> dict:
         if a[0] != "mpirun":
@@ -79,9 +132,9 @@ def _workload(s, d, exe: str, workload: str, run) -> dict[str, float]:
         return {"p50_us": float(m.group(1)), "min_us": float(m.group(2))}
 
     go(warm)
-    c0 = proc_cpu(d.pid)
+    c0 = _daemon_cpu(d.pid)
     r = go(argv)
-    c1 = proc_cpu(d.pid)
+    c1 = _daemon_cpu(d.pid)
     out = {k: float(v) for k, v in r.items() if k in ("p50_us", "min_us", "per_s", "MBps")}
     out["cpu_us"] = (c1 - c0) / n * 1e6
     return out
@@ -105,7 +158,7 @@ def one(exe: str, pw, tree: str, workload: str = "default") -> dict[str, float]:
             d = StoredDaemon(s, Path(path), store, LAUNCHER)
             d.args = ["--log-level", "info", "--no-jobs"]  # it waits for "serving"
         else:
-            jobs = [] if workload.startswith("mpi") else ["--no-jobs"]
+            jobs = [] if workload.startswith(("mpi", "pstate")) else ["--no-jobs"]
             d = lamenv.PyDaemon(s, Path(path), args=["--log-level", "warning", *jobs],
                                 env=pure)
     d.start()

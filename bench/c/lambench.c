@@ -24,6 +24,11 @@
  *                                           versiond) ping-pong with nsend/nrecv
  *                                           to this node (router and bufferd; 8 KiB
  *                                           packets, NMORE); latency summary
+ *   lambench pstate ITERS WARMUP            one kinit(PRCMD) client asks kenyad for
+ *                                           its process table (rpstate, as mpitask
+ *                                           does): a service of the jobs process in
+ *                                           ours, of the lamd's own process in the
+ *                                           C lamd; latency summary
  *   lambench first                          time from connect to the attach reply
  *                                           of one client (start-up workloads)
  *   lambench hostile MODE SECS GRACE SIZE N BIG
@@ -59,6 +64,7 @@
 #include <priority.h>
 #include <etc_misc.h>
 #include <net.h>
+#include <preq.h>
 
 extern struct kio_t _kio;
 extern int _cipc_init(void);
@@ -753,6 +759,32 @@ static int cmd_npingpong(int size, long iters, long warmup)
     return 0;
 }
 
+/* kenyad's PQSTATE from a kinit client (what mpitask asks): the request
+ * through bufferd to kenyad, the table back to -pid. With no job running the
+ * table is empty; the count must say so. */
+static int cmd_pstate(long iters, long warmup)
+{
+    alarm(600);
+    if (kinit(PRCMD)) die("kinit");
+    struct pstate tbl[16];
+    long total = warmup + iters;
+    double *s = malloc(sizeof(double) * (total + 1));
+    if (!s) die("malloc");
+    for (long i = 0; i < total; i++) {
+        double t0 = now();
+        int n = rpstate(LOCAL, SELECT_APPL, 0, tbl, 16);
+        s[i] = now() - t0;
+        if (n < 0) die("rpstate");
+        if (n != 0) fail("rpstate: a process listed with no job running");
+    }
+    double *m = s + warmup;
+    qsort(m, iters, sizeof(double), cmp_dbl);
+    printf("{\"n\": %ld, \"p50_us\": %.3f, \"p99_us\": %.3f, \"min_us\": %.3f}\n",
+           iters, pct(m, iters, .5) * 1e6, pct(m, iters, .99) * 1e6, m[0] * 1e6);
+    kexit(0);
+    return 0;
+}
+
 /* One client: connect and attach, timed (the first reply of a daemon that
  * socket activation starts on this very connection). */
 static int cmd_first(void)
@@ -781,6 +813,8 @@ int main(int argc, char **argv)
         return cmd_idle(atoi(argv[2]), atol(argv[3]), atoi(argv[4]));
     if (argc >= 5 && !strcmp(argv[1], "npingpong"))
         return cmd_npingpong(atoi(argv[2]), atol(argv[3]), atol(argv[4]));
+    if (argc >= 4 && !strcmp(argv[1], "pstate"))
+        return cmd_pstate(atol(argv[2]), atol(argv[3]));
     if (argc >= 2 && !strcmp(argv[1], "first"))
         return cmd_first();
     if (argc >= 3 && !strcmp(argv[1], "capacity"))
@@ -790,7 +824,7 @@ int main(int argc, char **argv)
                            atol(argv[7]));
     fprintf(stderr, "usage: lambench pingpong SIZE ITERS WARMUP | stream SIZE COUNT | "
             "attach ITERS | pairs NPAIRS SECONDS SIZE | idle NIDLE ITERS SIZE | capacity MAX | "
-            "npingpong SIZE ITERS WARMUP | first | "
+            "npingpong SIZE ITERS WARMUP | pstate ITERS WARMUP | first | "
             "hostile baseline|flood|stall SECS GRACE SIZE NFLOOD BIG\n");
     return 2;
 }
