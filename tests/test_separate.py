@@ -98,7 +98,8 @@ def test_external_names_are_checked():
 class World:
     """Our kernel (KernelIO in a thread) booted without *external*, and hosts."""
 
-    def __init__(self, tmp: str, external: list[str], max_procs: int = 65536) -> None:
+    def __init__(self, tmp: str, external: list[str], max_procs: int = 65536,
+                 config: dict[str, Any] | None = None) -> None:
         self.path = os.path.join(tmp, "lam-kernel-socket")
         self.killfile = os.path.join(tmp, "lam-killfile")
         lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -107,7 +108,7 @@ class World:
         self.kernel = Kernel(kernel_pid=os.getpid(), max_procs=max_procs)
         self.io = KernelIO(self.kernel, lsock, killfile=self.killfile,
                            clients_file=os.path.join(tmp, "lamd-clients"), tick_interval=0.2)
-        self.config: dict[str, Any] = {"node_addr": ADDR, "session": tmp}
+        self.config: dict[str, Any] = {"node_addr": ADDR, "session": tmp, **(config or {})}
         self.io.boot(boot_table(self.config, external), self.config)
         self.thread = threading.Thread(target=self.io.run, daemon=True)
         self.thread.start()

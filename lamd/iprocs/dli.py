@@ -52,7 +52,7 @@ from ..kernel.kiproc import Event, IProc
 from ..kernel.wire import NMsg
 from ..ratelog import RateLog
 from .nreq import (
-    BFQRECV, DDLI, DLCTL, LOCAL, NOBUF, NoRoute, data_words, nrecv, nsend,
+    BFQRECV, DDLI, DLCTL, LOCAL, NMORE, NOBUF, NoRoute, data_words, nrecv, nsend,
 )
 from .diforward import EVDIFORWARD, frame_key, handon
 from .router import Route, initrouter, rrgetnodes, rrremrent, rrsetrents
@@ -265,14 +265,18 @@ async def dli(k: IProc) -> None:
                 raise
             r = din.datagram(src, data)
             for addr, a in r.acks:
-                try:
-                    sock.sendto(a, addr)
-                except OSError as e:  # lost like a datagram: the sender resends
-                    badlog.warn("sendto", "dli: ack to %s:%d not sent: %s", addr[0], addr[1],
-                                e.strerror)
+                _ack(sock, a, addr, badlog)
             for d in r.drops:
                 badlog.drop("dli", d)
             for fr in r.deliver:
+                # acked before it is handed on (LAM's di_forward acks first)
+                # when this process keeps nothing and more packets of the
+                # message follow: the sender's window moves on while this one
+                # is handed on; the last or only packet of a message is handed
+                # on first (the receiver waits for it, nobody for its ack)
+                early = keep is None and fr.dlh_flags & NMORE
+                if early:
+                    _ack(sock, din.handed_on(fr), r.src, badlog)
                 try:
                     await forward(k, fr, node_id, badlog, din,
                                   src=r.src if keep is not None else None)
@@ -280,13 +284,16 @@ async def dli(k: IProc) -> None:
                     badlog.warn("refused", "dli: a frame from node %d for node %d event %d "
                                 "refused by the kernel: %s", fr.dlf_src_node, fr.dlh_node,
                                 fr.dlh_event, e)
-                # acked once handed on (kept, under systemd): a crash of this
-                # process before that makes its sender send it again
-                try:
-                    sock.sendto(din.handed_on(fr), r.src)
-                except OSError as e:
-                    badlog.warn("sendto", "dli: ack to %s:%d not sent: %s", r.src[0],
-                                r.src[1], e.strerror)
+                if not early:
+                    # kept (under systemd): acked once handed on, so that a
+                    # crash of this process before that makes its sender send
+                    # it again
+                    _ack(sock, din.handed_on(fr), r.src, badlog)
 
+def _ack(sock: socket.socket, ack: bytes, to: tuple[str, int], badlog: DropLog) -> None:
+    try:
+        sock.sendto(ack, to)
+    except OSError as e:  # lost like a datagram: the sender resends
+        badlog.warn("sendto", "dli: ack to %s:%d not sent: %s", to[0], to[1], e.strerror)
 
 __all__ = ["dli", "incoming", "forward", "diq", "DropLog"]
