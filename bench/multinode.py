@@ -17,6 +17,10 @@ medians reported:
   one rank on each node (tests/c/mpi/pingpong.c), where it completes;
 * eight hosts: ``lamboot`` wall time of the whole universe (and ``lamhalt``).
 
+``--ab TREE``: this checkout's daemon against another checkout's (TREE
+holds ``lamd/``, built: an A/B of a change), the two-host workloads in
+alternating rounds; to ``bench/results/multinode-ab.json`` unless ``--out``.
+
 ``--hop``: the extra hop of a datalink outside the kernel (what
 ``lamd-dl@.service`` runs beside the sandboxed kernel): on two hosts,
 ours with the datalink inside the kernel process against ours with it in
@@ -188,6 +192,8 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--boot-only", action="store_true",
                     help="only the lamboot of 8 hosts (to bench/results/multinode-boot.json)")
+    ap.add_argument("--ab", metavar="TREE", default=None,
+                    help="this checkout against TREE's lamd/ (two hosts, alternating)")
     ap.add_argument("--hop", action="store_true",
                     help="the datalink inside the kernel process against outside it")
     args = ap.parse_args()
@@ -197,6 +203,8 @@ def main() -> int:
     lamenv.ensure_user()
     if args.hop:
         return hop(args)
+    if args.ab:
+        return ab(args)
     args.out = args.out or str(ROOT / "bench" / "results" /
                                ("multinode-boot.json" if args.boot_only else "multinode.json"))
     rounds = 1 if args.quick else args.rounds
@@ -246,6 +254,50 @@ def main() -> int:
         f = lambda v: "—" if v is None else (f"{v:.3f}" if v < 10 else f"{v:.0f}")  # noqa: E731
         ratio = "—" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         print(f"| {r['label']} | {f(r['c'])} | {f(r['ours'])} | {ratio} |")
+    return 0
+
+
+def ab(args: argparse.Namespace) -> int:
+    """``--ab TREE``: "this" checkout's daemon against TREE's ("base") on
+    two hosts, alternating rounds (tping, 64 B round trip, 256 KiB
+    throughput, rpi lamd), medians."""
+    rounds = 1 if args.quick else args.rounds
+    n_ping, n_rt, n_bw, n_mpi = (100, 200, 20, 200) if args.quick else (1000, 2000, 100, 2000)
+    pkgs = {"this": lamenv.copy_package(pyc=True),
+            "base": lamenv.copy_package(Path(args.ab) / "lamd", pyc=True)}
+    raw: dict[str, dict[str, list]] = {k: {} for k in pkgs}
+    try:
+        with Cluster(2) as c:
+            nb, pp = build(c.work)
+            pre_this = prefix_tree(c, pkgs["this"])
+            pre_base = c.dir / "ourlam-base"
+            shutil.copytree(pre_this, pre_base, symlinks=True)
+            lamd = pre_base / "bin" / "lamd"
+            lamd.write_text(lamd.read_text().replace(str(pkgs["this"]), str(pkgs["base"])))
+            pres = {"this": pre_this, "base": pre_base}
+            for r in range(rounds):
+                for kind in (("this", "base") if r % 2 == 0 else ("base", "this")):
+                    with Universe(c, kind, pres[kind]):
+                        for key, v in (("tping_us", tping(c, n_ping)),
+                                       ("nsend64_rt_us", nsend_rt(c, nb, n_rt)),
+                                       ("nsend256k_MBps", nsend_bw(c, nb, n_bw)),
+                                       ("mpi_lamd64_rt_us", mpi_pingpong(c, pp, n_mpi))):
+                            raw[kind].setdefault(key, []).append(v)
+                            log(f"{kind:4} {key}: {v}")
+    finally:
+        for d in pkgs.values():
+            shutil.rmtree(d, ignore_errors=True)
+    out = Path(args.out or ROOT / "bench" / "results" / "multinode-ab.json")
+    res = {"base": str(args.ab), "rounds": rounds, "raw": raw,
+           "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    print(f"| workload | base ({args.ab}) | this | this/base |\n|---|---|---|---|")
+    for key in raw["this"]:
+        b = [v for v in raw["base"][key] if isinstance(v, (int, float))]
+        t = [v for v in raw["this"][key] if isinstance(v, (int, float))]
+        if b and t:
+            mb, mt = statistics.median(b), statistics.median(t)
+            print(f"| {key} | {mb:.1f} | {mt:.1f} | {mt / mb:.2f}x |")
     return 0
 
 
