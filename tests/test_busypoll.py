@@ -8,6 +8,9 @@ last event, adapted to the traffic as Linux's guest haltpoll governor adapts
 its window. This is ours alone: the C lamd sleeps in ``select`` at once, so
 the daemon-level check has no C side; that the daemon rests when traffic
 stops is checked on both (``test_cclient.test_the_daemon_rests_once_traffic_stops``).
+The jobs process the daemon starts by hand polls by the daemon's
+``--busy-poll`` too (ours alone as well: the C lamd's kenyad is a function
+inside it).
 """
 
 from __future__ import annotations
@@ -125,6 +128,53 @@ def test_a_polling_daemon_meets_a_ping_pong_awake(lam_session, lamd_pkg, kclient
         assert per_trip < 0.3
     else:
         assert per_trip >= 0.9
+
+
+def jobs_child(pid: int, timeout: float = 10.0) -> int:
+    """The jobs process a daemon started by hand (its one child)."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(x) for x in f.read().split()]
+        if kids:
+            return kids[0]
+        time.sleep(0.05)
+    raise AssertionError(f"daemon {pid} started no jobs process in {timeout} s")
+
+
+@pytest.mark.parametrize("poll_us", [0, 2000])
+def test_the_jobs_child_polls_as_the_daemon_is_told(lam_session, lamd_pkg, kclient,
+                                                    poll_us: int) -> None:
+    """``lamd --busy-poll`` is the jobs process's limit too (the daemon
+    passes it as an argument: in ``LAMD_BUSY_POLL`` every job would inherit
+    it). A stock liblam client asks kenyad for its process table 1,000 times
+    (``rpstate``, what mpitask asks): told 0, the jobs process sleeps waiting
+    for each request; told 2,000 µs, far above a request's round trip, it
+    meets them awake. (Before, it polled for ``LAMD_BUSY_POLL``'s default 50
+    µs whatever the daemon was told: shorter than the gap between two
+    requests, so it slept for each.)"""
+    d = lamenv.PyDaemon(lam_session, lamd_pkg,
+                        args=["--log-level", "info", "--busy-poll", str(poll_us)])
+    d.start()
+    try:
+        k = Clients(d, kclient)
+        ok(*k.run("pstate", 50, timeout=60))   # kenyad serving, everything warm
+        jobs = jobs_child(d.pid)
+        iters = 1000
+        before = voluntary_switches(jobs)
+        ok(*k.run("pstate", iters, timeout=120))
+        per_request = (voluntary_switches(jobs) - before) / iters
+    finally:
+        d.stop()
+    # measured: 0.002-0.003 and 3.0 (it waits three times per request: for
+    # the request, and for the kernel's go-ahead of each of its two sends);
+    # with the default 50 µs whatever the daemon was told, 0.30 and 0.82
+    if poll_us:
+        assert per_request < 0.1
+    else:
+        assert per_request >= 1.5
 
 
 def test_readable_reports_once_until_taken_without_rearming_each_time() -> None:

@@ -371,7 +371,8 @@ class ServiceHost:
 
     def __init__(self, socket_path: str, names: Sequence[str | KBoot],
                  config: dict[str, Any] | None = None, *, check_internal: bool = True,
-                 connect_timeout: float = 10.0, gone_status: int = EXIT_OK) -> None:
+                 connect_timeout: float = 10.0, gone_status: int = EXIT_OK,
+                 busy_poll: float | None = None) -> None:
         """*names*: services of the boot table (checked as ``--external`` is),
         or :class:`KBoot` rows of one's own (tests); a row with ``row`` None
         is not looked for among the kernel's internal processes.
@@ -387,7 +388,10 @@ class ServiceHost:
         self.connect_timeout = connect_timeout
         self.gone_status = gone_status
         self.loop = EventLoop()
-        self.loop.busy = BusyPoll.from_env()
+        # *busy_poll* (seconds; 0: none) as ``lamd --busy-poll`` gives its jobs
+        # child, else ``LAMD_BUSY_POLL`` (a unit's Environment=)
+        self.loop.busy = (BusyPoll.from_env() if busy_poll is None
+                          else BusyPoll(busy_poll) if busy_poll > 0 else None)
         rows = {name: row for row, name in enumerate(BY_NAME)}
         cfg = dict(config or {})
         self.services = ([_Service(self, BY_NAME[n], rows[n], cfg) for n in listed]

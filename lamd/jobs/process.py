@@ -191,9 +191,11 @@ class JobsProcess:
 
     def __init__(self, session: Session, *, wait: float = DEFAULT_WAIT,
                  names: Sequence[str] = JOB_SERVICES, use_cgroups: bool = True,
-                 node_id: int = 0) -> None:
+                 node_id: int = 0, busy_poll: float | None = None) -> None:
         self.session = session
         self.node_id = node_id
+        #: the host's busy-poll limit (seconds); None: LAMD_BUSY_POLL's
+        self.busy_poll = busy_poll
         self.wait = wait
         self.names = list(names)
         self.use_cgroups = use_cgroups
@@ -239,7 +241,8 @@ class JobsProcess:
         # (a crash state its successor refused, a crash by hand) is a
         # failure: under systemd the unit's Restart= starts us again, to
         # attach to the kernel serving now. A stop hangs us up (EXIT_OK).
-        host = self.host = ServiceHost(path, rows, config, gone_status=EXIT_FAILED)
+        host = self.host = ServiceHost(path, rows, config, gone_status=EXIT_FAILED,
+                                       busy_poll=self.busy_poll)
         host.install_signal_handlers()
         user = current_user()
         set_proctitle(f"lamd-jobs: {user}")
@@ -414,13 +417,18 @@ class JobsChild:
         return p.returncode
 
 
-def jobs_argv(session_dir: str, log_level: str, node_id: int | None = None) -> list[str]:
+def jobs_argv(session_dir: str, log_level: str, node_id: int | None = None,
+              busy_poll_us: int | None = None) -> list[str]:
     """How ``lamd`` starts its jobs process: this interpreter, this package
-    (and the node id lamboot gave the daemon, when it is not node 0)."""
+    (and the node id lamboot gave the daemon, when it is not node 0; and the
+    daemon's ``--busy-poll``: an argument, not ``LAMD_BUSY_POLL``, which the
+    jobs would inherit)."""
     argv = [sys.executable, "-m", "lamd.jobs", "--session-dir", session_dir,
             "--log-level", log_level]
     if node_id:
         argv += ["--node-id", str(node_id)]
+    if busy_poll_us is not None:
+        argv += ["--busy-poll", str(busy_poll_us)]
     return argv
 
 
@@ -443,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "missing: ignored); may be repeated")
     p.add_argument("--no-cgroups", action="store_true",
                    help="a process group per job even where a cgroup is delegated")
+    p.add_argument("--busy-poll", type=int, default=None, metavar="USEC",
+                   help="keep polling this long after events before sleeping, as lamd's "
+                        "--busy-poll (default: LAMD_BUSY_POLL, else 50; 0: sleep at once)")
     p.add_argument("--node-id", type=int, default=0, metavar="NODE",
                    help="this node's id in a universe booted by lamboot (default 0; "
                         "what lamd passes its child)")
@@ -467,7 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         session = Session.for_user(prefix=args.prefix, suffix=args.suffix)
     jp = JobsProcess(session, wait=max(0.0, args.wait), use_cgroups=not args.no_cgroups,
-                     node_id=args.node_id)
+                     node_id=args.node_id,
+                     busy_poll=None if args.busy_poll is None else max(0, args.busy_poll) / 1e6)
     return jp.run()
 
 

@@ -24,6 +24,10 @@
  *   kclient doomready SECS                   (idle, LAM_SIGA handler)
  *   kclient kdump                            (what LAM's otb/kdump tool does:
  *                                             KQDUMP, unattached)
+ *   kclient pstate ITERS                     (kinit, then ITERS rpstate calls:
+ *                                             kenyad's table of application
+ *                                             processes, empty; the one mode
+ *                                             that needs versiond and kenyad)
  */
 #include <errno.h>
 #include <signal.h>
@@ -39,6 +43,7 @@
 #include <kreq.h>
 #include <ksignal.h>
 #include <net.h>
+#include <preq.h>
 #include <priority.h>
 #include <terror.h>
 #include <typical.h>
@@ -520,6 +525,26 @@ static int do_kdump(void)
 	return 0;
 }
 
+static int do_pstate(int argc, char **argv)
+{
+	struct pstate tbl[16];
+	long i, iters;
+	int n;
+
+	if (argc < 3) die("usage: kclient pstate ITERS");
+	iters = atol(argv[2]);
+	if (kinit(PRCMD)) die("kinit");
+	for (i = 0; i < iters; i++) {
+		n = rpstate(LOCAL, SELECT_APPL, 0, tbl, 16);
+		if (n < 0) die("rpstate");
+		if (n != 0) die("rpstate: a process listed with no job running");
+	}
+	printf("PSTATE iters=%ld\n", iters);
+	printf("OK\n");
+	kexit(0);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -540,6 +565,7 @@ int main(int argc, char **argv)
 	if (!strcmp(argv[1], "doomwait")) return do_doomwait(argc, argv);
 	if (!strcmp(argv[1], "doomready")) return do_doomready(argc, argv);
 	if (!strcmp(argv[1], "kdump")) return do_kdump();
+	if (!strcmp(argv[1], "pstate")) return do_pstate(argc, argv);
 	fprintf(stderr, "kclient: unknown mode %s\n", argv[1]);
 	return 64;
 }
