@@ -290,9 +290,13 @@ class ConnIO(KIOBase):
         elif m.space() <= 0:
             self._pause_read(src, True)
             m.src_paused = True
-        else:
-            # the sender has had its reply for a moment: its body may be here
+        elif inbody:
+            # the sender wrote body bytes with its request, not waiting for
+            # the reply: the rest may be here too
             self._read_body(src, m)
+        # else the sender writes its body once it has the reply just queued
+        # (liblam's nsend waits for it): epoll reports the body when it comes;
+        # a read now finds nothing (a receive and an exception per nsend)
         if token is not None and not m.src_done and not src.closed:
             # an internal receiver (bufferd, ...) waits for this body and
             # nothing else: a sender that stops half-way is given a deadline
