@@ -705,6 +705,23 @@ def test_flat_load_get_forget_clean(tmp_path):
     assert t.flreply()[0] == EBADTAG
 
 
+def test_flat_forget_asked_in_process_is_flqforget(tmp_path):
+    """kenyad in the jobs process asks flatd's FLQFORGET by a call
+    (``Flatd.forget``, found through the config's shared ``colocated``): the
+    answer and the effect are the request's above."""
+    colocated: dict[str, Any] = {}
+    w = make_world(tmp_path, colocated=colocated)
+    t = Tool(w, tmp_path, os.getpid())
+    assert t.rflat(t.pid, b"argv\0") == 0
+    fl = colocated["flatd"]
+    path = fl.forget(t.pid)
+    assert path == str(tmp_path / "lam-flatd0") and Path(path).read_bytes() == b"argv\0"
+    assert t.flpath(FLQGET, t.pid) == (EBADTAG, "")  # gone from the table
+    assert fl.forget(t.pid) == EBADTAG and fl.forget(4999) == EBADTAG
+    assert os.path.exists(path)  # kenyad reads it, then unlinks it
+    os.unlink(path)
+
+
 def test_flat_interleaved_loads_of_two_clients(tmp_path):
     w = make_world(tmp_path)
     a, b = Tool(w, tmp_path, 4401, "a"), Tool(w, tmp_path, 4402, "b")

@@ -536,6 +536,21 @@ def test_lamd_starts_the_jobs_process_and_lamhalt_ends_both(lamd_by_hand, lamd_p
     assert "host: stopping" in d.log()
 
 
+def test_kenyad_takes_the_argv_from_flatd_in_its_process(lamd_by_hand, lamd_pkg):
+    """kenyad and flatd share the jobs process: kenyad takes a job's argv
+    and environment from flatd by a call, not by an FLQFORGET through the
+    kernel and back (two trips of each request; docs/profile.md measures
+    lamexec). The program gets its arguments as given."""
+    d = lamd_by_hand(lamd_pkg, "--log-level", "debug")
+    wait_jobs_process(d)
+    cp = d.s.run(["timeout", "-k", "1", "20", "lamexec", "-np", "1", "/bin/echo", "a b", "c"],
+                 timeout=30)
+    assert cp.returncode == 0 and cp.stdout == "a b c\n", show(cp)
+    log = d.log()
+    assert "flatd: request 1 tag" in log, log  # rflatv's FLQLOAD
+    assert "flatd: request 3 tag" not in log, log  # no FLQFORGET over the kernel
+
+
 def test_jobs_get_the_session_and_die_with_the_kernel(lamd_by_hand, fake_pkg, lam_session):
     """A service module dropped into lamd/jobs/ is what the jobs process
     serves; what it starts through the cgroup API sees the session in its

@@ -106,6 +106,10 @@ class Flatd:
 
     # -- the loop -----------------------------------------------------------------------
     async def run(self) -> None:
+        # kenyad in this process asks :meth:`forget` directly (see kenyad's flforget)
+        colocated = self.k.config.get("colocated")
+        if colocated is not None:
+            colocated["flatd"] = self
         try:
             while True:
                 got = await next_request(self.k, EVFLATD, self.owners.watches())
@@ -120,6 +124,8 @@ class Flatd:
                 self.expire()
                 await self.request(FlReq.from_data(got.data), got.body)
         finally:
+            if colocated is not None and colocated.get("flatd") is self:
+                del colocated["flatd"]
             self.close()
 
     def held(self) -> int:
@@ -179,8 +185,7 @@ class Flatd:
                 return
             await self.send(q, 0, pack_flpath(e.path))
             if q.req == FLQFORGET:
-                self.remove(e, unlink=False)
-                self.forgotten.append((_now(), e.path, e.ldlength))
+                self.forget_entry(e)
         elif q.req == FLQCLEAN:
             e = self.find(q.tag)
             if e is None:
@@ -191,6 +196,23 @@ class Flatd:
         else:
             log.warning("flatd: unknown request %d from event %d", q.req, q.src_event)
             await self.send(q, EBADREQUEST)
+
+    def forget_entry(self, e: FlEntry) -> None:
+        """FLQFORGET's effect: the entry goes, its file is the asker's to
+        read and unlink (unlinked here after :data:`FORGOTTEN_TTL` if not)."""
+        self.remove(e, unlink=False)
+        self.forgotten.append((_now(), e.path, e.ldlength))
+
+    def forget(self, tag: int) -> str | int:
+        """FLQFORGET asked by kenyad in this process (a function call, as
+        LAM's one-process lamd makes it, not two trips through the kernel):
+        the path of the file holding *tag*, or EBADTAG."""
+        self.expire()
+        e = self.find(tag)
+        if e is None:
+            return EBADTAG
+        self.forget_entry(e)
+        return e.path
 
     def find(self, tag: int) -> FlEntry | None:
         return next((e for e in self.entries if e.tag == tag), None)

@@ -1043,8 +1043,13 @@ class Kenyad:
 
     # -- flatd -----------------------------------------------------------------
     async def flforget(self, tag: int) -> str | int:
-        """``rforget``: flatd's FLQFORGET over the kernel: the path of the file
-        holding *tag*, or an errno."""
+        """``rforget``: flatd's FLQFORGET: the path of the file holding *tag*,
+        or an errno. flatd in this process (the jobs process runs both) is
+        asked directly; elsewhere over the kernel, as LAM's kenyad asks it."""
+        colocated = self.k.config.get("colocated")
+        fl = colocated.get("flatd") if colocated is not None else None
+        if fl is not None:
+            return self._inside_session(fl.forget(tag))
         if self._flatd_stale:  # an answer that came too late would be taken for this one
             await self.bfsweep(self.reply_event)
             self._flatd_stale = False
@@ -1060,7 +1065,12 @@ class Kenyad:
         code = FlReply.from_data(msg.head.data).reply
         if code:
             return code
-        path = msg.body.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        return self._inside_session(msg.body.split(b"\0", 1)[0].decode("utf-8", "surrogateescape"))
+
+    def _inside_session(self, path: str | int) -> str | int:
+        """flatd's answer: a path inside the session directory, or an errno."""
+        if isinstance(path, int):
+            return path
         if not path:
             return EBADTAG
         if self.session and not _inside(self.session, path):

@@ -231,8 +231,10 @@ class JobsProcess:
         rows, stubs = service_rows(self.names)
         if stubs:
             log.info("jobs: %s not implemented yet: served by stubs (ESERVICE)", ", ".join(stubs))
+        # "colocated": the services of this process find each other there
+        # (kenyad asks flatd's FLQFORGET by a call: lamd.jobs.flatd)
         config = boot_config({"session": self.session.directory, "jobs": self.jobs,
-                              "node_id": self.node_id}, kernel_side=False)
+                              "node_id": self.node_id, "colocated": {}}, kernel_side=False)
         # getnodeid(): kenyad's replies and LAMWORLD carry this node's id,
         # which a datalink process outside the kernel gives the router after
         # we may have started (lamd.datalink); the router tells us
