@@ -285,15 +285,18 @@ async def dli(k: IProc) -> None:
                                 "refused by the kernel: %s", fr.dlf_src_node, fr.dlh_node,
                                 fr.dlh_event, e)
                 if not early:
-                    # kept (under systemd): acked once handed on, so that a
-                    # crash of this process before that makes its sender send
-                    # it again
+                    # the last or only packet of a message, and every frame
+                    # of a process that keeps its state (under systemd): acked
+                    # once handed on; kept, a crash of this process before
+                    # that makes its sender send it again
                     _ack(sock, din.handed_on(fr), r.src, badlog)
+
 
 def _ack(sock: socket.socket, ack: bytes, to: tuple[str, int], badlog: DropLog) -> None:
     try:
         sock.sendto(ack, to)
     except OSError as e:  # lost like a datagram: the sender resends
         badlog.warn("sendto", "dli: ack to %s:%d not sent: %s", to[0], to[1], e.strerror)
+
 
 __all__ = ["dli", "incoming", "forward", "diq", "DropLog"]
