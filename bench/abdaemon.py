@@ -93,8 +93,7 @@ def _daemon_cpu(pid: int) -> float:
 
 def _wall(s, argv: list[str], timeout: float = 60) -> float:
     """Run *argv* as the session's user; its wall time, its exit seen by a pidfd."""
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, **s._user_kw(None))
+    p = s.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.perf_counter()
     pidfd = os.pidfd_open(p.pid)
     try:

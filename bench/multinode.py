@@ -269,12 +269,7 @@ def ab(args: argparse.Namespace) -> int:
     try:
         with Cluster(2) as c:
             nb, pp = build(c.work)
-            pre_this = prefix_tree(c, pkgs["this"])
-            pre_base = c.dir / "ourlam-base"
-            shutil.copytree(pre_this, pre_base, symlinks=True)
-            lamd = pre_base / "bin" / "lamd"
-            lamd.write_text(lamd.read_text().replace(str(pkgs["this"]), str(pkgs["base"])))
-            pres = {"this": pre_this, "base": pre_base}
+            pres = {kind: prefix_tree(c, pkg, f"ourlam-{kind}") for kind, pkg in pkgs.items()}
             for r in range(rounds):
                 for kind in (("this", "base") if r % 2 == 0 else ("base", "this")):
                     with Universe(c, kind, pres[kind]):

@@ -599,7 +599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             from .jobs.process import JobsChild, jobs_argv
             jobs = JobsChild(io.loop, jobs_argv(session.directory, lazylog.level_name(level),
-                                                 config.get("node_id"), max(0, args.busy_poll)),
+                                                 config.get("node_id"),
+                                                 round(limits.busy_poll * 1e6)),
                 on_give_up=give_up, nofile=nofile_before)
             jobs_pid = restored.snap.extra.get("jobs_pid") if restored is not None else None
             if type(jobs_pid) is not int or not handover.adopt_jobs_child(jobs, jobs_pid):

@@ -24,6 +24,7 @@ from lamd.kernelio.loop import BUSY_POLL, BusyPoll
 
 from . import lamenv
 from .test_cclient import Clients, ok
+from .test_jobsproc import wait_jobs_process
 
 US = 1e-6
 
@@ -130,20 +131,6 @@ def test_a_polling_daemon_meets_a_ping_pong_awake(lam_session, lamd_pkg, kclient
         assert per_trip >= 0.9
 
 
-def jobs_child(pid: int, timeout: float = 10.0) -> int:
-    """The jobs process a daemon started by hand (its one child)."""
-    import time
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            kids = [int(x) for x in f.read().split()]
-        if kids:
-            return kids[0]
-        time.sleep(0.05)
-    raise AssertionError(f"daemon {pid} started no jobs process in {timeout} s")
-
-
 @pytest.mark.parametrize("poll_us", [0, 2000])
 def test_the_jobs_child_polls_as_the_daemon_is_told(lam_session, lamd_pkg, kclient,
                                                     poll_us: int) -> None:
@@ -161,7 +148,7 @@ def test_the_jobs_child_polls_as_the_daemon_is_told(lam_session, lamd_pkg, kclie
     try:
         k = Clients(d, kclient)
         ok(*k.run("pstate", 50, timeout=60))   # kenyad serving, everything warm
-        jobs = jobs_child(d.pid)
+        jobs = wait_jobs_process(d)
         iters = 1000
         before = voluntary_switches(jobs)
         ok(*k.run("pstate", iters, timeout=120))

@@ -155,13 +155,13 @@ def test_c_universe(hosts3: Cluster):
 # our lamd booted by stock lamboot (the boot callback; no datalink yet)
 
 
-def prefix_tree(c: Cluster, pkgdir: Path) -> Path:
+def prefix_tree(c: Cluster, pkgdir: Path, name: str = "ourlam") -> Path:
     """A LAM prefix tree booting our daemon: what ``prefix=DIR`` on a boot
     schema line, or ``lamboot -prefix DIR``, makes lamboot use on a node
     (``DIR/bin/hboot -c DIR/etc/lam-conf.lamd ... -prefix DIR``): stock hboot
     and tkill, and a ``lamd`` that runs ``lamd.launch`` without site.py as
     the package's tree does, with its log in the cluster's work directory."""
-    pre = c.dir / "ourlam"
+    pre = c.dir / name
     (pre / "bin").mkdir(parents=True)
     (pre / "etc").mkdir()
     os.symlink("/usr/bin/hboot", pre / "bin" / "hboot")

@@ -391,7 +391,7 @@ class ServiceHost:
         # *busy_poll* (seconds; 0: none) as ``lamd --busy-poll`` gives its jobs
         # child, else ``LAMD_BUSY_POLL`` (a unit's Environment=)
         self.loop.busy = (BusyPoll.from_env() if busy_poll is None
-                          else BusyPoll(busy_poll) if busy_poll > 0 else None)
+                          else BusyPoll.limited(busy_poll))
         rows = {name: row for row, name in enumerate(BY_NAME)}
         cfg = dict(config or {})
         self.services = ([_Service(self, BY_NAME[n], rows[n], cfg) for n in listed]

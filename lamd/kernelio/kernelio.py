@@ -119,8 +119,7 @@ class KernelIO(Admission, ConnIO):
         self.tick_interval = tick_interval
         self.uid = os.getuid()
         self.loop = EventLoop()
-        if self.limits.busy_poll > 0.0:
-            self.loop.busy = BusyPoll(self.limits.busy_poll)
+        self.loop.busy = BusyPoll.limited(self.limits.busy_poll)
         self._watches = WatchSet(self.loop, self._fire)  # internal processes' event sources
         self.conns: dict[int, Connection] = {}
         self._pending: deque[Connection] = deque()  # clients with unparsed requests

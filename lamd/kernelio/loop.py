@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 EPOLLIN: Final[int] = select.EPOLLIN
 EPOLLOUT: Final[int] = select.EPOLLOUT
 EPOLLERR: Final[int] = select.EPOLLERR | select.EPOLLHUP
-EPOLLONESHOT: Final[int] = select.EPOLLONESHOT
 
 
 class Timer:
@@ -79,6 +78,11 @@ class BusyPoll:
         self.last = -1e18
 
     @staticmethod
+    def limited(limit: float) -> BusyPoll | None:
+        """The governor for a limit of *limit* seconds; None for 0 (no polling)."""
+        return BusyPoll(limit) if limit > 0.0 else None
+
+    @staticmethod
     def from_env(environ: Mapping[str, str] | None = None) -> BusyPoll | None:
         """The governor ``LAMD_BUSY_POLL`` (microseconds, the default if unset
         or not a number) asks for; None for 0: the separate processes' rule,
@@ -88,7 +92,7 @@ class BusyPoll:
             limit = int(value) / 1e6
         except ValueError:
             limit = BUSY_POLL
-        return BusyPoll(limit) if limit > 0.0 else None
+        return BusyPoll.limited(limit)
 
     def timeout(self, now: float, timeout: float) -> float:
         """The wait to use instead of *timeout* at *now*: 0 inside the window."""
