@@ -540,7 +540,9 @@ def test_kenyad_takes_the_argv_from_flatd_in_its_process(lamd_by_hand, lamd_pkg)
     """kenyad and flatd share the jobs process: kenyad takes a job's argv
     and environment from flatd by a call, not by an FLQFORGET through the
     kernel and back (two trips of each request; docs/profile.md measures
-    lamexec). The program gets its arguments as given."""
+    lamexec). The program gets its arguments as given. Ours alone: in the
+    C lamd kenyad and flatd are internal processes of one daemon and this
+    request never leaves it; the check reads our daemon's debug log."""
     d = lamd_by_hand(lamd_pkg, "--log-level", "debug")
     wait_jobs_process(d)
     cp = d.s.run(["timeout", "-k", "1", "20", "lamexec", "-np", "1", "/bin/echo", "a b", "c"],
