@@ -86,9 +86,11 @@ def test_reexec_under_running_pairs_and_blocked_receivers(lam_session, py_daemon
         pairs.append(k.start("pingpong", "pong", ev, 20000, 64))
         pairs.append(k.start("pingpong", "ping", ev, 20000, 64))
     for i in range(2):  # 1 MiB pairs: bodies through the move buffer
+        # 1,000 round trips: 150 (at 2-5 ms each beside the other pairs)
+        # could all be done before the second re-exec
         ev = base + 20 + 4 * i
-        pairs.append(k.start("pingpong", "pong", ev, 150, 1 << 20))
-        pairs.append(k.start("pingpong", "ping", ev, 150, 1 << 20))
+        pairs.append(k.start("pingpong", "pong", ev, 1000, 1 << 20))
+        pairs.append(k.start("pingpong", "ping", ev, 1000, 1 << 20))
     wait_listed(lam_session.killfile, {p.pid for p in pairs + blocked})
     # the kill file is read all along, as tkill would: whole, the daemon first,
     # every blocked receiver listed
