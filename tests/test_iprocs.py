@@ -7,14 +7,10 @@ the bytes it sends back, byte by byte where LAM's layout matters.
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import select
 import socket
 import struct
-import subprocess
-import sys
 from dataclasses import replace
 
 import pytest
@@ -27,7 +23,6 @@ from lamd.kernel.constants import (
 )
 from lamd.kernel.kiproc import KBoot
 from lamd.iprocs import BOOT_TABLE, boot_table
-from lamd.iprocs import netaddr, stubs
 from lamd.iprocs.nreq import (
     BFQSPACE, DINT4MSG, DLCTL, DLUSR, LOCAL, N2ND, NMORE, NOBUF, NREEL, NT_CAST,
     NT_ME, NT_ORIGIN, data_words,
@@ -518,7 +513,7 @@ def test_filed_stub_never_connects_outside_the_session(tmp_path):
     assert head.data[0] == ESERVICE and not w.watches
 
 
-# --- testecho and netaddr -------------------------------------------------------
+# --- testecho -------------------------------------------------------------------
 
 
 def test_testecho_round_trip_plain_and_knmsg():
@@ -537,135 +532,3 @@ def test_testecho_round_trip_plain_and_knmsg():
     assert (rep.length, rep.type) == (3, 6)
     assert c.read(NMSG_SIZE + 3) == h.pack() + b"abc"
 
-
-# node_address() in network namespaces built for it: an interface with a
-# known address behind the default route must give exactly that address; a
-# namespace with nothing but loopback gives 127.0.0.1 without any netlink
-# failure (which would give it too, and is told apart by its warning).
-
-NETADDR_CHILD = """
-import json, logging, sys
-records = []
-class Keep(logging.Handler):
-    def emit(self, r):
-        records.append([r.levelname, r.getMessage()])
-logging.getLogger().addHandler(Keep())
-logging.getLogger().setLevel(logging.DEBUG)
-from lamd.iprocs import netaddr
-addr = netaddr.node_address()
-print(json.dumps({"addr": addr, "log": [x for x in records if x[0] != "DEBUG"]}))
-"""
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def ip(*args: str) -> None:
-    cp = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
-    assert cp.returncode == 0, f"ip {' '.join(args)}: {cp.stderr}"
-
-
-@pytest.fixture
-def netns():
-    """Make network namespaces (named lamdtest-PID-N); all removed afterwards,
-    whatever happens in the test."""
-    made: list[str] = []
-
-    def make(*setup: tuple[str, ...]) -> str:
-        name = f"lamdtest-{os.getpid()}-{len(made)}"
-        ip("netns", "add", name)
-        made.append(name)
-        for cmd in setup:
-            ip("-n", name, *cmd)
-        return name
-
-    yield make
-    for name in made:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
-    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
-                          timeout=10).stdout
-    assert not any(n in left for n in made), left
-
-
-def node_address_in(ns: str) -> dict:
-    cp = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", NETADDR_CHILD],
-                        capture_output=True, text=True, timeout=30,
-                        env=dict(os.environ, PYTHONPATH=REPO))
-    assert cp.returncode == 0, cp.stdout + cp.stderr
-    return json.loads(cp.stdout)
-
-
-def veth(name: str, peer: str, *addrs: str) -> list[tuple[str, ...]]:
-    """Setup commands for a veth pair inside the namespace, *addrs* on *name*."""
-    cmds = [("link", "add", name, "type", "veth", "peer", "name", peer)]
-    cmds += [("addr", "add", a, "dev", name) for a in addrs]
-    cmds += [("link", "set", name, "up"), ("link", "set", peer, "up")]
-    return cmds
-
-
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
-
-
-@needs_root
-def test_node_address_is_the_default_route_interfaces_address(netns):
-    ns = netns(("link", "set", "lo", "up"), *veth("v0", "v1", "192.0.2.55/24"),
-               ("route", "add", "default", "via", "192.0.2.1", "dev", "v0"))
-    got = node_address_in(ns)
-    assert got == {"addr": "192.0.2.55", "log": []}
-
-
-@needs_root
-def test_node_address_prefers_the_routes_source_address(netns):
-    """A default route with ``src``: that address, not the interface's first."""
-    ns = netns(("link", "set", "lo", "up"),
-               *veth("v0", "v1", "192.0.2.55/24", "198.51.100.7/24"),
-               ("route", "add", "default", "via", "192.0.2.1", "dev", "v0",
-                "src", "198.51.100.7"))
-    assert node_address_in(ns) == {"addr": "198.51.100.7", "log": []}
-
-
-@needs_root
-def test_node_address_follows_the_lowest_metric_default_route(netns):
-    ns = netns(("link", "set", "lo", "up"),
-               *veth("v0", "v1", "192.0.2.55/24"), *veth("w0", "w1", "203.0.113.9/24"),
-               ("route", "add", "default", "via", "192.0.2.1", "dev", "v0", "metric", "200"),
-               ("route", "add", "default", "via", "203.0.113.1", "dev", "w0", "metric", "100"))
-    assert node_address_in(ns) == {"addr": "203.0.113.9", "log": []}
-
-
-@needs_root
-def test_node_address_with_only_loopback_is_127_0_0_1(netns):
-    """No default route: loopback, and no warning (a netlink failure would
-    give loopback too, with a warning)."""
-    ns = netns(("link", "set", "lo", "up"))
-    assert node_address_in(ns) == {"addr": "127.0.0.1", "log": []}
-    ns = netns(*veth("v0", "v1", "192.0.2.55/24"))  # an address, but no default route
-    assert node_address_in(ns) == {"addr": "127.0.0.1", "log": []}
-
-
-def test_node_address_falls_back_to_loopback(monkeypatch, caplog):
-    def broken(*a, **kw):
-        raise OSError("netlink refused")
-
-    monkeypatch.setattr(netaddr, "_dump", broken)
-    with caplog.at_level(logging.WARNING, logger="lamd.iprocs.netaddr"):
-        assert netaddr.node_address() == "127.0.0.1"
-    assert [r.getMessage() for r in caplog.records] == [
-        "cannot read the default route over netlink (netlink refused); "
-        "node address is 127.0.0.1"]
-
-
-def test_node_address_matches_pyroute2_here():
-    """Differential: the hand-read netlink answer is pyroute2's on this host."""
-    from pyroute2 import IPRoute
-    with IPRoute() as ipr:
-        routes = sorted(ipr.get_default_routes(family=socket.AF_INET),
-                        key=lambda r: r.get_attr("RTA_PRIORITY") or 0)
-        want = "127.0.0.1"
-        for r in routes:
-            oif = r.get_attr("RTA_OIF")
-            addrs = [a for a in ipr.get_addr(family=socket.AF_INET, index=oif)
-                     if not a.get("flags", 0) & 1] if oif is not None else []
-            if addrs:
-                want = r.get_attr("RTA_PREFSRC") or addrs[0].get_attr("IFA_LOCAL")
-                break
-    assert netaddr.node_address() == want

@@ -5,11 +5,11 @@ stock ``mpirun``/``lamexec`` on the C lamd (``daemon[c]``) and on ours
 The programs are ``tests/c/mpi/*.c`` (built once with ``mpicc.lam``; each
 file's header says what it prints).  Every expectation here was taken from
 the C lamd (LAM 7.1.4, Debian's lam-runtime): the tools' exact messages and
-exit statuses, which are what a LAM user sees and scripts against.  The one
-legitimate difference is the node's address in mpirun's "failed on node n0
-(ADDR)" lines: the C lamd reports the boot schema's ``127.0.0.1``, ours this
-node's own address (see test_stock_tools.normalise_host); the tests take it
-from ``lamnodes -i -c`` on the daemon under test.
+exit statuses, which are what a LAM user sees and scripts against.  The
+node's address in mpirun's "failed on node n0 (ADDR)" lines is 127.0.0.1 on
+both (the C lamd's from the default boot schema's ``localhost``, ours by
+hand: lamd.iprocs.LOCALHOST); the tests take it from ``lamnodes -i -c`` on
+the daemon under test.
 
 What LAM does, for the record (all on the C lamd):
 

@@ -75,7 +75,7 @@ def test_the_boot_table_loads_no_internal_process_until_booted() -> None:
     rows = ["lamd.iprocs.router", "lamd.iprocs.bufferd", "lamd.iprocs.dli", "lamd.iprocs.dlo",
             "lamd.iprocs.echod", "lamd.iprocs.bforward", "lamd.iprocs.traced",
             "lamd.iprocs.stubs", "lamd.iprocs.haltd", "lamd.iprocs.versiond",
-            "lamd.iprocs.netaddr", "lamd.iprocs.carried", "lamd.datalink.link"]
+            "lamd.iprocs.carried", "lamd.datalink.link"]
     code = ("import json, sys\nfrom lamd import daemon, iprocs\n"
             "n = iprocs.booted_rows(iprocs.JOB_SERVICES)\n"
             "print(json.dumps([n, [m for m in %r if m in sys.modules]]))\n"

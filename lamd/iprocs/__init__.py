@@ -10,7 +10,7 @@ dli_inet, dlo_inet and bforward are the UDP datalink to other nodes
 (:mod:`.dli`, :mod:`.dlo`, :mod:`.bforward`, over :mod:`lamd.datalink`).
 
 Settings read from the boot configuration (all optional):
-``node_addr`` (this node's IPv4 address; found over netlink when absent),
+``node_addr`` (this node's IPv4 address; :data:`LOCALHOST` when absent),
 ``ncpus`` (default 1, as ``lamboot`` without a cpu count), ``node_type``,
 ``dli_port``, ``dli_sock`` (the datalink socket of the boot callback),
 ``links`` and ``routes`` (the universe), ``fault_tolerant`` (``-x``), ``session`` (the session directory), ``bufferd_space`` and
@@ -28,6 +28,17 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import replace
+
+#: the address of a universe of one node started by hand: LAM's default boot
+#: schema (``lam-bhost.def``) names ``localhost``, so a one-node ``lamboot``
+#: gives the C lamd 127.0.0.1 and ``lamnodes`` prints ``localhost``. Every
+#: ``mpirun`` resolves each rank's node address back to a name
+#: (``otb/mpirun/totalview.c``, ``gethostbyaddr``): 127.0.0.1 is in every
+#: hosts file, where a routable address may cost a DNS query per rank, or a
+#: resolver's timeout on a node without DNS. As with LAM, ``lamgrow`` from
+#: such a universe is refused (``localhost-universe``); a universe booted by
+#: lamboot has the addresses lamboot gives.
+LOCALHOST = "127.0.0.1"
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -163,7 +174,7 @@ def parse_external(spec: str | Iterable[str] | None) -> list[str]:
 
 
 def boot_config(config: dict[str, Any], kernel_side: bool = True) -> dict[str, Any]:
-    """Fill ``config["node_addr"]`` (netlink), ``node_id``, ``identity``
+    """Fill ``config["node_addr"]`` (:data:`LOCALHOST`), ``node_id``, ``identity``
     (:class:`~.nreq.Identity`, shared by every process booted with *config*:
     the router changes it when it learns a universe) and, for the
     daemon's own processes (*kernel_side*), the router's table they share
@@ -173,9 +184,7 @@ def boot_config(config: dict[str, Any], kernel_side: bool = True) -> dict[str, A
     from .router import route_table
 
     if not config.get("node_addr"):
-        from .netaddr import node_address
-
-        config["node_addr"] = node_address()
+        config["node_addr"] = LOCALHOST
     config.setdefault("node_id", 0)
     ident = config.get("identity")
     if ident is None:
@@ -189,7 +198,7 @@ def boot_config(config: dict[str, Any], kernel_side: bool = True) -> dict[str, A
 
 def boot_table(config: dict[str, Any], external: Iterable[str] = ()) -> list[KBoot]:
     """The boot table without the *external* rows; fills ``config["node_addr"]``
-    (netlink) if missing.
+    (:data:`LOCALHOST`) if missing.
 
     Each row keeps its place in LAM's table (``row``), so leaving rows out
     keeps every other process at LAM's pid. The daemon passes the same

@@ -61,9 +61,9 @@ from ..kernel.constants import EVDL0, EVDLI, KNMSG, KTRACE, KTRY, MAXNMSGLEN
 from ..kernel.kiproc import Event, IProc
 from ..kernel.wire import NMsg
 from ..datalink.keep import DLO_SOCKET
+from . import LOCALHOST
 from .dli import DropLog
 from .doforward import EVDOFORWARD, LONGEST, Taker, unpack
-from .netaddr import node_address
 from .nreq import DDLI, DLCTL, LOCAL, NOBUF, NetMsg, data_words, nsend, received
 
 log = logging.getLogger("lamd.iprocs.dlo")
@@ -74,7 +74,7 @@ EPS = MAXNMSGLEN // DOLINK.size
 
 def local_links(config: dict) -> list[DoLink]:
     """The one-node link table: node 0 at this host's address."""
-    addr = str(config.get("node_addr") or node_address())
+    addr = str(config.get("node_addr") or LOCALHOST)
     return [DoLink(0, addr, int(config.get("dli_port") or 0))]
 
 
