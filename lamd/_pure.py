@@ -20,14 +20,15 @@ call each other natively and cannot be mixed with interpreted copies.
 
 from __future__ import annotations
 
-import importlib.machinery
 import os
 import sys
-import zlib
 
 # Imported by every start of every lamd process, before anything else:
-# typing (about 4 ms), importlib.util and warnings are left to where they
-# are needed (annotations are not evaluated).
+# typing (about 4 ms), importlib (0.4 ms with warnings), zlib and the digest
+# of every compiled module's source are left to where they are needed
+# (annotations are not evaluated). A lamd started by hboot calls lamboot back
+# before it imports any compiled module, so none of that is on lamboot's
+# path (issue 11).
 
 #: the codec, the kernel's dispatch and rendezvous, the I/O dispatch, the crash state,
 #: bufferd and the nreq calls it makes
@@ -50,6 +51,7 @@ COMPILED = (
     "lamd.iprocs.nreq",
     "lamd.iprocs.bufferd",
 )
+_COMPILED = frozenset(COMPILED)
 #: mypyc's runtime and the compiled code, one library inside the package
 SHARED_LIB = "lamd._hotpath"
 #: written by the build beside the library: "module digest" per compiled module
@@ -59,6 +61,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _shared_lib_file() -> str | None:
+    import importlib.machinery
+
     prefix = SHARED_LIB.rsplit(".", 1)[1] + "__mypyc"
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = os.path.join(_HERE, prefix + suffix)
@@ -73,6 +77,8 @@ def _source_file(name: str) -> str:
 
 def source_digest(path: str) -> str:
     """What the build records of a source file (cheap enough for every start)."""
+    import zlib
+
     with open(path, "rb") as f:
         data = f.read()
     return f"{len(data)}-{zlib.crc32(data):08x}"
@@ -96,12 +102,21 @@ def stale() -> list[str]:
 
 
 class _SourceFirst:
-    """A meta path finder that gives the .py file of a compiled module."""
+    """A meta path finder that gives the .py file of a compiled module when
+    the pure-Python build is wanted: told so (*pure* True), or, with *pure*
+    None, decided when the first compiled module is imported (:func:`stale`
+    reads every compiled module's source: not before it is needed)."""
 
-    @staticmethod
-    def find_spec(name: str, path: "list[str] | None" = None,
+    def __init__(self, pure: bool | None) -> None:
+        self.pure = pure
+
+    def find_spec(self, name: str, path: "list[str] | None" = None,
                   target: object = None) -> "importlib.machinery.ModuleSpec | None":
-        if name not in COMPILED:
+        if name not in _COMPILED:
+            return None
+        if self.pure is None:
+            self.pure = _decide()
+        if not self.pure:
             return None
         src = _source_file(name)
         if not os.path.exists(src):
@@ -111,22 +126,26 @@ class _SourceFirst:
         return importlib.util.spec_from_file_location(name, src)
 
 
+def _decide() -> bool:
+    """Pure Python if the build is stale (with a warning), else compiled."""
+    old = stale()
+    if old:
+        import warnings
+
+        warnings.warn(f"lamd: {', '.join(old)} changed since the compiled build "
+                      f"({_shared_lib_file()}): running pure Python; rebuild with "
+                      "'python3 setup.py build_ext --inplace'", RuntimeWarning, stacklevel=2)
+    return bool(old)
+
+
 def install() -> None:
     """Import the .py files of :data:`COMPILED` instead of their extensions
-    when ``LAMD_PURE=1`` is set or the build is stale (see above)."""
-    if os.environ.get("LAMD_PURE", "") not in ("", "0"):
-        want = True
-    else:
-        old = stale()
-        if old:
-            import warnings
-
-            warnings.warn(f"lamd: {', '.join(old)} changed since the compiled build "
-                          f"({_shared_lib_file()}): running pure Python; rebuild with "
-                          "'python3 setup.py build_ext --inplace'", RuntimeWarning, stacklevel=2)
-        want = bool(old)
-    if want and not any(isinstance(f, _SourceFirst) for f in sys.meta_path):
-        sys.meta_path.insert(0, _SourceFirst())
+    when ``LAMD_PURE=1`` is set or the build is stale (see above; the
+    staleness is checked when the first of them is imported)."""
+    if any(isinstance(f, _SourceFirst) for f in sys.meta_path):
+        return
+    forced = os.environ.get("LAMD_PURE", "") not in ("", "0")
+    sys.meta_path.insert(0, _SourceFirst(True if forced else None))
 
 
 def compiled() -> bool:

@@ -168,9 +168,10 @@ def prefix_tree(c: Cluster, pkgdir: Path, name: str = "ourlam") -> Path:
     os.symlink("/usr/bin/tkill", pre / "bin" / "tkill")
     (pre / "bin" / "lamd").write_text(
         "#!/bin/sh\n"
+        "read -r host </proc/sys/kernel/hostname\n"  # hostname(1) without a fork
         f"PYTHONPATH={pkgdir} PYTHONDONTWRITEBYTECODE=1 exec /usr/bin/python3 -S -c "
         "'import sys; from lamd.launch import main; sys.exit(main())' "
-        f'"$@" 2>>{c.work}/lamd-$(hostname).log\n')
+        f'"$@" 2>>{c.work}/lamd-$host.log\n')
     (pre / "etc" / "lam-conf.lamd").write_text(
         "lamd $inet_topo $debug $session_prefix $session_suffix\n")
     for p in (pre, pre / "bin", pre / "etc", pre / "bin" / "lamd"):
