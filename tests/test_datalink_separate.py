@@ -503,16 +503,24 @@ def test_a_killed_datalink_process_goes_on_with_what_it_kept(hosts3: Cluster, la
         outs = []
         # (receiving host, sending host, the receiver's node): in through
         # n1's dli, out through its dlo
-        for name, rh, sh, node in (("in", h, c.hosts[0], 1), ("out", c.hosts[0], h, 0)):
-            recv_out, send_out = c.work / f"stream-{name}-recv.out", c.work / f"stream-{name}-send.out"
-            outs += [recv_out, send_out]
+        # both receivers first, then both senders at once: neither stream
+        # has a head start, so neither is over before the other is under way
+        # (with the senders 0.6 s apart, the first 26 MB could all arrive
+        # before the second stream's 20th message: the kill came too late)
+        streams = (("in", h, c.hosts[0], 1), ("out", c.hosts[0], h, 0))
+        for name, rh, _sh, node in streams:
+            recv_out = c.work / f"stream-{name}-recv.out"
+            outs.append(recv_out)
             procs.append(rh.popen(["sh", "-c", f"exec {exe} recv n {EVENT + node} "
                                                f"{' '.join(sizes)} >{recv_out} 2>&1"], timeout=120))
-            time.sleep(0.3)   # the receive is posted (bufferd would keep the packets anyway)
+        time.sleep(0.3)   # the receives are posted (bufferd would keep the packets anyway)
+        for name, _rh, sh, node in streams:
+            send_out = c.work / f"stream-{name}-send.out"
+            outs.append(send_out)
             procs.append(sh.popen(
                 ["sh", "-c", f"exec {exe} send n {EVENT + node} {' '.join(sizes)} >{send_out} 2>&1"],
                 timeout=120, env=sh.env({"NETCLIENT_NODE": str(node)})))
-        recvs = outs[0::2]
+        recvs = outs[:2]   # procs and outs: both receivers, then both senders
 
         def tails() -> str:
             return "".join(f"{o.name}: {o.read_text()[-400:]}\n" for o in outs)
