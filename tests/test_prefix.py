@@ -24,8 +24,14 @@ proctitle (``lamd: USER, ...``); the C lamd is ``/usr/bin/lamd``.
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import tempfile
 from pathlib import Path
 
+import pytest
+
+from . import lamenv
 from .netns import Cluster, gone
 from .test_multinode import cmdline, show
 
@@ -51,6 +57,49 @@ def test_the_package_installs_a_lam_prefix_tree(lamd_deb):
     # lam-runtime's lamd and its schema are still the C ones
     owners = os.popen("dpkg -S /usr/bin/lamd /etc/lam/lam-conf.lamd").read()
     assert "lam-runtime" in owners and "lamd:" not in owners, owners
+
+
+@pytest.mark.parametrize("script", ["lamd", "tkill"])
+def test_the_trees_scripts_find_lams_session_directory_without_a_fork(script):
+    """Where bin/lamd and bin/tkill look for systemd's socket is LAM's
+    session directory, as stock tkill names it (``tkill -d``: the kill
+    file's directory), for the test user and for a uid no name service
+    knows (LAM's "unknown"), with and without LAM_MPI_SESSION_PREFIX; for a
+    user in /etc/passwd without forking id(1) (each fork is a millisecond
+    per node on lamboot's path): here an ``id`` that fails is first in PATH."""
+    text = (REPO / "packaging" / "lam-prefix" / "bin" / script).read_text()
+    head = text[:text.index("\n", text.index("\nsock=") + 1) + 1]
+    pw = lamenv.ensure_user()
+    with tempfile.TemporaryDirectory(prefix="lamd-prefix-") as d:
+        os.chmod(d, 0o755)
+        probe = Path(d) / "probe"
+        probe.write_text(head + 'printf "%s\\n" "$sock"\n')
+        fake = Path(d) / "bin"
+        fake.mkdir()
+        (fake / "id").write_text(f"#!/bin/sh\necho forked >>{d}/forks\nexit 97\n")
+        (fake / "id").chmod(0o755)
+        os.chmod(fake, 0o755)
+        os.chmod(probe, 0o644)
+        sessions = Path(d) / "sessions"
+        sessions.mkdir(mode=0o1777)
+        sessions.chmod(0o1777)
+        for uid, fake_id in ((pw.pw_uid, True), (4242, False)):
+            for prefix in (None, str(sessions)):
+                env = {"PATH": f"{fake}:/usr/bin:/bin" if fake_id else "/usr/bin:/bin",
+                       "HOME": "/", "TMPDIR": "/tmp"}
+                if prefix:
+                    env["LAM_MPI_SESSION_PREFIX"] = prefix
+                who = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                       "env", "-i", *(f"{k}={v}" for k, v in env.items())]
+                ours = subprocess.run([*who, "/bin/sh", str(probe)], capture_output=True,
+                                      text=True, timeout=30)
+                lam = subprocess.run([*who, "/usr/bin/tkill", "-d"], capture_output=True,
+                                     text=True, timeout=30)
+                killfile = re.search(r"got killname back: (\S+)", lam.stdout + lam.stderr)
+                assert ours.returncode == 0 and killfile, (ours, lam)
+                assert ours.stdout == os.path.join(os.path.dirname(killfile.group(1)),
+                                                   "lamd-datalink-socket") + "\n", (uid, prefix)
+        assert not (Path(d) / "forks").exists()
 
 
 def _universe(c: Cluster, argv: list, kinds: list[str]) -> None:
