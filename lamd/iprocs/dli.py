@@ -290,6 +290,12 @@ async def dli(k: IProc) -> None:
                     # once handed on; kept, a crash of this process before
                     # that makes its sender send it again
                     _ack(sock, din.handed_on(fr), r.src, badlog)
+            if r.deliver and not r.deliver[-1].dlh_flags & NMORE:
+                # the last or only packet of a message was handed on: read on
+                # at the next readiness (the socket stays watched level-
+                # triggered), not now, where a read that finds nothing (as
+                # after most such packets) would delay what it is handed to
+                break
 
 
 def _ack(sock: socket.socket, ack: bytes, to: tuple[str, int], badlog: DropLog) -> None:

@@ -248,6 +248,10 @@ def _acks(sock: socket.socket, out: DLOut, badlog: DropLog) -> None:
         for d in r.drops:
             badlog.drop("dlo", d)
         _send(sock, r.send, badlog)
+        if not out.busy():
+            # every frame acked: no ack is due, so no read that finds
+            # nothing (a stray datagram left is read at the next readiness)
+            return
 
 
 async def _request(k: IProc, msg: NetMsg, table: LinkTable, out: DLOut,
