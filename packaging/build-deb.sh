@@ -10,6 +10,9 @@ out=$(mkdir -p "${1:-$repo/dist}" && cd "${1:-$repo/dist}" && pwd)
 export PATH=/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# what the build and lintian leave in the temporary directory (lintian's
+# mldbm-elf-* databases) goes with the rest
+export TMPDIR="$work"
 git clone -q "$repo" "$work/lamd"
 cd "$work/lamd"
 dpkg-buildpackage -us -uc -b

@@ -85,9 +85,14 @@ def lamd_deb(tmp_path_factory):
         assert shutil.which("dpkg-buildpackage"), \
             f"dpkg-buildpackage missing: cannot build the package: {setup}"
         out = tmp_path_factory.mktemp("deb")
+        before = set(os.listdir("/tmp"))
         r = subprocess.run([str(HERE.parent / "packaging" / "build-deb.sh"), str(out)],
                            capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, "package build failed:\n" + (r.stdout + r.stderr)[-3000:]
+        # the build and its lintian run leave nothing behind (lintian's
+        # mldbm-elf-* databases did, before build-deb.sh gave it its own TMPDIR)
+        left = {n for n in set(os.listdir("/tmp")) - before if n.startswith(("mldbm", "tmp"))}
+        assert not left, f"the package build left {sorted(left)} in /tmp"
         deb = str(next(out.glob("lamd_*.deb")))
     r = subprocess.run(["dpkg", "-i", deb], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
