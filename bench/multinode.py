@@ -21,6 +21,15 @@ medians reported:
 holds ``lamd/``, built: an A/B of a change), the two-host workloads in
 alternating rounds; to ``bench/results/multinode-ab.json`` unless ``--out``.
 
+``--boot-node``: what booting one node costs by its kind: ``lamboot`` of
+two hosts, the first a C lamd, the second a C lamd, ours by hand (the
+source tree's prefix tree) or ours "under systemd" (the package's prefix
+scripts on a node whose ``lamd@``/``lamd-dl@`` sockets are held as systemd
+would hold them, ``tests/sockact.py``: the tree's tkill and the hand-off
+of hboot's arguments, then the datalink process and the kernel started by
+their sockets), alternating rounds, the medians of the boot's wall time
+and ``lamhalt``'s; to ``bench/results/multinode-bootnode.json``.
+
 ``--hop``: the extra hop of a datalink outside the kernel (what
 ``lamd-dl@.service`` runs beside the sandboxed kernel): on two hosts,
 ours with the datalink inside the kernel process against ours with it in
@@ -196,11 +205,15 @@ def main() -> int:
                     help="this checkout against TREE's lamd/ (two hosts, alternating)")
     ap.add_argument("--hop", action="store_true",
                     help="the datalink inside the kernel process against outside it")
+    ap.add_argument("--boot-node", action="store_true",
+                    help="lamboot of two hosts by the second node's kind (C, by hand, sockets)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("run as root (network namespaces, the test user)", file=sys.stderr)
         return 2
     lamenv.ensure_user()
+    if args.boot_node:
+        return boot_node(args)
     if args.hop:
         return hop(args)
     if args.ab:
@@ -293,6 +306,70 @@ def ab(args: argparse.Namespace) -> int:
         if b and t:
             mb, mt = statistics.median(b), statistics.median(t)
             print(f"| {key} | {mb:.1f} | {mt:.1f} | {mt / mb:.2f}x |")
+    return 0
+
+
+def boot_node(args: argparse.Namespace) -> int:
+    """``--boot-node``: lamboot of a C origin and one node of each kind."""
+    from tests.test_datalink_separate import SocketUnits, systemd_like_tree
+
+    rounds = 1 if args.quick else args.rounds
+    kinds = ("c", "hand", "sockets")
+    pkgdir = lamenv.copy_package(pyc=True)
+    raw: dict[str, dict[str, list]] = {k: {} for k in kinds}
+    try:
+        with Cluster(2) as c:
+            h = c.hosts[1]
+            trees = {"c": None, "hand": prefix_tree(c, pkgdir),
+                     "sockets": systemd_like_tree(c, pkgdir)}
+            session = h.prefix / f"lam-{c.pw.pw_name}@{h.name}"
+            for r in range(rounds):
+                for kind in (kinds if r % 2 == 0 else kinds[::-1]):
+                    hf = c.work / f"hostfile-{kind}"
+                    pre = trees[kind]
+                    hf.write_text(f"{c.hosts[0].name}\n{h.name}{f' prefix={pre}' if pre else ''}\n")
+                    hf.chmod(0o644)
+                    units = SocketUnits(c, h, pkgdir) if kind == "sockets" else None
+                    try:
+                        t0 = time.monotonic()
+                        cp = c.hosts[0].run(["lamboot", str(hf)], timeout=120)
+                        boot = time.monotonic() - t0
+                        if cp.returncode != 0:
+                            raise RuntimeError(f"lamboot ({kind}): {cp.stdout}{cp.stderr}")
+                        cp = c.hosts[0].run(["tping", "-c", "1", "N"], timeout=60)
+                        if cp.returncode != 0:
+                            raise RuntimeError(f"tping ({kind}): {cp.stdout}{cp.stderr}")
+                        t0 = time.monotonic()
+                        cp = c.hosts[0].run(["lamhalt"], timeout=60)
+                        halt = time.monotonic() - t0
+                        if cp.returncode != 0:
+                            raise RuntimeError(f"lamhalt ({kind}): {cp.stdout}{cp.stderr}")
+                    finally:
+                        c.hosts[0].run(["lamwipe", str(hf)], timeout=60)
+                        if units is not None:
+                            units.close()
+                        for x in c.hosts:
+                            for pid in x.user_pids():
+                                try:
+                                    os.kill(pid, 9)
+                                except ProcessLookupError:
+                                    pass
+                        shutil.rmtree(session, ignore_errors=True)
+                    for key, v in (("boot2_s", boot), ("halt2_s", halt)):
+                        raw[kind].setdefault(key, []).append(v)
+                        log(f"{kind:7} {key}: {v:.3f}")
+    finally:
+        shutil.rmtree(pkgdir, ignore_errors=True)
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    out = Path(args.out or ROOT / "bench" / "results" / "multinode-bootnode.json")
+    out.write_text(json.dumps({"commit": commit, "rounds": rounds, "raw": raw,
+                               "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
+                              indent=1) + "\n")
+    print(f"| second node (at {commit}) | lamboot of 2 hosts | lamhalt |\n|---|---|---|")
+    for kind in kinds:
+        print(f"| {kind} | {statistics.median(raw[kind]['boot2_s']):.3f} s | "
+              f"{statistics.median(raw[kind]['halt2_s']):.3f} s |")
     return 0
 
 
