@@ -1,7 +1,13 @@
-"""``python3 -m lamd.datalink``: :mod:`lamd.datalink.process`."""
+"""``python3 -m lamd.datalink``: :mod:`lamd.datalink.process`, after
+:mod:`lamd.datalink.early` (under ``lamd-dl@.socket``, the kernel's start
+set going before the imports)."""
 
 import sys
 
-from .process import main
+from .early import start
 
-sys.exit(main())
+_early = start()
+
+from .process import main  # noqa: E402  (after the kernel's start was set going)
+
+sys.exit(main(early=_early))

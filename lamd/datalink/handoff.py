@@ -54,6 +54,35 @@ def encode_request(argv: Sequence[str]) -> bytes:
     return MAGIC + b"".join(a.encode("utf-8", "surrogateescape") + b"\0" for a in argv) + b"\0"
 
 
+#: Longest request (hboot's arguments, NUL-terminated, then an empty one).
+MAX_REQUEST = 16 * 1024
+#: How long the service waits for the request on its first connection.
+REQUEST_TIMEOUT = 10.0
+
+
+def read_request(conn: socket.socket, timeout: float = REQUEST_TIMEOUT) -> list[str]:
+    """The service's side of :func:`encode_request`: the arguments of one
+    request (ValueError if malformed, late or too long)."""
+    deadline = time.monotonic() + timeout
+    buf = bytearray()
+    while not (buf.startswith(MAGIC) and (buf.endswith(b"\0\0") or buf == MAGIC + b"\0")):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ValueError("no request in time")
+        conn.settimeout(left)
+        try:
+            data = conn.recv(4096)
+        except TimeoutError:
+            raise ValueError("no request in time") from None
+        if not data:
+            raise ValueError("end of file before the whole request")
+        buf += data
+        if len(buf) > MAX_REQUEST or not MAGIC.startswith(bytes(buf[:len(MAGIC)])):
+            raise ValueError("not a datalink request")
+    body = bytes(buf[len(MAGIC):-1])
+    return [a.decode("utf-8", "surrogateescape") for a in body.split(b"\0")[:-1]] if body else []
+
+
 def session_of(argv: Sequence[str]) -> Session:
     """The session hboot's ``-sessionprefix``/``-sessionsuffix`` (and the
     environment, as LAM's ``lam_tmpdir_init``) name."""

@@ -47,6 +47,7 @@ import struct
 from dataclasses import dataclass, field
 
 from ..iprocs.router import ROUTE, Route
+from .early import DLI_SOCKET, DLO_SOCKET, STATE_PREFIX  # the store's names
 from .frame import DLMINFRAMELEN, DOSLOTCNT
 from .link import DLIn, DLOut, Keeper
 from .linkreq import DOLINK, DoLink
@@ -73,10 +74,6 @@ SLOT_DATA = DLMINFRAMELEN + MAXNMSGLEN
 SLOT_SIZE = SLOTHEAD.size + SLOT_DATA
 #: slots of a new state: twice dlo's (a dead link's frame to itself comes on top)
 MIN_SLOTS = 2 * DOSLOTCNT
-#: names in the descriptor store
-STATE_PREFIX = "dl-state-"
-DLI_SOCKET = "dl-in"
-DLO_SOCKET = "dl-out"
 
 
 class KeepError(ValueError):

@@ -44,7 +44,10 @@ How it is started:
   (:func:`encode_request`); the service reads them from the first
   connection and answers with status lines (:data:`CALLED_BACK`, then
   :data:`OK` or :data:`ERROR`). Connections that come while a universe is
-  served are answered :data:`ERROR` at once.
+  served are answered :data:`ERROR` at once. Steps 1 and 2 begin before
+  this module is imported (:mod:`.early`: the request read, the
+  announcement written, the kernel's socket connected), so that the kernel
+  starts while this process imports.
 """
 
 from __future__ import annotations
@@ -54,7 +57,6 @@ import logging
 import os
 import socket
 import sys
-import time
 from typing import Callable, Sequence
 
 from ..boot.agent import BootArgs, BootError, add_hboot_options, boot_agent, boot_args_of
@@ -63,8 +65,8 @@ from ..iprocs import DATALINK_SERVICES, BY_NAME, boot_config
 from ..iprocs.router import RouteTable
 from ..kernel.kiproc import IPROC_PID_BASE
 from ..session import LAMD_DATALINK, Session, SessionError
-from ..session.kkill import read_proc_stat
-from .handoff import CALLED_BACK, ERROR, MAGIC, OK, encode_request
+from .early import Early, announce, withdraw
+from .handoff import CALLED_BACK, ERROR, MAGIC, OK, REQUEST_TIMEOUT, encode_request, read_request
 from .keep import DLI_SOCKET, DLO_SOCKET, STATE_PREFIX, Kept, KeepError, LinkKeep, Universe
 from .keep import load as load_kept, newest as newest_kept
 
@@ -77,64 +79,8 @@ EXIT_USAGE = 2
 #: it again (Restart=on-failure, RestartPreventExitStatus=1 2), as after a crash
 EXIT_SOFTWARE = 70
 
-#: Longest request (hboot's arguments, NUL-terminated, then an empty one).
-MAX_REQUEST = 16 * 1024
-#: How long the service waits for the request on its first connection.
-REQUEST_TIMEOUT = 10.0
 #: How long it retries the kernel's socket (under systemd: the kernel's start).
 DEFAULT_WAIT = 30.0
-
-
-def read_request(conn: socket.socket, timeout: float = REQUEST_TIMEOUT) -> list[str]:
-    """The arguments of one request (ValueError if malformed, late or too long)."""
-    deadline = time.monotonic() + timeout
-    buf = bytearray()
-    while not (buf.startswith(MAGIC) and (buf.endswith(b"\0\0") or buf == MAGIC + b"\0")):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise ValueError("no request in time")
-        conn.settimeout(left)
-        try:
-            data = conn.recv(4096)
-        except TimeoutError:
-            raise ValueError("no request in time") from None
-        if not data:
-            raise ValueError("end of file before the whole request")
-        buf += data
-        if len(buf) > MAX_REQUEST or not MAGIC.startswith(bytes(buf[:len(MAGIC)])):
-            raise ValueError("not a datalink request")
-    body = bytes(buf[len(MAGIC):-1])
-    return [a.decode("utf-8", "surrogateescape") for a in body.split(b"\0")[:-1]] if body else []
-
-
-def announce(directory: str) -> tuple[str, int]:
-    """Write the session's :data:`~lamd.session.LAMD_DATALINK` file ("PID
-    STARTTIME") and lock it for this process's life (the lock is what says
-    it runs: :func:`lamd.session.datalink_announced`); (its path, the
-    descriptor holding the lock)."""
-    import fcntl
-    st = read_proc_stat(os.getpid())
-    path = os.path.join(directory, LAMD_DATALINK)
-    tmp = f"{path}.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, f"{os.getpid()} {st[1] if st else 0}\n".encode())
-        os.replace(tmp, path)
-    except OSError:
-        os.close(fd)
-        raise
-    return path, fd
-
-
-def withdraw(path: str, fd: int) -> None:
-    """Remove the announcement if it is still ours, and let go of its lock."""
-    try:
-        if os.path.samestat(os.fstat(fd), os.stat(path)):
-            os.unlink(path)
-    except OSError:
-        pass
-    os.close(fd)
 
 
 def kernel_datalink(path: str, timeout: float = 10.0) -> list[str]:
@@ -163,13 +109,15 @@ class DatalinkProcess:
 
     def __init__(self, session: Session, boot: BootArgs | None, *, wait: float = DEFAULT_WAIT,
                  boot_timeout: float = 300.0, say: Callable[[str], None] | None = None,
-                 listener: socket.socket | None = None) -> None:
+                 listener: socket.socket | None = None, early: Early | None = None) -> None:
         self.session = session
         self.boot = boot
         self.wait = wait
         self.boot_timeout = boot_timeout
         self.say = say or (lambda _line: None)
         self.listener = listener
+        #: :mod:`.early`'s announcement and kernel connection (a boot under systemd)
+        self.early = early
         self.host = None
 
     def fail(self, why: str) -> int:
@@ -197,17 +145,26 @@ class DatalinkProcess:
             # only once the kernel is known to be the one it served: a kernel
             # its connect starts (tkill or lamhalt ended that one) keeps the
             # datalink, and the one-node daemon works without this process
-            if kept is None:
+            early = self.early
+            if kept is None and early is not None and early.announced is not None:
+                # announced, and the kernel's socket connected, before this
+                # module was imported (.early): the kernel has been starting since
+                announced, early.announced = early.announced, None
+            elif kept is None:
                 announced = self._announce()
                 if announced is None:
                     return EXIT_FAILED
             path = self.session.socket_path
-            if not wait_for_kernel(path, self.wait):
-                return self.fail(f"no kernel at {path} after {self.wait:.0f} s")
             try:
-                inside = kernel_datalink(path)
-            except OSError as e:
-                return self.fail(f"the kernel at {path}: {e}")
+                if not wait_for_kernel(path, self.wait):
+                    return self.fail(f"no kernel at {path} after {self.wait:.0f} s")
+                try:
+                    inside = kernel_datalink(path)
+                except OSError as e:
+                    return self.fail(f"the kernel at {path}: {e}")
+            finally:
+                if early is not None:
+                    early.close_kernel()
             if inside and kept is not None:
                 return self.fail(f"the kernel runs {', '.join(inside)} itself: a new kernel, "
                                  "not the one this node's universe was on; not serving again")
@@ -287,6 +244,10 @@ class DatalinkProcess:
             notifier.stopping()
             return status
         finally:
+            if self.early is not None:
+                self.early.close_kernel()
+                if self.early.announced is not None:  # not taken over above
+                    withdraw(*self.early.announced)
             if announced is not None:
                 withdraw(*announced)
             if booted is not None:
@@ -400,9 +361,30 @@ def _resume(args: argparse.Namespace, lst: socket.socket, stored: dict[str, int]
     return dp.run(kept, socks)
 
 
-def _from_socket(args: argparse.Namespace) -> int:
+def _undo(early: Early) -> None:
+    """What :mod:`.early` did and nobody took over: withdrawn, closed."""
+    if early.announced is not None:
+        withdraw(*early.announced)
+        early.announced = None
+    early.close_kernel()
+    early.conn.close()
+
+
+def _from_socket(args: argparse.Namespace, early: Early | None = None) -> int:
     """Under systemd: the listening socket, its first request, the answer
-    (or, after a crash, what the dead process kept: :func:`_resume`)."""
+    (or, after a crash, what the dead process kept: :func:`_resume`).
+    *early*: what :mod:`.early` did before this module was imported (the
+    first connection and its request taken, the announcement, the kernel's
+    connection); withdrawn and closed here on every way out but
+    :meth:`DatalinkProcess.run`'s, which does it itself."""
+    try:
+        return _from_socket_early(args, early)
+    finally:
+        if early is not None and not early.handed:
+            _undo(early)
+
+
+def _from_socket_early(args: argparse.Namespace, early: Early | None) -> int:
     from ..service import ServiceError
     from ..service.activation import _listen_fds, check_listen_socket
     passed = _listen_fds()
@@ -423,12 +405,15 @@ def _from_socket(args: argparse.Namespace) -> int:
         return _resume(args, lst, stored)
     for fd in stored.values():   # sockets without a state: of no use
         os.close(fd)
-    lst.settimeout(REQUEST_TIMEOUT)
-    try:
-        conn, _ = lst.accept()
-    except TimeoutError:
-        log.error("datalink: started, but no request came in %.0f s", REQUEST_TIMEOUT)
-        return EXIT_FAILED
+    if early is None:
+        lst.settimeout(REQUEST_TIMEOUT)
+        try:
+            conn, _ = lst.accept()
+        except TimeoutError:
+            log.error("datalink: started, but no request came in %.0f s", REQUEST_TIMEOUT)
+            return EXIT_FAILED
+    else:
+        conn = early.conn
 
     def say(line: str) -> None:
         try:
@@ -438,7 +423,12 @@ def _from_socket(args: argparse.Namespace) -> int:
 
     with conn:
         try:
-            argv = read_request(conn)
+            if early is None:
+                argv = read_request(conn)
+            elif early.error:
+                raise ValueError(early.error)
+            else:
+                argv = early.argv
             req = build_parser(_Parser).parse_args(argv)
             boot = boot_args_of(req)
             if boot is None:
@@ -455,11 +445,16 @@ def _from_socket(args: argparse.Namespace) -> int:
                 "session prefix/suffix name")
             return EXIT_FAILED
         log.info("datalink: boot request: %s", " ".join(argv))
-        dp = DatalinkProcess(Session(dirname), boot, wait=args.wait, say=say, listener=lst)
+        dp = DatalinkProcess(Session(dirname), boot, wait=args.wait, say=say, listener=lst,
+                             early=early)
+        if early is not None:
+            early.handed = True  # run withdraws it, and closes the kernel's connection
         return dp.run()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, early: Early | None = None) -> int:
+    """The command; *early*: what :func:`lamd.datalink.early.start` did
+    (``python3 -m lamd.datalink`` runs it before it imports this module)."""
     from ..service import setup_logging
 
     args = build_parser().parse_args(argv)
@@ -468,10 +463,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         boot = boot_args_of(args)
     except ValueError as e:
         log.error("%s", e)
+        if early is not None:
+            _undo(early)
         return EXIT_USAGE
+    if early is not None and boot is not None:
+        _undo(early)  # hboot's arguments on the command line: not the socket's boot
+        early = None
     if boot is None:
         try:
-            return _from_socket(args)
+            return _from_socket(args, early)
         except Exception:   # a bug: logged, and the unit starts this again
             log.exception("datalink: internal error")
             return EXIT_SOFTWARE

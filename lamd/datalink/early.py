@@ -1,0 +1,156 @@
+"""The first steps of ``python3 -m lamd.datalink`` started by
+``lamd-dl@.socket``, before it imports the rest (:mod:`.process`, about
+40 ms of imports): the boot request read from the first connection, the
+announcement written, and the kernel's socket connected.
+
+Under systemd that connect starts ``lamd@USER.service``, which then starts
+while this process imports, instead of after (a node whose services
+systemd starts on demand boots about 150 ms slower than one booted by
+hand: docs/multinode.md). The announcement must come first: a kernel that
+starts from then on leaves the datalink to this process.
+
+Nothing here decides anything. A start after a crash (a state in the
+descriptor store), anything unexpected in what systemd passed, or a
+request that does not come in time: :func:`start` does nothing and
+:mod:`.process` does it all, as before. A request it reads is handed on as
+read, still to be checked there; the announcement is withdrawn, and the
+kernel's connection closed, by :mod:`.process` whatever becomes of it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+
+from ..session import LAM_SOCKET, LAMD_DATALINK
+from ..session.kkill import read_proc_stat
+from .handoff import REQUEST_TIMEOUT, read_request
+
+#: names in lamd-dl@.service's descriptor store (:mod:`.keep`)
+STATE_PREFIX = "dl-state-"
+DLI_SOCKET = "dl-in"
+DLO_SOCKET = "dl-out"
+#: sd_listen_fds(3)
+SD_LISTEN_FDS_START = 3
+
+
+class Early:
+    """What :func:`start` did: the first connection (*conn*) and its
+    request (*argv*, or *error* if it could not be read), the announcement
+    (``(path, fd)``, or None if it could not be written) and the kernel's
+    connection (*kernel*, or None)."""
+
+    __slots__ = ("conn", "argv", "error", "announced", "kernel", "handed")
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.argv: list[str] = []
+        self.error = ""
+        self.announced: tuple[str, int] | None = None
+        self.kernel: socket.socket | None = None
+        #: given to :meth:`lamd.datalink.process.DatalinkProcess.run`, which
+        #: withdraws the announcement and closes the kernel's connection
+        self.handed = False
+
+    def close_kernel(self) -> None:
+        """The kernel has been reached (or will not be): its early connection goes."""
+        if self.kernel is not None:
+            self.kernel.close()
+            self.kernel = None
+
+
+def announce(directory: str) -> tuple[str, int]:
+    """Write the session's :data:`~lamd.session.LAMD_DATALINK` file ("PID
+    STARTTIME") and lock it for this process's life (the lock is what says
+    it runs: :func:`lamd.session.datalink_announced`); (its path, the
+    descriptor holding the lock)."""
+    st = read_proc_stat(os.getpid())
+    path = os.path.join(directory, LAMD_DATALINK)
+    tmp = f"{path}.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{os.getpid()} {st[1] if st else 0}\n".encode())
+        os.replace(tmp, path)
+    except OSError:
+        os.close(fd)
+        raise
+    return path, fd
+
+
+def withdraw(path: str, fd: int) -> None:
+    """Remove the announcement if it is still ours, and let go of its lock."""
+    try:
+        if os.path.samestat(os.fstat(fd), os.stat(path)):
+            os.unlink(path)
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def _listener() -> int | None:
+    """The one socket lamd-dl@.socket passed, for a boot; None for a start
+    after a crash (a state in the store) or anything unexpected. The
+    environment is left for :func:`lamd.service.activation._listen_fds`."""
+    try:
+        if int(os.environ.get("LISTEN_PID", "")) != os.getpid():
+            return None
+        n = int(os.environ.get("LISTEN_FDS", ""))
+    except ValueError:
+        return None
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+    names += ["unknown"] * (n - len(names))
+    if any(name.startswith(STATE_PREFIX) for name in names[:n]):
+        return None
+    fds = [SD_LISTEN_FDS_START + i for i in range(n)
+           if names[i] not in (DLI_SOCKET, DLO_SOCKET)]
+    return fds[0] if len(fds) == 1 else None
+
+
+def start() -> Early | None:
+    """Under ``lamd-dl@.socket``, for a boot: take the first connection and
+    its request, announce, connect to the kernel's socket. None: nothing
+    was done (see the module's docstring)."""
+    fd = _listener()
+    if fd is None:
+        return None
+    try:
+        lst = socket.socket(fileno=os.dup(fd))  # the unit's socket stays open
+    except OSError:
+        return None
+    with lst:
+        try:
+            if lst.family != socket.AF_UNIX:
+                return None
+            lst.settimeout(REQUEST_TIMEOUT)
+            conn, _ = lst.accept()
+            directory = os.path.dirname(lst.getsockname())
+        except OSError:
+            return None
+    conn.set_inheritable(False)
+    early = Early(conn)
+    try:
+        early.argv = read_request(conn)
+    except ValueError as e:
+        early.error = str(e)
+        return early
+    try:
+        early.announced = announce(directory)
+    except OSError:
+        return early  # process.py announces, and says why it cannot
+    kernel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    kernel.setblocking(False)
+    try:
+        kernel.connect(os.path.join(directory, LAM_SOCKET))
+    except BlockingIOError:
+        early.kernel = kernel  # the backlog is full: it is coming all the same
+    except OSError:
+        kernel.close()  # no kernel socket: process.py waits for one, as before
+    else:
+        early.kernel = kernel
+    return early
+
+
+__all__ = ["Early", "start", "announce", "withdraw", "STATE_PREFIX", "DLI_SOCKET",
+           "DLO_SOCKET"]
