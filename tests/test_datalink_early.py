@@ -97,6 +97,14 @@ def finish(p: subprocess.Popen) -> None:
             p.wait(TIMEOUT)
 
 
+def nothing_started(d: str, kern: socket.socket) -> None:
+    """No connection on the kernel's socket, no announcement."""
+    kern.settimeout(0.3)
+    with pytest.raises(socket.timeout):
+        kern.accept()
+    assert not os.path.exists(os.path.join(d, LAMD_DATALINK))
+
+
 def test_the_kernel_is_connected_before_the_daemon_is_imported(session):
     d, lst, kern = session
     argv = ["-H", "10.1.2.3", "-P", "4711", "-n", "1", "-o", "0"]
@@ -129,10 +137,7 @@ def test_a_start_after_a_crash_does_nothing_early(session):
     try:
         r = result(p)
         assert r == {"early": False, "modules": r["modules"]}, r
-        kern.settimeout(0.3)
-        with pytest.raises(socket.timeout):
-            kern.accept()
-        assert not os.path.exists(os.path.join(d, LAMD_DATALINK))
+        nothing_started(d, kern)
     finally:
         finish(p)
 
@@ -148,9 +153,6 @@ def test_a_request_that_is_not_one_is_not_announced(session):
             r = result(p)
         assert r["early"] and r["error"] == "not a datalink request", r
         assert not r["announced"] and not r["kernel"], r
-        kern.settimeout(0.3)
-        with pytest.raises(socket.timeout):
-            kern.accept()
-        assert not os.path.exists(os.path.join(d, LAMD_DATALINK))
+        nothing_started(d, kern)
     finally:
         finish(p)
