@@ -32,10 +32,10 @@ fi
 # which modules; LAMD_PURE=1 runs without it). About a minute on 2 cores.
 cd "$(dirname "$0")/.."
 log=$(mktemp)
+trap 'rm -f "$log"' EXIT   # also when interrupted mid-build:
+trap 'exit 130' HUP INT TERM  # a signal ends the script by way of exit
 if ! /usr/bin/python3 setup.py build_ext --inplace >"$log" 2>&1; then
   cat "$log" >&2
-  rm -f "$log"
   echo "setup.sh: building the compiled hot path failed" >&2
   exit 1
 fi
-rm -f "$log"
