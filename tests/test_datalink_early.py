@@ -12,7 +12,9 @@ request's codec, and the announcement is written by then (a kernel that
 starts leaves the datalink to it); a start after a crash (a state in the
 descriptor store) and a request that is not one do nothing early. The
 whole boot through systemd-like sockets: tests/test_datalink_separate.py;
-under a real systemd: tests/system/test_lamboot_nspawn.py."""
+under a real systemd: tests/system/test_lamboot_nspawn.py. No C-lamd side:
+Debian's lamd has no datalink service that systemd starts (the boot
+through stock lamboot beside C lamds is in those tests)."""
 
 from __future__ import annotations
 

@@ -23,6 +23,9 @@ packet of a message or the last ack due: such a read, between a packet's
 hand-on and the next turn, delays what the packet was handed to (a
 ``tping`` round trip across two test hosts 178 -> 157 us, docs/multinode.md);
 the socket stays watched, so a datagram left is read at the next readiness.
+Ours only, counted on our sockets: LAM's dli_inet reads one frame per
+``select`` (``getmessage``), which the count now matches for a message of
+one packet.
 """
 
 from __future__ import annotations

@@ -13,8 +13,10 @@ Nothing here decides anything. A start after a crash (a state in the
 descriptor store), anything unexpected in what systemd passed, or a
 request that does not come in time: :func:`start` does nothing and
 :mod:`.process` does it all, as before. A request it reads is handed on as
-read, still to be checked there; the announcement is withdrawn, and the
-kernel's connection closed, by :mod:`.process` whatever becomes of it.
+read, still to be checked there. :meth:`Early.close` undoes what nobody
+took over (:mod:`.process` calls it on every way out): the
+announcement, unless the datalink process took it for its own, and the
+kernel's connection, which it closes itself once the kernel answers.
 """
 
 from __future__ import annotations
@@ -41,23 +43,30 @@ class Early:
     (``(path, fd)``, or None if it could not be written) and the kernel's
     connection (*kernel*, or None)."""
 
-    __slots__ = ("conn", "argv", "error", "announced", "kernel", "handed")
+    __slots__ = ("conn", "argv", "error", "announced", "kernel")
 
     def __init__(self, conn: socket.socket) -> None:
         self.conn = conn
         self.argv: list[str] = []
         self.error = ""
+        #: None once the datalink process has taken it for its own
         self.announced: tuple[str, int] | None = None
         self.kernel: socket.socket | None = None
-        #: given to :meth:`lamd.datalink.process.DatalinkProcess.run`, which
-        #: withdraws the announcement and closes the kernel's connection
-        self.handed = False
 
     def close_kernel(self) -> None:
         """The kernel has been reached (or will not be): its early connection goes."""
         if self.kernel is not None:
             self.kernel.close()
             self.kernel = None
+
+    def close(self) -> None:
+        """Undo what nobody took over: the announcement withdrawn, the
+        connections closed. Idempotent."""
+        if self.announced is not None:
+            withdraw(*self.announced)
+            self.announced = None
+        self.close_kernel()
+        self.conn.close()
 
 
 def announce(directory: str) -> tuple[str, int]:

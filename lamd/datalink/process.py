@@ -244,10 +244,6 @@ class DatalinkProcess:
             notifier.stopping()
             return status
         finally:
-            if self.early is not None:
-                self.early.close_kernel()
-                if self.early.announced is not None:  # not taken over above
-                    withdraw(*self.early.announced)
             if announced is not None:
                 withdraw(*announced)
             if booted is not None:
@@ -361,30 +357,12 @@ def _resume(args: argparse.Namespace, lst: socket.socket, stored: dict[str, int]
     return dp.run(kept, socks)
 
 
-def _undo(early: Early) -> None:
-    """What :mod:`.early` did and nobody took over: withdrawn, closed."""
-    if early.announced is not None:
-        withdraw(*early.announced)
-        early.announced = None
-    early.close_kernel()
-    early.conn.close()
-
-
 def _from_socket(args: argparse.Namespace, early: Early | None = None) -> int:
     """Under systemd: the listening socket, its first request, the answer
     (or, after a crash, what the dead process kept: :func:`_resume`).
     *early*: what :mod:`.early` did before this module was imported (the
     first connection and its request taken, the announcement, the kernel's
-    connection); withdrawn and closed here on every way out but
-    :meth:`DatalinkProcess.run`'s, which does it itself."""
-    try:
-        return _from_socket_early(args, early)
-    finally:
-        if early is not None and not early.handed:
-            _undo(early)
-
-
-def _from_socket_early(args: argparse.Namespace, early: Early | None) -> int:
+    connection); the caller closes it."""
     from ..service import ServiceError
     from ..service.activation import _listen_fds, check_listen_socket
     passed = _listen_fds()
@@ -447,8 +425,6 @@ def _from_socket_early(args: argparse.Namespace, early: Early | None) -> int:
         log.info("datalink: boot request: %s", " ".join(argv))
         dp = DatalinkProcess(Session(dirname), boot, wait=args.wait, say=say, listener=lst,
                              early=early)
-        if early is not None:
-            early.handed = True  # run withdraws it, and closes the kernel's connection
         return dp.run()
 
 
@@ -464,17 +440,19 @@ def main(argv: Sequence[str] | None = None, early: Early | None = None) -> int:
     except ValueError as e:
         log.error("%s", e)
         if early is not None:
-            _undo(early)
+            early.close()
         return EXIT_USAGE
     if early is not None and boot is not None:
-        _undo(early)  # hboot's arguments on the command line: not the socket's boot
-        early = None
+        early.close()  # hboot's arguments on the command line: not the socket's boot
     if boot is None:
         try:
             return _from_socket(args, early)
         except Exception:   # a bug: logged, and the unit starts this again
             log.exception("datalink: internal error")
             return EXIT_SOFTWARE
+        finally:
+            if early is not None:
+                early.close()  # what DatalinkProcess.run did not take over
     try:
         session = (Session(args.session_dir) if args.session_dir
                    else Session.for_user(prefix=args.prefix, suffix=args.suffix))
