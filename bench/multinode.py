@@ -39,6 +39,8 @@ state for a crash and gives dli's frames to the kernel's diforward, as
 under systemd; with dlo outside, both separate kinds take their packets
 from the kernel's doforward), tping, the 64 B round trip and 256 KiB
 throughput, alternating rounds; to ``bench/results/multinode-hop.json``.
+``--hop --ab TREE``: the separate and kept kinds of this checkout against
+TREE's, alternating; to ``bench/results/multinode-hop-ab.json``.
 
 Ours is the source tree's daemon (``lamd.launch`` without site.py in a LAM prefix tree, as
 tests/test_multinode.py builds it), on every node.
@@ -410,9 +412,53 @@ class NotifySink:
         self.sock.close()
 
 
+def hop_ab(args: argparse.Namespace) -> int:
+    """``--hop --ab TREE``: the datalink outside the kernel, by hand
+    ("separate") and keeping its state ("kept"), of this checkout against
+    TREE's, alternating rounds, medians."""
+    rounds = 1 if args.quick else args.rounds
+    n_ping, n_rt, n_bw = (200, 400, 20) if args.quick else (1000, 2000, 100)
+    pkgs = {"this": lamenv.copy_package(), "base": lamenv.copy_package(Path(args.ab) / "lamd")}
+    kinds = [f"{tree}-{mode}" for mode in ("separate", "kept") for tree in pkgs]
+    raw: dict[str, dict[str, list]] = {k: {} for k in kinds}
+    try:
+        with Cluster(2) as c, NotifySink(c.work / "notify") as sink:
+            nb, _pp = build(c.work)
+            trees = {}
+            for tree, pkg in pkgs.items():
+                trees[f"{tree}-separate"] = separate_tree(c, pkg, name=f"seplam-{tree}")
+                trees[f"{tree}-kept"] = separate_tree(c, pkg, notify=sink.path,
+                                                      name=f"keptlam-{tree}")
+            for r in range(rounds):
+                for kind in (kinds if r % 2 == 0 else kinds[::-1]):
+                    with Universe(c, kind, trees[kind]):
+                        time.sleep(0.5)  # the separate datalink gives the router the universe
+                        for key, v in (("tping_us", tping(c, n_ping)),
+                                       ("nsend64_rt_us", nsend_rt(c, nb, n_rt)),
+                                       ("nsend256k_MBps", nsend_bw(c, nb, n_bw))):
+                            raw[kind].setdefault(key, []).append(v)
+                            log(f"{kind:14} {key}: {v}")
+    finally:
+        for pkg in pkgs.values():
+            shutil.rmtree(pkg, ignore_errors=True)
+    out = args.out or str(ROOT / "bench" / "results" / "multinode-hop-ab.json")
+    Path(out).write_text(json.dumps({"base": str(args.ab), "rounds": rounds, "raw": raw,
+                                     "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
+                                    indent=1) + "\n")
+    print(f"| workload | separate: base ({args.ab}) | this | kept: base | this |\n"
+          "|---|---|---|---|---|")
+    for key in raw[kinds[0]]:
+        med = [statistics.median(raw[k][key]) for k in ("base-separate", "this-separate",
+                                                         "base-kept", "this-kept")]
+        print(f"| {key} | " + " | ".join(f"{m:.1f}" for m in med) + " |")
+    return 0
+
+
 def hop(args: argparse.Namespace) -> int:
     """``--hop``: ours, the datalink in the kernel process ("inside") or in
     python3 -m lamd.datalink ("separate"), alternating rounds, medians."""
+    if args.ab:
+        return hop_ab(args)
     rounds = 1 if args.quick else args.rounds
     n_ping, n_rt, n_bw = (200, 400, 20) if args.quick else (1000, 2000, 100)
     pkgdir = lamenv.copy_package()
