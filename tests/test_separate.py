@@ -19,10 +19,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -33,15 +35,15 @@ import pytest
 
 from lamd.client import KernelClient
 from lamd.iprocs import BOOT_TABLE, KERNEL_SIDE, BootConfigError, boot_table, parse_external
-from lamd.iprocs.host import KernelOnly, ServiceHost
+from lamd.iprocs.host import KernelOnly, ServiceHost, _Waker
 from lamd.iprocs.nreq import BFQRECV, DLCTL, DLUSR, LOCAL, NREEL, data_words
 from lamd.kernel import Kernel
 from lamd.kernel.constants import (
-    EVBUFFERD, EVECHOD, EVVERSIOND, KNMSG, KQRECV, LAM_BASE_EVENT, MAXNMSGLEN, PRCMD,
-    PRDAEMON,
+    EVBUFFERD, EVECHOD, EVVERSIOND, KNMSG, KQATTACH, KQRECV, KQSEND, LAM_BASE_EVENT,
+    MAXNMSGLEN, PRCMD, PRDAEMON,
 )
 from lamd.kernel.kiproc import IPROC_PID_BASE, ChildExit, Event, IProc, KBoot
-from lamd.kernel.wire import KMsg, NMsg
+from lamd.kernel.wire import KREQ_SIZE, KMsg, KReply, KReq, NMsg
 from lamd.kernelio import KernelIO
 from lamd.session.kkill import read_killfile
 
@@ -418,6 +420,57 @@ def test_host_refuses_a_service_the_kernel_runs_itself(world_factory):
     t.join(TIMEOUT)
     assert status == [1]
     assert wait_until(lambda: w.kernel.nclients == 0, TIMEOUT)
+
+
+def test_the_waker_keeps_its_timeout_in_the_kernel_and_gives_up_on_a_silent_kernel(tmp_path):
+    """The waker's socket is blocking with SO_RCVTIMEO/SO_SNDTIMEO (no poll
+    before each of its calls, as a Python socket with a timeout makes); a
+    kernel that stops answering still ends a wake within the timeout, and
+    the waker is given up (the host then interrupts by reconnecting). No
+    C-lamd side: the waker is the service host's own connection."""
+    path = str(tmp_path / "kernel")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    srv.settimeout(TIMEOUT)
+    answers = [KReply(index=7).pack(), KReply(reply=errno.EWOULDBLOCK).pack()]  # then silence
+    got: list[bytes] = []
+
+    def kernel() -> None:
+        c, _ = srv.accept()
+        c.settimeout(TIMEOUT)
+        with c:
+            while True:
+                req = b""
+                while len(req) < KREQ_SIZE:
+                    chunk = c.recv(KREQ_SIZE - len(req))
+                    if not chunk:
+                        return
+                    req += chunk
+                got.append(req)
+                if answers:
+                    c.sendall(answers.pop(0))
+
+    t = threading.Thread(target=kernel, daemon=True)
+    t.start()
+    w = _Waker(path, timeout=0.3)
+    msg = KMsg(EVX, 1, 64, 0)
+    try:
+        assert w.wake(msg) is False  # attached, then EWOULDBLOCK: nobody blocked there
+        assert w.sock is not None and w.sock.gettimeout() is None
+        sec, usec = struct.unpack("@ll", w.sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.calcsize("@ll")))
+        assert (sec, usec) == (0, 300000)
+        t0 = time.monotonic()
+        assert w.wake(msg) is None  # no answer: given up within the timeout
+        assert 0.25 < time.monotonic() - t0 < 3.0
+        assert w.broken and w.sock is None
+        assert w.wake(msg) is None  # and stays given up
+        assert [KReq.unpack(r).req for r in got] == [KQATTACH, KQSEND, KQSEND]
+    finally:
+        w.close()
+        srv.close()
+        t.join(TIMEOUT)
 
 
 def test_host_fails_when_its_attach_is_refused(world_factory, caplog):

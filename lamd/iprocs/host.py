@@ -74,6 +74,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 from collections import deque
@@ -159,7 +160,13 @@ class _Waker:
         if self.sock is not None:
             return
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        s.settimeout(self.timeout)
+        # blocking, its timeout kept by the kernel (SO_RCVTIMEO, SO_SNDTIMEO:
+        # the connect too): no poll before each send and receive, as a
+        # Python socket with a timeout makes (three per wake)
+        sec = int(self.timeout)
+        tv = struct.pack("@ll", sec, int((self.timeout - sec) * 1e6))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
         s.connect(self.path)
         self.sock = s
         s.sendall(KReq(req=KQATTACH, index=-1, pid=os.getpid(), priority=PRCMD).pack())
