@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -100,6 +102,66 @@ def test_the_trees_scripts_find_lams_session_directory_without_a_fork(script):
                 assert ours.stdout == os.path.join(os.path.dirname(killfile.group(1)),
                                                    "lamd-datalink-socket") + "\n", (uid, prefix)
         assert not (Path(d) / "forks").exists()
+
+
+def test_the_trees_tkill_starts_nothing_in_an_empty_systemd_session():
+    """hboot -t on a node whose session is systemd's (its datalink socket
+    there) and holds nothing of a daemon: the tree's tkill ends at once,
+    without starting lamd-tkill (a Python start, 36 ms on lamboot's path),
+    and leaves the sockets; with anything lamd-tkill would remove (here a
+    stale client list, or a spare of it) it runs lamd-tkill, which removes
+    it and leaves the sockets. No C-lamd side: stock tkill would remove the
+    sockets systemd listens on, which is why the tree has its own tkill."""
+    text = (REPO / "packaging" / "lam-prefix" / "bin" / "tkill").read_text()
+    pw = lamenv.ensure_user()
+    pkg = lamenv.copy_package()
+    py = f"env PYTHONPATH={pkg} PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3"
+    text = text.replace("exec /usr/bin/lamd-tkill", f"exec {py} -m lamd.tools.tkill")
+    assert "/usr/bin/lamd-" not in text
+    socks = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="lamd-prefix-") as d:
+            os.chmod(d, 0o755)
+            script = Path(d) / "tkill"
+            script.write_text(text)
+            script.chmod(0o755)
+            sessions = Path(d) / "sessions"
+            sessions.mkdir()
+            sessions.chmod(0o1777)
+            host = Path("/proc/sys/kernel/hostname").read_text().strip()
+            sdir = sessions / f"lam-{pw.pw_name}@{host}"
+            sdir.mkdir()
+            os.chown(sdir, pw.pw_uid, pw.pw_gid)
+            for name in ("lam-kernel-socket", "lamd-datalink-socket"):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.bind(str(sdir / name))
+                s.listen(1)
+                socks.append(s)
+            who = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups",
+                   "/usr/bin/env", "-i", "PATH=/usr/bin:/bin", "HOME=/", "TMPDIR=/tmp",
+                   f"LAM_MPI_SESSION_PREFIX={sessions}"]
+
+            def run(leftover: str | None) -> list[str]:
+                if leftover:
+                    (sdir / leftover).write_text("")
+                    os.chown(sdir / leftover, pw.pw_uid, pw.pw_gid)
+                trace = Path(d) / "trace"
+                cp = subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve", "-o",
+                                     str(trace), *who, "/bin/sh", str(script)],
+                                    capture_output=True, text=True, timeout=60)
+                assert (cp.returncode, cp.stdout, cp.stderr) == (0, "", ""), cp
+                assert sorted(os.listdir(sdir)) == ["lam-kernel-socket", "lamd-datalink-socket"]
+                return re.findall(r'execve\("([^"]+)"', trace.read_text())
+
+            execs = run(None)
+            assert "/usr/bin/python3" not in execs and "/bin/sh" in execs, execs
+            for leftover in ("lamd-clients", "lamd-clients.spare"):
+                execs = run(leftover)
+                assert "/usr/bin/python3" in execs, execs
+    finally:
+        for s in socks:
+            s.close()
+        shutil.rmtree(pkg, ignore_errors=True)
 
 
 def _universe(c: Cluster, argv: list, kinds: list[str]) -> None:
