@@ -39,7 +39,7 @@ from lamd.iprocs.host import KernelOnly, ServiceHost, _Waker
 from lamd.iprocs.nreq import BFQRECV, DLCTL, DLUSR, LOCAL, NREEL, data_words
 from lamd.kernel import Kernel
 from lamd.kernel.constants import (
-    EVBUFFERD, EVECHOD, EVVERSIOND, KNMSG, KQATTACH, KQRECV, KQSEND, LAM_BASE_EVENT,
+    EVBUFFERD, EVECHOD, EVVERSIOND, KNMSG, KQATTACH, KQDETACH, KQRECV, KQSEND, LAM_BASE_EVENT,
     MAXNMSGLEN, PRCMD, PRDAEMON,
 )
 from lamd.kernel.kiproc import IPROC_PID_BASE, ChildExit, Event, IProc, KBoot
@@ -466,7 +466,10 @@ def test_the_waker_keeps_its_timeout_in_the_kernel_and_gives_up_on_a_silent_kern
         assert 0.25 < time.monotonic() - t0 < 3.0
         assert w.broken and w.sock is None
         assert w.wake(msg) is None  # and stays given up
-        assert [KReq.unpack(r).req for r in got] == [KQATTACH, KQSEND, KQSEND]
+        t.join(TIMEOUT)  # the waker's connection is closed: the "kernel" has all it sent
+        assert not t.is_alive()
+        # attached, two KTRY sends, and the detach a LAM client makes as it closes
+        assert [KReq.unpack(r).req for r in got] == [KQATTACH, KQSEND, KQSEND, KQDETACH]
     finally:
         w.close()
         srv.close()
