@@ -11,7 +11,7 @@ PKGS="
   python3-pyroute2 python3-pytest python3-hypothesis
   lam-runtime lam4-dev
   systemd systemd-container iproute2 procps util-linux
-  openssh-server openssh-client tcpdump
+  openssh-server openssh-client tcpdump strace
   build-essential debhelper dh-python pybuild-plugin-pyproject
   python3-setuptools python3-all python3-all-dev python3-mypy python3-mypy-extensions
   lintian fakeroot
