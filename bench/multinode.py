@@ -412,12 +412,26 @@ class NotifySink:
         self.sock.close()
 
 
+def hop_round(c: Cluster, kind: str, tree: Path, nb: Path, counts: tuple[int, int, int],
+              raw: dict[str, dict[str, list]], note: str = "") -> None:
+    """One universe of *tree* on two hosts: tping, the 64 B round trip and
+    256 KiB throughput (*counts* of each) into ``raw[kind]``."""
+    n_ping, n_rt, n_bw = counts
+    with Universe(c, kind, tree):
+        time.sleep(0.5)  # the separate datalink gives the router the universe
+        for key, v in (("tping_us", tping(c, n_ping)),
+                       ("nsend64_rt_us", nsend_rt(c, nb, n_rt)),
+                       ("nsend256k_MBps", nsend_bw(c, nb, n_bw))):
+            raw[kind].setdefault(key, []).append(v)
+            log(f"{kind:14} {key}: {v}{note}")
+
+
 def hop_ab(args: argparse.Namespace) -> int:
     """``--hop --ab TREE``: the datalink outside the kernel, by hand
     ("separate") and keeping its state ("kept"), of this checkout against
     TREE's, alternating rounds, medians."""
     rounds = 1 if args.quick else args.rounds
-    n_ping, n_rt, n_bw = (200, 400, 20) if args.quick else (1000, 2000, 100)
+    counts = (200, 400, 20) if args.quick else (1000, 2000, 100)
     pkgs = {"this": lamenv.copy_package(), "base": lamenv.copy_package(Path(args.ab) / "lamd")}
     kinds = [f"{tree}-{mode}" for mode in ("separate", "kept") for tree in pkgs]
     raw: dict[str, dict[str, list]] = {k: {} for k in kinds}
@@ -431,13 +445,7 @@ def hop_ab(args: argparse.Namespace) -> int:
                                                       name=f"keptlam-{tree}")
             for r in range(rounds):
                 for kind in (kinds if r % 2 == 0 else kinds[::-1]):
-                    with Universe(c, kind, trees[kind]):
-                        time.sleep(0.5)  # the separate datalink gives the router the universe
-                        for key, v in (("tping_us", tping(c, n_ping)),
-                                       ("nsend64_rt_us", nsend_rt(c, nb, n_rt)),
-                                       ("nsend256k_MBps", nsend_bw(c, nb, n_bw))):
-                            raw[kind].setdefault(key, []).append(v)
-                            log(f"{kind:14} {key}: {v}")
+                    hop_round(c, kind, trees[kind], nb, counts, raw)
     finally:
         for pkg in pkgs.values():
             shutil.rmtree(pkg, ignore_errors=True)
@@ -460,7 +468,7 @@ def hop(args: argparse.Namespace) -> int:
     if args.ab:
         return hop_ab(args)
     rounds = 1 if args.quick else args.rounds
-    n_ping, n_rt, n_bw = (200, 400, 20) if args.quick else (1000, 2000, 100)
+    counts = (200, 400, 20) if args.quick else (1000, 2000, 100)
     pkgdir = lamenv.copy_package()
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
@@ -473,13 +481,8 @@ def hop(args: argparse.Namespace) -> int:
                      "kept": separate_tree(c, pkgdir, notify=sink.path, name="keptlam")}
             for _ in range(rounds):
                 for kind in kinds:
-                    with Universe(c, kind, trees[kind]):
-                        time.sleep(0.5)  # the separate datalink gives the router the universe
-                        for key, v in (("tping_us", tping(c, n_ping)),
-                                       ("nsend64_rt_us", nsend_rt(c, nb, n_rt)),
-                                       ("nsend256k_MBps", nsend_bw(c, nb, n_bw))):
-                            raw[kind].setdefault(key, []).append(v)
-                            log(f"{kind:8} {key}: {v} (notify messages so far: {sink.count})")
+                    hop_round(c, kind, trees[kind], nb, counts, raw,
+                              f" (notify messages so far: {sink.count})")
     finally:
         shutil.rmtree(pkgdir, ignore_errors=True)
     rows = []
