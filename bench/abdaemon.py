@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import statistics
 import subprocess
 import sys
@@ -95,13 +94,9 @@ def _wall(s, argv: list[str], timeout: float = 60) -> float:
     """Run *argv* as the session's user; its wall time, its exit seen by a pidfd."""
     p = s.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.perf_counter()
-    pidfd = os.pidfd_open(p.pid)
-    try:
-        assert select.select([pidfd], [], [], timeout)[0], f"{argv} timed out"
-        wall = time.perf_counter() - t0
-    finally:
-        os.close(pidfd)
-    assert p.wait() == 0, f"{argv} failed"
+    assert lamenv.wait_exit(p, timeout), f"{argv} timed out"
+    wall = time.perf_counter() - t0
+    assert p.returncode == 0, f"{argv} failed"
     return wall
 
 

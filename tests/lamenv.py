@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import select
 import shutil
 import signal
 import socket
@@ -153,6 +154,21 @@ def connectable(path: Path) -> bool:
         return False
     finally:
         s.close()
+
+
+def wait_exit(p: subprocess.Popen, timeout: float) -> bool:
+    """Wait up to *timeout* seconds for *p* to exit, seen at once through a
+    pidfd (``Popen.wait(timeout)`` polls, its sleeps growing to 50 ms, which
+    a timing would measure); reaped and True if it exited, else False (still
+    running)."""
+    pidfd = os.pidfd_open(p.pid)
+    try:
+        ended = bool(select.select([pidfd], [], [], timeout)[0])
+    finally:
+        os.close(pidfd)
+    if ended:
+        p.wait()
+    return ended
 
 
 def pid_alive(pid: int) -> bool:

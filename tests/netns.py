@@ -40,7 +40,6 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -48,6 +47,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .lamenv import wait_exit
 
 NETNS_DIR = Path("/run/netns")
 ETC_NETNS = Path("/etc/netns")
@@ -174,15 +175,8 @@ class Host:
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             p = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                  env=env or self.env(), close_fds=True)
-            # its end seen at once through a pidfd: Popen.wait(timeout) polls,
-            # up to 50 ms apart, which a bench timing a run would measure
-            pidfd = os.pidfd_open(p.pid)
-            try:
-                ended = select.select([pidfd], [], [], timeout + 10)[0]
-            finally:
-                os.close(pidfd)
-            if ended:
-                rc = p.wait()
+            if wait_exit(p, timeout + 10):  # exact: benches time lamboot with it
+                rc = p.returncode
             else:
                 p.kill()
                 p.wait()
