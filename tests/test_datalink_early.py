@@ -1,16 +1,19 @@
 """``python3 -m lamd.datalink`` under ``lamd-dl@.socket`` sets the kernel's
-start going before it imports the rest (lamd/datalink/early.py, issue 11:
-a node whose services systemd starts on demand booted about 150 ms slower
-than one booted by hand, the kernel starting only once the datalink
-process had imported everything).
+start going and calls lamboot back before it imports the rest
+(lamd/datalink/early.py, issue 11: a node whose services systemd starts on
+demand booted about 150 ms slower than one booted by hand, the kernel
+starting only once the datalink process had imported everything, and
+lamboot waiting for the callback after those imports).
 
 Checked here, in a process started as systemd starts the service (its
 socket passed as ``LISTEN_FDS``, a handoff client writing hboot's
-arguments): the kernel's socket gets its connection while the datalink
-process has imported nothing of the daemon's but the session and the
-request's codec, and the announcement is written by then (a kernel that
-starts leaves the datalink to it); a start after a crash (a state in the
-descriptor store) and a request that is not one do nothing early. The
+arguments): the kernel's socket gets its connection and lamboot its
+callback (the ports of the sockets kept for the boot agent) while the
+datalink process has imported nothing of the daemon's but the session,
+the request's codec and the callback's, and the announcement is written by
+then (a kernel that starts leaves the datalink to it); a start after a
+crash (a state in the descriptor store), a request that is not one and
+another session's request do nothing early. The
 whole boot through systemd-like sockets: tests/test_datalink_separate.py;
 under a real systemd: tests/system/test_lamboot_nspawn.py. No C-lamd side:
 Debian's lamd has no datalink service that systemd starts (the boot
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -48,6 +52,8 @@ PROBE = textwrap.dedent("""
     if e is not None:
         out.update(argv=e.argv, error=e.error, announced=e.announced is not None,
                    kernel=e.kernel is not None)
+        called = sys.modules.get("lamd.boot.early") and sys.modules["lamd.boot.early"].PENDING
+        out["called"] = [called.boot_port, called.dli_port] if called else None
     print(json.dumps(out), flush=True)
     sys.stdin.read()  # held until the test has looked
 """)
@@ -107,9 +113,19 @@ def nothing_started(d: str, kern: socket.socket) -> None:
     assert not os.path.exists(os.path.join(d, LAMD_DATALINK))
 
 
-def test_the_kernel_is_connected_before_the_daemon_is_imported(session):
+@pytest.fixture
+def lamboot():
+    """A listener where lamboot waits for the callbacks (-H 127.0.0.1 -P port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(4)
+        s.settimeout(TIMEOUT)
+        yield s
+
+
+def test_the_kernel_is_connected_before_the_daemon_is_imported(session, lamboot):
     d, lst, kern = session
-    argv = ["-H", "10.1.2.3", "-P", "4711", "-n", "1", "-o", "0"]
+    argv = ["-H", "127.0.0.1", "-P", str(lamboot.getsockname()[1]), "-n", "1", "-o", "0"]
     p = start(lst)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
@@ -124,11 +140,45 @@ def test_the_kernel_is_connected_before_the_daemon_is_imported(session):
         # the announcement is there for the kernel that starts
         with open(os.path.join(d, LAMD_DATALINK)) as f:
             assert f.read().split()[0] == str(p.pid)
+        # lamboot was called back with the ports of the sockets kept for
+        # boot_agent: status INT4_NIL (0), node 1, boot port, datalink
+        # port, CPUs (-1: LAM's "unknown"), big-endian
+        cb, _ = lamboot.accept()
+        with cb:
+            cb.settimeout(TIMEOUT)
+            got = b""
+            while len(got) < 20 and (chunk := cb.recv(20 - len(got))):
+                got += chunk
+        assert struct.unpack(">5i", got) == (0, 1, *r["called"], -1), (got, r)
         # nothing of the kernel, the internal processes or the datalink's
-        # protocol imported: only the session and the request's codec
+        # protocol imported: only the session, the request's codec and the
+        # callback's
         assert not [m for m in r["modules"] if m.startswith(
-            ("lamd.kernel", "lamd.iprocs", "lamd.boot", "lamd.jobs", "lamd.service"))], r
+            ("lamd.kernel", "lamd.iprocs", "lamd.jobs", "lamd.service"))], r
+        assert [m for m in r["modules"] if m.startswith("lamd.boot")] == [
+            "lamd.boot", "lamd.boot.early"], r
         assert "lamd.datalink.process" not in r["modules"], r
+    finally:
+        finish(p)
+
+
+def test_another_sessions_request_calls_nobody_back(session, lamboot):
+    """.process refuses a request naming a session suffix or prefix (the
+    socket serves its own session): lamboot is not called back early."""
+    d, lst, kern = session
+    argv = ["-H", "127.0.0.1", "-P", str(lamboot.getsockname()[1]), "-n", "1", "-o", "0",
+            "-sessionsuffix", "job7"]
+    p = start(lst)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.settimeout(TIMEOUT)
+            c.connect(os.path.join(d, LAMD_DATALINK_SOCKET))
+            c.sendall(handoff.encode_request(argv))
+            r = result(p)
+        assert r["early"] and r["argv"] == argv and r["called"] is None, r
+        lamboot.settimeout(0.3)
+        with pytest.raises(socket.timeout):
+            lamboot.accept()
     finally:
         finish(p)
 

@@ -153,7 +153,7 @@ def main_early(argv: list[str]) -> None:
     then waits in the listen queue until the daemon serves, a few tens of
     milliseconds). Anything the session refuses (a live daemon, a wrong
     directory) is left to the daemon to report: no early callback then."""
-    global PENDING, LISTENER
+    global LISTENER
     if "-H" not in argv or "--help" in argv or "-h" in argv:
         return
     got = hboot_args(argv)
@@ -171,10 +171,23 @@ def main_early(argv: list[str]) -> None:
     except (SessionError, OSError):
         return
     LISTENER = (session.directory, listener)
+    call_back_now(argv)
+
+
+def call_back_now(argv: list[str]) -> bool:
+    """Make the callback for *argv* (hboot's arguments) now, and keep it in
+    :data:`PENDING` for :func:`lamd.boot.agent.boot_agent`; never raises.
+    False if *argv* are not hboot's or the callback failed: the daemon then
+    calls back itself, and says why it cannot."""
+    global PENDING
+    got = hboot_args(argv)
+    if got is None:
+        return False
     try:
         PENDING = call_back(*got)
     except (OSError, ValueError):
-        PENDING = None  # the daemon tries again, and says why it fails
+        PENDING = None
+    return PENDING is not None
 
 
 def _full(s: _socket.socket) -> socket.socket:
@@ -210,5 +223,5 @@ def take(agent_addr: str, agent_port: int, node_id: int) -> Called | None:
     return called
 
 
-__all__ = ["Called", "PENDING", "LISTENER", "DLI_RCVBUF", "call_back", "hboot_args",
-           "main_early", "pack_coord", "resolve", "take", "take_listener"]
+__all__ = ["Called", "PENDING", "LISTENER", "DLI_RCVBUF", "call_back", "call_back_now",
+           "hboot_args", "main_early", "pack_coord", "resolve", "take", "take_listener"]

@@ -1,13 +1,17 @@
 """The first steps of ``python3 -m lamd.datalink`` started by
 ``lamd-dl@.socket``, before it imports the rest (:mod:`.process`, about
 40 ms of imports): the boot request read from the first connection, the
-announcement written, and the kernel's socket connected.
+announcement written, the kernel's socket connected, and lamboot called
+back (:func:`lamd.boot.early.call_back_now`, as the ``lamd`` command does
+by hand).
 
 Under systemd that connect starts ``lamd@USER.service``, which then starts
 while this process imports, instead of after (a node whose services
 systemd starts on demand boots about 150 ms slower than one booted by
 hand: docs/multinode.md). The announcement must come first: a kernel that
-starts from then on leaves the datalink to this process.
+starts from then on leaves the datalink to this process. lamboot boots the
+next node once this one has called back, so the callback too comes before
+the imports.
 
 Nothing here decides anything. A start after a crash (a state in the
 descriptor store), anything unexpected in what systemd passed, or a
@@ -25,6 +29,7 @@ import fcntl
 import os
 import socket
 
+from ..boot.early import call_back_now
 from ..session import LAM_SOCKET, LAMD_DATALINK
 from ..session.kkill import read_proc_stat
 from .handoff import REQUEST_TIMEOUT, read_request
@@ -158,6 +163,11 @@ def start() -> Early | None:
         kernel.close()  # no kernel socket: process.py waits for one, as before
     else:
         early.kernel = kernel
+    # lamboot waits for this node's callback before it boots the next: made
+    # now, not after .process's imports (boot_agent finishes it). Another
+    # session's request is refused there, and calls back nowhere.
+    if not any(a in ("-sessionprefix", "-sessionsuffix") for a in early.argv):
+        call_back_now(early.argv)
     return early
 
 
