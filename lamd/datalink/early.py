@@ -25,9 +25,9 @@ kernel's connection, which it closes itself once the kernel answers.
 
 from __future__ import annotations
 
+import _socket
 import fcntl
 import os
-import socket
 
 from ..boot.early import call_back_now
 from ..session import LAM_SOCKET, LAMD_DATALINK
@@ -41,6 +41,10 @@ DLO_SOCKET = "dl-out"
 #: sd_listen_fds(3)
 SD_LISTEN_FDS_START = 3
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+
 
 class Early:
     """What :func:`start` did: the first connection (*conn*) and its
@@ -50,13 +54,24 @@ class Early:
 
     __slots__ = ("conn", "argv", "error", "announced", "kernel")
 
-    def __init__(self, conn: socket.socket) -> None:
-        self.conn = conn
+    def __init__(self, conn: _socket.socket) -> None:
+        #: ``_socket``'s (:mod:`socket` is not imported here: 4.4 ms before
+        #: the callback); :meth:`connection` gives it as a :class:`socket.socket`
+        self.conn: _socket.socket | socket.socket = conn
         self.argv: list[str] = []
         self.error = ""
         #: None once the datalink process has taken it for its own
         self.announced: tuple[str, int] | None = None
-        self.kernel: socket.socket | None = None
+        self.kernel: _socket.socket | None = None
+
+    def connection(self) -> socket.socket:
+        """The first connection, as the :class:`socket.socket` :mod:`.process`
+        works with (the same descriptor; :meth:`close` still closes it)."""
+        import socket
+
+        if not isinstance(self.conn, socket.socket):
+            self.conn = socket.socket(fileno=self.conn.detach())
+        return self.conn
 
     def close_kernel(self) -> None:
         """The kernel has been reached (or will not be): its early connection goes."""
@@ -130,19 +145,24 @@ def start() -> Early | None:
     if fd is None:
         return None
     try:
-        lst = socket.socket(fileno=os.dup(fd))  # the unit's socket stays open
+        lst = _socket.socket(fileno=os.dup(fd))  # the unit's socket stays open
     except OSError:
         return None
-    with lst:
-        try:
-            if lst.family != socket.AF_UNIX:
-                return None
-            lst.settimeout(REQUEST_TIMEOUT)
-            conn, _ = lst.accept()
-            directory = os.path.dirname(lst.getsockname())
-        except OSError:
+    try:
+        if lst.family != _socket.AF_UNIX:
             return None
-    conn.set_inheritable(False)
+        lst.settimeout(REQUEST_TIMEOUT)
+        directory = os.path.dirname(lst.getsockname())
+        cfd, _ = lst._accept()  # accept4(SOCK_CLOEXEC): blocking, as socket.accept's
+    except OSError:
+        return None
+    finally:
+        lst.close()
+    try:
+        conn = _socket.socket(fileno=cfd)
+    except OSError:
+        os.close(cfd)
+        return None
     early = Early(conn)
     try:
         early.argv = read_request(conn)
@@ -153,7 +173,7 @@ def start() -> Early | None:
         early.announced = announce(directory)
     except OSError:
         return early  # process.py announces, and says why it cannot
-    kernel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    kernel = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     kernel.setblocking(False)
     try:
         kernel.connect(os.path.join(directory, LAM_SOCKET))

@@ -13,21 +13,28 @@ served (:data:`OK`) or why not (:data:`ERROR`). Exit status 0 if served,
 1 if not (the reason on stderr), :data:`EXIT_NOT_HERE` if there is no such
 socket here (then ``bin/lamd`` starts ``lamd-kernel`` by hand, as before).
 
-Cheap on purpose: this module and :mod:`lamd.session` only (hboot waits for
-nothing, but lamboot's nodes boot one after the other); every wait bounded.
+Cheap on purpose: this module and :mod:`lamd.session` only, and ``_socket``
+rather than :mod:`socket` (whose enums and selectors are 4.4 ms of the
+hand-off's start, and of the datalink service's before its callback:
+:mod:`.early` reads the request with :func:`read_request`). hboot waits for
+nothing, but lamboot's nodes boot one after the other; every wait bounded.
 """
 
 from __future__ import annotations
 
+import _socket
 import os
-import socket
 import stat
 import sys
 import time
 
 TYPE_CHECKING = False  # no typing import on lamboot's path (mypy knows the name)
 if TYPE_CHECKING:
-    from typing import Sequence
+    from typing import Sequence, Union
+
+    import socket
+
+    AnySocket = Union[socket.socket, _socket.socket]
 
 from ..session import LAMD_DATALINK_SOCKET, Session, SessionError
 
@@ -60,7 +67,7 @@ MAX_REQUEST = 16 * 1024
 REQUEST_TIMEOUT = 10.0
 
 
-def read_request(conn: socket.socket, timeout: float = REQUEST_TIMEOUT) -> list[str]:
+def read_request(conn: "AnySocket", timeout: float = REQUEST_TIMEOUT) -> list[str]:
     """The service's side of :func:`encode_request`: the arguments of one
     request (ValueError if malformed, late or too long)."""
     deadline = time.monotonic() + timeout
@@ -106,7 +113,7 @@ def datalink_socket(session: Session) -> str | None:
     return path
 
 
-def _lines(s: socket.socket):
+def _lines(s: _socket.socket):
     """Answer lines, each within the deadline the caller sets on *s*."""
     buf = b""
     while True:
@@ -127,7 +134,7 @@ def handoff(path: str, argv: Sequence[str], *, callback_timeout: float = CALLBAC
             boot_timeout: float = BOOT_TIMEOUT) -> tuple[int, str]:
     """Hand *argv* to the datalink socket *path*; (exit status, last answer).
     A socket nobody listens on is :data:`EXIT_NOT_HERE`."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         s.settimeout(callback_timeout)
         try:

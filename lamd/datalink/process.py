@@ -391,7 +391,7 @@ def _from_socket(args: argparse.Namespace, early: Early | None = None) -> int:
             log.error("datalink: started, but no request came in %.0f s", REQUEST_TIMEOUT)
             return EXIT_FAILED
     else:
-        conn = early.conn
+        conn = early.connection()
 
     def say(line: str) -> None:
         try:
