@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -338,9 +339,16 @@ class SocketUnits:
         act = Path(__file__).resolve().parent / "sockact.py"
         env = h.env({"PYTHONPATH": str(pkgdir), "PYTHONDONTWRITEBYTECODE": "1"})
         self.procs = []
+        # the datalink as lamd-dl@.service starts it (packaging/lamd-dl-start,
+        # python3 -IS), with the source tree's package first on its path
+        starter = pkgdir / "lamd-dl-start"  # where the test user can read it
+        shutil.copy(Path(__file__).resolve().parent.parent / "packaging" / starter.name, starter)
+        starter.chmod(0o644)
+        dl = shlex.quote(f"import sys; sys.path.insert(0, {str(pkgdir)!r}); "
+                         f"exec(compile(open({str(starter)!r}).read(), 'lamd-dl-start', 'exec'))")
         for sock, cmd, log, opts in (
                 ("lam-kernel-socket", "-m lamd", f"lamd-{h.name}.log", []),
-                ("lamd-datalink-socket", "-m lamd.datalink", f"lamd-dl-{h.name}.log",
+                ("lamd-datalink-socket", f"-I -S -c {dl}", f"lamd-dl-{h.name}.log",
                  ["--restart"] if restart else [])):
             sh = f"exec /usr/bin/python3 {cmd} 2>>{c.work}/{log}"
             self.procs.append(h.popen(["/usr/bin/python3", act, *opts, self.dir / sock,
