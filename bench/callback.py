@@ -1,0 +1,222 @@
+#!/usr/bin/python3
+"""A node's side of lamboot, exactly: from the exec of the ``lamd`` hboot
+starts to lamboot's callback, on this machine, the C lamd against ours.
+
+lamboot boots one node after the other and goes on once a node has called
+back (and its ssh has ended), so this time is on lamboot's path once per
+node; ``bench/multinode.py --boot-node`` measures it inside whole boots,
+with ssh's own spread of several milliseconds around it. Here a listener
+plays lamboot (``-H 127.0.0.1 -P PORT -n 1 -o 0``, as hboot passes them)
+and each node kind is started as the test user, alternating, many times:
+
+* ``c``: Debian's ``/usr/bin/lamd``;
+* ``hand``: ours as the package's prefix tree starts it where no systemd
+  datalink socket is (``packaging/lam-prefix/bin/lamd``: ``lamd.launch``,
+  which calls back before its imports);
+* ``sockets``: ours where ``lamd-dl@USER.socket`` listens (held as systemd
+  would by ``tests/sockact.py``, the datalink started as
+  ``packaging/lamd-dl-start`` starts it): the same script hands hboot's
+  arguments to that socket, and the datalink process calls back. (The
+  kernel's socket is not held: its start, which the datalink process sets
+  going, is not on this path.)
+
+After each callback the node is killed: the time to serve the universe
+is not measured here. Run as root (the test user is created)::
+
+    /usr/bin/python3 bench/callback.py --rounds 20
+
+Writes ``bench/results/callback.json`` (with the commit) and prints medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import lamenv  # noqa: E402
+
+KINDS = ("c", "hand", "sockets")
+TIMEOUT = 20.0
+
+
+def tree(work: Path, pkg: Path) -> Path:
+    """The package's ``bin/lamd`` with the source tree's modules (the
+    interpreter's ``-I`` dropped for ``PYTHONPATH``, as the tests' trees)."""
+    text = (ROOT / "packaging" / "lam-prefix" / "bin" / "lamd").read_text()
+    py = f"env PYTHONPATH={pkg} PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3"
+    script = work / "lamd"
+    script.write_text(text.replace("/usr/bin/python3 -I", py))
+    script.chmod(0o755)
+    return script
+
+
+def holder(s: lamenv.Session, pkg: Path) -> subprocess.Popen:
+    """``lamd-dl@USER.socket`` as sockact holds it, starting the datalink
+    as ``lamd-dl@.service`` does."""
+    starter = pkg / "lamd-dl-start"
+    if (ROOT / "packaging" / starter.name).exists():
+        shutil.copy(ROOT / "packaging" / starter.name, starter)
+        starter.chmod(0o644)
+        code = (f"import sys; sys.path.insert(0, {str(pkg)!r}); "
+                f"exec(compile(open({str(starter)!r}).read(), 'lamd-dl-start', 'exec'))")
+        cmd = f"-I -S -c {shlex.quote(code)}"
+    else:  # a checkout from before 9847495 (this bench copied into it)
+        cmd = "-m lamd.datalink"
+    sh = f"exec /usr/bin/python3 {cmd} 2>>{s.work}/lamd-dl.log"
+    p = s.popen(["/usr/bin/python3", ROOT / "tests" / "sockact.py",
+                 s.session_dir / "lamd-datalink-socket", "/bin/sh", "-c", sh],
+                env={**s.env, "PYTHONPATH": str(pkg)},
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not (s.session_dir / "lamd-datalink-socket").is_socket():
+        if time.monotonic() > deadline or p.poll() is not None:
+            raise RuntimeError("sockact did not listen")
+        time.sleep(0.01)
+    return p
+
+
+def one(s: lamenv.Session, argv: list[str]) -> float:
+    """Start *argv* (with hboot's arguments) as the test user; seconds to the
+    callback. Every process of the user but the socket holder is killed after."""
+    with socket.socket() as lb:
+        lb.bind(("127.0.0.1", 0))
+        lb.listen(4)
+        lb.settimeout(TIMEOUT)
+        args = ["-H", "127.0.0.1", "-P", str(lb.getsockname()[1]), "-n", "1", "-o", "0"]
+        t0 = time.monotonic()
+        p = s.popen([*argv, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        c, _ = lb.accept()
+        t = time.monotonic() - t0
+        with c:
+            c.settimeout(TIMEOUT)
+            got = b""
+            while len(got) < 20 and (chunk := c.recv(20 - len(got))):
+                got += chunk  # the C lamd writes each int on its own
+        if len(got) != 20:
+            raise RuntimeError(f"{argv[0]}: a callback of {len(got)} bytes")
+    p.kill()
+    p.wait(TIMEOUT)
+    return t
+
+
+def sweep(s: lamenv.Session, keep: set[int]) -> None:
+    """The node gone: the processes of the session (its prefix in their
+    environment) but *keep* killed, the session directory emptied but for
+    its datalink socket."""
+    mark = f"LAM_MPI_SESSION_PREFIX={s.prefix}".encode() + b"\0"
+    for _ in range(50):
+        _reap()
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit() and int(d) not in keep
+                and _uid(int(d)) == s.pw.pw_uid and mark in _environ(int(d))]
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
+    if s.session_dir.is_dir():
+        for f in s.session_dir.iterdir():
+            if f.name != "lamd-datalink-socket":
+                f.unlink(missing_ok=True)
+
+
+def _subreaper() -> None:
+    """Orphans (the hand-off of a ``bin/lamd`` killed before it) become
+    this process's children, which :func:`_reap` collects (PID 1 here may not)."""
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""
+
+
+def _uid(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "callback.json"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("run as root (the test user)", file=sys.stderr)
+        return 2
+    pw = lamenv.ensure_user()
+    _subreaper()
+    pkg = lamenv.copy_package(pyc=True)
+    raw: dict[str, list[float]] = {k: [] for k in KINDS}
+    sessions = {k: lamenv.Session(pw) for k in KINDS}
+    try:
+        script = tree(sessions["hand"].work, pkg)
+        shutil.copy(script, sessions["sockets"].work / "lamd")
+        for k in ("sockets",):
+            sessions[k].session_dir.mkdir(mode=0o700)
+            os.chown(sessions[k].session_dir, pw.pw_uid, pw.pw_gid)
+        held = holder(sessions["sockets"], pkg)
+        keep = {held.pid}
+        argv = {"c": ["/usr/bin/lamd"], "hand": [str(sessions["hand"].work / "lamd")],
+                "sockets": [str(sessions["sockets"].work / "lamd")]}
+        for r in range(args.rounds):
+            for kind in (KINDS if r % 2 == 0 else KINDS[::-1]):
+                try:
+                    raw[kind].append(one(sessions[kind], argv[kind]))
+                finally:
+                    sweep(sessions[kind], keep)
+            print(f"[callback] round {r + 1}: " + ", ".join(
+                f"{k} {raw[k][-1] * 1e3:.1f} ms" for k in KINDS), flush=True)
+    finally:
+        for s in sessions.values():
+            s.close()
+        shutil.rmtree(pkg, ignore_errors=True)
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    med = {k: statistics.median(v) * 1e3 for k, v in raw.items()}
+    res = {"commit": commit, "rounds": args.rounds,
+           "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "median_ms": med, "raw_s": raw}
+    Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+    print(f"| node started by hboot (at {commit}) | exec to callback, median | fastest |")
+    print("|---|---|---|")
+    for k in KINDS:
+        print(f"| {k} | {med[k]:.1f} ms | {min(raw[k]) * 1e3:.1f} ms |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
