@@ -43,7 +43,8 @@ TIMEOUT = 20.0
 #: checked from the listener the test holds
 PROBE = textwrap.dedent("""
     import json, os, sys
-    os.dup2(int(os.environ.pop("PROBE_FD")), 3)  # where systemd puts it
+    for i, fd in enumerate(os.environ.pop("PROBE_FDS").split(",")):
+        os.dup2(int(fd), 3 + i)  # where systemd puts them
     os.environ["LISTEN_PID"] = str(os.getpid())
     from lamd.datalink import early
     e = early.start()
@@ -78,16 +79,20 @@ def session():
 
 
 def start(lst: socket.socket, names: str = "lamd-dl@u.socket"):
-    """The probe with *lst* as systemd's descriptor 3."""
-    fd = os.dup(lst.fileno())
-    env = dict(os.environ, LISTEN_FDS="1", LISTEN_FDNAMES=names, PROBE_FD=str(fd))
+    """The probe with *lst* as systemd's descriptor 3, and a memfd for each
+    further name (what the descriptor store passes after it)."""
+    fds = [os.dup(lst.fileno())]
+    fds += [os.memfd_create(n) for n in names.split(":")[1:]]
+    env = dict(os.environ, LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=names,
+               PROBE_FDS=",".join(map(str, fds)))
     try:
         return subprocess.Popen([sys.executable, "-I", "-S", "-c",
                                  f"import sys; sys.path.insert(0, {str(REPO)!r})\n" + PROBE],
                                 env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                text=True, pass_fds=(fd,))
+                                text=True, pass_fds=tuple(fds))
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
 
 
 def result(p: subprocess.Popen) -> dict:
@@ -95,6 +100,16 @@ def result(p: subprocess.Popen) -> dict:
     line = p.stdout.readline()
     assert line, "the probe said nothing"
     return json.loads(line)
+
+
+def hand(d: str, p: subprocess.Popen, data: bytes) -> dict:
+    """*data* written to the session's datalink socket, as the prefix tree's
+    hand-off writes a request; what the probe then says."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(TIMEOUT)
+        c.connect(os.path.join(d, LAMD_DATALINK_SOCKET))
+        c.sendall(data)
+        return result(p)
 
 
 def finish(p: subprocess.Popen) -> None:
@@ -129,13 +144,9 @@ def test_the_kernel_is_connected_before_the_daemon_is_imported(session, lamboot)
     argv = ["-H", "127.0.0.1", "-P", str(lamboot.getsockname()[1]), "-n", "1", "-o", "0"]
     p = start(lst)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
-            c.settimeout(TIMEOUT)
-            c.connect(os.path.join(d, LAMD_DATALINK_SOCKET))
-            c.sendall(handoff.encode_request(argv))
-            r = result(p)
-            k, _ = kern.accept()  # the kernel's socket was connected
-            k.close()
+        r = hand(d, p, handoff.encode_request(argv))
+        k, _ = kern.accept()  # the kernel's socket was connected
+        k.close()
         assert r["early"] and r["argv"] == argv and not r["error"], r
         assert r["announced"] and r["kernel"], r
         # the announcement is there for the kernel that starts
@@ -174,11 +185,7 @@ def test_another_sessions_request_calls_nobody_back(session, lamboot):
             "-sessionsuffix", "job7"]
     p = start(lst)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
-            c.settimeout(TIMEOUT)
-            c.connect(os.path.join(d, LAMD_DATALINK_SOCKET))
-            c.sendall(handoff.encode_request(argv))
-            r = result(p)
+        r = hand(d, p, handoff.encode_request(argv))
         assert r["early"] and r["argv"] == argv and r["called"] is None, r
         lamboot.settimeout(0.3)
         with pytest.raises(socket.timeout):
@@ -188,10 +195,12 @@ def test_another_sessions_request_calls_nobody_back(session, lamboot):
 
 
 def test_a_start_after_a_crash_does_nothing_early(session):
+    """A state in the store (a memfd named dl-state-N after the socket):
+    the request waiting on the socket is left for .process's resume."""
     d, lst, kern = session
     p = start(lst, "lamd-dl@u.socket:dl-state-3")
     try:
-        r = result(p)
+        r = hand(d, p, handoff.encode_request(["-H", "127.0.0.1", "-P", "9", "-n", "1"]))
         assert r == {"early": False, "modules": r["modules"], "socket": []}, r
         nothing_started(d, kern)
     finally:
@@ -202,11 +211,7 @@ def test_a_request_that_is_not_one_is_not_announced(session):
     d, lst, kern = session
     p = start(lst)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
-            c.settimeout(TIMEOUT)
-            c.connect(os.path.join(d, LAMD_DATALINK_SOCKET))
-            c.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            r = result(p)
+        r = hand(d, p, b"GET / HTTP/1.0\r\n\r\n")
         assert r["early"] and r["error"] == "not a datalink request", r
         assert not r["announced"] and not r["kernel"], r
         nothing_started(d, kern)
