@@ -144,7 +144,8 @@ def boot_node(ct: Container, h2, enable=SOCKETS):
     r = ct.run(["systemctl", "enable", "--runtime", "--now",
                 *[s.format(u=USER) for s in enable]])
     assert r.returncode == 0, r.stdout + r.stderr
-    assert [active(ct, s) for s in SOCKETS] == ["active", "active"]
+    ct.wait_for(lambda: [active(ct, s) for s in SOCKETS] == ["active", "active"], 10,
+                f"both sockets active after enabling {enable}")
     sdir = h2.prefix / f"lam-{USER}@{h2.name}"
     for name in ("lam-kernel-socket", "lamd-datalink-socket"):
         assert (sdir / name).is_socket(), sorted(os.listdir(sdir))
