@@ -26,6 +26,10 @@ is not measured here. Run as root (the test user is created)::
     /usr/bin/python3 bench/callback.py --rounds 20
 
 Writes ``bench/results/callback.json`` (with the commit) and prints medians.
+``--ab TREE`` adds TREE's two kinds of ours (``base-hand``,
+``base-sockets``; TREE a built checkout, e.g. a ``git worktree``) to the
+same alternating rounds, to ``bench/results/callback-ab.json``: a change of
+a few milliseconds shows there, where separate runs differ by as much.
 """
 
 from __future__ import annotations
@@ -52,10 +56,10 @@ KINDS = ("c", "hand", "sockets")
 TIMEOUT = 20.0
 
 
-def tree(work: Path, pkg: Path) -> Path:
-    """The package's ``bin/lamd`` with the source tree's modules (the
+def tree(work: Path, pkg: Path, root: Path = ROOT) -> Path:
+    """*root*'s package ``bin/lamd`` with its modules copied in *pkg* (the
     interpreter's ``-I`` dropped for ``PYTHONPATH``, as the tests' trees)."""
-    text = (ROOT / "packaging" / "lam-prefix" / "bin" / "lamd").read_text()
+    text = (root / "packaging" / "lam-prefix" / "bin" / "lamd").read_text()
     py = f"env PYTHONPATH={pkg} PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3"
     script = work / "lamd"
     script.write_text(text.replace("/usr/bin/python3 -I", py))
@@ -63,17 +67,17 @@ def tree(work: Path, pkg: Path) -> Path:
     return script
 
 
-def holder(s: lamenv.Session, pkg: Path) -> subprocess.Popen:
-    """``lamd-dl@USER.socket`` as sockact holds it, starting the datalink
-    as ``lamd-dl@.service`` does."""
+def holder(s: lamenv.Session, pkg: Path, root: Path = ROOT) -> subprocess.Popen:
+    """``lamd-dl@USER.socket`` as sockact holds it, starting *root*'s
+    datalink (its modules copied in *pkg*) as ``lamd-dl@.service`` does."""
     starter = pkg / "lamd-dl-start"
-    if (ROOT / "packaging" / starter.name).exists():
-        shutil.copy(ROOT / "packaging" / starter.name, starter)
+    if (root / "packaging" / starter.name).exists():
+        shutil.copy(root / "packaging" / starter.name, starter)
         starter.chmod(0o644)
         code = (f"import sys; sys.path.insert(0, {str(pkg)!r}); "
                 f"exec(compile(open({str(starter)!r}).read(), 'lamd-dl-start', 'exec'))")
         cmd = f"-I -S -c {shlex.quote(code)}"
-    else:  # a checkout from before 9847495 (this bench copied into it)
+    else:  # a checkout from before 9847495
         cmd = "-m lamd.datalink"
     sh = f"exec /usr/bin/python3 {cmd} 2>>{s.work}/lamd-dl.log"
     p = s.popen(["/usr/bin/python3", ROOT / "tests" / "sockact.py",
@@ -172,48 +176,60 @@ def _uid(pid: int) -> int | None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "callback.json"))
+    ap.add_argument("--ab", metavar="TREE", default=None,
+                    help="also TREE's hand and sockets kinds (a built checkout: its lamd/ "
+                         "and packaging/), in the same alternating rounds")
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("run as root (the test user)", file=sys.stderr)
         return 2
+    args.out = args.out or str(ROOT / "bench" / "results" /
+                               ("callback-ab.json" if args.ab else "callback.json"))
     pw = lamenv.ensure_user()
     _subreaper()
-    pkg = lamenv.copy_package(pyc=True)
-    raw: dict[str, list[float]] = {k: [] for k in KINDS}
-    sessions = {k: lamenv.Session(pw) for k in KINDS}
+    roots = {"": ROOT}
+    if args.ab:
+        roots["base-"] = Path(args.ab).resolve()
+    pkgs = {tag: lamenv.copy_package(root / "lamd", pyc=True) for tag, root in roots.items()}
+    kinds = ["c"] + [f"{tag}{k}" for tag in roots for k in KINDS[1:]]
+    raw: dict[str, list[float]] = {k: [] for k in kinds}
+    sessions = {k: lamenv.Session(pw) for k in kinds}
     try:
-        script = tree(sessions["hand"].work, pkg)
-        shutil.copy(script, sessions["sockets"].work / "lamd")
-        for k in ("sockets",):
-            sessions[k].session_dir.mkdir(mode=0o700)
-            os.chown(sessions[k].session_dir, pw.pw_uid, pw.pw_gid)
-        held = holder(sessions["sockets"], pkg)
-        keep = {held.pid}
-        argv = {"c": ["/usr/bin/lamd"], "hand": [str(sessions["hand"].work / "lamd")],
-                "sockets": [str(sessions["sockets"].work / "lamd")]}
+        argv = {"c": ["/usr/bin/lamd"]}
+        keep = set()
+        for tag, root in roots.items():
+            hand, sockets = sessions[f"{tag}hand"], sessions[f"{tag}sockets"]
+            script = tree(hand.work, pkgs[tag], root)
+            shutil.copy(script, sockets.work / "lamd")
+            sockets.session_dir.mkdir(mode=0o700)
+            os.chown(sockets.session_dir, pw.pw_uid, pw.pw_gid)
+            keep.add(holder(sockets, pkgs[tag], root).pid)
+            argv[f"{tag}hand"] = [str(script)]
+            argv[f"{tag}sockets"] = [str(sockets.work / "lamd")]
         for r in range(args.rounds):
-            for kind in (KINDS if r % 2 == 0 else KINDS[::-1]):
+            for kind in (kinds if r % 2 == 0 else kinds[::-1]):
                 try:
                     raw[kind].append(one(sessions[kind], argv[kind]))
                 finally:
                     sweep(sessions[kind], keep)
             print(f"[callback] round {r + 1}: " + ", ".join(
-                f"{k} {raw[k][-1] * 1e3:.1f} ms" for k in KINDS), flush=True)
+                f"{k} {raw[k][-1] * 1e3:.1f} ms" for k in kinds), flush=True)
     finally:
         for s in sessions.values():
             s.close()
-        shutil.rmtree(pkg, ignore_errors=True)
+        for pkg in pkgs.values():
+            shutil.rmtree(pkg, ignore_errors=True)
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     med = {k: statistics.median(v) * 1e3 for k, v in raw.items()}
-    res = {"commit": commit, "rounds": args.rounds,
+    res = {"commit": commit, "base": args.ab, "rounds": args.rounds,
            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "median_ms": med, "raw_s": raw}
     Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
     print(f"| node started by hboot (at {commit}) | exec to callback, median | fastest |")
     print("|---|---|---|")
-    for k in KINDS:
+    for k in kinds:
         print(f"| {k} | {med[k]:.1f} ms | {min(raw[k]) * 1e3:.1f} ms |")
     return 0
 
