@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
 import signal
 import socket
@@ -51,18 +50,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests import lamenv  # noqa: E402
+from tests.test_datalink_separate import datalink_command, prefix_script  # noqa: E402
 
 KINDS = ("c", "hand", "sockets")
 TIMEOUT = 20.0
 
 
 def tree(work: Path, pkg: Path, root: Path = ROOT) -> Path:
-    """*root*'s package ``bin/lamd`` with its modules copied in *pkg* (the
-    interpreter's ``-I`` dropped for ``PYTHONPATH``, as the tests' trees)."""
-    text = (root / "packaging" / "lam-prefix" / "bin" / "lamd").read_text()
-    py = f"env PYTHONPATH={pkg} PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3"
+    """*root*'s package ``bin/lamd`` with its modules copied in *pkg*."""
     script = work / "lamd"
-    script.write_text(text.replace("/usr/bin/python3 -I", py))
+    script.write_text(prefix_script("lamd", pkg, root))
     script.chmod(0o755)
     return script
 
@@ -70,15 +67,7 @@ def tree(work: Path, pkg: Path, root: Path = ROOT) -> Path:
 def holder(s: lamenv.Session, pkg: Path, root: Path = ROOT) -> subprocess.Popen:
     """``lamd-dl@USER.socket`` as sockact holds it, starting *root*'s
     datalink (its modules copied in *pkg*) as ``lamd-dl@.service`` does."""
-    starter = pkg / "lamd-dl-start"
-    if (root / "packaging" / starter.name).exists():
-        shutil.copy(root / "packaging" / starter.name, starter)
-        starter.chmod(0o644)
-        code = (f"import sys; sys.path.insert(0, {str(pkg)!r}); "
-                f"exec(compile(open({str(starter)!r}).read(), 'lamd-dl-start', 'exec'))")
-        cmd = f"-I -S -c {shlex.quote(code)}"
-    else:  # a checkout from before 9847495
-        cmd = "-m lamd.datalink"
+    cmd = datalink_command(pkg, root)
     sh = f"exec /usr/bin/python3 {cmd} 2>>{s.work}/lamd-dl.log"
     p = s.popen(["/usr/bin/python3", ROOT / "tests" / "sockact.py",
                  s.session_dir / "lamd-datalink-socket", "/bin/sh", "-c", sh],

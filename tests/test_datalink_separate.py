@@ -300,24 +300,50 @@ def test_separate_datalink_mpirun_lamwipe_and_boot_again(hosts3: Cluster, lamd_p
 # the package's prefix tree on a node whose sockets are "systemd's"
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def prefix_script(name: str, pkgdir: Path, root: Path = REPO) -> str:
+    """*root*'s ``packaging/lam-prefix/bin/NAME`` as shipped, with the
+    installed commands swapped for the modules copied in *pkgdir*."""
+    py = f"env PYTHONPATH={pkgdir} PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3"
+    text = (root / "packaging" / "lam-prefix" / "bin" / name).read_text()
+    text = (text.replace("/usr/bin/python3 -I", py)
+            .replace("exec systemd-cat --identifier=lamd /usr/bin/lamd-kernel",
+                     f"exec {py} -m lamd")
+            .replace("exec /usr/bin/lamd-kernel", f"exec {py} -m lamd")
+            .replace("exec /usr/bin/lamd-tkill", f"exec {py} -m lamd.tools.tkill"))
+    assert "/usr/bin/lamd-" not in text, text
+    return text
+
+
+def datalink_command(pkgdir: Path, root: Path = REPO) -> str:
+    """The interpreter's arguments that run the datalink as lamd-dl@.service
+    does (*root*'s packaging/lamd-dl-start, python3 -IS), with the modules
+    copied in *pkgdir* first on its path (the starter copied there, where
+    the test user can read it); a checkout without the starter (before
+    9847495): ``-m lamd.datalink``."""
+    src = root / "packaging" / "lamd-dl-start"
+    if not src.exists():
+        return "-m lamd.datalink"
+    starter = pkgdir / src.name
+    shutil.copy(src, starter)
+    starter.chmod(0o644)
+    return "-I -S -c " + shlex.quote(
+        f"import sys; sys.path.insert(0, {str(pkgdir)!r}); "
+        f"exec(compile(open({str(starter)!r}).read(), 'lamd-dl-start', 'exec'))")
+
+
 def systemd_like_tree(c: Cluster, pkgdir: Path) -> Path:
     """The package's prefix tree (packaging/lam-prefix: bin/lamd and bin/tkill
     as shipped), with the installed commands swapped for the source tree's."""
-    src = Path(__file__).resolve().parent.parent / "packaging" / "lam-prefix"
+    src = REPO / "packaging" / "lam-prefix"
     pre = c.dir / "pkglam"
     (pre / "bin").mkdir(parents=True)
     (pre / "etc").mkdir()
     os.symlink("/usr/bin/hboot", pre / "bin" / "hboot")
-    py = f"env PYTHONPATH={pkgdir} PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3"
     for name in ("lamd", "tkill"):
-        text = (src / "bin" / name).read_text()
-        text = (text.replace("/usr/bin/python3 -I", py)
-                .replace("exec systemd-cat --identifier=lamd /usr/bin/lamd-kernel",
-                         f"exec {py} -m lamd")
-                .replace("exec /usr/bin/lamd-kernel", f"exec {py} -m lamd")
-                .replace("exec /usr/bin/lamd-tkill", f"exec {py} -m lamd.tools.tkill"))
-        assert "/usr/bin/lamd-" not in text, text
-        (pre / "bin" / name).write_text(text)
+        (pre / "bin" / name).write_text(prefix_script(name, pkgdir))
         (pre / "bin" / name).chmod(0o755)
     shutil.copy(src / "etc" / "lam-conf.lamd", pre / "etc" / "lam-conf.lamd")
     for p in (pre, pre / "bin", pre / "etc"):
@@ -339,16 +365,9 @@ class SocketUnits:
         act = Path(__file__).resolve().parent / "sockact.py"
         env = h.env({"PYTHONPATH": str(pkgdir), "PYTHONDONTWRITEBYTECODE": "1"})
         self.procs = []
-        # the datalink as lamd-dl@.service starts it (packaging/lamd-dl-start,
-        # python3 -IS), with the source tree's package first on its path
-        starter = pkgdir / "lamd-dl-start"  # where the test user can read it
-        shutil.copy(Path(__file__).resolve().parent.parent / "packaging" / starter.name, starter)
-        starter.chmod(0o644)
-        dl = shlex.quote(f"import sys; sys.path.insert(0, {str(pkgdir)!r}); "
-                         f"exec(compile(open({str(starter)!r}).read(), 'lamd-dl-start', 'exec'))")
         for sock, cmd, log, opts in (
                 ("lam-kernel-socket", "-m lamd", f"lamd-{h.name}.log", []),
-                ("lamd-datalink-socket", f"-I -S -c {dl}", f"lamd-dl-{h.name}.log",
+                ("lamd-datalink-socket", datalink_command(pkgdir), f"lamd-dl-{h.name}.log",
                  ["--restart"] if restart else [])):
             sh = f"exec /usr/bin/python3 {cmd} 2>>{c.work}/{log}"
             self.procs.append(h.popen(["/usr/bin/python3", act, *opts, self.dir / sock,
