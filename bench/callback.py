@@ -16,7 +16,8 @@ and each node kind is started as the test user, alternating, many times:
 * ``sockets``: ours where ``lamd-dl@USER.socket`` listens (held as systemd
   would by ``tests/sockact.py``, the datalink started as
   ``packaging/lamd-dl-start`` starts it): the same script hands hboot's
-  arguments to that socket, and the datalink process calls back. (The
+  arguments to that socket (since the unit has a FIFO, to the FIFO, with
+  no Python of its own), and the datalink process calls back. (The
   kernel's socket is not held: its start, which the datalink process sets
   going, is not on this path.)
 
@@ -69,7 +70,11 @@ def holder(s: lamenv.Session, pkg: Path, root: Path = ROOT) -> subprocess.Popen:
     datalink (its modules copied in *pkg*) as ``lamd-dl@.service`` does."""
     cmd = datalink_command(pkg, root)
     sh = f"exec /usr/bin/python3 {cmd} 2>>{s.work}/lamd-dl.log"
+    # the FIFO beside the socket where *root*'s unit has one (its bin/lamd
+    # writes hboot's arguments there without Python)
+    fifo = ("ListenFIFO=" in (root / "systemd" / "lamd-dl@.socket").read_text())
     p = s.popen(["/usr/bin/python3", ROOT / "tests" / "sockact.py",
+                 *(["--fifo", s.session_dir / "lamd-datalink-fifo"] if fifo else []),
                  s.session_dir / "lamd-datalink-socket", "/bin/sh", "-c", sh],
                 env={**s.env, "PYTHONPATH": str(pkg)},
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -124,7 +129,7 @@ def sweep(s: lamenv.Session, keep: set[int]) -> None:
         time.sleep(0.01)
     if s.session_dir.is_dir():
         for f in s.session_dir.iterdir():
-            if f.name != "lamd-datalink-socket":
+            if f.name not in ("lamd-datalink-socket", "lamd-datalink-fifo"):
                 f.unlink(missing_ok=True)
 
 

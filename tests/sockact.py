@@ -13,7 +13,12 @@ a session can be booted again, as under systemd.
 (``FDSTORE=1``, ``FDNAME=``; ``FDSTOREREMOVE=1``) is passed again, after
 the listening socket and named in ``LISTEN_FDNAMES``, when it dies of a
 signal or exits other than 0, 1 or 2, and it is started again at once;
-any other exit empties the store."""
+any other exit empties the store.
+
+``--fifo FIFO`` (before PATH): ``ListenFIFO=`` as well, as
+``lamd-dl@.socket``'s: FIFO made (mode 0600) and held open read-write, a
+request written there starts CMD too, which gets it after the socket
+(``LISTEN_FDS=2``); removed at the end."""
 
 from __future__ import annotations
 
@@ -27,9 +32,12 @@ import tempfile
 
 
 def main(argv: list[str]) -> int:
-    restart = argv[:1] == ["--restart"]
-    if restart:
-        argv = argv[1:]
+    restart, fifo_path = False, None
+    while argv[:1] in (["--restart"], ["--fifo"]):
+        if argv[0] == "--restart":
+            restart, argv = True, argv[1:]
+        else:
+            fifo_path, argv = argv[1], argv[2:]
     path, cmd = argv[0], argv[1:]
     if os.path.exists(path):
         os.unlink(path)
@@ -38,6 +46,12 @@ def main(argv: list[str]) -> int:
     lst.bind(path)
     os.umask(old)
     lst.listen(64)
+    fifo = None
+    if fifo_path is not None:
+        if os.path.lexists(fifo_path):
+            os.unlink(fifo_path)
+        os.mkfifo(fifo_path, 0o600)
+        fifo = os.open(fifo_path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
 
     def bye(*_args) -> None:
         raise SystemExit(0)
@@ -46,12 +60,14 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, bye)
     print(f"sockact: listening on {path}", flush=True)
     try:
-        serve(lst, cmd, restart)
+        serve(lst, cmd, restart, fifo)
     finally:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        for p in (path, fifo_path):
+            if p is not None:
+                try:
+                    os.unlink(p)
+                except OSError:
+                    pass
     return 0
 
 
@@ -95,15 +111,17 @@ class Store:
         self.fds = []
 
 
-def start(lst: socket.socket, cmd: list[str], store: Store | None) -> int:
+def start(lst: socket.socket, cmd: list[str], store: Store | None, fifo: int | None) -> int:
     pid = os.fork()
     if pid == 0:
-        passed = [lst.fileno()] + [fd for _, fd in (store.fds if store else ())]
+        passed = ([lst.fileno()] + ([fifo] if fifo is not None else [])
+                  + [fd for _, fd in (store.fds if store else ())])
         high = [os.dup(fd) for fd in passed]   # out of the way of 3, 4, ...
         for i, fd in enumerate(high):
             os.dup2(fd, 3 + i)
             os.set_inheritable(3 + i, True)  # dup2 onto itself keeps close-on-exec
-        names = ["listen"] + [n for n, _ in (store.fds if store else ())]
+        names = (["listen"] * (2 if fifo is not None else 1)
+                 + [n for n, _ in (store.fds if store else ())])
         os.environ.update(LISTEN_FDS=str(len(passed)), LISTEN_PID=str(os.getpid()),
                           LISTEN_FDNAMES=":".join(names))
         if store is not None:
@@ -116,10 +134,11 @@ def start(lst: socket.socket, cmd: list[str], store: Store | None) -> int:
     return pid
 
 
-def serve(lst: socket.socket, cmd: list[str], restart: bool = False) -> None:
+def serve(lst: socket.socket, cmd: list[str], restart: bool = False,
+          fifo: int | None = None) -> None:
     store = Store() if restart else None
     try:
-        _serve(lst, cmd, store)
+        _serve(lst, cmd, store, fifo)
     finally:
         if store is not None:
             store.flush()
@@ -127,17 +146,18 @@ def serve(lst: socket.socket, cmd: list[str], restart: bool = False) -> None:
             os.rmdir(store.dir)
 
 
-def _serve(lst: socket.socket, cmd: list[str], store: Store | None) -> None:
+def _serve(lst: socket.socket, cmd: list[str], store: Store | None, fifo: int | None) -> None:
     again = False
     while True:
         if not again:
             try:
-                r, _, _ = select.select([lst], [], [], 0.5)
+                r, _, _ = select.select([lst] + ([fifo] if fifo is not None else []), [], [],
+                                        0.5)
             except InterruptedError:
                 continue
             if not r:
                 continue
-        pid = start(lst, cmd, store)
+        pid = start(lst, cmd, store, fifo)
         while True:
             if store is not None:
                 try:

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from lamd.datalink import handoff
-from lamd.session import LAM_SOCKET, LAMD_DATALINK, LAMD_DATALINK_SOCKET
+from lamd.session import LAM_SOCKET, LAMD_DATALINK, LAMD_DATALINK_FIFO, LAMD_DATALINK_SOCKET
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 20.0
@@ -78,11 +78,29 @@ def session():
             kern.close()
 
 
-def start(lst: socket.socket, names: str = "lamd-dl@u.socket"):
-    """The probe with *lst* as systemd's descriptor 3, and a memfd for each
-    further name (what the descriptor store passes after it)."""
+@pytest.fixture
+def fifo(session):
+    """lamd-dl@.socket's FIFO in the session, held open read-write as
+    systemd holds it (its descriptor)."""
+    d, _lst, _kern = session
+    path = os.path.join(d, LAMD_DATALINK_FIFO)
+    os.mkfifo(path, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def start(lst: socket.socket, names: str = "lamd-dl@u.socket", fifo: int | None = None):
+    """The probe with *lst* as systemd's descriptor 3 (and *fifo* after it,
+    as lamd-dl@.socket passes its ListenFIFO=), and a memfd for each
+    further name (what the descriptor store passes after them)."""
     fds = [os.dup(lst.fileno())]
-    fds += [os.memfd_create(n) for n in names.split(":")[1:]]
+    if fifo is not None:
+        fds.append(os.dup(fifo))
+        names = names.split(":")[0] + ":" + names
+    fds += [os.memfd_create(n) for n in names.split(":")[1 + (fifo is not None):]]
     env = dict(os.environ, LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=names,
                PROBE_FDS=",".join(map(str, fds)))
     try:
@@ -112,6 +130,17 @@ def hand(d: str, p: subprocess.Popen, data: bytes) -> dict:
         return result(p)
 
 
+def write_fifo(d: str, p: subprocess.Popen, data: bytes) -> dict:
+    """*data* written to the session's FIFO in one write, as the prefix
+    tree's ``bin/lamd`` writes a request; what the probe then says."""
+    fd = os.open(os.path.join(d, LAMD_DATALINK_FIFO), os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        assert os.write(fd, data) == len(data)
+    finally:
+        os.close(fd)
+    return result(p)
+
+
 def finish(p: subprocess.Popen) -> None:
     try:
         p.communicate("", timeout=TIMEOUT)
@@ -139,12 +168,18 @@ def lamboot():
         yield s
 
 
-def test_the_kernel_is_connected_before_the_daemon_is_imported(session, lamboot):
+@pytest.mark.parametrize("way", ["socket", "fifo"])
+def test_the_kernel_is_connected_before_the_daemon_is_imported(session, fifo, lamboot, way):
+    """Both ways in: the hand-off's connection, and a request in the FIFO
+    (the prefix tree's shell script, no Python before the service's)."""
     d, lst, kern = session
     argv = ["-H", "127.0.0.1", "-P", str(lamboot.getsockname()[1]), "-n", "1", "-o", "0"]
-    p = start(lst)
+    p = start(lst, fifo=fifo)
     try:
-        r = hand(d, p, handoff.encode_request(argv))
+        if way == "socket":
+            r = hand(d, p, handoff.encode_request(argv))
+        else:
+            r = write_fifo(d, p, handoff.encode_fifo_request(argv))
         k, _ = kern.accept()  # the kernel's socket was connected
         k.close()
         assert r["early"] and r["argv"] == argv and not r["error"], r
@@ -217,3 +252,37 @@ def test_a_request_that_is_not_one_is_not_announced(session):
         nothing_started(d, kern)
     finally:
         finish(p)
+
+
+def test_a_bad_request_in_the_fifo_is_drained_and_not_announced(session, fifo):
+    """Garbage in the FIFO: an error, nothing started, and nothing left in
+    it (systemd would start the service again for as long as it held any)."""
+    d, lst, kern = session
+    p = start(lst, fifo=fifo)
+    try:
+        r = write_fifo(d, p, b"GET / HTTP/1.0\r\n\r\n" * 100)
+        assert r["early"] and r["error"] == "not a datalink request", r
+        assert not r["announced"] and not r["kernel"], r
+        nothing_started(d, kern)
+        with pytest.raises(BlockingIOError):
+            os.read(fifo, 1)
+    finally:
+        finish(p)
+
+
+@pytest.mark.parametrize("argv, rest", [
+    ([], b""),
+    (["-H", "10.0.0.1", "-P", "9", "-n", "1"], b""),
+    (["-H", "10.0.0.1"], b"LAMD-DATALINK 1\0-x\0\0"),
+    (["caf\udce9"], b"LAMD"),
+])
+def test_fifo_requests_split_whole_and_in_pieces(argv, rest):
+    data = handoff.encode_fifo_request(argv)
+    assert handoff.split_fifo_request(data + rest) == (argv, rest)
+    for i in range(len(data)):
+        assert handoff.split_fifo_request(data[:i]) == (None, data[:i])
+    for bad in (b"X", b"LAMD-DATALINK 2\0\0", b"LAMD-DATALINK 1\0" + b"a" * 5000):
+        with pytest.raises(ValueError):
+            handoff.split_fifo_request(bad)
+    with pytest.raises(ValueError):
+        handoff.encode_fifo_request(["-H", ""])

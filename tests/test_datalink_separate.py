@@ -357,9 +357,16 @@ class SocketUnits:
     (tests/sockact.py): the kernel and the datalink process started by a
     connection to their socket, again after each exit, as systemd's."""
 
-    def __init__(self, c: Cluster, h, pkgdir: Path, restart: bool = False) -> None:
+    def __init__(self, c: Cluster, h, pkgdir: Path, restart: bool = False,
+                 fifo: bool = True) -> None:
         self.c, self.h = c, h
         self.dir = h.prefix / f"lam-{c.pw.pw_name}@{h.name}"
+        #: the datalink socket's ListenFIFO= too (lamd-dl@.socket's since
+        #: it has one); without it the tree's bin/lamd hands every boot to
+        #: the socket (a unit from before)
+        self.fifo = fifo
+        self.files = sorted(["lam-kernel-socket", "lamd-datalink-socket"]
+                            + (["lamd-datalink-fifo"] if fifo else []))
         cp = h.run(["mkdir", "-p", "-m", "700", self.dir])
         assert cp.returncode == 0, show(cp)
         act = Path(__file__).resolve().parent / "sockact.py"
@@ -368,14 +375,14 @@ class SocketUnits:
         for sock, cmd, log, opts in (
                 ("lam-kernel-socket", "-m lamd", f"lamd-{h.name}.log", []),
                 ("lamd-datalink-socket", datalink_command(pkgdir), f"lamd-dl-{h.name}.log",
-                 ["--restart"] if restart else [])):
+                 (["--restart"] if restart else [])
+                 + (["--fifo", self.dir / "lamd-datalink-fifo"] if fifo else []))):
             sh = f"exec /usr/bin/python3 {cmd} 2>>{c.work}/{log}"
             self.procs.append(h.popen(["/usr/bin/python3", act, *opts, self.dir / sock,
                                        "/bin/sh", "-c", sh], timeout=None, env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         deadline = time.monotonic() + 10
-        while not all((self.dir / s).is_socket() for s in
-                      ("lam-kernel-socket", "lamd-datalink-socket")):
+        while not all((self.dir / s).exists() for s in self.files):
             assert time.monotonic() < deadline, "sockact did not listen"
             time.sleep(0.05)
         self.pids = {p.pid for p in self.procs}
@@ -416,7 +423,8 @@ def serves(c: Cluster, i: int, boot: int) -> None:
 
 def nothing_left_but_sockets(c: Cluster, h, units: SocketUnits) -> None:
     """No process of the test user on any host but the socket holders; the
-    session directory of *h* holds the sockets only (they are systemd's)."""
+    session directory of *h* holds the sockets and the FIFO only (they are
+    systemd's)."""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         left = {x.name: (units.user_pids() if x is h else x.user_pids()) for x in c.hosts}
@@ -425,8 +433,7 @@ def nothing_left_but_sockets(c: Cluster, h, units: SocketUnits) -> None:
         time.sleep(0.1)
     assert not any(left.values()), ({k: [cmdline(p) for p in v] for k, v in left.items()},
                                      logs(c))
-    assert sorted(p.name for p in units.dir.iterdir()) == [
-        "lam-kernel-socket", "lamd-datalink-socket"]
+    assert sorted(p.name for p in units.dir.iterdir()) == units.files
 
 
 def test_package_prefix_with_systemd_sockets(hosts3: Cluster, lamd_pkg):
@@ -459,12 +466,23 @@ def test_package_prefix_with_systemd_sockets(hosts3: Cluster, lamd_pkg):
         cp = c.hosts[0].run(["lamboot", hf], timeout=90)
         assert cp.returncode == 0, show(cp) + logs(c)
         universe(1)
+        dlog = c.work / f"lamd-dl-{h.name}.log"
+        # the tree's bin/lamd wrote the request to the FIFO (no Python)
+        assert "boot request (FIFO): -H" in dlog.read_text(), logs(c)
         for src, dst in ((1, 0), (2, 1)):
             exchange(c, exe, src, dst, "n")
         # a boot request while the universe is served: refused, honestly
         cp = h.run(["env", f"PYTHONPATH={lamd_pkg}", "/usr/bin/python3", "-m",
                     "lamd.datalink.handoff", "-H", c.hosts[0].addr, "-P", "1", "-n", "1"])
         assert cp.returncode == 1 and "in a universe already" in cp.stderr, show(cp)
+        # one in the FIFO: dropped (nobody to answer there), said in the log
+        cp = h.run(["sh", "-c", "printf '%s\\0' 'LAMD-DATALINK 1' -H 10.9.9.9 -P 1 -n 1 '' "
+                                f"1<>{units.dir / 'lamd-datalink-fifo'}"])
+        assert cp.returncode == 0, show(cp)
+        deadline = time.monotonic() + 10
+        while "a boot request in the FIFO dropped (39 bytes): node n1" not in dlog.read_text():
+            assert time.monotonic() < deadline, logs(c)
+            time.sleep(0.05)
         # lamboot again while it is up: hboot -t's tkill ends it, then a new one
         first = [p for p in units.user_pids()]
         cp = c.hosts[0].run(["lamboot", hf], timeout=90)
@@ -514,7 +532,9 @@ def test_a_killed_datalink_process_goes_on_with_what_it_kept(hosts3: Cluster, la
     c = hosts3
     h = c.hosts[1]
     exe = build_netclient(c.work)
-    units = SocketUnits(c, h, lamd_pkg, restart=True)
+    # a unit without the FIFO (before it had one): lamboot's boots go through
+    # the socket's hand-off here, which the test above no longer takes
+    units = SocketUnits(c, h, lamd_pkg, restart=True, fifo=False)
     pre = systemd_like_tree(c, lamd_pkg)
     ptree = prefix_tree(c, lamd_pkg)
     hf = c.work / "hostfile"
@@ -525,6 +545,7 @@ def test_a_killed_datalink_process_goes_on_with_what_it_kept(hosts3: Cluster, la
         cp = c.hosts[0].run(["lamboot", hf], timeout=90)
         assert cp.returncode == 0, show(cp) + logs(c)
         serves(c, 1, 1)
+        assert "boot request: -H" in (c.work / f"lamd-dl-{h.name}.log").read_text(), logs(c)
         first = datalink_pid(c, units, 1)
         sizes = [str(n) for n in [300 * 1024, 8192, 64, 20000] * 80]
         outs = []

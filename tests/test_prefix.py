@@ -164,6 +164,83 @@ def test_the_trees_tkill_starts_nothing_in_an_empty_systemd_session():
         shutil.rmtree(pkg, ignore_errors=True)
 
 
+@pytest.mark.parametrize("argv, fifo", [
+    (["-H", "10.1.0.1", "-P", "40001", "-n", "1", "-o", "0"], True),
+    (["-H", "10.1.0.1", "-P", "40001", "-n", "2", "-o", "0", "-x"], True),
+    (["-H", "10.1.0.1", "-P", "40001", "-n", "1", "-o", "0", "-d"], False),
+    (["-H", "10.1.0.1", "-P", "40001", "-n", "1", "-o", "0", "-sessionsuffix", "j7"], False),
+    (["-H", "10.1.0.1", "-P", "40001", "-n", "1", "-o", "0", "-sessionprefix", "/tmp"], False),
+    (["-H", "", "-P", "40001"], False),
+    (["-H", "a\nb", "-P", "40001"], False),
+    (["-H", "x" * 3100, "-P", "40001"], False),
+])
+def test_the_trees_lamd_writes_the_fifo_without_python(argv, fifo):
+    """Where lamd-dl@.socket's FIFO is (the user's, in the session
+    directory), the tree's bin/lamd writes hboot's arguments there in one
+    write, exactly as the service reads them (``encode_fifo_request``), and
+    exits 0 without starting Python (a start is about 9 ms per node on
+    lamboot's path). Another session's request (a prefix or suffix), hboot's
+    -d (the hand-off prints the service's answers), an empty argument, a
+    newline or a request near PIPE_BUF: the socket's hand-off, as before
+    (here a stub in the interpreter's place records it). No C-lamd side: the
+    C lamd has no systemd service to hand a boot to."""
+    from lamd.datalink.handoff import encode_fifo_request
+    pw = lamenv.ensure_user()
+    with tempfile.TemporaryDirectory(prefix="lamd-prefix-") as d:
+        os.chmod(d, 0o755)
+        stub = Path(d) / "python3"
+        stub.write_text(f'#!/bin/sh\necho "$*" >>{d}/started\nexit 0\n')
+        stub.chmod(0o755)
+        (Path(d) / "started").write_text("")
+        os.chown(Path(d) / "started", pw.pw_uid, pw.pw_gid)
+        text = (REPO / "packaging" / "lam-prefix" / "bin" / "lamd").read_text()
+        script = Path(d) / "lamd"
+        script.write_text(text.replace("/usr/bin/python3", str(stub)))
+        script.chmod(0o755)
+        sessions = Path(d) / "sessions"
+        sessions.mkdir()
+        sessions.chmod(0o1777)
+        host = Path("/proc/sys/kernel/hostname").read_text().strip()
+        sdir = sessions / f"lam-{pw.pw_name}@{host}"
+        sdir.mkdir(mode=0o700)
+        os.chown(sdir, pw.pw_uid, pw.pw_gid)
+        path = sdir / "lamd-datalink-fifo"
+        os.mkfifo(path, 0o600)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(sdir / "lamd-datalink-socket"))
+        os.chown(sdir / "lamd-datalink-socket", pw.pw_uid, pw.pw_gid)
+        sock.listen(1)
+        rd = os.open(path, os.O_RDWR | os.O_NONBLOCK)   # as systemd holds it
+        try:
+            trace = Path(d) / "trace"
+            cp = subprocess.run(
+                ["strace", "-f", "-qq", "-e", "trace=execve,write", "-o", str(trace),
+                 "setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups",
+                 "/usr/bin/env", "-i", "PATH=/usr/bin:/bin", "HOME=/", "TMPDIR=/tmp",
+                 f"LAM_MPI_SESSION_PREFIX={sessions}", "/bin/sh", str(script), *argv],
+                capture_output=True, text=True, timeout=60)
+            assert (cp.returncode, cp.stdout, cp.stderr) == (0, "", ""), cp
+            try:
+                got = os.read(rd, 65536)
+            except BlockingIOError:
+                got = b""
+            started = (Path(d) / "started").read_text()
+            traced = trace.read_text()
+            if fifo:
+                assert got == encode_fifo_request(argv), got
+                assert not started, started
+                assert str(stub) not in traced, traced
+                writes = [ln for ln in traced.splitlines() if " write(" in ln]
+                assert len(writes) == 1, traced
+            else:
+                assert got == b"", got
+                assert "lamd.datalink.handoff" in started, started
+        finally:
+            os.close(rd)
+            sock.close()
+
+
 def _universe(c: Cluster, argv: list, kinds: list[str]) -> None:
     h1 = c.hosts[0]
     cp = h1.run(argv, timeout=90)

@@ -1,6 +1,7 @@
 """The first steps of ``python3 -m lamd.datalink`` started by
 ``lamd-dl@.socket``, before it imports the rest (:mod:`.process`, about
-40 ms of imports): the boot request read from the first connection, the
+40 ms of imports): the boot request read from the first connection or
+from the socket unit's FIFO (:func:`take_request`), the
 announcement written, the kernel's socket connected, and lamboot called
 back (:func:`lamd.boot.early.call_back_now`, as the ``lamd`` command does
 by hand).
@@ -28,11 +29,14 @@ from __future__ import annotations
 import _socket
 import fcntl
 import os
+import select
+import stat
+import time
 
 from ..boot.early import call_back_now
 from ..session import LAM_SOCKET, LAMD_DATALINK
 from ..session.kkill import read_proc_stat
-from .handoff import REQUEST_TIMEOUT, read_request
+from .handoff import FIFO_MAX, REQUEST_TIMEOUT, read_request, split_fifo_request
 
 #: names in lamd-dl@.service's descriptor store (:mod:`.keep`)
 STATE_PREFIX = "dl-state-"
@@ -47,29 +51,33 @@ if TYPE_CHECKING:
 
 
 class Early:
-    """What :func:`start` did: the first connection (*conn*) and its
-    request (*argv*, or *error* if it could not be read), the announcement
+    """What :func:`start` did: the first request (*argv*, or *error* if it
+    could not be read) and the connection it came on (*conn*; None if it
+    came through the FIFO, which has nobody to answer), the announcement
     (``(path, fd)``, or None if it could not be written) and the kernel's
-    connection (*kernel*, or None)."""
+    connection (*kernel*, or None). *later*: how many bytes followed it in
+    the FIFO (other requests, dropped: this process boots one universe)."""
 
-    __slots__ = ("conn", "argv", "error", "announced", "kernel")
+    __slots__ = ("conn", "argv", "error", "later", "announced", "kernel")
 
-    def __init__(self, conn: _socket.socket) -> None:
+    def __init__(self, conn: _socket.socket | None) -> None:
         #: ``_socket``'s (:mod:`socket` is not imported here: 4.4 ms before
         #: the callback); :meth:`connection` gives it as a :class:`socket.socket`
-        self.conn: _socket.socket | socket.socket = conn
+        self.conn: _socket.socket | socket.socket | None = conn
         self.argv: list[str] = []
         self.error = ""
+        self.later = 0
         #: None once the datalink process has taken it for its own
         self.announced: tuple[str, int] | None = None
         self.kernel: _socket.socket | None = None
 
-    def connection(self) -> socket.socket:
+    def connection(self) -> socket.socket | None:
         """The first connection, as the :class:`socket.socket` :mod:`.process`
-        works with (the same descriptor; :meth:`close` still closes it)."""
+        works with (the same descriptor; :meth:`close` still closes it);
+        None for a request through the FIFO."""
         import socket
 
-        if not isinstance(self.conn, socket.socket):
+        if self.conn is not None and not isinstance(self.conn, socket.socket):
             self.conn = socket.socket(fileno=self.conn.detach())
         return self.conn
 
@@ -86,7 +94,8 @@ class Early:
             withdraw(*self.announced)
             self.announced = None
         self.close_kernel()
-        self.conn.close()
+        if self.conn is not None:
+            self.conn.close()
 
 
 def announce(directory: str) -> tuple[str, int]:
@@ -118,10 +127,23 @@ def withdraw(path: str, fd: int) -> None:
     os.close(fd)
 
 
-def _listener() -> int | None:
-    """The one socket lamd-dl@.socket passed, for a boot; None for a start
-    after a crash (a state in the store) or anything unexpected. The
-    environment is left for :func:`lamd.service.activation._listen_fds`."""
+def listeners(fds: list[int]) -> tuple[list[int], list[int]]:
+    """lamd-dl@.socket's descriptors among *fds*: (its sockets, its FIFOs)."""
+    socks, fifos = [], []
+    for fd in fds:
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            continue
+        (fifos if stat.S_ISFIFO(mode) else socks).append(fd)
+    return socks, fifos
+
+
+def _listeners() -> tuple[int, int | None] | None:
+    """The socket and the FIFO (if any) lamd-dl@.socket passed, for a
+    boot; None for a start after a crash (a state in the store) or anything
+    unexpected. The environment is left for
+    :func:`lamd.service.activation._listen_fds`."""
     try:
         if int(os.environ.get("LISTEN_PID", "")) != os.getpid():
             return None
@@ -132,18 +154,107 @@ def _listener() -> int | None:
     names += ["unknown"] * (n - len(names))
     if any(name.startswith(STATE_PREFIX) for name in names[:n]):
         return None
-    fds = [SD_LISTEN_FDS_START + i for i in range(n)
-           if names[i] not in (DLI_SOCKET, DLO_SOCKET)]
-    return fds[0] if len(fds) == 1 else None
+    socks, fifos = listeners([SD_LISTEN_FDS_START + i for i in range(n)
+                              if names[i] not in (DLI_SOCKET, DLO_SOCKET)])
+    if len(socks) != 1 or len(fifos) > 1:
+        return None
+    return socks[0], fifos[0] if fifos else None
+
+
+def drain(fifo: int) -> int:
+    """Read what is left in *fifo* (the unit starts this service again while
+    it holds anything); how many bytes."""
+    n = 0
+    while True:
+        try:
+            data = os.read(fifo, 65536)
+        except (BlockingIOError, InterruptedError):
+            return n
+        except OSError:
+            return n
+        if not data:
+            return n
+        n += len(data)
+
+
+def read_fifo(fifo: int, deadline: float) -> tuple[list[str], bytes]:
+    """The first request in the FIFO, and the bytes after it; ValueError
+    if there is none by *deadline* or it is malformed (then the FIFO is
+    drained)."""
+    os.set_blocking(fifo, False)   # systemd opens it so; a test's may not
+    buf = b""
+    try:
+        while True:
+            try:
+                data = os.read(fifo, FIFO_MAX)
+            except BlockingIOError:
+                data = b""
+            buf += data
+            argv, rest = split_fifo_request(buf)
+            if argv is not None:
+                return argv, rest
+            if not data:   # a writer's request comes in one write: this is not one
+                left = deadline - time.monotonic()
+                p = select.poll()
+                p.register(fifo, select.POLLIN)
+                if left <= 0 or not p.poll(left * 1000):
+                    raise ValueError("an incomplete request in the FIFO")
+    except ValueError:
+        drain(fifo)
+        raise
+
+
+def take_request(lst: _socket.socket, fifo: int | None,
+                 timeout: float = REQUEST_TIMEOUT) -> Early | None:
+    """The first boot request to come: a connection on *lst* (its request
+    read from it) or a request in *fifo*. None if none comes in *timeout*
+    seconds (or *lst* fails)."""
+    deadline = time.monotonic() + timeout
+    p = select.poll()
+    p.register(lst.fileno(), select.POLLIN)
+    if fifo is not None:
+        p.register(fifo, select.POLLIN)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        ready = [fd for fd, _ in p.poll(left * 1000)]
+        if fifo is not None and fifo in ready:
+            early = Early(None)
+            try:
+                early.argv, rest = read_fifo(fifo, deadline)
+                early.later = len(rest) + drain(fifo)
+            except ValueError as e:
+                early.error = str(e)
+            return early
+        if lst.fileno() in ready:
+            try:
+                cfd, _ = lst._accept()  # accept4(SOCK_CLOEXEC): blocking, as socket.accept's
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                return None
+            try:
+                conn = _socket.socket(fileno=cfd)
+            except OSError:
+                os.close(cfd)
+                return None
+            early = Early(conn)
+            try:
+                early.argv = read_request(conn, max(0.001, deadline - time.monotonic()))
+            except ValueError as e:
+                early.error = str(e)
+            return early
 
 
 def start() -> Early | None:
-    """Under ``lamd-dl@.socket``, for a boot: take the first connection and
-    its request, announce, connect to the kernel's socket. None: nothing
-    was done (see the module's docstring)."""
-    fd = _listener()
-    if fd is None:
+    """Under ``lamd-dl@.socket``, for a boot: take the first request, from
+    a connection or the FIFO; announce, connect to the kernel's socket,
+    call lamboot back. None: nothing was done (see the module's docstring)."""
+    got = _listeners()
+    if got is None:
         return None
+    fd, fifo = got
     try:
         lst = _socket.socket(fileno=os.dup(fd))  # the unit's socket stays open
     except OSError:
@@ -151,23 +262,14 @@ def start() -> Early | None:
     try:
         if lst.family != _socket.AF_UNIX:
             return None
-        lst.settimeout(REQUEST_TIMEOUT)
         directory = os.path.dirname(lst.getsockname())
-        cfd, _ = lst._accept()  # accept4(SOCK_CLOEXEC): blocking, as socket.accept's
+        lst.setblocking(False)
+        early = take_request(lst, fifo)
     except OSError:
         return None
     finally:
         lst.close()
-    try:
-        conn = _socket.socket(fileno=cfd)
-    except OSError:
-        os.close(cfd)
-        return None
-    early = Early(conn)
-    try:
-        early.argv = read_request(conn)
-    except ValueError as e:
-        early.error = str(e)
+    if early is None or early.error:
         return early
     try:
         early.announced = announce(directory)
@@ -191,5 +293,5 @@ def start() -> Early | None:
     return early
 
 
-__all__ = ["Early", "start", "announce", "withdraw", "STATE_PREFIX", "DLI_SOCKET",
-           "DLO_SOCKET"]
+__all__ = ["Early", "start", "take_request", "listeners", "drain", "announce", "withdraw",
+           "STATE_PREFIX", "DLI_SOCKET", "DLO_SOCKET"]

@@ -90,6 +90,44 @@ def read_request(conn: "AnySocket", timeout: float = REQUEST_TIMEOUT) -> list[st
     return [a.decode("utf-8", "surrogateescape") for a in body.split(b"\0")[:-1]] if body else []
 
 
+#: What a request through lamd-dl@.socket's FIFO starts with. The prefix
+#: tree's ``bin/lamd`` writes it with one ``printf '%s\0' MAGIC ARGS... ''``
+#: (a shell builtin: no Python, no fork): each field NUL-terminated, an
+#: empty one last. No answer comes back: hboot waits for nothing, and the
+#: service's log says what became of the request.
+FIFO_MAGIC = b"LAMD-DATALINK 1\0"
+#: PIPE_BUF: a write of at most this many bytes to a FIFO is never
+#: interleaved with another writer's. ``bin/lamd`` writes requests well
+#: below it (longer ones, empty arguments, newlines: the socket's way).
+FIFO_MAX = 4096
+
+
+def encode_fifo_request(argv: Sequence[str]) -> bytes:
+    """A request as ``bin/lamd`` writes it to the FIFO (every argument non-empty)."""
+    if any(not a for a in argv):
+        raise ValueError("an empty argument cannot go through the FIFO")
+    return FIFO_MAGIC + b"".join(a.encode("utf-8", "surrogateescape") + b"\0"
+                                 for a in argv) + b"\0"
+
+
+def split_fifo_request(buf: bytes) -> tuple[list[str] | None, bytes]:
+    """The first request in *buf* (bytes read from the FIFO) and what
+    follows it; (None, *buf*) while it is incomplete. ValueError if *buf*
+    does not begin with a request (or one longer than :data:`FIFO_MAX`)."""
+    if not buf.startswith(FIFO_MAGIC):
+        if FIFO_MAGIC.startswith(buf):
+            return None, buf
+        raise ValueError("not a datalink request")
+    end = buf.find(b"\0\0", len(FIFO_MAGIC) - 1)
+    if end < 0 or end + 2 > FIFO_MAX:
+        if len(buf) >= FIFO_MAX:
+            raise ValueError(f"a request longer than {FIFO_MAX} bytes")
+        return None, buf
+    body = buf[len(FIFO_MAGIC):end + 1]
+    argv = [a.decode("utf-8", "surrogateescape") for a in body.split(b"\0")[:-1]]
+    return argv, buf[end + 2:]
+
+
 def session_of(argv: Sequence[str]) -> Session:
     """The session hboot's ``-sessionprefix``/``-sessionsuffix`` (and the
     environment, as LAM's ``lam_tmpdir_init``) name."""

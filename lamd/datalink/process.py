@@ -53,6 +53,7 @@ How it is started:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import socket
@@ -65,7 +66,7 @@ from ..iprocs import DATALINK_SERVICES, BY_NAME, boot_config
 from ..iprocs.router import RouteTable
 from ..kernel.kiproc import IPROC_PID_BASE
 from ..session import LAMD_DATALINK, Session, SessionError
-from .early import Early, announce, withdraw
+from .early import Early, announce, drain, listeners, take_request, withdraw
 from .handoff import CALLED_BACK, ERROR, MAGIC, OK, REQUEST_TIMEOUT, encode_request, read_request
 from .keep import DLI_SOCKET, DLO_SOCKET, STATE_PREFIX, Kept, KeepError, LinkKeep, Universe
 from .keep import load as load_kept, newest as newest_kept
@@ -109,13 +110,16 @@ class DatalinkProcess:
 
     def __init__(self, session: Session, boot: BootArgs | None, *, wait: float = DEFAULT_WAIT,
                  boot_timeout: float = 300.0, say: Callable[[str], None] | None = None,
-                 listener: socket.socket | None = None, early: Early | None = None) -> None:
+                 listener: socket.socket | None = None, early: Early | None = None,
+                 fifo: int | None = None) -> None:
         self.session = session
         self.boot = boot
         self.wait = wait
         self.boot_timeout = boot_timeout
         self.say = say or (lambda _line: None)
         self.listener = listener
+        #: lamd-dl@.socket's FIFO (requests there while serving are dropped)
+        self.fifo = fifo
         #: :mod:`.early`'s announcement and kernel connection (a boot under systemd)
         self.early = early
         self.host = None
@@ -285,6 +289,19 @@ class DatalinkProcess:
                         node_id)
 
         host.loop.add_reader(lst.fileno(), accept)
+        fifo = self.fifo
+        if fifo is not None:
+            os.set_blocking(fifo, False)
+
+            def dropped(_ev: int) -> None:
+                n = drain(fifo)
+                if n == 0:   # hung up (opened without a writer's end): nothing will come
+                    host.loop.remove(fifo)
+                    return
+                log.warning("datalink: a boot request in the FIFO dropped (%d bytes): node "
+                            "n%d is in a universe (lamhalt, or tkill, first)", n, node_id)
+
+            host.loop.add_reader(fifo, dropped)
 
 
 # ---------------------------------------------------------------------------
@@ -324,7 +341,8 @@ class _Parser(argparse.ArgumentParser):
         raise _Usage(message)
 
 
-def _resume(args: argparse.Namespace, lst: socket.socket, stored: dict[str, int]) -> int:
+def _resume(args: argparse.Namespace, lst: socket.socket, stored: dict[str, int],
+            fifo: int | None = None) -> int:
     """Under systemd, after a crash of this process: the universe it served,
     from the descriptor store (:mod:`lamd.datalink.keep`)."""
     state = newest_kept(stored)
@@ -353,7 +371,7 @@ def _resume(args: argparse.Namespace, lst: socket.socket, stored: dict[str, int]
     dirname = os.path.dirname(lst.getsockname())
     log.warning("datalink: started again after a crash: node n%d of the universe of %s "
                 "(state generation %d)", kept.universe.node_id, dirname, kept.generation)
-    dp = DatalinkProcess(Session(dirname), None, wait=args.wait, listener=lst)
+    dp = DatalinkProcess(Session(dirname), None, wait=args.wait, listener=lst, fifo=fifo)
     return dp.run(kept, socks)
 
 
@@ -368,63 +386,70 @@ def _from_socket(args: argparse.Namespace, early: Early | None = None) -> int:
     passed = _listen_fds()
     stored = {name: fd for fd, name in passed
               if name in (DLI_SOCKET, DLO_SOCKET) or name.startswith(STATE_PREFIX)}
-    fds = [fd for fd, name in passed if name not in stored]
-    if len(fds) != 1:
-        log.error("datalink: no hboot arguments and %d sockets from systemd (lamd-dl@.socket "
-                  "passes one)", len(fds))
+    socks, fifos = listeners([fd for fd, name in passed if name not in stored])
+    if len(socks) != 1 or len(fifos) > 1:
+        log.error("datalink: no hboot arguments and %d sockets and %d FIFOs from systemd "
+                  "(lamd-dl@.socket passes one of each, or a socket only)",
+                  len(socks), len(fifos))
         return EXIT_USAGE
     try:
-        lst = check_listen_socket(fds[0])
+        lst = check_listen_socket(socks[0])
     except ServiceError as e:
         log.error("datalink: %s", e)
         return EXIT_USAGE
     os.set_inheritable(lst.fileno(), False)
+    fifo = fifos[0] if fifos else None
+    if fifo is not None:
+        os.set_inheritable(fifo, False)
     if newest_kept(stored) is not None:
-        return _resume(args, lst, stored)
+        return _resume(args, lst, stored, fifo)
     for fd in stored.values():   # sockets without a state: of no use
         os.close(fd)
     if early is None:
-        lst.settimeout(REQUEST_TIMEOUT)
-        try:
-            conn, _ = lst.accept()
-        except TimeoutError:
+        lst.setblocking(False)
+        early = take_request(lst, fifo)
+        if early is None:
             log.error("datalink: started, but no request came in %.0f s", REQUEST_TIMEOUT)
             return EXIT_FAILED
-    else:
-        conn = early.connection()
+    conn = early.connection()
 
     def say(line: str) -> None:
+        if conn is None:
+            return  # through the FIFO: nobody to tell, the log has it
         try:
             conn.sendall(line.encode() + b"\n")
         except OSError:
             pass  # the client gave up: the log has it
 
-    with conn:
+    with contextlib.closing(conn) if conn is not None else contextlib.nullcontext():
         try:
-            if early is None:
-                argv = read_request(conn)
-            elif early.error:
+            if early.error:
                 raise ValueError(early.error)
-            else:
-                argv = early.argv
+            argv = early.argv
             req = build_parser(_Parser).parse_args(argv)
             boot = boot_args_of(req)
             if boot is None:
                 raise ValueError("no -H/-P/-n: not hboot's arguments")
         except (ValueError, _Usage) as e:
-            log.error("datalink: bad request: %s", e)
+            log.error("datalink: bad request%s: %s", "" if conn else " in the FIFO", e)
             say(f"{ERROR} bad request: {e}")
             return EXIT_FAILED
+        if early.later:
+            log.warning("datalink: %d more bytes in the FIFO after the boot request "
+                        "(other requests) dropped: a node boots one universe at a time",
+                        early.later)
         if req.debug:
             logging.getLogger().setLevel(logging.DEBUG)
         dirname = os.path.dirname(lst.getsockname())
         if (req.prefix and os.path.normpath(req.prefix) != os.path.dirname(dirname)) or req.suffix:
-            say(f"{ERROR} this socket serves the session {dirname}, not the one the "
-                "session prefix/suffix name")
+            why = (f"this socket serves the session {dirname}, not the one the "
+                   "session prefix/suffix name")
+            log.error("datalink: %s", why)
+            say(f"{ERROR} {why}")
             return EXIT_FAILED
-        log.info("datalink: boot request: %s", " ".join(argv))
+        log.info("datalink: boot request%s: %s", "" if conn else " (FIFO)", " ".join(argv))
         dp = DatalinkProcess(Session(dirname), boot, wait=args.wait, say=say, listener=lst,
-                             early=early)
+                             early=early, fifo=fifo)
         return dp.run()
 
 

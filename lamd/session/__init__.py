@@ -46,6 +46,9 @@ LAMD_DATALINK = "lamd-datalink"
 #: Under systemd: lamd-dl@.socket, where LAM's prefix tree hands hboot's
 #: arguments to the datalink service (its presence is how it knows).
 LAMD_DATALINK_SOCKET = "lamd-datalink-socket"
+#: Under systemd: lamd-dl@.socket's FIFO beside it, where the prefix tree's
+#: shell script writes hboot's arguments without starting Python.
+LAMD_DATALINK_FIFO = "lamd-datalink-fifo"
 LAM_PREFIX_ENV = "LAM_MPI_SESSION_PREFIX"
 LAM_SUFFIX_ENV = "LAM_MPI_SESSION_SUFFIX"
 

@@ -41,6 +41,8 @@ Needs both locks: ``flock /tmp/lamd-netns.lock flock /tmp/lamd-systest.lock``.
 from __future__ import annotations
 
 import os
+import pwd
+import stat
 import time
 
 import pytest
@@ -149,6 +151,11 @@ def boot_node(ct: Container, h2, enable=SOCKETS):
     sdir = h2.prefix / f"lam-{USER}@{h2.name}"
     for name in ("lam-kernel-socket", "lamd-datalink-socket"):
         assert (sdir / name).is_socket(), sorted(os.listdir(sdir))
+    # the datalink socket's FIFO: where the prefix tree's bin/lamd writes
+    # hboot's arguments without starting Python
+    st = os.stat(sdir / "lamd-datalink-fifo")
+    assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600, oct(st.st_mode)
+    assert st.st_uid == pwd.getpwnam(USER).pw_uid
     return sdir
 
 
@@ -168,7 +175,7 @@ def node_stopped(ct: Container, sdir, why: str) -> None:
     # the sockets, and the kernel's reload status (lamd-reload: a systemd
     # kernel keeps it for ExecReload=, as before)
     assert sorted(set(os.listdir(sdir)) - {"lamd-reload"}) == [
-        "lam-kernel-socket", "lamd-datalink-socket"]
+        "lam-kernel-socket", "lamd-datalink-fifo", "lamd-datalink-socket"]
 
 
 def test_lamboot_boots_the_systemd_managed_daemon(lamd_deb, lam_user):
@@ -194,6 +201,11 @@ def test_lamboot_boots_the_systemd_managed_daemon(lamd_deb, lam_user):
                 ct.wait_for(lambda: all(active(ct, u) == "active" for u in UNITS), 30,
                             "the kernel, datalink and jobs units active")
                 kpid, dpid = main_pid(ct, UNITS[0]), main_pid(ct, UNITS[1])
+                # hboot's arguments came through the FIFO (no Python before
+                # the service's own)
+                dl = ct.run(["journalctl", "--no-pager", "-o", "cat",
+                             f"-ulamd-dl@{USER}.service"]).stdout
+                assert "boot request (FIFO): -H" in dl, journal(ct)
                 # the kernel has no network; the datalink has node2's
                 assert netns_of(ct, dpid) == netns_of(ct, 1)
                 assert netns_of(ct, kpid) != netns_of(ct, 1)
