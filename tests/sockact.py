@@ -3,8 +3,9 @@ and ``lamd-dl@.socket``): ``python3 tests/sockact.py PATH CMD...`` listens
 on the AF_UNIX socket PATH (mode 0600) and, each time a client connects
 while no CMD runs, starts CMD with the listening socket as descriptor 3
 (``LISTEN_FDS=1``, ``LISTEN_PID``), waits for it to exit and listens on.
-SIGTERM or SIGINT: the socket is removed and it exits (a running CMD is
-left to the caller). Unlike systemd-socket-activate it outlives CMD, so
+SIGTERM or SIGINT: a running CMD gets SIGTERM (SIGKILL after 5 s), as
+stopping the socket stops its service (``Requires=``), then the socket is
+removed and it exits. Unlike systemd-socket-activate it outlives CMD, so
 a session can be booted again, as under systemd.
 
 ``--restart`` (before PATH): ``Restart=on-failure`` with
@@ -13,7 +14,10 @@ a session can be booted again, as under systemd.
 (``FDSTORE=1``, ``FDNAME=``; ``FDSTOREREMOVE=1``) is passed again, after
 the listening socket and named in ``LISTEN_FDNAMES``, when it dies of a
 signal or exits other than 0, 1 or 2, and it is started again at once;
-any other exit empties the store.
+any other exit empties the store. ``--restart-always``: ``Restart=always``
+with the same, as ``lamd-dl@.service`` since it waits for the next boot
+after a universe: exit 0 starts CMD again too (the store kept, as
+systemd keeps it across a restart).
 
 ``--fifo FIFO`` (before PATH): ``ListenFIFO=`` as well, as
 ``lamd-dl@.socket``'s: FIFO made (mode 0600) and held open read-write, a
@@ -29,13 +33,14 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 
 
 def main(argv: list[str]) -> int:
-    restart, fifo_path = False, None
-    while argv[:1] in (["--restart"], ["--fifo"]):
-        if argv[0] == "--restart":
-            restart, argv = True, argv[1:]
+    restart, always, fifo_path = False, False, None
+    while argv[:1] in (["--restart"], ["--restart-always"], ["--fifo"]):
+        if argv[0] in ("--restart", "--restart-always"):
+            restart, always, argv = True, argv[0] == "--restart-always", argv[1:]
         else:
             fifo_path, argv = argv[1], argv[2:]
     path, cmd = argv[0], argv[1:]
@@ -60,8 +65,10 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, bye)
     print(f"sockact: listening on {path}", flush=True)
     try:
-        serve(lst, cmd, restart, fifo)
+        serve(lst, cmd, restart, fifo, always)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop_running()
         for p in (path, fifo_path):
             if p is not None:
                 try:
@@ -131,14 +138,35 @@ def start(lst: socket.socket, cmd: list[str], store: Store | None, fifo: int | N
         finally:
             os._exit(127)
     print(f"sockact: started {' '.join(cmd)} as {pid}", flush=True)
+    RUNNING[:] = [pid]
     return pid
 
 
+#: the CMD running now (stopped with the socket)
+RUNNING: list[int] = []
+
+
+def stop_running() -> None:
+    for pid in RUNNING:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    break
+                time.sleep(0.05)
+            else:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+    RUNNING.clear()
+
+
 def serve(lst: socket.socket, cmd: list[str], restart: bool = False,
-          fifo: int | None = None) -> None:
+          fifo: int | None = None, always: bool = False) -> None:
     store = Store() if restart else None
     try:
-        _serve(lst, cmd, store, fifo)
+        _serve(lst, cmd, store, fifo, always)
     finally:
         if store is not None:
             store.flush()
@@ -146,7 +174,8 @@ def serve(lst: socket.socket, cmd: list[str], restart: bool = False,
             os.rmdir(store.dir)
 
 
-def _serve(lst: socket.socket, cmd: list[str], store: Store | None, fifo: int | None) -> None:
+def _serve(lst: socket.socket, cmd: list[str], store: Store | None, fifo: int | None,
+           always: bool = False) -> None:
     again = False
     while True:
         if not again:
@@ -172,9 +201,11 @@ def _serve(lst: socket.socket, cmd: list[str], store: Store | None, fifo: int | 
             else:
                 _, status = os.waitpid(pid, 0)
             break
+        RUNNING.clear()
         print(f"sockact: {pid} exited ({status:#x})", flush=True)
         failed = os.WIFSIGNALED(status) or os.WEXITSTATUS(status) not in (0, 1, 2)
-        again = store is not None and failed
+        clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        again = store is not None and (failed or (always and clean))
         if store is not None and not again:
             store.flush()
 

@@ -357,8 +357,7 @@ class SocketUnits:
     (tests/sockact.py): the kernel and the datalink process started by a
     connection to their socket, again after each exit, as systemd's."""
 
-    def __init__(self, c: Cluster, h, pkgdir: Path, restart: bool = False,
-                 fifo: bool = True) -> None:
+    def __init__(self, c: Cluster, h, pkgdir: Path, fifo: bool = True) -> None:
         self.c, self.h = c, h
         self.dir = h.prefix / f"lam-{c.pw.pw_name}@{h.name}"
         #: the datalink socket's ListenFIFO= too (lamd-dl@.socket's since
@@ -375,7 +374,8 @@ class SocketUnits:
         for sock, cmd, log, opts in (
                 ("lam-kernel-socket", "-m lamd", f"lamd-{h.name}.log", []),
                 ("lamd-datalink-socket", datalink_command(pkgdir), f"lamd-dl-{h.name}.log",
-                 (["--restart"] if restart else [])
+                 # lamd-dl@.service's Restart=always and descriptor store
+                 ["--restart-always"]
                  + (["--fifo", self.dir / "lamd-datalink-fifo"] if fifo else []))):
             sh = f"exec /usr/bin/python3 {cmd} 2>>{c.work}/{log}"
             self.procs.append(h.popen(["/usr/bin/python3", act, *opts, self.dir / sock,
@@ -389,13 +389,25 @@ class SocketUnits:
 
     def user_pids(self) -> list[int]:
         """The test user's processes on the host but the socket holders
-        (and their nsenter/setpriv wrappers)."""
+        (and their nsenter/setpriv wrappers) and the datalink service
+        waiting for the next boot (:meth:`waiters`)."""
         out = []
+        waiting = set(self.waiters())
         for p in self.h.user_pids():
             a = cmdline(p)
-            if not any(x.endswith("sockact.py") for x in a):
+            if not any(x.endswith("sockact.py") for x in a) and p not in waiting:
                 out.append(p)
         return out
+
+    def waiters(self) -> list[int]:
+        """The datalink service waiting for lamboot (``Restart=always``
+        after a universe: started again, everything imported, no request
+        yet), a child of the socket holder as of systemd."""
+        holders = {p for p in self.h.user_pids()
+                   if any(x.endswith("sockact.py") for x in cmdline(p))}
+        return [p for p in self.h.user_pids()
+                if cmdline(p)[:1] == ["lamd-datalink: waiting for lamboot"]
+                and _ppid(p) in holders]
 
     def close(self) -> None:
         for p in self.procs:
@@ -421,18 +433,28 @@ def serves(c: Cluster, i: int, boot: int) -> None:
     assert sorted(cp.stdout.split()) == sorted(x.name for x in c.hosts), show(cp)
 
 
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def nothing_left_but_sockets(c: Cluster, h, units: SocketUnits) -> None:
     """No process of the test user on any host but the socket holders; the
     session directory of *h* holds the sockets and the FIFO only (they are
-    systemd's)."""
+    systemd's); the datalink service of *h* waits for the next boot, one
+    process (``Restart=always``)."""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         left = {x.name: (units.user_pids() if x is h else x.user_pids()) for x in c.hosts}
-        if not any(left.values()):
+        if not any(left.values()) and len(units.waiters()) == 1:
             break
         time.sleep(0.1)
     assert not any(left.values()), ({k: [cmdline(p) for p in v] for k, v in left.items()},
                                      logs(c))
+    assert len(units.waiters()) == 1, ([cmdline(p) for p in h.user_pids()], logs(c))
     assert sorted(p.name for p in units.dir.iterdir()) == units.files
 
 
@@ -445,7 +467,9 @@ def test_package_prefix_with_systemd_sockets(hosts3: Cluster, lamd_pkg):
     the kernel, which leaves the datalink to it. The universe works from
     every host; a second boot request meanwhile is refused with a status;
     a second lamboot while the first universe is up replaces it; lamhalt
-    leaves nothing but the sockets, and lamboot works again; lamwipe too."""
+    leaves nothing but the sockets and the datalink service started again
+    to wait for the next boot (Restart=always), whose process then serves
+    the next lamboot's universe; lamwipe too."""
     c = hosts3
     h = c.hosts[1]
     exe = build_netclient(c.work)
@@ -492,9 +516,13 @@ def test_package_prefix_with_systemd_sockets(hosts3: Cluster, lamd_pkg):
         cp = c.hosts[0].run(["lamhalt"], timeout=30)
         assert cp.returncode == 0, show(cp) + logs(c)
         nothing_left()
+        # the next boot is the waiting datalink process's: it calls back at
+        # once (no interpreter to start) and serves the universe
+        (waiter,) = units.waiters()
         cp = c.hosts[0].run(["lamboot", hf], timeout=90)
         assert cp.returncode == 0, show(cp) + logs(c)
         universe(3)
+        assert cmdline(waiter)[:1] == ["lamd-datalink: n1"], logs(c)
         cp = c.hosts[0].run(["lamwipe", hf], timeout=60)
         assert cp.returncode == 0, show(cp) + logs(c)
         nothing_left()
@@ -511,7 +539,7 @@ def datalink_pid(c: Cluster, units: SocketUnits, i: int) -> int:
 
 def test_a_killed_datalink_process_goes_on_with_what_it_kept(hosts3: Cluster, lamd_pkg):
     """Issue 11: node n1's datalink process (its sockets "systemd's", here
-    tests/sockact.py --restart: Restart=on-failure and a descriptor store,
+    tests/sockact.py --restart-always: Restart= and a descriptor store,
     as lamd-dl@.service) is SIGKILLed while two streams of nsend packets
     cross it: one from n0 through its dli, one to n0 through its dlo (25 MB
     each: 300 KiB, 8 KiB, 64 B and 20,000 B messages in turn). Started again
@@ -524,8 +552,9 @@ def test_a_killed_datalink_process_goes_on_with_what_it_kept(hosts3: Cluster, la
     handed on twice. Outbound, the kernel's doforward gives the next dlo
     the packets the dead one may not have kept, and dlo takes each packet
     once. Then nsend/nrecv of 0 B to 300 KiB both ways, lamnodes, tping and
-    lamexec from every host; lamhalt ends it for good (exit 0: not started
-    again) and leaves nothing. Without the keeping the restarted process
+    lamexec from every host; lamhalt ends the universe (exit 0: started
+    again with an empty store, to wait for the next boot) and leaves nothing
+    else. Without the keeping the restarted process
     would have no universe (it waits for a boot request) and the streams
     would hang; without doforward the outbound stream lost a packet written
     to the dead dlo's connection (it hung in one run of three)."""
@@ -534,7 +563,7 @@ def test_a_killed_datalink_process_goes_on_with_what_it_kept(hosts3: Cluster, la
     exe = build_netclient(c.work)
     # a unit without the FIFO (before it had one): lamboot's boots go through
     # the socket's hand-off here, which the test above no longer takes
-    units = SocketUnits(c, h, lamd_pkg, restart=True, fifo=False)
+    units = SocketUnits(c, h, lamd_pkg, fifo=False)
     pre = systemd_like_tree(c, lamd_pkg)
     ptree = prefix_tree(c, lamd_pkg)
     hf = c.work / "hostfile"

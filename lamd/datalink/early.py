@@ -205,20 +205,26 @@ def read_fifo(fifo: int, deadline: float) -> tuple[list[str], bytes]:
 
 
 def take_request(lst: _socket.socket, fifo: int | None,
-                 timeout: float = REQUEST_TIMEOUT) -> Early | None:
+                 timeout: float | None = REQUEST_TIMEOUT) -> Early | None:
     """The first boot request to come: a connection on *lst* (its request
     read from it) or a request in *fifo*. None if none comes in *timeout*
-    seconds (or *lst* fails)."""
-    deadline = time.monotonic() + timeout
+    seconds (None: no limit; a request that has begun has
+    :data:`REQUEST_TIMEOUT` to be whole), or *lst* fails."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     p = select.poll()
     p.register(lst.fileno(), select.POLLIN)
     if fifo is not None:
         p.register(fifo, select.POLLIN)
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-        ready = [fd for fd, _ in p.poll(left * 1000)]
+        if deadline is None:
+            ready = [fd for fd, _ in p.poll()]
+        else:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready = [fd for fd, _ in p.poll(left * 1000)]
+        if ready and deadline is None:
+            deadline = time.monotonic() + REQUEST_TIMEOUT
         if fifo is not None and fifo in ready:
             early = Early(None)
             try:
@@ -247,10 +253,31 @@ def take_request(lst: _socket.socket, fifo: int | None,
             return early
 
 
-def start() -> Early | None:
+def idle() -> bool:
+    """Under ``lamd-dl@.socket``, started with no request waiting and no
+    universe to resume: after a universe (``Restart=always``), or by
+    ``systemctl start``. Then the service imports everything a boot needs
+    and waits (:func:`start` with *wait*): the next lamboot's request is
+    answered by a process already running, its callback about a
+    millisecond after the tree's ``bin/lamd`` wrote it."""
+    got = _listeners()
+    if got is None:
+        return False
+    p = select.poll()
+    for fd in got:
+        if fd is not None:
+            p.register(fd, select.POLLIN)
+    try:
+        return not p.poll(0)
+    except OSError:
+        return False
+
+
+def start(wait: bool = False) -> Early | None:
     """Under ``lamd-dl@.socket``, for a boot: take the first request, from
-    a connection or the FIFO; announce, connect to the kernel's socket,
-    call lamboot back. None: nothing was done (see the module's docstring)."""
+    a connection or the FIFO (*wait*: however long it takes to come);
+    announce, connect to the kernel's socket, call lamboot back. None:
+    nothing was done (see the module's docstring)."""
     got = _listeners()
     if got is None:
         return None
@@ -264,7 +291,7 @@ def start() -> Early | None:
             return None
         directory = os.path.dirname(lst.getsockname())
         lst.setblocking(False)
-        early = take_request(lst, fifo)
+        early = take_request(lst, fifo, None if wait else REQUEST_TIMEOUT)
     except OSError:
         return None
     finally:
@@ -293,5 +320,5 @@ def start() -> Early | None:
     return early
 
 
-__all__ = ["Early", "start", "take_request", "listeners", "drain", "announce", "withdraw",
+__all__ = ["Early", "idle", "start", "take_request", "listeners", "drain", "announce", "withdraw",
            "STATE_PREFIX", "DLI_SOCKET", "DLO_SOCKET"]

@@ -270,6 +270,14 @@ class LinkKeep(Keeper):
             os.close(self.fd)
             self.fd = -1
 
+    def forget(self) -> None:
+        """The universe is over: the store lets go of what a start after a
+        crash would have needed (``lamd-dl@.service`` starts again after a
+        clean end too, and must not find a universe there)."""
+        for name in (f"{STATE_PREFIX}{self.generation}", DLI_SOCKET, DLO_SOCKET):
+            self.store.fdstore_remove(name)
+        self.close()
+
     def keep_socket(self, name: str, sock_fd: int) -> None:
         """A socket the next start must have again (dli's, dlo's)."""
         self.store.fdstore(name, sock_fd)

@@ -245,6 +245,8 @@ class DatalinkProcess:
                 self._refuse_more(host, node_id)
             set_proctitle(f"lamd-datalink: n{node_id}")
             status = host.run()
+            if status == EXIT_OK and "link_keep" in config:
+                config["link_keep"].forget()   # over: nothing for a next start to resume
             notifier.stopping()
             return status
         finally:
@@ -403,8 +405,12 @@ def _from_socket(args: argparse.Namespace, early: Early | None = None) -> int:
         os.set_inheritable(fifo, False)
     if newest_kept(stored) is not None:
         return _resume(args, lst, stored, fifo)
-    for fd in stored.values():   # sockets without a state: of no use
-        os.close(fd)
+    if stored:   # sockets without a state: of no use, here or to a next start
+        from ..service import Notifier
+        notifier = Notifier()
+        for name, fd in stored.items():
+            os.close(fd)
+            notifier.fdstore_remove(name)
     if early is None:
         lst.setblocking(False)
         early = take_request(lst, fifo)
@@ -451,6 +457,29 @@ def _from_socket(args: argparse.Namespace, early: Early | None = None) -> int:
         dp = DatalinkProcess(Session(dirname), boot, wait=args.wait, say=say, listener=lst,
                              early=early, fifo=fifo)
         return dp.run()
+
+
+def wait_warm() -> None:
+    """Before waiting for a boot request with nothing waiting
+    (``python3 -m lamd.datalink``, :func:`lamd.datalink.early.idle`):
+    import what a boot and its universe need, say so to systemd (READY: the
+    unit is up, a boot request is answered at once) and in the process
+    title."""
+    from ..client import KernelClient  # noqa: F401 - warm
+    from ..iprocs import dli, dlo, bforward  # noqa: F401 - warm
+    from ..iprocs.host import ServiceHost  # noqa: F401 - warm
+    from ..jobs.process import wait_for_kernel  # noqa: F401 - warm
+    from ..service import Notifier, ServiceError, set_proctitle, setup_logging  # noqa: F401
+    from ..service.activation import check_listen_socket  # noqa: F401 - warm
+
+    notifier = Notifier()
+    notifier.ready()
+    notifier.status("waiting for lamboot")
+    set_proctitle(WAITING_TITLE)
+
+
+#: the process title of a datalink service waiting for lamboot
+WAITING_TITLE = "lamd-datalink: waiting for lamboot"
 
 
 def main(argv: Sequence[str] | None = None, early: Early | None = None) -> int:

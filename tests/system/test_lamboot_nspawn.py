@@ -7,7 +7,8 @@ units; ``--network-namespace-path=`` node2's, its hostname ``node2``, its
 ``/tmp`` node2's session prefix) with ``lamd@lamtest.socket`` and
 ``lamd-dl@lamtest.socket`` enabled. The boot schema names the package's
 prefix tree for node2: node2's sshd runs stock hboot, whose ``tkill`` and
-``lamd`` are the tree's; the arguments reach ``lamd-dl@lamtest.socket``, and
+``lamd`` are the tree's; the arguments reach ``lamd-dl@lamtest.socket``'s
+FIFO (the journal says so), and
 from then on everything on node2 is the container's systemd's:
 ``lamd-dl@lamtest.service`` calls lamboot back and starts
 ``lamd@lamtest.service`` (no network of its own) and ``lamd-jobs@``.
@@ -15,9 +16,11 @@ from then on everything on node2 is the container's systemd's:
 Checked: the three units active, the kernel in a network namespace of its own
 and the datalink in node2's; ``lamnodes`` and ``tping -c 1 N`` from both
 nodes (on node2 inside the container: its kernel takes clients of its own pid
-namespace only); ``lamexec N hostname`` across the nodes; ``lamhalt``: every
-unit of the user inactive but the two sockets, which listen on, and no
-process of the user on either node. Three boots: the first ends with
+namespace only); ``lamexec N hostname`` across the nodes; ``lamhalt``: the kernel's and the jobs' units inactive,
+the two sockets listening on, ``lamd-dl@`` started again and waiting for
+the next boot (``Restart=always``: active, "waiting for lamboot", its one
+process), no other process of the user on either node; the next boot is
+served by that waiting process. Three boots: the first ends with
 ``lamhalt`` after a SIGKILL of node2's kernel (the node stays n1 of the
 universe); the second ends with what ``lamwipe`` runs on each node (the
 tree's ``tkill``: ``lamd-tkill --keep-socket`` under systemd), with the same
@@ -31,7 +34,8 @@ And ``lamgrow`` onto the systemd-managed node: node1 booted alone, then
 finds the tree's ``lamd`` and ``tkill`` first, as a user would set it up):
 the units come up as under lamboot, ``lamnodes``, ``tping`` and ``lamexec``
 from both nodes; ``lamshrink n1`` halts node2 (its units inactive, its
-sockets listening, nothing of the user left), and node1 goes on alone.
+sockets listening, nothing of the user left but the datalink waiting for
+the next boot), and node1 goes on alone.
 
 Needs both locks: ``flock /tmp/lamd-netns.lock flock /tmp/lamd-systest.lock``.
 
@@ -159,19 +163,37 @@ def boot_node(ct: Container, h2, enable=SOCKETS):
     return sdir
 
 
-def node_stopped(ct: Container, sdir, why: str) -> None:
-    """Every unit of the user inactive, the two sockets listening, no
-    process of the user left, only the sockets in the session directory."""
+WAITING = "lamd-datalink: waiting for lamboot"
+
+
+def waiting(ct: Container) -> bool:
+    """lamd-dl@USER.service started again after its universe (Restart=always)
+    and waiting for the next boot: active, its status and title say so."""
+    unit = UNITS[1].format(u=USER)
+    st = ct.show(unit, "ActiveState", "StatusText", "MainPID")
+    if st.get("ActiveState") != "active" or st.get("StatusText") != "waiting for lamboot":
+        return False
+    r = ct.run(["cat", f"/proc/{st.get('MainPID', '0')}/cmdline"])
+    return r.stdout.split("\0")[0] == WAITING
+
+
+def node_stopped(ct: Container, sdir, why: str) -> int:
+    """The kernel's and the jobs' units inactive, the datalink's waiting for
+    the next boot (one process), the two sockets listening, no other
+    process of the user left, only the sockets and the FIFO in the session
+    directory. The waiting process's pid."""
     try:
-        ct.wait_for(lambda: all(active(ct, u) == "inactive" for u in UNITS), 30,
-                    f"every unit of the user inactive after {why}")
+        ct.wait_for(lambda: [active(ct, UNITS[0]), active(ct, UNITS[2])] == [
+            "inactive", "inactive"] and waiting(ct), 30,
+                    f"the kernel and jobs inactive, the datalink waiting, after {why}")
     except AssertionError as e:
         raise AssertionError(f"{e}: {[(u, active(ct, u)) for u in UNITS]} "
                              f"{ct.run(['pgrep', '-u', USER, '-a']).stdout}"
                              + journal(ct)) from None
     assert [active(ct, s) for s in SOCKETS] == ["active", "active"]
-    left = ct.run(["pgrep", "-u", USER, "-a"]).stdout
-    assert left == "", left
+    left = ct.run(["pgrep", "-u", USER, "-a"]).stdout.splitlines()
+    assert [ln.split(" ", 1)[1] for ln in left] == [WAITING], left
+    return main_pid(ct, UNITS[1])
     # the sockets, and the kernel's reload status (lamd-reload: a systemd
     # kernel keeps it for ExecReload=, as before)
     assert sorted(set(os.listdir(sdir)) - {"lamd-reload"}) == [
@@ -192,6 +214,7 @@ def test_lamboot_boots_the_systemd_managed_daemon(lamd_deb, lam_user):
             # hboot's tkill over ssh, the tree's lamd-tkill --keep-socket on
             # node2); then a boot again after the wipe, a crash of the
             # datalink process, and lamhalt
+            waiter = 0
             for attempt, end in (("first", "lamhalt"), ("wiped", "lamwipe"),
                                  ("again", "lamhalt")):
                 t0 = time.monotonic()
@@ -201,6 +224,8 @@ def test_lamboot_boots_the_systemd_managed_daemon(lamd_deb, lam_user):
                 ct.wait_for(lambda: all(active(ct, u) == "active" for u in UNITS), 30,
                             "the kernel, datalink and jobs units active")
                 kpid, dpid = main_pid(ct, UNITS[0]), main_pid(ct, UNITS[1])
+                # after a universe, the process waiting for the next boot serves it
+                assert waiter == 0 or dpid == waiter, (attempt, dpid, waiter)
                 # hboot's arguments came through the FIFO (no Python before
                 # the service's own)
                 dl = ct.run(["journalctl", "--no-pager", "-o", "cat",
@@ -238,7 +263,7 @@ def test_lamboot_boots_the_systemd_managed_daemon(lamd_deb, lam_user):
                     r = ct.as_user([f"{PREFIX_TREE}/bin/tkill"], timeout=60)
                     assert r.returncode == 0, r.stdout + r.stderr + journal(ct)
                 assert cp.returncode == 0, show(cp) + journal(ct)
-                node_stopped(ct, sdir, end)
+                waiter = node_stopped(ct, sdir, end)
                 assert gone([h1]) == {h1.name: []}
                 print(f"{attempt} lamboot with a systemd node: {boot_s:.2f} s")
         finally:
