@@ -20,6 +20,11 @@ and each node kind is started as the test user, alternating, many times:
   no Python of its own), and the datalink process calls back. (The
   kernel's socket is not held: its start, which the datalink process sets
   going, is not on this path.)
+* ``warm``: the same, with the datalink service already running and
+  waiting for lamboot, as ``lamd-dl@.service`` is after a universe
+  (``Restart=always``) or once started (``sockact.py --restart-always
+  --start``); after each callback it is killed and the holder starts the
+  next waiting one, which the next round waits for (not timed).
 
 After each callback the node is killed: the time to serve the universe
 is not measured here. Run as root (the test user is created)::
@@ -53,7 +58,9 @@ sys.path.insert(0, str(ROOT))
 from tests import lamenv  # noqa: E402
 from tests.test_datalink_separate import datalink_command, prefix_script  # noqa: E402
 
-KINDS = ("c", "hand", "sockets")
+KINDS = ("c", "hand", "sockets", "warm")
+#: a datalink service's title while it waits for lamboot
+WAITING = "lamd-datalink: waiting for lamboot"
 TIMEOUT = 20.0
 
 
@@ -65,9 +72,11 @@ def tree(work: Path, pkg: Path, root: Path = ROOT) -> Path:
     return script
 
 
-def holder(s: lamenv.Session, pkg: Path, root: Path = ROOT) -> subprocess.Popen:
+def holder(s: lamenv.Session, pkg: Path, root: Path = ROOT,
+           warm: bool = False) -> subprocess.Popen:
     """``lamd-dl@USER.socket`` as sockact holds it, starting *root*'s
-    datalink (its modules copied in *pkg*) as ``lamd-dl@.service`` does."""
+    datalink (its modules copied in *pkg*) as ``lamd-dl@.service`` does
+    (*warm*: started at once and again after each end, so it waits)."""
     cmd = datalink_command(pkg, root)
     sh = f"exec /usr/bin/python3 {cmd} 2>>{s.work}/lamd-dl.log"
     # the FIFO beside the socket where *root*'s unit has one (its bin/lamd
@@ -75,6 +84,7 @@ def holder(s: lamenv.Session, pkg: Path, root: Path = ROOT) -> subprocess.Popen:
     fifo = ("ListenFIFO=" in (root / "systemd" / "lamd-dl@.socket").read_text())
     p = s.popen(["/usr/bin/python3", ROOT / "tests" / "sockact.py",
                  *(["--fifo", s.session_dir / "lamd-datalink-fifo"] if fifo else []),
+                 *(["--restart-always", "--start"] if warm else []),
                  s.session_dir / "lamd-datalink-socket", "/bin/sh", "-c", sh],
                 env={**s.env, "PYTHONPATH": str(pkg)},
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -110,15 +120,44 @@ def one(s: lamenv.Session, argv: list[str]) -> float:
     return t
 
 
-def sweep(s: lamenv.Session, keep: set[int]) -> None:
+def waiting(keep: set[int], timeout: float = TIMEOUT) -> int:
+    """The pid of the datalink service waiting for lamboot, a child of a
+    holder in *keep*, once there is one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for d in os.listdir("/proc"):
+            if d.isdigit() and _ppid(int(d)) in keep and (
+                    _cmdline(int(d))[:1] == [WAITING]):
+                return int(d)
+        time.sleep(0.005)
+    raise RuntimeError("no datalink service waiting")
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
+def sweep(s: lamenv.Session, keep: set[int], holder: int | None = None) -> None:
     """The node gone: the processes of the session (its prefix in their
-    environment) but *keep* killed, the session directory emptied but for
-    its datalink socket."""
+    environment) but *keep* (and a datalink service of *holder*'s that waits
+    for the next boot) killed, the session directory emptied but for its
+    datalink socket and FIFO."""
     mark = f"LAM_MPI_SESSION_PREFIX={s.prefix}".encode() + b"\0"
     for _ in range(50):
         _reap()
         pids = [int(d) for d in os.listdir("/proc") if d.isdigit() and int(d) not in keep
-                and _uid(int(d)) == s.pw.pw_uid and mark in _environ(int(d))]
+                and _uid(int(d)) == s.pw.pw_uid and mark in _environ(int(d))
+                and not (holder is not None and _ppid(int(d)) == holder)]
         if not pids:
             break
         for pid in pids:
@@ -186,27 +225,42 @@ def main() -> int:
     if args.ab:
         roots["base-"] = Path(args.ab).resolve()
     pkgs = {tag: lamenv.copy_package(root / "lamd", pyc=True) for tag, root in roots.items()}
-    kinds = ["c"] + [f"{tag}{k}" for tag in roots for k in KINDS[1:]]
+    kinds = ["c"] + [f"{tag}{k}" for tag in roots for k in KINDS[1:]
+                     if not (tag and k == "warm")]
     raw: dict[str, list[float]] = {k: [] for k in kinds}
     sessions = {k: lamenv.Session(pw) for k in kinds}
     try:
         argv = {"c": ["/usr/bin/lamd"]}
         keep = set()
+        warm_holders: dict[str, int] = {}
         for tag, root in roots.items():
-            hand, sockets = sessions[f"{tag}hand"], sessions[f"{tag}sockets"]
+            hand = sessions[f"{tag}hand"]
             script = tree(hand.work, pkgs[tag], root)
-            shutil.copy(script, sockets.work / "lamd")
-            sockets.session_dir.mkdir(mode=0o700)
-            os.chown(sockets.session_dir, pw.pw_uid, pw.pw_gid)
-            keep.add(holder(sockets, pkgs[tag], root).pid)
             argv[f"{tag}hand"] = [str(script)]
-            argv[f"{tag}sockets"] = [str(sockets.work / "lamd")]
+            for k in ("sockets", "warm"):
+                if f"{tag}{k}" not in sessions:
+                    continue
+                s = sessions[f"{tag}{k}"]
+                shutil.copy(script, s.work / "lamd")
+                s.session_dir.mkdir(mode=0o700)
+                os.chown(s.session_dir, pw.pw_uid, pw.pw_gid)
+                pid = holder(s, pkgs[tag], root, warm=k == "warm").pid
+                keep.add(pid)
+                if k == "warm":
+                    warm_holders[f"{tag}{k}"] = pid
+                argv[f"{tag}{k}"] = [str(s.work / "lamd")]
         for r in range(args.rounds):
             for kind in (kinds if r % 2 == 0 else kinds[::-1]):
+                spare = set(keep)
+                if kind in warm_holders:
+                    waiter = waiting({warm_holders[kind]})
                 try:
                     raw[kind].append(one(sessions[kind], argv[kind]))
                 finally:
-                    sweep(sessions[kind], keep)
+                    if kind in warm_holders:
+                        # the one that called back goes; the next waits
+                        os.kill(waiter, signal.SIGKILL)
+                    sweep(sessions[kind], spare, warm_holders.get(kind))
             print(f"[callback] round {r + 1}: " + ", ".join(
                 f"{k} {raw[k][-1] * 1e3:.1f} ms" for k in kinds), flush=True)
     finally:

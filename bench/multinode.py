@@ -27,8 +27,14 @@ source tree's prefix tree) or ours "under systemd" (the package's prefix
 scripts on a node whose ``lamd@``/``lamd-dl@`` sockets are held as systemd
 would hold them, ``tests/sockact.py``: the tree's tkill and the hand-off
 of hboot's arguments, then the datalink process and the kernel started by
-their sockets), alternating rounds, the medians of the boot's wall time
-and ``lamhalt``'s; to ``bench/results/multinode-bootnode.json``.
+their sockets), or "warm": the same with the datalink service already
+waiting for lamboot (``lamd-dl@.service`` after a universe, or started by
+``systemctl start``: ``sockact.py --start``), alternating rounds, the
+medians of the boot's wall time and ``lamhalt``'s; to
+``bench/results/multinode-bootnode.json``.
+
+``--boot-only --warm``: the 8-host lamboot also of "warm" nodes (every
+node's sockets held as systemd would, its datalink service waiting).
 
 ``--hop``: the extra hop of a datalink outside the kernel (what
 ``lamd-dl@.service`` runs beside the sandboxed kernel): on two hosts,
@@ -52,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import contextlib
 import json
 import os
 import re
@@ -93,11 +100,36 @@ def build(work: Path) -> tuple[Path, Path]:
     return nb, pp
 
 
-class Universe:
-    """One booted universe on the Cluster *c*: "c" or "ours" on every node."""
+@contextlib.contextmanager
+def warm_nodes(c: Cluster, pkgdir: Path, warm: bool):
+    """For a "warm" round: every host's sockets held as systemd would, its
+    datalink service started and waiting for lamboot (not timed); after
+    the round, the holders stopped and the session directories gone."""
+    if not warm:
+        yield None
+        return
+    from tests.test_datalink_separate import SocketUnits
+    units = []
+    try:
+        for h in c.hosts:
+            units.append(SocketUnits(c, h, pkgdir, start=True))
+        for u in units:
+            u.wait_waiting()
+        yield units
+    finally:
+        for u in units:
+            u.close()
+        for h in c.hosts:
+            shutil.rmtree(h.prefix / f"lam-{c.pw.pw_name}@{h.name}", ignore_errors=True)
 
-    def __init__(self, c: Cluster, kind: str, pre: Path | None) -> None:
+
+class Universe:
+    """One booted universe on the Cluster *c*: "c" or "ours" on every node
+    (*units*: the warm nodes' socket holders, left running by the end)."""
+
+    def __init__(self, c: Cluster, kind: str, pre: Path | None, units=None) -> None:
         self.c, self.kind = c, kind
+        self.units = units
         self.hf = c.work / f"hostfile-{kind}"
         pre = pre if kind != "c" else None
         self.hf.write_text("".join(f"{h.name}{f' prefix={pre}' if pre else ''}\n"
@@ -117,10 +149,12 @@ class Universe:
     def __exit__(self, *exc) -> None:
         c = self.c
         cp = c.hosts[0].run(["lamhalt"], timeout=60)
-        if cp.returncode != 0 or any(gone(c.hosts).values()):
+        left = ({u.h.name: u.user_pids() for u in self.units} if self.units
+                else gone(c.hosts))
+        if cp.returncode != 0 or any(left.values()):
             c.hosts[0].run(["lamwipe", str(self.hf)], timeout=60)
-        for h in c.hosts:  # whatever is left (a failed round) goes too
-            for pid in h.user_pids():
+        for i, h in enumerate(c.hosts):  # whatever is left (a failed round) goes too
+            for pid in (self.units[i].user_pids() if self.units else h.user_pids()):
                 try:
                     os.kill(pid, 9)
                 except ProcessLookupError:
@@ -208,7 +242,11 @@ def main() -> int:
     ap.add_argument("--hop", action="store_true",
                     help="the datalink inside the kernel process against outside it")
     ap.add_argument("--boot-node", action="store_true",
-                    help="lamboot of two hosts by the second node's kind (C, by hand, sockets)")
+                    help="lamboot of two hosts by the second node's kind (C, by hand, sockets, "
+                         "warm)")
+    ap.add_argument("--warm", action="store_true",
+                    help="with --boot-only: also 8 nodes whose datalink service waits for "
+                         "lamboot, as lamd-dl@.service does after a universe")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("run as root (network namespaces, the test user)", file=sys.stderr)
@@ -227,7 +265,8 @@ def main() -> int:
     pkgdir = lamenv.copy_package(pyc=True)
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
-    raw: dict[str, dict[str, list]] = {k: {} for k in ("c", "ours")}
+    kinds8 = ("c", "ours") + (("warm",) if args.warm else ())
+    raw: dict[str, dict[str, list]] = {k: {} for k in kinds8}
 
     def note(kind: str, key: str, value) -> None:
         raw[kind].setdefault(key, []).append(value)
@@ -237,11 +276,15 @@ def main() -> int:
         if not args.boot_only:
             two_hosts(args, rounds, pkgdir, note, (n_ping, n_rt, n_bw, n_mpi))
         with Cluster(8) as c:
-            pre = prefix_tree(c, pkgdir)
+            pres = {"c": None, "ours": prefix_tree(c, pkgdir)}
+            if args.warm:
+                from tests.test_datalink_separate import systemd_like_tree
+                pres["warm"] = systemd_like_tree(c, pkgdir)
             for r in range(rounds):
-                for kind in ("c", "ours"):
-                    with Universe(c, kind, pre) as u:
-                        note(kind, "boot8_s", u.boot_s)
+                for kind in (kinds8 if r % 2 == 0 else kinds8[::-1]):
+                    with warm_nodes(c, pkgdir, kind == "warm") as units:
+                        with Universe(c, kind, pres[kind], units) as u:
+                            note(kind, "boot8_s", u.boot_s)
     finally:
         shutil.rmtree(pkgdir, ignore_errors=True)
 
@@ -250,6 +293,11 @@ def main() -> int:
         return statistics.median(vals) if vals else None
 
     rows = []
+    extra = ([{"metric": "boot8_s", "label": "lamboot of 8 warm systemd nodes (s)",
+               "better": "lower", "c": med("c", "boot8_s"), "ours": med("warm", "boot8_s"),
+               "ratio": (med("warm", "boot8_s") / med("c", "boot8_s"))
+               if med("c", "boot8_s") and med("warm", "boot8_s") else None}]
+             if args.warm else [])
     for key, label, better in (
             ("tping_us", "tping -d 0 n1 from n0, mean round trip (us)", "lower"),
             ("nsend64_rt_us", "nsend/nrecv 64 B round trip n0<->n1, median (us)", "lower"),
@@ -261,6 +309,7 @@ def main() -> int:
         ratio = (o_v / c_v) if (c_v and o_v) else None
         rows.append({"metric": key, "label": label, "better": better, "c": c_v, "ours": o_v,
                      "ratio": ratio})
+    rows += extra
     res = {"commit": commit, "rounds": rounds, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "rows": rows, "raw": raw}
     Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
@@ -316,7 +365,7 @@ def boot_node(args: argparse.Namespace) -> int:
     from tests.test_datalink_separate import SocketUnits, systemd_like_tree
 
     rounds = 1 if args.quick else args.rounds
-    kinds = ("c", "hand", "sockets")
+    kinds = ("c", "hand", "sockets", "warm")
     pkgdir = lamenv.copy_package(pyc=True)
     raw: dict[str, dict[str, list]] = {k: {} for k in kinds}
     try:
@@ -324,6 +373,7 @@ def boot_node(args: argparse.Namespace) -> int:
             h = c.hosts[1]
             trees = {"c": None, "hand": prefix_tree(c, pkgdir),
                      "sockets": systemd_like_tree(c, pkgdir)}
+            trees["warm"] = trees["sockets"]
             session = h.prefix / f"lam-{c.pw.pw_name}@{h.name}"
             for r in range(rounds):
                 for kind in (kinds if r % 2 == 0 else kinds[::-1]):
@@ -331,8 +381,11 @@ def boot_node(args: argparse.Namespace) -> int:
                     pre = trees[kind]
                     hf.write_text(f"{c.hosts[0].name}\n{h.name}{f' prefix={pre}' if pre else ''}\n")
                     hf.chmod(0o644)
-                    units = SocketUnits(c, h, pkgdir) if kind == "sockets" else None
+                    units = (SocketUnits(c, h, pkgdir, start=kind == "warm")
+                             if kind in ("sockets", "warm") else None)
                     try:
+                        if kind == "warm":
+                            units.wait_waiting()
                         t0 = time.monotonic()
                         cp = c.hosts[0].run(["lamboot", str(hf)], timeout=120)
                         boot = time.monotonic() - t0

@@ -19,6 +19,9 @@ with the same, as ``lamd-dl@.service`` since it waits for the next boot
 after a universe: exit 0 starts CMD again too (the store kept, as
 systemd keeps it across a restart).
 
+``--start`` (before PATH): CMD started at once too, as ``systemctl start``
+(or an enabled service at boot) starts it with nothing waiting on the socket.
+
 ``--fifo FIFO`` (before PATH): ``ListenFIFO=`` as well, as
 ``lamd-dl@.socket``'s: FIFO made (mode 0600) and held open read-write, a
 request written there starts CMD too, which gets it after the socket
@@ -37,9 +40,11 @@ import time
 
 
 def main(argv: list[str]) -> int:
-    restart, always, fifo_path = False, False, None
-    while argv[:1] in (["--restart"], ["--restart-always"], ["--fifo"]):
-        if argv[0] in ("--restart", "--restart-always"):
+    restart, always, fifo_path, now = False, False, None, False
+    while argv[:1] in (["--restart"], ["--restart-always"], ["--fifo"], ["--start"]):
+        if argv[0] == "--start":
+            now, argv = True, argv[1:]
+        elif argv[0] in ("--restart", "--restart-always"):
             restart, always, argv = True, argv[0] == "--restart-always", argv[1:]
         else:
             fifo_path, argv = argv[1], argv[2:]
@@ -65,7 +70,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, bye)
     print(f"sockact: listening on {path}", flush=True)
     try:
-        serve(lst, cmd, restart, fifo, always)
+        serve(lst, cmd, restart, fifo, always, now)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stop_running()
@@ -163,10 +168,10 @@ def stop_running() -> None:
 
 
 def serve(lst: socket.socket, cmd: list[str], restart: bool = False,
-          fifo: int | None = None, always: bool = False) -> None:
+          fifo: int | None = None, always: bool = False, now: bool = False) -> None:
     store = Store() if restart else None
     try:
-        _serve(lst, cmd, store, fifo, always)
+        _serve(lst, cmd, store, fifo, always, now)
     finally:
         if store is not None:
             store.flush()
@@ -175,8 +180,8 @@ def serve(lst: socket.socket, cmd: list[str], restart: bool = False,
 
 
 def _serve(lst: socket.socket, cmd: list[str], store: Store | None, fifo: int | None,
-           always: bool = False) -> None:
-    again = False
+           always: bool = False, now: bool = False) -> None:
+    again = now
     while True:
         if not again:
             try:

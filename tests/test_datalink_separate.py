@@ -357,7 +357,8 @@ class SocketUnits:
     (tests/sockact.py): the kernel and the datalink process started by a
     connection to their socket, again after each exit, as systemd's."""
 
-    def __init__(self, c: Cluster, h, pkgdir: Path, fifo: bool = True) -> None:
+    def __init__(self, c: Cluster, h, pkgdir: Path, fifo: bool = True,
+                 start: bool = False) -> None:
         self.c, self.h = c, h
         self.dir = h.prefix / f"lam-{c.pw.pw_name}@{h.name}"
         #: the datalink socket's ListenFIFO= too (lamd-dl@.socket's since
@@ -375,7 +376,7 @@ class SocketUnits:
                 ("lam-kernel-socket", "-m lamd", f"lamd-{h.name}.log", []),
                 ("lamd-datalink-socket", datalink_command(pkgdir), f"lamd-dl-{h.name}.log",
                  # lamd-dl@.service's Restart=always and descriptor store
-                 ["--restart-always"]
+                 ["--restart-always"] + (["--start"] if start else [])
                  + (["--fifo", self.dir / "lamd-datalink-fifo"] if fifo else []))):
             sh = f"exec /usr/bin/python3 {cmd} 2>>{c.work}/{log}"
             self.procs.append(h.popen(["/usr/bin/python3", act, *opts, self.dir / sock,
@@ -398,6 +399,14 @@ class SocketUnits:
             if not any(x.endswith("sockact.py") for x in a) and p not in waiting:
                 out.append(p)
         return out
+
+    def wait_waiting(self, timeout: float = 30.0) -> int:
+        """The one datalink service waiting for lamboot, once it waits."""
+        deadline = time.monotonic() + timeout
+        while len(w := self.waiters()) != 1:
+            assert time.monotonic() < deadline, [cmdline(p) for p in self.h.user_pids()]
+            time.sleep(0.02)
+        return w[0]
 
     def waiters(self) -> list[int]:
         """The datalink service waiting for lamboot (``Restart=always``
