@@ -92,7 +92,20 @@ def fifo(session):
         os.close(fd)
 
 
-def start(lst: socket.socket, names: str = "lamd-dl@u.socket", fifo: int | None = None):
+#: run as the service: early.idle() with what is waiting, as JSON
+IDLE_PROBE = textwrap.dedent("""
+    import json, os, sys
+    for i, fd in enumerate(os.environ.pop("PROBE_FDS").split(",")):
+        os.dup2(int(fd), 3 + i)
+    os.environ["LISTEN_PID"] = str(os.getpid())
+    from lamd.datalink import early
+    print(json.dumps(early.idle()), flush=True)
+    sys.stdin.read()
+""")
+
+
+def start(lst: socket.socket, names: str = "lamd-dl@u.socket", fifo: int | None = None,
+          probe: str = PROBE):
     """The probe with *lst* as systemd's descriptor 3 (and *fifo* after it,
     as lamd-dl@.socket passes its ListenFIFO=), and a memfd for each
     further name (what the descriptor store passes after them)."""
@@ -105,7 +118,7 @@ def start(lst: socket.socket, names: str = "lamd-dl@u.socket", fifo: int | None 
                PROBE_FDS=",".join(map(str, fds)))
     try:
         return subprocess.Popen([sys.executable, "-I", "-S", "-c",
-                                 f"import sys; sys.path.insert(0, {str(REPO)!r})\n" + PROBE],
+                                 f"import sys; sys.path.insert(0, {str(REPO)!r})\n" + probe],
                                 env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 text=True, pass_fds=tuple(fds))
     finally:
@@ -286,3 +299,28 @@ def test_fifo_requests_split_whole_and_in_pieces(argv, rest):
             handoff.split_fifo_request(bad)
     with pytest.raises(ValueError):
         handoff.encode_fifo_request(["-H", ""])
+
+
+@pytest.mark.parametrize("waiting", ["nothing", "connection", "fifo", "crash"])
+def test_idle_is_a_start_with_nothing_to_take(session, fifo, waiting):
+    """lamd-dl@.service waits for the next boot with everything imported
+    (python3 -m lamd.datalink: early.idle(), then wait_warm) only when it
+    was started with no request waiting (after a universe, Restart=always;
+    systemctl start): not when its socket started it for a connection or a
+    request in the FIFO, nor after a crash (a state in the store)."""
+    d, lst, kern = session
+    names = "lamd-dl@u.socket" + (":dl-state-1" if waiting == "crash" else "")
+    c = None
+    if waiting == "connection":
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(os.path.join(d, LAMD_DATALINK_SOCKET))
+    elif waiting == "fifo":
+        os.write(fifo, handoff.encode_fifo_request(["-H", "127.0.0.1", "-P", "9", "-n", "1"]))
+    p = start(lst, names, fifo=fifo, probe=IDLE_PROBE)
+    try:
+        assert result(p) is (waiting == "nothing"), waiting
+    finally:
+        finish(p)
+        if c is not None:
+            c.close()
+

@@ -104,6 +104,19 @@ def test_the_trees_scripts_find_lams_session_directory_without_a_fork(script):
         assert not (Path(d) / "forks").exists()
 
 
+def user_session(d: Path, pw) -> tuple[Path, Path]:
+    """A session prefix in *d* (mode 1777, as /tmp) and *pw*'s LAM session
+    directory on this host in it (theirs, 0700)."""
+    sessions = d / "sessions"
+    sessions.mkdir()
+    sessions.chmod(0o1777)
+    host = Path("/proc/sys/kernel/hostname").read_text().strip()
+    sdir = sessions / f"lam-{pw.pw_name}@{host}"
+    sdir.mkdir(mode=0o700)
+    os.chown(sdir, pw.pw_uid, pw.pw_gid)
+    return sessions, sdir
+
+
 def test_the_trees_tkill_starts_nothing_in_an_empty_systemd_session():
     """hboot -t on a node whose session is systemd's (its datalink socket
     there) and holds nothing of a daemon: the tree's tkill ends at once,
@@ -125,13 +138,7 @@ def test_the_trees_tkill_starts_nothing_in_an_empty_systemd_session():
             script = Path(d) / "tkill"
             script.write_text(text)
             script.chmod(0o755)
-            sessions = Path(d) / "sessions"
-            sessions.mkdir()
-            sessions.chmod(0o1777)
-            host = Path("/proc/sys/kernel/hostname").read_text().strip()
-            sdir = sessions / f"lam-{pw.pw_name}@{host}"
-            sdir.mkdir()
-            os.chown(sdir, pw.pw_uid, pw.pw_gid)
+            sessions, sdir = user_session(Path(d), pw)
             for name in ("lam-kernel-socket", "lamd-datalink-socket"):
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 s.bind(str(sdir / name))
@@ -197,13 +204,7 @@ def test_the_trees_lamd_writes_the_fifo_without_python(argv, fifo):
         script = Path(d) / "lamd"
         script.write_text(text.replace("/usr/bin/python3", str(stub)))
         script.chmod(0o755)
-        sessions = Path(d) / "sessions"
-        sessions.mkdir()
-        sessions.chmod(0o1777)
-        host = Path("/proc/sys/kernel/hostname").read_text().strip()
-        sdir = sessions / f"lam-{pw.pw_name}@{host}"
-        sdir.mkdir(mode=0o700)
-        os.chown(sdir, pw.pw_uid, pw.pw_gid)
+        sessions, sdir = user_session(Path(d), pw)
         path = sdir / "lamd-datalink-fifo"
         os.mkfifo(path, 0o600)
         os.chown(path, pw.pw_uid, pw.pw_gid)
