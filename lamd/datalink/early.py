@@ -223,12 +223,12 @@ def take_request(lst: _socket.socket, fifo: int | None,
             if left <= 0:
                 return None
             ready = [fd for fd, _ in p.poll(left * 1000)]
-        if ready and deadline is None:
-            deadline = time.monotonic() + REQUEST_TIMEOUT
+        # a request that has begun has until then to be whole
+        whole_by = deadline if deadline is not None else time.monotonic() + REQUEST_TIMEOUT
         if fifo is not None and fifo in ready:
             early = Early(None)
             try:
-                early.argv, rest = read_fifo(fifo, deadline)
+                early.argv, rest = read_fifo(fifo, whole_by)
                 early.later = len(rest) + drain(fifo)
             except ValueError as e:
                 early.error = str(e)
@@ -247,7 +247,7 @@ def take_request(lst: _socket.socket, fifo: int | None,
                 return None
             early = Early(conn)
             try:
-                early.argv = read_request(conn, max(0.001, deadline - time.monotonic()))
+                early.argv = read_request(conn, max(0.001, whole_by - time.monotonic()))
             except ValueError as e:
                 early.error = str(e)
             return early

@@ -8,7 +8,8 @@ units; ``--network-namespace-path=`` node2's, its hostname ``node2``, its
 ``lamd-dl@lamtest.socket`` enabled. The boot schema names the package's
 prefix tree for node2: node2's sshd runs stock hboot, whose ``tkill`` and
 ``lamd`` are the tree's; the arguments reach ``lamd-dl@lamtest.socket``'s
-FIFO (the journal says so), and
+FIFO (the journal says so), where ``lamd-dl@lamtest.service``, started
+ahead by ``systemctl start``, waits for them, and
 from then on everything on node2 is the container's systemd's:
 ``lamd-dl@lamtest.service`` calls lamboot back and starts
 ``lamd@lamtest.service`` (no network of its own) and ``lamd-jobs@``.
@@ -214,7 +215,12 @@ def test_lamboot_boots_the_systemd_managed_daemon(lamd_deb, lam_user):
             # hboot's tkill over ssh, the tree's lamd-tkill --keep-socket on
             # node2); then a boot again after the wipe, a crash of the
             # datalink process, and lamhalt
-            waiter = 0
+            # an admin who starts the datalink service ahead (as enabling it
+            # does at boot): it waits for lamboot, and serves the first boot
+            r = ct.run(["systemctl", "start", UNITS[1].format(u=USER)])
+            assert r.returncode == 0, r.stdout + r.stderr + journal(ct)
+            ct.wait_for(lambda: waiting(ct), 30, "the datalink service waiting for lamboot")
+            waiter = main_pid(ct, UNITS[1])
             for attempt, end in (("first", "lamhalt"), ("wiped", "lamwipe"),
                                  ("again", "lamhalt")):
                 t0 = time.monotonic()
@@ -224,8 +230,8 @@ def test_lamboot_boots_the_systemd_managed_daemon(lamd_deb, lam_user):
                 ct.wait_for(lambda: all(active(ct, u) == "active" for u in UNITS), 30,
                             "the kernel, datalink and jobs units active")
                 kpid, dpid = main_pid(ct, UNITS[0]), main_pid(ct, UNITS[1])
-                # after a universe, the process waiting for the next boot serves it
-                assert waiter == 0 or dpid == waiter, (attempt, dpid, waiter)
+                # the process waiting for the next boot serves it
+                assert dpid == waiter, (attempt, dpid, waiter)
                 # hboot's arguments came through the FIFO (no Python before
                 # the service's own)
                 dl = ct.run(["journalctl", "--no-pager", "-o", "cat",
@@ -301,6 +307,12 @@ def test_lamgrow_onto_the_systemd_managed_node(lamd_deb, lam_user):
             kpid, dpid = main_pid(ct, UNITS[0]), main_pid(ct, UNITS[1])
             assert netns_of(ct, dpid) == netns_of(ct, 1)
             assert netns_of(ct, kpid) != netns_of(ct, 1)
+            # nothing waited here: the request in the FIFO started the service
+            dl = ct.run(["journalctl", "--no-pager", "-o", "cat",
+                         f"-ulamd-dl@{USER}.service"]).stdout
+            assert "boot request (FIFO): -H" in dl, journal(ct)
+            assert "waiting for lamboot" not in ct.show(UNITS[1].format(u=USER),
+                                                        "StatusText")["StatusText"]
             # as the C lamds print it after a lamgrow from n0 (tests/test_grow.py):
             # the grown node takes lamgrow's node for an origin too
             cp = h1.run(["lamnodes"])
