@@ -148,7 +148,8 @@ class Admission(KIOBase):
         self._relisten()
 
     def _admit(self, sock: _socket.socket) -> None:
-        sock.setblocking(False)  # accept4 gave a blocking socket: one ioctl
+        # blocking, as accept4 gave it: every receive and send passes
+        # MSG_DONTWAIT (no ioctl per client; splice sets O_NONBLOCK first)
         try:
             pid, uid, _gid = _UCRED.unpack(
                 sock.getsockopt(_SOL_SOCKET, _SO_PEERCRED, _UCRED_SIZE))

@@ -25,11 +25,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
 import time
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Final
 
 from .. import lazylog
 from .._static import trait
@@ -38,6 +39,10 @@ from .fdstore import CrashKeeper
 from .kiobase import KIOBase
 from .loop import EPOLLERR, EPOLLIN, EPOLLOUT
 from .transfer import SPLICE_FLAGS, BodyMove, Connection
+
+#: every receive and send on a client's socket: it never blocks, whatever
+#: the socket's mode (O_NONBLOCK is set only for splice)
+_DONTWAIT: Final[int] = socket.MSG_DONTWAIT
 
 log = lazylog.getLogger("lamd.kernelio")
 
@@ -80,7 +85,7 @@ class ConnIO(KIOBase):
             self._read_into_record(c, crash)
             return
         try:
-            n = c.sock.recv_into(self._rbuf)
+            n = c.sock.recv_into(self._rbuf, 0, _DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -107,7 +112,7 @@ class ConnIO(KIOBase):
         record (:mod:`.fdstore`): a SIGKILL at any moment finds it there."""
         view = crash.arm(c)
         try:
-            n = c.sock.recv_into(view, KREQ_SIZE)
+            n = c.sock.recv_into(view, KREQ_SIZE, _DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -176,6 +181,7 @@ class ConnIO(KIOBase):
         try:
             if m.pr >= 0 and m.dst is not None and not m.skip:
                 # a spliced body: into its pipe, no further than it may hold
+                c.make_nonblocking()
                 try:
                     n = os.splice(  # type: ignore[attr-defined]
                         c.fd, m.pw, space, None, None, SPLICE_FLAGS)
@@ -199,14 +205,14 @@ class ConnIO(KIOBase):
             elif m.dst is not None and not m.skip and len(m.buf) - m.wpos < m.remaining:
                 # a large body: straight into its buffer, no further than it holds
                 view = memoryview(m.buf)[m.wpos:m.wpos + space]
-                n = c.sock.recv_into(view)
+                n = c.sock.recv_into(view, 0, _DONTWAIT)
                 if n:
                     m.wpos += n
                     m.remaining -= n
             else:
                 # the rest of the body fits: read it and whatever the client wrote
                 # after it (its next request, usually) in one go
-                n = c.sock.recv_into(self._rbuf)
+                n = c.sock.recv_into(self._rbuf, 0, _DONTWAIT)
                 if n:
                     used = m.feed(self._rview[:n])
                     if used < n:
@@ -354,7 +360,7 @@ class ConnIO(KIOBase):
         if not out and not c.closing:
             # nothing ahead of it: write straight through (the common case)
             try:
-                n = c.sock.send(data)
+                n = c.sock.send(data, _DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 n = 0
             except OSError:
@@ -399,7 +405,7 @@ class ConnIO(KIOBase):
                 if type(item) is BodyMove:
                     m = item
                     if m.rpos < m.wpos:
-                        n = sock.send(memoryview(m.buf)[m.rpos:m.wpos])
+                        n = sock.send(memoryview(m.buf)[m.rpos:m.wpos], _DONTWAIT)
                         m.rpos += n
                         m.sent += n
                         if self.crash is not None:
@@ -412,6 +418,7 @@ class ConnIO(KIOBase):
                         # the request), or those were a spliced body's: no longer
                         m.buf = bytearray(0 if m.pr >= 0 else max(1, min(m.cap, m.remaining)))
                     if m.piped > 0:
+                        c.make_nonblocking()
                         try:
                             n = os.splice(  # type: ignore[attr-defined]
                                 m.pr, c.fd, m.piped, None, None, SPLICE_FLAGS)
@@ -442,7 +449,7 @@ class ConnIO(KIOBase):
                     if m.rpos < m.wpos:
                         # the reply and the body's first bytes: one sendmsg
                         k = len(item)
-                        n = sock.sendmsg([item, memoryview(m.buf)[m.rpos:m.wpos]])
+                        n = sock.sendmsg([item, memoryview(m.buf)[m.rpos:m.wpos]], [], _DONTWAIT)
                         if n < k:
                             c.queued -= n
                             out[0] = memoryview(item)[n:] if type(item) is bytearray else item[n:]
@@ -457,7 +464,7 @@ class ConnIO(KIOBase):
                     if m.remaining > 0 and m.src.move is m and m.piped == 0:
                         held = True  # no body byte yet: the reply waits for it
                         break
-                n = sock.send(item)
+                n = sock.send(item, _DONTWAIT)
                 c.queued -= n
                 if n < len(item):
                     out[0] = memoryview(item)[n:] if type(item) is bytearray else item[n:]

@@ -139,7 +139,8 @@ class Connection:
     """One client socket and what is queued on it."""
 
     __slots__ = ("sock", "fd", "pid", "uid", "pidfd", "inbuf", "move", "out", "queued",
-                 "mask", "closing", "closed", "read_paused", "pending", "starttime", "slot")
+                 "mask", "closing", "closed", "read_paused", "pending", "starttime", "slot",
+                 "nonblock")
 
     def __init__(self, sock: "socket.socket | _socket.socket", pid: int, uid: int) -> None:
         self.sock = sock
@@ -161,6 +162,17 @@ class Connection:
         self.pending = False  # in the I/O layer's queue of clients with requests to serve
         self.starttime: int | None = None  # from /proc, once read (for lamd-clients)
         self.slot = -1  # its name in systemd's descriptor store (lamd.kernelio.fdstore)
+        #: O_NONBLOCK set on the socket: only for splice, which has no
+        #: MSG_DONTWAIT (every receive and send passes that flag instead, so
+        #: an accepted socket needs no ioctl: issue 13, one system call less
+        #: per attach)
+        self.nonblock = False
+
+    def make_nonblocking(self) -> None:
+        """O_NONBLOCK on the socket, before its first splice."""
+        if not self.nonblock:
+            self.sock.setblocking(False)
+            self.nonblock = True
 
     def __repr__(self) -> str:
         return f"<conn fd={self.fd} pid={self.pid}>"
