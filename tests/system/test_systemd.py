@@ -1050,7 +1050,9 @@ def test_package_upgrade_reloads_running_instances(ct, tmp_path):
     """Installing a newer build of the package runs its postinst (`configure
     OLD`), which reloads every active lamd@USER.service: the daemon
     re-executes into the code now installed (it logs the new version, same
-    pid) and ten 64 B pairs running through it all complete. The container
+    pid) and ten 64 B pairs running through it all complete; a datalink
+    service that only waits for lamboot (lamd-dl@USER.service started
+    ahead) is started again, a new process waiting as before. The container
     shares the host's /usr read-only, so the package is installed on the
     host and its installed postinst is run in the container,
     byte-compilation (done by the host's dpkg) stubbed. The build under
@@ -1070,6 +1072,12 @@ def test_package_upgrade_reloads_running_instances(ct, tmp_path):
         ct.sh("mkdir -p /var/tmp/stubs && for c in py3compile pypy3compile; do "
               "printf '#!/bin/sh\\nexit 0\\n' > /var/tmp/stubs/$c; "
               "chmod 755 /var/tmp/stubs/$c; done")
+        dl = ct.service.replace("lamd@", "lamd-dl@")
+        r = ct.run(["systemctl", "start", dl])
+        assert r.returncode == 0, r.stdout + r.stderr
+        ct.wait_for(lambda: ct.show(dl, "StatusText")["StatusText"] == "waiting for lamboot",
+                    30, "the datalink service waiting for lamboot")
+        dl_pid = ct.show(dl, "MainPID")["MainPID"]
         restored = journal_count(ct, ct.service, "re-exec: restored")
         serving_new = journal_count(ct, ct.service, f"{NEWER} serving")
         start_pairs(ct, "upgrade", 10, iters=4000)
@@ -1077,6 +1085,10 @@ def test_package_upgrade_reloads_running_instances(ct, tmp_path):
                     "/var/tmp/lamd.postinst", "configure", "0.1.0"], timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
         assert f"lamd: {ct.service} re-executed with the new version" in r.stderr, r.stderr
+        assert f"lamd: {dl} (waiting for lamboot) started again" in r.stderr, r.stderr
+        ct.wait_for(lambda: ct.show(dl, "StatusText")["StatusText"] == "waiting for lamboot",
+                    30, "the datalink service waiting again")
+        assert ct.show(dl, "MainPID")["MainPID"] not in ("0", dl_pid)
         assert pairs_ended(ct, "upgrade", 10) == 0, "the pairs did not span the upgrade"
         assert ct.show(ct.service, "MainPID", "ActiveState") == {"MainPID": pid,
                                                                   "ActiveState": "active"}
@@ -1086,6 +1098,7 @@ def test_package_upgrade_reloads_running_instances(ct, tmp_path):
         print(f"upgrade with 10 pairs of 64 B: {counts}")
         assert counts == {"completed": 10, "errored": 0, "hung": 0}, bad
     finally:
+        ct.run(["systemctl", "stop", ct.service.replace("lamd@", "lamd-dl@")])
         r = host(["dpkg", "-i", ct.deb], timeout=300, check=False)
         assert r.returncode == 0, r.stdout + r.stderr
 
