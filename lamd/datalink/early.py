@@ -168,9 +168,7 @@ def drain(fifo: int) -> int:
     while True:
         try:
             data = os.read(fifo, 65536)
-        except (BlockingIOError, InterruptedError):
-            return n
-        except OSError:
+        except OSError:   # EAGAIN: empty
             return n
         if not data:
             return n
