@@ -234,7 +234,10 @@ def test_lamnodes_right_after_lamboot_sees_the_whole_universe(hosts3: Cluster, l
     hf.chmod(0o644)
     halted = False
     try:
-        cp = c.hosts[0].run(["sh", "-c", f"lamboot {hf} && exec lamnodes"], timeout=60)
+        # the marker on stderr says which of the two a timeout caught (one run
+        # in many hit the 60 s limit once, with every node logging "serving")
+        cp = c.hosts[0].run(["sh", "-c", f"lamboot {hf} && echo lamboot returned >&2 && "
+                                         "exec lamnodes"], timeout=60)
         assert cp.returncode == 0, show(cp) + logs(c)
         nodes = [ln.split(":")[0] for ln in cp.stdout.splitlines() if re.match(r"n\d+\t", ln)]
         assert nodes == [f"n{i}\t{h.name}" for i, h in enumerate(order)], show(cp) + logs(c)
