@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests import lamenv  # noqa: E402
 from tests.test_datalink_separate import datalink_command, prefix_script  # noqa: E402
+from tests.test_multinode import cmdline  # noqa: E402
 
 KINDS = ("c", "hand", "sockets", "warm")
 #: a datalink service's title while it waits for lamboot
@@ -126,25 +127,11 @@ def waiting(keep: set[int], timeout: float = TIMEOUT) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for d in os.listdir("/proc"):
-            if d.isdigit() and _ppid(int(d)) in keep and (
-                    _cmdline(int(d))[:1] == [WAITING]):
+            if d.isdigit() and lamenv.ppid(int(d)) in keep and (
+                    cmdline(int(d))[:1] == [WAITING]):
                 return int(d)
         time.sleep(0.005)
     raise RuntimeError("no datalink service waiting")
-
-
-def _ppid(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-    except (OSError, UnicodeDecodeError):
-        return []
 
 
 def sweep(s: lamenv.Session, keep: set[int], holder: int | None = None) -> None:
@@ -157,7 +144,7 @@ def sweep(s: lamenv.Session, keep: set[int], holder: int | None = None) -> None:
         _reap()
         pids = [int(d) for d in os.listdir("/proc") if d.isdigit() and int(d) not in keep
                 and _uid(int(d)) == s.pw.pw_uid and mark in _environ(int(d))
-                and not (holder is not None and _ppid(int(d)) == holder)]
+                and not (holder is not None and lamenv.ppid(int(d)) == holder)]
         if not pids:
             break
         for pid in pids:

@@ -171,6 +171,15 @@ def wait_exit(p: subprocess.Popen, timeout: float) -> bool:
     return ended
 
 
+def ppid(pid: int) -> int:
+    """*pid*'s parent (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def pid_alive(pid: int) -> bool:
     """kill(pid, 0) succeeds: a live process or a zombie (what LAM's tkill sees)."""
     try:

@@ -47,7 +47,7 @@ PROBE = textwrap.dedent("""
         os.dup2(int(fd), 3 + i)  # where systemd puts them
     os.environ["LISTEN_PID"] = str(os.getpid())
     from lamd.datalink import early
-    e = early.start()
+    e = early.start(early.passed())
     mods = sorted(m for m in sys.modules if m.startswith("lamd"))
     out = {"early": e is not None, "modules": mods,
            "socket": sorted(m for m in ("socket", "selectors") if m in sys.modules)}
@@ -99,7 +99,7 @@ IDLE_PROBE = textwrap.dedent("""
         os.dup2(int(fd), 3 + i)
     os.environ["LISTEN_PID"] = str(os.getpid())
     from lamd.datalink import early
-    print(json.dumps(early.idle()), flush=True)
+    print(json.dumps(early.idle(early.passed())), flush=True)
     sys.stdin.read()
 """)
 

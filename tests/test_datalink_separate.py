@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pytest
 
+from . import lamenv
 from .netns import Cluster, gone
 from .test_datalink import build_netclient
 from .test_datalink_multinode import EVENT, exchange
@@ -419,7 +420,7 @@ class SocketUnits:
                    if any(x.endswith("sockact.py") for x in cmdline(p))}
         return [p for p in self.h.user_pids()
                 if cmdline(p)[:1] == ["lamd-datalink: waiting for lamboot"]
-                and _ppid(p) in holders]
+                and lamenv.ppid(p) in holders]
 
     def close(self) -> None:
         for p in self.procs:
@@ -443,14 +444,6 @@ def serves(c: Cluster, i: int, boot: int) -> None:
     cp = c.hosts[0].run(["lamexec", "N", "hostname"], timeout=30)
     assert cp.returncode == 0, show(cp) + logs(c)
     assert sorted(cp.stdout.split()) == sorted(x.name for x in c.hosts), show(cp)
-
-
-def _ppid(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def nothing_left_but_sockets(c: Cluster, h, units: SocketUnits) -> None:

@@ -13,15 +13,16 @@ import sys
 
 
 def main() -> int:
-    from .early import idle, start
+    from .early import idle, passed, start
 
-    if idle():
+    got = passed()
+    if idle(got):
         from .process import main as process_main, wait_warm
 
         wait_warm()
-        early = start(wait=True)
+        early = start(got, wait=True)
     else:
-        early = start()
+        early = start(got)
         from .process import main as process_main  # after the kernel's start was set going
 
     return process_main(early=early)

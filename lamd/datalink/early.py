@@ -127,7 +127,7 @@ def withdraw(path: str, fd: int) -> None:
     os.close(fd)
 
 
-def listeners(fds: list[int]) -> tuple[list[int], list[int]]:
+def sockets_and_fifos(fds: list[int]) -> tuple[list[int], list[int]]:
     """lamd-dl@.socket's descriptors among *fds*: (its sockets, its FIFOs)."""
     socks, fifos = [], []
     for fd in fds:
@@ -139,7 +139,7 @@ def listeners(fds: list[int]) -> tuple[list[int], list[int]]:
     return socks, fifos
 
 
-def _listeners() -> tuple[int, int | None] | None:
+def passed() -> tuple[int, int | None] | None:
     """The socket and the FIFO (if any) lamd-dl@.socket passed, for a
     boot; None for a start after a crash (a state in the store) or anything
     unexpected. The environment is left for
@@ -154,7 +154,7 @@ def _listeners() -> tuple[int, int | None] | None:
     names += ["unknown"] * (n - len(names))
     if any(name.startswith(STATE_PREFIX) for name in names[:n]):
         return None
-    socks, fifos = listeners([SD_LISTEN_FDS_START + i for i in range(n)
+    socks, fifos = sockets_and_fifos([SD_LISTEN_FDS_START + i for i in range(n)
                               if names[i] not in (DLI_SOCKET, DLO_SOCKET)])
     if len(socks) != 1 or len(fifos) > 1:
         return None
@@ -251,14 +251,13 @@ def take_request(lst: _socket.socket, fifo: int | None,
             return early
 
 
-def idle() -> bool:
-    """Under ``lamd-dl@.socket``, started with no request waiting and no
-    universe to resume: after a universe (``Restart=always``), or by
-    ``systemctl start``. Then the service imports everything a boot needs
-    and waits (:func:`start` with *wait*): the next lamboot's request is
-    answered by a process already running, its callback about a
-    millisecond after the tree's ``bin/lamd`` wrote it."""
-    got = _listeners()
+def idle(got: tuple[int, int | None] | None) -> bool:
+    """Under ``lamd-dl@.socket`` (*got*: :func:`passed`'s), started with no
+    request waiting and no universe to resume: after a universe
+    (``Restart=always``), or by ``systemctl start``. Then the service
+    imports everything a boot needs and waits (:func:`start` with *wait*):
+    the next lamboot's request is answered by a process already running,
+    its callback about a millisecond after the tree's ``bin/lamd`` wrote it."""
     if got is None:
         return False
     p = select.poll()
@@ -271,12 +270,11 @@ def idle() -> bool:
         return False
 
 
-def start(wait: bool = False) -> Early | None:
-    """Under ``lamd-dl@.socket``, for a boot: take the first request, from
-    a connection or the FIFO (*wait*: however long it takes to come);
-    announce, connect to the kernel's socket, call lamboot back. None:
-    nothing was done (see the module's docstring)."""
-    got = _listeners()
+def start(got: tuple[int, int | None] | None, wait: bool = False) -> Early | None:
+    """Under ``lamd-dl@.socket`` (*got*: :func:`passed`'s), for a boot: take
+    the first request, from a connection or the FIFO (*wait*: however long
+    it takes to come); announce, connect to the kernel's socket, call
+    lamboot back. None: nothing was done (see the module's docstring)."""
     if got is None:
         return None
     fd, fifo = got
@@ -318,5 +316,5 @@ def start(wait: bool = False) -> Early | None:
     return early
 
 
-__all__ = ["Early", "idle", "start", "take_request", "listeners", "drain", "announce", "withdraw",
+__all__ = ["Early", "idle", "start", "take_request", "passed", "sockets_and_fifos", "drain", "announce", "withdraw",
            "STATE_PREFIX", "DLI_SOCKET", "DLO_SOCKET"]

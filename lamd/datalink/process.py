@@ -66,7 +66,7 @@ from ..iprocs import DATALINK_SERVICES, BY_NAME, boot_config
 from ..iprocs.router import RouteTable
 from ..kernel.kiproc import IPROC_PID_BASE
 from ..session import LAMD_DATALINK, Session, SessionError
-from .early import Early, announce, drain, listeners, take_request, withdraw
+from .early import Early, announce, drain, sockets_and_fifos, take_request, withdraw
 from .handoff import CALLED_BACK, ERROR, MAGIC, OK, REQUEST_TIMEOUT, encode_request, read_request
 from .keep import DLI_SOCKET, DLO_SOCKET, STATE_PREFIX, Kept, KeepError, LinkKeep, Universe
 from .keep import load as load_kept, newest as newest_kept
@@ -388,7 +388,7 @@ def _from_socket(args: argparse.Namespace, early: Early | None = None) -> int:
     passed = _listen_fds()
     stored = {name: fd for fd, name in passed
               if name in (DLI_SOCKET, DLO_SOCKET) or name.startswith(STATE_PREFIX)}
-    socks, fifos = listeners([fd for fd, name in passed if name not in stored])
+    socks, fifos = sockets_and_fifos([fd for fd, name in passed if name not in stored])
     if len(socks) != 1 or len(fifos) > 1:
         log.error("datalink: no hboot arguments and %d sockets and %d FIFOs from systemd "
                   "(lamd-dl@.socket passes one of each, or a socket only)",
