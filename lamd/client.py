@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from dataclasses import dataclass
+from ._dataclasses import dataclass
 
 from .kernel.constants import (
     KNMSG, KPROBE, KQATTACH, KQDETACH, KQDOOM, KQDUMP, KQRECV, KQSEND, KQSR,

@@ -33,7 +33,7 @@ import resource
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from ._dataclasses import dataclass
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:

@@ -36,37 +36,9 @@ def main(site: bool = True) -> int:
         import site as site_module
 
         site_module.main()
-    _import_dataclasses()
     from .daemon import main as daemon_main
 
     return daemon_main()
-
-
-def _import_dataclasses() -> None:
-    """Import :mod:`dataclasses` without :mod:`inspect` (issue 13: about 6 ms
-    of ast, dis, tokenize... of a socket activation's first reply).
-    dataclasses calls inspect once, ``inspect.signature`` to write the
-    docstring of a class that has none; the daemon's have. It gets a stand-in
-    module that imports the real inspect the first time it is asked for
-    anything, and the stand-in leaves ``sys.modules`` at once."""
-    if "dataclasses" in sys.modules or "inspect" in sys.modules:
-        return
-    import types
-
-    stand_in = types.ModuleType("inspect")
-
-    def real(name: str) -> object:
-        import importlib
-
-        return getattr(importlib.import_module("inspect"), name)
-
-    stand_in.__getattr__ = real  # type: ignore[method-assign]  # PEP 562
-    sys.modules["inspect"] = stand_in
-    try:
-        import dataclasses  # noqa: F401
-    finally:
-        if sys.modules.get("inspect") is stand_in:
-            del sys.modules["inspect"]
 
 
 __all__ = ["main"]

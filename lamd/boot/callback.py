@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass, field
+from .._dataclasses import dataclass, field
 from typing import Callable, Generic, TypeVar
 
 from .early import pack_coord

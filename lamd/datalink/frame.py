@@ -36,7 +36,7 @@ from __future__ import annotations
 import array
 import struct
 import sys
-from dataclasses import dataclass, field
+from .._dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..kernel.constants import MAXNMSGLEN, NHDSIZE

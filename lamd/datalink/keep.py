@@ -44,7 +44,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from dataclasses import dataclass, field
+from .._dataclasses import dataclass, field
 
 from ..iprocs.router import ROUTE, Route
 from .early import DLI_SOCKET, DLO_SOCKET, STATE_PREFIX  # the store's names

@@ -57,7 +57,7 @@ Beyond LAM (hostile input):
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from .._dataclasses import dataclass, field
 
 from .frame import (
     DLACKLEN, DLMAXSEQ, DOMAXPENDING, DOMAXRESEND, DOSLOTCNT, DLAck, DLFrame,

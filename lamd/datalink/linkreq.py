@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from dataclasses import dataclass
+from .._dataclasses import dataclass
 
 # dl_inet.h
 DOQSETLINK, DOQREMLINK, DOQGETLINKS, DOQVOPEN, DOQVCLOSE = 0, 1, 2, 3, 4

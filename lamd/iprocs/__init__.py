@@ -26,8 +26,7 @@ left in keep LAM's pids, 100000 + their row in the full table.
 from __future__ import annotations
 
 import importlib
-import re
-from dataclasses import replace
+from .._dataclasses import replace
 
 #: the address of a universe of one node started by hand: LAM's default boot
 #: schema (``lam-bhost.def``) names ``localhost``, so a one-node ``lamboot``
@@ -161,7 +160,7 @@ def parse_external(spec: str | Iterable[str] | None) -> list[str]:
     if spec is None:
         return []
     parts = [spec] if isinstance(spec, str) else list(spec)
-    names = [n for part in parts for n in re.split(r"[\s,]+", part) if n]
+    names = [n for part in parts for n in part.replace(",", " ").split()]
     for n in names:
         if n in KERNEL_SIDE:
             raise BootConfigError(f"{n} cannot be external: it stays in the kernel "

@@ -36,7 +36,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from .._dataclasses import dataclass, field
 
 from ..kernel.constants import (
     EVBFORWARD, EVBUFFERD, KNMSG, KPROBE, KSYNCSQL, KTRACE, KTRY, MAXNMSGLEN,

@@ -19,7 +19,7 @@ boot, and the separate processes waiting for this node's id.
 from __future__ import annotations
 
 import struct
-from dataclasses import replace
+from .._dataclasses import replace
 from typing import Iterable
 
 from ..kernel.kiproc import IProc, KBoot

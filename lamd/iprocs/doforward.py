@@ -47,7 +47,7 @@ import functools
 import logging
 import os
 import struct
-from dataclasses import dataclass
+from .._dataclasses import dataclass
 
 from ..kernel.constants import EVDL0, KNMSG, LAM_BASE_EVENT, MAXNMSGLEN
 from ..kernel.kiproc import Event, IProc, Watch

@@ -19,7 +19,7 @@ The constants are ``net.h``'s, ``rreq.h``'s and ``bfreq.h``'s.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from .._dataclasses import dataclass
 from typing import Awaitable
 
 from ..kernel.constants import (

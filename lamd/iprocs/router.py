@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import logging
 import struct
-from dataclasses import dataclass
+from .._dataclasses import dataclass
 from typing import Callable
 
 from ..kernel.constants import (

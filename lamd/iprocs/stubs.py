@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from dataclasses import dataclass
+from .._dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from ..kernel.constants import (

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from dataclasses import dataclass, field
+from .._dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 from ..ratelog import RateLog

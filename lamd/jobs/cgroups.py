@@ -84,7 +84,7 @@ import os
 import re
 import signal
 import time
-from dataclasses import dataclass, field
+from .._dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from ..session.kkill import proc_starttime

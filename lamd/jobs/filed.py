@@ -74,7 +74,7 @@ import os
 import socket
 import stat
 import struct
-from dataclasses import dataclass, field
+from .._dataclasses import dataclass, field
 
 from ..iprocs.nreq import NOTNODEID
 from ..kernel.constants import (

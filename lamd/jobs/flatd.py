@@ -49,7 +49,7 @@ import errno
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from .._dataclasses import dataclass, field
 
 from ..kernel.constants import EBADREQUEST, EVFLATD
 from ..kernel.kiproc import Event, IProc

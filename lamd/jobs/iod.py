@@ -35,7 +35,7 @@ import errno
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from .._dataclasses import dataclass
 
 from ..kernel.constants import EVFILED, EVIOD, MAXNMSGLEN
 from ..kernel.kiproc import Event, IProc, Watch

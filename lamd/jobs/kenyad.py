@@ -103,7 +103,7 @@ import stat
 import subprocess
 import threading
 import weakref
-from dataclasses import dataclass, field, replace
+from .._dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from ..ratelog import RateLog

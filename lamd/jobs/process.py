@@ -49,7 +49,7 @@ import re
 import socket
 import sys
 import time
-from dataclasses import replace
+from .._dataclasses import replace
 from typing import Any, Mapping, Sequence
 
 from ..iprocs import BY_NAME, JOB_SERVICES, boot_config

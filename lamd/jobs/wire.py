@@ -127,7 +127,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field
+from .._dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from ..kernel.constants import (

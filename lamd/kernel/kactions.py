@@ -27,7 +27,7 @@ throw away (about 0.1 ms each of the daemon's start, issue 13).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .._dataclasses import dataclass
 
 from collections.abc import Hashable
 

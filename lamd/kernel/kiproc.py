@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import signal as _signal
 from collections import deque
-from dataclasses import dataclass, field
+from .._dataclasses import dataclass, field
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ import itertools
 import signal as _signal
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from .._dataclasses import dataclass, field
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:

@@ -35,7 +35,7 @@ import heapq
 import itertools
 import json
 import struct
-from dataclasses import dataclass, field
+from .._dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from .constants import KIPROC, KMSG2, KNFYI, KQRECV, KQSR, KSREADY, KSRECV, KSSEND

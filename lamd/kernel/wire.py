@@ -29,7 +29,7 @@ is looked up in the module's dict at every use.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from .._dataclasses import dataclass, field
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:

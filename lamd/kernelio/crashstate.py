@@ -48,7 +48,7 @@ import mmap
 import struct
 import zlib
 from _blake2 import blake2b  # type: ignore[import]  # hashlib's own, without its OpenSSL (issue 13)
-from dataclasses import dataclass
+from .._dataclasses import dataclass
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:

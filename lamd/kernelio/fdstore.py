@@ -34,11 +34,10 @@ import errno
 import heapq
 import mmap
 import os
-import re
 import select
 import socket
 import struct
-from dataclasses import dataclass, field
+from .._dataclasses import dataclass, field
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -57,7 +56,6 @@ from .transfer import BodyMove, Connection
 log = lazylog.getLogger("lamd.kernelio")
 
 STATE_NAME: Final = "state"
-_CONN_NAME = re.compile(r"c(\d+)\Z")
 _UCRED = struct.Struct("3i")
 _HUNG_UP = select.POLLHUP | select.POLLRDHUP | select.POLLERR
 #: block order of a request read but not yet blocked: made again last
@@ -74,7 +72,14 @@ def conn_name(slot: int) -> str:
 def is_stored_name(name: str) -> bool:
     """True for the names this module and :mod:`.iprocstate` store (the rest
     is the socket unit's)."""
-    return name == STATE_NAME or _CONN_NAME.match(name) is not None or name.startswith("iproc-")
+    return name == STATE_NAME or conn_slot(name) >= 0 or name.startswith("iproc-")
+
+
+def conn_slot(name: str) -> int:
+    """The slot of a connection's name in the store (:func:`conn_name`), or -1."""
+    digits = name[1:]
+    # ASCII digits, as conn_name writes them (a check without importing re)
+    return int(digits) if name[:1] == "c" and digits.isdecimal() and digits.isascii() else -1
 
 
 class CrashKeeper:
@@ -495,8 +500,7 @@ def recover(stored: dict[str, int], kernel: Kernel, store: FdStore, *, uid: int,
     out = Recovered(keeper)
     found: dict[int, tuple[int, str]] = {}
     for name, fd in stored.items():
-        m = _CONN_NAME.match(name)
-        slot = int(m.group(1)) if m else -1
+        slot = conn_slot(name)
         if slot in records and slot not in found:
             found[slot] = (fd, name)
         elif slot in found:  # a second one by that name: the first stays stored

@@ -19,7 +19,7 @@ import signal
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass
+from .._dataclasses import dataclass
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:

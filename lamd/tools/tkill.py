@@ -53,7 +53,7 @@ import socket
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from .._dataclasses import dataclass, field
 from typing import Mapping
 
 from ..limits import raise_nofile_limit
