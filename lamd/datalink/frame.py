@@ -143,14 +143,13 @@ class DLFrame:
         not match it is refused here)."""
         if len(buf) < DLMINFRAMELEN:
             raise FrameError(f"frame of {len(buf)} bytes, shorter than {DLMINFRAMELEN}")
-        v = DLFRAME_HEAD.unpack_from(buf)
-        length = v[5]
+        src, seq, node, event, typ, length, flags, data = DLFRAME_HEAD.unpack_from(buf)
         if not 0 <= length <= MAXNMSGLEN:
             raise FrameError(f"dlh_length {length} out of range")
         if len(buf) != DLMINFRAMELEN + length:
             raise FrameError(f"dlh_length {length} but {len(buf) - DLMINFRAMELEN} "
                              "bytes of body")
-        return cls(*v, dlf_msg=bytes(buf[DLMINFRAMELEN:]))
+        return cls(src, seq, node, event, typ, length, flags, data, bytes(buf[DLMINFRAMELEN:]))
 
     def data_words(self) -> tuple[int, ...]:
         """``dlh_data`` as int4s in Trollius order (meaningless for DRAWDATA)."""

@@ -782,9 +782,10 @@ class IodForward(_Wire):
 
 
 #: Every wire struct, by C name.
-STRUCTS: dict[str, type[_Wire]] = {c.CNAME: c for c in (
+_ALL: tuple[type[_Wire], ...] = (
     JobId, PReq, PReply, KStatus, PState, FReq, FReply, FState, FqRename, OpenFdTfds,
-    FlReq, FlReply, LReq, LReply, TrReq, TrReply, IodForward)}
+    FlReq, FlReply, LReq, LReply, TrReq, TrReply, IodForward)
+STRUCTS: dict[str, type[_Wire]] = {c.CNAME: c for c in _ALL}
 
 
 # --- events, paths, flat blobs ----------------------------------------------------------------
