@@ -11,7 +11,7 @@ Prints each run and the medians. As root::
     mpicc.lam -O2 -o /tmp/lambench bench/c/lambench.c
     bench/abdaemon.py /tmp/lambench 3 C=C compiled=/tmp/tree1 pure=/tmp/tree1:pure old=/tmp/tree2
 
-``--workload pingpong|attach|npingpong|pstate|mpilat|mpirun4`` (anywhere in the arguments)
+``--workload pingpong|pp1k|pp64k|pp1m|attach|npingpong|pstate|mpilat|mpirun4`` (anywhere in the arguments)
 runs that one workload instead, with the daemon's CPU per round trip or
 cycle (ours: the kernel with its service processes, the jobs process among
 them): ``pstate`` is kenyad's ``PQSTATE`` (``lambench pstate``, what
@@ -56,6 +56,10 @@ def proc_cpu(pid: int) -> float:
 WORKLOADS: dict[str, tuple[list[str], list[str], int]] = {
     "pingpong": (["pingpong", "64", "500", "50"], ["pingpong", "64", "5000", "100"], 5100),
     "attach": (["attach", "300"], ["attach", "3000"], 3000),
+    # the ping-pong at the bench's larger sizes: the daemon's CPU per round trip by size
+    "pp1k": (["pingpong", "1024", "500", "50"], ["pingpong", "1024", "5000", "100"], 5100),
+    "pp64k": (["pingpong", "65536", "200", "20"], ["pingpong", "65536", "2000", "100"], 2100),
+    "pp1m": (["pingpong", "1048576", "20", "5"], ["pingpong", "1048576", "200", "10"], 210),
     # one-way streams of one body size (MB/s), e.g. around IOLimits.splice_min
     "stream16k": (["stream", "16384", "500"], ["stream", "16384", "20000"], 20000),
     "stream64k": (["stream", "65536", "200"], ["stream", "65536", "6000"], 6000),
