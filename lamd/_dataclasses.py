@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from dataclasses import FrozenInstanceError, dataclass, field, replace
 else:
     from operator import attrgetter
+    from reprlib import recursive_repr  # imported by collections already
 
     #: no default (``dataclasses.MISSING``)
     MISSING = type("_Missing", (), {"__repr__": lambda self: "MISSING"})()
@@ -169,6 +170,7 @@ else:
         if repr:
             shown = tuple(f.name for f in fields if f.repr)
 
+            @recursive_repr()  # a record that holds itself: "...", as dataclasses prints
             def __repr__(self):
                 return (f"{self.__class__.__qualname__}("
                         + ", ".join(f"{n}={getattr(self, n)!r}" for n in shown) + ")")

@@ -118,6 +118,22 @@ def test_post_init_classvar_and_inherited_fields() -> None:
         assert hash(Sub(1)) == hash(Sub(1, ())) and Sub(1) == Sub(1, ()) != Sub(1, (2,))
 
 
+def test_a_record_that_holds_itself_prints_as_the_standard_one() -> None:
+    out = []
+    for dc in (dataclasses.dataclass, light.dataclass):
+        @dc
+        class Node:
+            """A record that can hold itself."""
+
+            name: str
+            next: object = None
+
+        n = Node("a")
+        n.next = n
+        out.append(repr(n).replace("test_a_record_that_holds_itself_prints_as_the_standard_one.<locals>.", ""))
+    assert out[0] == out[1] == "Node(name='a', next=...)"
+
+
 def test_a_default_before_a_field_without_one_is_refused_as_the_standard_does() -> None:
     for dc in (dataclasses.dataclass, light.dataclass):
         with pytest.raises(TypeError, match="non-default argument 'b' follows default argument"):
