@@ -83,7 +83,8 @@ else:
         return type(obj)(**changes)
 
     class _StandardFields:
-        """``__dataclass_fields__``, made with :mod:`dataclasses` when read."""
+        """``__dataclass_fields__``, made with :mod:`dataclasses` when first
+        read, then kept on the class in this descriptor's place."""
 
         def __get__(self, obj, owner):
             import dataclasses
@@ -99,6 +100,7 @@ else:
                 sf.type = f.type
                 sf._field_type = dataclasses._FIELD  # what dataclasses.fields() keeps
                 out[f.name] = sf
+            setattr(owner, "__dataclass_fields__", out)
             return out
 
     def _own_fields(cls):
@@ -165,8 +167,8 @@ else:
         names = tuple(f.name for f in fields)
         setattr(cls, _FIELDS, fields)
         setattr(cls, "__dataclass_fields__", _StandardFields())
-        if init:
-            _set(cls, "__init__", _init(cls, fields, frozen))
+        if init and "__init__" not in cls.__dict__:  # the class's own stays, unbuilt
+            cls.__init__ = _init(cls, fields, frozen)
         if repr:
             shown = tuple(f.name for f in fields if f.repr)
 

@@ -6,18 +6,13 @@ must construct, compare, hash, print, freeze and copy alike."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import ClassVar  # at module level: where dataclasses looks a string annotation up
 
 import pytest
 
 from lamd import _dataclasses as light
 
-ROOT = Path(__file__).resolve().parent.parent
+from .test_startup import loaded_after
 
 #: every option combination the package's records use
 OPTIONS = [{}, {"eq": False}, {"frozen": True}, {"frozen": True, "slots": True},
@@ -145,20 +140,15 @@ def test_a_default_before_a_field_without_one_is_refused_as_the_standard_does() 
 
 @pytest.mark.parametrize("pure", ["", "1"], ids=["compiled", "pure"])
 def test_the_kernel_process_imports_no_dataclasses(pure: str) -> None:
-    """The daemon's modules and the internal processes it boots load neither :mod:`dataclasses` nor what it imports (a socket
-    activation's first client waits for every import)."""
-    code = ("import json, sys\n"
-            "import lamd.daemon\n"
+    """The daemon's modules and the internal processes it boots load neither
+    :mod:`dataclasses` nor the :mod:`inspect` it imports (a socket
+    activation's first client waits for every import before its reply; the
+    internal processes boot after it, and load ``typing`` and ``logging``)."""
+    code = ("import lamd.daemon\n"
             "from lamd import iprocs\n"
             "from lamd.iprocs.carried import with_carry\n"
             "table = iprocs.with_stubs(iprocs.boot_table({'node_addr': '127.0.0.1'}), iprocs.JOB_SERVICES)\n"
             "for row in with_carry(table):  # each internal process's module, as booted\n"
             "    if isinstance(row.main, iprocs._Lazy):\n"
-            "        row.main.resolve()\n"
-            "print(json.dumps([m for m in ('dataclasses', 'inspect', 'ast', 'dis')"
-            " if m in sys.modules]))")
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n" + code],
-                         capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "LAMD_PURE": pure})
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+            "        row.main.resolve()")
+    assert loaded_after(code, ["dataclasses", "inspect", "ast", "dis"], {"LAMD_PURE": pure}) == []

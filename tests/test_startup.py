@@ -35,11 +35,12 @@ LAZY = ["argparse", "lamd.boot.agent", "lamd.boot.callback", "lamd.kernel.ksnaps
         "lamd.service.reload", "lamd.service.prepare"]
 
 
-def loaded_after(code: str) -> list[str]:
-    """Which of LAZY a fresh interpreter has loaded after *code*."""
-    probe = code + "\nimport json, sys\nprint(json.dumps([m for m in %r if m in sys.modules]))" % LAZY
+def loaded_after(code: str, names: list[str] = LAZY, env: dict[str, str] | None = None) -> list[str]:
+    """Which of *names* a fresh interpreter (with *env* added to its
+    environment) has loaded after *code*."""
+    probe = code + "\nimport json, sys\nprint(json.dumps([m for m in %r if m in sys.modules]))" % names
     out = subprocess.run([SYSTEM_PYTHON, "-c", probe], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -155,7 +155,7 @@ def passed() -> tuple[int, int | None] | None:
     if any(name.startswith(STATE_PREFIX) for name in names[:n]):
         return None
     socks, fifos = sockets_and_fifos([SD_LISTEN_FDS_START + i for i in range(n)
-                              if names[i] not in (DLI_SOCKET, DLO_SOCKET)])
+                                      if names[i] not in (DLI_SOCKET, DLO_SOCKET)])
     if len(socks) != 1 or len(fifos) > 1:
         return None
     return socks[0], fifos[0] if fifos else None
@@ -316,5 +316,5 @@ def start(got: tuple[int, int | None] | None, wait: bool = False) -> Early | Non
     return early
 
 
-__all__ = ["Early", "idle", "start", "take_request", "passed", "sockets_and_fifos", "drain", "announce", "withdraw",
-           "STATE_PREFIX", "DLI_SOCKET", "DLO_SOCKET"]
+__all__ = ["Early", "idle", "start", "take_request", "passed", "sockets_and_fifos", "drain",
+           "announce", "withdraw", "STATE_PREFIX", "DLI_SOCKET", "DLO_SOCKET"]
