@@ -209,7 +209,6 @@ def mpi_pingpong(c: Cluster, pp: Path, reps: int) -> float | str:
                         timeout=300)
     m = re.search(r"^PP size=64 reps=\d+ rtt_med_us=([\d.]+)", cp.stdout, re.M)
     if cp.returncode != 0 or not m:
-        # LAM's MPI library can fail MPI_Init ("Bad address") on either daemon
         return f"failed (rc {cp.returncode}): {(cp.stdout + cp.stderr).strip()[-300:]}"
     return float(m.group(1))
 

@@ -112,6 +112,10 @@ def warm_pyc(pkg: Path) -> None:
         p.chmod(p.stat().st_mode | 0o055)
 
 
+#: What the C lamd's environment gets beside the tools' (CDaemon.start).
+C_LAMD_ENV = {"LD_BIND_NOW": "1"}
+
+
 def clean_env(pw: pwd.struct_passwd, prefix: Path, extra: dict | None = None) -> dict:
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
@@ -124,24 +128,6 @@ def clean_env(pw: pwd.struct_passwd, prefix: Path, extra: dict | None = None) ->
     if extra:
         env.update(extra)
     return env
-
-
-def elsewhere(exe: str, attempt: int) -> str:
-    """*exe* again under a directory of another length (the same name), for
-    retry *attempt* (0: *exe* itself). Debian's LAM MPI fails inside
-    MPI_INIT with "Unix errno: 14 Bad address" (rc 252) on either daemon
-    depending on the program's path (tests/test_kenyad.py's start_mpi_job
-    says how): a retry from the same path can fail the same way."""
-    if attempt == 0:
-        return exe
-    d = os.path.join(os.path.dirname(exe), "r" * attempt)
-    os.makedirs(d, exist_ok=True)
-    os.chmod(d, 0o755)
-    copy = os.path.join(d, os.path.basename(exe))
-    if not os.path.exists(copy):
-        shutil.copy(exe, copy)
-        os.chmod(copy, 0o755)
-    return copy
 
 
 def connectable(path: Path) -> bool:
@@ -454,7 +440,12 @@ class CDaemon(Daemon):
     def start(self) -> None:
         self.hostfile.write_text("localhost\n")
         self.hostfile.chmod(0o644)
-        cp = self.s.run(["lamboot", "-v", self.hostfile], timeout=60)
+        # the C kenyad passes its own environment on: with LD_BIND_NOW its
+        # ranks bind at start-up, as ours gives mpirun's ranks by itself
+        # (lamd.jobs.wire.child_environment: lazily bound, Debian's LAM MPI
+        # fails MPI_INIT with "Unix errno: 14 Bad address" at random)
+        cp = self.s.run(["lamboot", "-v", self.hostfile], timeout=60,
+                        env={**self.s.env, **C_LAMD_ENV})
         self._note("lamboot", cp)
         if cp.returncode != 0 or not self.s.wait_socket(10):
             raise RuntimeError("lamboot failed:\n" + self.log())

@@ -17,7 +17,9 @@ Each :class:`Host` is what a cluster node looks like to LAM:
   boots, never a prefix) and a ``PATH`` that starts with the host's own,
   initially empty, directory (:attr:`Host.bindir`): a ``lamd`` put there is
   what a plain ``hboot`` (lamgrow's, a boot schema line without ``prefix=``)
-  starts on that host, as a user's PATH would choose it.
+  starts on that host, as a user's PATH would choose it. Both carry
+  ``LD_BIND_NOW=1`` as well, for the C lamds' ranks (``lamenv.C_LAMD_ENV``
+  says why; ours sets it for mpirun's ranks itself).
 
 The sshd is the host's anchor: everything run "on" a host enters that sshd's
 network, UTS and mount namespaces (``nsenter -t PID -n -u -m``). Programs run
@@ -48,7 +50,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .lamenv import wait_exit
+from .lamenv import C_LAMD_ENV, wait_exit
 
 NETNS_DIR = Path("/run/netns")
 ETC_NETNS = Path("/etc/netns")
@@ -151,6 +153,7 @@ class Host:
             "LANG": "C.UTF-8",
             "LAM_MPI_SESSION_PREFIX": str(self.prefix),
             "LAMRSH": c.lamrsh,
+            **C_LAMD_ENV,
         }
         env.update(extra or {})
         return env
@@ -307,7 +310,8 @@ class Cluster:
                 "X11Forwarding no\nAllowTcpForwarding no\nAllowAgentForwarding no\n"
                 "PermitTunnel no\nUseDNS no\nLogLevel ERROR\nMaxStartups 100:30:200\n"
                 f"SetEnv LAM_MPI_SESSION_PREFIX={h.prefix} "
-                f"PATH={h.bindir}:/usr/local/bin:/usr/bin:/bin\n")
+                f"PATH={h.bindir}:/usr/local/bin:/usr/bin:/bin "
+                + " ".join(f"{k}={v}" for k, v in C_LAMD_ENV.items()) + "\n")
             h.sshd_log = hd / "sshd.log"
 
     def _network(self) -> None:

@@ -463,6 +463,15 @@ def test_child_environment():
         "NEW": "1"}
     assert list(env)[:3] == ["PATH", "LAMRANK", "HOME"]  # replaced in place
     assert base["LAMRANK"] == "old"  # pure
+    # mpirun's ranks are bound at start-up (MPI_INIT's "Bad address" with
+    # lazy binding, on the C lamd too): unless the environment names it
+    mpi = PReq(req=PQCREATE, rtf=RTF_MPIRUN | RTF_WAIT, jobid=JobId(0, 4321))
+    assert wire.child_environment(mpi, [], base, 777)["LD_BIND_NOW"] == "1"
+    assert list(wire.child_environment(mpi, ["NEW=1"], base, 777))[-1] == "LD_BIND_NOW"
+    assert wire.child_environment(mpi, ["LD_BIND_NOW="], base, 777)["LD_BIND_NOW"] == ""
+    assert wire.child_environment(mpi, [], {**base, "LD_BIND_NOW": ""},
+                                  777)["LD_BIND_NOW"] == ""
+    assert "LD_BIND_NOW" not in env  # lamexec's (no RTF_MPIRUN): LAM's rule alone
     # kenyad's 32-byte snprintf buffers cut long values
     long = wire.kenyad_variables(PReq(jobid=JobId(-2147483648, -2147483648),
                                       stdin=-2147483648), 1)

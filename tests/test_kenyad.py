@@ -1208,21 +1208,7 @@ def test_stock_lamexec_and_mpirun_as_on_the_c_lamd(ours, cdaemon, mpiprogs):
         ["mpirun", "-f", "-np", "2", mpiprogs["mpihello"]],
     ]
     def run(s: lamenv.Session, argv: list[str]) -> subprocess.CompletedProcess:
-        flaked = False
-        given = argv
-        for attempt in range(MPI_ATTEMPTS):  # MPI_INIT's "errno 14": see start_mpi_job
-            seen = len(ours.log())
-            if given[0] == "mpirun":
-                argv = [*given[:-1], lamenv.elsewhere(given[-1], attempt)]
-            cp = s.run(["timeout", "-k", "2", "25", *argv], timeout=40)
-            flake = cp.returncode == 252 or (s is ours.s and cp.returncode != 0 and (
-                "Unix errno: 14" in ours.log()[seen:] or flaked))
-            if argv[0] != "mpirun" or not flake:
-                break
-            flaked = True
-            print(f"retrying {argv} after MPI_INIT's errno 14: {show(cp)}")
-            time.sleep(0.5)
-        return cp
+        return s.run(["timeout", "-k", "2", "25", *argv], timeout=40)
 
     for argv in cases:
         mine = run(ours.s, argv)
@@ -1237,37 +1223,16 @@ def test_stock_lamexec_and_mpirun_as_on_the_c_lamd(ours, cdaemon, mpiprogs):
                       timeout=30).stdout.endswith("exited with status 3\n")
 
 
-#: Attempts at an MPI job, for the reference stack's MPI_INIT failure.
-MPI_ATTEMPTS = 10
-
-
 def start_mpi_job(s: lamenv.Session, exe: str, why: Any) -> tuple[subprocess.Popen, str]:
     """``mpirun -f -np 2 exe``, once mpitask lists both ranks running; the
-    job and the program's path it runs.
-
-    Debian's LAM MPI fails inside MPI_INIT with "Unix errno: 14 Bad address"
-    (rc 252) on either daemon, depending on the program's path: strace shows
-    the rank's ``writev`` of an nsend header whose ``nh_msg`` (length 0) is
-    uninitialised stack holding bytes of the path, which this kernel refuses
-    as a non-canonical address (on 2026-11-26, 48 path lengths: 35 failed on
-    ours, 33 on the C lamd, at random between runs of one length). So each
-    retry runs the program from a directory of another length, at most
-    MPI_ATTEMPTS times; on ours a create right after such a failure has also
-    been seen to wait out kenyad's 10 s send deadline ("service
-    unavailable", rc 205), retried the same way."""
-    flaked = False
-    for attempt in range(MPI_ATTEMPTS):
-        path = lamenv.elsewhere(exe, attempt)
-        job = s.popen(["mpirun", "-f", "-np", "2", path])
-        running = wait_until(lambda: job.poll() is not None or s.run(
-            ["mpitask"], timeout=20).stdout.count("<running>") == 2, 2 * TIMEOUT)
-        if running and job.poll() is None:
-            return job, path
-        rc = job.wait(TIMEOUT)
-        if rc != 252 and not (flaked and rc == 205):
-            break
-        flaked = True
-        time.sleep(0.5)
+    job and the program's path it runs. (Its ranks are bound at start-up:
+    lazily bound, Debian's LAM MPI fails MPI_INIT at random on either
+    daemon, tests/test_jobs.py's test_long_program_path.)"""
+    job = s.popen(["mpirun", "-f", "-np", "2", exe])
+    running = wait_until(lambda: job.poll() is not None or s.run(
+        ["mpitask"], timeout=20).stdout.count("<running>") == 2, 2 * TIMEOUT)
+    if running and job.poll() is None:
+        return job, exe
     pytest.fail(f"the MPI job did not start (rc {job.poll()}):\n{why()}")
 
 
