@@ -17,7 +17,8 @@ Jobs (issue 10): the MPI programs of tests/c/mpi (hello, pingpong) built
 with mpicc.lam and run through the stock ``mpirun``: ``mpirun -np 4`` of a
 trivial program (wall time from mpirun's start to its exit), and under
 ``-ssi rpi lamd`` (every MPI message through the daemon) ping-pong latency
-(64 B) and streaming bandwidth (1 MiB), on both daemons.
+(64 B), streaming bandwidth (1 MiB) and bandwidth with four 1 MiB
+MPI_Isend in flight, on both daemons.
 """
 
 from __future__ import annotations
@@ -107,11 +108,11 @@ def build(work: Path) -> Path:
     return exe
 
 
-MPI_PROGS = ("hello", "pingpong")
+MPI_PROGS = ("hello", "pingpong", "bandwidth")
 
 
 def build_mpi() -> Path:
-    """tests/c/mpi's hello and pingpong, in a directory of their own."""
+    """tests/c/mpi's hello, pingpong and bandwidth, in a directory of their own."""
     d = Path(tempfile.mkdtemp(prefix="lb", dir="/tmp"))
     log(f"building tests/c/mpi/{{{','.join(MPI_PROGS)}}}.c with mpicc.lam into {d}")
     for name in MPI_PROGS:
@@ -497,6 +498,7 @@ class Workloads:
         self.mpirun_n = 5 if q else 15
         self.mpilat_reps = 300 if q else 2000
         self.mpibw_reps = 10 if q else 40
+        self.mpiwin_iters = 4 if q else 16
 
     def _mpirun(self, d: Daemon, args: list[str], timeout: float) -> tuple[str, float]:
         rc, out, err, wall = d.run_tool(["mpirun", *args], timeout)
@@ -534,6 +536,16 @@ class Workloads:
         if not m or not out.endswith("PP OK\n"):
             raise RuntimeError(f"pingpong -s on {d.name}: {out[-400:]!r}")
         return {"MBps": float(m.group(2)), "secs": float(m.group(1)), "reps": self.mpibw_reps}
+
+    def mpiwin(self, d: Daemon) -> dict:
+        """-ssi rpi lamd, four 1 MiB MPI_Isend in flight at once, every byte
+        checked (the lamd RPI's KTRY packet sends to bufferd)."""
+        out, _ = self._mpirun(d, ["-np", "2", "-ssi", "rpi", "lamd", str(self.mpidir / "bandwidth"),
+                                  "4", str(self.mpiwin_iters), str(MIB)], 300)
+        m = re.search(r"^BW size=1048576 window=4 iters=\d+ MBps=([\d.]+)$", out, re.M)
+        if not m or not out.endswith("BW OK\n"):
+            raise RuntimeError(f"bandwidth on {d.name}: {out[-400:]!r}")
+        return {"MBps": float(m.group(1)), "iters": self.mpiwin_iters}
 
     # hostile clients (issue 6): one 64 B pair measures for hostile_secs while
     # others misbehave; the client gives up waiting at the deadline, kills
@@ -592,7 +604,7 @@ def main() -> int:
     ap.add_argument("--idle-both", default="0,250", help="idle attached clients beside one pair, both daemons")
     ap.add_argument("--idle-ours", help="idle attached clients, ours alone (default 1000,5000; quick 1000)")
     ap.add_argument("--only", help="comma list of workloads: pingpong,stream,attach,routed,startup,"
-                    "pairs,idle,capacity,hostile,mpirun,mpilat,mpibw")
+                    "pairs,idle,capacity,hostile,mpirun,mpilat,mpibw,mpiwin")
     ap.add_argument("--out", default=str(BENCH / "results" / "latest.json"))
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/performance.md")
     ap.add_argument("--report-only", action="store_true",
@@ -622,7 +634,8 @@ def main() -> int:
     pairs_ours = [int(x) for x in (a.pairs_ours or ("250,1000" if a.quick else "250,1000,2500")).split(",") if x]
     only = set(a.only.split(",")) if a.only else {"pingpong", "stream", "attach", "routed",
                                                   "startup", "pairs", "idle",
-                                                  "capacity", "hostile", "mpirun", "mpilat", "mpibw"}
+                                                  "capacity", "hostile", "mpirun", "mpilat", "mpibw",
+                                                  "mpiwin"}
     idle_both = [int(x) for x in a.idle_both.split(",") if x]
     idle_ours = [int(x) for x in (a.idle_ours or ("1000" if a.quick else "1000,5000")).split(",") if x]
     work = Path(tempfile.mkdtemp(prefix="lamdbench-"))
@@ -701,7 +714,7 @@ def main() -> int:
             # (5,000 idle at 01de445: 353 us once, 116-143 us in reruns), and
             # a round of idle clients is cheap (about 25 s for 5,000)
             ab(f"idle-{n}", W.idle, n, which=[daemons[1]])
-    jobs = [k for k in ("mpirun", "mpilat", "mpibw") if k in only]
+    jobs = [k for k in ("mpirun", "mpilat", "mpibw", "mpiwin") if k in only]
     if jobs:
         W.mpi_setup(build_mpi())
         for k in jobs:
@@ -844,6 +857,8 @@ def analyse(raw: dict, W: Workloads, rounds: int, pairs_both: list[int], pairs_o
         lambda r: r["result"]["rtt_med_us"], "mpilat")
     add("jobs (stock mpirun)", JOB_ROWS["mpibw"], "MB/s", "higher",
         lambda r: r["result"]["MBps"], "mpibw")
+    add("jobs (stock mpirun)", JOB_ROWS["mpiwin"], "MB/s", "higher",
+        lambda r: r["result"]["MBps"], "mpiwin")
     out = {"rows": rows, "failures": raw.get("failures", [])}
     if "capacity" in raw:
         out["capacity"] = {k: v[0]["result"] for k, v in raw["capacity"].items()}
@@ -982,6 +997,7 @@ JOB_ROWS = {
     "mpirun": "mpirun -np 4 trivial program: wall time (median of the round's runs)",
     "mpilat": "-ssi rpi lamd ping-pong 64 B: round trip p50",
     "mpibw": "-ssi rpi lamd streaming 1 MiB MPI_Send: bandwidth",
+    "mpiwin": "-ssi rpi lamd four 1 MiB MPI_Isend in flight: bandwidth",
 }
 JOB_TARGETS = [("mpirun", "mpirun -np 4 wall time ≤ 1.0× C lamd", lambda x: x <= 1.0),
                ("mpilat", "-ssi rpi lamd 64 B latency ≤ 1.0× C lamd", lambda x: x <= 1.0),

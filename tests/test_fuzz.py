@@ -9,7 +9,10 @@ traffic with an internal echo process. A model written here from LAM's rules (``
 reply each client gets (attach: 0 and the lowest free index; refusals: the
 documented codes; a send meets the first matching receive in LAM's blocked
 order), the bodies moved, the signals, the connections closed, and which
-processes the table holds.
+processes the table holds. One rule is ours, not LAM's: a KTRY send meeting
+echo while it takes a body waits for echo's next receive, which takes it or
+refuses it (LAM's kernel reads a body within the request that sent it, so
+its KTRY sends never find a receiver between two messages).
 
 The kill file is checked for real: the actions the kernel returns drive the
 real :class:`~lamd.session.kkill.KillFile` through the I/O layer's own
@@ -197,6 +200,7 @@ class Model:
         self.clock = 0
         self.echo = self._attach(ECHO_PID, ECHO_PRI, None)
         self.echo_collect: tuple[str, KMsg] | None = None  # echo awaits a body from conn
+        self.tries: list[MProc] = []  # KTRY sends waiting while echo takes a body
         self.echo_out: tuple[int, bytes] = (0, b"")  # (event, body) echo is sending
         # what the kill file may still hold or lack since the turn began
         self.left: Counter[int] = Counter()
@@ -250,6 +254,20 @@ class Model:
             # that blocked while it waited)
             self.echo_collect = None
             self._sync(self.echo, KQRECV, KMsg(ECHO_EVENT, 0, ECHO_LEN, KNMSG))
+            self._settle_tries()
+
+    def _settle_tries(self) -> None:
+        """A waiting KTRY send echo's next receive did not meet is refused."""
+        keep = []
+        for p in self.tries:
+            if p not in self.procs or p.state != KSSEND:
+                continue
+            if self.echo_collect is not None and meets(self.echo.msg, p.msg):
+                keep.append(p)
+                continue
+            p.state = KSREADY
+            self._answer(p, KReply(reply=errno.EWOULDBLOCK))
+        self.tries = keep
 
     def turn_ended(self) -> None:
         self.left.clear()
@@ -369,7 +387,14 @@ class Model:
                 pc.fyi, pc.msg = fyi, msg2
                 self._block(pc, KSRECV)
         elif msg.flags & KTRY:
-            self._answer(pc, KReply(reply=errno.EWOULDBLOCK))
+            if (code == KQSEND and pc is not self.echo and self.echo_collect is not None
+                    and meets(self.echo.msg, msg)):
+                # echo is taking a body: the send waits for its next receive
+                pc.fyi = fyi
+                self._block(pc, KSSEND)
+                self.tries.append(pc)
+            else:
+                self._answer(pc, KReply(reply=errno.EWOULDBLOCK))
         else:
             pc.fyi = fyi
             if code == KQSR:
@@ -411,6 +436,7 @@ class Model:
         self.echo_out = (to, body)
         self._sync(self.echo, KQSEND, KMsg(to, 0, len(body), KNMSG | KTRY))
         self._sync(self.echo, KQRECV, KMsg(ECHO_EVENT, 0, ECHO_LEN, KNMSG))
+        self._settle_tries()
 
 
 # --- the harness: the kernel, the real kill file, and the model side by side ------

@@ -527,6 +527,72 @@ def test_internal_process_survives_a_sender_that_vanishes() -> None:
     assert w.k.kpfind(100000).state == KSRECV
 
 
+def sink_iproc(types: list[int]):
+    """An internal process receiving on event 77, with each type of *types*
+    in turn (0: any), forever after with the last."""
+    async def sink(k: IProc) -> None:
+        i = 0
+        while True:
+            await k.recv(77, types[min(i, len(types) - 1)], 8192, KNMSG)
+            i += 1
+    return sink
+
+
+def test_ktry_send_waits_while_an_internal_receiver_takes_a_body() -> None:
+    """LAM's kernel reads a message's body within the request that sent it,
+    so a KTRY send to bufferd never finds it between two messages (LAM's
+    lamd RPI sends every packet so, and sleeps 50 ms to 1 s when refused:
+    -ssi rpi lamd with two messages in flight ran at under 1 MB/s here).
+    Ours reads bodies as they come: a KTRY send meeting an internal receiver
+    that is taking a body waits for that receiver's next receive."""
+    w = World()
+    w.k.boot([KBoot("sink", 1085, sink_iproc([0]))])
+    w.attach("a", pid=500)
+    w.attach("b", pid=501)
+    acts = w.send("a", 77, 1, 5, KNMSG)
+    token = [x for x in acts if isinstance(x, K.CollectBody)][0].token
+    acts = w.send("b", 77, 1, 3, KNMSG | KTRY)
+    assert "b" not in replies(acts) and w.k.check_invariants() is None  # waits
+    acts = w.k.body_arrived(token, NMsg().pack() + b"hello")
+    assert replies(acts)["b"].reply == 0 and replies(acts)["b"].length == 3
+    token = [x for x in acts if isinstance(x, K.CollectBody)][0].token
+    assert w.k.body_arrived(token, NMsg().pack() + b"abc") == []
+    assert w.k.kpfind(100000).state == KSRECV
+    # a KTRY send finding the receiver waiting, or nobody, is answered at once
+    assert replies(w.send("b", 77, 1, 3, KNMSG | KTRY))["b"].reply == 0
+    assert replies(w.send("a", 78, 1, 3, KNMSG | KTRY))["a"].reply == errno.EWOULDBLOCK
+    w.k.check_invariants()
+
+
+def test_ktry_send_refused_when_the_next_receive_does_not_meet_it() -> None:
+    """The receiver's next receive takes only type 2 (as bufferd takes only
+    control messages when full): the waiting KTRY send of type 1 is refused
+    then, as LAM refuses it; a sender that vanished mid-body ends the wait
+    the same way."""
+    w = World()
+    w.k.boot([KBoot("sink", 1085, sink_iproc([0, 2]))])
+    w.attach("a", pid=500)
+    w.attach("b", pid=501)
+    token = [x for x in w.send("a", 77, 1, 5, KNMSG) if isinstance(x, K.CollectBody)][0].token
+    assert "b" not in replies(w.send("b", 77, 1, 3, KNMSG | KTRY))
+    acts = w.k.body_arrived(token, NMsg().pack() + b"hello")
+    assert replies(acts)["b"].reply == errno.EWOULDBLOCK
+    assert w.k.kpfind(100000).state == KSRECV
+    w.k.check_invariants()
+    # the body's sender vanishes: the receiver receives again, the KTRY
+    # send of the type it takes meets it
+    w2 = World()
+    w2.k.boot([KBoot("sink", 1085, sink_iproc([0]))])
+    w2.attach("a", pid=500)
+    w2.attach("b", pid=501)
+    token = [x for x in w2.send("a", 77, 1, 5, KNMSG) if isinstance(x, K.CollectBody)][0].token
+    assert "b" not in replies(w2.send("b", 77, 1, 3, KNMSG | KTRY))
+    acts = w2.k.disconnect("a")
+    assert replies(acts)["b"].reply == 0
+    assert w2.k.body_failed(token) == []
+    w2.k.check_invariants()
+
+
 def test_doom_internal_process_is_eservice() -> None:
     w = World()
     w.k.boot([KBoot("echo", 1085, echo_iproc)])

@@ -50,6 +50,8 @@ class KBase:
     # internal processes (kidriver)
     _runq: deque[tuple[KProc, Any]]
     _collects: dict[int, tuple[KProc, KProc, KMsg]]
+    #: KTRY sends waiting for an internal receiver that is taking a body (kinner)
+    _tries: list[KProc]
 
     # kouter.c
     def kpfind(self, pid: int) -> KProc | None:
@@ -81,6 +83,9 @@ class KBase:
         raise NotImplementedError
 
     def _unblock(self, p: KProc) -> None:
+        raise NotImplementedError
+
+    def _settle_tries(self) -> None:
         raise NotImplementedError
 
     # kiproc.c

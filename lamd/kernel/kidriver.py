@@ -67,6 +67,7 @@ class KIProcDriver(KBase):
         self._watches = {}
         self._collect_seq = 0
         self._collects = {}
+        self._tries = []
         self._sync = None
         self._sync_result = None
         self._peeked = {}
@@ -307,6 +308,8 @@ class KIProcDriver(KBase):
                 self._knuke(p)
                 continue
             self._iproc_call(p, call)
+        if self._tries:
+            self._settle_tries()
 
     def _iproc_call(self, p: KProc, call: KCall) -> None:
         kind = call.kind

@@ -24,7 +24,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy kno
 from .. import lazylog
 from .._static import trait
 from .constants import (
-    ENOTPROCESS, ESERVICE, KEVENTHI, KMSG2, KNMSG, KPROBE, KQRECV, KQSR, KSREADY, KSRECV,
+    ENOTPROCESS, ESERVICE, KEVENTHI, KMSG2, KNMSG, KPROBE, KQRECV, KQSEND, KQSR, KSREADY, KSRECV,
     KSSEND, KSYNCSQL, KTRACE, KTRY, KTYPEHI, KTYPELO,
 )
 from .kactions import CollectBody, Reply, SendBody, Transfer
@@ -259,7 +259,18 @@ class KInner(KBase):
                     pclient.blktime = self.clock()
                 self._block(pclient, KSRECV)
         elif msg.flags & KTRY:
-            self._reply(pclient, KReply(reply=errno.EWOULDBLOCK))
+            if (code == KQSEND and self._collects and not pclient.internal
+                    and self._taking(msg)):
+                # LAM's kernel reads a body within the request that sent it,
+                # so a KTRY send never finds an internal receiver (bufferd)
+                # between two messages; ours reads bodies as they come:
+                # the send waits for that receiver's next receive, which
+                # takes it or refuses it (_settle_tries)
+                pclient.fyi = tuple(req.fyi)
+                self._block(pclient, KSSEND)
+                self._tries.append(pclient)
+            else:
+                self._reply(pclient, KReply(reply=errno.EWOULDBLOCK))
         else:
             pclient.fyi = tuple(req.fyi)
             if code == KQSR:
@@ -373,6 +384,30 @@ class KInner(KBase):
             length = n + (s_hdr if (s_hdr and r_hdr) else 0)
             if length or skip or pad:
                 self._out.append(Transfer(pfrom.conn, pto.conn, length, skip, pad))
+
+    def _taking(self, msg: KMsg) -> bool:
+        """Is an internal process that *msg* would meet taking a body now
+        (its receive met a client's send, the body not read yet)?"""
+        for pto, _pfrom, _smsg in self._collects.values():
+            if pto.internal and ksync_cmp(pto, msg):
+                return True
+        return False
+
+    def _settle_tries(self) -> None:
+        """KTRY sends that waited for a body to be taken (``_kqsync``): one
+        the receiver's next receive did not meet is refused now, as LAM
+        refuses it (EWOULDBLOCK), unless a receiver is taking a body again."""
+        keep: list[KProc] = []
+        for p in self._tries:
+            if self.procs.get(p.index) is not p or p.state != KSSEND:
+                continue  # met its receiver, or gone
+            if self._collects and self._taking(p.msg):
+                keep.append(p)
+                continue
+            self._unblock(p)
+            p.state = KSREADY
+            self._reply(p, KReply(reply=errno.EWOULDBLOCK))
+        self._tries = keep
 
     def _block(self, p: KProc, state: int, keep_place: bool = False) -> None:
         """*p* blocks in *state*; a KQSR turning into its receive keeps its place."""
