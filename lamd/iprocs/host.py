@@ -869,6 +869,12 @@ class ServiceHost:
         self._interrupt(svc, ev, attempt)
 
     def _reconnect_interrupt(self, svc: _Service, ev: Event) -> None:
+        # a stop hangs us up before the kernel closes the waker's connection
+        # (kkillall): a connect now would start the next kernel under socket
+        # activation, so that signal, already delivered, is seen first
+        self.loop.dispatch_signals()
+        if self.stopping:
+            return
         log.info("host: %s: blocked request interrupted by a %s event: dropping its "
                  "connection and attaching again", svc.name, ev.kind)
         self._disconnect(svc)
