@@ -933,7 +933,7 @@ def child_environment(req: PReq, envv: Sequence[str], base: Mapping[str, str],
     address the kernel refuses even for 0 bytes: the rank's ``writev``
     fails with EFAULT and ``MPI_INIT`` with "Unix errno: 14 Bad address",
     on the C lamd as on this daemon (measured with 4 ranks: 5 of 15 runs
-    pass lazily, 15 of 15 bound at start-up; docs/jobs.md).  Bound at
+    pass lazily, 15 of 15 bound at start-up; docs/profile.md).  Bound at
     start-up, nothing is resolved later and the slot stays clean.
     """
     env = dict(base)
