@@ -387,9 +387,10 @@ class KInner(KBase):
 
     def _taking(self, msg: KMsg) -> bool:
         """Is an internal process that *msg* would meet taking a body now
-        (its receive met a client's send, the body not read yet)?"""
+        (its receive met a client's send, the body not read yet: only an
+        internal receiver has its bodies collected)?"""
         for pto, _pfrom, _smsg in self._collects.values():
-            if pto.internal and ksync_cmp(pto, msg):
+            if ksync_cmp(pto, msg):
                 return True
         return False
 
@@ -401,7 +402,7 @@ class KInner(KBase):
         for p in self._tries:
             if self.procs.get(p.index) is not p or p.state != KSSEND:
                 continue  # met its receiver, or gone
-            if self._collects and self._taking(p.msg):
+            if self._taking(p.msg):
                 keep.append(p)
                 continue
             self._unblock(p)
