@@ -11,7 +11,7 @@ Prints each run and the medians. As root::
     mpicc.lam -O2 -o /tmp/lambench bench/c/lambench.c
     bench/abdaemon.py /tmp/lambench 3 C=C compiled=/tmp/tree1 pure=/tmp/tree1:pure old=/tmp/tree2
 
-``--workload pingpong|pp1k|pp64k|pp1m|attach|npingpong|pstate|mpilat|mpirun4`` (anywhere in the arguments)
+``--workload pingpong|pp1k|pp64k|pp1m|attach|npingpong|pstate|mpilat|mpirun4|pairs2|pairs16`` (anywhere in the arguments)
 runs that one workload instead, with the daemon's CPU per round trip or
 cycle (ours: the kernel with its service processes, the jobs process among
 them): ``pstate`` is kenyad's ``PQSTATE`` (``lambench pstate``, what
@@ -74,6 +74,10 @@ WORKLOADS: dict[str, tuple[list[str], list[str], int]] = {
     # stock mpirun -np 4 of tests/c/mpi/hello.c ($MPIHELLO, default /tmp/hello),
     # 12 times: the median wall time (mpirun's start to its exit, from a pidfd)
     "mpirun4": (["mpirun", "-np", "4", "MPIHELLO"], ["mpirun", "-np", "4", "MPIHELLO"], 12),
+    # N pairs ping-pong 64 B for 3 s, as bench/run.sh's many-pairs rows: the
+    # daemon's CPU per message (the count is the client's, 0 here)
+    "pairs2": (["pairs", "2", "0.5", "64"], ["pairs", "2", "3", "64"], 0),
+    "pairs16": (["pairs", "16", "0.5", "64"], ["pairs", "16", "3", "64"], 0),
 }
 
 
@@ -133,8 +137,9 @@ def _workload(s, d, exe: str, workload: str, run) -> dict[str, float]:
     c0 = _daemon_cpu(d.pid)
     r = go(argv)
     c1 = _daemon_cpu(d.pid)
-    out = {k: float(v) for k, v in r.items() if k in ("p50_us", "min_us", "per_s", "MBps")}
-    out["cpu_us"] = (c1 - c0) / n * 1e6
+    out = {k: float(v) for k, v in r.items()
+           if k in ("p50_us", "min_us", "per_s", "MBps", "msgs_per_s")}
+    out["cpu_us"] = (c1 - c0) / (n or r["messages"]) * 1e6
     return out
 
 

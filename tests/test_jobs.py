@@ -537,9 +537,12 @@ def test_working_directory(jobs):
     for bad, why in ((jobs.s.work / "missing", "No such file or directory"),
                      (forbidden, "Permission denied")):
         res = jobs.mpirun(["-np", "2", "-wd", bad, cwd], cwd=here, timeout=30)
-        assert res.rc == 252 and res.out == "" and NOINIT_HELP in res.err, res
         line = f"kcreatev: chdir({bad}): {why}\n"
-        assert res.err.replace(NOINIT_HELP, "", 1) in (line, line * 2), res
+        # each rank writes its line straight into mpirun's stderr, the second
+        # one maybe while mpirun prints its help (seen once in CI), or not
+        # before mpirun exits: one or two such lines, anywhere between lines
+        assert res.rc == 252 and res.out == "" and res.err.count(line) in (1, 2), res
+        assert res.err.replace(line, "") == NOINIT_HELP, res
     assert_clean(jobs)
 
 
