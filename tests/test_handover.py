@@ -191,15 +191,26 @@ def test_the_end_of_a_spliced_body_in_its_pipe_is_carried(tmp_path) -> None:
     (the receiver not reading): the handover does not wait for it, the bytes
     in the pipe are carried in the snapshot, and the receiver gets the body
     whole from the new loop."""
-    d = Daemon(str(tmp_path), move_buffer=256 * 1024)
+    # How much of a body the receiver's socket takes before the pipe must
+    # hold the rest depends on the pieces the splices cut: a send of spliced
+    # pages takes up to 17 of them past the socket's SO_SNDBUF. With a
+    # 384 KiB body and a 256 KiB pipe this once left the body's end in the
+    # sender's socket (CI at 1a5230b: small pieces, a pipe holds at most 64);
+    # with 160 KiB it once went all into the receiver's socket (large ones).
+    # So: a pipe of 1 MiB, the receiver's socket at its least, 768 KiB: more
+    # than that socket takes at most (17 pieces of 32 KiB and a little), less
+    # than the pipe holds.
+    d = Daemon(str(tmp_path), move_buffer=1024 * 1024)
     try:
         a = d.client()
         b = KernelClient(d.raw(), timeout=TIMEOUT)
         b.attach(PRCMD)
-        big = pattern(384 * 1024, 7)
+        conns = list(d.io.conns.values())
+        for c in conns:
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 0)  # its least
+        big = pattern(768 * 1024, 7)
         ask_recv(b, 610, len(big))
         assert a.send(610, 0, big) == len(big)  # all read from the sender
-        conns = list(d.io.conns.values())
         wait_until(lambda: all(c.move is None for c in conns))
         in_pipe = [m.piped for c in conns for m in c.out if type(m) is BodyMove]
         assert len(in_pipe) == 1 and in_pipe[0] > 0, in_pipe
