@@ -24,10 +24,29 @@ sys.path.insert(0, HERE)
 from lamd._pure import COMPILED, MANIFEST, SHARED_LIB, source_digest  # noqa: E402
 
 
+def build_jobs(environ: dict[str, str] | None = None) -> int:
+    """How many extensions to compile at once: ``LAMD_BUILD_JOBS`` (the
+    Debian build sets it from ``DEB_BUILD_OPTIONS``'s ``parallel=N``), else
+    one per CPU. The hot path's shared library is one C file (about a minute
+    of ``cc1`` here); the sixteen modules' shims, a second each, build beside
+    it: in place, 63 s instead of 73 on two CPUs."""
+    env = os.environ if environ is None else environ
+    try:
+        return max(1, int(env["LAMD_BUILD_JOBS"]))
+    except (KeyError, ValueError):
+        return max(1, len(os.sched_getaffinity(0)))
+
+
 class BuildExt(build_ext):
-    """Build the extensions, then record the digest of each compiled .py
-    beside them (lamd/_pure.py compares it at import: a .py edited since
-    the build runs as Python, never as the old extension)."""
+    """Build the extensions (:func:`build_jobs` at once, unless ``-j``
+    says), then record the digest of each compiled .py beside them
+    (lamd/_pure.py compares it at import: a .py edited since the build runs
+    as Python, never as the old extension)."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if self.parallel is None:
+            self.parallel = build_jobs()
 
     def run(self) -> None:
         super().run()
