@@ -26,11 +26,11 @@ run outside the kernel, in the jobs process (:mod:`lamd.jobs.process`):
 
 from __future__ import annotations
 
+import _socket  # not socket, signal or enum before the first reply (issue 13)
 import errno
 import gc
 import os
 import resource
-import socket
 import sys
 import time
 from ._dataclasses import dataclass
@@ -202,7 +202,7 @@ def _env_int(name: str, default: int) -> int:
 
 def remove_stale_socket(path: str) -> None:
     """Remove the Unix socket at *path* if nothing listens on it any more."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
         probe.connect(path)
@@ -229,7 +229,7 @@ class Restored:
 
     snap: ksnapshot.Snapshot
     session: Session
-    listener: socket.socket
+    listener: _socket.socket
     conns: dict
 
 

@@ -31,7 +31,9 @@ CHILD = textwrap.dedent("""
     if s is None:
         print("NONE")
     else:
-        print("OK", s.family.name, s.type.name, s.fileno())
+        import socket  # the listener is the C type (_socket.socket): ints, not enums
+        print("OK", socket.AddressFamily(s.family).name, socket.SocketKind(s.type).name,
+              s.fileno())
 """)
 
 

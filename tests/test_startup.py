@@ -196,7 +196,8 @@ class _Probe(_socket.socket):  # what admission makes of an accepted client
         if len(data) >= 80 and _out:
             with open(_out, "w") as f:
                 f.write(" ".join(m for m in ("logging", "typing", "inspect", "dataclasses", "mypy_extensions",
-                                             "argparse") if m in sys.modules))
+                                             "argparse", "enum", "socket", "signal", "selectors",
+                                             "sdnotify") if m in sys.modules))
             _out = ""
         return super().send(data, *args)
 _socket.socket = _Probe
@@ -283,9 +284,12 @@ def test_socket_activation_answers_the_first_client_then_boots(tmp_path) -> None
 def test_the_first_reply_waits_for_no_logging_typing_or_inspect() -> None:
     """At the unit's log level (info), the activated daemon writes its first
     reply before it has imported logging (lamd.lazylog), typing (type-only
-    imports, lamd._static), inspect (lamd._dataclasses: no dataclasses at all) or argparse:
-    each is milliseconds of the first client's wait. Logging still works: the
-    info line the daemon logs once it has booted reaches its log."""
+    imports, lamd._static), inspect (lamd._dataclasses: no dataclasses at all),
+    argparse, or enum with socket, signal and selectors (the C modules
+    _socket and _signal instead; sdnotify, which imports socket, at the first
+    notification): each is milliseconds of the first client's wait. Logging
+    still works: the info line the daemon logs once it has booted reaches
+    its log."""
     a = Activated("info", FIRST_REPLY_PROBE)
     out = a.probe_out
     try:

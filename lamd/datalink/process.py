@@ -395,7 +395,9 @@ def _from_socket(args: argparse.Namespace, early: Early | None = None) -> int:
                   len(socks), len(fifos))
         return EXIT_USAGE
     try:
-        lst = check_listen_socket(socks[0])
+        # a socket.socket (its accept): check_listen_socket gives the C
+        # type, which the kernel's first reply does with
+        lst = socket.socket(fileno=check_listen_socket(socks[0]).detach())
     except ServiceError as e:
         log.error("datalink: %s", e)
         return EXIT_USAGE

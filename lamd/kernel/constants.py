@@ -6,29 +6,15 @@ LAM 7.1.4 sources). Values are for Debian's amd64 build.
 
 from __future__ import annotations
 
-import enum
-import signal
+# the C module: signal's own makes an enum of every signal, and this module
+# is on the socket-activated first reply's path (issue 13)
+import _signal  # type: ignore[import]  # (no stub)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from typing import Final
 
 # --- kreq.h: request codes -------------------------------------------------
-
-
-class KQ(enum.IntEnum):
-    """Kernel request codes (``kreq.h``: KQSEND ... KQDUMP)."""
-
-    SEND = 0
-    RECV = 1
-    STATE = 2
-    DOOM = 3
-    SR = 4
-    ATTACH = 5
-    SURRENDER = 6
-    DETACH = 7
-    DUMP = 8
-
 
 KQSEND: Final = 0
 KQRECV: Final = 1
@@ -41,16 +27,7 @@ KQDETACH: Final = 7
 KQDUMP: Final = 8
 KQMAX: Final = 7  # number of client requests dispatched through the kq[] table
 
-
-class KS(enum.IntEnum):
-    """Process states (``kreq.h``: KSREADY ... KSFREE)."""
-
-    READY = 0
-    SEND = 1
-    RECV = 2
-    FREE = 3
-
-
+# kreq.h: process states
 KSREADY: Final = 0
 KSSEND: Final = 1
 KSRECV: Final = 2
@@ -139,14 +116,16 @@ def sigmask(signo: int) -> int:
 
 #: The Unix signal the kernel uses to preempt a ready client
 #: (``LAM_SIGUSR`` in Debian's ``/usr/include/lam/lam_config.h``).
-LAM_SIGUSR: Final = signal.SIGUSR2
+LAM_SIGUSR: Final[int] = _signal.SIGUSR2
 
 # --- terror.h (Unix build: LAM_ERR_BASE 0x400) --------------------------------
 LAM_ERR_BASE: Final = 0x400
 
 
-class LamErrno(enum.IntEnum):
-    """LAM's own error numbers (``terror.h``), above the Unix errno range."""
+class LamErrno:
+    """LAM's own error numbers (``terror.h``), above the Unix errno range:
+    ints, named by :func:`strerror` (not an enum: :mod:`enum` costs the
+    socket-activated first reply about 3 ms)."""
 
     EUNKNOWN = 201 + LAM_ERR_BASE
     EDEADNODE = 202 + LAM_ERR_BASE
@@ -203,13 +182,16 @@ ENOBFDESCRIPTORS: Final = LamErrno.ENOBFDESCRIPTORS
 ENOT_IMPLEMENTED: Final = LamErrno.ENOT_IMPLEMENTED
 
 
+#: LamErrno's names by number
+_LAM_ERRNO_NAMES: dict[int, str] = {v: k for k, v in vars(LamErrno).items()
+                                    if not k.startswith("_")}
+
+
 def strerror(code: int) -> str:
     """A readable name for a reply code: a LAM error or a Unix errno."""
     import os
 
     if code == 0:
         return "success"
-    try:
-        return LamErrno(code).name
-    except ValueError:
-        return os.strerror(code)
+    name = _LAM_ERRNO_NAMES.get(code)
+    return name if name is not None else os.strerror(code)

@@ -65,7 +65,7 @@ C kernel moves ``struct nmsg`` plus ``nh_msg`` for an internal process.
 
 from __future__ import annotations
 
-import signal as _signal
+import _signal  # type: ignore[import]  # the C module: signal's makes enums (issue 13)
 from collections import deque
 from .._dataclasses import dataclass, field
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import errno
 import heapq
 import itertools
-import signal as _signal
+import _signal  # type: ignore[import]  # the C module: signal's makes enums (issue 13)
 import time
 from collections import deque
 from .._dataclasses import dataclass, field

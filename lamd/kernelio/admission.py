@@ -50,7 +50,6 @@ import _socket
 import errno
 import os
 import select
-import socket
 import struct
 from functools import partial
 
@@ -68,14 +67,14 @@ log = lazylog.getLogger("lamd.kernelio")
 # Final: compiled, a plain module global is a dict lookup at every use
 _UCRED: Final = struct.Struct("3i")
 _UCRED_SIZE: Final[int] = _UCRED.size
-_AF_UNIX: Final[int] = socket.AF_UNIX
-_SOCK_STREAM: Final[int] = socket.SOCK_STREAM
-_SOL_SOCKET: Final[int] = socket.SOL_SOCKET
-_SO_PEERCRED: Final[int] = socket.SO_PEERCRED
+_AF_UNIX: Final[int] = _socket.AF_UNIX
+_SOCK_STREAM: Final[int] = _socket.SOCK_STREAM
+_SOL_SOCKET: Final[int] = _socket.SOL_SOCKET
+_SO_PEERCRED: Final[int] = _socket.SO_PEERCRED
 _EPOLLIN: Final[int] = select.EPOLLIN
 _POLLIN: Final[int] = select.POLLIN
 #: ``SO_PEERPIDFD`` (asm-generic/socket.h; Linux 6.5)
-SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
+SO_PEERPIDFD = getattr(_socket, "SO_PEERPIDFD", 77)
 _NO_DESCRIPTORS: Final = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _HUNG_UP = select.POLLHUP | select.POLLRDHUP | select.POLLERR
 
@@ -121,8 +120,8 @@ class Admission(KIOBase):
             os.close(self._spare_fd)
             self._spare_fd = None
             try:
-                sock, _ = self.listener.accept()
-                sock.close()
+                fd, _addr = getattr(self.listener, "_accept")()
+                os.close(fd)
             except OSError:
                 pass
             self._spare_fd = _spare()

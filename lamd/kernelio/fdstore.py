@@ -30,12 +30,12 @@ store, and the daemon starts clean.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import heapq
 import mmap
 import os
 import select
-import socket
 import struct
 from .._dataclasses import dataclass, field
 
@@ -385,14 +385,14 @@ def discard_all(store: FdStore, stored: dict[str, int]) -> None:
         _discard(store, name, fd)
 
 
-def _peer(fd: int) -> tuple[socket.socket, int, int, int]:
+def _peer(fd: int) -> tuple[_socket.socket, int, int, int]:
     """The stored connection *fd* as a socket, its peer's pid and uid, and a
     pidfd pinning that peer; raises OSError if it cannot be had."""
-    sock = socket.socket(fileno=fd)
+    sock = _socket.socket(fileno=fd)
     try:
-        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        if sock.family != _socket.AF_UNIX or sock.type != _socket.SOCK_STREAM:
             raise OSError(errno.ENOTSOCK, "not a stream socket")
-        pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+        pid, uid, _gid = _UCRED.unpack(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED,
                                                        _UCRED.size))
         pidfd = os.pidfd_open(pid)
         # the pid is the peer's while the peer holds its end (as in admission)

@@ -24,13 +24,14 @@ their kernel go, as after a crash today.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import select
-import signal
-import socket
 import struct
 import sys
+
+import _signal  # type: ignore[import]  # the C module: signal's makes enums (issue 13)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ log = lazylog.getLogger("lamd.kernelio")
 
 #: The signal that makes ``lamd`` re-execute itself: LAM's clients use
 #: SIGUSR2 (``LAM_SIGUSR``), ``tkill``/``lamwipe`` SIGHUP as "stop".
-REEXEC_SIGNAL = signal.SIGUSR1
+REEXEC_SIGNAL = _signal.SIGUSR1
 #: How long to wait for bodies in flight before giving the re-exec up.
 DRAIN_TIMEOUT = 5.0
 RESTORE_OPTION = "--restore-fd"
@@ -150,17 +151,17 @@ def exec_successor(fd: int, argv: Sequence[str] | None = None) -> None:
             pass
     # a second SIGUSR1 before the new image handles it must not kill it: it
     # stays pending (the mask is inherited) until unblock_reexec_signal()
-    signal.pthread_sigmask(signal.SIG_BLOCK, {REEXEC_SIGNAL})
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, {REEXEC_SIGNAL})
     try:
         os.execv(sys.executable, args)
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {REEXEC_SIGNAL})
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {REEXEC_SIGNAL})
 
 
 def unblock_reexec_signal() -> None:
     """Take a re-exec signal that came during the last re-exec (once the
     handler is installed)."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {REEXEC_SIGNAL})
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {REEXEC_SIGNAL})
 
 
 def uninherit(io: "KernelIO") -> None:
@@ -210,7 +211,7 @@ def close_inherited() -> None:
             pass
 
 
-def abandon(listener: socket.socket, conns: dict[int, Connection]) -> None:
+def abandon(listener: _socket.socket, conns: dict[int, Connection]) -> None:
     """A snapshot refused after its descriptors were taken: let go of
     every wrapper (without closing twice), then close what was handed over."""
     listener.detach()
@@ -220,7 +221,7 @@ def abandon(listener: socket.socket, conns: dict[int, Connection]) -> None:
     close_inherited()
 
 
-def keep(listener: socket.socket, conns: dict[int, Connection]) -> None:
+def keep(listener: _socket.socket, conns: dict[int, Connection]) -> None:
     """The snapshot is restored: the descriptors are this image's own
     (close-on-exec again)."""
     os.set_inheritable(listener.fileno(), False)
@@ -237,19 +238,19 @@ def _inherited(fd: int) -> bool:
         return False
 
 
-def adopt_listener(snap: Snapshot, socket_path: str) -> socket.socket:
+def adopt_listener(snap: Snapshot, socket_path: str) -> _socket.socket:
     """The listening socket the snapshot names, checked to be the session's."""
     from ..kernel.ksnapshot import SnapshotError
     fd = snap.extra.get("listener")
     if type(fd) is not int or fd < 3 or not _inherited(fd):
         raise SnapshotError("snapshot names no listening socket that was handed over")
     try:
-        s = socket.socket(fileno=fd)
+        s = _socket.socket(fileno=fd)
     except OSError as e:
         raise SnapshotError(f"listening socket {fd}: {e.strerror}") from None
-    if (s.family != socket.AF_UNIX or s.type != socket.SOCK_STREAM
+    if (s.family != _socket.AF_UNIX or s.type != _socket.SOCK_STREAM
             or s.getsockname() != socket_path
-            or not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+            or not s.getsockopt(_socket.SOL_SOCKET, _socket.SO_ACCEPTCONN)):
         s.detach()
         raise SnapshotError(f"descriptor {fd} is not the session's listening socket")
     return s
@@ -266,9 +267,9 @@ def connections(snap: Snapshot, uid: int) -> dict[int, Connection]:
                 c.sock.detach()
             raise SnapshotError(f"connection {cs.fd} (pidfd {cs.pidfd}) was not handed over")
         try:
-            sock = socket.socket(fileno=cs.fd)
+            sock = _socket.socket(fileno=cs.fd)
             pid, s_uid, _gid = struct.unpack(
-                "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+                "3i", sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12))
         except OSError as e:
             for c in conns.values():
                 c.sock.detach()
@@ -343,7 +344,7 @@ class AdoptedChild:
             os.kill(self.pid, signo)
 
     def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
+        self.send_signal(_signal.SIGKILL)
 
 
 def adopt_jobs_child(jobs: Any, pid: int) -> bool:

@@ -13,11 +13,12 @@ only writer of that file), and the event sources of internal processes
 
 from __future__ import annotations
 
+import _socket
 import os
 import select
-import signal
-import socket
 import time
+
+import _signal  # type: ignore[import]  # the C module: signal's makes enums (issue 13)
 from collections import deque
 from .._dataclasses import dataclass
 
@@ -82,7 +83,7 @@ def _node_of_path(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _node_of(listener: socket.socket) -> tuple[int, int] | None:
+def _node_of(listener: _socket.socket) -> tuple[int, int] | None:
     try:
         path = listener.getsockname()
     except OSError:
@@ -102,7 +103,7 @@ def _killfile_pid(path: str) -> int | None:
 class KernelIO(Admission, ConnIO):
     """The epoll loop around one :class:`Kernel` and one listening socket."""
 
-    def __init__(self, kernel: Kernel, listener: socket.socket, *,
+    def __init__(self, kernel: Kernel, listener: _socket.socket, *,
                  killfile: str | None = None, clients_file: str | None = None,
                  limits: IOLimits | None = None,
                  on_tick: Callable[["KernelIO"], None] | None = None,
@@ -169,13 +170,15 @@ class KernelIO(Admission, ConnIO):
     # ------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
         """SIGTERM, SIGINT and SIGHUP end the loop (kio_shutdown, kbbail); SIGPIPE is ignored."""
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)
         # SIGHUP too: LAM's tkill (lamwipe) hangs up the kill file's first pid,
         # the daemon, and the C lamd goes at once (kbbail)
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for s in (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP):
             self.loop.add_signal(s, self._on_stop_signal)
 
     def _on_stop_signal(self, signo: int) -> None:
+        import signal  # its names: the loop is ending anyway
+
         self.stop(0, f"signal {signal.Signals(signo).name}")
 
     def install_handover_signal(self) -> None:
@@ -436,7 +439,7 @@ class KernelIO(Admission, ConnIO):
             if st is None or c.pidfd is None:
                 continue
             try:
-                signal.pidfd_send_signal(c.pidfd, 0)
+                _signal.pidfd_send_signal(c.pidfd, 0)
             except OSError:
                 continue  # it is gone: its pid may name another process now
             c.starttime = st
@@ -550,7 +553,7 @@ class KernelIO(Admission, ConnIO):
         *grace* seconds for the clients kkillall would hang up to exit."""
         for c in list(self.conns.values()):
             try:
-                c.sock.shutdown(socket.SHUT_RDWR)
+                c.sock.shutdown(_socket.SHUT_RDWR)
             except OSError:
                 pass
         p = select.poll()
@@ -578,7 +581,7 @@ class KernelIO(Admission, ConnIO):
         if c.closed or c.pidfd is None or c.pid == os.getpid():
             return  # never signal ourselves (an embedded client, in tests)
         try:
-            signal.pidfd_send_signal(c.pidfd, a.signo)
+            _signal.pidfd_send_signal(c.pidfd, a.signo)
         except ProcessLookupError:
             if drop_on_failure:
                 self._drop(c, "process gone")

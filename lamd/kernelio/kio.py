@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import _socket
 import os
-import socket
 import time
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
@@ -42,7 +42,7 @@ from .transfer import SPLICE_FLAGS, BodyMove, Connection
 
 #: every receive and send on a client's socket: it never blocks, whatever
 #: the socket's mode (O_NONBLOCK is set only for splice)
-_DONTWAIT: Final[int] = socket.MSG_DONTWAIT
+_DONTWAIT: Final[int] = _socket.MSG_DONTWAIT
 
 log = lazylog.getLogger("lamd.kernelio")
 

@@ -11,7 +11,7 @@ the kernel).
 
 from __future__ import annotations
 
-import socket
+import _socket
 from collections import deque
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
@@ -33,7 +33,7 @@ class KIOBase:
     """The I/O layer's shared state and cross-part calls (declarations only)."""
 
     kernel: Kernel
-    listener: socket.socket
+    listener: _socket.socket
     loop: EventLoop
     limits: IOLimits
     uid: int

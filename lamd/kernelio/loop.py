@@ -14,9 +14,12 @@ import heapq
 import itertools
 import os
 import select
-import signal
-import socket
 import time
+
+# the C modules, not signal and socket: those make enums of every constant
+# (with enum and selectors, about 5 ms of the socket-activated first reply)
+import _signal  # type: ignore[import]  # (no stub)
+import _socket
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -184,7 +187,7 @@ class EventLoop:
         self._timers: list[tuple[float, int, Timer]] = []
         self._timer_seq = itertools.count()
         self._cancelled = 0
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r, self._wake_w = _socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.add_reader(self._wake_r.fileno(), self._on_wakeup)
@@ -250,16 +253,16 @@ class EventLoop:
     def add_signal(self, signo: int, callback: Callable[[int], None]) -> None:
         """Run *callback(signo)* from the loop for each delivery of *signo*."""
         if not self._signals_installed:
-            signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+            _signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
             self._signals_installed = True
         if signo not in self._signal_defaults:
-            self._signal_defaults[signo] = signal.getsignal(signo)
+            self._signal_defaults[signo] = _signal.getsignal(signo)
         self._signal_handlers[signo] = callback
-        signal.signal(signo, self._on_signal)
+        _signal.signal(signo, self._on_signal)
 
     def remove_signal(self, signo: int) -> None:
         if self._signal_handlers.pop(signo, None) is not None:
-            signal.signal(signo, self._signal_defaults.pop(signo, signal.SIG_DFL))
+            _signal.signal(signo, self._signal_defaults.pop(signo, _signal.SIG_DFL))
 
     def _on_signal(self, signo: int, _frame: Any) -> None:
         """Nothing: the signal is dispatched from the byte CPython's C-level
@@ -347,12 +350,12 @@ class EventLoop:
         for signo in list(self._signal_handlers):
             if signo in ignore:
                 self._signal_handlers.pop(signo)
-                signal.signal(signo, signal.SIG_IGN)
+                _signal.signal(signo, _signal.SIG_IGN)
             else:
                 self.remove_signal(signo)
         if self._signals_installed:
             try:
-                signal.set_wakeup_fd(-1)
+                _signal.set_wakeup_fd(-1)
             except ValueError:  # not the main thread
                 pass
         self.ep.close()

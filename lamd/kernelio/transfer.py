@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import _socket
 import os
-import socket
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -142,7 +141,7 @@ class Connection:
                  "mask", "closing", "closed", "read_paused", "pending", "starttime", "slot",
                  "nonblock")
 
-    def __init__(self, sock: "socket.socket | _socket.socket", pid: int, uid: int) -> None:
+    def __init__(self, sock: _socket.socket, pid: int, uid: int) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.pid = pid

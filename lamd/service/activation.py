@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-import socket
+import _socket  # not socket, whose enums cost the first reply (issue 13)
 import stat
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
@@ -53,7 +53,18 @@ def _describe_fd(fd: int) -> str:
     return ""
 
 
-def check_listen_socket(fd: int) -> socket.socket:
+def _kind_name(enum: str, value: int) -> str:
+    """``AF_INET`` for 2: the name socket's *enum* gives *value* (imported
+    only to word an error)."""
+    import socket
+
+    try:
+        return getattr(socket, enum)(value).name
+    except ValueError:
+        return str(value)
+
+
+def check_listen_socket(fd: int) -> _socket.socket:
     """Wrap *fd* as a socket if it is a listening AF_UNIX stream socket.
 
     Raises :class:`ServiceError` naming what is wrong otherwise. The
@@ -63,21 +74,21 @@ def check_listen_socket(fd: int) -> socket.socket:
     if problem:
         raise ServiceError(f"socket activation: {problem}; "
                            "lamd@.socket must pass one ListenStream= AF_UNIX socket")
-    s = socket.socket(fileno=fd)
+    s = _socket.socket(fileno=fd)
     try:
         family, stype = s.family, s.type
-        listening = s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        listening = s.getsockopt(_socket.SOL_SOCKET, _socket.SO_ACCEPTCONN)
     except OSError as e:
         s.detach()
         raise ServiceError(f"socket activation: cannot inspect descriptor {fd}: {e}") from None
-    if family != socket.AF_UNIX:
+    if family != _socket.AF_UNIX:
         s.detach()
-        name = getattr(family, "name", str(family))
+        name = _kind_name("AddressFamily", family)
         raise ServiceError(f"socket activation: descriptor {fd} is an {name} socket, "
                            "not AF_UNIX; lamd serves a local LAM session socket only")
-    if stype != socket.SOCK_STREAM:
+    if stype != _socket.SOCK_STREAM:
         s.detach()
-        name = getattr(stype, "name", str(stype))
+        name = _kind_name("SocketKind", stype)
         raise ServiceError(f"socket activation: descriptor {fd} is a {name} socket, "
                            "not SOCK_STREAM (use ListenStream=, not ListenDatagram=)")
     if not listening:
@@ -89,7 +100,7 @@ def check_listen_socket(fd: int) -> socket.socket:
 
 def adopt_listen_socket(stored: dict[str, int] | None = None,
                         is_stored: Callable[[str], bool] = lambda _name: False
-                        ) -> socket.socket | None:
+                        ) -> _socket.socket | None:
     """The listening socket passed by systemd (LISTEN_FDS), or None.
 
     Descriptors whose name *is_stored* (what the daemon put in systemd's

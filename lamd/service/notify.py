@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import array
+import _socket  # not socket, whose enums cost the first reply (issue 13)
 import os
+import struct
 import time
-import socket
 
 from .. import lazylog
 
@@ -32,18 +32,11 @@ class Notifier:
     def __init__(self) -> None:
         self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
         self._sender = None
+        self._sender_made = False  # sdnotify (and socket with it): at the first message
         self._last_status: str | None = None
         self._warned = False
         self._fd_warned = False
         self.sent: list[str] = []   # last few messages, for tests/debugging
-        if self.enabled:
-            try:
-                import sdnotify
-                # debug=True: raise on failure instead of silently dropping.
-                self._sender = sdnotify.SystemdNotifier(debug=True)
-                self._sender.socket.settimeout(SEND_TIMEOUT)
-            except Exception:  # ImportError, or the socket is not there (yet)
-                self._sender = None
         # WATCHDOG_USEC is honoured only if WATCHDOG_PID is absent or ours.
         self._watchdog_usec = _watchdog_usec()
 
@@ -51,6 +44,15 @@ class Notifier:
         if not self.enabled:
             return
         self.sent = (self.sent + [msg])[-16:]
+        if not self._sender_made:
+            self._sender_made = True
+            try:
+                import sdnotify
+                # debug=True: raise on failure instead of silently dropping.
+                self._sender = sdnotify.SystemdNotifier(debug=True)
+                self._sender.socket.settimeout(SEND_TIMEOUT)
+            except Exception:  # ImportError, or the socket is not there (yet)
+                self._sender = None
         try:
             if self._sender is not None:
                 self._sender.notify(msg)
@@ -138,7 +140,7 @@ def _notify_address() -> str:
     return addr
 
 
-_raw_sock: socket.socket | None = None
+_raw_sock: _socket.socket | None = None
 #: The longest one notification may hold the daemon (seconds): a datagram
 #: socket blocks the sender while the receiver's queue is full
 #: (``net.unix.max_dgram_qlen``, 10 by default), and a manager slow to read
@@ -151,11 +153,11 @@ SEND_TIMEOUT = 0.1
 def _raw_notify(msg: str, fds: list[int] | None = None) -> None:
     global _raw_sock
     if _raw_sock is None:
-        _raw_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        _raw_sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
         _raw_sock.settimeout(SEND_TIMEOUT)
     if fds:
-        _raw_sock.sendmsg([msg.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                            array.array("i", fds).tobytes())],
+        _raw_sock.sendmsg([msg.encode()], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                                            struct.pack(f"{len(fds)}i", *fds))],
                           0, _notify_address())
     else:
         _raw_sock.sendto(msg.encode(), _notify_address())

@@ -23,7 +23,6 @@ import stat
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
-    import socket
     from typing import Callable, Mapping
 
 # Imported by a lamd that lamboot started before it calls lamboot back
@@ -227,14 +226,12 @@ def datalink_announced(directory: str, *, check_start: bool = False) -> int | No
 
 def bind_session_socket(session: Session, *,
                         factory: Callable[[int, int], _socket.socket] | None = None
-                        ) -> socket.socket:
+                        ) -> _socket.socket:
     """Bind the session socket, replacing a stale one, never a live one.
-    *factory* makes the sockets (default :class:`socket.socket`; the boot
-    callback's early path passes ``_socket.socket``)."""
+    *factory* makes the sockets (default ``_socket.socket``: not socket's
+    class, whose module makes enums before the first reply, issue 13)."""
     if factory is None:
-        import socket
-
-        factory = socket.socket
+        factory = _socket.socket
     path = session.socket_path
     probe = factory(_socket.AF_UNIX, _socket.SOCK_STREAM)
     probe.settimeout(2.0)
@@ -265,6 +262,6 @@ def bind_session_socket(session: Session, *,
     finally:
         os.umask(old)
     s.listen(4096)
-    return s  # type: ignore[return-value]  # (a socket.socket unless *factory* said)
+    return s
 
 
