@@ -260,8 +260,8 @@ class Model:
         """A waiting KTRY send echo's next receive did not meet is refused."""
         keep = []
         for p in self.tries:
-            if p not in self.procs or p.state != KSSEND:
-                continue
+            if p not in self.procs or p.state != KSSEND or not p.msg.flags & KTRY:
+                continue  # met, maybe blocked since in a send that waits as sends do
             if self.echo_collect is not None and meets(self.echo.msg, p.msg):
                 keep.append(p)
                 continue
@@ -392,7 +392,8 @@ class Model:
                 # echo is taking a body: the send waits for its next receive
                 pc.fyi = fyi
                 self._block(pc, KSSEND)
-                self.tries.append(pc)
+                if pc not in self.tries:
+                    self.tries.append(pc)
             else:
                 self._answer(pc, KReply(reply=errno.EWOULDBLOCK))
         else:

@@ -593,6 +593,27 @@ def test_ktry_send_refused_when_the_next_receive_does_not_meet_it() -> None:
     w2.k.check_invariants()
 
 
+def test_a_waiting_ktry_send_met_by_a_client_is_not_refused_later() -> None:
+    """A KTRY send waiting while the internal receiver takes a body can be
+    met by a client's receive instead; if its sender then blocks in a plain
+    send, that send waits as sends do: the receiver's next receive does not
+    refuse it with EWOULDBLOCK (the fuzz test found the kernel did, at
+    48a27fe, on any later disconnect)."""
+    w = World()
+    w.k.boot([KBoot("sink", 1085, sink_iproc([0]))])
+    for name in ("a", "b", "c", "d"):
+        w.attach(name, pid=500 + len(w.pids))
+    token = [x for x in w.send("a", 77, 1, 5, KNMSG) if isinstance(x, K.CollectBody)][0].token
+    assert "b" not in replies(w.send("b", 77, 1, 3, KTRY))  # waits
+    assert replies(w.recv("c", 77, 1, 3))["b"].reply == 0  # c takes it
+    assert "b" not in replies(w.send("b", 3, 0, 0))  # blocks, as a plain send does
+    assert "b" not in replies(w.k.disconnect("d"))
+    assert "b" not in replies(w.k.body_arrived(token, NMsg().pack() + b"hello"))
+    assert w.k.proc_of("b").state == KSSEND
+    assert replies(w.recv("c", 3))["b"].reply == 0  # and meets its receiver
+    w.k.check_invariants()
+
+
 def test_doom_internal_process_is_eservice() -> None:
     w = World()
     w.k.boot([KBoot("echo", 1085, echo_iproc)])

@@ -268,7 +268,8 @@ class KInner(KBase):
                 # takes it or refuses it (_settle_tries)
                 pclient.fyi = tuple(req.fyi)
                 self._block(pclient, KSSEND)
-                self._tries.append(pclient)
+                if pclient not in self._tries:
+                    self._tries.append(pclient)
             else:
                 self._reply(pclient, KReply(reply=errno.EWOULDBLOCK))
         else:
@@ -400,8 +401,9 @@ class KInner(KBase):
         refuses it (EWOULDBLOCK), unless a receiver is taking a body again."""
         keep: list[KProc] = []
         for p in self._tries:
-            if self.procs.get(p.index) is not p or p.state != KSSEND:
-                continue  # met its receiver, or gone
+            if (self.procs.get(p.index) is not p or p.state != KSSEND
+                    or not p.msg.flags & KTRY):
+                continue  # met its receiver (and maybe blocked again since), or gone
             if self._taking(p.msg):
                 keep.append(p)
                 continue
