@@ -11,12 +11,13 @@ Prints each run and the medians. As root::
     mpicc.lam -O2 -o /tmp/lambench bench/c/lambench.c
     bench/abdaemon.py /tmp/lambench 3 C=C compiled=/tmp/tree1 pure=/tmp/tree1:pure old=/tmp/tree2
 
-``--workload pingpong|pp1k|pp64k|pp1m|attach|npingpong|pstate|mpilat|mpirun4|pairs2|pairs16`` (anywhere in the arguments)
+``--workload pingpong|pp1k|pp64k|pp1m|attach|npingpong|pstate|mpilat|mpibw|mpirun4|pairs2|pairs16`` (anywhere in the arguments)
 runs that one workload instead, with the daemon's CPU per round trip or
 cycle (ours: the kernel with its service processes, the jobs process among
 them): ``pstate`` is kenyad's ``PQSTATE`` (``lambench pstate``, what
 ``mpitask`` asks; a request to the jobs process in ours); ``mpilat`` is stock ``mpirun -ssi rpi lamd`` of ``tests/c/mpi/pingpong.c``
 (built with ``mpicc.lam``, path in ``$MPIPP``, default ``/tmp/pingpong``),
+``mpibw`` the same program's ``-s`` stream of 1 MiB messages (MB/s),
 and ours then runs jobs; ``mpirun4`` is ``mpirun -np 4`` of
 ``tests/c/mpi/hello.c`` (``$MPIHELLO``, default ``/tmp/hello``): its median
 wall time and the CPU of the daemon with its children (ours: the jobs process).
@@ -68,6 +69,9 @@ WORKLOADS: dict[str, tuple[list[str], list[str], int]] = {
     "npingpong": (["npingpong", "64", "500", "50"], ["npingpong", "64", "4000", "100"], 4100),
     "mpilat": (["mpirun", "-np", "2", "-ssi", "rpi", "lamd", "MPIPP", "100", "64"],
                ["mpirun", "-np", "2", "-ssi", "rpi", "lamd", "MPIPP", "2000", "64"], 2000),
+    # -ssi rpi lamd streaming of 1 MiB MPI_Send's (bench/run.sh's mpibw): MB/s
+    "mpibw": (["mpirun", "-np", "2", "-ssi", "rpi", "lamd", "MPIPP", "-s", "4", "1048576"],
+              ["mpirun", "-np", "2", "-ssi", "rpi", "lamd", "MPIPP", "-s", "40", "1048576"], 40),
     # kenyad's PQSTATE (what mpitask asks) from a kinit client: a service of
     # the jobs process with ours, of the C lamd's own process with LAM's
     "pstate": (["pstate", "200", "0"], ["pstate", "3000", "100"], 3100),
@@ -129,6 +133,10 @@ def _workload(s, d, exe: str, workload: str, run) -> dict[str, float]:
         a = [os.environ.get("MPIPP", "/tmp/pingpong") if x == "MPIPP" else x for x in a]
         cp = s.run(a, timeout=300)
         assert cp.returncode == 0, cp.stdout + cp.stderr
+        if "-s" in a:  # a stream: its bandwidth
+            m = re.search(r"^ST size=\d+ reps=\d+ secs=[\d.]+ MBps=([\d.]+)$", cp.stdout, re.M)
+            assert m, cp.stdout
+            return {"MBps": float(m.group(1))}
         m = re.search(r"rtt_med_us=([\d.]+) rtt_min_us=([\d.]+)", cp.stdout)
         assert m, cp.stdout
         return {"p50_us": float(m.group(1)), "min_us": float(m.group(2))}

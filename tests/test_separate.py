@@ -37,6 +37,7 @@ from lamd.client import KernelClient
 from lamd.iprocs import BOOT_TABLE, KERNEL_SIDE, BootConfigError, boot_table, parse_external
 from lamd.iprocs.host import KernelOnly, ServiceHost, _Waker
 from lamd.iprocs.nreq import BFQRECV, DLCTL, DLUSR, LOCAL, NREEL, data_words
+from lamd.iprocs.nreq import nrecv as iproc_nrecv
 from lamd.kernel import Kernel
 from lamd.kernel.constants import (
     EVBUFFERD, EVECHOD, EVVERSIOND, KNMSG, KQATTACH, KQDETACH, KQRECV, KQSEND, LAM_BASE_EVENT,
@@ -336,6 +337,36 @@ def test_hosted_service_moves_large_bodies_both_ways(world_factory):
     assert c.send(EVX + 1, 9, data[::-1], KNMSG, nmsg=NMsg(data=data_words(5, 6))) == n
     assert wait_until(lambda: len(got) == 2, TIMEOUT), got
     assert got == [n, (9, (5, 6), True)]
+
+
+def test_a_hosted_nrecv_drains_the_packets_bufferd_keeps(world_factory):
+    """Packets sent to a hosted service before it receives are kept by
+    bufferd; its ``nrecv``s (send-receives, answered by bufferd's peek
+    before their ``BFQRECV`` headers come) then get every one, whole and in
+    order, and its next request after each goes out as usual."""
+    w = world_factory([])
+    n = 6
+    got: list[bytes] = []
+
+    async def drainer(k: IProc) -> None:
+        await k.recv(EVX + 5, 0, 0)  # go
+        for _ in range(n):
+            got.append((await iproc_nrecv(k, EVX)).body)
+        rep = await k.send(EVX + 6, 0, b"done")
+        got.append(b"sent %d" % rep.length)
+        await k.next_event()
+
+    w.host([KBoot("drainer", PRDAEMON, drainer)])
+    c = w.client()
+    for i in range(n):  # kept by bufferd: nobody receives on EVX yet
+        body = bytes([i]) * (10 + 1500 * i)
+        c.send(EVBUFFERD, DLUSR, body, KNMSG,
+               nmsg=NMsg(dl_event=EVBUFFERD, node=0, event=EVX, length=len(body)))
+    assert wait_until(lambda: blocked_on(w.kernel, EVX + 5) == 1, TIMEOUT)
+    c.send(EVX + 5, 0, b"")
+    assert c.recv(EVX + 6, 0, 100).body == b"done"
+    assert wait_until(lambda: len(got) == n + 1, TIMEOUT), got
+    assert got == [bytes([i]) * (10 + 1500 * i) for i in range(n)] + [b"sent 4"]
 
 
 def forked_host(w: World, main: Any) -> int:
