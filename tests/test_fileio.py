@@ -20,6 +20,7 @@ Three layers:
 
 from __future__ import annotations
 
+import difflib
 import errno
 import gc
 import logging
@@ -602,8 +603,8 @@ def test_replied_writes_and_bad_requests(tmp_path, caplog):
     t.freq(FQWRITE, 0, b"x", param1=1)  # /dev/null, read-only
     assert t.freply()[0] == FReply(errno.EBADF, -1)
     for req, param, want in [(99, 0, EBADREQUEST), (-5, 0, EBADREQUEST),
-                             (FQOPEN, 0, ENOT_IMPLEMENTED),
-                             (wire.FQSYSTEM, 0, ENOT_IMPLEMENTED),
+                             (wire.FQPATHFIND, 0, ENOT_IMPLEMENTED),
+                             (wire.FQF77READ, 0, ENOT_IMPLEMENTED),
                              (FQCLOSE, 77, errno.EBADF), (FQINCR, 77, errno.EBADF),
                              (FQWRITE, 77, errno.EBADF), (FQRMFD, 77, errno.EBADF)]:
         t.freq(req, param)
@@ -622,6 +623,202 @@ def test_replied_writes_and_bad_requests(tmp_path, caplog):
     assert not t.answered() and not t.answered(EVIOD)
     assert "to node 5 event" in caplog.text and "no route to that node" in caplog.text
     assert "unknown request 99" in caplog.text
+
+
+def _i4(v: int) -> bytes:
+    return struct.pack(">i", v)
+
+
+def test_remote_file_open_write_read_seek_dup_close(tmp_path):
+    """FQOPEN, FQWRITE, FQREAD (replies of at most MAXNMSGLEN, a short one
+    last), FQLSEEK, FQDUP (its own position, as LAM's reopen by name),
+    FQFSTAT, FQFTRUNC, FQCLOSE, as liblam's lam_rf* calls send them."""
+    w = make_world(tmp_path)
+    t = Tool(w, tmp_path, os.getpid())
+    path = str(tmp_path / "f.dat").encode() + b"\0"
+    t.freq(FQOPEN, LAM_O_WRONLY | wire.LAM_O_CREAT | wire.LAM_O_TRUNC, path, param1=0o640)
+    rep, _ = t.freply()
+    assert rep.errno == 0 and rep.ret > 2, rep
+    wfd = rep.ret
+    data = bytes(range(256)) * 80  # 20,480 bytes: three packets to read back
+    for i in range(0, len(data), MAXNMSGLEN):
+        chunk = data[i:i + MAXNMSGLEN]
+        t.freq(FQWRITE, wfd, chunk, param1=len(chunk))
+        assert t.freply()[0] == FReply(0, len(chunk))
+    assert stat.S_IMODE(os.stat(tmp_path / "f.dat").st_mode) == 0o640 & ~_umask()
+    t.freq(wire.FQREAD, wfd, param1=10)  # opened for writing only
+    assert t.freply()[0] == FReply(errno.EBADF, -1)
+    t.freq(FQOPEN, wire.LAM_O_RDONLY, path)
+    rfd = t.freply()[0].ret
+    t.freq(wire.FQREAD, rfd, param1=len(data) + 100)
+    got = b""
+    sizes = []
+    while True:
+        rep, body = t.freply()
+        assert rep.errno == 0 and rep.ret == len(body)
+        got += body
+        sizes.append(rep.ret)
+        if rep.ret < MAXNMSGLEN:
+            break
+    assert got == data and sizes == [MAXNMSGLEN, MAXNMSGLEN, len(data) - 2 * MAXNMSGLEN]
+    assert not t.answered()
+    # a read past READ_MAX comes short: whole replies, then one a byte short
+    t.freq(wire.FQLSEEK, rfd)
+    assert t.freply()[0] == FReply(0, 0)
+    os.truncate(tmp_path / "f.dat", 2 * filed_mod.READ_MAX)
+    t.freq(wire.FQREAD, rfd, param1=2 * filed_mod.READ_MAX)
+    sizes = [t.freply()[0].ret for _ in range(filed_mod.READ_MAX // MAXNMSGLEN)]
+    assert sizes[:-1] == [MAXNMSGLEN] * (len(sizes) - 1) and sizes[-1] == MAXNMSGLEN - 1
+    assert not t.answered()
+    os.truncate(tmp_path / "f.dat", len(data))
+    t.freq(wire.FQLSEEK, rfd, param1=10)  # SEEK_SET (param2 0)
+    assert t.freply()[0] == FReply(0, 10)
+    t.freq(wire.FQDUP, rfd)
+    dfd = t.freply()[0].ret
+    assert dfd not in (rfd, wfd) and dfd > 2
+    t.freq(wire.FQREAD, rfd, param1=5)
+    assert t.freply() == (FReply(0, 5), data[10:15])
+    t.freq(wire.FQREAD, dfd, param1=5)  # the dup kept the position it was made at
+    assert t.freply() == (FReply(0, 5), data[10:15])
+    t.c.nsend(LOCAL, EVFILED, 0, b"", data=FReq(wire.FQLSEEK, 0, -t.pid, rfd, -4, 2).data())
+    assert t.freply()[0] == FReply(0, len(data) - 4)  # SEEK_END
+    t.freq(wire.FQFTRUNC, wfd, _i4(100))
+    assert t.freply()[0] == FReply(0, 0)
+    t.freq(wire.FQFSTAT, rfd)
+    rep, body = t.freply()
+    assert rep == FReply(0, 0) and len(body) == filed_mod.STAT_SIZE
+    words = struct.unpack_from("=10I", body)
+    st = os.stat(tmp_path / "f.dat")
+    assert words[1] == st.st_ino & 0xFFFFFFFF and words[6] == 100
+    assert stat.S_ISREG(words[2]) and words[4] == os.getuid()
+    for tfd in (rfd, wfd, dfd):
+        t.freq(FQCLOSE, tfd)
+        assert t.freply()[0] == FReply(0, 0)
+    t.freq(wire.FQREAD, rfd, param1=1)
+    assert t.freply()[0] == FReply(errno.EBADF, -1)
+    assert sorted(t.tfds()) == [0, 1, 2]
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def test_remote_file_open_errors_reuse_and_limits(tmp_path):
+    """LAM's errors (a missing file, O_EXCL, a device opened for reading),
+    LAM_O_REUSE sharing one descriptor, and the descriptor limit."""
+    w = make_world(tmp_path, filed_max_fds=8)
+    t = Tool(w, tmp_path, os.getpid())
+    t.freq(FQOPEN, wire.LAM_O_RDONLY, str(tmp_path / "missing").encode() + b"\0")
+    assert t.freply()[0] == FReply(errno.ENOENT, -1)
+    (tmp_path / "here").write_text("x")
+    here = str(tmp_path / "here").encode() + b"\0"
+    t.freq(FQOPEN, LAM_O_WRONLY | wire.LAM_O_CREAT | wire.LAM_O_EXCL, here)
+    assert t.freply()[0] == FReply(errno.EEXIST, -1)
+    t.freq(FQOPEN, wire.LAM_O_RDONLY, b"/dev/null\0")  # fqopen.c: devices only for writing
+    assert t.freply()[0] == FReply(errno.EINVAL, -1)
+    t.freq(FQOPEN, wire.LAM_O_RDONLY | wire.LAM_O_REUSE, here)
+    a = t.freply()[0].ret
+    t.freq(FQOPEN, wire.LAM_O_RDONLY | wire.LAM_O_REUSE, here)
+    assert t.freply()[0] == FReply(0, a)  # the same descriptor, counted twice
+    recs = t.tfds()
+    assert recs[a].count == 2
+    opened = []
+    for _ in range(10):
+        t.freq(FQOPEN, wire.LAM_O_RDONLY, here)
+        rep = t.freply()[0]
+        if rep.errno:
+            assert rep == FReply(errno.ENFILE, -1)
+            break
+        opened.append(rep.ret)
+    else:
+        raise AssertionError("no limit")
+    assert opened
+    t.freq(FQRMFD, NOTFD)  # lamclean closes them all
+    assert t.freply()[0] == FReply(0, 0)
+    assert sorted(t.tfds()) == [0, 1, 2]
+
+
+def test_remote_file_never_waits_on_a_fifo_or_pipe(tmp_path):
+    """A FIFO opens at once and a read with nothing there is EAGAIN, where
+    LAM's filed (and every service of its lamd) would wait for a writer."""
+    w = make_world(tmp_path)
+    t = Tool(w, tmp_path, os.getpid())
+    os.mkfifo(tmp_path / "fifo")
+    t.freq(FQOPEN, wire.LAM_O_RDONLY, str(tmp_path / "fifo").encode() + b"\0")
+    rep = t.freply()[0]
+    assert rep.errno == 0, rep
+    t.freq(wire.FQREAD, rep.ret, param1=100)
+    assert t.freply()[0] == FReply(errno.EAGAIN, -1)
+    wr = os.open(tmp_path / "fifo", os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(wr, b"hello")
+        t.freq(wire.FQREAD, rep.ret, param1=100)
+        assert t.freply() == (FReply(0, 5), b"hello")
+    finally:
+        os.close(wr)
+    t.freq(FQOPEN, LAM_O_WRONLY, str(tmp_path / "fifo").encode() + b"\0")
+    assert t.freply()[0].errno == 0  # a reader is open now
+
+
+def test_remote_file_path_calls_and_working_directory(tmp_path):
+    """FQACCESS, FQMKDIR, FQRMDIR, FQUNLINK, FQTRUNC, FQSTAT, FQRENAME
+    (struct fqrename), FQCHDIR and FQGETWD: relative names follow filed's
+    working directory, as they follow LAM's lamd's."""
+    w = make_world(tmp_path)
+    t = Tool(w, tmp_path, os.getpid())
+    d = tmp_path / "d"
+
+    def call(req: int, name: str | Path, param0: int = 0) -> FReply:
+        t.freq(req, param0, str(name).encode() + b"\0")
+        return t.freply()[0]
+
+    assert call(wire.FQMKDIR, d, 0o700) == FReply(0, 0)
+    assert call(wire.FQMKDIR, d, 0o700) == FReply(errno.EEXIST, -1)
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700 & ~_umask()
+    (d / "f").write_bytes(b"x" * 50)
+    assert call(wire.FQACCESS, d / "f", os.R_OK) == FReply(0, 0)
+    assert call(wire.FQACCESS, d / "none", os.R_OK) == FReply(errno.ENOENT, -1)
+    assert call(wire.FQTRUNC, d / "f", 7) == FReply(0, 0)
+    t.freq(wire.FQSTAT, 0, str(d / "f").encode() + b"\0")
+    rep, body = t.freply()
+    assert rep == FReply(0, 0) and struct.unpack_from("=10I", body)[6] == 7
+    t.freq(wire.FQSTAT, 0, str(d / "none").encode() + b"\0")
+    assert t.freply()[0] == FReply(errno.ENOENT, -1)
+    t.freq(wire.FQRENAME, 0, wire.FqRename(str(d / "f"), str(d / "g")).pack())
+    assert t.freply()[0] == FReply(0, 0)
+    assert (d / "g").exists() and not (d / "f").exists()
+    assert call(wire.FQRMDIR, d) == FReply(errno.ENOTEMPTY, -1)
+    old = os.getcwd()
+    try:
+        assert call(wire.FQCHDIR, d) == FReply(0, 0)
+        t.freq(wire.FQGETWD)
+        assert t.freply() == (FReply(0, 0), str(d).encode() + b"\0")
+        assert call(wire.FQUNLINK, "g") == FReply(0, 0)  # relative to the new directory
+        assert call(wire.FQCHDIR, tmp_path / "none") == FReply(errno.ENOENT, -1)
+    finally:
+        os.chdir(old)
+    assert call(wire.FQUNLINK, d / "g") == FReply(errno.ENOENT, -1)
+    assert call(wire.FQRMDIR, d) == FReply(0, 0)
+
+
+def test_remote_system_runs_while_filed_serves_others(tmp_path):
+    """FQSYSTEM answers with system()'s wait status once the command ends;
+    meanwhile filed serves other requests (LAM's lamd waits in system())."""
+    w = make_world(tmp_path)
+    t = Tool(w, tmp_path, os.getpid())
+    out = tmp_path / "sys.txt"
+    t.freq(wire.FQSYSTEM, 0, f"echo hi > {out}; exit 3".encode() + b"\0")
+    kids = w.watching("child")
+    assert len(kids) == 1 and not t.answered()
+    t.freq(wire.FQGETWD)  # served while the command runs
+    assert t.freply()[0] == FReply(0, 0)
+    r = os.waitid(os.P_PID, kids[0].arg, os.WEXITED)
+    assert r is not None
+    w.fire(kids[0].id, filed_mod.ChildExit(r.si_pid, r.si_code, r.si_status))
+    assert t.freply()[0] == FReply(0, 3 << 8)
+    assert out.read_text() == "hi\n"
 
 
 def test_descriptor_limit_still_unblocks_the_tool(tmp_path, caplog):
@@ -1168,6 +1365,13 @@ def test_live_unfinished_load_goes_when_its_client_exits(live):
         p.wait(TIMEOUT)
 
 
+#: filed requests that act on the files and processes of whoever runs filed
+#: (here the test process, as root): LAM's filed does what they ask
+ACTING = (FQOPENFD, FQWRITE, FQOPEN, wire.FQACCESS, wire.FQMKDIR, wire.FQUNLINK,
+          wire.FQSYSTEM, wire.FQCHDIR, wire.FQRMDIR, wire.FQSTAT, wire.FQDUP, wire.FQTRUNC,
+          wire.FQFTRUNC, wire.FQRENAME)
+
+
 def test_live_garbage_flood_leaves_the_services_serving(live):
     """1,500 random filed/flatd/loadd requests (random codes near the valid
     ones, random parameters and bodies): each is answered or dropped,
@@ -1184,8 +1388,8 @@ def test_live_garbage_flood_leaves_the_services_serving(live):
         words = [rnd.randrange(-2**31, 2**31) for _ in range(8)]
         req = 2 if ev == EVFLATD else 0
         words[req] = rnd.randrange(-2, 30)
-        if ev == EVFILED and words[0] in (FQOPENFD, FQWRITE):
-            words[0] = FQSTATE  # no writes into the test's own stdout
+        if ev == EVFILED and words[0] in ACTING:
+            words[0] = FQSTATE  # nothing written, made, run or moved by the test process
         if rnd.random() < 0.5:  # answerable: the replies wait in bufferd for us
             if ev == EVFLATD:
                 words[0:2] = [0, -me]
@@ -1370,6 +1574,37 @@ def test_stock_client_through_filed_and_iod_on_both_daemons(daemon, fileio_prog)
     assert wait_for(lambda: len(state().splitlines()) == 3), state()
     rc, out, err, _ = run_tool(s, [fileio_prog, "rmfd"])
     assert (rc, out, err) == (0, "RMFD ok\n", "")
+
+
+@pytest.fixture(scope="module")
+def rfile_prog(lam_user) -> Iterator[Path]:
+    out = Path(tempfile.mkdtemp(prefix="lamd-rfile-", dir="/tmp"))
+    out.chmod(0o755)
+    exe = out / "rfile"
+    cp = subprocess.run(["mpicc.lam", "-O1", "-Wall", "-o", str(exe), str(HERE / "c" / "rfile.c")],
+                        capture_output=True, text=True, timeout=120, cwd=str(out))
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    exe.chmod(0o755)
+    yield exe
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def test_remote_file_api_on_both_daemons(daemon, rfile_prog):
+    """tests/c/rfile.c: liblam's remote file calls (lam_rfopen, read, write,
+    lseek, dup, dup2, stat, fstat, access, mkdir, rmdir, unlink, truncate,
+    ftruncate, rename, getwd, chdir, system) print the same results, errnos
+    and file modes (filed works under LAM's umask 077) on both daemons:
+    tests/data/rfile.out is the C lamd's output."""
+    s = daemon.s
+    d = s.work / "rfile"
+    d.mkdir()
+    shutil.chown(d, s.pw.pw_uid, s.pw.pw_gid)
+    rc, out, err, _ = run_tool(s, [rfile_prog, d], timeout=60)
+    assert (rc, err) == (0, ""), (rc, out, err)
+    want = (HERE / "data" / "rfile.out").read_text()
+    assert out == want, "\n".join(difflib.unified_diff(want.splitlines(), out.splitlines(),
+                                                       "C lamd", daemon.kind, lineterm=""))
+    assert sorted(os.listdir(d)) == ["b.txt", "c.txt", "pwd.txt", "sys.txt"]
 
 
 def test_killed_tool_lets_go_of_its_pipe(daemon, fileio_prog):

@@ -29,7 +29,7 @@ from ..iprocs.nreq import (
     BFQRECV, BFQSWEEP1, DLCTL, LOCAL, NetMsg, NoRoute, data_words, my_nodeid, nrecv, nsend, received,
 )
 from ..kernel.constants import EVBUFFERD, KNMSG, MAXNMSGLEN
-from ..kernel.kiproc import IPROC_PID_BASE, Event, IProc, Watch
+from ..kernel.kiproc import IPROC_PID_BASE, ChildExit, Event, IProc, Watch
 from ..kernel.wire import NMsg
 
 log = logging.getLogger("lamd.jobs")
@@ -162,5 +162,18 @@ class Owners:
             self.forget(pid)
 
 
+def wait_status(ce: ChildExit) -> int | None:
+    """A ``waitpid`` status from a :class:`ChildExit` (None if unknown)."""
+    if ce.code is None or ce.status is None:
+        return None
+    if ce.code == os.CLD_EXITED:
+        return (ce.status & 0xFF) << 8
+    if ce.code == os.CLD_KILLED:
+        return ce.status & 0x7F
+    if ce.code == os.CLD_DUMPED:
+        return (ce.status & 0x7F) | 0x80
+    return None
+
+
 __all__ = ["next_request", "reply", "sweep_event", "owner_of", "Owners",
-           "is_local", "node_id", "IPROC_PID_SPAN"]
+           "is_local", "node_id", "wait_status", "IPROC_PID_SPAN"]

@@ -23,6 +23,24 @@ What the stock tools use of filed on one node:
 ``FQSTATE``   ``fstate`` (not shipped by Debian): ``struct fstate`` records,
     big-endian, in packets, the last one with ``fr_errno = EEOF``.
 
+And liblam's remote file calls (``share/freq``: ``lam_rfopen``, ``lam_rfread``,
+``lam_rfwrite``, ``lam_rflseek``, ``lam_rfclose``, ``lam_rfdup``/``dup2``,
+``lam_rfstat``/``fstat``, ``lam_rfaccess``, ``lam_rfmkdir``, ``lam_rfrmdir``,
+``lam_rfunlink``, ``lam_rftruncate``/``ftruncate``, ``lam_rfrename``,
+``lam_rfchdir``, ``lam_rfgetwd``, ``lam_rfsystem``), on the file names a
+program gives (``N:`` before a name picks the node): ``FQOPEN`` (LAM's open
+flags, ``LAM_O_REUSE`` shares a descriptor of the same name and flags, a
+``/dev/`` name only for writing), ``FQREAD`` (replies of at most MAXNMSGLEN,
+a short one last), ``FQWRITE``, ``FQLSEEK``, ``FQDUP`` (the same file at the
+same position, moving on its own after, as LAM's reopen by name), ``FQSTAT``
+and ``FQFSTAT`` (``conv_stat``: ten words, native order, in a body of
+``sizeof(struct stat)``), the calls on a name, ``FQRENAME``
+(``struct fqrename``), ``FQCHDIR``/``FQGETWD`` (this process's working
+directory: relative names follow it, so do kenyad's processes started
+without one, as in LAM's one-process lamd) and ``FQSYSTEM`` (``/bin/sh -c``,
+answered with the wait status). Like LAM's lamd the jobs process works under
+umask 077 (:mod:`lamd.jobs.process`): what filed creates is the user's alone.
+
 On one node, with ``RTF_PFDIO``, kenyad hands the tool's own descriptors to
 the child: its output never passes through filed.  FQWRITE matters for
 processes whose tool is on another node (``RTF_IO`` without ``RTF_PFDIO``:
@@ -57,8 +75,20 @@ Where it differs from LAM (each a way LAM's filed can hang or leak):
 * ``FQWRITE`` uses at most the bytes that arrived (LAM writes ``fq_length``
   bytes of its buffer whatever came), an unknown request code is answered
   ``EBADREQUEST`` (LAM does not answer: the client hangs), and the requests
-  no tool here uses (``FQOPEN``, ``FQREAD``, ``FQSYSTEM``... remote file
-  access for other nodes) are answered ``ENOT_IMPLEMENTED``.
+  only TotalView and Fortran's formatted remote I/O use (``FQPATHFIND``,
+  ``FQF77READ``, ``FQF77BACK``) are answered ``ENOT_IMPLEMENTED``.
+* An opened file never makes filed wait: it is opened non-blocking (a FIFO
+  opens at once), and a read or write that would wait on a FIFO, pipe or
+  terminal is answered ``EAGAIN`` (LAM's filed, and every service of its
+  lamd with it, waits). An ``FQREAD`` gives at most :data:`READ_MAX` less
+  one byte (a short read, which liblam returns as it is): LAM sends any
+  length at once, more than bufferd keeps for a client that reads slowly.
+  ``FQSYSTEM`` runs while filed serves others (LAM's lamd waits in
+  ``system()``), at most :data:`MAX_PARKED` at once, each in a session of
+  its own that filed's end kills. An opened file stays open,
+  counted against the descriptor bound, until it is closed or ``lamclean``
+  (as in LAM; LAM also closes and reopens files past 64 open, ours stay
+  open).
 
 Paths are the user's own: filed runs with the user's rights in the jobs
 process, and connects only to ``lam-*`` sockets right inside the session
@@ -71,23 +101,27 @@ import array
 import errno
 import logging
 import os
+import select
 import socket
 import stat
 import struct
+import subprocess
 from .._dataclasses import dataclass, field
 
 from ..iprocs.nreq import NOTNODEID
 from ..kernel.constants import (
     EBADREQUEST, EEOF, ENOT_IMPLEMENTED, EVFILED, EVIOD, MAXNMSGLEN, NOTEVENT,
 )
-from ..kernel.kiproc import Event, IProc, Watch
+from ..kernel.kiproc import ChildExit, Event, IProc, Watch
 from . import srfd
-from .common import Owners, next_request, owner_of, reply
+from .common import Owners, next_request, owner_of, reply, wait_status
 from .srfd import fd_server_allowed
 from .wire import (
-    FQCLOSE, FQINCR, FQMAX, FQOPENFD, FQRMFD, FQSTATE, FQWRITE, LAM_O_1WAY, LAM_O_ACTIVE,
-    LAM_O_LOCK, LAM_O_RDONLY, LAM_O_RDWR, LAM_O_WRONLY, NOTFD, FReply, FReq, FState,
-    OpenFdTfds,
+    FQACCESS, FQCHDIR, FQCLOSE, FQDUP, FQFSTAT, FQFTRUNC, FQGETWD, FQINCR, FQLSEEK, FQMAX,
+    FQMKDIR, FQOPEN, FQOPENFD, FQREAD, FQRENAME, FQRMDIR, FQRMFD, FQSTAT, FQSTATE,
+    FQSYSTEM, FQTRUNC, FQUNLINK, FQWRITE, LAM_O_1WAY, LAM_O_ACTIVE, LAM_O_APPEND,
+    LAM_O_CREAT, LAM_O_EXCL, LAM_O_LOCK, LAM_O_RDONLY, LAM_O_RDWR, LAM_O_REUSE, LAM_O_TRUNC,
+    LAM_O_WRONLY, MAXPATHLEN, NOTFD, FReply, FReq, FState, OpenFdTfds,
 )
 
 log = logging.getLogger("lamd.jobs.filed")
@@ -111,6 +145,20 @@ FS_NAME = 24  # struct fstate's fs_name
 PASSED_TFLAGS = LAM_O_WRONLY | LAM_O_1WAY | LAM_O_ACTIVE | LAM_O_LOCK
 FSTATE_PER_PACKET = MAXNMSGLEN // FState.SIZE
 I4BE = struct.Struct(">i")
+#: LAM's open flags that are filed's own (LAM_O_FILED), never the file's
+LAM_O_DMSG = 0x200000 | 0x400000 | 0x800000
+LAM_O_FILED = LAM_O_LOCK | LAM_O_REUSE | LAM_O_1WAY | LAM_O_DMSG
+#: ``conv_stat``: the ten words of a stat reply (native order, each cut to
+#: 32 bits), in a body of ``sizeof(struct stat)`` as LAM sends it (amd64)
+STAT_WORDS = struct.Struct("=10I")
+STAT_SIZE = 144
+DINT4MSG = 0x200000
+#: the requests that name a path (the body) and answer ``{errno, ret}``
+PATH_CALLS = (FQACCESS, FQMKDIR, FQUNLINK, FQCHDIR, FQRMDIR, FQTRUNC)
+SHELL = "/bin/sh"
+#: FQREAD answers at most this less one byte a request (whole replies of
+#: MAXNMSGLEN and a short last one): LAM answers any length, all at once
+READ_MAX = 128 * MAXNMSGLEN
 
 
 @dataclass(eq=False)
@@ -229,6 +277,7 @@ class Filed:
         self.backlog_bytes = 0
         self.retry: Watch | None = None
         self.retry_delay = RETRY_FIRST
+        self.systems: list[SystemRun] = []  # FQSYSTEM commands still running
 
     # -- the loop -------------------------------------------------------------------
     async def run(self) -> None:
@@ -254,6 +303,7 @@ class Filed:
             ws.extend(ex.watches())
         if self.retry is not None:
             ws.append(self.retry)
+        ws.extend(r.watch for r in self.systems)
         return ws
 
     async def event(self, ev: Event) -> None:
@@ -261,6 +311,10 @@ class Filed:
             self.retry = None
             self.flush_backlogs()
             return
+        for run in self.systems:
+            if ev.watch is run.watch:
+                await self.system_done(run, ev)
+                return
         pid = self.owners.gone(ev)
         if pid is not None:
             self.owner_gone(pid)
@@ -358,6 +412,9 @@ class Filed:
         for ex in self.parked:
             ex.close()
         self.parked.clear()
+        for run in self.systems:  # nothing of filed's is left running
+            run.kill()
+        self.systems.clear()
         for f in list(self.table.values()):
             self.drop(f)
         self.owners.close()
@@ -388,9 +445,29 @@ class Filed:
             await self.fqwrite(q, body)
         elif q.req == FQSTATE:
             await self.fqstate(q)
+        elif q.req == FQOPEN:
+            await self.fqopen(q, body)
+        elif q.req == FQREAD:
+            await self.fqread(q)
+        elif q.req == FQLSEEK:
+            await self.fqlseek(q)
+        elif q.req == FQDUP:
+            await self.fqdup(q)
+        elif q.req in (FQFSTAT, FQFTRUNC):
+            await self.fqfcall(q, body)
+        elif q.req in PATH_CALLS:
+            await self.fqpath(q, body)
+        elif q.req == FQSTAT:
+            await self.fqstat(q, body)
+        elif q.req == FQRENAME:
+            await self.fqrename(q, body)
+        elif q.req == FQGETWD:
+            await self.fqgetwd(q)
+        elif q.req == FQSYSTEM:
+            await self.fqsystem(q, body)
         elif 0 <= q.req < FQMAX:
-            log.warning("filed: request %d from pid %d is not implemented here (remote "
-                        "file access)", q.req, -q.src_event)
+            log.warning("filed: request %d from pid %d is not implemented here "
+                        "(FQPATHFIND, FQF77READ, FQF77BACK)", q.req, -q.src_event)
             await self.send(q, ENOT_IMPLEMENTED, -1)
         else:
             log.warning("filed: unknown request %d from pid %d", q.req, -q.src_event)
@@ -443,6 +520,214 @@ class Filed:
             await self.send(q, 0, 0, b"".join(recs[:FSTATE_PER_PACKET]))
             del recs[:FSTATE_PER_PACKET]
         await self.send(q, EEOF, 0, b"".join(recs))
+
+    # -- remote file access (fqopen.c, fqread.c, fqlseek.c, fqsimplex.c) ---------------
+    async def fqopen(self, q: FReq, body: bytes) -> None:
+        """``FQOPEN``: open the named file for the client (a LAM descriptor)."""
+        path = _path(body)
+        flags = q.flags
+        if path.startswith(b"/dev/") and (flags & LAM_O_RDWR or
+                                          (flags & LAM_O_WRONLY) != LAM_O_WRONLY):
+            await self.send(q, errno.EINVAL, -1)  # a device only for writing, as LAM
+            return
+        name = path.decode("utf-8", "surrogateescape")
+        if flags & LAM_O_REUSE:
+            same = self.find_name(name, flags & ~LAM_O_REUSE)
+            if same is not None:
+                same.count += 1
+                same.src_node, same.src_event = q.src_node, q.src_event
+                await self.send(q, 0, same.tfd)
+                return
+            flags &= ~LAM_O_REUSE
+        if self.os_fds() + 1 > self.max_fds:
+            log.warning("filed: FQOPEN of %r refused: filed holds %d descriptors (limit %d)",
+                        name, self.os_fds(), self.max_fds)
+            await self.send(q, errno.ENFILE, -1)
+            return
+        try:
+            # never blocks: a FIFO or device opens at once, and a read or write
+            # that would wait is answered EAGAIN (LAM's filed would hang)
+            fd = os.open(path, _unix_flags(flags) | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK,
+                         q.mode & 0o7777)
+        except OSError as e:
+            await self.send(q, e.errno or errno.EIO, -1)
+            return
+        # fdinit, fdactivate and (LAM_O_LOCK) fdlock: open for as long as it is held
+        f = FDesc(self.new_tfd(), fd, flags | LAM_O_ACTIVE, name, src_node=q.src_node,
+                  src_event=q.src_event)
+        self.table[f.tfd] = f
+        await self.send(q, 0, f.tfd)
+
+    def find_name(self, name: str, tflags: int) -> FDesc | None:
+        """``fdfindname``: a descriptor of *name* opened with *tflags* (LAM_O_LOCK
+        compared only when asked for, ``LAM_O_ACTIVE`` never)."""
+        tflags &= ~LAM_O_ACTIVE
+        lock = (tflags & LAM_O_LOCK) | ~LAM_O_LOCK
+        for _, f in sorted(self.table.items()):
+            if f.name == name and (f.tflags & ~LAM_O_ACTIVE) & lock == tflags:
+                return f
+        return None
+
+    async def fqread(self, q: FReq) -> None:
+        """``FQREAD``: up to ``fq_length`` bytes, in replies of at most
+        MAXNMSGLEN each; a short one (or an error) is the last."""
+        f = self.table.get(q.tfd)
+        if f is None:
+            await self.send(q, errno.EBADF, -1)
+            return
+        f.src_node, f.src_event = q.src_node, q.src_event
+        # at most READ_MAX - 1 bytes a request: the last reply then comes
+        # short, and liblam returns what came (a short read); what bufferd
+        # holds for a client that reads slowly stays bounded
+        left = min(q.length, READ_MAX - 1)
+        while True:
+            n = min(max(left, 0), MAXNMSGLEN)
+            try:
+                data = _read_now(f.fd, n)
+            except OSError as e:
+                await self.send(q, e.errno or errno.EIO, -1, b"", f.tflags & LAM_O_DMSG)
+                return
+            f.flow += len(data)
+            await self.send(q, 0, len(data), data, f.tflags & LAM_O_DMSG)
+            left -= n
+            if len(data) < n or left <= 0:
+                return
+
+    async def fqlseek(self, q: FReq) -> None:
+        f = self.table.get(q.tfd)
+        if f is None:
+            await self.send(q, errno.EBADF, -1)
+            return
+        f.src_node, f.src_event = q.src_node, q.src_event
+        try:
+            pos = os.lseek(f.fd, q.offset, q.whence)
+        except OSError as e:
+            await self.send(q, e.errno or errno.EIO, -1)
+            return
+        await self.send(q, 0, _int4(pos))
+
+    async def fqdup(self, q: FReq) -> None:
+        """``FQDUP``: a new descriptor of the same file, flags, count and
+        position, moving on its own from now (LAM opens the name again)."""
+        of = self.table.get(q.tfd)
+        if of is None:
+            await self.send(q, errno.EBADF, -1)
+            return
+        if self.os_fds() + 1 > self.max_fds:
+            await self.send(q, errno.ENFILE, -1)
+            return
+        try:
+            fd = _reopen(of.fd, of.tflags)
+        except OSError as e:
+            await self.send(q, e.errno or errno.EIO, -1)
+            return
+        of.src_node, of.src_event = q.src_node, q.src_event
+        nf = FDesc(self.new_tfd(), fd, of.tflags & ~LAM_O_LOCK, of.name, count=of.count,
+                   src_node=q.src_node, src_event=q.src_event)
+        self.table[nf.tfd] = nf
+        await self.send(q, 0, nf.tfd)
+
+    async def fqfcall(self, q: FReq, body: bytes) -> None:
+        """``FQFSTAT`` and ``FQFTRUNC`` (its length a big-endian int4 body)."""
+        f = self.table.get(q.tfd)
+        if f is None:
+            await self.send(q, errno.EBADF, -1)
+            return
+        if q.req == FQFSTAT:
+            try:
+                words = _stat_words(os.fstat(f.fd))
+            except OSError as e:
+                await self.send(q, e.errno or errno.EIO, -1, bytes(STAT_SIZE), DINT4MSG)
+                return
+            await self.send(q, 0, 0, words, DINT4MSG)
+            return
+        try:
+            os.ftruncate(f.fd, I4BE.unpack_from(body)[0] if len(body) >= 4 else 0)
+        except OSError as e:
+            await self.send(q, e.errno or errno.EIO, -1)
+            return
+        await self.send(q, 0, 0)
+
+    async def fqpath(self, q: FReq, body: bytes) -> None:
+        """``FQACCESS``, ``FQMKDIR``, ``FQUNLINK``, ``FQCHDIR``, ``FQRMDIR``,
+        ``FQTRUNC``: a call on the named path (relative to this process's
+        working directory, which ``FQCHDIR`` moves, as LAM's lamd's)."""
+        path = _path(body)
+        try:
+            if q.req == FQACCESS:
+                if not os.access(path, q.param0 & 0o7):
+                    os.stat(path)  # access() says only no: this says why, if it is not there
+                    raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+            elif q.req == FQMKDIR:
+                os.mkdir(path, q.param0 & 0o7777)
+            elif q.req == FQUNLINK:
+                os.unlink(path)
+            elif q.req == FQCHDIR:
+                os.chdir(path)
+            elif q.req == FQRMDIR:
+                os.rmdir(path)
+            else:  # FQTRUNC
+                os.truncate(path, q.param0)
+        except OSError as e:
+            await self.send(q, e.errno or errno.EIO, -1)
+            return
+        await self.send(q, 0, 0)
+
+    async def fqstat(self, q: FReq, body: bytes) -> None:
+        try:
+            words = _stat_words(os.stat(_path(body)))
+        except OSError as e:
+            await self.send(q, e.errno or errno.EIO, -1, bytes(STAT_SIZE), DINT4MSG)
+            return
+        await self.send(q, 0, 0, words, DINT4MSG)
+
+    async def fqrename(self, q: FReq, body: bytes) -> None:
+        """``FQRENAME``: ``struct fqrename``, two MAXPATHLEN fields."""
+        src = _path(body[:MAXPATHLEN])
+        dst = _path(body[MAXPATHLEN:2 * MAXPATHLEN])
+        try:
+            os.rename(src, dst)
+        except OSError as e:
+            await self.send(q, e.errno or errno.EIO, -1)
+            return
+        await self.send(q, 0, 0)
+
+    async def fqgetwd(self, q: FReq) -> None:
+        try:
+            cwd = os.getcwdb()
+        except OSError as e:  # the directory was removed under us
+            await self.send(q, e.errno or errno.EIO, -1)
+            return
+        await self.send(q, 0, 0, cwd[:MAXNMSGLEN - 1] + b"\0")
+
+    async def fqsystem(self, q: FReq, body: bytes) -> None:
+        """``FQSYSTEM``: ``system(cmd)`` here, answered with its wait status.
+        The command runs while filed serves others (LAM's lamd waits in
+        ``system()``, every service with it), in a session of its own that
+        filed's end kills."""
+        cmd = _path(body)
+        if len(self.systems) >= MAX_PARKED:
+            log.warning("filed: FQSYSTEM from pid %d refused: %d commands already running",
+                        -q.src_event, len(self.systems))
+            await self.send(q, errno.EAGAIN, -1)
+            return
+        try:
+            p = subprocess.Popen([SHELL, "-c", cmd], executable=SHELL, stdin=subprocess.DEVNULL,
+                                 close_fds=True, start_new_session=True)
+        except OSError as e:
+            await self.send(q, e.errno or errno.EAGAIN, -1)
+            return
+        self.systems.append(SystemRun(q, p, self.k.watch_child(p.pid)))
+
+    async def system_done(self, run: SystemRun, ev: Event) -> None:
+        self.systems.remove(run)
+        run.watch.cancel()
+        ws = wait_status(ev.value) if isinstance(ev.value, ChildExit) else None
+        run.reaped(ws)
+        if ws is None:
+            await self.send(run.q, errno.ECHILD, -1)
+        else:
+            await self.send(run.q, 0, ws)
 
     # -- FQOPENFD ------------------------------------------------------------------------
     async def fqopenfd(self, q: FReq, body: bytes) -> None:
@@ -686,6 +971,94 @@ class Filed:
             return 0
         raise OSError(errno.EAGAIN, "cannot write to it without blocking")
 
+
+
+class SystemRun:
+    """An FQSYSTEM command running: its request, process and exit watch."""
+
+    def __init__(self, q: FReq, popen: subprocess.Popen, watch: Watch) -> None:
+        self.q, self.popen, self.watch = q, popen, watch
+
+    def reaped(self, ws: int | None) -> None:
+        # the loop reaped it through its pidfd: Popen must never waitpid() it again
+        if self.popen.returncode is None:
+            self.popen.returncode = -1 if ws is None else os.waitstatus_to_exitcode(ws)
+
+    def kill(self) -> None:
+        self.watch.cancel()
+        if self.popen.returncode is None:
+            try:
+                os.killpg(self.popen.pid, 9)
+            except OSError:
+                pass
+            try:
+                self.popen.wait(timeout=1)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+
+
+def _path(body: bytes) -> bytes:
+    """A NUL-terminated name from a request's body."""
+    return bytes(body).split(b"\0", 1)[0]
+
+
+def _unix_flags(tflags: int) -> int:
+    """``conv_flags``: LAM's open flags as the system's."""
+    uflags = 0
+    if tflags & LAM_O_WRONLY:
+        uflags |= os.O_WRONLY
+    if tflags & LAM_O_RDWR:
+        uflags |= os.O_RDWR
+    for lam, unix in ((LAM_O_APPEND, os.O_APPEND), (LAM_O_CREAT, os.O_CREAT),
+                      (LAM_O_EXCL, os.O_EXCL), (LAM_O_TRUNC, os.O_TRUNC)):
+        if tflags & lam:
+            uflags |= unix
+    return uflags
+
+
+def _reopen(fd: int, tflags: int) -> int:
+    """A new open file description of what *fd* is, at *fd*'s position
+    (``fdactivate`` of a dup opens the name again, at the old pointer)."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return os.dup(fd)  # a pipe, a terminal: no position of its own
+    nfd = os.open(f"/proc/self/fd/{fd}", _unix_flags(tflags & ~(LAM_O_CREAT | LAM_O_TRUNC
+                                                              | LAM_O_EXCL))
+                  | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        os.lseek(nfd, os.lseek(fd, 0, os.SEEK_CUR), os.SEEK_SET)
+    except OSError:
+        os.close(nfd)
+        raise
+    return nfd
+
+
+def _read_now(fd: int, n: int) -> bytes:
+    """Read up to *n* bytes without waiting: a file reads at once; anything
+    else (a pipe, a terminal) only what is there now, else EAGAIN."""
+    if n <= 0:
+        return b""
+    st = os.fstat(fd)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        if not p.poll(0):
+            raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+    return os.read(fd, n)
+
+
+def _stat_words(st: os.stat_result) -> bytes:
+    """``conv_stat``: ten words, padded to ``sizeof(struct stat)``."""
+    m = 0xFFFFFFFF
+    words = STAT_WORDS.pack(st.st_dev & m, st.st_ino & m, st.st_mode & m, st.st_nlink & m,
+                            st.st_uid & m, st.st_gid & m, st.st_size & m,
+                            int(st.st_atime) & m, int(st.st_mtime) & m, int(st.st_ctime) & m)
+    return words + bytes(STAT_SIZE - len(words))
+
+
+def _int4(v: int) -> int:
+    """A C ``int4`` cast of *v*."""
+    return (v + 0x80000000) % 0x100000000 - 0x80000000
 
 
 def _write_mode(fd: int) -> str:

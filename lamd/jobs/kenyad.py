@@ -118,6 +118,7 @@ from ..kernel.kiproc import ChildExit, Event, IProc, Received, Watch
 from ..kernel.wire import KReply, NMsg
 from . import srfd
 from .cgroups import MODE_CGROUP
+from .common import wait_status
 from .wire import (
     EBADTAG, EEOF, ENOPDESCRIPTORS, ENOTPROCESS, ESERVICE, EXIT_NOTICE_TYPE, FLQFORGET,
     FLPATHLEN, PQATTACH, PQCREATE, PQDETACH, PQDOOM, PQSPAWN, PQSTATE, PSMAXNAME,
@@ -265,19 +266,6 @@ def is_dir(path: str) -> bool:
         return stat.S_ISDIR(os.stat(path).st_mode)
     except (OSError, ValueError):
         return False
-
-
-def wait_status(ce: ChildExit) -> int | None:
-    """A ``waitpid`` status from a :class:`ChildExit` (None if unknown)."""
-    if ce.code is None or ce.status is None:
-        return None
-    if ce.code == os.CLD_EXITED:
-        return (ce.status & 0xFF) << 8
-    if ce.code == os.CLD_KILLED:
-        return ce.status & 0x7F
-    if ce.code == os.CLD_DUMPED:
-        return (ce.status & 0x7F) | 0x80
-    return None
 
 
 def _cut(s: str, n: int = PSMAXNAME - 1) -> str:

@@ -233,8 +233,12 @@ class JobsProcess:
             log.info("jobs: %s not implemented yet: served by stubs (ESERVICE)", ", ".join(stubs))
         # "colocated": the services of this process find each other there
         # (kenyad asks flatd's FLQFORGET by a call: lamd.jobs.flatd)
+        # LAM's lamd works under umask 077 (what filed and flatd create is the
+        # user's alone) and kenyad gives each process the umask it started with
+        original_umask = os.umask(0o077)
         config = boot_config({"session": self.session.directory, "jobs": self.jobs,
-                              "node_id": self.node_id, "colocated": {}}, kernel_side=False)
+                              "node_id": self.node_id, "colocated": {},
+                              "umask": original_umask}, kernel_side=False)
         # getnodeid(): kenyad's replies and LAMWORLD carry this node's id,
         # which a datalink process outside the kernel gives the router after
         # we may have started (lamd.datalink); the router tells us
