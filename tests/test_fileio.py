@@ -1412,17 +1412,22 @@ def test_live_garbage_flood_leaves_the_services_serving(live):
 # =============================================================================
 
 
-@pytest.fixture(scope="module")
-def fileio_prog(lam_user) -> Iterator[Path]:
-    out = Path(tempfile.mkdtemp(prefix="lamd-fileio-", dir="/tmp"))
+def built(name: str) -> Iterator[Path]:
+    """tests/c/NAME.c built with mpicc.lam where lamtest can run it."""
+    out = Path(tempfile.mkdtemp(prefix=f"lamd-{name}-", dir="/tmp"))
     out.chmod(0o755)
-    exe = out / "fileio"
-    cp = subprocess.run(["mpicc.lam", "-O1", "-Wall", "-o", str(exe), str(HERE / "c" / "fileio.c")],
+    exe = out / name
+    cp = subprocess.run(["mpicc.lam", "-O1", "-Wall", "-o", str(exe), str(HERE / "c" / f"{name}.c")],
                         capture_output=True, text=True, timeout=120, cwd=str(out))
     assert cp.returncode == 0, cp.stdout + cp.stderr
     exe.chmod(0o755)
     yield exe
     shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def fileio_prog(lam_user) -> Iterator[Path]:
+    yield from built("fileio")
 
 
 def run_tool(s: lamenv.Session, argv: list[Any], timeout: float = 30,
@@ -1578,15 +1583,7 @@ def test_stock_client_through_filed_and_iod_on_both_daemons(daemon, fileio_prog)
 
 @pytest.fixture(scope="module")
 def rfile_prog(lam_user) -> Iterator[Path]:
-    out = Path(tempfile.mkdtemp(prefix="lamd-rfile-", dir="/tmp"))
-    out.chmod(0o755)
-    exe = out / "rfile"
-    cp = subprocess.run(["mpicc.lam", "-O1", "-Wall", "-o", str(exe), str(HERE / "c" / "rfile.c")],
-                        capture_output=True, text=True, timeout=120, cwd=str(out))
-    assert cp.returncode == 0, cp.stdout + cp.stderr
-    exe.chmod(0o755)
-    yield exe
-    shutil.rmtree(out, ignore_errors=True)
+    yield from built("rfile")
 
 
 def test_remote_file_api_on_both_daemons(daemon, rfile_prog):
