@@ -39,7 +39,8 @@ import pytest
 from lamd.jobs import cgroups
 from lamd.jobs.cgroups import JobControl, cgroup2_mount, job_name
 from lamd.jobs.process import (
-    JOB_SERVICES, PGROUPS_FILE, RESTART_DELAY, JobsChild, read_env_file, session_environment,
+    JOB_SERVICES, PGROUPS_FILE, RESTART_DELAY, JobsChild, jobs_argv, read_env_file,
+    session_environment,
 )
 from lamd.kernelio.loop import EventLoop
 
@@ -400,6 +401,32 @@ def test_read_env_file(tmp_path):
     f.write_text("# comment\n\nA=1\nexport B='two words'\nC=\"x=y\"\nnot a line\n D = 4\n")
     assert read_env_file(str(f)) == {"A": "1", "B": "two words", "C": "x=y"}
     assert read_env_file(str(tmp_path / "missing")) == {}
+
+
+def test_jobs_process_takes_no_module_from_its_working_directory(tmp_path):
+    """``python3 -m`` puts the working directory first on sys.path: the jobs
+    process the daemon starts (``jobs_argv``) and the one
+    lamd-jobs@.service starts (in the user's home) must not take a user's
+    ``argparse.py`` there for the standard library's."""
+    (tmp_path / "argparse.py").write_text("raise ImportError(\"the user's argparse.py\")\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def run(argv: list[str], **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*argv, "--help"], cwd=tmp_path, env={**env, **extra},
+                              capture_output=True, text=True, timeout=60)
+
+    argv = jobs_argv(str(tmp_path), "warning")
+    cp = run(argv)
+    assert cp.returncode == 0 and "--session-dir" in cp.stdout, cp.stderr
+    package_dir = argv[4]
+    unit = (Path(__file__).resolve().parent.parent / "systemd" / "lamd-jobs@.service").read_text()
+    start = re.search(r"^ExecStart=(.*) lamd\.jobs ", unit, re.M)
+    assert start, unit
+    cp = run([*start.group(1).split(), "lamd.jobs"], PYTHONPATH=package_dir)
+    assert cp.returncode == 0 and "--session-dir" in cp.stdout, cp.stderr
+    # what the two avoid (the test can fail): -m alone takes the user's module
+    cp = run([sys.executable, "-m", "lamd.jobs"], PYTHONPATH=package_dir)
+    assert cp.returncode != 0 and "the user's argparse.py" in cp.stderr, cp
 
 
 def test_jobs_child_restarts_then_gives_up():

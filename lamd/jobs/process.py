@@ -423,13 +423,27 @@ class JobsChild:
         return p.returncode
 
 
+#: the jobs child's ``-c``: this package's directory (its first argument) on
+#: ``sys.path`` unless the interpreter finds it already, then ``main``
+CHILD_MAIN = ("import sys\n"
+              "d = sys.argv.pop(1)\n"
+              "if d not in sys.path:\n"
+              "    sys.path.insert(0, d)\n"
+              "from lamd.jobs.process import main\n"
+              "sys.exit(main())\n")
+
+
 def jobs_argv(session_dir: str, log_level: str, node_id: int | None = None,
               busy_poll_us: int | None = None) -> list[str]:
     """How ``lamd`` starts its jobs process: this interpreter, this package
     (and the node id lamboot gave the daemon, when it is not node 0; and the
     daemon's ``--busy-poll``: an argument, not ``LAMD_BUSY_POLL``, which the
-    jobs would inherit)."""
-    argv = [sys.executable, "-m", "lamd.jobs", "--session-dir", session_dir,
+    jobs would inherit). Not ``-m lamd.jobs``: that puts the working
+    directory (the user's, wherever lamd was started) first on ``sys.path``,
+    where a ``select.py`` or ``argparse.py`` of the user's would stand for
+    the standard library's; ``-P`` leaves it out."""
+    package_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    argv = [sys.executable, "-P", "-c", CHILD_MAIN, package_dir, "--session-dir", session_dir,
             "--log-level", log_level]
     if node_id:
         argv += ["--node-id", str(node_id)]
@@ -489,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return jp.run()
 
 
-__all__ = ["JOB_SERVICES", "PGROUPS_FILE", "JobsProcess", "JobsChild", "jobs_argv", "resolve", "service_rows", "session_environment",
+__all__ = ["CHILD_MAIN", "JOB_SERVICES", "PGROUPS_FILE", "JobsProcess", "JobsChild", "jobs_argv", "resolve", "service_rows", "session_environment",
            "read_env_file", "wait_for_kernel", "main"]
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import signal
 import re
 import shlex
@@ -134,6 +135,10 @@ class Container:
             self.init_pidfd = None
 
 
+#: modules the jobs process imports, shadowed in the user's home (ct)
+SHADOWS = ("argparse", "select", "subprocess")
+
+
 @pytest.fixture(scope="module")
 def ct(lamd_deb):
     for tool, pkg in (("systemd-nspawn", "systemd-container"), ("nsenter", "util-linux"),
@@ -151,6 +156,16 @@ def ct(lamd_deb):
         c.socket = f"lamd@{USER}.socket"
         c.service = f"lamd@{USER}.service"
         c.jobs = f"lamd-jobs@{USER}.service"
+        # The home lamd-jobs@ starts in (WorkingDirectory=-~) holds modules of
+        # the user's with the standard library's names: the jobs process
+        # (python3 -P -m lamd.jobs) must not take them for its own
+        home = pwd.getpwnam(USER).pw_dir
+        r = c.run(["install", "-d", "-o", USER, "-m", "755", home])
+        assert r.returncode == 0, r.stderr
+        for mod in SHADOWS:
+            r = c.run(["sh", "-c", f"cat > {home}/{mod}.py"],
+                      input=f"raise ImportError(\"the user's {mod}.py\")\n")
+            assert r.returncode == 0, r.stderr
         # The blocked client: liblam kinit() then krecv() nobody answers.
         src = open(os.path.join(HERE, "blocked_client.c")).read()
         c.run(["sh", "-c", "cat > /var/tmp/blocked_client.c"], input=src)
@@ -257,6 +272,8 @@ def test_jobs_unit_starts_with_the_kernel_in_a_delegated_cgroup(ct):
     delegated cgroup."""
     assert lamnodes(ct).returncode == 0
     pid = wait_jobs(ct)
+    # in the user's home, beside the user's argparse.py, select.py... (ct)
+    assert ct.run(["readlink", f"/proc/{pid}/cwd"]).stdout.strip() == pwd.getpwnam(USER).pw_dir
     p = ct.show(ct.jobs, "User", "Delegate", "ControlGroup", "Type", "NotifyAccess", "OOMPolicy")
     assert (p["User"], p["Delegate"], p["Type"], p["NotifyAccess"], p["OOMPolicy"]) == \
         (USER, "yes", "notify", "main", "continue"), p
