@@ -603,8 +603,9 @@ def test_replied_writes_and_bad_requests(tmp_path, caplog):
     t.freq(FQWRITE, 0, b"x", param1=1)  # /dev/null, read-only
     assert t.freply()[0] == FReply(errno.EBADF, -1)
     for req, param, want in [(99, 0, EBADREQUEST), (-5, 0, EBADREQUEST),
-                             (wire.FQPATHFIND, 0, ENOT_IMPLEMENTED),
                              (wire.FQF77READ, 0, ENOT_IMPLEMENTED),
+                             (wire.FQF77BACK, 0, ENOT_IMPLEMENTED),
+                             (wire.FQPATHFIND, 0, errno.ENOENT),  # no name
                              (FQCLOSE, 77, errno.EBADF), (FQINCR, 77, errno.EBADF),
                              (FQWRITE, 77, errno.EBADF), (FQRMFD, 77, errno.EBADF)]:
         t.freq(req, param)
@@ -795,10 +796,16 @@ def test_remote_file_path_calls_and_working_directory(tmp_path):
         assert call(wire.FQCHDIR, d) == FReply(0, 0)
         t.freq(wire.FQGETWD)
         assert t.freply() == (FReply(0, 0), str(d).encode() + b"\0")
-        assert call(wire.FQUNLINK, "g") == FReply(0, 0)  # relative to the new directory
+        assert call(wire.FQACCESS, "g", os.R_OK) == FReply(0, 0)  # relative to the new directory
         assert call(wire.FQCHDIR, tmp_path / "none") == FReply(errno.ENOENT, -1)
     finally:
         os.chdir(old)
+    # FQPATHFIND: the name, then the directory to look in first
+    t.freq(wire.FQPATHFIND, 0, b"g\0" + str(d).encode() + b"\0")
+    assert t.freply() == (FReply(0, 0), str(d / "g").encode() + b"\0")
+    t.freq(wire.FQPATHFIND, 0, b"none\0" + str(d).encode() + b"\0")
+    assert t.freply()[0] == FReply(errno.ENOENT, -1)
+    assert call(wire.FQUNLINK, d / "g") == FReply(0, 0)
     assert call(wire.FQUNLINK, d / "g") == FReply(errno.ENOENT, -1)
     assert call(wire.FQRMDIR, d) == FReply(0, 0)
 

@@ -38,7 +38,8 @@ and ``FQFSTAT`` (``conv_stat``: ten words, native order, in a body of
 (``struct fqrename``), ``FQCHDIR``/``FQGETWD`` (this process's working
 directory: relative names follow it, so do kenyad's processes started
 without one, as in LAM's one-process lamd) and ``FQSYSTEM`` (``/bin/sh -c``,
-answered with the wait status). Like LAM's lamd the jobs process works under
+answered with the wait status) and ``FQPATHFIND`` (``lam_rfpathfind``: a
+file found as kenyad finds a program). Like LAM's lamd the jobs process works under
 umask 077 (:mod:`lamd.jobs.process`): what filed creates is the user's alone.
 
 On one node, with ``RTF_PFDIO``, kenyad hands the tool's own descriptors to
@@ -75,8 +76,8 @@ Where it differs from LAM (each a way LAM's filed can hang or leak):
 * ``FQWRITE`` uses at most the bytes that arrived (LAM writes ``fq_length``
   bytes of its buffer whatever came), an unknown request code is answered
   ``EBADREQUEST`` (LAM does not answer: the client hangs), and the requests
-  only TotalView and Fortran's formatted remote I/O use (``FQPATHFIND``,
-  ``FQF77READ``, ``FQF77BACK``) are answered ``ENOT_IMPLEMENTED``.
+  only Fortran's formatted remote I/O uses (``FQF77READ``, ``FQF77BACK``)
+  are answered ``ENOT_IMPLEMENTED``.
 * An opened file never makes filed wait: it is opened non-blocking (a FIFO
   opens at once), and a read or write that would wait on a FIFO, pipe or
   terminal is answered ``EAGAIN`` (LAM's filed, and every service of its
@@ -118,7 +119,7 @@ from .common import Owners, next_request, owner_of, reply, wait_status
 from .srfd import fd_server_allowed
 from .wire import (
     FQACCESS, FQCHDIR, FQCLOSE, FQDUP, FQFSTAT, FQFTRUNC, FQGETWD, FQINCR, FQLSEEK, FQMAX,
-    FQMKDIR, FQOPEN, FQOPENFD, FQREAD, FQRENAME, FQRMDIR, FQRMFD, FQSTAT, FQSTATE,
+    FQMKDIR, FQOPEN, FQOPENFD, FQPATHFIND, FQREAD, FQRENAME, FQRMDIR, FQRMFD, FQSTAT, FQSTATE,
     FQSYSTEM, FQTRUNC, FQUNLINK, FQWRITE, LAM_O_1WAY, LAM_O_ACTIVE, LAM_O_APPEND,
     LAM_O_CREAT, LAM_O_EXCL, LAM_O_LOCK, LAM_O_RDONLY, LAM_O_RDWR, LAM_O_REUSE, LAM_O_TRUNC,
     LAM_O_WRONLY, MAXPATHLEN, NOTFD, FReply, FReq, FState, OpenFdTfds,
@@ -465,9 +466,11 @@ class Filed:
             await self.fqgetwd(q)
         elif q.req == FQSYSTEM:
             await self.fqsystem(q, body)
+        elif q.req == FQPATHFIND:
+            await self.fqpathfind(q, body)
         elif 0 <= q.req < FQMAX:
             log.warning("filed: request %d from pid %d is not implemented here "
-                        "(FQPATHFIND, FQF77READ, FQF77BACK)", q.req, -q.src_event)
+                        "(FQF77READ, FQF77BACK)", q.req, -q.src_event)
             await self.send(q, ENOT_IMPLEMENTED, -1)
         else:
             log.warning("filed: unknown request %d from pid %d", q.req, -q.src_event)
@@ -699,6 +702,27 @@ class Filed:
             await self.send(q, e.errno or errno.EIO, -1)
             return
         await self.send(q, 0, 0, cwd[:MAXNMSGLEN - 1] + b"\0")
+
+    async def fqpathfind(self, q: FReq, body: bytes) -> None:
+        """``FQPATHFIND`` (``lam_rfpathfind``, TotalView's): a readable file
+        of the name, searched as kenyad searches a program
+        (``sfh_path_env_findv``: the working directory the body gives
+        after the name, then ``$PATH``); answered with its full path."""
+        from .kenyad import find_program  # kenyad's rule; imported when asked
+
+        raw = bytes(body)
+        name, _, rest = raw.partition(b"\0")
+        wrkdir = rest.split(b"\0", 1)[0]
+        if not name:
+            await self.send(q, errno.ENOENT, -1)
+            return
+        found, err = find_program(name.decode("utf-8", "surrogateescape"), os.R_OK, (),
+                                  wrkdir.decode("utf-8", "surrogateescape") or None)
+        if found is None:
+            await self.send(q, err or errno.ENOENT, -1)
+            return
+        path = found.encode("utf-8", "surrogateescape")[:MAXNMSGLEN - 1]
+        await self.send(q, 0, 0, path + b"\0")
 
     async def fqsystem(self, q: FReq, body: bytes) -> None:
         """``FQSYSTEM``: ``system(cmd)`` here, answered with its wait status.

@@ -3,8 +3,8 @@
  * lam_rfopen, lam_rfread, lam_rfwrite, lam_rflseek, lam_rfclose,
  * lam_rfstat, lam_rffstat, lam_rfaccess, lam_rfmkdir, lam_rfrmdir,
  * lam_rfunlink, lam_rftruncate, lam_rfftruncate, lam_rfrename, lam_rfdup,
- * lam_rfdup2, lam_rfgetwd, lam_rfchdir, lam_rfsystem) against the local
- * daemon, for comparing Debian's C lamd with ours.
+ * lam_rfdup2, lam_rfgetwd, lam_rfchdir, lam_rfsystem, lam_rfpathfind)
+ * against the local daemon, for comparing Debian's C lamd with ours.
  *
  *   rfile DIR          DIR: an existing scratch directory, writable by us
  *                      and empty (or at least without a.txt, b.txt, c.txt,
@@ -520,6 +520,26 @@ int main(int argc, char **argv)
 		memset(wd, 0, sizeof(wd));
 		lam_rfgetwd(node, wd);
 		printf("getwd equals the first: %d\n", strcmp(wd, cwd0) == 0);
+	}
+
+	/* 9b. pathfind (lam_rfpathfind: what mpirun asks for TotalView) */
+	printf("== 9b pathfind\n");
+	{
+		char *r;
+		char want[MAXPATHLEN];
+
+		snprintf(want, sizeof(want), "%s/b.txt", dir);
+		r = lam_rfpathfind("b.txt", dir, node);
+		printf("pathfind b.txt in DIR: found=%d equals DIR/b.txt=%d\n",
+		       r != NULL, r != NULL && strcmp(r, want) == 0);
+		r = lam_rfpathfind("./b.txt", dir, node);
+		printf("pathfind ./b.txt in DIR: found=%d\n", r != NULL);
+		r = lam_rfpathfind("sh", NULL, node);
+		printf("pathfind sh: found=%d absolute=%d ends in /sh=%d\n", r != NULL,
+		       r != NULL && r[0] == '/',
+		       r != NULL && strlen(r) >= 3 && strcmp(r + strlen(r) - 3, "/sh") == 0);
+		r = lam_rfpathfind("no-such-file.x", dir, node);
+		printf("pathfind a missing file: found=%d\n", r != NULL);
 	}
 
 	/* 10. misuse */
