@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from ..iprocs.nreq import (
     BFQRECV, BFQSWEEP1, DLCTL, LOCAL, NetMsg, NoRoute, data_words, my_nodeid, nrecv, nsend, received,
@@ -31,6 +31,9 @@ from ..iprocs.nreq import (
 from ..kernel.constants import EVBUFFERD, KNMSG, MAXNMSGLEN
 from ..kernel.kiproc import IPROC_PID_BASE, ChildExit, Event, IProc, Watch
 from ..kernel.wire import NMsg
+
+if TYPE_CHECKING:
+    import subprocess
 
 log = logging.getLogger("lamd.jobs")
 
@@ -162,6 +165,17 @@ class Owners:
             self.forget(pid)
 
 
+#: the shell a job service runs a command or a script with (LAM's execvp's)
+SHELL = "/bin/sh"
+
+
+def mark_reaped(popen: "subprocess.Popen", ws: int | None) -> None:
+    """The I/O layer reaped *popen*'s process (wait status *ws*, None if
+    unknown): Popen must never ``waitpid()`` that pid again."""
+    if popen.returncode is None:
+        popen.returncode = -1 if ws is None else os.waitstatus_to_exitcode(ws)
+
+
 def wait_status(ce: ChildExit) -> int | None:
     """A ``waitpid`` status from a :class:`ChildExit` (None if unknown)."""
     if ce.code is None or ce.status is None:
@@ -176,4 +190,4 @@ def wait_status(ce: ChildExit) -> int | None:
 
 
 __all__ = ["next_request", "reply", "sweep_event", "owner_of", "Owners",
-           "is_local", "node_id", "wait_status", "IPROC_PID_SPAN"]
+           "is_local", "node_id", "wait_status", "mark_reaped", "SHELL", "IPROC_PID_SPAN"]

@@ -103,25 +103,28 @@ import errno
 import logging
 import os
 import select
+import signal
 import socket
 import stat
 import struct
 import subprocess
+from typing import Any, Awaitable, Callable
+
 from .._dataclasses import dataclass, field
 
-from ..iprocs.nreq import NOTNODEID
+from ..iprocs.nreq import DINT4MSG, NOTNODEID
 from ..kernel.constants import (
     EBADREQUEST, EEOF, ENOT_IMPLEMENTED, EVFILED, EVIOD, MAXNMSGLEN, NOTEVENT,
 )
 from ..kernel.kiproc import ChildExit, Event, IProc, Watch
 from . import srfd
-from .common import Owners, next_request, owner_of, reply, wait_status
+from .common import SHELL, Owners, mark_reaped, next_request, owner_of, reply, wait_status
 from .srfd import fd_server_allowed
 from .wire import (
     FQACCESS, FQCHDIR, FQCLOSE, FQDUP, FQFSTAT, FQFTRUNC, FQGETWD, FQINCR, FQLSEEK, FQMAX,
     FQMKDIR, FQOPEN, FQOPENFD, FQPATHFIND, FQREAD, FQRENAME, FQRMDIR, FQRMFD, FQSTAT, FQSTATE,
     FQSYSTEM, FQTRUNC, FQUNLINK, FQWRITE, LAM_O_1WAY, LAM_O_ACTIVE, LAM_O_APPEND,
-    LAM_O_CREAT, LAM_O_EXCL, LAM_O_LOCK, LAM_O_RDONLY, LAM_O_RDWR, LAM_O_REUSE, LAM_O_TRUNC,
+    LAM_O_CREAT, LAM_O_DFLT4, LAM_O_DFLT8, LAM_O_DINT4, LAM_O_EXCL, LAM_O_LOCK, LAM_O_RDONLY, LAM_O_RDWR, LAM_O_REUSE, LAM_O_TRUNC,
     LAM_O_WRONLY, MAXPATHLEN, NOTFD, FReply, FReq, FState, OpenFdTfds,
 )
 
@@ -146,17 +149,12 @@ FS_NAME = 24  # struct fstate's fs_name
 PASSED_TFLAGS = LAM_O_WRONLY | LAM_O_1WAY | LAM_O_ACTIVE | LAM_O_LOCK
 FSTATE_PER_PACKET = MAXNMSGLEN // FState.SIZE
 I4BE = struct.Struct(">i")
-#: LAM's open flags that are filed's own (LAM_O_FILED), never the file's
-LAM_O_DMSG = 0x200000 | 0x400000 | 0x800000
-LAM_O_FILED = LAM_O_LOCK | LAM_O_REUSE | LAM_O_1WAY | LAM_O_DMSG
+#: the data-type flags of a descriptor's replies (freq.h's LAM_O_DMSG)
+LAM_O_DMSG = LAM_O_DINT4 | LAM_O_DFLT4 | LAM_O_DFLT8
 #: ``conv_stat``: the ten words of a stat reply (native order, each cut to
 #: 32 bits), in a body of ``sizeof(struct stat)`` as LAM sends it (amd64)
 STAT_WORDS = struct.Struct("=10I")
 STAT_SIZE = 144
-DINT4MSG = 0x200000
-#: the requests that name a path (the body) and answer ``{errno, ret}``
-PATH_CALLS = (FQACCESS, FQMKDIR, FQUNLINK, FQCHDIR, FQRMDIR, FQTRUNC)
-SHELL = "/bin/sh"
 #: FQREAD answers at most this less one byte a request (whole replies of
 #: MAXNMSGLEN and a short last one): LAM answers any length, all at once
 READ_MAX = 128 * MAXNMSGLEN
@@ -279,6 +277,17 @@ class Filed:
         self.retry: Watch | None = None
         self.retry_delay = RETRY_FIRST
         self.systems: list[SystemRun] = []  # FQSYSTEM commands still running
+        #: LAM's fqfunc[]: each request's handler, (request, body)
+        self.fqfunc: dict[int, Callable[[FReq, bytes], Awaitable[None]]] = {
+            FQOPENFD: self.fqopenfd, FQCLOSE: self.fqclose, FQRMFD: self.fqrmfd,
+            FQINCR: self.fqincr, FQWRITE: self.fqwrite, FQSTATE: self.fqstate,
+            FQOPEN: self.fqopen, FQREAD: self.fqread, FQLSEEK: self.fqlseek,
+            FQDUP: self.fqdup, FQFSTAT: self.fqfstat, FQFTRUNC: self.fqftrunc,
+            FQSTAT: self.fqstat, FQRENAME: self.fqrename, FQGETWD: self.fqgetwd,
+            FQSYSTEM: self.fqsystem, FQPATHFIND: self.fqpathfind,
+            **dict.fromkeys((FQACCESS, FQMKDIR, FQUNLINK, FQCHDIR, FQRMDIR, FQTRUNC),
+                            self.fqpath),
+        }
 
     # -- the loop -------------------------------------------------------------------
     async def run(self) -> None:
@@ -434,40 +443,9 @@ class Filed:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("filed: request %d tfd %d from node %d event %d, %d bytes", q.req,
                       q.param0, q.src_node, q.src_event, len(body))
-        if q.req == FQOPENFD:
-            await self.fqopenfd(q, body)
-        elif q.req == FQCLOSE:
-            await self.fqclose(q)
-        elif q.req == FQRMFD:
-            await self.fqrmfd(q)
-        elif q.req == FQINCR:
-            await self.fqincr(q, body)
-        elif q.req == FQWRITE:
-            await self.fqwrite(q, body)
-        elif q.req == FQSTATE:
-            await self.fqstate(q)
-        elif q.req == FQOPEN:
-            await self.fqopen(q, body)
-        elif q.req == FQREAD:
-            await self.fqread(q)
-        elif q.req == FQLSEEK:
-            await self.fqlseek(q)
-        elif q.req == FQDUP:
-            await self.fqdup(q)
-        elif q.req in (FQFSTAT, FQFTRUNC):
-            await self.fqfcall(q, body)
-        elif q.req in PATH_CALLS:
-            await self.fqpath(q, body)
-        elif q.req == FQSTAT:
-            await self.fqstat(q, body)
-        elif q.req == FQRENAME:
-            await self.fqrename(q, body)
-        elif q.req == FQGETWD:
-            await self.fqgetwd(q)
-        elif q.req == FQSYSTEM:
-            await self.fqsystem(q, body)
-        elif q.req == FQPATHFIND:
-            await self.fqpathfind(q, body)
+        handler = self.fqfunc.get(q.req)
+        if handler is not None:
+            await handler(q, body)
         elif 0 <= q.req < FQMAX:
             log.warning("filed: request %d from pid %d is not implemented here "
                         "(FQF77READ, FQF77BACK)", q.req, -q.src_event)
@@ -476,7 +454,7 @@ class Filed:
             log.warning("filed: unknown request %d from pid %d", q.req, -q.src_event)
             await self.send(q, EBADREQUEST, -1)
 
-    async def fqclose(self, q: FReq) -> None:
+    async def fqclose(self, q: FReq, _body: bytes = b"") -> None:
         f = self.table.get(q.tfd)
         if f is None:
             await self.send(q, errno.EBADF, -1)
@@ -490,7 +468,7 @@ class Filed:
             self.release(f)
         await self.send(q, 0, 0)
 
-    async def fqrmfd(self, q: FReq) -> None:
+    async def fqrmfd(self, q: FReq, _body: bytes = b"") -> None:
         if q.tfd == NOTFD:
             gone = [f for f in self.table.values() if not f.stdio]
             for f in gone:
@@ -515,7 +493,7 @@ class Filed:
             f.count += I4BE.unpack_from(body)[0]
         await self.send(q, 0, 0)
 
-    async def fqstate(self, q: FReq) -> None:
+    async def fqstate(self, q: FReq, _body: bytes = b"") -> None:
         recs = [FState(f.tfd, f.tflags, f.flow, f.count, f.src_node, f.src_event,
                        _cut(f.name, FS_NAME - 1)).pack()
                 for _, f in sorted(self.table.items())]
@@ -561,6 +539,16 @@ class Filed:
         self.table[f.tfd] = f
         await self.send(q, 0, f.tfd)
 
+    async def named(self, q: FReq) -> FDesc | None:
+        """The descriptor *q* names (its last client noted), else None with
+        ``EBADF`` answered."""
+        f = self.table.get(q.tfd)
+        if f is None:
+            await self.send(q, errno.EBADF, -1)
+            return None
+        f.src_node, f.src_event = q.src_node, q.src_event
+        return f
+
     def find_name(self, name: str, tflags: int) -> FDesc | None:
         """``fdfindname``: a descriptor of *name* opened with *tflags* (LAM_O_LOCK
         compared only when asked for, ``LAM_O_ACTIVE`` never)."""
@@ -571,22 +559,25 @@ class Filed:
                 return f
         return None
 
-    async def fqread(self, q: FReq) -> None:
+    async def fqread(self, q: FReq, _body: bytes = b"") -> None:
         """``FQREAD``: up to ``fq_length`` bytes, in replies of at most
         MAXNMSGLEN each; a short one (or an error) is the last."""
-        f = self.table.get(q.tfd)
+        f = await self.named(q)
         if f is None:
-            await self.send(q, errno.EBADF, -1)
             return
-        f.src_node, f.src_event = q.src_node, q.src_event
         # at most READ_MAX - 1 bytes a request: the last reply then comes
         # short, and liblam returns what came (a short read); what bufferd
         # holds for a client that reads slowly stays bounded
         left = min(q.length, READ_MAX - 1)
+        try:
+            waits = _may_wait(f.fd)
+        except OSError as e:
+            await self.send(q, e.errno or errno.EIO, -1, b"", f.tflags & LAM_O_DMSG)
+            return
         while True:
             n = min(max(left, 0), MAXNMSGLEN)
             try:
-                data = _read_now(f.fd, n)
+                data = _read_now(f.fd, n, waits)
             except OSError as e:
                 await self.send(q, e.errno or errno.EIO, -1, b"", f.tflags & LAM_O_DMSG)
                 return
@@ -596,12 +587,10 @@ class Filed:
             if len(data) < n or left <= 0:
                 return
 
-    async def fqlseek(self, q: FReq) -> None:
-        f = self.table.get(q.tfd)
+    async def fqlseek(self, q: FReq, _body: bytes = b"") -> None:
+        f = await self.named(q)
         if f is None:
-            await self.send(q, errno.EBADF, -1)
             return
-        f.src_node, f.src_event = q.src_node, q.src_event
         try:
             pos = os.lseek(f.fd, q.offset, q.whence)
         except OSError as e:
@@ -609,12 +598,11 @@ class Filed:
             return
         await self.send(q, 0, _int4(pos))
 
-    async def fqdup(self, q: FReq) -> None:
+    async def fqdup(self, q: FReq, _body: bytes = b"") -> None:
         """``FQDUP``: a new descriptor of the same file, flags, count and
         position, moving on its own from now (LAM opens the name again)."""
-        of = self.table.get(q.tfd)
+        of = await self.named(q)
         if of is None:
-            await self.send(q, errno.EBADF, -1)
             return
         if self.os_fds() + 1 > self.max_fds:
             await self.send(q, errno.ENFILE, -1)
@@ -624,25 +612,20 @@ class Filed:
         except OSError as e:
             await self.send(q, e.errno or errno.EIO, -1)
             return
-        of.src_node, of.src_event = q.src_node, q.src_event
         nf = FDesc(self.new_tfd(), fd, of.tflags & ~LAM_O_LOCK, of.name, count=of.count,
                    src_node=q.src_node, src_event=q.src_event)
         self.table[nf.tfd] = nf
         await self.send(q, 0, nf.tfd)
 
-    async def fqfcall(self, q: FReq, body: bytes) -> None:
-        """``FQFSTAT`` and ``FQFTRUNC`` (its length a big-endian int4 body)."""
-        f = self.table.get(q.tfd)
+    async def fqfstat(self, q: FReq, _body: bytes = b"") -> None:
+        f = await self.named(q)
+        if f is not None:
+            await self.stat_reply(q, os.fstat, f.fd)
+
+    async def fqftrunc(self, q: FReq, body: bytes) -> None:
+        """``FQFTRUNC``: the length is a big-endian int4 body."""
+        f = await self.named(q)
         if f is None:
-            await self.send(q, errno.EBADF, -1)
-            return
-        if q.req == FQFSTAT:
-            try:
-                words = _stat_words(os.fstat(f.fd))
-            except OSError as e:
-                await self.send(q, e.errno or errno.EIO, -1, bytes(STAT_SIZE), DINT4MSG)
-                return
-            await self.send(q, 0, 0, words, DINT4MSG)
             return
         try:
             os.ftruncate(f.fd, I4BE.unpack_from(body)[0] if len(body) >= 4 else 0)
@@ -650,6 +633,17 @@ class Filed:
             await self.send(q, e.errno or errno.EIO, -1)
             return
         await self.send(q, 0, 0)
+
+    async def stat_reply(self, q: FReq, call: Callable[[Any], os.stat_result],
+                         what: Any) -> None:
+        """``FQSTAT``/``FQFSTAT``'s answer: ``conv_stat``'s words, or the
+        error with a body of zeros (LAM's: whatever its buffer held)."""
+        try:
+            words = _stat_words(call(what))
+        except OSError as e:
+            await self.send(q, e.errno or errno.EIO, -1, bytes(STAT_SIZE), DINT4MSG)
+            return
+        await self.send(q, 0, 0, words, DINT4MSG)
 
     async def fqpath(self, q: FReq, body: bytes) -> None:
         """``FQACCESS``, ``FQMKDIR``, ``FQUNLINK``, ``FQCHDIR``, ``FQRMDIR``,
@@ -677,12 +671,7 @@ class Filed:
         await self.send(q, 0, 0)
 
     async def fqstat(self, q: FReq, body: bytes) -> None:
-        try:
-            words = _stat_words(os.stat(_path(body)))
-        except OSError as e:
-            await self.send(q, e.errno or errno.EIO, -1, bytes(STAT_SIZE), DINT4MSG)
-            return
-        await self.send(q, 0, 0, words, DINT4MSG)
+        await self.stat_reply(q, os.stat, _path(body))
 
     async def fqrename(self, q: FReq, body: bytes) -> None:
         """``FQRENAME``: ``struct fqrename``, two MAXPATHLEN fields."""
@@ -695,7 +684,7 @@ class Filed:
             return
         await self.send(q, 0, 0)
 
-    async def fqgetwd(self, q: FReq) -> None:
+    async def fqgetwd(self, q: FReq, _body: bytes = b"") -> None:
         try:
             cwd = os.getcwdb()
         except OSError as e:  # the directory was removed under us
@@ -747,7 +736,7 @@ class Filed:
         self.systems.remove(run)
         run.watch.cancel()
         ws = wait_status(ev.value) if isinstance(ev.value, ChildExit) else None
-        run.reaped(ws)
+        mark_reaped(run.popen, ws)
         if ws is None:
             await self.send(run.q, errno.ECHILD, -1)
         else:
@@ -1003,16 +992,11 @@ class SystemRun:
     def __init__(self, q: FReq, popen: subprocess.Popen, watch: Watch) -> None:
         self.q, self.popen, self.watch = q, popen, watch
 
-    def reaped(self, ws: int | None) -> None:
-        # the loop reaped it through its pidfd: Popen must never waitpid() it again
-        if self.popen.returncode is None:
-            self.popen.returncode = -1 if ws is None else os.waitstatus_to_exitcode(ws)
-
     def kill(self) -> None:
         self.watch.cancel()
         if self.popen.returncode is None:
             try:
-                os.killpg(self.popen.pid, 9)
+                os.killpg(self.popen.pid, signal.SIGKILL)
             except OSError:
                 pass
             try:
@@ -1057,13 +1041,18 @@ def _reopen(fd: int, tflags: int) -> int:
     return nfd
 
 
-def _read_now(fd: int, n: int) -> bytes:
+def _may_wait(fd: int) -> bool:
+    """Could a read of *fd* wait (a pipe, a terminal: not a file)?"""
+    mode = os.fstat(fd).st_mode
+    return not (stat.S_ISREG(mode) or stat.S_ISBLK(mode))
+
+
+def _read_now(fd: int, n: int, may_wait: bool) -> bytes:
     """Read up to *n* bytes without waiting: a file reads at once; anything
-    else (a pipe, a terminal) only what is there now, else EAGAIN."""
+    that may wait (:func:`_may_wait`) only what is there now, else EAGAIN."""
     if n <= 0:
         return b""
-    st = os.fstat(fd)
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+    if may_wait:
         p = select.poll()
         p.register(fd, select.POLLIN)
         if not p.poll(0):

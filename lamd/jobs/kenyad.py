@@ -118,7 +118,7 @@ from ..kernel.kiproc import ChildExit, Event, IProc, Received, Watch
 from ..kernel.wire import KReply, NMsg
 from . import srfd
 from .cgroups import MODE_CGROUP
-from .common import wait_status
+from .common import SHELL, mark_reaped, wait_status
 from .wire import (
     EBADTAG, EEOF, ENOPDESCRIPTORS, ENOTPROCESS, ESERVICE, EXIT_NOTICE_TYPE, FLQFORGET,
     FLPATHLEN, PQATTACH, PQCREATE, PQDETACH, PQDOOM, PQSPAWN, PQSTATE, PSMAXNAME,
@@ -144,8 +144,6 @@ MAX_ARGS_BYTES = 16 << 20
 DRAIN_TIMEOUT = 1.0
 #: LAM's number of signals (ksignal.h TNSIG): a larger LAM signal is EINVAL.
 TNSIG = 10
-#: The shell a failed chdir/exec is reported through, and ENOEXEC runs with.
-SHELL = "/bin/sh"
 #: Warnings about bad requests: at most one per kind per this many seconds.
 BAD_INPUT_LOG_INTERVAL = 10.0
 
@@ -684,15 +682,8 @@ class Kenyad:
 
     @staticmethod
     def _reaped(p: KProcess, ce: ChildExit) -> None:
-        # the I/O layer reaped it: Popen must never waitpid() this pid again
-        if p.popen is not None and p.popen.returncode is None:
-            ws = wait_status(ce)
-            if ws is None:
-                p.popen.returncode = -1
-            elif os.WIFSIGNALED(ws):
-                p.popen.returncode = -os.WTERMSIG(ws)
-            else:
-                p.popen.returncode = os.WEXITSTATUS(ws)
+        if p.popen is not None:
+            mark_reaped(p.popen, wait_status(ce))
 
     async def collect_lingering(self) -> None:
         """Take the exits of detached processes (they need no notice)."""
