@@ -31,6 +31,14 @@ is not measured here. Run as root (the test user is created)::
 
     /usr/bin/python3 bench/callback.py --rounds 20
 
+``--hboot``: each kind started as lamboot starts a node, by hboot: the C
+lamd by lam-runtime's ``hboot -t -c lam-conf.lamd -s -I "..."`` (its
+tkill, then its lamd), ours by the package's prefix tree (``hboot -t -c
+TREE/etc/lam-conf.lamd -s -I '"..."' -prefix TREE``: the tree's hboot,
+tkill and lamd), and ``warm-stock`` the warm kind under lam-runtime's hboot
+(its tkill and lamd the tree's), as the tree was before it had an hboot of
+its own. The time is then from hboot's exec to the callback.
+
 Writes ``bench/results/callback.json`` (with the commit) and prints medians.
 ``--ab TREE`` adds TREE's two kinds of ours (``base-hand``,
 ``base-sockets``; TREE a built checkout, e.g. a ``git worktree``) to the
@@ -73,6 +81,38 @@ def tree(work: Path, pkg: Path, root: Path = ROOT) -> Path:
     return script
 
 
+def prefix_tree(work: Path, pkg: Path, root: Path = ROOT, stock: bool = False) -> Path:
+    """*root*'s prefix tree in *work*/tree, its scripts running the modules
+    copied in *pkg*; its ``bin/hboot`` lam-runtime's where *root* has none
+    of its own or *stock*."""
+    t = work / "tree"
+    for d in ("bin", "etc"):
+        (t / d).mkdir(parents=True, exist_ok=True)
+    src = root / "packaging" / "lam-prefix"
+    for name in ("lamd", "tkill"):
+        (t / "bin" / name).write_text(prefix_script(name, pkg, root))
+    if (src / "bin" / "hboot").exists() and not stock:
+        (t / "bin" / "hboot").write_text((src / "bin" / "hboot").read_text())
+    else:
+        os.symlink("/usr/bin/hboot", t / "bin" / "hboot")
+    for name in ("lamd", "tkill", "hboot"):
+        if not (t / "bin" / name).is_symlink():
+            (t / "bin" / name).chmod(0o755)
+    shutil.copy(src / "etc" / "lam-conf.lamd", t / "etc" / "lam-conf.lamd")
+    for d in (work, t, t / "bin", t / "etc"):
+        d.chmod(0o755)
+    return t
+
+
+def by_hboot(t: Path | None):
+    """How hboot is started for a node of tree *t* (None: lam-runtime's,
+    the C lamd), given lamboot's -I string."""
+    if t is None:
+        return lambda topo: ["/usr/bin/hboot", "-t", "-c", "lam-conf.lamd", "-s", "-I", topo]
+    return lambda topo: [str(t / "bin" / "hboot"), "-t", "-c", str(t / "etc" / "lam-conf.lamd"),
+                         "-s", "-I", f'"{topo}"', "-prefix", str(t)]
+
+
 def holder(s: lamenv.Session, pkg: Path, root: Path = ROOT,
            warm: bool = False) -> subprocess.Popen:
     """``lamd-dl@USER.socket`` as sockact holds it, starting *root*'s
@@ -97,16 +137,18 @@ def holder(s: lamenv.Session, pkg: Path, root: Path = ROOT,
     return p
 
 
-def one(s: lamenv.Session, argv: list[str]) -> float:
-    """Start *argv* (with hboot's arguments) as the test user; seconds to the
-    callback. Every process of the user but the socket holder is killed after."""
+def one(s: lamenv.Session, argv) -> float:
+    """Start *argv* (with hboot's arguments; a function: of lamboot's -I
+    string) as the test user; seconds to the callback. Every process of the
+    user but the socket holder is killed after."""
     with socket.socket() as lb:
         lb.bind(("127.0.0.1", 0))
         lb.listen(4)
         lb.settimeout(TIMEOUT)
         args = ["-H", "127.0.0.1", "-P", str(lb.getsockname()[1]), "-n", "1", "-o", "0"]
         t0 = time.monotonic()
-        p = s.popen([*argv, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cmd = argv(" ".join(args)) if callable(argv) else [*argv, *args]
+        p = s.popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         c, _ = lb.accept()
         t = time.monotonic() - t0
         with c:
@@ -199,13 +241,16 @@ def main() -> int:
     ap.add_argument("--ab", metavar="TREE", default=None,
                     help="also TREE's hand and sockets kinds (a built checkout: its lamd/ "
                          "and packaging/), in the same alternating rounds")
+    ap.add_argument("--hboot", action="store_true",
+                    help="start each kind by hboot -t, as lamboot does (see above)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("run as root (the test user)", file=sys.stderr)
         return 2
     args.out = args.out or str(ROOT / "bench" / "results" /
-                               ("callback-ab.json" if args.ab else "callback.json"))
+                               ("callback-ab.json" if args.ab else
+                                "callback-hboot.json" if args.hboot else "callback.json"))
     pw = lamenv.ensure_user()
     _subreaper()
     roots = {"": ROOT}
@@ -214,28 +259,33 @@ def main() -> int:
     pkgs = {tag: lamenv.copy_package(root / "lamd", pyc=True) for tag, root in roots.items()}
     kinds = ["c"] + [f"{tag}{k}" for tag in roots for k in KINDS[1:]
                      if not (tag and k == "warm")]
+    if args.hboot:
+        kinds.append("warm-stock")
     raw: dict[str, list[float]] = {k: [] for k in kinds}
     sessions = {k: lamenv.Session(pw) for k in kinds}
     try:
-        argv = {"c": ["/usr/bin/lamd"]}
+        argv = {"c": by_hboot(None) if args.hboot else ["/usr/bin/lamd"]}
         keep = set()
         warm_holders: dict[str, int] = {}
         for tag, root in roots.items():
             hand = sessions[f"{tag}hand"]
             script = tree(hand.work, pkgs[tag], root)
-            argv[f"{tag}hand"] = [str(script)]
-            for k in ("sockets", "warm"):
+            argv[f"{tag}hand"] = (by_hboot(prefix_tree(hand.work, pkgs[tag], root))
+                                  if args.hboot else [str(script)])
+            for k in ("sockets", "warm", "warm-stock"):
                 if f"{tag}{k}" not in sessions:
                     continue
                 s = sessions[f"{tag}{k}"]
                 shutil.copy(script, s.work / "lamd")
                 s.session_dir.mkdir(mode=0o700)
                 os.chown(s.session_dir, pw.pw_uid, pw.pw_gid)
-                pid = holder(s, pkgs[tag], root, warm=k == "warm").pid
+                pid = holder(s, pkgs[tag], root, warm=k != "sockets").pid
                 keep.add(pid)
-                if k == "warm":
+                if k != "sockets":
                     warm_holders[f"{tag}{k}"] = pid
-                argv[f"{tag}{k}"] = [str(s.work / "lamd")]
+                argv[f"{tag}{k}"] = (
+                    by_hboot(prefix_tree(s.work, pkgs[tag], root, stock=k == "warm-stock"))
+                    if args.hboot else [str(s.work / "lamd")])
         for r in range(args.rounds):
             for kind in (kinds if r % 2 == 0 else kinds[::-1]):
                 spare = set(keep)

@@ -338,16 +338,24 @@ def datalink_command(pkgdir: Path, root: Path = REPO) -> str:
         f"exec(compile(open({str(starter)!r}).read(), 'lamd-dl-start', 'exec'))")
 
 
-def systemd_like_tree(c: Cluster, pkgdir: Path) -> Path:
-    """The package's prefix tree (packaging/lam-prefix: bin/lamd and bin/tkill
-    as shipped), with the installed commands swapped for the source tree's."""
+def systemd_like_tree(c: Cluster, pkgdir: Path, stock_log: Path | None = None) -> Path:
+    """The package's prefix tree (packaging/lam-prefix: bin/hboot, bin/lamd
+    and bin/tkill as shipped), with the installed commands swapped for the
+    source tree's; with *stock_log*, each time bin/hboot runs lam-runtime's
+    hboot is a line there (the host's name)."""
     src = REPO / "packaging" / "lam-prefix"
     pre = c.dir / "pkglam"
     (pre / "bin").mkdir(parents=True)
     (pre / "etc").mkdir()
-    os.symlink("/usr/bin/hboot", pre / "bin" / "hboot")
-    for name in ("lamd", "tkill"):
-        (pre / "bin" / name).write_text(prefix_script(name, pkgdir))
+    for name in ("hboot", "lamd", "tkill"):
+        text = prefix_script(name, pkgdir)
+        if name == "hboot" and stock_log:
+            (pre / "stock-hboot").write_text("#!/bin/sh\nread -r host </proc/sys/kernel/hostname\n"
+                                             f'echo "$host" >>{stock_log}\n'
+                                             'exec /usr/bin/hboot "$@"\n')
+            (pre / "stock-hboot").chmod(0o755)
+            text = text.replace("/usr/bin/hboot", str(pre / "stock-hboot"))
+        (pre / "bin" / name).write_text(text)
         (pre / "bin" / name).chmod(0o755)
     shutil.copy(src / "etc" / "lam-conf.lamd", pre / "etc" / "lam-conf.lamd")
     for p in (pre, pre / "bin", pre / "etc"):
@@ -479,7 +487,10 @@ def test_package_prefix_with_systemd_sockets(hosts3: Cluster, lamd_pkg):
     h = c.hosts[1]
     exe = build_netclient(c.work)
     units = SocketUnits(c, h, lamd_pkg)
-    pre = systemd_like_tree(c, lamd_pkg)
+    stock = c.work / "stock-hboot"
+    stock.write_text("")
+    os.chown(stock, c.pw.pw_uid, c.pw.pw_gid)
+    pre = systemd_like_tree(c, lamd_pkg, stock_log=stock)
     ptree = prefix_tree(c, lamd_pkg)
     hf = c.work / "hostfile"
     hf.write_text(f"{c.hosts[0].name}\n{h.name} prefix={pre}\n{c.hosts[2].name} prefix={ptree}\n")
@@ -496,8 +507,11 @@ def test_package_prefix_with_systemd_sockets(hosts3: Cluster, lamd_pkg):
         assert cp.returncode == 0, show(cp) + logs(c)
         universe(1)
         dlog = c.work / f"lamd-dl-{h.name}.log"
-        # the tree's bin/lamd wrote the request to the FIFO (no Python)
+        # the tree's bin/hboot wrote the request to the FIFO (no Python, and
+        # neither lam-runtime's hboot nor the tree's tkill and lamd: nothing
+        # in the session to end)
         assert "boot request (FIFO): -H" in dlog.read_text(), logs(c)
+        assert stock.read_text() == "", stock.read_text()
         for src, dst in ((1, 0), (2, 1)):
             exchange(c, exe, src, dst, "n")
         # a boot request while the universe is served: refused, honestly
@@ -517,6 +531,8 @@ def test_package_prefix_with_systemd_sockets(hosts3: Cluster, lamd_pkg):
         cp = c.hosts[0].run(["lamboot", hf], timeout=90)
         assert cp.returncode == 0, show(cp) + logs(c)
         assert not set(first) & set(units.user_pids())
+        # a universe to end: lam-runtime's hboot, whose -t runs the tree's tkill
+        assert stock.read_text().split() == [h.name], stock.read_text()
         universe(2)
         cp = c.hosts[0].run(["lamhalt"], timeout=30)
         assert cp.returncode == 0, show(cp) + logs(c)
@@ -528,6 +544,7 @@ def test_package_prefix_with_systemd_sockets(hosts3: Cluster, lamd_pkg):
         assert cp.returncode == 0, show(cp) + logs(c)
         universe(3)
         assert cmdline(waiter)[:1] == ["lamd-datalink: n1"], logs(c)
+        assert stock.read_text().split() == [h.name], stock.read_text()
         cp = c.hosts[0].run(["lamwipe", hf], timeout=60)
         assert cp.returncode == 0, show(cp) + logs(c)
         nothing_left()

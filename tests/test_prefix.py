@@ -1,8 +1,10 @@
 """Booting our daemon with stock lamboot from the installed package (issue 11,
 "How users get it").
 
-The package installs a LAM prefix tree, ``/usr/lib/lamd/lam``: ``bin/hboot``
-and ``bin/lamboot`` are lam-runtime's own (links), ``bin/lamd`` starts
+The package installs a LAM prefix tree, ``/usr/lib/lamd/lam``: ``bin/lamboot``
+is lam-runtime's own (a link), ``bin/hboot`` runs lam-runtime's (or, where
+the user's ``lamd-dl@.service`` waits, hands it lamboot's request at once),
+``bin/lamd`` starts
 ``/usr/bin/lamd-kernel`` (or, where the user's ``lamd-dl@.socket`` listens,
 hands hboot's arguments to it), ``bin/tkill`` runs lam-runtime's
 ``/usr/bin/tkill`` (or there ``lamd-tkill --keep-socket``),
@@ -44,11 +46,11 @@ REPO = Path(__file__).resolve().parent.parent
 def test_the_package_installs_a_lam_prefix_tree(lamd_deb):
     """What lamboot and hboot look for under a prefix, and nothing of
     lam-runtime's replaced."""
-    assert os.path.realpath(PREFIX / "bin" / "hboot") == "/usr/bin/hboot"
-    # ours, running lam-runtime's tkill unless systemd's sockets are there
-    assert (PREFIX / "bin" / "tkill").read_text() == \
-        (REPO / "packaging" / "lam-prefix" / "bin" / "tkill").read_text()
-    assert "exec /usr/bin/tkill \"$@\"" in (PREFIX / "bin" / "tkill").read_text()
+    # ours, running lam-runtime's hboot and tkill unless systemd's sockets are there
+    for name in ("hboot", "tkill"):
+        assert (PREFIX / "bin" / name).read_text() == \
+            (REPO / "packaging" / "lam-prefix" / "bin" / name).read_text()
+        assert f"exec /usr/bin/{name} \"$@\"" in (PREFIX / "bin" / name).read_text()
     assert os.path.realpath(PREFIX / "bin" / "lamboot") == "/usr/bin/lamboot"
     for name in ("hboot", "tkill", "lamboot", "lamd"):
         assert os.access(PREFIX / "bin" / name, os.X_OK), name
@@ -61,16 +63,24 @@ def test_the_package_installs_a_lam_prefix_tree(lamd_deb):
     assert "lam-runtime" in owners and "lamd:" not in owners, owners
 
 
-@pytest.mark.parametrize("script", ["lamd", "tkill"])
+def session_lines(text: str) -> str:
+    """The lines of a tree script that name LAM's session directory."""
+    return text[text.index("read -r host"):text.index("\n", text.index("\nsock=") + 1) + 1]
+
+
+@pytest.mark.parametrize("script", ["lamd", "tkill", "hboot"])
 def test_the_trees_scripts_find_lams_session_directory_without_a_fork(script):
-    """Where bin/lamd and bin/tkill look for systemd's socket is LAM's
-    session directory, as stock tkill names it (``tkill -d``: the kill
+    """Where bin/lamd, bin/tkill and bin/hboot look for systemd's socket is
+    LAM's session directory, as stock tkill names it (``tkill -d``: the kill
     file's directory), for the test user and for a uid no name service
     knows (LAM's "unknown"), with and without LAM_MPI_SESSION_PREFIX; for a
     user in /etc/passwd without forking id(1) (each fork is a millisecond
-    per node on lamboot's path): here an ``id`` that fails is first in PATH."""
+    per node on lamboot's path): here an ``id`` that fails is first in PATH.
+    The three name it with the same lines."""
     text = (REPO / "packaging" / "lam-prefix" / "bin" / script).read_text()
     head = text[:text.index("\n", text.index("\nsock=") + 1) + 1]
+    assert session_lines(text) == session_lines(
+        (REPO / "packaging" / "lam-prefix" / "bin" / "lamd").read_text())
     pw = lamenv.ensure_user()
     with tempfile.TemporaryDirectory(prefix="lamd-prefix-") as d:
         os.chmod(d, 0o755)
@@ -239,6 +249,138 @@ def test_the_trees_lamd_writes_the_fifo_without_python(argv, fifo):
                 assert "lamd.datalink.handoff" in started, started
         finally:
             os.close(rd)
+            sock.close()
+
+
+TOPO = ["-H", "10.1.0.1", "-P", "40001", "-n", "1", "-o", "0"]
+
+
+def lamboots_hboot(tree: Path, topo: str = " ".join(TOPO), *, s: bool = True,
+                   quoted: bool = False, extra: tuple = ()) -> list[str]:
+    """hboot's argv as stock lamboot gives it on a node whose boot schema
+    names *tree* (ssi_boot_rsh.c): its -I quoted for the remote shell, which
+    takes the quotes off (*quoted*: as hboot gets it on lamboot's own node,
+    where no shell comes between); *s*: -s, as for every remote node."""
+    return [str(tree / "bin" / "hboot"), "-t", "-c", str(tree / "etc" / "lam-conf.lamd"),
+            *extra, *(["-s"] if s else []), "-I", f'"{topo}"' if quoted else topo,
+            "-prefix", str(tree)]
+
+
+@pytest.mark.parametrize("case, fast", [
+    ("lamboot", True),
+    ("lamboot on its own node (no -s, -I in quotes)", True),
+    ("lamboot -x", True),
+    ("lamboot -d", False),
+    ("lamboot -v", False),
+    ("a session suffix", False),
+    ("no -t", False),
+    ("lamgrow (no -prefix, lam-runtime's schema)", False),
+    ("another prefix", False),
+    ("an address with a character the schema's split may not keep", False),
+    ("-d inside -I", False),
+    ("two blanks in -I", False),
+    ("a session with a kill file", False),
+    ("a session with a client list's spare", False),
+    ("no FIFO (a datalink socket without one)", False),
+])
+def test_the_trees_hboot_hands_lamboots_request_to_a_waiting_service(case, fast):
+    """Where lamd-dl@.socket's FIFO is and the session holds nothing for
+    tkill to end, the tree's bin/hboot does what lam-runtime's hboot with the
+    tree's tkill and lamd would do there, in one process: the request
+    written to the FIFO, exactly as bin/lamd writes it, in one write, and
+    exit 0, with no exec (lamboot boots node after node, and the three execs
+    took longer than a waiting service takes to call back). Any other
+    request (an option lamboot adds, another schema or prefix, an address
+    not made of plain words) or a session with anything in it goes to
+    lam-runtime's hboot with its arguments unchanged (here a stub in its
+    place records them), which then runs the tree's tkill and lamd as
+    before. No C-lamd side: the C lamd has no systemd service to hand a
+    boot to."""
+    from lamd.datalink.handoff import encode_fifo_request
+    pw = lamenv.ensure_user()
+    with tempfile.TemporaryDirectory(prefix="lamd-prefix-") as d:
+        d = Path(d)
+        d.chmod(0o755)
+        stub = d / "stock-hboot"
+        stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >>{d}/stock\n')
+        stub.chmod(0o755)
+        (d / "stock").write_text("")
+        os.chown(d / "stock", pw.pw_uid, pw.pw_gid)
+        tree = d / "lam"
+        for sub in ("bin", "etc"):
+            (tree / sub).mkdir(parents=True)
+            (tree / sub).chmod(0o755)
+        text = (REPO / "packaging" / "lam-prefix" / "bin" / "hboot").read_text()
+        assert text.count("/usr/bin/hboot") >= 2, text
+        (tree / "bin" / "hboot").write_text(text.replace("/usr/bin/hboot", str(stub)))
+        (tree / "bin" / "hboot").chmod(0o755)
+        shutil.copy(REPO / "packaging" / "lam-prefix" / "etc" / "lam-conf.lamd", tree / "etc")
+        sessions, sdir = user_session(d, pw)
+        path = sdir / "lamd-datalink-fifo"
+        if not case.startswith("no FIFO"):
+            os.mkfifo(path, 0o600)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(sdir / "lamd-datalink-socket"))
+        os.chown(sdir / "lamd-datalink-socket", pw.pw_uid, pw.pw_gid)
+        sock.listen(1)
+        leftover = {"a session with a kill file": "lam-killfile",
+                    "a session with a client list's spare": "lamd-clients.spare"}.get(case)
+        if leftover:
+            (sdir / leftover).write_text("")
+        topo = ["-x", *TOPO] if case == "lamboot -x" else TOPO
+        argv = {
+            "lamboot": lamboots_hboot(tree),
+            "lamboot on its own node (no -s, -I in quotes)": lamboots_hboot(tree, s=False,
+                                                                            quoted=True),
+            "lamboot -x": lamboots_hboot(tree, " ".join(topo)),
+            "lamboot -d": lamboots_hboot(tree, extra=("-d",)),
+            "lamboot -v": lamboots_hboot(tree, extra=("-v",)),
+            "a session suffix": lamboots_hboot(tree, extra=("-sessionsuffix", "j7")),
+            "no -t": [a for a in lamboots_hboot(tree) if a != "-t"],
+            "lamgrow (no -prefix, lam-runtime's schema)":
+                [str(tree / "bin" / "hboot"), "-t", "-c", "lam-conf.lamd", "-s", "-I",
+                 " ".join(TOPO)],
+            "another prefix": lamboots_hboot(tree)[:-1] + ["/usr"],
+            "an address with a character the schema's split may not keep":
+                lamboots_hboot(tree, "-H 10.1.0.1\t-P 40001 -n 1 -o 0"),
+            "-d inside -I": lamboots_hboot(tree, " ".join(TOPO + ["-d"])),
+            "two blanks in -I": lamboots_hboot(tree, " ".join(TOPO).replace(" ", "  ", 1)),
+        }.get(case, lamboots_hboot(tree))
+        rd = os.open(path, os.O_RDWR | os.O_NONBLOCK) if path.exists() else None
+        try:
+            trace = d / "trace"
+            cp = subprocess.run(
+                ["strace", "-f", "-qq", "-e", "trace=execve,write", "-o", str(trace),
+                 "setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups",
+                 "/usr/bin/env", "-i", "PATH=/usr/bin:/bin", "HOME=/", "TMPDIR=/tmp",
+                 f"LAM_MPI_SESSION_PREFIX={sessions}", *argv],
+                capture_output=True, text=True, timeout=60)
+            assert (cp.returncode, cp.stdout, cp.stderr) == (0, "", ""), cp
+            got = b""
+            if rd is not None:
+                try:
+                    got = os.read(rd, 65536)
+                except BlockingIOError:
+                    pass
+            stock = (d / "stock").read_text()
+            traced = trace.read_text()
+            execs = re.findall(r'execve\("([^"]+)"', traced)
+            if fast:
+                assert got == encode_fifo_request(topo), got
+                assert stock == "", stock
+                # setpriv, env, then the script: nothing after it
+                assert execs[-1] == argv[0] and execs.count(argv[0]) == 1, execs
+                writes = [ln for ln in traced.splitlines() if " write(" in ln]
+                assert len(writes) == 1, traced
+            else:
+                assert got == b"", got
+                assert stock.splitlines() == argv[1:], (stock, argv)
+            if leftover:
+                assert (sdir / leftover).exists()
+        finally:
+            if rd is not None:
+                os.close(rd)
             sock.close()
 
 
