@@ -338,16 +338,20 @@ def datalink_command(pkgdir: Path, root: Path = REPO) -> str:
         f"exec(compile(open({str(starter)!r}).read(), 'lamd-dl-start', 'exec'))")
 
 
-def systemd_like_tree(c: Cluster, pkgdir: Path, stock_log: Path | None = None) -> Path:
+def systemd_like_tree(c: Cluster, pkgdir: Path, stock_log: Path | None = None,
+                      stock_hboot: bool = False, tree: str = "pkglam") -> Path:
     """The package's prefix tree (packaging/lam-prefix: bin/hboot, bin/lamd
     and bin/tkill as shipped), with the installed commands swapped for the
     source tree's; with *stock_log*, each time bin/hboot runs lam-runtime's
-    hboot is a line there (the host's name)."""
+    hboot is a line there (the host's name); *stock_hboot*: lam-runtime's
+    hboot itself (the tree before it had its own)."""
     src = REPO / "packaging" / "lam-prefix"
-    pre = c.dir / "pkglam"
+    pre = c.dir / tree
     (pre / "bin").mkdir(parents=True)
     (pre / "etc").mkdir()
-    for name in ("hboot", "lamd", "tkill"):
+    if stock_hboot:
+        os.symlink("/usr/bin/hboot", pre / "bin" / "hboot")
+    for name in ("lamd", "tkill") if stock_hboot else ("hboot", "lamd", "tkill"):
         text = prefix_script(name, pkgdir)
         if name == "hboot" and stock_log:
             (pre / "stock-hboot").write_text("#!/bin/sh\nread -r host </proc/sys/kernel/hostname\n"
