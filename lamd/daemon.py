@@ -661,6 +661,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     notifier.stopping()
     log.info("shutting down (%s): signalling %d clients", io.stop_reason or "stop",
              len(kernel.killfile_entries()))
+    # halted with systemd's socket: the local lamhalts wait for its path to go
+    lamhalts = io.kernel.lamhalt_pids() if io.halted and owned_socket is None else []
     io.shutdown(unlink_socket=owned_socket, grace=HALT_GRACE if io.halted else 0.0)
     if booted is not None:
         booted.dli_sock.close()
@@ -695,6 +697,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if e.errno != errno.ENOTEMPTY or time.monotonic() > deadline:
                     break
                 time.sleep(0.02)
+    if lamhalts:
+        from .session import halting
+        try:
+            ended = halting.aside_for_lamhalt(session.socket_path, lamhalts)
+        except OSError as e:
+            log.warning("cannot move %s aside for lamhalt (it waits for the path to go): %s",
+                        session.socket_path, e.strerror)
+        else:
+            log.info("lamhalt: the socket's path moved aside until %d of %d lamhalts ended",
+                     ended, len(lamhalts))
     return status
 
 

@@ -282,6 +282,11 @@ class Kernel(KInner, KIProcDriver):
         left out (``kkill.c``)."""
         return [(p.pid, p.conn) for p in self._by_conn.values() if p.priority != PRLAMHALT]
 
+    def lamhalt_pids(self) -> list[int]:
+        """The pids of the attached ``lamhalt``s (PRLAMHALT): once this
+        node's daemon halts, each waits for the session socket to go."""
+        return [p.pid for p in self._by_conn.values() if p.priority == PRLAMHALT]
+
     @property
     def nclients(self) -> int:
         """How many external processes are attached (one per connection)."""

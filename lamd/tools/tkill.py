@@ -34,7 +34,8 @@ Three modes:
   directory stay, for ``lamd@.socket`` and ``lamd-dl@.socket``;
 * ``--systemd`` (``ExecStop=``/``ExecStopPost=`` of ``lamd@.service``):
   leaves the daemon to systemd and the socket and directory to
-  ``lamd@.socket``, which keeps listening. systemd runs both after a crash
+  ``lamd@.socket``, which keeps listening (its path put back where a daemon
+  that died had moved it aside for lamhalt: ``lamd.session.halting``). systemd runs both after a crash
   too; a stop that systemd will follow with a restart (``$SERVICE_RESULT``
   other than ``success``, unless the exit status is one of
   ``RestartPreventExitStatus=``) is not the end of the session: the clients
@@ -696,6 +697,13 @@ def main(argv: list[str] | None = None) -> int:
         killfile = args.killfile
     else:
         killfile = Session.for_user(prefix=args.prefix, suffix=args.suffix).killfile_path
+    if args.systemd:
+        # a daemon that died while its socket's path was aside for lamhalt
+        # (lamd.session.halting): back where clients, and systemd, find it
+        from ..session import halting
+        sock = os.path.join(os.path.dirname(killfile) or ".", LAM_SOCKET)
+        if halting.restore(sock):
+            say(f"{sock}: put back from {halting.ASIDE}")
     if args.systemd and not stop_is_final(os.environ):
         say(f"the daemon failed (SERVICE_RESULT={os.environ.get('SERVICE_RESULT')}, "
             f"EXIT_CODE={os.environ.get('EXIT_CODE', '')}, "

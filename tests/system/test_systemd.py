@@ -681,6 +681,39 @@ def test_sigkilled_daemon_never_blocks_next_client(ct):
     wait_mainpid_change(ct, old)
 
 
+def test_lamhalt_returns_and_the_next_client_starts_the_daemon(ct):
+    """Stock lamhalt under socket activation: it halts the kernel (exit 0,
+    the unit inactive with result success), returns at once with status 0,
+    and the socket's path is systemd's listening socket again, so the next
+    client starts a fresh kernel. lamhalt waits for the path to go
+    (otb/lamhalt/lamhalt.c, spinning on stat with no limit), which systemd's
+    socket never does: the kernel moves it aside while the lamhalt runs
+    (lamd.session.halting). Before, lamhalt spun here until killed. No
+    C-lamd side: the C lamd has no socket activation (its lamhalt returns
+    because it removes its own socket: test_stock_tools.test_lamhalt)."""
+    assert lamnodes(ct).returncode == 0
+    old = ct.show(ct.service, "MainPID")["MainPID"]
+    sock = f"{ct.sdir}/lam-kernel-socket"
+    ino = ct.run(["stat", "-c", "%i", sock]).stdout.strip()
+    t0 = time.monotonic()
+    r = ct.as_user(["lamhalt"], timeout=30)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr, took)
+    assert took < 15, took   # bounded by as_user's timeout; before, it spun until killed
+    ct.wait_for(lambda: ct.show(ct.service, "ActiveState")["ActiveState"] == "inactive", 20,
+                "the kernel halted")
+    assert ct.show(ct.service, "Result")["Result"] == "success"
+    assert ct.run(["systemctl", "is-active", ct.socket]).stdout.strip() == "active"
+    # the same socket (systemd's), at its path; nothing of it left aside
+    assert ct.run(["stat", "-c", "%i %F", sock]).stdout.split() == [ino, "socket"]
+    assert "lam-kernel-socket.halting" not in ct.run(["ls", "-a", ct.sdir]).stdout
+    assert "moved aside until 1 of 1 lamhalts ended" in ct.run(
+        ["journalctl", "-u", ct.service, "--no-pager", "-o", "cat"]).stdout
+    r = lamnodes(ct)
+    assert r.returncode == 0 and "n0" in r.stdout, r.stdout + r.stderr
+    wait_mainpid_change(ct, old)
+
+
 def test_restart(ct):
     """`systemctl restart`: a new kernel, and a new jobs process attached to
     it (the old one, hung up by the stop, exits 0; its unit's Restart=
