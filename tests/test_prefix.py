@@ -127,6 +127,19 @@ def user_session(d: Path, pw) -> tuple[Path, Path]:
     return sessions, sdir
 
 
+def datalink_sockets(sdir: Path, pw, fifo: bool = True) -> socket.socket:
+    """lamd-dl@.socket's socket and (*fifo*) FIFO in the session directory
+    *sdir*, *pw*'s, as systemd makes them; the listening socket."""
+    if fifo:
+        os.mkfifo(sdir / "lamd-datalink-fifo", 0o600)
+        os.chown(sdir / "lamd-datalink-fifo", pw.pw_uid, pw.pw_gid)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(sdir / "lamd-datalink-socket"))
+    os.chown(sdir / "lamd-datalink-socket", pw.pw_uid, pw.pw_gid)
+    sock.listen(1)
+    return sock
+
+
 def test_the_trees_tkill_starts_nothing_in_an_empty_systemd_session():
     """hboot -t on a node whose session is systemd's (its datalink socket
     there) and holds nothing of a daemon: the tree's tkill ends at once,
@@ -216,12 +229,7 @@ def test_the_trees_lamd_writes_the_fifo_without_python(argv, fifo):
         script.chmod(0o755)
         sessions, sdir = user_session(Path(d), pw)
         path = sdir / "lamd-datalink-fifo"
-        os.mkfifo(path, 0o600)
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(str(sdir / "lamd-datalink-socket"))
-        os.chown(sdir / "lamd-datalink-socket", pw.pw_uid, pw.pw_gid)
-        sock.listen(1)
+        sock = datalink_sockets(sdir, pw)
         rd = os.open(path, os.O_RDWR | os.O_NONBLOCK)   # as systemd holds it
         try:
             trace = Path(d) / "trace"
@@ -317,13 +325,7 @@ def test_the_trees_hboot_hands_lamboots_request_to_a_waiting_service(case, fast)
         shutil.copy(REPO / "packaging" / "lam-prefix" / "etc" / "lam-conf.lamd", tree / "etc")
         sessions, sdir = user_session(d, pw)
         path = sdir / "lamd-datalink-fifo"
-        if not case.startswith("no FIFO"):
-            os.mkfifo(path, 0o600)
-            os.chown(path, pw.pw_uid, pw.pw_gid)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(str(sdir / "lamd-datalink-socket"))
-        os.chown(sdir / "lamd-datalink-socket", pw.pw_uid, pw.pw_gid)
-        sock.listen(1)
+        sock = datalink_sockets(sdir, pw, fifo=not case.startswith("no FIFO"))
         leftover = {"a session with a kill file": "lam-killfile",
                     "a session with a client list's spare": "lamd-clients.spare"}.get(case)
         if leftover:
