@@ -714,6 +714,35 @@ def test_lamhalt_returns_and_the_next_client_starts_the_daemon(ct):
     wait_mainpid_change(ct, old)
 
 
+def test_stock_tkill_leaves_a_socket_that_starts_the_daemon(ct):
+    """lam-runtime's own tkill (by hand, or lamwipe without the prefix
+    tree): it ends the kernel (SIGHUP through the kill file) and then
+    unlinks the session socket's path, which is systemd's listening socket.
+    lamd@.service's last ExecStopPost= (lamd-resocket, as root) restarts
+    lamd@USER.socket once that tkill is over, which binds the path again:
+    the next client starts a fresh kernel. Before, every client after such a
+    tkill found "no lamd running" until the socket unit was restarted by
+    hand. The C lamd's side is LAM's: after tkill no lamd runs until the
+    next lamboot (a socket-activated daemon is started by the next client)."""
+    assert lamnodes(ct).returncode == 0
+    old = ct.show(ct.service, "MainPID")["MainPID"]
+    sock = f"{ct.sdir}/lam-kernel-socket"
+    r = ct.as_user(["/usr/bin/tkill"], timeout=30)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    ct.wait_for(lambda: ct.show(ct.service, "ActiveState")["ActiveState"] == "inactive", 20,
+                "the kernel ended by tkill")
+    ct.wait_for(lambda: ct.run(["stat", "-c", "%F", sock]).stdout.strip() == "socket"
+                and ct.run(["systemctl", "is-active", ct.socket]).stdout.strip() == "active",
+                30, "the socket's path bound again")
+    assert "was removed (stock tkill?): restarting" in ct.run(
+        ["journalctl", "-u", ct.service, "--no-pager", "-o", "cat"]).stdout
+    st = ct.run(["stat", "-c", "%U %a", ct.sdir, sock]).stdout.split("\n")
+    assert st[:2] == [f"{USER} 700", f"{USER} 600"], st
+    r = lamnodes(ct)
+    assert r.returncode == 0 and "n0" in r.stdout, r.stdout + r.stderr
+    wait_mainpid_change(ct, old)
+
+
 def test_restart(ct):
     """`systemctl restart`: a new kernel, and a new jobs process attached to
     it (the old one, hung up by the stop, exits 0; its unit's Restart=
