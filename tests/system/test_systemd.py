@@ -729,11 +729,14 @@ def test_stock_tkill_leaves_a_socket_that_starts_the_daemon(ct):
     sock = f"{ct.sdir}/lam-kernel-socket"
     r = ct.as_user(["/usr/bin/tkill"], timeout=30)
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
-    ct.wait_for(lambda: ct.show(ct.service, "ActiveState")["ActiveState"] == "inactive", 20,
-                "the kernel ended by tkill")
-    ct.wait_for(lambda: ct.run(["stat", "-c", "%F", sock]).stdout.strip() == "socket"
-                and ct.run(["systemctl", "is-active", ct.socket]).stdout.strip() == "active",
-                30, "the socket's path bound again")
+    try:
+        ct.wait_for(lambda: ct.show(ct.service, "ActiveState")["ActiveState"] == "inactive", 20,
+                    "the kernel ended by tkill")
+        ct.wait_for(lambda: ct.run(["stat", "-c", "%F", sock]).stdout.strip() == "socket"
+                    and ct.run(["systemctl", "is-active", ct.socket]).stdout.strip() == "active",
+                    30, "the socket's path bound again")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n" + ct.run(["journalctl", "--no-pager", "-n", "60"]).stdout)
     assert "was removed (stock tkill?): restarting" in ct.run(
         ["journalctl", "-u", ct.service, "--no-pager", "-o", "cat"]).stdout
     st = ct.run(["stat", "-c", "%U %a", ct.sdir, sock]).stdout.split("\n")
