@@ -717,12 +717,14 @@ def test_lamhalt_returns_and_the_next_client_starts_the_daemon(ct):
 def test_stock_tkill_leaves_a_socket_that_starts_the_daemon(ct):
     """lam-runtime's own tkill (by hand, or lamwipe without the prefix
     tree): it ends the kernel (SIGHUP through the kill file) and then
-    unlinks the session socket's path, which is systemd's listening socket.
-    lamd@.service's last ExecStopPost= (lamd-resocket, as root) restarts
-    lamd@USER.socket once that tkill is over, which binds the path again:
-    the next client starts a fresh kernel. Before, every client after such a
-    tkill found "no lamd running" until the socket unit was restarted by
-    hand. The C lamd's side is LAM's: after tkill no lamd runs until the
+    removes the session directory with everything in it, the paths of
+    systemd's listening sockets among them. lamd@.service's last
+    ExecStopPost= (lamd-resocket, as root) restarts lamd@USER.socket (and
+    with it lamd-dl@USER.socket) once that tkill is over, which make the
+    directory and bind the paths again: the next client starts a fresh
+    kernel. Before, the stop failed in the missing directory (226/NAMESPACE),
+    the restarts too, until the start limit failed the socket unit: no
+    client could start the daemon until an admin reset it. The C lamd's side is LAM's: after tkill no lamd runs until the
     next lamboot (a socket-activated daemon is started by the next client)."""
     assert lamnodes(ct).returncode == 0
     old = ct.show(ct.service, "MainPID")["MainPID"]
@@ -732,15 +734,19 @@ def test_stock_tkill_leaves_a_socket_that_starts_the_daemon(ct):
     try:
         ct.wait_for(lambda: ct.show(ct.service, "ActiveState")["ActiveState"] == "inactive", 20,
                     "the kernel ended by tkill")
-        ct.wait_for(lambda: ct.run(["stat", "-c", "%F", sock]).stdout.strip() == "socket"
-                    and ct.run(["systemctl", "is-active", ct.socket]).stdout.strip() == "active",
-                    30, "the socket's path bound again")
+        dl = f"lamd-dl@{USER}.socket"
+        ct.wait_for(lambda: ct.run(["stat", "-c", "%F", sock, f"{ct.sdir}/lamd-datalink-socket",
+                                    f"{ct.sdir}/lamd-datalink-fifo"]).stdout.split("\n")[:3]
+                    == ["socket", "socket", "fifo"]
+                    and ct.run(["systemctl", "is-active", ct.socket, dl]).stdout.split()
+                    == ["active", "active"], 30, "the sockets' paths bound again")
     except AssertionError as e:
         raise AssertionError(f"{e}\n" + ct.run(["journalctl", "--no-pager", "-n", "60"]).stdout)
-    assert "was removed (stock tkill?): restarting" in ct.run(
+    assert "was removed (lam-runtime's tkill?): restarting" in ct.run(
         ["journalctl", "-u", ct.service, "--no-pager", "-o", "cat"]).stdout
     st = ct.run(["stat", "-c", "%U %a", ct.sdir, sock]).stdout.split("\n")
     assert st[:2] == [f"{USER} 700", f"{USER} 600"], st
+    assert ct.show(ct.service, "Result")["Result"] == "success"
     r = lamnodes(ct)
     assert r.returncode == 0 and "n0" in r.stdout, r.stdout + r.stderr
     wait_mainpid_change(ct, old)
