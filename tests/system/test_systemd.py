@@ -700,8 +700,11 @@ def test_lamhalt_returns_and_the_next_client_starts_the_daemon(ct):
     took = time.monotonic() - t0
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr, took)
     assert took < 15, took   # bounded by as_user's timeout; before, it spun until killed
-    ct.wait_for(lambda: ct.show(ct.service, "ActiveState")["ActiveState"] == "inactive", 20,
-                "the kernel halted")
+    try:
+        ct.wait_for(lambda: ct.show(ct.service, "ActiveState")["ActiveState"] == "inactive", 20,
+                    "the kernel halted")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n" + ct.run(["journalctl", "--no-pager", "-n", "60"]).stdout)
     assert ct.show(ct.service, "Result")["Result"] == "success"
     assert ct.run(["systemctl", "is-active", ct.socket]).stdout.strip() == "active"
     # the same socket (systemd's), at its path; nothing of it left aside
