@@ -692,6 +692,7 @@ def test_lamhalt_returns_and_the_next_client_starts_the_daemon(ct):
     C-lamd side: the C lamd has no socket activation (its lamhalt returns
     because it removes its own socket: test_stock_tools.test_lamhalt)."""
     assert lamnodes(ct).returncode == 0
+    wait_jobs(ct)   # else its connect, after the halt, starts the next kernel
     old = ct.show(ct.service, "MainPID")["MainPID"]
     sock = f"{ct.sdir}/lam-kernel-socket"
     ino = ct.run(["stat", "-c", "%i", sock]).stdout.strip()
@@ -730,6 +731,7 @@ def test_stock_tkill_leaves_a_socket_that_starts_the_daemon(ct):
     client could start the daemon until an admin reset it. The C lamd's side is LAM's: after tkill no lamd runs until the
     next lamboot (a socket-activated daemon is started by the next client)."""
     assert lamnodes(ct).returncode == 0
+    wait_jobs(ct)   # else its connect, after tkill, starts the next kernel
     old = ct.show(ct.service, "MainPID")["MainPID"]
     sock = f"{ct.sdir}/lam-kernel-socket"
     r = ct.as_user(["/usr/bin/tkill"], timeout=30)
