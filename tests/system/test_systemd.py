@@ -723,10 +723,10 @@ def test_stock_tkill_leaves_a_socket_that_starts_the_daemon(ct):
     tree): it ends the kernel (SIGHUP through the kill file) and then
     removes the session directory with everything in it, the paths of
     systemd's listening sockets among them. lamd@.service's last
-    ExecStopPost= (lamd-resocket, as root) restarts lamd@USER.socket (and
-    with it lamd-dl@USER.socket) once that tkill is over, which make the
-    directory and bind the paths again: the next client starts a fresh
-    kernel. Before, the stop failed in the missing directory (226/NAMESPACE),
+    ExecStopPost= (lamd-resocket, as root) has a transient unit restart
+    lamd@USER.socket (and with it lamd-dl@USER.socket) once that tkill is
+    over and the kernel's unit down, which make the directory and bind the
+    paths again: the next client starts a fresh kernel. Before, the stop failed in the missing directory (226/NAMESPACE),
     the restarts too, until the start limit failed the socket unit: no
     client could start the daemon until an admin reset it. The C lamd's side is LAM's: after tkill no lamd runs until the
     next lamboot (a socket-activated daemon is started by the next client)."""
@@ -748,7 +748,7 @@ def test_stock_tkill_leaves_a_socket_that_starts_the_daemon(ct):
     except AssertionError as e:
         raise AssertionError(f"{e}\n" + ct.run(["journalctl", "--no-pager", "-n", "60"]).stdout)
     assert "was removed (lam-runtime's tkill?): restarting" in ct.run(
-        ["journalctl", "-u", ct.service, "--no-pager", "-o", "cat"]).stdout
+        ["journalctl", "-t", "lamd-resocket", "--no-pager", "-o", "cat"]).stdout
     st = ct.run(["stat", "-c", "%U %a", ct.sdir, sock]).stdout.split("\n")
     assert st[:2] == [f"{USER} 700", f"{USER} 600"], st
     assert ct.show(ct.service, "Result")["Result"] == "success"
