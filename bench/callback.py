@@ -263,9 +263,9 @@ def main() -> int:
         kinds.append("warm-stock")
     raw: dict[str, list[float]] = {k: [] for k in kinds}
     sessions = {k: lamenv.Session(pw) for k in kinds}
+    keep: set[int] = set()   # the socket holders
     try:
         argv = {"c": by_hboot(None) if args.hboot else ["/usr/bin/lamd"]}
-        keep = set()
         warm_holders: dict[str, int] = {}
         for tag, root in roots.items():
             hand = sessions[f"{tag}hand"]
@@ -301,6 +301,14 @@ def main() -> int:
             print(f"[callback] round {r + 1}: " + ", ".join(
                 f"{k} {raw[k][-1] * 1e3:.1f} ms" for k in kinds), flush=True)
     finally:
+        # each holder stops its datalink service (a waiting one too) on
+        # SIGTERM; Session.close's SIGKILL of the holder alone would leave it
+        for pid in keep:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        time.sleep(1)
         for s in sessions.values():
             s.close()
         for pkg in pkgs.values():
