@@ -189,16 +189,21 @@ def sweep(s: lamenv.Session, keep: set[int], holder: int | None = None) -> None:
                 and not (holder is not None and lamenv.ppid(int(d)) == holder)]
         if not pids:
             break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        signal_each(pids, signal.SIGKILL)
         time.sleep(0.01)
     if s.session_dir.is_dir():
         for f in s.session_dir.iterdir():
             if f.name not in ("lamd-datalink-socket", "lamd-datalink-fifo"):
                 f.unlink(missing_ok=True)
+
+
+def signal_each(pids, sig: int) -> None:
+    """*sig* to each of *pids* that still runs."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def _subreaper() -> None:
@@ -303,11 +308,7 @@ def main() -> int:
     finally:
         # each holder stops its datalink service (a waiting one too) on
         # SIGTERM; Session.close's SIGKILL of the holder alone would leave it
-        for pid in keep:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        signal_each(keep, signal.SIGTERM)
         time.sleep(1)
         for s in sessions.values():
             s.close()
