@@ -663,7 +663,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              len(kernel.killfile_entries()))
     # halted with systemd's socket: the local lamhalts wait for its path to go
     lamhalts = io.kernel.lamhalt_pids() if io.halted and owned_socket is None else []
-    io.shutdown(unlink_socket=owned_socket, grace=HALT_GRACE if io.halted else 0.0)
+    io.shutdown(unlink_socket=owned_socket, grace=HALT_GRACE if io.halted else 0.0,
+                drain_backlog=io.halted and owned_socket is None)
     if booted is not None:
         booted.dli_sock.close()
     if jobs is not None:

@@ -185,3 +185,69 @@ def test_stock_lamhalt_returns_under_socket_activation():
     finally:
         s.close()
         shutil.rmtree(pkg, ignore_errors=True)
+
+
+# attached, then deaf to the kernel's EOF: lamhalt's grace waits for it
+LINGER = ("import signal, sys, time\nsys.path.insert(0, sys.argv[1])\n"
+          "from lamd.client import KernelClient\n"
+          "c = KernelClient.connect(sys.argv[2], timeout=10)\nc.attach()\n"
+          "print('attached', flush=True)\ntime.sleep(30)\n")
+
+
+def test_a_connection_made_during_the_halt_starts_no_kernel():
+    """A connection that waits in the backlog of systemd's socket while the
+    kernel halts (here during the halt's grace, which a client deaf to the
+    kernel's EOF makes last): the kernel accepts and closes it before it
+    lets the socket go, its kill file already gone. Left there, the socket's
+    holder would start a kernel for it once this one had exited: how the
+    jobs process of a kernel halted before it attached started another
+    (lamd-jobs@.service; under a real systemd:
+    ``tests/system/test_systemd.py::test_lamhalt_before_the_jobs_process_attached``).
+    A halted C lamd serves no such connection either: it closes its socket."""
+    pw = lamenv.ensure_user()
+    pkg = lamenv.copy_package(pyc=True)
+    s = lamenv.Session(pw)
+    holder = linger = None
+    try:
+        s.session_dir.mkdir(mode=0o700)
+        os.chown(s.session_dir, pw.pw_uid, pw.pw_gid)
+        log = s.work / "lamd.log"
+        holder = s.popen(["/usr/bin/python3", REPO / "tests" / "sockact.py", s.socket,
+                          "/bin/sh", "-c", f"exec /usr/bin/python3 -m lamd --no-jobs 2>>{log}"],
+                         env={**s.env, "PYTHONPATH": str(pkg)},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not s.socket.exists():
+            assert time.monotonic() < deadline and holder.poll() is None
+            time.sleep(0.02)
+        linger = s.popen(["/usr/bin/python3", "-c", LINGER, str(pkg), str(s.socket)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert linger.stdout.readline() == "attached\n", log.read_text()
+        first = lamenv.read_killfile(s.killfile)[0]
+        halt = s.popen(["timeout", "-k", "1", "20", "lamhalt"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # the halt's grace has begun once the lingering client reads EOF
+        # (its socket shut): the kernel no longer accepts
+        assert wait_until(lambda: b"shutting down" in log.read_bytes(), 10), log.read_text()
+        time.sleep(0.2)
+        late = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        late.settimeout(15)
+        try:
+            late.connect(str(s.socket))  # into the backlog: nobody accepts now
+            assert halt.wait(30) == 0
+            assert wait_until(lambda: not lamenv.pid_alive(first), 10)
+            assert late.recv(1) == b"", "the waiting connection was not closed"
+        finally:
+            late.close()
+        time.sleep(2.0)  # the holder would have started the next kernel by now
+        assert not s.killfile.exists(), (lamenv.read_killfile(s.killfile), log.read_text())
+        assert log.read_text().count("serving") == 1, log.read_text()
+    finally:
+        if holder is not None:  # as a socket unit stops: its kernel too
+            holder.terminate()
+            holder.wait(20)
+        if linger is not None:
+            linger.kill()
+            linger.wait(10)
+        s.close()
+        shutil.rmtree(pkg, ignore_errors=True)

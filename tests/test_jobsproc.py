@@ -671,6 +671,55 @@ def test_jobs_process_waits_for_a_kernel(lam_session, lamd_pkg, lamd_by_hand):
         log.close()
 
 
+def test_jobs_process_for_a_running_kernel_only(lam_session, lamd_pkg):
+    """``--for-running-kernel`` (what lamd and lamd-jobs@.service pass): the
+    jobs process connects only while the session's kill file is there. A
+    kernel halted before its jobs process attached (``lamhalt`` right after
+    a socket-activated start) is not started again by that process's
+    connect: it exits 0 without connecting (a listening socket here, as
+    systemd's, gets no connection), and one that waits for the kernel's
+    socket stops waiting once the kill file goes. Without the option it
+    waits for a kernel (``test_jobs_process_waits_for_a_kernel``)."""
+    s = lam_session
+    env = dict(s.env, PYTHONPATH=str(lamd_pkg), PYTHONDONTWRITEBYTECODE="1")
+    s.session_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chown(s.session_dir, s.pw.pw_uid, s.pw.pw_gid)
+    import select
+    import socket
+
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        lst.bind(str(s.socket))
+        os.chmod(s.socket, 0o777)
+        lst.listen(8)
+        argv = [lamenv.SYSTEM_PYTHON, "-m", "lamd.jobs", "--for-running-kernel", "--wait", "20"]
+        t0 = time.monotonic()
+        cp = s.run(argv, env=env, timeout=30)
+        assert cp.returncode == 0, show(cp)
+        assert "the kernel ended before this process attached" in cp.stderr, show(cp)
+        assert time.monotonic() - t0 < 10
+        assert select.select([lst], [], [], 0.2)[0] == [], "it connected"
+        lst.close()
+        s.socket.unlink()
+        # a kill file, no socket: it waits, and stops when the kill file goes
+        s.killfile.write_text(f"{os.getpid()}\n")
+        log = open(s.work / "jobs.log", "w")
+        jp = s.popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            time.sleep(1.0)
+            assert jp.poll() is None, (s.work / "jobs.log").read_text()
+            s.killfile.unlink()
+            assert jp.wait(TIMEOUT) == 0, (s.work / "jobs.log").read_text()
+            assert "ended before this process attached" in (s.work / "jobs.log").read_text()
+        finally:
+            if jp.poll() is None:
+                jp.kill()
+                jp.wait()
+            log.close()
+    finally:
+        lst.close()
+
+
 @pytest.mark.parametrize("end", ["lamhalt", "SIGTERM", "SIGKILL"])
 def test_jobs_process_status_tells_a_stop_from_a_lost_kernel(lam_session, lamd_pkg,
                                                              lamd_by_hand, end):

@@ -50,7 +50,7 @@ import socket
 import sys
 import time
 from .._dataclasses import replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..iprocs import BY_NAME, JOB_SERVICES, boot_config
 from ..iprocs.router import nodeid_watch
@@ -166,11 +166,15 @@ def read_env_file(path: str) -> dict[str, str]:
     return out
 
 
-def wait_for_kernel(path: str, timeout: float) -> bool:
-    """Retry connecting to the kernel's socket until it answers or *timeout*."""
+def wait_for_kernel(path: str, timeout: float,
+                    may_connect: Callable[[], bool] | None = None) -> bool:
+    """Retry connecting to the kernel's socket until it answers or
+    *timeout*; False at once when *may_connect* says no (before each try)."""
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
+        if may_connect is not None and not may_connect():
+            return False
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         s.settimeout(max(0.1, min(2.0, deadline - time.monotonic())))
         try:
@@ -191,8 +195,13 @@ class JobsProcess:
 
     def __init__(self, session: Session, *, wait: float = DEFAULT_WAIT,
                  names: Sequence[str] = JOB_SERVICES, use_cgroups: bool = True,
-                 node_id: int = 0, busy_poll: float | None = None) -> None:
+                 node_id: int = 0, busy_poll: float | None = None,
+                 for_running_kernel: bool = False) -> None:
         self.session = session
+        #: attach only to the kernel that runs now (its kill file there):
+        #: started for a kernel (by it, or by lamd-jobs@.service after it),
+        #: never start one under socket activation by connecting after it halted
+        self.for_running_kernel = for_running_kernel
         self.node_id = node_id
         #: the host's busy-poll limit (seconds); None: LAMD_BUSY_POLL's
         self.busy_poll = busy_poll
@@ -224,7 +233,10 @@ class JobsProcess:
         cgroups.install(self.jobs)
         notifier = Notifier()
         path = self.session.socket_path
-        if not wait_for_kernel(path, self.wait):
+        may_connect = self._kernel_runs if self.for_running_kernel else None
+        if not wait_for_kernel(path, self.wait, may_connect):
+            if may_connect is not None and not may_connect():
+                return self._kernel_gone()
             log.error("jobs: no kernel at %s after %.0f s (ENOKERNEL: is lamd running for "
                       "this session?)", path, self.wait)
             return EXIT_FAILED
@@ -274,6 +286,8 @@ class JobsProcess:
             host.loop.call_later(tick if self.ready else 0.01, on_tick)
 
         host.loop.call_later(0.0, on_tick)
+        if may_connect is not None and not may_connect():
+            return self._kernel_gone()
         try:
             status = host.run()
         finally:
@@ -283,6 +297,20 @@ class JobsProcess:
                 log.info("jobs: killed %d job%s", n, "" if n == 1 else "s")
             self.jobs.close()
         return status
+
+
+    def _kernel_runs(self) -> bool:
+        return os.path.exists(self.session.killfile_path)
+
+    def _kernel_gone(self) -> int:
+        """The kernel this process was started for ended before it attached
+        (``lamhalt`` right after the kernel's start): connecting now would
+        make systemd start another one for nobody."""
+        log.info("jobs: the kernel ended before this process attached (no kill file %s): "
+                 "not connecting", self.session.killfile_path)
+        if self.jobs is not None:
+            self.jobs.close()
+        return EXIT_OK
 
 
 #: By hand, ``lamd`` restarts a jobs process that dies while the kernel runs:
@@ -444,7 +472,7 @@ def jobs_argv(session_dir: str, log_level: str, node_id: int | None = None,
     the standard library's; ``-P`` leaves it out."""
     package_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     argv = [sys.executable, "-P", "-c", CHILD_MAIN, package_dir, "--session-dir", session_dir,
-            "--log-level", log_level]
+            "--log-level", log_level, "--for-running-kernel"]
     if node_id:
         argv += ["--node-id", str(node_id)]
     if busy_poll_us is not None:
@@ -477,6 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-id", type=int, default=0, metavar="NODE",
                    help="this node's id in a universe booted by lamboot (default 0; "
                         "what lamd passes its child)")
+    p.add_argument("--for-running-kernel", action="store_true",
+                   help="attach only while the session's kernel runs (its kill file is "
+                        "there): exit 0 if it ended before this process attached, instead "
+                        "of waiting for, or under socket activation starting, another "
+                        "(what lamd and lamd-jobs@.service pass)")
     return p
 
 
@@ -498,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         session = Session.for_user(prefix=args.prefix, suffix=args.suffix)
     jp = JobsProcess(session, wait=max(0.0, args.wait), use_cgroups=not args.no_cgroups,
-                     node_id=args.node_id,
+                     node_id=args.node_id, for_running_kernel=args.for_running_kernel,
                      busy_poll=None if args.busy_poll is None else max(0, args.busy_poll) / 1e6)
     return jp.run()
 

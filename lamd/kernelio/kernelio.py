@@ -53,6 +53,8 @@ from ..kernel.kactions import (  # noqa: E402
 )
 
 
+#: at most this many connections accepted and closed at a halt (KernelIO._drain_backlog)
+DRAIN_MAX = 4096
 #: bodies this long or longer are spliced by default (shorter ones cost less copied)
 SPLICE_MIN = 64 * 1024
 
@@ -89,6 +91,16 @@ def _node_of(listener: _socket.socket) -> tuple[int, int] | None:
     except OSError:
         return None
     return _node_of_path(path) if isinstance(path, str) and path else None
+
+
+def _unlink_all(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("cannot remove %s: %s", path, e.strerror)
 
 
 def _killfile_pid(path: str) -> int | None:
@@ -335,7 +347,8 @@ class KernelIO(Admission, ConnIO):
         if crash is not None and crash.due:
             crash.settle()
 
-    def shutdown(self, *, unlink_socket: str | None = None, grace: float = 0.0) -> None:
+    def shutdown(self, *, unlink_socket: str | None = None, grace: float = 0.0,
+                 drain_backlog: bool = False) -> None:
         """``kio_shutdown``: kkillall, close everything, remove session files.
 
         With *grace* (``lamhalt``) the clients first see the kernel go, as
@@ -345,6 +358,15 @@ class KernelIO(Admission, ConnIO):
         after *grace* seconds are hung up (kkillall). Without it (a signal:
         ``tkill``, ``lamwipe``, systemd) every client is hung up at once, as
         the C lamd's ``kio_shutdown`` does.
+
+        *drain_backlog* (a halt, the socket systemd's): the connections
+        still waiting to be accepted are accepted and closed after the kill
+        file has gone and before the socket is let go. Left there, systemd
+        would start a kernel for them once this one has exited: the jobs
+        process of a kernel halted before it attached would start another
+        (it connects only while the kill file is there: ``lamd.jobs``'s
+        ``--for-running-kernel``), as would a client that connected during
+        the halt, which LAM's halted daemon does not serve either.
         """
         self._apply(self.kernel.end_iprocs())  # iod's socket, flatd's files go
         hangups = self.kernel.kkillall()
@@ -370,27 +392,25 @@ class KernelIO(Admission, ConnIO):
             self.crash = None
             crash.close()
         self.loop.remove(self.listener.fileno())
-        self.listener.close()
         self._kill.close()
         # only what is still ours: a daemon started for the same session
         # while we were going (lamboot again: hboot -t's tkill hangs us up
         # and starts the next at once) may have bound its socket and written
         # its kill file already
         paths: list[str] = []
-        if unlink_socket and _node_of_path(unlink_socket) == self._socket_node:
-            paths.append(unlink_socket)
         if self.killfile and _killfile_pid(self.killfile) in (
                 None, self.kernel.kernel_pid or os.getpid()):
             paths.append(self.killfile)
             if self.clients_file:
                 paths.append(self.clients_file)
-        for path in paths:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                log.warning("cannot remove %s: %s", path, e.strerror)
+        if drain_backlog:
+            _unlink_all(paths)
+            paths = []
+            self._drain_backlog()
+        self.listener.close()
+        if unlink_socket and _node_of_path(unlink_socket) == self._socket_node:
+            paths.append(unlink_socket)
+        _unlink_all(paths)
         if self._spare_fd is not None:
             os.close(self._spare_fd)
             self._spare_fd = None
@@ -547,6 +567,18 @@ class KernelIO(Admission, ConnIO):
                 h = cast(K.Halt, a)
                 self.halted = not self.stopping
                 self.stop(h.status, h.reason)
+
+    def _drain_backlog(self) -> None:
+        """Accept and close what waits in the listener's backlog (at most
+        :data:`DRAIN_MAX`: the backlog is bounded, but clients may keep
+        coming)."""
+        self.listener.setblocking(False)
+        for _ in range(DRAIN_MAX):
+            try:
+                fd, _addr = getattr(self.listener, "_accept")()  # a bare fd (admission.py)
+            except OSError:   # EAGAIN: nothing left (or descriptors out: they stay)
+                return
+            os.close(fd)
 
     def _eof_first(self, hangups: list[K.Signal], grace: float) -> None:
         """Shut every client's socket (the peer reads EOF) and wait up to

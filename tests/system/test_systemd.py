@@ -692,7 +692,7 @@ def test_lamhalt_returns_and_the_next_client_starts_the_daemon(ct):
     C-lamd side: the C lamd has no socket activation (its lamhalt returns
     because it removes its own socket: test_stock_tools.test_lamhalt)."""
     assert lamnodes(ct).returncode == 0
-    wait_jobs(ct)   # else its connect, after the halt, starts the next kernel
+    wait_jobs(ct)   # attached: hung up by the halt (the test below halts before)
     old = ct.show(ct.service, "MainPID")["MainPID"]
     sock = f"{ct.sdir}/lam-kernel-socket"
     ino = ct.run(["stat", "-c", "%i", sock]).stdout.strip()
@@ -716,6 +716,42 @@ def test_lamhalt_returns_and_the_next_client_starts_the_daemon(ct):
     r = lamnodes(ct)
     assert r.returncode == 0 and "n0" in r.stdout, r.stdout + r.stderr
     wait_mainpid_change(ct, old)
+
+
+def test_lamhalt_before_the_jobs_process_attached_leaves_nothing(ct):
+    """lamhalt right after the first client started the kernel, before the
+    jobs process has attached (a drop-in holds it back a second after its
+    ExecCondition= found the kernel active: a slow start, as under load).
+    Its connect would make systemd start a second kernel after the halt,
+    which nobody asked for and which started a jobs process in turn. Now it
+    finds the kill file gone and exits 0 without connecting
+    (``--for-running-kernel``); the kernel halted for good."""
+    d = "/run/systemd/system/lamd-jobs@.service.d"
+    ct.sh(f"mkdir -p {d} && printf '[Service]\\nExecStartPre=/bin/sleep 1\\n'"
+          f" > {d}/50-test-slow.conf && systemctl daemon-reload")
+    try:
+        fresh_service(ct)
+        assert lamnodes(ct).returncode == 0
+        old = ct.show(ct.service, "MainPID", "NRestarts")
+        r = ct.as_user(["lamhalt"], timeout=30)
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        ct.wait_for(lambda: ct.show(ct.service, "ActiveState")["ActiveState"] == "inactive", 20,
+                    "the kernel halted")
+        ct.wait_for(lambda: "ended before this process attached" in ct.run(
+            ["journalctl", "-u", ct.jobs, "--no-pager", "-o", "cat"]).stdout, 20,
+            "the jobs process gave up")
+        time.sleep(3)   # its Restart= (2 s) skipped by ExecCondition=: no kernel
+        now = ct.show(ct.service, "ActiveState", "MainPID", "NRestarts", "ExecMainPID")
+        assert now["ActiveState"] == "inactive", (old, now, ct.run(
+            ["journalctl", "--no-pager", "-n", "60"]).stdout)
+        jobs = ct.show(ct.jobs, "ActiveState", "MainPID")
+        assert jobs == {"ActiveState": "inactive", "MainPID": "0"}, jobs
+        assert now["MainPID"] == "0" and now["NRestarts"] == old["NRestarts"], (old, now)
+        assert ct.run(["test", "-e", f"{ct.sdir}/lam-killfile"]).returncode != 0
+        assert ct.run(["systemctl", "is-active", ct.socket]).stdout.strip() == "active"
+    finally:
+        ct.sh(f"rm -f {d}/50-test-slow.conf; systemctl daemon-reload")
+        fresh_service(ct)
 
 
 def test_halt_and_start_again_many_times_a_minute(ct):
