@@ -138,6 +138,34 @@ def test_lamd_tkill_systemd_puts_back_a_path_left_aside(listening, result, monke
     assert connects(path)
 
 
+def hold_socket(s: lamenv.Session, pkg: Path, log: Path, *lamd_args: str) -> subprocess.Popen:
+    """The session's socket held as systemd holds lamd@.socket
+    (tests/sockact.py), our kernel (``python3 -m lamd`` with *lamd_args*,
+    its log to *log*) started by the first connection to it. Stop the
+    holder with SIGTERM, as a socket unit stops: its kernel goes first (a
+    SIGKILL of the holder alone, as Session.close's, leaves it running)."""
+    s.session_dir.mkdir(mode=0o700)
+    os.chown(s.session_dir, s.pw.pw_uid, s.pw.pw_gid)
+    cmd = " ".join(["exec /usr/bin/python3 -m lamd", *lamd_args, f"2>>{log}"])
+    holder = s.popen(["/usr/bin/python3", REPO / "tests" / "sockact.py", s.socket,
+                      "/bin/sh", "-c", cmd], env={**s.env, "PYTHONPATH": str(pkg)},
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not s.socket.exists():
+        if time.monotonic() > deadline or holder.poll() is not None:
+            holder.kill()
+            holder.wait(10)
+            raise AssertionError("the socket's holder did not listen")
+        time.sleep(0.02)
+    return holder
+
+
+def stop_holder(holder: subprocess.Popen | None) -> None:
+    if holder is not None and holder.poll() is None:
+        holder.terminate()
+        holder.wait(20)
+
+
 def test_stock_lamhalt_returns_under_socket_activation():
     """Our kernel started by a connection to a socket held as systemd holds
     lamd@.socket (tests/sockact.py): stock lamhalt exits 0 at once, the
@@ -147,18 +175,10 @@ def test_stock_lamhalt_returns_under_socket_activation():
     pw = lamenv.ensure_user()
     pkg = lamenv.copy_package(pyc=True)
     s = lamenv.Session(pw)
+    holder = None
     try:
-        s.session_dir.mkdir(mode=0o700)
-        os.chown(s.session_dir, pw.pw_uid, pw.pw_gid)
         log = s.work / "lamd.log"
-        holder = s.popen(["/usr/bin/python3", REPO / "tests" / "sockact.py", s.socket,
-                          "/bin/sh", "-c", f"exec /usr/bin/python3 -m lamd 2>>{log}"],
-                         env={**s.env, "PYTHONPATH": str(pkg)},
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not s.socket.exists():
-            assert time.monotonic() < deadline and holder.poll() is None
-            time.sleep(0.02)
+        holder = hold_socket(s, pkg, log)
         ino = s.socket.stat().st_ino
         cp = s.run(["tping", "-c", "1", "N"], timeout=30)
         assert cp.returncode == 0, cp
@@ -179,10 +199,10 @@ def test_stock_lamhalt_returns_under_socket_activation():
         # the holder stops as a socket unit does (SIGTERM: its kernel is
         # stopped first); a SIGKILL of the holder alone (Session.close)
         # would leave that kernel running
-        holder.terminate()
-        holder.wait(20)
+        stop_holder(holder)
         assert wait_until(lambda: not lamenv.pid_alive(second), 10), "kernel left running"
     finally:
+        stop_holder(holder)
         s.close()
         shutil.rmtree(pkg, ignore_errors=True)
 
@@ -202,24 +222,16 @@ def test_a_connection_made_during_the_halt_starts_no_kernel():
     holder would start a kernel for it once this one had exited: how the
     jobs process of a kernel halted before it attached started another
     (lamd-jobs@.service; under a real systemd:
-    ``tests/system/test_systemd.py::test_lamhalt_before_the_jobs_process_attached``).
+    ``tests/system/test_systemd.py::
+    test_lamhalt_before_the_jobs_process_attached_leaves_nothing``).
     A halted C lamd serves no such connection either: it closes its socket."""
     pw = lamenv.ensure_user()
     pkg = lamenv.copy_package(pyc=True)
     s = lamenv.Session(pw)
     holder = linger = None
     try:
-        s.session_dir.mkdir(mode=0o700)
-        os.chown(s.session_dir, pw.pw_uid, pw.pw_gid)
         log = s.work / "lamd.log"
-        holder = s.popen(["/usr/bin/python3", REPO / "tests" / "sockact.py", s.socket,
-                          "/bin/sh", "-c", f"exec /usr/bin/python3 -m lamd --no-jobs 2>>{log}"],
-                         env={**s.env, "PYTHONPATH": str(pkg)},
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not s.socket.exists():
-            assert time.monotonic() < deadline and holder.poll() is None
-            time.sleep(0.02)
+        holder = hold_socket(s, pkg, log, "--no-jobs")
         linger = s.popen(["/usr/bin/python3", "-c", LINGER, str(pkg), str(s.socket)],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert linger.stdout.readline() == "attached\n", log.read_text()
@@ -243,9 +255,7 @@ def test_a_connection_made_during_the_halt_starts_no_kernel():
         assert not s.killfile.exists(), (lamenv.read_killfile(s.killfile), log.read_text())
         assert log.read_text().count("serving") == 1, log.read_text()
     finally:
-        if holder is not None:  # as a socket unit stops: its kernel too
-            holder.terminate()
-            holder.wait(20)
+        stop_holder(holder)
         if linger is not None:
             linger.kill()
             linger.wait(10)
