@@ -298,7 +298,6 @@ class JobsProcess:
             self.jobs.close()
         return status
 
-
     def _kernel_runs(self) -> bool:
         return os.path.exists(self.session.killfile_path)
 
