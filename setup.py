@@ -21,7 +21,7 @@ from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from lamd._pure import COMPILED, MANIFEST, SHARED_LIB, source_digest  # noqa: E402
+from lamd._pure import COMPILED, DATALINK, DATALINK_LIB, HOTPATH, MANIFEST, SHARED_LIB, source_digest  # noqa: E402
 
 
 def build_jobs(environ: dict[str, str] | None = None) -> int:
@@ -64,13 +64,16 @@ def ext_modules() -> list:
         return []
     from mypyc.build import mypycify
 
-    paths = [m.replace(".", "/") + ".py" for m in COMPILED]
+    def paths(mods: tuple[str, ...]) -> list[str]:
+        return [m.replace(".", "/") + ".py" for m in mods]
+
     exts = mypycify(
         # the rest of lamd is read for its types, not compiled
-        ["--follow-imports=silent", "--python-version=3.11", *paths],
+        ["--follow-imports=silent", "--python-version=3.11", *paths(COMPILED)],
         opt_level="3",
-        # one shared library inside the package (not a top-level module)
-        separate=[(paths, SHARED_LIB)],
+        # shared libraries inside the package (not top-level modules), two
+        # so that the build compiles them at once
+        separate=[(paths(HOTPATH), SHARED_LIB), (paths(DATALINK), DATALINK_LIB)],
     )
     for ext in exts:
         # each module's shim calls nothing of libc: say it needs it anyway, as

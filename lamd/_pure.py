@@ -51,9 +51,24 @@ COMPILED = (
     "lamd.iprocs.nreq",
     "lamd.iprocs.bufferd",
 )
+#: the datalink's modules: every frame to or from another node (issue 11);
+#: a library of their own, which the build compiles beside the hot path's
+DATALINK = (
+    "lamd.datalink.frame",
+    "lamd.datalink.link",
+    "lamd.datalink.linkreq",
+    "lamd.iprocs.dli",
+    "lamd.iprocs.dlo",
+    "lamd.iprocs.echod",
+    "lamd.iprocs.bforward",
+    "lamd.iprocs.router",
+)
+HOTPATH = COMPILED
+COMPILED = HOTPATH + DATALINK
 _COMPILED = frozenset(COMPILED)
 #: mypyc's runtime and the compiled code, one library inside the package
 SHARED_LIB = "lamd._hotpath"
+DATALINK_LIB = "lamd._dlpath"
 #: written by the build beside the library: "module digest" per compiled module
 MANIFEST = "_hotpath.sources"
 

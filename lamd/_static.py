@@ -1,4 +1,4 @@
-"""``typing.cast`` and ``mypy_extensions.trait`` without importing ``typing``.
+"""``typing.cast``, ``mypy_extensions.trait`` and ``mypyc_attr`` without importing ``typing``.
 
 ``typing`` costs about 5 ms of a start (issue 13: the first client of a
 socket activation waits for all of it), and both names do nothing at run
@@ -13,7 +13,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy kno
 if TYPE_CHECKING:
     from typing import cast
 
-    from mypy_extensions import trait
+    from mypy_extensions import mypyc_attr, trait
 else:
     def cast(_type, value):
         return value
@@ -21,4 +21,7 @@ else:
     def trait(cls):
         return cls
 
-__all__ = ["cast", "trait"]
+    def mypyc_attr(*_args, **_kwargs):
+        return trait
+
+__all__ = ["cast", "mypyc_attr", "trait"]

@@ -37,7 +37,6 @@ import array
 import struct
 import sys
 from .._dataclasses import dataclass, field
-from typing import ClassVar
 
 from ..kernel.constants import MAXNMSGLEN, NHDSIZE
 from ..kernel.wire import NMsg
@@ -97,7 +96,6 @@ class DLAck:
     dla_seqnum: int
     dla_destid: int
 
-    SIZE: ClassVar[int] = DLACKLEN
 
     def encode(self) -> bytes:
         return DLACK.pack(self.dla_seqnum, self.dla_destid)

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 from collections import deque
 from .._dataclasses import dataclass, field
+from .._static import mypyc_attr
 
 from .frame import (
     DLACKLEN, DLMAXSEQ, DOMAXPENDING, DOMAXRESEND, DOSLOTCNT, DLAck, DLFrame,
@@ -86,6 +87,7 @@ def seqdiff(a: int, b: int) -> int:
     return d - DLMAXSEQ if d > DLMAXSEQ // 2 else d
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # keep.LinkKeep
 class Keeper:
     """What :class:`DLOut` and :class:`DLIn` tell of each change that must
     survive a crash of their process (:mod:`lamd.datalink.keep` keeps it);

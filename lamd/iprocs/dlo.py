@@ -58,7 +58,7 @@ from ..datalink.linkreq import (
     DOQVOPEN, NOTNODEID, DiReq, DoLink, LinkReqError, LinkTable,
 )
 from ..kernel.constants import EVDL0, EVDLI, KNMSG, KTRACE, KTRY, MAXNMSGLEN
-from ..kernel.kiproc import Event, IProc
+from ..kernel.kiproc import Event, IProc, Received, Watch
 from ..kernel.wire import NMsg
 from ..datalink.keep import DLO_SOCKET
 from . import LOCALHOST
@@ -129,8 +129,8 @@ async def dlo(k: IProc) -> None:
                  " (fault tolerant)" if ft else "")
     if keep is not None:   # what a crashed process had not seen acked: again
         _send(sock, keep.attach_out(out), badlog)
-    timer = None
-    idle = None
+    timer: Watch | None = None
+    idle: Watch | None = None
 
     def give(link: int, fr: DLFrame) -> None:
         r = out.outgoing(link, fr)
@@ -186,6 +186,7 @@ async def dlo(k: IProc) -> None:
             elif ft and sock is not None and timer is None and idle is None:
                 idle = k.timer(IDLE)
             watches = tuple(x for x in (w, timer, idle) if x is not None)
+            got: Received | Event
             if out.room() and not watches:
                 # one node, nothing in flight: a plain receive, no event
                 # sources (what lets a re-exec find dlo at rest)

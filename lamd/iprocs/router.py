@@ -195,6 +195,10 @@ def pack_state(table: RouteTable, waiters: list[tuple[int, int]]) -> bytes:
                      *(_WAITER.pack(ev, typ) for ev, typ in waiters)])
 
 
+def _nothing() -> None:
+    pass
+
+
 def _keep(keep: Callable[[str, bytes], None], table: RouteTable,
           waiters: list[tuple[int, int]]) -> None:
     keep("router", pack_state(table, waiters))
@@ -271,8 +275,11 @@ async def router(k: IProc) -> None:
                          ident.node_id, len(table.routes))
     k.carry = functools.partial(pack_state, table, waiters)
     keep = k.config.get("keep_state")
-    save = (functools.partial(_keep, keep, table, waiters) if keep is not None
-            else (lambda: None))
+    save: Callable[[], None]
+    if keep is not None:
+        save = functools.partial(_keep, keep, table, waiters)
+    else:
+        save = _nothing
     while True:
         req = await nrecv(k, EVROUTER, 0, ROUTE.size * RNRENT, NOBUF)
         d = req.data
