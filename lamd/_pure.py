@@ -2,8 +2,9 @@
 
 The modules in :data:`COMPILED` are compiled with mypyc by ``setup.py`` (the
 Debian package and ``pip install .`` build them; ``packaging/setup.sh``
-builds them in place for the tests) into one shared library,
-:data:`SHARED_LIB`, and one small extension per module beside its .py file.
+builds them in place for the tests) into two shared libraries,
+:data:`SHARED_LIB` (:data:`HOTPATH`) and :data:`DATALINK_LIB`
+(:data:`DATALINK`), and one small extension per module beside its .py file.
 Python imports an extension before a .py of the same name; :func:`install`
 (run by ``lamd/__init__.py``) turns that around, so the .py files are
 imported instead, when
@@ -32,7 +33,7 @@ import sys
 
 #: the codec, the kernel's dispatch and rendezvous, the I/O dispatch, the crash state,
 #: bufferd and the nreq calls it makes
-COMPILED = (
+HOTPATH = (
     "lamd.kernel.wire",
     "lamd.kernel.kactions",
     "lamd.kernel.kbase",
@@ -63,11 +64,11 @@ DATALINK = (
     "lamd.iprocs.bforward",
     "lamd.iprocs.router",
 )
-HOTPATH = COMPILED
 COMPILED = HOTPATH + DATALINK
 _COMPILED = frozenset(COMPILED)
-#: mypyc's runtime and the compiled code, one library inside the package
+#: mypyc's runtime and the hot path's compiled code, one library inside the package
 SHARED_LIB = "lamd._hotpath"
+#: the datalink's compiled code
 DATALINK_LIB = "lamd._dlpath"
 #: written by the build beside the library: "module digest" per compiled module
 MANIFEST = "_hotpath.sources"
